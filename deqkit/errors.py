@@ -1,0 +1,21 @@
+"""Warnings and errors raised by deqkit.
+
+Every message says what happened, where, and what to try next, so that a learner who meets one in a notebook
+knows how to react without reading the source.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConvergenceWarning", "ConvergenceError", "DivergenceError"]
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """Some samples did not reach the tolerance within ``max_steps``; their best iterate is returned."""
+
+
+class ConvergenceError(RuntimeError):
+    """Raised instead of :class:`ConvergenceWarning` when a solve is run with ``strict=True``."""
+
+
+class DivergenceError(FloatingPointError):
+    """An iterate became NaN or infinite; raised at once, with the step at which it happened."""
