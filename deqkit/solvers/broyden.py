@@ -1,0 +1,66 @@
+"""Limited-memory ("good") Broyden's method on ``g(z) = f(z) − z = 0``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .core import IterativeSolver
+
+
+@dataclass
+class _Memory:
+    z: torch.Tensor
+    g: torch.Tensor
+    u: list[torch.Tensor] = field(default_factory=list)
+    v: list[torch.Tensor] = field(default_factory=list)
+
+
+def _apply(x: torch.Tensor, u: list[torch.Tensor], v: list[torch.Tensor]) -> torch.Tensor:
+    """``(−I + Σ uᵢ vᵢᵀ) x`` per sample, for ``(batch, dim)`` tensors."""
+    out = -x
+    for ui, vi in zip(u, v):
+        out = out + ui * (vi * x).sum(1, keepdim=True)
+    return out
+
+
+class Broyden(IterativeSolver):
+    """Broyden's method with a low-rank inverse-Jacobian estimate ``B ≈ (∂g/∂z)⁻¹ = −I + Σ uᵢ vᵢᵀ``.
+
+    Each step is ``z ← z − B g``; after it, the secant pair ``(Δz, Δg)`` updates ``B`` by Broyden's "good"
+    rule. Only the last ``m`` rank-one terms are kept. Like Newton's method it solves ``f(z) = z`` without
+    regard to stability, so it can land on an *unstable* equilibrium of ``dz/dt = f(z) − z``, one that plain
+    iteration and the ODE view never reach.
+
+    Parameters
+    ----------
+    m : int
+        Number of rank-one updates kept.
+    """
+
+    name = "broyden"
+    default_max_steps = 100
+
+    def __init__(self, m: int = 20):
+        if m < 1:
+            raise ValueError(f"m must be >= 1, got {m}")
+        self.m = m
+
+    def update(self, z: torch.Tensor, fz: torch.Tensor, mem: _Memory | None) -> tuple[torch.Tensor, _Memory]:
+        g = fz - z
+        if mem is None:
+            mem = _Memory(z, g)
+        else:
+            dz, dg = z - mem.z, g - mem.g
+            b_dg = _apply(dg, mem.u, mem.v)
+            vt = -dz + sum((vi * (ui * dz).sum(1, keepdim=True) for ui, vi in zip(mem.u, mem.v)),
+                           torch.zeros_like(dz))  # Bᵀ Δz
+            denom = (vt * dg).sum(1, keepdim=True)  # Δzᵀ B Δg
+            ok = denom.abs() > torch.finfo(denom.dtype).eps * dz.norm(dim=1, keepdim=True) * dg.norm(dim=1, keepdim=True)
+            safe = torch.where(ok, denom, torch.ones_like(denom))
+            mem.u.append(torch.where(ok, (dz - b_dg) / safe, torch.zeros_like(dz)))
+            mem.v.append(vt)
+            del mem.u[: -self.m], mem.v[: -self.m]
+            mem.z, mem.g = z, g
+        return z - _apply(g, mem.u, mem.v), mem

@@ -1,0 +1,212 @@
+"""What every fixed-point solver shares: the termination rule, per-sample bookkeeping, loud failure.
+
+The termination rule is SteadyStateDiffEq's default, applied per sample with the infinity norm:
+a sample has converged when
+
+    ‖f(z) − z‖∞ ≤ abstol   or   ‖f(z) − z‖∞ ≤ reltol · ‖f(z)‖∞
+
+(for the ODE view, ``f(z) − z`` is ``dz/dt`` and ``f(z) = dz/dt + z``). A converged sample is frozen: it stops
+changing while the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import ConvergenceError, ConvergenceWarning, DivergenceError
+from ..stats import SolverStats
+
+Map = Callable[[torch.Tensor], torch.Tensor]
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the first frame outside deqkit and torch."""
+    level = 1
+    frame = inspect.currentframe()
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not (name.startswith(_PACKAGE_DIR) or f"{os.sep}torch{os.sep}" in name):
+            return level
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def batch_view(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a ``(batch,)`` tensor so that it broadcasts against ``like``."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def check_map_output(fz: torch.Tensor, z: torch.Tensor, what: str = "f") -> None:
+    """Refuse a map whose output does not look like its input (shape, dtype, device)."""
+    if not isinstance(fz, torch.Tensor):
+        raise TypeError(f"{what} must return a torch.Tensor, got {type(fz).__name__}")
+    for attr in ("shape", "dtype", "device"):
+        if getattr(fz, attr) != getattr(z, attr):
+            raise ValueError(
+                f"{what}(z) has {attr} {getattr(fz, attr)} but z has {attr} {getattr(z, attr)}: a fixed point "
+                f"z = {what}(z) needs both to match. Check z0 (its shape must be {what}'s output shape) and "
+                "that f does not change dtype or device."
+            )
+
+
+@dataclass
+class Tolerances:
+    abstol: float
+    reltol: float
+    max_steps: int
+
+    def __post_init__(self) -> None:
+        for name in ("abstol", "reltol"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value >= 0):
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if self.abstol == 0 and self.reltol == 0:
+            raise ValueError("abstol and reltol are both 0: no iterate could ever converge; set one > 0")
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
+            raise ValueError(f"max_steps must be an integer >= 1, got {self.max_steps!r}")
+
+
+class Monitor:
+    """Per-sample termination, best iterate, residual history and NaN/Inf checks for one solve."""
+
+    def __init__(self, method: str, z0: torch.Tensor, tol: Tolerances, *, strict: bool, record: bool):
+        batch = z0.shape[0]
+        self.method, self.tol, self.strict, self.record = method, tol, strict, record
+        self.converged = torch.zeros(batch, dtype=torch.bool, device=z0.device)
+        self.residual = torch.full((batch,), float("inf"), dtype=z0.dtype, device=z0.device)
+        self.scale = torch.ones(batch, dtype=z0.dtype, device=z0.device)
+        self.current = self.residual  # residual of each sample at the last check
+        self.best_z = z0
+        self.best_fz = z0
+        self.done = False
+        self.stats = SolverStats(method, 0, 0, self.converged, self.residual, self.residual)
+        self._start = time.perf_counter()
+
+    def check(self, step: int, z: torch.Tensor, r: torch.Tensor, fz: torch.Tensor, nfe: int,
+              t: float | None = None) -> torch.Tensor:
+        """Record the iterate ``z`` with residual ``r = f(z) − z``; return the mask of samples still running.
+
+        One host synchronisation per call: the flags that decide whether to stop are read together.
+        """
+        res = r.detach().flatten(1).abs().amax(1)
+        scale = fz.detach().flatten(1).abs().amax(1)
+        running = ~self.converged
+        meets = running & ((res <= self.tol.abstol) | (res <= self.tol.reltol * scale))
+        better = running & ((res < self.residual) | meets)
+        self.best_z = torch.where(batch_view(better, z), z, self.best_z)
+        self.best_fz = torch.where(batch_view(better, fz), fz, self.best_fz)
+        self.residual = torch.where(better, res, self.residual)
+        self.scale = torch.where(better, scale, self.scale)
+        self.converged = self.converged | meets
+        self.current = res
+        bad = running & ~torch.isfinite(res)
+        worst = torch.where(running, res, self.residual).amax()
+        worst, all_done, any_bad = torch.stack([worst, self.converged.all().to(worst), bad.any().to(worst)]).tolist()
+        if any_bad:
+            raise DivergenceError(
+                f"{self.method}: f(z) − z became NaN or infinite at step {step} for {int(bad.sum())} of "
+                f"{bad.numel()} samples. "
+                + ("The input or z0 is already non-finite, or f returns NaN at z0: check them. " if step == 0 else
+                   "The iteration is blowing up: the map is probably expansive there (spectral radius of ∂f/∂z "
+                   "≥ 1). Try damping, method='dynamic_ss', or constraining f (e.g. spectral normalisation).")
+            )
+        self.stats.history.append(worst)
+        self.stats.nfe_history.append(nfe)
+        if t is not None:
+            self.stats.times.append(t)
+        if self.record:
+            self.stats.trajectory.append(z.detach().clone())
+        self.done = bool(all_done)
+        return ~self.converged
+
+    def finish(self, steps: int, nfe: int) -> SolverStats:
+        """Fill in the statistics; warn (or raise, if strict) about samples that did not converge."""
+        s = self.stats
+        s.steps, s.nfe = steps, nfe
+        s.converged, s.residual = self.converged, self.residual
+        s.relative_residual = self.residual / self.scale.clamp_min(torch.finfo(self.scale.dtype).tiny)
+        s.wall_time = time.perf_counter() - self._start
+        if not self.done:
+            failed = ~self.converged
+            n_failed, best = int(failed.sum()), float(self.residual[failed].min())
+            message = (
+                f"{self.method}: {n_failed} of {failed.numel()} samples did not converge within "
+                f"max_steps={self.tol.max_steps} (abstol={self.tol.abstol:g}, reltol={self.tol.reltol:g}); "
+                f"their best residual ‖f(z) − z‖∞ is {best:.3g} (worst {float(self.residual[failed].max()):.3g}); "
+                "their best iterates are returned. Try: more steps (max_steps), another method ('anderson', "
+                "'broyden', or 'dynamic_ss', which also converges where plain iteration diverges), damping, or a "
+                "smaller spectral norm of f's weights (check deqkit.spectral_radius)."
+            )
+            if self.strict:
+                raise ConvergenceError(message)
+            warnings.warn(message, ConvergenceWarning, stacklevel=user_stacklevel())
+        return s
+
+
+def make_options(cls: type, method: str, options: dict[str, Any]) -> Any:
+    """Instantiate a solver class from keyword options, refusing unknown ones by name."""
+    params = inspect.signature(cls).parameters
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        valid = ", ".join(params) or "none"
+        raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for method {method!r}; "
+                        f"its options are: {valid}")
+    return cls(**options)
+
+
+class IterativeSolver(abc.ABC):
+    """A solver that takes one evaluation of the map per step: ``z_{k+1} = update(z_k, f(z_k))``.
+
+    Subclasses see flattened ``(batch, dim)`` tensors and keep whatever history they need in ``state``.
+    """
+
+    name: ClassVar[str]
+    default_max_steps: ClassVar[int] = 100
+
+    def init_state(self, z: torch.Tensor, fz: torch.Tensor) -> Any:
+        return None
+
+    @abc.abstractmethod
+    def update(self, z: torch.Tensor, fz: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        """The next iterate from ``z`` and ``fz = f(z)``, both ``(batch, dim)``."""
+
+    def run(self, f: Map, z0: torch.Tensor, monitor: Monitor) -> tuple[int, int]:
+        """Iterate until every sample converged or ``max_steps`` updates; return ``(steps, evaluations)``."""
+        fz = f(z0)
+        check_map_output(fz, z0)
+        monitor.check(0, z0, fz - z0, fz, 1)
+        return self.iterate(f, z0, fz, monitor, step=0, nfe=1, limit=monitor.tol.max_steps)
+
+    def iterate(self, f: Map, z: torch.Tensor, fz: torch.Tensor, monitor: Monitor, *, step: int, nfe: int,
+                limit: int, hold: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                t: float | None = None) -> tuple[int, int]:
+        """Continue from an already checked ``z`` (with ``fz = f(z)``) until done or ``step == limit``.
+
+        ``hold(residual)`` may flag samples to stop moving (e.g. because they diverge); the loop then ends
+        once no sample is left moving, and the caller decides what to do with the held ones. ``t`` is the
+        time stamp recorded with each check (used when an ODE solve hands over to this solver).
+        """
+        state = self.init_state(z.flatten(1), fz.flatten(1))
+        moving = ~monitor.converged
+        while not monitor.done and step < limit:
+            z_next, state = self.update(z.flatten(1), fz.flatten(1), state)
+            z = torch.where(batch_view(moving, z), z_next.view_as(z), z)
+            fz, nfe, step = f(z), nfe + 1, step + 1
+            moving = moving & monitor.check(step, z, fz - z, fz, nfe, t=t)
+            if hold is not None:
+                moving = moving & ~hold(monitor.current)
+                if not bool(moving.any()):
+                    break
+        return step, nfe

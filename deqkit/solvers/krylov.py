@@ -1,0 +1,85 @@
+"""Restarted GMRES for the fixed point of an *affine* map, batched per sample.
+
+The implicit backward pass solves ``u = g + Jᵀu`` — the fixed point of an affine map ``T`` — which is the
+linear system ``(I − Jᵀ) u = g``. GMRES needs only ``T``: with ``r(u) = T(u) − u = g − (I − Jᵀ)u``, the
+product with the system matrix is ``A v = r(u₀) − r(u₀ + v)``. It converges for any non-singular system,
+also where plain iteration on ``T`` diverges (spectral radius of ``J`` above 1, as at the stable equilibria
+that ``dynamic_ss`` finds for non-contractive maps).
+
+Not for nonlinear maps: the residual it reports is the Krylov residual, exact only when ``T`` is affine.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .core import Map, Monitor, check_map_output
+
+
+class GMRES:
+    """GMRES(restart), one Krylov space per sample; the termination rule is checked after every product.
+
+    Parameters
+    ----------
+    restart : int
+        Krylov vectors kept before a restart (memory: ``restart`` copies of the state).
+    """
+
+    name = "gmres"
+    default_max_steps = 200
+
+    def __init__(self, restart: int = 20):
+        if restart < 1:
+            raise ValueError(f"restart must be >= 1, got {restart}")
+        self.restart = restart
+
+    @property
+    def label(self) -> str:
+        return f"gmres({self.restart})"
+
+    def run(self, T: Map, u0: torch.Tensor, monitor: Monitor) -> tuple[int, int]:
+        shape, batch = u0.shape, u0.shape[0]
+        tu = T(u0)
+        check_map_output(tu, u0, "T")
+        nfe, step = 1, 0
+        u, r = u0.flatten(1), (tu - u0).flatten(1)
+        monitor.check(0, u0, r.view(shape), tu, nfe)
+        tiny = torch.finfo(u.dtype).tiny
+        while not monitor.done and step < monitor.tol.max_steps:
+            beta = r.norm(dim=1)
+            basis = [r / beta.clamp_min(tiny)[:, None]]
+            hess = u.new_zeros(batch, self.restart + 1, self.restart)
+            for j in range(self.restart):
+                w = r - (T((u + basis[j]).view(shape)).flatten(1) - (u + basis[j]))
+                nfe, step = nfe + 1, step + 1
+                for i, vi in enumerate(basis):  # modified Gram–Schmidt
+                    hess[:, i, j] = (w * vi).sum(1)
+                    w = w - hess[:, i, j, None] * vi
+                hess[:, j + 1, j] = w.norm(dim=1)
+                basis.append(w / hess[:, j + 1, j].clamp_min(tiny)[:, None])
+                y = _least_squares(hess[:, : j + 2, : j + 1], beta)
+                v = torch.stack(basis[: j + 1], 2)  # (batch, dim, j+1)
+                uk = u + (v @ y.unsqueeze(-1)).squeeze(-1)
+                # r_k = V_{j+1} (β e₁ − H y): the residual without another product
+                coef = -(hess[:, : j + 2, : j + 1] @ y.unsqueeze(-1)).squeeze(-1)
+                coef[:, 0] += beta
+                rk = (torch.stack(basis, 2) @ coef.unsqueeze(-1)).squeeze(-1)
+                monitor.check(step, uk.view(shape), rk.view(shape), (uk + rk).view(shape), nfe)
+                if monitor.done or step >= monitor.tol.max_steps:
+                    return step, nfe
+            u = uk
+            tu = T(u.view(shape))  # restart from the true residual, not the recurrence
+            r, nfe = tu.flatten(1) - u, nfe + 1
+        return step, nfe
+
+
+def _least_squares(h: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """``argmin_y ‖β e₁ − H y‖`` for a batch of small Hessenberg matrices, via QR."""
+    q, rmat = torch.linalg.qr(h)
+    rhs = beta[:, None] * q[:, 0, :]
+    diag = rmat.diagonal(dim1=1, dim2=2)
+    # a zero pivot means that sample's Krylov space is exhausted (it has converged): keep y finite
+    small = torch.finfo(h.dtype).eps * diag.abs().amax(-1, keepdim=True)
+    fix = torch.where(diag.abs() <= small, 1.0, 0.0)
+    rmat = rmat + torch.diag_embed(fix)
+    return torch.linalg.solve_triangular(rmat, rhs.unsqueeze(-1), upper=True).squeeze(-1)

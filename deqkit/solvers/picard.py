@@ -1,0 +1,33 @@
+"""Plain (optionally damped) fixed-point iteration."""
+
+from __future__ import annotations
+
+import torch
+
+from .core import IterativeSolver
+
+
+class Picard(IterativeSolver):
+    """``z ← z + damping · (f(z) − z)``; ``damping = 1`` is plain iteration ``z ← f(z)``.
+
+    Converges when ``f`` is a contraction (spectral radius of ∂f/∂z below 1 near the answer); damping widens
+    that to maps whose Jacobian eigenvalues λ satisfy ``|1 − damping·(1 − λ)| < 1``.
+
+    Parameters
+    ----------
+    damping : float
+        Step fraction in (0, 1].
+    """
+
+    name = "picard"
+    default_max_steps = 500
+
+    def __init__(self, damping: float = 1.0):
+        if not 0 < damping <= 1:
+            raise ValueError(f"damping must be in (0, 1], got {damping}")
+        self.damping = damping
+
+    def update(self, z: torch.Tensor, fz: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
+        if self.damping == 1:
+            return fz, None
+        return torch.lerp(z, fz, self.damping), None

@@ -1,0 +1,208 @@
+"""Forward solvers: agreement, termination rule, per-sample freezing, loud failure."""
+
+import warnings
+
+import pytest
+import torch
+
+import deqkit
+from deqkit.solvers.dynamic_ss import ADAPTIVE
+
+FORWARD = [
+    ("picard", {}),
+    ("picard", {"damping": 0.7}),
+    ("anderson", {}),
+    ("broyden", {}),
+    ("dynamic_ss", {}),
+    ("dynamic_ss", {"polish": None}),
+    ("dynamic_ss", {"ode_method": "dopri5", "polish": None}),
+    ("dynamic_ss", {"ode_method": "bosh3"}),
+    ("dynamic_ss", {"ode_method": "rk4", "step_size": 0.5}),
+]
+
+
+@pytest.mark.parametrize("method,options", FORWARD, ids=lambda v: str(v))
+def test_every_method_reaches_1e6_and_agrees(tanh_problem, method, options):
+    block, x = tanh_problem(d=64, batch=32, norm=0.9)
+    f = lambda z: block(z, x)  # noqa: E731
+    z0 = torch.zeros_like(x)
+    with torch.no_grad():
+        ref, ref_stats = deqkit.solve(f, z0, method="picard", abstol=1e-15, reltol=1e-13, max_steps=5000)
+        z, stats = deqkit.solve(f, z0, method=method, abstol=1e-14, reltol=1e-7, max_steps=5000, **options)
+    assert ref_stats.all_converged and stats.all_converged
+    rel = (f(z) - z).abs().amax(1) / f(z).abs().amax(1)
+    assert rel.max() <= 1e-6
+    assert torch.allclose(stats.relative_residual, rel, rtol=1e-6, atol=1e-18)
+    assert (z - ref).abs().max() <= 1e-6
+    assert stats.converged.dtype == torch.bool and stats.converged.shape == (32,)
+    assert stats.nfe == stats.nfe_history[-1] and len(stats.history) == len(stats.nfe_history)
+
+
+def test_termination_rule_is_steadystatediffeq_default():
+    # f(z) = 0.5 z + c: residual r = c − 0.5 z; the rule is ‖r‖∞ ≤ abstol or ‖r‖∞ ≤ reltol ‖f(z)‖∞.
+    c = torch.tensor([[1.0], [1000.0]], dtype=torch.float64)
+    f = lambda z: 0.5 * z + c  # noqa: E731
+    z, stats = deqkit.solve(f, torch.zeros_like(c), method="picard", abstol=1e-3, reltol=1e-5, max_steps=200)
+    r = (f(z) - z).abs().squeeze(1)
+    # sample 0 (|f| ≈ 2) can only stop on abstol; sample 1 (|f| ≈ 2000) stops on reltol, before abstol holds
+    assert r[0] <= 1e-3 and r[0] > 1e-3 / 2
+    assert 1e-3 < r[1] <= 1e-5 * 2000
+
+
+def test_converged_samples_stop_changing():
+    # sample 0 converges fast (contraction 0.1), sample 1 slowly (0.95)
+    a = torch.tensor([[0.1], [0.95]], dtype=torch.float64)
+    f = lambda z: a * z + 1.0  # noqa: E731
+    for method, opts in [("picard", {}), ("anderson", {}), ("dynamic_ss", {"polish": None}),
+                         ("dynamic_ss", {})]:
+        z, stats = deqkit.solve(f, torch.zeros_like(a), method=method, abstol=1e-9, reltol=0, record=True,
+                                max_steps=2000, **opts)
+        traj = torch.stack(stats.trajectory)[:, 0, 0]
+        res0 = (a[0] * traj + 1 - traj).abs()
+        first = int((res0 <= 1e-9).nonzero()[0])
+        assert first < len(traj) - 1, method  # sample 0 converged before the end
+        assert torch.all(traj[first:] == traj[first]), method  # ...and never moved again
+        assert stats.all_converged
+
+
+def test_frozen_samples_do_not_limit_the_ode_step():
+    # A stiff sample (fast mode, rate 50) that converges first must not keep the step size small for the rest.
+    a = torch.tensor([[-49.0], [0.9]], dtype=torch.float64)
+    f = lambda z: a * z + 1.0  # noqa: E731
+    _, both = deqkit.solve(f, torch.zeros_like(a), method="dynamic_ss", polish=None, abstol=1e-8, reltol=0)
+    _, slow = deqkit.solve(lambda z: a[1:] * z + 1.0, torch.zeros(1, 1, dtype=torch.float64),
+                           method="dynamic_ss", polish=None, abstol=1e-8, reltol=0)
+    assert both.all_converged
+    # after the stiff sample stops, steps grow as if it were absent: total cost stays close to the slow one alone
+    assert both.nfe <= 1.5 * slow.nfe
+
+
+def test_dynamic_ss_methods_registry():
+    assert {"tsit5", "dopri5", "bosh3", "dopri8"} <= set(ADAPTIVE)
+    f = lambda z: 0.5 * torch.tanh(z) + 0.3  # noqa: E731
+    for method in ["tsit5", "dopri5", "bosh3", "dopri8", "fehlberg2", "adaptive_heun"]:
+        z, stats = deqkit.solve(f, torch.zeros(4, 3, dtype=torch.float64), ode_method=method, abstol=1e-9,
+                                reltol=0, max_steps=5000)
+        assert stats.all_converged and stats.method.startswith(f"dynamic_ss({method}")
+        assert (f(z) - z).abs().max() <= 1e-9
+    for method in ["euler", "midpoint", "heun3", "rk4"]:
+        z, stats = deqkit.solve(f, torch.zeros(4, 3, dtype=torch.float64), ode_method=method, step_size=0.5,
+                                abstol=1e-9, reltol=0, max_steps=5000)
+        assert stats.all_converged and (f(z) - z).abs().max() <= 1e-9
+
+
+def test_broyden_lands_on_unstable_equilibrium_dynamic_ss_finds_stable():
+    # z = 2 tanh(z): z = 0 is an unstable equilibrium of dz/dt = f(z) − z (f'(0) = 2 > 1); ±1.915 are stable.
+    f = lambda z: 2 * torch.tanh(z)  # noqa: E731
+    z0 = torch.tensor([[0.1], [-0.2], [0.3]], dtype=torch.float64)
+    zb, sb = deqkit.solve(f, z0, method="broyden", abstol=1e-10, reltol=0)
+    assert sb.all_converged and zb.abs().max() < 1e-8  # Newton-type: the unstable root
+    slope = 2 * (1 - torch.tanh(zb) ** 2)
+    assert (slope > 1).all()  # confirms instability: d/dz (f − z) > 0
+    for opts in ({}, {"polish": None}):
+        zo, so = deqkit.solve(f, z0, method="dynamic_ss", abstol=1e-10, reltol=0, **opts)
+        assert so.all_converged
+        stable = 1.9150080481  # root of z = 2 tanh z
+        assert torch.allclose(zo.abs(), torch.full_like(zo, stable), atol=1e-8)
+        assert torch.equal(torch.sign(zo), torch.sign(z0))  # each flows to the equilibrium on its side
+        assert (2 * (1 - torch.tanh(zo) ** 2) < 1).all()
+
+
+def test_dynamic_ss_converges_where_picard_diverges(tanh_problem):
+    block, x = tanh_problem(d=64, batch=32, norm=1.5, psd=True, x_scale=0.1)
+    f = lambda z: block(z, x)  # noqa: E731
+    z0 = torch.zeros_like(x)
+    with torch.no_grad():
+        with pytest.warns(deqkit.ConvergenceWarning, match="did not converge"):
+            _, sp = deqkit.solve(f, z0, method="picard", abstol=1e-10, reltol=1e-8, max_steps=300)
+        assert not sp.converged.all()
+        for opts in ({}, {"polish": None}):
+            z, so = deqkit.solve(f, z0, method="dynamic_ss", abstol=1e-10, reltol=1e-8, **opts)
+            assert so.all_converged and torch.isfinite(z).all()
+            assert (deqkit.spectral_radius(block, z, x) > 1).all()  # non-contractive at the answer
+
+
+def test_divergent_map_warns_within_max_steps_without_nan(tanh_problem):
+    block, x = tanh_problem(d=64, batch=32, norm=3.0, x_scale=0.1)
+    f = lambda z: block(z, x)  # noqa: E731
+    with torch.no_grad():
+        with pytest.warns(deqkit.ConvergenceWarning) as rec:
+            z, stats = deqkit.solve(f, torch.zeros_like(x), method="picard", max_steps=200)
+        message = str(rec[0].message)
+        assert "did not converge within max_steps=200" in message and "best residual" in message
+        assert "Try" in message and "dynamic_ss" in message
+        assert stats.steps == 200 and stats.nfe == 201
+        assert torch.isfinite(z).all() and not stats.converged.all()
+        # the returned iterate is each sample's best one
+        assert torch.allclose((f(z) - z).abs().amax(1), stats.residual)
+        with pytest.raises(deqkit.ConvergenceError, match="did not converge"):
+            deqkit.solve(f, torch.zeros_like(x), method="picard", max_steps=50, strict=True)
+
+
+def test_overflow_raises_divergence_error_with_step():
+    f = lambda z: 3.0 * z + 1.0  # noqa: E731  plain iteration overflows float32 after ~80 steps
+    with pytest.raises(deqkit.DivergenceError, match=r"at step 8\d for 2 of 2 samples"):
+        deqkit.solve(f, torch.ones(2, 3), method="picard", max_steps=2000)
+    with pytest.raises(deqkit.DivergenceError, match="ODE solver failed"):
+        deqkit.solve(f, torch.ones(2, 3), method="dynamic_ss", polish=None, max_steps=2000)
+
+
+@pytest.mark.parametrize("method", ["picard", "anderson", "broyden", "dynamic_ss"])
+def test_nan_midway_raises_at_once(method):
+    calls = []
+
+    def f(z):
+        calls.append(1)
+        return torch.tanh(z) + 1.0 if len(calls) < 4 else torch.full_like(z, float("nan"))
+
+    with pytest.raises(deqkit.DivergenceError, match=r"at step 3 |ODE solver failed"):
+        deqkit.solve(f, torch.zeros(2, 3), method=method, abstol=1e-12, reltol=0)
+    assert len(calls) <= 40  # stopped at once, not after max_steps
+
+
+def test_nan_start_raises_at_step_zero():
+    z0 = torch.zeros(2, 3)
+    z0[1, 0] = float("nan")
+    with pytest.raises(deqkit.DivergenceError, match="at step 0 for 1 of 2 samples"):
+        deqkit.solve(torch.tanh, z0, method="picard")
+
+
+def test_anderson_survives_singular_gram():
+    # Identical samples and a linear map whose residual history is rank-deficient.
+    f = lambda z: 0.5 * z + 1.0  # noqa: E731
+    z, stats = deqkit.solve(f, torch.zeros(3, 4, dtype=torch.float64), method="anderson", lam=0.0,
+                            abstol=1e-12, reltol=0)
+    assert stats.all_converged and torch.allclose(z, torch.full_like(z, 2.0))
+
+
+def test_bad_inputs_are_refused():
+    z0 = torch.zeros(2, 3)
+    with pytest.raises(TypeError, match="unknown option.*'memory'.*'anderson'"):
+        deqkit.solve(torch.tanh, z0, method="anderson", memory=5)
+    with pytest.raises(ValueError, match="unknown method"):
+        deqkit.solve(torch.tanh, z0, method="newton")
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 1, got 0"):
+        deqkit.solve(torch.tanh, z0, max_steps=0)
+    with pytest.raises(ValueError, match="abstol"):
+        deqkit.solve(torch.tanh, z0, abstol=-1.0)
+    with pytest.raises(ValueError, match=r"shape torch.Size\(\[2, 4\]\) but z has shape torch.Size\(\[2, 3\]\)"):
+        deqkit.solve(lambda z: torch.zeros(2, 4), z0, method="picard")
+    with pytest.raises(ValueError, match="dtype torch.float64 but z has dtype torch.float32"):
+        deqkit.solve(lambda z: z.double(), z0, method="anderson")
+    with pytest.raises(ValueError, match="device meta but z has device cpu"):
+        deqkit.solve(lambda z: z.to("meta"), z0, method="dynamic_ss")
+    with pytest.raises(ValueError, match="floating-point"):
+        deqkit.solve(lambda z: z, torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="step_size"):
+        deqkit.solve(torch.tanh, z0, ode_method="rk4")
+    with pytest.raises(ValueError, match="unknown ode_method"):
+        deqkit.solve(torch.tanh, z0, ode_method="tsit7")
+
+
+def test_stats_report(tanh_problem):
+    block, x = tanh_problem(d=8, batch=4, norm=0.5)
+    with torch.no_grad():
+        _, stats = deqkit.solve(lambda z: block(z, x), torch.zeros_like(x), method="dynamic_ss", record=True)
+    assert stats.history[0] >= stats.history[-1] and len(stats.trajectory) == len(stats.history)
+    assert len(stats.times) == len(stats.history) and stats.times[0] == 0.0
+    assert stats.wall_time > 0 and "converged" in str(stats)
