@@ -1,0 +1,190 @@
+"""The DEQ layer: implicit gradients against gradcheck, unrolled backprop and finite differences."""
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+import deqkit
+from deqkit.solvers import BACKWARD_METHODS
+
+TIGHT = {"abstol": 1e-13, "reltol": 1e-13, "max_steps": 3000, "backward_max_steps": 3000}
+
+
+@pytest.mark.parametrize("solver", ["anderson", "dynamic_ss", "broyden", "picard"])
+def test_implicit_gradient_passes_gradcheck(tanh_problem, solver):
+    block, x = tanh_problem(d=5, batch=3, norm=0.8)
+    deq = deqkit.DEQ(block, solver=solver, **TIGHT)
+    names = [n for n, _ in block.named_parameters()]
+
+    def fn(x, *params):
+        return functional_call(deq, dict(zip([f"f.{n}" for n in names], params)), (x,))
+
+    inputs = (x.clone().requires_grad_(), *[p.detach().clone().requires_grad_() for p in block.parameters()])
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backward_solver", sorted(BACKWARD_METHODS))
+def test_implicit_matches_unrolled_for_every_backward_solver(tanh_problem, backward_solver):
+    block, x = tanh_problem(d=16, batch=4, norm=0.9)
+    weights = torch.randn(4, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    grads = {}
+    for backward in ["implicit", "unrolled"]:
+        deq = deqkit.DEQ(block, solver="picard", backward=backward, backward_solver=backward_solver, **TIGHT)
+        xg = x.clone().requires_grad_()
+        loss = (deq(xg) * weights).sum()
+        grads[backward] = torch.autograd.grad(loss, [xg, *block.parameters()])
+        if backward == "implicit":
+            back = deq.last_stats.backward
+            assert back is not None and back.all_converged and back.nfe > 0
+    for gi, gu in zip(grads["implicit"], grads["unrolled"]):
+        assert torch.allclose(gi, gu, atol=1e-6, rtol=0), (gi - gu).abs().max()
+
+
+@pytest.mark.parametrize("solver", ["anderson", "dynamic_ss"])
+def test_unrolled_through_each_solver_matches_implicit(tanh_problem, solver):
+    block, x = tanh_problem(d=8, batch=3, norm=0.7)
+    out = {}
+    for backward in ["implicit", "unrolled"]:
+        deq = deqkit.DEQ(block, solver=solver, backward=backward, **TIGHT)
+        out[backward] = torch.autograd.grad(deq(x).pow(2).sum(), list(block.parameters()))
+    for gi, gu in zip(out["implicit"], out["unrolled"]):
+        assert torch.allclose(gi, gu, atol=1e-6, rtol=0)
+
+
+def test_compare_gradients_against_finite_differences(tanh_problem):
+    block, x = tanh_problem(d=6, batch=2, norm=0.9)
+    report = deqkit.compare_gradients(deqkit.DEQ(block, solver="anderson", **TIGHT), x)
+    assert report.reference.numel() == x.numel() + sum(p.numel() for p in block.parameters())
+    for mode in ["implicit", "unrolled"]:
+        assert report.cosine(mode) > 1 - 1e-9 and report.relative_error(mode) < 1e-6
+    assert report.relative_error("one_step") > 1e-3  # the Jacobian-free gradient is only an approximation
+    assert "implicit" in str(report)
+    directional = deqkit.compare_gradients(deqkit.DEQ(block, solver="anderson", **TIGHT), x, directions=5)
+    assert directional.reference.shape == (5,) and directional.relative_error("implicit") < 1e-6
+    with pytest.raises(ValueError, match="float64"):
+        deqkit.compare_gradients(deqkit.DEQ(block.float()), x.float())
+
+
+def test_gradients_reach_x_and_every_parameter_also_closure_captured():
+    outer = nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3).double()
+
+        def forward(self, z, x):
+            return torch.tanh(0.5 * self.lin(z) + outer * x)  # `outer` is not a registered parameter
+
+    block = Block()
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    grads = {}
+    for backward in ["implicit", "unrolled"]:
+        deq = deqkit.DEQ(block, solver="anderson", backward=backward, **TIGHT)
+        grads[backward] = torch.autograd.grad(deq(x).sum(), [x, outer, *block.parameters()])
+    for gi, gu in zip(grads["implicit"], grads["unrolled"]):
+        assert gi.abs().sum() > 0 and torch.allclose(gi, gu, atol=1e-8)
+
+
+def test_no_grad_and_eval_keep_no_graph(tanh_problem):
+    block, x = tanh_problem(d=8, batch=3, norm=0.5)
+    deq = deqkit.DEQ(block).eval()
+    with torch.no_grad():
+        out = deq(x)
+    assert out.grad_fn is None and not out.requires_grad
+    assert deq.last_stats.forward.all_converged and deq.last_stats.backward is None
+    with torch.inference_mode():
+        assert torch.allclose(deq(x), out)
+    with_grad = deq(x)
+    assert with_grad.grad_fn is not None
+    assert torch.allclose(with_grad, out, atol=1e-12)
+
+
+def test_double_backward_through_implicit_is_refused(tanh_problem):
+    block, x = tanh_problem(d=4, batch=2, norm=0.5)
+    x = x.requires_grad_()
+    deq = deqkit.DEQ(block, solver="anderson")
+    (g,) = torch.autograd.grad(deq(x).sum(), x)  # first order works
+    assert torch.isfinite(g).all()
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(deq(x).sum(), x, create_graph=True)
+    # unrolled supports it
+    deq_u = deqkit.DEQ(block, solver="anderson", backward="unrolled")
+    (gu,) = torch.autograd.grad(deq_u(x).sum(), x, create_graph=True)
+    assert gu.requires_grad
+
+
+def test_z0_options(tanh_problem):
+    block, x = tanh_problem(d=8, batch=3, norm=0.5)
+    results = []
+    for z0 in ["zeros", "f0", lambda x: torch.ones_like(x), torch.full_like(x, -0.5)]:
+        deq = deqkit.DEQ(block, solver="anderson", z0=z0, abstol=1e-12, reltol=0)
+        with torch.no_grad():
+            results.append(deq(x))
+    for r in results[1:]:
+        assert torch.allclose(r, results[0], atol=1e-10)
+    deq = deqkit.DEQ(block, solver="anderson", abstol=1e-12, reltol=0)
+    with torch.no_grad():
+        deq(x)
+        cold = deq.last_stats.forward.nfe
+        deq(x, z0=results[0])  # warm start at the answer
+    assert deq.last_stats.forward.nfe < cold
+
+
+def test_last_stats_forward_and_backward(tanh_problem):
+    block, x = tanh_problem(d=8, batch=5, norm=0.5)
+    deq = deqkit.DEQ(block)
+    out = deq(x)
+    fwd = deq.last_stats.forward
+    assert fwd.method.startswith("dynamic_ss(tsit5") and fwd.converged.shape == (5,) and fwd.nfe > 0
+    assert deq.last_stats.backward is None
+    out.sum().backward()
+    back = deq.last_stats.backward
+    assert back.method == "gmres(20)" and back.all_converged and back.residual.shape == (5,)
+
+
+def test_layer_bad_inputs(tanh_problem):
+    block, x = tanh_problem(d=4, batch=2, norm=0.5)
+    with pytest.raises(TypeError, match="unknown option.*'mm'"):
+        deqkit.DEQ(block, solver="anderson", mm=3)
+    with pytest.raises(TypeError, match="unknown option.*'restrt'.*'gmres'"):
+        deqkit.DEQ(block, backward_restrt=3)
+    with pytest.raises(ValueError, match="unknown backward"):
+        deqkit.DEQ(block, backward="adjoint")
+    with pytest.raises(ValueError, match="unknown method"):
+        deqkit.DEQ(block, backward_solver="lu")
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 1"):
+        deqkit.DEQ(block, max_steps=0)(x)
+    bad = x.clone()
+    bad[0, 1] = float("nan")
+    with pytest.raises(ValueError, match="input x contains NaN or Inf"):
+        deqkit.DEQ(block)(bad)
+    with pytest.raises(ValueError, match="z0 has shape .1, 4. but x has batch size 2"):
+        deqkit.DEQ(block, z0=lambda x: torch.zeros(1, 4, dtype=x.dtype))(x)
+    with pytest.raises(ValueError, match=r"f\(z\) has shape torch.Size\(\[2, 4\]\) but z has shape"):
+        deqkit.DEQ(lambda z, x: torch.tanh(z + x), z0=torch.zeros(2, 1, dtype=x.dtype))(x)  # f broadcasts
+    with pytest.raises(ValueError, match="dtype torch.float32 but z has dtype torch.float64"):
+        deqkit.DEQ(lambda z, x: torch.tanh(z.float() + x), z0=lambda x: x.double())(x.float())
+
+
+def test_backward_failure_is_loud(tanh_problem):
+    block, x = tanh_problem(d=8, batch=2, norm=0.95)
+    deq = deqkit.DEQ(block, solver="anderson", backward_solver="picard", backward_max_steps=2)
+    with pytest.warns(deqkit.ConvergenceWarning, match="picard: 2 of 2 samples did not converge"):
+        deq(x).sum().backward()
+    deq.strict = True
+    with pytest.raises(deqkit.ConvergenceError):
+        deq(x).sum().backward()
+
+
+def test_backward_gmres_where_picard_backward_diverges(tanh_problem):
+    # At the stable equilibrium of a non-contractive map, u = g + uJ diverges under plain iteration.
+    block, x = tanh_problem(d=16, batch=4, norm=1.5, psd=True, x_scale=0.1)
+    deq = deqkit.DEQ(block, abstol=1e-12, reltol=1e-12, backward_max_steps=500)
+    x = x.requires_grad_()
+    (g,) = torch.autograd.grad(deq(x).sum(), x)
+    assert deq.last_stats.backward.all_converged and torch.isfinite(g).all()
+    deq_p = deqkit.DEQ(block, abstol=1e-12, reltol=1e-12, backward_solver="picard", backward_max_steps=300)
+    with pytest.warns(deqkit.ConvergenceWarning):
+        torch.autograd.grad(deq_p(x).sum(), x)
