@@ -34,7 +34,8 @@ class LiteralSteadyState(nn.Module):
 
         z = self.block(torch.zeros_like(x), x)
         span = torch.tensor([0.0, 1.0], dtype=x.dtype)
-        for self.chunks in range(1, self.max_chunks + 1):
+        for chunk in range(1, self.max_chunks + 1):
+            self.chunks = chunk
             z = odeint(rhs, z, span, method="dopri5", rtol=self.tol, atol=self.tol)[-1]
             du = rhs(span[0], z).detach()
             if bool(((du.abs() <= self.tol) | (du.abs() <= self.tol * (du + z).abs())).all()):

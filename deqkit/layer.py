@@ -69,7 +69,8 @@ class DEQ(nn.Module):
     is kept. Double backward through ``"implicit"`` raises an error rather than returning a wrong answer.
     """
 
-    def __init__(self, f: nn.Module | Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, solver: str = "dynamic_ss", backward: str = "implicit",
+    def __init__(self, f: nn.Module | Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
+                 solver: str = "dynamic_ss", backward: str = "implicit",
                  abstol: float = 1e-5, reltol: float = 1e-5, max_steps: int | None = None,
                  z0: InitialState = "zeros", strict: bool = False, backward_solver: str = "gmres",
                  backward_abstol: float | None = None, backward_reltol: float | None = None,

@@ -12,8 +12,9 @@ def test_spectral_radius_of_linear_maps_including_complex_pairs():
     f_a = lambda z, x: z @ a.T + x  # noqa: E731
     f_b = lambda z, x: z @ b.T + x  # noqa: E731
     z = torch.zeros(2, 4, dtype=torch.float64)
-    assert torch.allclose(deqkit.spectral_radius(f_a, z, z, iters=200), torch.full((2,), 0.9, dtype=torch.float64), atol=0.01)
-    assert torch.allclose(deqkit.spectral_radius(f_b, z, z, iters=100), torch.full((2,), 1.2, dtype=torch.float64), atol=0.01)
+    expect = torch.ones(2, dtype=torch.float64)
+    assert torch.allclose(deqkit.spectral_radius(f_a, z, z, iters=200), 0.9 * expect, atol=0.01)
+    assert torch.allclose(deqkit.spectral_radius(f_b, z, z, iters=100), 1.2 * expect, atol=0.01)
 
 
 def test_spectral_radius_is_per_sample_and_matches_eigvals(tanh_problem):
@@ -22,7 +23,7 @@ def test_spectral_radius_is_per_sample_and_matches_eigvals(tanh_problem):
         z, _ = deqkit.solve(lambda z: block(z, x), torch.zeros_like(x), method="anderson", abstol=1e-10)
     rho = deqkit.spectral_radius(block, z, x, iters=300)
     for i in range(3):
-        jac = torch.autograd.functional.jacobian(lambda zi: block(zi[None], x[i:i + 1])[0], z[i])
+        jac = torch.autograd.functional.jacobian(lambda zi, i=i: block(zi[None], x[i:i + 1])[0], z[i])
         exact = torch.linalg.eigvals(jac).abs().max()
         assert abs(float(rho[i]) - float(exact)) < 0.02 * float(exact)
     with pytest.raises(ValueError, match="iters"):

@@ -1,6 +1,5 @@
 """Forward solvers: agreement, termination rule, per-sample freezing, loud failure."""
 
-import warnings
 
 import pytest
 import torch

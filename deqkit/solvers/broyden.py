@@ -57,7 +57,8 @@ class Broyden(IterativeSolver):
             vt = -dz + sum((vi * (ui * dz).sum(1, keepdim=True) for ui, vi in zip(mem.u, mem.v)),
                            torch.zeros_like(dz))  # Bᵀ Δz
             denom = (vt * dg).sum(1, keepdim=True)  # Δzᵀ B Δg
-            ok = denom.abs() > torch.finfo(denom.dtype).eps * dz.norm(dim=1, keepdim=True) * dg.norm(dim=1, keepdim=True)
+            scale = dz.norm(dim=1, keepdim=True) * dg.norm(dim=1, keepdim=True)
+            ok = denom.abs() > torch.finfo(denom.dtype).eps * scale
             safe = torch.where(ok, denom, torch.ones_like(denom))
             mem.u.append(torch.where(ok, (dz - b_dg) / safe, torch.zeros_like(dz)))
             mem.v.append(vt)

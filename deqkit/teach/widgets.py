@@ -1,0 +1,142 @@
+"""Wiring widgets to pure plotting functions, and sweeping them in tests.
+
+A callback takes the widget values as keyword arguments and returns a :class:`Panel` (a matplotlib
+``Figure`` built without pyplot, plus an HTML readout). :class:`LiveFigure` re-renders it into an
+``ipywidgets.Image`` on every change and shows any deqkit warning or error the callback raised, so a learner
+sees exactly what a user of the library would see.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import ipywidgets as widgets
+from matplotlib.figure import Figure
+
+from ..errors import ConvergenceError, DivergenceError
+
+BROWSER_SLIDER_CLASS = "deqkit-browser-slider"  # the slider the real-browser test moves
+BROWSER_PLOT_CLASS = "deqkit-browser-plot"  # the image it watches
+
+
+@dataclass
+class Panel:
+    """What a widget callback returns: a figure and an HTML readout under it."""
+
+    figure: Figure
+    text: str = ""
+
+
+def figure(ncols: int = 1, nrows: int = 1, *, width: float = 4.2, height: float = 3.2,
+           **kwargs: Any) -> tuple[Figure, Any]:
+    """A pyplot-free figure (no global state, nothing shown twice) and its axes."""
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=True, **kwargs)
+    return fig, axes
+
+
+def render_png(fig: Figure, dpi: int = 80) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _alert(kind: str, message: str) -> str:
+    color = {"warning": "#8a6d00", "error": "#a40000"}[kind]
+    return (f'<div class="deqkit-{kind}" style="color:{color};border-left:3px solid {color};padding-left:6px">'
+            f"<b>{html.escape(kind)}:</b> {html.escape(message)}</div>")
+
+
+class LiveFigure(widgets.VBox):
+    """Controls, a plot and a readout; the plot is ``fn(**values)`` and is redrawn whenever a value changes.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(**values) -> Panel``.
+    controls : dict
+        Keyword name -> value widget (sliders, dropdowns, ...).
+    primary : str, optional
+        The control the browser test moves (gets the CSS class ``deqkit-browser-slider``).
+    """
+
+    def __init__(self, fn: Callable[..., Panel], controls: dict[str, widgets.ValueWidget], *,
+                 primary: str | None = None, dpi: int = 80):
+        self.fn, self.controls, self.dpi = fn, controls, dpi
+        self.image = widgets.Image(format="png")
+        self.image.add_class(BROWSER_PLOT_CLASS)
+        self.readout = widgets.HTML()
+        self.renders = 0
+        self.last_error: Exception | None = None
+        if primary is not None:
+            controls[primary].add_class(BROWSER_SLIDER_CLASS)
+        for control in controls.values():
+            control.observe(self.update, names="value")
+        box = widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap"))
+        super().__init__([box, self.image, self.readout])
+        self.update()
+
+    @property
+    def values(self) -> dict[str, Any]:
+        return {name: c.value for name, c in self.controls.items()}
+
+    def update(self, change: Any = None) -> None:
+        """Recompute and redraw; deqkit warnings and errors are shown to the learner, not swallowed."""
+        notes = []
+        self.last_error = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                panel = self.fn(**self.values)
+            except (DivergenceError, ConvergenceError) as err:
+                self.last_error = err
+                panel = None
+                notes.append(_alert("error", f"{type(err).__name__}: {err}"))
+        notes += [_alert("warning", f"{w.category.__name__}: {w.message}") for w in caught]
+        if panel is not None:
+            self.image.value = render_png(panel.figure, self.dpi)
+            notes.insert(0, panel.text)
+        self.readout.value = "".join(notes)
+        self.renders += 1
+
+
+def control_values(control: widgets.ValueWidget, points: int = 5) -> list[Any]:
+    """Values spanning a control's range: every option of a dropdown, ends and interior points of a slider."""
+    if hasattr(control, "options"):
+        values = [opt[1] if isinstance(opt, tuple) else opt for opt in control.options]
+        if isinstance(control, widgets.SelectMultiple):  # each option alone, then all of them
+            return [(v,) for v in values] + [tuple(values)]
+        return values
+    if isinstance(control, widgets.Checkbox | widgets.ToggleButton):
+        return [not control.value, control.value]
+    lo, hi = control.min, control.max
+    if isinstance(control, widgets.FloatLogSlider):
+        exps = [control.min + (control.max - control.min) * i / (points - 1) for i in range(points)]
+        return [control.base ** e for e in exps]
+    if isinstance(control, widgets.IntSlider):
+        return sorted({round(lo + (hi - lo) * i / (points - 1)) for i in range(points)})
+    return [lo + (hi - lo) * i / (points - 1) for i in range(points)]
+
+
+def sweep(app: LiveFigure, points: int = 5, names: Iterable[str] | None = None) -> dict[str, int]:
+    """Move every control across its range (others at their initial values); return images seen per control.
+
+    Raises ``AssertionError`` when a move leaves the plot unchanged or an unexpected exception escapes.
+    """
+    seen: dict[str, int] = {}
+    for name in names or list(app.controls):
+        control = app.controls[name]
+        start = control.value
+        images = set()
+        for value in control_values(control, points):
+            control.value = value
+            images.add(bytes(app.image.value))
+        control.value = start
+        seen[name] = len(images)
+        assert len(images) > 1, f"moving {name!r} across {control_values(control, points)} never changed the plot"
+    return seen
