@@ -1,6 +1,7 @@
 """Widget callbacks: every control over its range, extremes included; the plot really changes."""
 
 import ipywidgets as widgets
+import torch
 import numpy as np
 import pytest
 
@@ -67,3 +68,126 @@ def test_control_values():
     assert control_values(widgets.IntSlider(min=0, max=4)) == [0, 1, 2, 3, 4]
     vals = control_values(widgets.FloatLogSlider(min=-6, max=-2, base=10), points=3)
     assert np.allclose(vals, [1e-6, 1e-4, 1e-2])
+
+
+# --- notebook 01: fixed-point iteration -------------------------------------------------------------------------
+from deqkit.teach import fixed_point, ode, regression  # noqa: E402
+
+
+def _quiet(fn, *args, **kwargs):
+    """Call a callback that may legitimately warn (non-convergence is part of the lesson); return the warnings."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn(*args, **kwargs)
+    return result, [w for w in caught if issubclass(w.category, deqkit.ConvergenceWarning)]
+
+
+@pytest.mark.parametrize("method", list(fixed_point.METHODS))
+@pytest.mark.parametrize("w,x", [(-3.0, -1.0), (-3.0, 0.2), (0.0, 0.0), (0.8, 0.5), (3.0, 1.0), (2.5, 0.1)])
+def test_cobweb_panel_over_range(method, w, x):
+    panel, warned = _quiet(fixed_point.cobweb_panel, w, x, method, 1e-10)
+    assert panel.figure.axes and "f'(z)" in panel.text
+    for ax in panel.figure.axes:
+        for line in ax.get_lines():
+            assert np.isfinite(line.get_ydata()).all()
+    if abs(w) < 1:  # contraction: must converge, silently
+        assert not warned and panel.text.startswith("<b>converged")
+    if warned:
+        assert "not converged" in panel.text
+
+
+def test_cobweb_shows_the_two_cycle_of_plain_iteration():
+    panel, warned = _quiet(fixed_point.cobweb_panel, -3.0, 0.2, "picard", 1e-6)
+    assert warned and "not converged" in panel.text and "repels" in panel.text
+    panel, warned = _quiet(fixed_point.cobweb_panel, -3.0, 0.2, "anderson", 1e-6)
+    assert not warned and panel.text.startswith("<b>converged")
+
+
+@pytest.mark.parametrize("scale,x_scale", [(0.1, 0.0), (0.9, 0.5), (0.99, 2.0), (2.5, 0.05), (2.5, 2.0)])
+def test_iteration_panel_over_range(scale, x_scale):
+    methods = tuple(fixed_point.METHODS)
+    panel, warned = _quiet(fixed_point.iteration_panel, scale, x_scale, methods, 1e-8)
+    assert panel.text.count("<tr>") == 1 + len(methods)
+    if scale < 1:  # a contraction: every method converges (damping only slows it down)
+        assert not warned and "<b>no</b>" not in panel.text, panel.text
+    if scale == 2.5 and x_scale < 0.1:  # ρ(∂f/∂z) > 1 near the origin: plain iteration cannot settle
+        assert warned and "<b>no</b>" in panel.text
+
+
+def test_random_map_has_the_requested_spectral_radius():
+    w, x = fixed_point.random_map(1.7, 0.3)
+    assert torch.allclose(w, w.T) and abs(torch.linalg.eigvalsh(w).abs().max().item() - 1.7) < 1e-9
+
+
+# --- notebook 02: the ODE view ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("system", ode.SYSTEMS)
+@pytest.mark.parametrize("a", [0.2, 1.2, 3.0])
+def test_phase_panel_over_range(system, a):
+    panel, warned = _quiet(ode.phase_panel, system, a, "tsit5", 1e-6)
+    assert len(panel.figure.axes) >= 3 and "Broyden" in panel.text
+    eq = ode.equilibria(system, a)
+    assert eq and all(np.isfinite(p).all() for p, _ in eq)
+    stable_origin = [s for p, s in eq if np.abs(p).max() < 1e-6]
+    if system == "spiral" and a == 3.0:  # past the Hopf bifurcation: no steady state at all
+        assert warned and "still moving" in panel.text and stable_origin == [False]
+    else:
+        assert not warned and "settles" in panel.text
+
+
+@pytest.mark.parametrize("method", ode.ODE_METHODS)
+@pytest.mark.parametrize("tol", [1e-6, 1e-2])
+def test_phase_panel_methods_and_tolerances(method, tol):
+    panel, warned = _quiet(ode.phase_panel, "pitchfork", 1.2, method, tol)
+    assert "trajectories reached" in panel.text
+    assert not warned or (method == "bosh3" and tol == 1e-6)  # a 3rd-order method at a tight tolerance is slow
+
+
+def test_bistable_pitchfork_broyden_saddle_vs_ode_stable():
+    panel = ode.phase_panel("pitchfork", 1.2, "tsit5", 1e-6)
+    assert "settles at (+0.933, +0.933)" in panel.text and "lands on (+0.000, " in panel.text
+
+
+def test_ode_unknown_system():
+    with pytest.raises(ValueError, match="unknown system"):
+        ode.system_matrix("saddle", 1.0)
+
+
+# --- notebook 03: regression -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backward", regression.BACKWARD_MODES)
+@pytest.mark.parametrize("solver", regression.SOLVERS)
+def test_training_panel_every_mode_and_solver(backward, solver):
+    panel = regression.training_panel(0.05, 10, backward, solver)
+    r = regression.train(0.05, 10, backward, solver)
+    assert np.isfinite(r.losses).all() and np.isfinite(r.prediction) and r.forward_nfe > 0
+    assert (r.backward_nfe > 0) == (backward == "implicit")
+    assert "prediction at −5" in panel.text
+
+
+def test_training_panel_learning_rate_extremes():
+    panel = regression.training_panel(1e-3, 10, "implicit", "dynamic_ss")
+    assert np.isfinite(regression.train(1e-3, 10, "implicit", "dynamic_ss").losses).all() and panel.figure.axes
+    # too large a step throws a = W2·W1 past 1: dz/dt = (a − 1)z + ... has no stable equilibrium left
+    with pytest.raises(deqkit.DivergenceError, match="blowing up"):
+        regression.training_panel(0.3, 10, "implicit", "dynamic_ss")
+
+
+@pytest.mark.parametrize("x", [-10.0, -5.0, 12.0])
+def test_prediction_panel_matches_closed_form(x):
+    panel = regression.prediction_panel(x, 0.05, 20, "implicit", "dynamic_ss")
+    r = regression.train(0.05, 20, "implicit", "dynamic_ss")
+    closed = (r.a * x + r.b) / (1 - r.a)
+    assert f"{closed:+.3f}"[:-1] in panel.figure.axes[0].get_title()
+
+
+def test_comparison_table_button_adds_rows():
+    lr = widgets.FloatLogSlider(value=0.05, min=-3, max=-0.5)
+    epochs = widgets.IntSlider(value=10, min=10, max=20)
+    solver = widgets.Dropdown(options=list(regression.SOLVERS), value="anderson")
+    table = regression.ComparisonTable(lr, epochs, solver)
+    table.button.click()
+    assert [r.backward for r in table.results] == list(regression.BACKWARD_MODES)
+    assert table.table.value.count("<tr>") == 1 + 3 and not table.button.disabled

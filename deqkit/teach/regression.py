@@ -1,0 +1,123 @@
+"""Notebook 03: the blog's y = 2x DEQ, trained with each backward mode and forward solver."""
+
+from __future__ import annotations
+
+import functools
+import html
+from dataclasses import dataclass, field
+
+import ipywidgets as widgets
+import numpy as np
+import torch
+
+from ..models.regression import X_TRAIN, Y_TRAIN, fit_regression, seed_regression_model
+from .widgets import Panel, figure
+
+BACKWARD_MODES = ("implicit", "unrolled", "one_step")
+SOLVERS = ("dynamic_ss", "anderson", "broyden", "picard")
+
+
+@dataclass
+class RunResult:
+    """One training run: settings, cost and outcome."""
+
+    backward: str
+    solver: str
+    lr: float
+    epochs: int
+    seconds: float
+    forward_nfe: float
+    backward_nfe: float
+    prediction: float  # at x = −5
+    final_loss: float
+    losses: tuple[float, ...]
+    a: float
+    b: float
+    model: torch.nn.Module = field(repr=False, compare=False, default=None)
+
+
+@functools.lru_cache(maxsize=64)
+def train(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solver: str = "dynamic_ss",
+          seed: int = 0) -> RunResult:
+    """Train the blog's model with these settings (cached: the same settings are trained once)."""
+    model = seed_regression_model(seed, backward=backward, solver=solver)
+    run = fit_regression(model, epochs=epochs, lr=lr, seed=seed)
+    a, b = model.f.affine()
+    return RunResult(backward, solver, lr, epochs, run.seconds, float(np.mean(run.forward_nfe)),
+                     float(np.mean(run.backward_nfe)), run.prediction, run.losses[-1], tuple(run.losses), a, b, model)
+
+
+def training_panel(lr: float = 0.05, epochs: int = 100, backward: str = "implicit",
+                   solver: str = "dynamic_ss") -> Panel:
+    """Loss per epoch and the learned function against y = 2x, with the closed-form fixed point."""
+    r = train(lr, epochs, backward, solver)
+    fig, (ax, ax2) = figure(2)
+    ax.semilogy(np.arange(1, len(r.losses) + 1), r.losses)
+    ax.set(xlabel="epoch", ylabel="mean loss Σ(y − ŷ)²", title=f"{backward} gradient, {solver} forward")
+    xs = np.linspace(-10, 12, 100)
+    ax2.plot(xs, 2 * xs, "k--", lw=0.8, label="y = 2x")
+    ax2.plot(xs, (r.a * xs + r.b) / (1 - r.a), label="z* = (a x + b)/(1 − a)")
+    ax2.plot(X_TRAIN.numpy(), Y_TRAIN.numpy(), "k.", label="training data")
+    ax2.plot([-5], [r.prediction], "o", color="tab:red", label=f"DEQ(−5) = {r.prediction:.3f}")
+    ax2.set(xlabel="x", title="what the DEQ learned")
+    ax2.legend(fontsize=7)
+    text = (f"a = {r.a:.4f}, b = {r.b:.4f} (the target is a = 2/3, b = 0); prediction at −5: {r.prediction:.4f}; "
+            f"{r.seconds:.2f} s, {r.forward_nfe:.1f} forward evaluations and {r.backward_nfe:.1f} backward "
+            "products per step.")
+    return Panel(fig, text)
+
+
+def prediction_panel(x: float = -5.0, lr: float = 0.05, epochs: int = 100, backward: str = "implicit",
+                     solver: str = "dynamic_ss") -> Panel:
+    """The trained DEQ's prediction at one ``x`` (solved, not the closed form) against 2x."""
+    r = train(lr, epochs, backward, solver)
+    with torch.no_grad():
+        pred = r.model(torch.tensor([[x]])).item()
+    fig, ax = figure()
+    xs = np.linspace(-10, 12, 100)
+    ax.plot(xs, 2 * xs, "k--", lw=0.8, label="2x")
+    ax.plot(xs, (r.a * xs + r.b) / (1 - r.a), label="DEQ")
+    ax.plot([x], [pred], "o", color="tab:red")
+    ax.axvspan(1, 10, color="tab:green", alpha=0.1, label="training range")
+    ax.set(xlabel="x", ylim=(-25, 25), title=f"x = {x:+.1f}: DEQ {pred:+.3f}, 2x = {2 * x:+.1f}")
+    ax.legend(fontsize=7, loc="upper left")
+    return Panel(fig, f"error {pred - 2 * x:+.4f}")
+
+
+def results_table(results: list[RunResult]) -> str:
+    """An HTML table of runs: time, NFE and accuracy per backward mode and solver."""
+    head = ("<tr><th>backward</th><th>forward solver</th><th>lr</th><th>epochs</th><th>seconds</th>"
+            "<th>forward NFE/step</th><th>backward NFE/step</th><th>prediction at −5</th><th>final loss</th></tr>")
+    rows = "".join(
+        f"<tr><td>{html.escape(r.backward)}</td><td>{html.escape(r.solver)}</td><td>{r.lr:g}</td>"
+        f"<td>{r.epochs}</td><td>{r.seconds:.2f}</td><td>{r.forward_nfe:.1f}</td><td>{r.backward_nfe:.1f}</td>"
+        f"<td>{r.prediction:.4f}</td><td>{r.final_loss:.2e}</td></tr>" for r in results)
+    return f"<table>{head}{rows}</table>"
+
+
+def compare_backward_modes(lr: float = 0.05, epochs: int = 100, solver: str = "dynamic_ss",
+                           modes: tuple[str, ...] = BACKWARD_MODES) -> list[RunResult]:
+    """Train once per backward mode with otherwise identical settings (fresh runs, not cached)."""
+    return [train.__wrapped__(lr, epochs, mode, solver) for mode in modes]
+
+
+class ComparisonTable(widgets.VBox):
+    """A button that trains every backward mode with the given controls' settings and adds rows to a table."""
+
+    def __init__(self, lr: widgets.ValueWidget, epochs: widgets.ValueWidget, solver: widgets.ValueWidget):
+        self.lr, self.epochs, self.solver = lr, epochs, solver
+        self.button = widgets.Button(description="Run all backward modes", icon="play")
+        self.table = widgets.HTML()
+        self.results: list[RunResult] = []
+        self.button.on_click(self.run)
+        super().__init__([self.button, self.table])
+
+    def run(self, _: object = None) -> None:
+        self.button.disabled = True
+        self.button.description = "running..."
+        try:
+            self.results += compare_backward_modes(self.lr.value, self.epochs.value, self.solver.value)
+            self.table.value = results_table(self.results)
+        finally:
+            self.button.disabled = False
+            self.button.description = "Run all backward modes"
