@@ -188,3 +188,19 @@ def test_backward_gmres_where_picard_backward_diverges(tanh_problem):
     deq_p = deqkit.DEQ(block, abstol=1e-12, reltol=1e-12, backward_solver="picard", backward_max_steps=300)
     with pytest.warns(deqkit.ConvergenceWarning):
         torch.autograd.grad(deq_p(x).sum(), x)
+
+
+def test_gmres_never_reports_a_false_success_on_a_coupled_map():
+    # T couples samples through the batch mean (as BatchNorm in training mode does): GMRES's per-sample Krylov
+    # residual is then wrong, and only the true residual may decide.
+    from deqkit.solvers import GMRES, run
+
+    gen = torch.Generator().manual_seed(0)
+    a = 0.3 * torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    g = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    T = lambda u: g + u @ a.T + 0.4 * u.mean(0, keepdim=True)  # noqa: E731
+    sol = run(GMRES(restart=3), T, torch.zeros_like(g), abstol=1e-10, reltol=0, max_steps=300)
+    true = (T(sol.z) - sol.z).abs().amax(1)
+    assert torch.allclose(true, sol.stats.residual)
+    assert (true[sol.stats.converged] <= 1e-10).all()
+    assert sol.stats.all_converged  # restarts from the true residual still get there

@@ -131,6 +131,19 @@ class Monitor:
         self.done = bool(all_done)
         return ~self.converged
 
+    def verify(self, z: torch.Tensor, r: torch.Tensor, fz: torch.Tensor) -> None:
+        """Re-judge every sample on a freshly evaluated residual ``r = f(z) − z`` at ``z`` (one per sample).
+
+        For solvers whose running residual is a recurrence rather than an evaluation (GMRES): a sample the
+        recurrence called converged but the true residual does not is running again.
+        """
+        res = r.detach().flatten(1).abs().amax(1)
+        scale = fz.detach().flatten(1).abs().amax(1)
+        meets = (res <= self.tol.abstol) | (res <= self.tol.reltol * scale)
+        self.best_z, self.best_fz, self.residual, self.scale, self.current = z, fz, res, scale, res
+        self.converged = self.converged & meets
+        self.done = bool(self.converged.all())
+
     def finish(self, steps: int, nfe: int) -> SolverStats:
         """Fill in the statistics; warn (or raise, if strict) about samples that did not converge."""
         s = self.stats

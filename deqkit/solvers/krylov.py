@@ -6,7 +6,10 @@ product with the system matrix is ``A v = r(u₀) − r(u₀ + v)``. It converge
 also where plain iteration on ``T`` diverges (spectral radius of ``J`` above 1, as at the stable equilibria
 that ``dynamic_ss`` finds for non-contractive maps).
 
-Not for nonlinear maps: the residual it reports is the Krylov residual, exact only when ``T`` is affine.
+Between restarts the termination rule is checked on the Krylov residual, which costs nothing but is exact only
+when ``T`` is affine and acts on each sample separately. Before GMRES stops, it evaluates the true residual
+at every sample's answer and re-judges each sample on it: a map that couples samples (BatchNorm in training
+mode) or is not affine then keeps iterating, or ends with a ConvergenceWarning — never with a false success.
 """
 
 from __future__ import annotations
@@ -66,10 +69,12 @@ class GMRES:
                 rk = (torch.stack(basis, 2) @ coef.unsqueeze(-1)).squeeze(-1)
                 monitor.check(step, uk.view(shape), rk.view(shape), (uk + rk).view(shape), nfe)
                 if monitor.done or step >= monitor.tol.max_steps:
-                    return step, nfe
-            u = uk
-            tu = T(u.view(shape))  # restart from the true residual, not the recurrence
+                    break
+            # restart (or stop) from the true residual at each sample's best answer, not the recurrence
+            u = monitor.best_z.flatten(1)
+            tu = T(u.view(shape))
             r, nfe = tu.flatten(1) - u, nfe + 1
+            monitor.verify(u.view(shape), r.view(shape), tu)
         return step, nfe
 
 
