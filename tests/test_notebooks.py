@@ -24,5 +24,6 @@ def test_committed_without_outputs(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_wired_for_the_browser_test_and_checks_its_widgets(path):
     source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
-    assert "primary=" in source, f"{path.name}: mark the slider the browser test moves (LiveFigure(..., primary=...))"
+    assert source.count("primary=") == 1, (
+        f"{path.name}: mark exactly one slider for the browser test to move (LiveFigure(..., primary=...))")
     assert "sweep(" in source, f"{path.name}: end with a cell that sweeps every widget (deqkit.teach.widgets.sweep)"

@@ -36,6 +36,9 @@ def test_live_figure_redraws_and_shows_warnings():
     app = LiveFigure(welcome_panel, {"scale": slider}, primary="scale")
     first = bytes(app.image.value)
     assert first.startswith(b"\x89PNG") and "deqkit-browser-slider" in slider._dom_classes
+    assert "deqkit-browser-plot" in app.image._dom_classes
+    other = LiveFigure(welcome_panel, {"scale": widgets.FloatSlider(value=0.5, min=0.1, max=1.0)})
+    assert "deqkit-browser-plot" not in other.image._dom_classes
     slider.value = 3.0
     assert bytes(app.image.value) != first and "ConvergenceWarning" in app.readout.value
     slider.value = 0.5

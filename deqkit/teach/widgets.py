@@ -62,19 +62,20 @@ class LiveFigure(widgets.VBox):
     controls : dict
         Keyword name -> value widget (sliders, dropdowns, ...).
     primary : str, optional
-        The control the browser test moves (gets the CSS class ``deqkit-browser-slider``).
+        The control the browser test moves (gets the CSS class ``deqkit-browser-slider``; the plot gets
+        ``deqkit-browser-plot``). Give it to one LiveFigure per notebook.
     """
 
     def __init__(self, fn: Callable[..., Panel], controls: dict[str, widgets.ValueWidget], *,
                  primary: str | None = None, dpi: int = 80):
         self.fn, self.controls, self.dpi = fn, controls, dpi
         self.image = widgets.Image(format="png")
-        self.image.add_class(BROWSER_PLOT_CLASS)
         self.readout = widgets.HTML()
         self.renders = 0
         self.last_error: Exception | None = None
-        if primary is not None:
+        if primary is not None:  # the browser test moves this control and watches this image
             controls[primary].add_class(BROWSER_SLIDER_CLASS)
+            self.image.add_class(BROWSER_PLOT_CLASS)
         for control in controls.values():
             control.observe(self.update, names="value")
         box = widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap"))
