@@ -62,7 +62,8 @@ def equilibria(system: str, a: float) -> list[tuple[np.ndarray, bool]]:
     return found
 
 
-def phase_panel(system: str = "pitchfork", a: float = 1.2, ode_method: str = "tsit5", tol: float = 1e-5) -> Panel:
+def phase_panel(system: str = "pitchfork", a: float = 1.2, ode_method: str = "tsit5", abstol: float = 1e-5,
+                reltol: float = 1e-5) -> Panel:
     """Phase portrait with ODE trajectories to steady state, their step sizes and cost, and where Broyden lands."""
     f = vector_field(system, a)
     max_steps = 80 if fast_mode() else 200
@@ -78,8 +79,8 @@ def phase_panel(system: str = "pitchfork", a: float = 1.2, ode_method: str = "ts
     for i, z0 in enumerate(starts()):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            z, stats = solve(f, z0[None], method="dynamic_ss", ode_method=ode_method, polish=None, abstol=tol,
-                             reltol=tol, max_steps=max_steps, record=True)
+            z, stats = solve(f, z0[None], method="dynamic_ss", ode_method=ode_method, polish=None, abstol=abstol,
+                             reltol=reltol, max_steps=max_steps, record=True)
         failed += [w.message for w in caught]
         traj = torch.cat(stats.trajectory).numpy()
         color = f"C{i % 10}"
@@ -111,6 +112,6 @@ def phase_panel(system: str = "pitchfork", a: float = 1.2, ode_method: str = "ts
            f"the ODE is still moving after {first.steps} steps, at ({end[0]:+.3f}, {end[1]:+.3f})")
     newton = f"({float(zb[0, 0]):+.3f}, {float(zb[0, 1]):+.3f})" + ("" if sb.all_converged else ", not converged")
     text = (f"● stable equilibrium, ○ unstable. {len(rows) - len(failed)}/{len(rows)} trajectories reached "
-            f"‖dz/dt‖∞ ≤ {tol:g} within {max_steps} steps. From ★ = {NEAR_ORIGIN}: {ode}; Broyden "
+            f"‖dz/dt‖∞ ≤ {abstol:g} or ≤ {reltol:g}·‖f(z)‖∞ within {max_steps} steps. From ★ = {NEAR_ORIGIN}: {ode}; Broyden "
             f"(Newton-type) lands on {newton}.")
     return Panel(fig, text)
