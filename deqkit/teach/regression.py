@@ -14,7 +14,14 @@ from ..models.regression import X_TRAIN, Y_TRAIN, fit_regression, seed_regressio
 from .widgets import Panel, figure
 
 BACKWARD_MODES = ("implicit", "unrolled", "one_step")
-SOLVERS = ("dynamic_ss", "anderson", "broyden", "picard")
+# label -> (method, options); "pure ODE" is the blog's DynamicSS(Tsit5()) without deqkit's Anderson polish
+SOLVERS: dict[str, tuple[str, dict]] = {
+    "dynamic_ss": ("dynamic_ss", {}),
+    "dynamic_ss, pure ODE": ("dynamic_ss", {"polish": None}),
+    "anderson": ("anderson", {}),
+    "broyden": ("broyden", {}),
+    "picard": ("picard", {}),
+}
 
 
 @dataclass
@@ -40,7 +47,8 @@ class RunResult:
 def train(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solver: str = "dynamic_ss",
           seed: int = 0) -> RunResult:
     """Train the blog's model with these settings (cached: the same settings are trained once)."""
-    model = seed_regression_model(seed, backward=backward, solver=solver)
+    method, options = SOLVERS[solver]
+    model = seed_regression_model(seed, backward=backward, solver=method, **options)
     run = fit_regression(model, epochs=epochs, lr=lr, seed=seed)
     a, b = model.f.affine()
     return RunResult(backward, solver, lr, epochs, run.seconds, float(np.mean(run.forward_nfe)),
