@@ -88,6 +88,7 @@ class Monitor:
         self.residual = torch.full((batch,), float("inf"), dtype=z0.dtype, device=z0.device)
         self.scale = torch.ones(batch, dtype=z0.dtype, device=z0.device)
         self.current = self.residual  # residual of each sample at the last check
+        self.below = False
         self.best_z = z0
         self.best_fz = z0
         self.done = False
@@ -95,9 +96,10 @@ class Monitor:
         self._start = time.perf_counter()
 
     def check(self, step: int, z: torch.Tensor, r: torch.Tensor, fz: torch.Tensor, nfe: int,
-              t: float | None = None) -> torch.Tensor:
+              t: float | None = None, below: torch.Tensor | None = None) -> torch.Tensor:
         """Record the iterate ``z`` with residual ``r = f(z) − z``; return the mask of samples still running.
 
+        ``below`` (per sample) sets ``self.below``: every running sample's residual is at most its entry.
         One host synchronisation per call: the flags that decide whether to stop are read together.
         """
         res = r.detach().flatten(1).abs().amax(1)
@@ -113,7 +115,11 @@ class Monitor:
         self.current = res
         bad = running & ~torch.isfinite(res)
         worst = torch.where(running, res, self.residual).amax()
-        worst, all_done, any_bad = torch.stack([worst, self.converged.all().to(worst), bad.any().to(worst)]).tolist()
+        flags = [worst, self.converged.all().to(worst), bad.any().to(worst)]
+        if below is not None:
+            flags.append((self.converged | (res <= below)).all().to(worst))
+        worst, all_done, any_bad, *rest = torch.stack(flags).tolist()
+        self.below = bool(rest and rest[0])
         if any_bad:
             raise DivergenceError(
                 f"{self.method}: f(z) − z became NaN or infinite at step {step} for {int(bad.sum())} of "

@@ -183,7 +183,7 @@ class DynamicSS:
         state = ode.rk_state
         if steps == 0:
             monitor.check(0, state.y1, state.f1, state.f1 + state.y1, field.nfe, t=0.0)
-        target = self.polish_below * monitor.current
+        target = self.polish_below * monitor.current if switch else None
         accepted = 0
         while not monitor.done and steps < tol.max_steps:
             try:
@@ -198,10 +198,11 @@ class DynamicSS:
             if new.t1 > state.t1:
                 accepted += 1
                 f1 = new.f1 if fsal else field(new.t1, new.y1)
-                running = monitor.check(steps, new.y1, f1, f1 + new.y1, field.nfe, t=float(new.t1.detach()))
+                running = monitor.check(steps, new.y1, f1, f1 + new.y1, field.nfe, t=float(new.t1.detach()),
+                                        below=target)
                 field.freeze(running)
                 new = new._replace(f1=f1 * batch_view(field.running, f1))
-                if switch and not monitor.done and bool((monitor.current <= target)[running].all()):
+                if switch and not monitor.done and monitor.below:
                     break
             else:
                 monitor.stats.rejected_steps += 1
@@ -212,15 +213,16 @@ class DynamicSS:
         ode = FIXED[self.ode_method](func=field, y0=z0, step_size=self.step_size, atol=0.0)
         dt = torch.tensor(self.step_size, dtype=torch.float64, device=z0.device)
         t, z, first = torch.zeros((), dtype=torch.float64, device=z0.device), z0, steps
+        target = None
         while True:
             # The step function evaluates f at z first: that derivative is what the rule checks.
             dz, f0 = ode._step_func(field, t, dt, t + dt, z)
-            running = monitor.check(steps, z, f0, f0 + z, field.nfe, t=float(t))
+            running = monitor.check(steps, z, f0, f0 + z, field.nfe, t=float(t), below=target)
             if monitor.done or steps >= monitor.tol.max_steps:
                 return steps
             if steps == first:
-                target = self.polish_below * monitor.current
-            elif switch and bool((monitor.current <= target)[running].all()):
+                target = self.polish_below * monitor.current if switch else None
+            elif switch and monitor.below:
                 return steps
             field.freeze(running)
             z, t, steps = z + dz * batch_view(field.running, dz), t + dt, steps + 1
