@@ -13,8 +13,8 @@ from .core import IterativeSolver
 class _History:
     z: torch.Tensor
     g: torch.Tensor
-    dz: list[torch.Tensor] = field(default_factory=list)
-    dg: list[torch.Tensor] = field(default_factory=list)
+    dg: list[torch.Tensor] = field(default_factory=list)  # ΔG: differences of residuals
+    dm: list[torch.Tensor] = field(default_factory=list)  # ΔZ + β ΔG: what the step mixes (ΔF when β = 1)
 
 
 class Anderson(IterativeSolver):
@@ -49,18 +49,28 @@ class Anderson(IterativeSolver):
 
     def update(self, z: torch.Tensor, fz: torch.Tensor, h: _History | None) -> tuple[torch.Tensor, _History]:
         g = fz - z
-        plain = z + self.beta * g
+        plain = fz if self.beta == 1 else z + self.beta * g
         if h is None:
             return plain, _History(z, g)
-        h.dz.append(z - h.z)
-        h.dg.append(g - h.g)
-        del h.dz[: -self.m], h.dg[: -self.m]
+        # The history is kept as lists stacked once per step, not written in place into preallocated buffers:
+        # the unrolled backward mode backpropagates through this update, and autograd needs every tensor it
+        # saved unchanged.
+        dg = g - h.g
+        h.dg.append(dg)
+        h.dm.append((z - h.z) + self.beta * dg)  # the step's (ΔZ + β ΔG), formed once per new column
+        del h.dg[: -self.m], h.dm[: -self.m]
         h.z, h.g = z, g
-        dz, dg = torch.stack(h.dz, 1), torch.stack(h.dg, 1)  # (batch, k, dim)
-        gram = dg @ dg.transpose(1, 2)
+        dgs, dms = torch.stack(h.dg, 1), torch.stack(h.dm, 1)  # (batch, k, dim)
+        dgs_t = dgs.transpose(1, 2)
+        # Products written as (batch, 1 or k, dim) @ (batch, dim, k): on CPU a (k, dim) @ (dim, 1) bmm is
+        # several times slower than the same product in this orientation.
+        gram = torch.bmm(dgs, dgs_t)  # (batch, k, k) = ΔGᵀΔG
+        rhs = torch.bmm(g.unsqueeze(1), dgs_t).transpose(1, 2)  # (batch, k, 1) = ΔGᵀ g
         eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
         reg = self.lam * gram.diagonal(dim1=1, dim2=2).amax(-1) + torch.finfo(gram.dtype).tiny
-        gamma, info = torch.linalg.solve_ex(gram + reg[:, None, None] * eye, (dg @ g.unsqueeze(-1)))
-        step = plain - ((dz + self.beta * dg).transpose(1, 2) @ gamma).squeeze(-1)
-        ok = (info == 0) & torch.isfinite(step).all(1)
-        return torch.where(ok[:, None], step, plain), h
+        gamma, info = torch.linalg.solve_ex(gram + reg[:, None, None] * eye, rhs)
+        # a singular system or a non-finite γ: γ = 0 for that sample, which is the plain damped step
+        ok = (info == 0) & torch.isfinite(gamma).all(1).squeeze(-1)
+        gamma_t = torch.where(ok[:, None, None], gamma, 0).transpose(1, 2)  # (batch, 1, k)
+        step = torch.baddbmm(plain.unsqueeze(1), gamma_t, dms, alpha=-1).squeeze(1)  # plain − (ΔZ + βΔG) γ
+        return step, h
