@@ -50,23 +50,30 @@ class GMRES:
         tiny = torch.finfo(u.dtype).tiny
         while not monitor.done and step < monitor.tol.max_steps:
             beta = r.norm(dim=1)
-            basis = [r / beta.clamp_min(tiny)[:, None]]
+            # the Krylov basis as rows of one preallocated tensor (the backward solve records no graph)
+            basis = u.new_zeros(batch, self.restart + 1, u.shape[1])
+            basis[:, 0] = r / beta.clamp_min(tiny)[:, None]
             hess = u.new_zeros(batch, self.restart + 1, self.restart)
             for j in range(self.restart):
-                w = r - (T((u + basis[j]).view(shape)).flatten(1) - (u + basis[j]))
+                vj = basis[:, j]
+                w = r - (T((u + vj).view(shape)).flatten(1) - (u + vj))
                 nfe, step = nfe + 1, step + 1
-                for i, vi in enumerate(basis):  # modified Gram–Schmidt
-                    hess[:, i, j] = (w * vi).sum(1)
-                    w = w - hess[:, i, j, None] * vi
+                # classical Gram–Schmidt, twice (CGS2: as stable as modified G–S), as batched products written
+                # (1, dim) @ (dim, j+1), the fast orientation on CPU
+                v = basis[:, : j + 1]
+                h = torch.bmm(w.unsqueeze(1), v.transpose(1, 2))  # (batch, 1, j+1)
+                w = w - torch.bmm(h, v).squeeze(1)
+                h2 = torch.bmm(w.unsqueeze(1), v.transpose(1, 2))
+                w = w - torch.bmm(h2, v).squeeze(1)
+                hess[:, : j + 1, j] = (h + h2).squeeze(1)
                 hess[:, j + 1, j] = w.norm(dim=1)
-                basis.append(w / hess[:, j + 1, j].clamp_min(tiny)[:, None])
+                basis[:, j + 1] = w / hess[:, j + 1, j].clamp_min(tiny)[:, None]
                 y = _least_squares(hess[:, : j + 2, : j + 1], beta)
-                v = torch.stack(basis[: j + 1], 2)  # (batch, dim, j+1)
-                uk = u + (v @ y.unsqueeze(-1)).squeeze(-1)
+                uk = u + torch.bmm(y.unsqueeze(1), v).squeeze(1)
                 # r_k = V_{j+1} (β e₁ − H y): the residual without another product
                 coef = -(hess[:, : j + 2, : j + 1] @ y.unsqueeze(-1)).squeeze(-1)
                 coef[:, 0] += beta
-                rk = (torch.stack(basis, 2) @ coef.unsqueeze(-1)).squeeze(-1)
+                rk = torch.bmm(coef.unsqueeze(1), basis[:, : j + 2]).squeeze(1)
                 monitor.check(step, uk.view(shape), rk.view(shape), (uk + rk).view(shape), nfe)
                 if monitor.done or step >= monitor.tol.max_steps:
                     break
