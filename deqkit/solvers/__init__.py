@@ -55,7 +55,8 @@ def run(solver: Any, f: Map, z0: torch.Tensor, *, abstol: float, reltol: float, 
     monitor = Monitor(getattr(solver, "label", solver.name), z0, tol, strict=strict, record=record)
     steps, nfe = solver.run(f, z0, monitor)
     stats = monitor.finish(steps, nfe)
-    return Solution(monitor.best_z, monitor.best_fz, stats)
+    z = monitor.best_z.clone() if monitor.best_z is z0 else monitor.best_z  # never hand back the caller's z0
+    return Solution(z, monitor.best_fz, stats)
 
 
 def solve(f: Map, z0: torch.Tensor, *, method: str = "dynamic_ss", abstol: float = 1e-5, reltol: float = 1e-5,

@@ -88,7 +88,7 @@ class Monitor:
         self.residual = torch.full((batch,), float("inf"), dtype=z0.dtype, device=z0.device)
         self.scale = torch.ones(batch, dtype=z0.dtype, device=z0.device)
         self.current = self.residual  # residual of each sample at the last check
-        self.below = False
+        self.below = self.any_converged = False
         self.best_z = z0
         self.best_fz = z0
         self.done = False
@@ -107,19 +107,23 @@ class Monitor:
         running = ~self.converged
         meets = running & ((res <= self.tol.abstol) | (res <= self.tol.reltol * scale))
         better = running & ((res < self.residual) | meets)
-        self.best_z = torch.where(batch_view(better, z), z, self.best_z)
-        self.best_fz = torch.where(batch_view(better, fz), fz, self.best_fz)
         self.residual = torch.where(better, res, self.residual)
         self.scale = torch.where(better, scale, self.scale)
         self.converged = self.converged | meets
         self.current = res
         bad = running & ~torch.isfinite(res)
         worst = torch.where(running, res, self.residual).amax()
-        flags = [worst, self.converged.all().to(worst), bad.any().to(worst)]
+        flags = [worst, self.converged.all(), bad.any(), better.all(), self.converged.any()]
         if below is not None:
-            flags.append((self.converged | (res <= below)).all().to(worst))
-        worst, all_done, any_bad, *rest = torch.stack(flags).tolist()
-        self.below = bool(rest and rest[0])
+            flags.append((self.converged | (res <= below)).all())
+        worst, all_done, any_bad, all_better, any_converged, *rest = torch.stack(
+            [flag.to(worst) for flag in flags]).tolist()
+        self.below, self.any_converged = bool(rest and rest[0]), bool(any_converged)
+        if all_better:  # the common case: this iterate is every sample's best, no batch-sized copy needed
+            self.best_z, self.best_fz = z, fz
+        else:
+            self.best_z = torch.where(batch_view(better, z), z, self.best_z)
+            self.best_fz = torch.where(batch_view(better, fz), fz, self.best_fz)
         if any_bad:
             raise DivergenceError(
                 f"{self.method}: f(z) − z became NaN or infinite at step {step} for {int(bad.sum())} of "
@@ -221,7 +225,10 @@ class IterativeSolver(abc.ABC):
         moving = ~monitor.converged
         while not monitor.done and step < limit:
             z_next, state = self.update(z.flatten(1), fz.flatten(1), state)
-            z = torch.where(batch_view(moving, z), z_next.view_as(z), z)
+            if hold is None and not monitor.any_converged:  # every sample moves: skip the masked copy
+                z = z_next.view_as(z)
+            else:
+                z = torch.where(batch_view(moving, z), z_next.view_as(z), z)
             fz, nfe, step = f(z), nfe + 1, step + 1
             moving = moving & monitor.check(step, z, fz - z, fz, nfe, t=t)
             if hold is not None:
