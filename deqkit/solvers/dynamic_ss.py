@@ -46,8 +46,12 @@ class _VectorField:
     def __init__(self, f: Map, z0: torch.Tensor):
         self.f, self.z0, self.nfe = f, z0, 0
         self.running = torch.ones(z0.shape[0], dtype=z0.dtype, device=z0.device)
+        self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, t: torch.Tensor, z: torch.Tensor, perturb: object = None) -> torch.Tensor:
+        if self.cached is not None and z is self.cached[0]:  # the value computed just before, reused once
+            out, self.cached = self.cached[1], None
+            return out
         fz = self.f(z)
         if self.nfe == 0:
             check_map_output(fz, z)
@@ -83,10 +87,12 @@ class DynamicSS:
         ``"dopri8"``, ``"fehlberg2"``, ``"adaptive_heun"``) or a fixed-step one (``"euler"``, ``"midpoint"``,
         ``"heun2"``, ``"heun3"``, ``"rk4"``, which need ``step_size``).
     ode_rtol, ode_atol : float, optional
-        The ODE solver's local error tolerances. Without polishing they default to ``reltol / 10`` and
-        ``abstol / 10`` of the solve: they must be tighter than the termination tolerances, because near the
-        steady state the step size sits at the method's stability limit and the residual levels off near the
-        ODE tolerance. With polishing the flow only has to reach the basin: defaults 1e-2 and 1e-4.
+        The ODE solver's local error tolerances. With ``s = max(‖z0‖∞, ‖f(z0)‖∞)`` over the batch (the scale of
+        the problem, read off the first evaluation), they default to ``reltol / 10`` and
+        ``max(abstol, reltol · s) / 10`` when the ODE must reach the target by itself: tighter than the
+        termination rule, because near the steady state the step size sits at the method's stability limit
+        and the residual levels off near the ODE tolerance. While polishing is pending the flow only has to
+        reach the basin: ``1e-3`` and ``1e-3 · s``.
     first_step, max_step : float, optional
         Initial and largest step size (adaptive methods). Default first step: 0.5 with polishing (half the
         time scale of the ``−z`` term), else chosen automatically (Hairer–Nørsett–Wanner).
@@ -133,10 +139,8 @@ class DynamicSS:
         if not 0 < polish_below < 1:
             raise ValueError(f"polish_below must be in (0, 1), got {polish_below}")
         self.ode_method, self.ode_rtol, self.ode_atol = ode_method, ode_rtol, ode_atol
-        if polish:
-            self.ode_rtol = 1e-2 if ode_rtol is None else ode_rtol
-            self.ode_atol = 1e-4 if ode_atol is None else ode_atol
-            first_step = 0.5 if first_step is None and ode_method in ADAPTIVE else first_step
+        if polish and first_step is None and ode_method in ADAPTIVE:
+            first_step = 0.5
         self.step_size = step_size
         self.controller = {"safety": safety, "ifactor": ifactor, "dfactor": dfactor}
         if first_step is not None:
@@ -174,12 +178,21 @@ class DynamicSS:
     def _adaptive(self, field: _VectorField, z0: torch.Tensor, monitor: Monitor, steps: int, *,
                   switch: bool) -> int:
         tol = monitor.tol
-        rtol = tol.reltol / 10 if self.ode_rtol is None else self.ode_rtol
-        atol = tol.abstol / 10 if self.ode_atol is None else self.ode_atol
+        t0 = torch.zeros(1, dtype=torch.float64, device=z0.device)
+        r0 = field(t0[0], z0)
+        field.cached = (z0, r0)  # torchdiffeq's own first evaluation at z0 reuses it
+        scale = float(torch.maximum(z0.detach().abs().amax(), (r0 + z0).detach().abs().amax()))
+        scale = scale if scale > 0 else 1.0
+        if switch:  # polishing will finish the job: the flow only has to reach the basin
+            rtol, atol = 1e-3, 1e-3 * scale
+        else:
+            rtol, atol = tol.reltol / 10, max(tol.abstol, tol.reltol * scale) / 10
+        rtol = rtol if self.ode_rtol is None else self.ode_rtol
+        atol = atol if self.ode_atol is None else self.ode_atol
         cls = ADAPTIVE[self.ode_method]
         fsal = _is_fsal(cls)
         ode = cls(func=field, y0=z0, rtol=rtol, atol=atol, norm=per_sample_rms_max, **self.controller)
-        ode._before_integrate(torch.zeros(1, dtype=torch.float64, device=z0.device))
+        ode._before_integrate(t0)
         state = ode.rk_state
         if steps == 0:
             monitor.check(0, state.y1, state.f1, state.f1 + state.y1, field.nfe, t=0.0)
