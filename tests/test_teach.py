@@ -1,9 +1,9 @@
 """Widget callbacks: every control over its range, extremes included; the plot really changes."""
 
 import ipywidgets as widgets
-import torch
 import numpy as np
 import pytest
+import torch
 
 import deqkit
 from deqkit.teach import fast_mode

@@ -112,6 +112,6 @@ def phase_panel(system: str = "pitchfork", a: float = 1.2, ode_method: str = "ts
            f"the ODE is still moving after {first.steps} steps, at ({end[0]:+.3f}, {end[1]:+.3f})")
     newton = f"({float(zb[0, 0]):+.3f}, {float(zb[0, 1]):+.3f})" + ("" if sb.all_converged else ", not converged")
     text = (f"● stable equilibrium, ○ unstable. {len(rows) - len(failed)}/{len(rows)} trajectories reached "
-            f"‖dz/dt‖∞ ≤ {abstol:g} or ≤ {reltol:g}·‖f(z)‖∞ within {max_steps} steps. From ★ = {NEAR_ORIGIN}: {ode}; Broyden "
-            f"(Newton-type) lands on {newton}.")
+            f"‖dz/dt‖∞ ≤ {abstol:g} or ≤ {reltol:g}·‖f(z)‖∞ within {max_steps} steps. "
+            f"From ★ = {NEAR_ORIGIN}: {ode}; Broyden (Newton-type) lands on {newton}.")
     return Panel(fig, text)
