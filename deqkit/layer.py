@@ -52,7 +52,10 @@ class DEQ(nn.Module):
         Method for ``u = g + u ∂f/∂z``: ``"gmres"`` (default; converges whenever ``I − J`` is invertible),
         ``"anderson"``, ``"broyden"``, ``"picard"`` or ``"dynamic_ss"`` (the adjoint ODE run to steady state).
     backward_abstol, backward_reltol, backward_max_steps :
-        The backward solve's tolerances (default: the forward ones) and step limit.
+        The backward solve's tolerances and step limit. Default: relative only, ``backward_abstol = 0`` and
+        ``backward_reltol = max(abstol, reltol)``, because the scale of the incoming gradient is the loss's
+        business (a batch mean divides it by the batch size) and an absolute tolerance could accept the first
+        guess ``u = g`` — silently the one-step gradient.
     **options
         Options of the forward method (e.g. ``m=5`` for Anderson, ``ode_method="dopri5"``); options prefixed
         ``backward_`` go to the backward method (e.g. ``backward_restart=30``). Unknown ones raise ``TypeError``.
@@ -86,8 +89,10 @@ class DEQ(nn.Module):
         self.solver, self.backward, self.z0, self.strict = solver, backward, z0, strict
         self.abstol, self.reltol, self.max_steps = abstol, reltol, max_steps
         self.backward_solver = backward_solver
-        self.backward_abstol = abstol if backward_abstol is None else backward_abstol
-        self.backward_reltol = reltol if backward_reltol is None else backward_reltol
+        # Relative by default: the incoming gradient's scale depends on the loss (a batch mean makes it ~1/batch),
+        # and an absolute tolerance could accept the first guess u = g, which is the one-step gradient.
+        self.backward_abstol = 0.0 if backward_abstol is None else backward_abstol
+        self.backward_reltol = max(abstol, reltol) if backward_reltol is None else backward_reltol
         self.backward_max_steps = backward_max_steps
         back_opts = {k.removeprefix("backward_"): v for k, v in options.items() if k.startswith("backward_")}
         fwd_opts = {k: v for k, v in options.items() if not k.startswith("backward_")}

@@ -204,3 +204,17 @@ def test_gmres_never_reports_a_false_success_on_a_coupled_map():
     assert torch.allclose(true, sol.stats.residual)
     assert (true[sol.stats.converged] <= 1e-10).all()
     assert sol.stats.all_converged  # restarts from the true residual still get there
+
+
+def test_backward_tolerance_is_relative_so_a_mean_loss_is_not_one_step(tanh_problem):
+    # With a batch-mean loss the incoming gradient is ~1/batch: an absolute backward tolerance equal to a loose
+    # forward one (1e-2) would accept u = g at once, i.e. the one-step gradient, without a word.
+    block, x = tanh_problem(d=16, batch=64, norm=0.9)
+    grads = {}
+    for backward in ["implicit", "unrolled", "one_step"]:
+        deq = deqkit.DEQ(block, solver="anderson", backward=backward, abstol=1e-2, reltol=1e-2)
+        grads[backward] = torch.autograd.grad(deq(x).mean(), block.weight)[0]
+        if backward == "implicit":
+            assert deq.backward_abstol == 0 and deq.last_stats.backward.nfe > 2
+    err = lambda g: ((g - grads["unrolled"]).norm() / grads["unrolled"].norm()).item()  # noqa: E731
+    assert err(grads["implicit"]) < 0.05 < err(grads["one_step"])
