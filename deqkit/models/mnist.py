@@ -1,0 +1,238 @@
+"""MNIST classifiers built around one DEQ layer: the seed blog's MLP, a fixed variant, a wider MLP, a conv DEQ.
+
+Every model is an :class:`MNISTDEQ`: ``logits = head(deq(encoder(images)))``, where ``deq`` is a
+:class:`~deqkit.DEQ` whose ``last_stats`` hold the forward and backward solver statistics of the last call.
+
+* ``"seed"`` — the blog's network exactly: ``encoder = Dense(784→200, tanh) → Dense(200→20, tanh)``,
+  ``f(z, x) = block(z + x)`` with ``block = Dense(20→10, tanh) → Dense(10→10, tanh) → Dense(10→20, tanh)``,
+  started from ``z0 = block(x)`` and solved by ``DynamicSS(Tsit5())`` (pure ODE, no polishing) with
+  tolerances 1e-2, ``head = Dense(20→15, tanh) → Dense(15→10, tanh)``. Flux's initialisation (Glorot-uniform
+  weights, zero biases).
+* ``"seed-linear"`` — the same network with a linear last layer: the logits are no longer squashed into
+  ``[−1, 1]`` by tanh (see notebook 04 for why that one change matters).
+* ``"wide"`` — a 128-wide MLP-DEQ in the protocol of Pal et al.'s MNIST-Dense experiments:
+  ``Dense(784→128, relu)``, ``f(z, x) = relu(W₁z + b₁) + relu(W₂x + b₂)``, ``Dense(128→10)``.
+* ``"conv"`` — a small convolutional DEQ in the spirit of the implicit-layers tutorial and MDEQ: a conv stem
+  down to 7×7, a residual block with group normalisation as ``f`` (solved by Anderson), a linear head.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layer import DEQ
+
+__all__ = ["MNIST_MODELS", "ConvBlock", "MNISTDEQ", "SeedMNISTBlock", "WideBlock", "conv_deq", "mnist_model",
+           "seed_mnist_model", "wide_mlp_deq"]
+
+#: The seed blog's solver settings: ``DynamicSS(Tsit5())``, abstol = reltol = 1e-2, no polishing.
+SEED_SOLVER: dict[str, Any] = {"solver": "dynamic_ss", "ode_method": "tsit5", "polish": None,
+                               "abstol": 1e-2, "reltol": 1e-2, "z0": "f0",
+                               # The blog's SteadyStateAdjoint solves the linear system exactly; GMRES in 20
+                               # dimensions gets there. The tolerance must be relative: the gradient of a
+                               # batch-mean loss is ~1/batch per sample, below any fixed abstol like 1e-2.
+                               "backward_abstol": 1e-12, "backward_reltol": 1e-4}
+
+
+def _flux_dense(n_in: int, n_out: int) -> nn.Linear:
+    """``Flux.Dense`` as the blog used it: Glorot-uniform weights, zero bias."""
+    layer = nn.Linear(n_in, n_out)
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _mlp(sizes: list[int], final_tanh: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(_flux_dense(a, b))
+        if final_tanh or i < len(sizes) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+class SeedMNISTBlock(nn.Module):
+    """The blog's DEQ block: ``f(z, x) = block(z + x)``, ``block = Dense(20→10→10→20)`` with tanh after each."""
+
+    def __init__(self, width: int = 20, hidden: int = 10) -> None:
+        super().__init__()
+        self.block = _mlp([width, hidden, hidden, width])
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.block(z + x)
+
+
+class WideBlock(nn.Module):
+    """``f(z, u) = relu(W₁z + b₁) + u`` where the model passes the injection ``u = relu(W₂x + b₂)``.
+
+    The injection does not depend on ``z``, so the model computes it once per input instead of once per solver
+    evaluation; the DEQ still returns gradients to it (and so to ``W₂``).
+    """
+
+    def __init__(self, width: int = 128, init_scale: float = 0.5) -> None:
+        super().__init__()
+        self.linear = nn.Linear(width, width)
+        # Start as a contraction (‖W₁‖₂ = init_scale < 1): plain iteration and the ODE both converge at first.
+        with torch.no_grad():
+            self.linear.weight.mul_(init_scale / torch.linalg.matrix_norm(self.linear.weight, 2))
+        self.inject = nn.Linear(width, width)
+
+    def injection(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.inject(x))
+
+    def forward(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.linear(z)) + u
+
+
+class ConvBlock(nn.Module):
+    """A residual conv block with group normalisation (the implicit-layers tutorial's ``ResNetLayer``).
+
+    ``f(z, x) = GN₃(relu(z + GN₂(x + conv₂(GN₁(relu(conv₁(z)))))))``. The normalisations keep ``f`` bounded
+    whatever the weights, and the small initial weights make it start close to a contraction.
+    """
+
+    def __init__(self, channels: int, hidden: int, groups: int = 8, kernel: int = 3, init_std: float = 0.01):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, hidden, kernel, padding=kernel // 2, bias=False)
+        self.conv2 = nn.Conv2d(hidden, channels, kernel, padding=kernel // 2, bias=False)
+        self.norm1 = nn.GroupNorm(groups, hidden)
+        self.norm2 = nn.GroupNorm(groups, channels)
+        self.norm3 = nn.GroupNorm(groups, channels)
+        for conv in (self.conv1, self.conv2):
+            nn.init.normal_(conv.weight, 0.0, init_std)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(torch.relu(self.conv1(z)))
+        return self.norm3(torch.relu(z + self.norm2(x + self.conv2(y))))
+
+
+class MNISTDEQ(nn.Module):
+    """``logits = head(deq(encoder(images)))`` for images of shape ``(batch, 1, 28, 28)``.
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        Images to the DEQ's input ``x``.
+    deq : DEQ
+        The equilibrium layer; ``deq.last_stats`` holds the solver statistics of the last call.
+    head : nn.Module
+        The equilibrium ``z*`` to 10 logits.
+    name : str
+        The model's name in :data:`MNIST_MODELS` (kept in checkpoints and metrics).
+    injection : callable, optional
+        Applied to the encoder output before the DEQ (see :class:`WideBlock`).
+    """
+
+    def __init__(self, encoder: nn.Module, deq: DEQ, head: nn.Module, *, name: str,
+                 injection: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        super().__init__()
+        self.encoder, self.deq, self.head, self.name = encoder, deq, head, name
+        self._injection = injection
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The DEQ's input ``x`` for a batch of images (``f(z, x)`` is ``self.deq.f``)."""
+        if images.dim() != 4 or images.shape[1:] != (1, 28, 28):
+            raise ValueError(f"expected MNIST images of shape (batch, 1, 28, 28), got {tuple(images.shape)}; "
+                             "use deqkit.data.mnist_datasets, or reshape with x.view(-1, 1, 28, 28)")
+        x = self.encoder(images)
+        return x if self._injection is None else self._injection(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.deq(self.features(images)))
+
+
+def _deq(block: nn.Module, defaults: dict[str, Any], overrides: dict[str, Any]) -> DEQ:
+    options = defaults | overrides
+    if options.get("solver", "dynamic_ss") != "dynamic_ss":
+        # dynamic_ss-only options do not apply to the other methods
+        for key in ("ode_method", "polish"):
+            if key not in overrides:
+                options.pop(key, None)
+    return DEQ(block, **options)
+
+
+def seed_mnist_model(*, linear_logits: bool = False, seed: int | None = None, **deq_options: Any) -> MNISTDEQ:
+    """The seed blog's MNIST DEQ (``"seed"``), or with a linear last layer (``"seed-linear"``).
+
+    Parameters
+    ----------
+    linear_logits : bool
+        Drop the tanh after the last layer, so the logits are not confined to ``[−1, 1]``.
+    seed : int, optional
+        Seed ``torch``'s global generator before initialising (reproducible weights).
+    **deq_options
+        Override the blog's solver settings :data:`SEED_SOLVER` (e.g. ``solver="anderson"``,
+        ``polish="anderson"``, ``abstol=1e-4``); any :class:`~deqkit.DEQ` keyword.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    encoder = nn.Sequential(nn.Flatten(), *_mlp([784, 200, 20]))
+    deq = _deq(SeedMNISTBlock(), SEED_SOLVER, deq_options)
+    head = _mlp([20, 15, 10], final_tanh=not linear_logits)
+    return MNISTDEQ(encoder, deq, head, name="seed-linear" if linear_logits else "seed")
+
+
+def wide_mlp_deq(*, width: int = 128, seed: int | None = None, **deq_options: Any) -> MNISTDEQ:
+    """The wide MLP-DEQ (``"wide"``): ``Dense(784→w, relu)``, ``f = relu(W₁z + b₁) + relu(W₂x + b₂)``, ``Dense(w→10)``.
+
+    Solved by default with ``dynamic_ss`` (Tsit5, polished by Anderson) from ``z0 = 0``, tolerances 1e-3,
+    at most 60 steps; ``deq_options`` override any of these.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    block = WideBlock(width)
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(784, width), nn.ReLU())
+    defaults = {"solver": "dynamic_ss", "abstol": 1e-3, "reltol": 1e-3, "max_steps": 60,
+                "backward_abstol": 1e-12, "backward_reltol": 1e-3, "backward_max_steps": 60}
+    deq = _deq(block, defaults, deq_options)
+    return MNISTDEQ(encoder, deq, nn.Linear(width, 10), name="wide", injection=block.injection)
+
+
+def conv_deq(*, channels: int = 32, hidden: int = 64, stem: int = 16, seed: int | None = None,
+             **deq_options: Any) -> MNISTDEQ:
+    """A convolutional DEQ (``"conv"``) sized for a small CPU.
+
+    ``encoder``: conv 3×3 (1→``stem``) + GroupNorm + ReLU + max-pool (14×14), conv 3×3 (``stem``→``channels``)
+    + GroupNorm + ReLU + max-pool (7×7), conv 3×3 + GroupNorm: the injection ``x``. ``f``: :class:`ConvBlock`
+    (``channels`` → ``hidden`` → ``channels``) at 7×7, where each evaluation is cheap. ``head``: flatten and
+    one linear layer. Solved by default with Anderson from ``z0 = 0`` to tolerances 1e-2 in at most 20
+    iterations, forward and backward: the usual DEQ training settings.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+
+    def norm(c: int) -> nn.GroupNorm:
+        return nn.GroupNorm(math.gcd(8, c), c)
+
+    encoder = nn.Sequential(
+        nn.Conv2d(1, stem, 3, padding=1, bias=False), norm(stem), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(stem, channels, 3, padding=1, bias=False), norm(channels), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(channels, channels, 3, padding=1, bias=False), norm(channels),
+    )
+    block = ConvBlock(channels, hidden, groups=math.gcd(8, math.gcd(channels, hidden)))
+    defaults = {"solver": "anderson", "abstol": 1e-2, "reltol": 1e-2, "max_steps": 20,
+                "backward_abstol": 1e-12, "backward_reltol": 1e-2, "backward_max_steps": 20}
+    deq = _deq(block, defaults, deq_options)
+    head = nn.Sequential(nn.Flatten(), nn.Linear(channels * 49, 10))
+    return MNISTDEQ(encoder, deq, head, name="conv")
+
+
+#: Model name -> constructor (keyword arguments: ``seed`` and :class:`~deqkit.DEQ` overrides).
+MNIST_MODELS: dict[str, Callable[..., MNISTDEQ]] = {
+    "seed": seed_mnist_model,
+    "seed-linear": lambda **kw: seed_mnist_model(linear_logits=True, **kw),
+    "wide": wide_mlp_deq,
+    "conv": conv_deq,
+}
+
+
+def mnist_model(name: str, **options: Any) -> MNISTDEQ:
+    """Build the MNIST model ``name`` (one of :data:`MNIST_MODELS`) with keyword ``options``."""
+    if name not in MNIST_MODELS:
+        raise ValueError(f"unknown MNIST model {name!r}; choose one of {sorted(MNIST_MODELS)}")
+    return MNIST_MODELS[name](**options)
