@@ -1,0 +1,25 @@
+"""Training DEQ classifiers: a loop with progress bars, per-epoch metrics, checkpoints and exact resume.
+
+``python -m deqkit.train mnist --model seed|seed-linear|wide|conv ...`` runs it from the shell (also under
+``torchrun``, with DistributedDataParallel); :func:`train_mnist` and :func:`train` are the same from Python.
+"""
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .distributed import DistContext, launched_by_torchrun, resolve_device
+from .loop import METRIC_FIELDS, TrainConfig, TrainResult, evaluate, load_model, train, train_mnist
+
+__all__ = [
+    "METRIC_FIELDS",
+    "CheckpointError",
+    "DistContext",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "launched_by_torchrun",
+    "load_checkpoint",
+    "load_model",
+    "resolve_device",
+    "save_checkpoint",
+    "train",
+    "train_mnist",
+]

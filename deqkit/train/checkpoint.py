@@ -1,0 +1,74 @@
+"""Checkpoints: written atomically, read back with ``torch.load(..., weights_only=True)``."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+from typing import Any
+
+import torch
+
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not belong to the run that tries to resume from it."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> pathlib.Path:
+    """Write ``state`` to ``path`` atomically: a killed process leaves the previous file intact.
+
+    The state is written to a temporary file in the same folder, flushed to disk, then renamed over
+    ``path`` (``os.replace`` is atomic on POSIX and Windows).
+
+    Parameters
+    ----------
+    state : dict
+        Tensors, numbers, strings, lists, dicts: what ``torch.load(weights_only=True)`` can read back.
+    path : str or os.PathLike
+        Destination; its folder is created if needed.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": CHECKPOINT_FORMAT} | state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, with ``weights_only=True`` (no code is run).
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, cannot be unpickled safely, or has another format version.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: train without resume first, or point to the run's folder")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for a bad file
+        raise CheckpointError(f"{path} is not a readable deqkit checkpoint ({type(exc).__name__}: {exc}); "
+                              "delete it and train again without resume") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} has checkpoint format {found!r}, this deqkit reads format "
+                              f"{CHECKPOINT_FORMAT}; it was written by another version")
+    return state
