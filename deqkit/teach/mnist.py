@@ -1,0 +1,396 @@
+"""Notebook 04: the seed blog's MNIST DEQ — why it stalls, what fixes it, and digits converging one by one.
+
+Pure functions ``(model, data, widget values) -> Panel`` and the small helpers the notebook calls; the notebook
+only wires them to widgets. Non-converged solves inside these functions are counted and shown in the panel
+text, not raised as warnings, except in :func:`digit_panel`, which lets the learner see the solver's own warning.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from ..data import MNIST_MEAN, MNIST_STD, mnist_datasets
+from ..errors import ConvergenceWarning
+from ..solvers import solve
+from . import fast_mode
+from .widgets import Panel, figure, render_png
+
+__all__ = ["SOLVERS", "WHICH", "DigitEffort", "StepLog", "class_panel", "digit_effort", "digit_panel", "effort_panel",
+           "gallery_panel", "logit_diagnostics", "notebook_data", "stall_panel", "static", "tanh_logit_floor",
+           "training_panel"]
+
+#: Forward solvers a learner can pick: label -> (method, options).
+SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dynamic_ss: Tsit5 to steady state (the blog)": ("dynamic_ss", {"polish": None}),
+    "dynamic_ss + Anderson polish (deqkit default)": ("dynamic_ss", {}),
+    "anderson": ("anderson", {}),
+    "broyden": ("broyden", {}),
+    "picard (plain iteration)": ("picard", {}),
+}
+#: Gallery choices.
+WHICH = ("most effortful", "least effortful", "misclassified")
+
+
+def notebook_data(fast: bool | None = None, *, widget_digits: int | None = None
+                  ) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+    """MNIST for notebook 04: ``(train, test, digits)``; ``digits`` are the first test images the widgets show.
+
+    Fast mode (:func:`deqkit.teach.fast_mode`): 12,000 training and 2,000 test samples, 500 widget digits.
+    Full mode: all 60,000 / 10,000, and 2,000 widget digits.
+    """
+    fast = fast_mode() if fast is None else fast
+    train, test = mnist_datasets(subset=12000 if fast else None, seed=0)
+    n = widget_digits or (500 if fast else 2000)
+    x, y = test.tensors
+    return train, test, TensorDataset(x[:n], y[:n])
+
+
+def static(panel: Panel, dpi: int = 80) -> Any:
+    """Show a :class:`Panel` once in a notebook (an inline PNG and its text), without pyplot."""
+    from IPython.display import HTML
+
+    data = base64.b64encode(render_png(panel.figure, dpi)).decode()
+    return HTML(f'<img src="data:image/png;base64,{data}"/><div>{panel.text}</div>')
+
+
+@dataclass
+class StepLog:
+    """A ``callback`` for :func:`deqkit.train.train` that keeps every step's loss, accuracy and NFE."""
+
+    loss: list[float] = field(default_factory=list)
+    acc: list[float] = field(default_factory=list)
+    fwd_nfe: list[int] = field(default_factory=list)
+    bwd_nfe: list[int] = field(default_factory=list)
+    unconverged: int = 0
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        self.loss.append(info["loss"])
+        self.acc.append(info["acc"])
+        self.fwd_nfe.append(info["fwd_nfe"])
+        self.bwd_nfe.append(info["bwd_nfe"])
+        self.unconverged += info["unconverged"]
+
+
+def _smooth(values: list[float], window: int) -> np.ndarray:
+    v = np.asarray(values, dtype=float)
+    if len(v) < window or window < 2:
+        return v
+    kernel = np.ones(window) / window
+    return np.convolve(v, kernel, mode="valid")
+
+
+def training_panel(logs: dict[str, StepLog], window: int = 10) -> Panel:
+    """Loss, batch accuracy and forward/backward NFE per training step, one line per run (moving average)."""
+    if not logs or not all(log.loss for log in logs.values()):
+        raise ValueError("training_panel needs at least one StepLog that recorded steps (pass it as callback=)")
+    fig, (ax1, ax2, ax3) = figure(3, width=3.8)
+    lines = []
+    for name, log in logs.items():
+        w = min(window, max(1, len(log.loss) // 5))
+        steps = np.arange(len(_smooth(log.loss, w))) + w - 1
+        (line,) = ax1.plot(steps, _smooth(log.loss, w), label=name)
+        ax2.plot(steps, _smooth(log.acc, w), color=line.get_color())
+        ax3.plot(steps, _smooth(log.fwd_nfe, w), color=line.get_color(), label=f"{name}: forward")
+        ax3.plot(steps, _smooth(log.bwd_nfe, w), color=line.get_color(), ls="--", label=f"{name}: backward")
+        lines.append(f"<b>{html.escape(name)}</b>: {len(log.loss)} steps, last-{w} mean loss "
+                     f"{np.mean(log.loss[-w:]):.3f}, batch accuracy {np.mean(log.acc[-w:]):.1f}%, forward NFE "
+                     f"{np.mean(log.fwd_nfe):.1f}, backward NFE {np.mean(log.bwd_nfe):.1f}, "
+                     f"non-converged solves {log.unconverged}")
+    ax1.axhline(tanh_logit_floor(), color="gray", ls=":", lw=1, label="floor with tanh logits")
+    ax1.set(xlabel="step", ylabel="cross-entropy", title="training loss")
+    ax1.legend(fontsize=7)
+    ax2.set(xlabel="step", ylabel="%", title="batch accuracy")
+    ax3.set(xlabel="step", ylabel="evaluations of f", title="solver cost per step")
+    ax3.legend(fontsize=6)
+    return Panel(fig, "<br>".join(lines))
+
+
+def tanh_logit_floor(classes: int = 10) -> float:
+    """The smallest cross-entropy possible when every logit lies in ``[−1, 1]``: right class +1, the rest −1."""
+    return -math.log(math.e / (math.e + (classes - 1) / math.e))
+
+
+@torch.no_grad()
+def logit_diagnostics(model: torch.nn.Module, dataset: TensorDataset, *, limit: int = 10_000) -> dict[str, float]:
+    """What limits a classifier whose head ends in tanh: confidence cap, saturation and where the gradient goes.
+
+    For the first ``limit`` samples: accuracy (%), loss, the largest softmax probability, the fraction of the
+    last layer's pre-activations in tanh's flat tails (``|a| > 2``, where ``tanh′ < 0.071``), and the mean
+    per-sample norm of ``∂loss/∂a`` (the gradient that reaches every layer below) for correctly and wrongly
+    classified samples. For a head without a final tanh, ``a`` is the logits themselves.
+
+    Parameters
+    ----------
+    model : MNISTDEQ
+        Its ``head`` is a ``Sequential`` whose last module is either ``Tanh`` or the final ``Linear``.
+    dataset : TensorDataset
+
+    Returns
+    -------
+    dict
+        ``acc``, ``loss``, ``max_prob``, ``max_prob_mean``, ``saturated``, ``grad_correct``, ``grad_wrong``,
+        ``grad_share_wrong``, ``tied`` (fraction of samples whose two largest logits differ by less than 0.01),
+        ``unconverged``, ``tanh_logits`` (1.0 or 0.0).
+    """
+    x, y = dataset.tensors
+    x, y = x[:limit], y[:limit]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # counted below
+        z = model.deq(model.features(x))
+    unconverged = int((~model.deq.last_stats.forward.converged).sum())
+    head = list(model.head)
+    tanh_logits = isinstance(head[-1], torch.nn.Tanh)
+    a = torch.nn.Sequential(*head[:-1])(z) if tanh_logits else model.head(z)
+    logits = torch.tanh(a) if tanh_logits else a
+    p = logits.softmax(1)
+    g = p - F.one_hot(y, logits.shape[1]).to(p.dtype)  # ∂(cross-entropy)/∂logits, per sample
+    g_pre = g * (1 - logits**2) if tanh_logits else g
+    norms = g_pre.norm(dim=1)
+    wrong = logits.argmax(1) != y
+    top2 = logits.topk(2, dim=1).values
+    return {
+        "acc": 100.0 * float((~wrong).float().mean()),
+        "loss": float(F.cross_entropy(logits, y)),
+        "max_prob": float(p.max(1).values.max()),
+        "max_prob_mean": float(p.max(1).values.mean()),
+        "saturated": float((a.abs() > 2).float().mean()) if tanh_logits else 0.0,
+        "grad_correct": float(norms[~wrong].mean()) if (~wrong).any() else float("nan"),
+        "grad_wrong": float(norms[wrong].mean()) if wrong.any() else float("nan"),
+        "grad_share_wrong": float(norms[wrong].sum() / norms.sum().clamp_min(1e-30)),
+        "tied": float((top2[:, 0] - top2[:, 1] < 0.01).float().mean()),
+        "unconverged": unconverged,
+        "tanh_logits": float(tanh_logits),
+    }
+
+
+def stall_panel(models: dict[str, torch.nn.Module], dataset: TensorDataset, *, limit: int = 2000) -> Panel:
+    """Why tanh logits stall: each model's confidence and the gradient that its right and wrong digits send back."""
+    fig, (ax1, ax2) = figure(2, width=4.6)
+    names, rows = list(models), []
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        model = models[name]
+        d = logit_diagnostics(model, dataset, limit=limit)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            probs = model(dataset.tensors[0][:limit]).softmax(1).max(1).values
+        ax1.hist(probs.numpy(), bins=np.linspace(0, 1, 41), alpha=0.6, label=name)
+        ax2.bar(np.array([0, 1]) + i * width, [d["grad_correct"], d["grad_wrong"]], width, label=name)
+        rows.append(f"<b>{html.escape(name)}</b>: accuracy {d['acc']:.2f}%, loss {d['loss']:.3f}, top probability "
+                    f"≤ {d['max_prob']:.3f}, last-layer units in tanh's flat tails {100 * d['saturated']:.1f}%, "
+                    f"gradient per digit right {d['grad_correct']:.4f} / wrong {d['grad_wrong']:.4f}, share of the "
+                    f"gradient from wrong digits {100 * d['grad_share_wrong']:.1f}%, top two logits tied "
+                    f"(within 0.01) for {100 * d['tied']:.1f}% of digits"
+                    + (f", {d['unconverged']} solves not converged" if d["unconverged"] else ""))
+    bound = math.e / (math.e + 9 / math.e)
+    ax1.axvline(bound, color="k", ls=":", lw=1, label=f"cap with tanh logits ({bound:.3f})")
+    ax1.set(xlabel="top softmax probability", ylabel="digits", title="how confident can it get?")
+    ax1.legend(fontsize=7)
+    ax2.set_xticks(np.array([0, 1]) + width * (len(names) - 1) / 2, ["classified right", "classified wrong"])
+    ax2.set_yscale("log")
+    ax2.set(ylabel="mean ‖∂loss/∂(last pre-activation)‖", title="learning signal that reaches the network")
+    ax2.legend(fontsize=7)
+    floor = f"Loss floor with tanh logits: {tanh_logit_floor():.3f} (all digits right, fully saturated)."
+    return Panel(fig, "<br>".join(rows + [floor]))
+
+
+@torch.no_grad()
+def class_panel(models: dict[str, torch.nn.Module], dataset: TensorDataset, *, limit: int = 10_000) -> Panel:
+    """Recall of every class for each model: a class whose digits all go elsewhere is a plateau of the loss.
+
+    The text names, per model, each class recalled below 50% and the class its digits are predicted as.
+    """
+    x, y = dataset.tensors
+    x, y = x[:limit], y[:limit]
+    fig, ax = figure(1, width=7.0, height=3.0)
+    width = 0.8 / max(len(models), 1)
+    rows = []
+    for i, (name, model) in enumerate(models.items()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            pred = model(x).argmax(1)
+        recall = torch.stack([(pred[y == c] == c).float().mean() if (y == c).any() else torch.tensor(float("nan"))
+                              for c in range(10)])
+        ax.bar(np.arange(10) + i * width, recall.numpy(), width, label=name)
+        lost = [f"{c} (its digits predicted as {int(torch.mode(pred[y == c]).values)})"
+                for c in range(10) if float(recall[c]) < 0.5]
+        rows.append(f"<b>{html.escape(name)}</b>: accuracy {100 * float((pred == y).float().mean()):.2f}%; "
+                    + (f"classes almost never predicted right: {', '.join(lost)}" if lost else "every class recalled"))
+    ax.set_xticks(np.arange(10) + width * (len(models) - 1) / 2, [str(c) for c in range(10)])
+    ax.set(xlabel="digit", ylabel="recall", ylim=(0, 1.05), title="how often each digit is recognised")
+    ax.legend(fontsize=8, loc="lower right")
+    return Panel(fig, "<br>".join(rows))
+
+
+@dataclass
+class DigitEffort:
+    """Per-digit cost of one batched forward solve.
+
+    Attributes
+    ----------
+    nfe : torch.Tensor
+        int64, ``(n,)``: evaluations of ``f`` spent when the digit first met the tolerance (the batch's count:
+        every evaluation covers all digits still running); for a digit that never did, the total.
+    converged : torch.Tensor
+        bool, ``(n,)``.
+    predicted : torch.Tensor
+        int64, ``(n,)``: the class the model predicts from the solver's ``z*``.
+    total_nfe : int
+    method : str
+        The solver's label, e.g. ``"dynamic_ss(tsit5)"``.
+    """
+
+    nfe: torch.Tensor
+    converged: torch.Tensor
+    predicted: torch.Tensor
+    total_nfe: int
+    method: str
+
+
+def _solver(solver: str) -> tuple[str, dict[str, Any]]:
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
+    return SOLVERS[solver]
+
+
+@torch.no_grad()
+def digit_effort(model: torch.nn.Module, images: torch.Tensor, solver: str, tol: float, *,
+                 max_steps: int = 300) -> DigitEffort:
+    """Solve the DEQ for a batch of images with ``solver`` and measure each digit's NFE.
+
+    The solver records its iterates; each digit's residual ``‖f(z) − z‖∞`` is recomputed at every recorded
+    iterate and the digit's NFE is the evaluation count at the first one that meets the termination rule
+    (``≤ tol`` or ``≤ tol · ‖f(z)‖∞``). Digits that do not converge within ``max_steps`` are flagged in
+    ``converged``, not warned about.
+    """
+    method, options = _solver(solver)
+    x = model.features(images)
+    deq = model.deq
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return deq.f(z, x)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # reported through ``converged``
+        z, stats = solve(f, deq.initial_state(x), method=method, abstol=tol, reltol=tol, max_steps=max_steps,
+                         record=True, **options)
+    meets = torch.stack([_meets(f, zk, tol) for zk in stats.trajectory])  # (records, batch)
+    hit = meets.any(0)
+    first = meets.to(torch.int8).argmax(0)
+    nfe_at = torch.tensor(stats.nfe_history, dtype=torch.long)
+    nfe = torch.where(hit, nfe_at[first], torch.full_like(first, stats.nfe, dtype=torch.long))
+    predicted = model.head(f(z)).argmax(1)
+    return DigitEffort(nfe, stats.converged.clone(), predicted, stats.nfe, stats.method)
+
+
+def _meets(f: Any, z: torch.Tensor, tol: float) -> torch.Tensor:
+    fz = f(z)
+    res = (fz - z).flatten(1).abs().amax(1)
+    return (res <= tol) | (res <= tol * fz.flatten(1).abs().amax(1))
+
+
+def _show_digit(ax: Any, image: torch.Tensor, title: str, color: str = "black") -> None:
+    ax.imshow((image[0] * MNIST_STD + MNIST_MEAN).clamp(0, 1).numpy(), cmap="gray_r", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=8, color=color)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _check_index(index: int, n: int) -> None:
+    if not 0 <= index < n:
+        raise IndexError(f"digit index {index} is outside the {n} digits shown (0 to {n - 1})")
+
+
+@torch.no_grad()
+def digit_panel(model: torch.nn.Module, digits: TensorDataset, index: int = 0,
+                solver: str = next(iter(SOLVERS)), tol: float = 1e-2) -> Panel:
+    """One test digit: the image, the predicted class probabilities, and ``‖f(z) − z‖∞`` per evaluation.
+
+    The digit is solved alone (batch of one) with ``solver`` to tolerance ``tol`` (abstol = reltol, the blog
+    used 1e-2); a non-converged solve warns, as it would for a user.
+    """
+    images, labels = digits.tensors
+    _check_index(index, len(labels))
+    image, label = images[index:index + 1], int(labels[index])
+    method, options = _solver(solver)
+    x = model.features(image)
+    z, stats = solve(lambda z: model.deq.f(z, x), model.deq.initial_state(x), method=method, abstol=tol,
+                     reltol=tol, max_steps=300, **options)
+    probs = model.head(model.deq.f(z, x)).softmax(1)[0]
+    pred = int(probs.argmax())
+    fig, (ax1, ax2, ax3) = figure(3, width=3.3, height=3.0)
+    _show_digit(ax1, image[0], f"test digit #{index}: label {label}")
+    colors = ["tab:green" if c == label else ("tab:red" if c == pred else "tab:gray") for c in range(10)]
+    ax2.bar(range(10), probs.numpy(), color=colors)
+    ax2.set(xticks=range(10), ylim=(0, 1), xlabel="class", ylabel="probability",
+            title=f"predicted {pred} ({'right' if pred == label else 'wrong'})")
+    ax3.semilogy(stats.nfe_history, stats.history, marker=".", ms=3)
+    ax3.axhline(tol, color="gray", ls="--", lw=0.8, label=f"tolerance {tol:.0e}")
+    ax3.set(xlabel="evaluations of f", ylabel="‖f(z) − z‖∞", title=stats.method)
+    ax3.legend(fontsize=7)
+    state = "converged" if stats.all_converged else "did NOT converge"
+    text = (f"Digit #{index} (label {label}) → predicted <b>{pred}</b> with probability {float(probs[pred]):.3f}; "
+            f"{stats.method} {state} after {stats.nfe} evaluations of f ({stats.steps} steps), final residual "
+            f"{float(stats.residual.max()):.2e}.")
+    return Panel(fig, text)
+
+
+def effort_panel(model: torch.nn.Module, digits: TensorDataset, solver: str = next(iter(SOLVERS)),
+                 tol: float = 1e-2) -> Panel:
+    """Histogram of per-digit NFE for ``solver`` and ``tol``, split by right and wrong predictions."""
+    effort = digit_effort(model, digits.tensors[0], solver, tol)
+    labels = digits.tensors[1]
+    right = effort.predicted == labels
+    nfe = effort.nfe.numpy()
+    fig, ax = figure(1, width=6.0, height=3.2)
+    bins = np.arange(0, max(int(nfe.max()), 1) + 2) - 0.5 if nfe.max() <= 60 else 40
+    ax.hist([nfe[right.numpy()], nfe[~right.numpy()]], bins=bins, stacked=True,
+            label=["classified right", "classified wrong"], color=["tab:blue", "tab:red"])
+    ax.set(xlabel="evaluations of f until the digit converged", ylabel="digits",
+           title=f"{effort.method}, tolerance {tol:.0e}, {len(nfe)} digits in one batch")
+    ax.legend(fontsize=8)
+    mean_wrong = f"{nfe[~right.numpy()].mean():.1f}" if (~right).any() else "n/a"
+    text = (f"NFE per digit: mean {nfe.mean():.1f}, median {np.median(nfe):.0f}, max {nfe.max()} "
+            f"(the whole batch took {effort.total_nfe}). Right digits {nfe[right.numpy()].mean():.1f} on average, "
+            f"wrong ones {mean_wrong}. Not converged: {int((~effort.converged).sum())}.")
+    return Panel(fig, text)
+
+
+def gallery_panel(model: torch.nn.Module, digits: TensorDataset, which: str = WHICH[0],
+                  solver: str = next(iter(SOLVERS)), tol: float = 1e-2, count: int = 12) -> Panel:
+    """A grid of digits: the most or least effortful for ``solver`` (by NFE), or the misclassified ones."""
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    images, labels = digits.tensors
+    effort = digit_effort(model, images, solver, tol)
+    wrong = torch.nonzero(effort.predicted != labels).flatten()
+    order = torch.argsort(effort.nfe, descending=which != "least effortful", stable=True)
+    if which == "misclassified":
+        chosen = wrong[torch.argsort(effort.nfe[wrong], descending=True, stable=True)]
+    else:
+        chosen = order
+    chosen = chosen[:count].tolist()
+    cols = 6
+    fig, axes = figure(cols, max(1, math.ceil(count / cols)), width=1.25, height=1.45)
+    for k, ax in enumerate(np.ravel(axes)):
+        if k >= len(chosen):
+            ax.axis("off")
+            continue
+        i = chosen[k]
+        ok = int(effort.predicted[i]) == int(labels[i])
+        _show_digit(ax, images[i], f"#{i}: {int(labels[i])}→{int(effort.predicted[i])}, {int(effort.nfe[i])} NFE",
+                    "black" if ok else "tab:red")
+    fig.suptitle(f"{which} — {effort.method}, tolerance {tol:.0e}", fontsize=9)
+    text = (f"{len(wrong)} of {len(labels)} digits misclassified; showing {len(chosen)}. "
+            "Title: index: label→prediction, evaluations of f until the digit converged.")
+    return Panel(fig, text)
