@@ -116,7 +116,8 @@ class DynamicSS:
     Notes
     -----
     ``max_steps`` counts attempted ODE steps (accepted and rejected) plus polishing iterations.
-    ``stats.times`` holds NaN for polishing iterations.
+    ``stats.times`` holds NaN for polishing iterations; if samples go back to the ODE after polishing, that second
+    integration starts again from ``t = 0``.
     """
 
     name = "dynamic_ss"
