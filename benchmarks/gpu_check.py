@@ -1,20 +1,27 @@
 """Forward + implicit backward on a CUDA GPU, compared with the CPU, with timings.
 
-    python -m benchmarks.gpu_check [--d 512 --batch 256]
+    python -m benchmarks.gpu_check                    # the tanh DEQ with every solver, and the four MNIST models
+    python -m benchmarks.gpu_check --device cpu       # the same comparison CPU against CPU (checks the script)
 
-Exits with status 0 and a message when no CUDA device is present; with status 1 if a result differs.
+The same weights and inputs run on the CPU and on the device: outputs and every gradient must agree (float64:
+1e-8; float32: 1e-3 relative to the largest entry), and each solve must converge on both. Prints a markdown table
+with seconds per training step on each and the speed-up. Exits with 0 and a message when no CUDA device is
+present, with 1 if any result differs.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 import deqkit
+from deqkit.models import mnist_model
 
 
 class TanhBlock(nn.Module):
@@ -27,56 +34,86 @@ class TanhBlock(nn.Module):
         return torch.tanh(z @ self.weight.T + x)
 
 
-def _step(layer: deqkit.DEQ, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _step(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Forward, loss, implicit backward: the output and the gradients (input first, then parameters)."""
     xg = x.clone().requires_grad_()
-    out = layer(xg)
-    grads = torch.autograd.grad(out.pow(2).sum(), [xg, *layer.parameters()])
+    out = model(xg)
+    grads = torch.autograd.grad(out.pow(2).mean(), [xg, *model.parameters()])
     return out.detach(), list(grads)
 
 
-def _time(fn, device: str, repeats: int = 5) -> float:
-    fn()  # warm-up (kernels, allocator)
-    if device == "cuda":
+def _time(fn: Callable[[], object], device: torch.device, repeats: int = 5) -> float:
+    fn()  # warm-up: kernels, allocator, lazy imports
+    if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
-    if device == "cuda":
+    if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / repeats
 
 
+def _deqs(model: nn.Module) -> list[deqkit.DEQ]:
+    return [m for m in model.modules() if isinstance(m, deqkit.DEQ)]
+
+
+def compare(name: str, model: nn.Module, x: torch.Tensor, device: torch.device) -> tuple[bool, str]:
+    """Run ``model`` on the CPU and on ``device`` from the same weights; return (ok, markdown row)."""
+    results, times, converged = [], [], []  # [CPU, device]: a list, since ``device`` may be the CPU too
+    for where in (torch.device("cpu"), device):
+        m = copy.deepcopy(model).to(where)
+        xd = x.to(where)
+        results.append(_step(m, xd))
+        stats = [d.last_stats for d in _deqs(m)]
+        converged.append(all(s.forward.all_converged and s.backward.all_converged for s in stats))
+        times.append(_time(lambda m=m, xd=xd: _step(m, xd), where))
+    (out_a, grads_a), (out_b, grads_b) = results
+    scale = lambda t: t.abs().max().clamp_min(1e-30)  # noqa: E731
+    out_err = float((out_a - out_b.cpu()).abs().max() / scale(out_a))
+    grad_err = max(float((a - b.cpu()).abs().max() / scale(a)) for a, b in zip(grads_a, grads_b))
+    bound = 1e-8 if x.dtype == torch.float64 else 1e-3
+    ok = out_err < bound and grad_err < bound and all(converged)
+    t_cpu, t_dev = times
+    row = (f"| {name} | {str(x.dtype)[6:]} | {out_err:.1e} | {grad_err:.1e} | "
+           f"{'yes' if all(converged) else '**no**'} | {t_cpu:.4f} | {t_dev:.4f} | {t_cpu / t_dev:.1f}x |")
+    return ok, row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--d", type=int, default=512)
+    parser.add_argument("--device", default="cuda", help="device to compare with the CPU (default cuda)")
+    parser.add_argument("--d", type=int, default=512, help="width of the tanh DEQ")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--mnist-batch", type=int, default=128)
+    parser.add_argument("--no-mnist", action="store_true", help="skip the MNIST models")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device; nothing to check")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device; nothing to check (use --device cpu to exercise the script)")
         return 0
-    print(f"device: {torch.cuda.get_device_name()} | torch {torch.__version__}")
-    torch.manual_seed(0)
-    block = TanhBlock(args.d).double()
-    x = torch.randn(args.batch, args.d, dtype=torch.float64)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {name} | torch {torch.__version__}\n")
+    print("| model | dtype | output rel. diff | gradient rel. diff | converged | CPU s/step | device s/step | "
+          "speed-up |")
+    print("|---|---|---:|---:|:-:|---:|---:|---:|")
     ok = True
-    print("| solver | dtype | max |out| diff | max |grad| diff | CPU s/step | GPU s/step | GPU speed-up |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    torch.manual_seed(0)
+    block, x = TanhBlock(args.d), torch.randn(args.batch, args.d)
     for solver in ["dynamic_ss", "anderson", "broyden", "picard"]:
-        for dtype in [torch.float64, torch.float32]:
+        for dtype in (torch.float64, torch.float32):
             tol = 1e-10 if dtype == torch.float64 else 1e-5
-            results, times = {}, {}
-            for device in ["cpu", "cuda"]:
-                layer = deqkit.DEQ(block.to(device=device, dtype=dtype), solver=solver, abstol=tol, reltol=tol)
-                xd = x.to(device=device, dtype=dtype)
-                results[device] = _step(layer, xd)
-                times[device] = _time(lambda layer=layer, xd=xd: _step(layer, xd), device)
-            out_diff = (results["cpu"][0] - results["cuda"][0].cpu()).abs().max().item()
-            grad_diff = max((a - b.cpu()).abs().max().item() for a, b in zip(results["cpu"][1], results["cuda"][1]))
-            bound = 1e-8 if dtype == torch.float64 else 1e-3
-            ok &= out_diff < bound and grad_diff < bound * 10
-            print(f"| {solver} | {str(dtype)[6:]} | {out_diff:.1e} | {grad_diff:.1e} | {times['cpu']:.4f} | "
-                  f"{times['cuda']:.4f} | {times['cpu'] / times['cuda']:.1f}x |")
-    print("all results match the CPU" if ok else "MISMATCH between CPU and GPU results")
+            layer = deqkit.DEQ(copy.deepcopy(block).to(dtype), solver=solver, abstol=tol, reltol=tol)
+            good, row = compare(f"tanh DEQ d={args.d}, {solver}", layer, x.to(dtype), device)
+            ok &= good
+            print(row, flush=True)
+    if not args.no_mnist:
+        images = torch.randn(args.mnist_batch, 1, 28, 28)
+        for model_name in ("seed", "seed-linear", "wide", "conv"):
+            good, row = compare(f"MNIST {model_name}", mnist_model(model_name, seed=0), images, device)
+            ok &= good
+            print(row, flush=True)
+    print("\nall results match the CPU" if ok else "\nMISMATCH between CPU and device results (or a solve failed)")
     return 0 if ok else 1
 
 
