@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .errors import DivergenceError
 from .solvers import run
 from .stats import SolverStats
 
@@ -56,6 +57,14 @@ class ImplicitAdjoint(torch.autograd.Function):
                 "higher-order derivatives."
             )
         cfg = ctx.config
+        bad = ~torch.isfinite(grad)
+        if bad.any():  # one check per backward, not per step: name the real culprit, not the solver
+            raise DivergenceError(
+                f"deqkit: the gradient arriving at the DEQ's output contains NaN or Inf ({int(bad.sum())} entries, "
+                f"{int(bad.flatten(1).any(1).sum())} of {grad.shape[0]} samples) before the backward solve started: "
+                "the loss or a layer after the DEQ produced it (check them, e.g. with "
+                "torch.autograd.set_detect_anomaly(True))."
+            )
         z = ctx.z_star.requires_grad_()
         with torch.enable_grad():
             fz = cfg.f(z, ctx.x)

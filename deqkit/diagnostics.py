@@ -109,6 +109,9 @@ def compare_gradients(model: nn.Module, x: torch.Tensor, *, loss: Callable[[torc
     """
     from .layer import DEQ
 
+    unknown = [m for m in modes if m not in BACKWARD_MODES]
+    if unknown:
+        raise ValueError(f"unknown backward mode(s) {unknown}; choose from {BACKWARD_MODES}")
     deqs = [m for m in model.modules() if isinstance(m, DEQ)]
     if not deqs:
         raise ValueError("compare_gradients needs a DEQ inside the model")

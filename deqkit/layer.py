@@ -79,26 +79,56 @@ class DEQ(nn.Module):
                  backward_abstol: float | None = None, backward_reltol: float | None = None,
                  backward_max_steps: int | None = None, **options: Any):
         super().__init__()
-        if backward not in BACKWARD_MODES:
-            raise ValueError(f"unknown backward {backward!r}; choose one of {BACKWARD_MODES}")
         if isinstance(z0, str) and z0 not in ("zeros", "f0"):
             raise ValueError(f"z0 must be 'zeros', 'f0', a callable or a tensor, got {z0!r}")
         if not callable(f):
             raise TypeError(f"f must be an nn.Module or a callable f(z, x), got {type(f).__name__}")
         self.f = f
-        self.solver, self.backward, self.z0, self.strict = solver, backward, z0, strict
+        self.z0, self.strict = z0, strict
         self.abstol, self.reltol, self.max_steps = abstol, reltol, max_steps
-        self.backward_solver = backward_solver
         # Relative by default: the incoming gradient's scale depends on the loss (a batch mean makes it ~1/batch),
         # and an absolute tolerance could accept the first guess u = g, which is the one-step gradient.
         self.backward_abstol = 0.0 if backward_abstol is None else backward_abstol
         self.backward_reltol = max(abstol, reltol) if backward_reltol is None else backward_reltol
         self.backward_max_steps = backward_max_steps
-        back_opts = {k.removeprefix("backward_"): v for k, v in options.items() if k.startswith("backward_")}
-        fwd_opts = {k: v for k, v in options.items() if not k.startswith("backward_")}
-        self.forward_method = make_solver(solver, fwd_opts)
-        self.backward_method = make_solver(backward_solver, back_opts, BACKWARD_METHODS)
+        self._backward_options = {k.removeprefix("backward_"): v for k, v in options.items()
+                                  if k.startswith("backward_")}
+        self._forward_options = {k: v for k, v in options.items() if not k.startswith("backward_")}
+        self.solver, self.backward, self.backward_solver = solver, backward, backward_solver
         self.last_stats: DEQStats | None = None
+
+    # Switching a mode or a solver after construction takes effect (and is checked) at once, with the options
+    # given to the constructor: nothing is silently kept from the previous choice.
+    @property
+    def backward(self) -> str:
+        """Backward mode: ``"implicit"``, ``"unrolled"`` or ``"one_step"`` (settable; checked)."""
+        return self._backward
+
+    @backward.setter
+    def backward(self, mode: str) -> None:
+        if mode not in BACKWARD_MODES:
+            raise ValueError(f"unknown backward {mode!r}; choose one of {BACKWARD_MODES}")
+        self._backward = mode
+
+    @property
+    def solver(self) -> str:
+        """Forward method's name (settable: rebuilds the solver with the constructor's options)."""
+        return self._solver
+
+    @solver.setter
+    def solver(self, name: str) -> None:
+        self.forward_method = make_solver(name, self._forward_options)
+        self._solver = name
+
+    @property
+    def backward_solver(self) -> str:
+        """Backward (linear) solver's name (settable: rebuilds it with the constructor's ``backward_`` options)."""
+        return self._backward_solver
+
+    @backward_solver.setter
+    def backward_solver(self, name: str) -> None:
+        self.backward_method = make_solver(name, self._backward_options, BACKWARD_METHODS)
+        self._backward_solver = name
 
     def extra_repr(self) -> str:
         return (f"solver={self.solver!r}, backward={self.backward!r}, abstol={self.abstol:g}, "

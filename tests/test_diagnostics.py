@@ -28,3 +28,9 @@ def test_spectral_radius_is_per_sample_and_matches_eigvals(tanh_problem):
         assert abs(float(rho[i]) - float(exact)) < 0.02 * float(exact)
     with pytest.raises(ValueError, match="iters"):
         deqkit.spectral_radius(block, z, x, iters=1)
+
+
+def test_compare_gradients_rejects_unknown_modes(tanh_problem):
+    block, x = tanh_problem(d=3, batch=2, norm=0.5)
+    with pytest.raises(ValueError, match=r"unknown backward mode\(s\) \['implict'\]"):
+        deqkit.compare_gradients(deqkit.DEQ(block, solver="anderson"), x, modes=("implict", "one_step"))

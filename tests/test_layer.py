@@ -218,3 +218,47 @@ def test_backward_tolerance_is_relative_so_a_mean_loss_is_not_one_step(tanh_prob
             assert deq.backward_abstol == 0 and deq.last_stats.backward.nfe > 2
     err = lambda g: ((g - grads["unrolled"]).norm() / grads["unrolled"].norm()).item()  # noqa: E731
     assert err(grads["implicit"]) < 0.05 < err(grads["one_step"])
+
+
+def test_switching_mode_or_solver_after_construction_takes_effect_and_is_checked(tanh_problem):
+    block, x = tanh_problem(d=8, batch=3, norm=0.5)
+    deq = deqkit.DEQ(block, solver="anderson", backward_solver="picard")
+    deq.solver, deq.backward_solver = "broyden", "gmres"
+    deq(x).sum().backward()
+    assert deq.last_stats.forward.method.startswith("broyden")
+    assert deq.last_stats.backward.method.startswith("gmres")
+    deq.backward = "one_step"
+    deq(x).sum().backward()
+    assert deq.last_stats.backward is None  # no linear solve: the one-step gradient
+    with pytest.raises(ValueError, match="unknown backward 'implict'"):
+        deq.backward = "implict"
+    with pytest.raises(ValueError, match="unknown method 'andersen'"):
+        deq.solver = "andersen"
+    assert deq.backward == "one_step" and deq.solver == "broyden"  # a rejected value changes nothing
+    with pytest.raises(TypeError, match="unknown option"):
+        deqkit.DEQ(block, solver="anderson", m=3).solver = "picard"  # Anderson's option means nothing to Picard
+
+
+def test_nan_gradient_into_the_backward_is_named(tanh_problem):
+    block, x = tanh_problem(d=8, batch=2, norm=0.5)
+    out = deqkit.DEQ(block, solver="anderson")(x)
+    grad = torch.ones_like(out)
+    grad[1, 3] = float("nan")  # e.g. a loss that produced NaN
+    with pytest.raises(deqkit.DivergenceError, match=r"arriving at the DEQ's output contains NaN or Inf \(1 entries, "
+                       r"1 of 2 samples\)"):
+        out.backward(grad)
+
+
+@pytest.mark.parametrize("backward_solver", ["picard", "anderson", "broyden", "gmres", "dynamic_ss"])
+def test_backward_divergence_is_loud(backward_solver):
+    # f(z) = z/2 + x + sqrt(z − z.detach()): its value is z/2 + x, but its vector-Jacobian product is infinite,
+    # so the backward solve's first product is non-finite and must stop there, naming the step.
+    def f(z, x):
+        return 0.5 * z + x + torch.sqrt(z - z.detach())
+
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    deq = deqkit.DEQ(f, solver="anderson", backward_solver=backward_solver)
+    out = deq(x)
+    assert torch.allclose(out, 2 * x)
+    with pytest.raises(deqkit.DivergenceError, match=r"became NaN or infinite at step \d+"):
+        out.sum().backward()
