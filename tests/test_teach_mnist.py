@@ -177,8 +177,19 @@ def test_gallery_orders_and_filters(models, digits):
 def test_effort_panel_text_matches_the_measurement(models, digits):
     panel = effort_panel(models[1], digits, "broyden", 1e-3)
     effort = digit_effort(models[1], digits.tensors[0], "broyden", 1e-3)
+    assert effort.converged.all()
     assert f"mean {effort.nfe.float().mean():.1f}" in panel.text and f"max {int(effort.nfe.max())}" in panel.text
-    assert "Not converged: 0" in panel.text
+    assert "Not converged within the step limit: 0." in panel.text
+
+
+def test_digits_that_never_converge_are_not_reported_as_converged(models, digits):
+    effort = digit_effort(models[1], digits.tensors[0], "picard (plain iteration)", 1e-6, max_steps=2)
+    assert not effort.converged.any()
+    panel = effort_panel(models[1], digits, "picard (plain iteration)", 1e-6, max_steps=2)
+    assert f"Not converged within the step limit: {len(digits)} (hatched" in panel.text
+    assert "NFE per converged digit: mean n/a" in panel.text
+    titles = _titles(gallery_panel(models[1], digits, "most effortful", "picard (plain iteration)", 1e-6, max_steps=2))
+    assert titles and all(t.endswith("not conv.") for t in titles if t)
 
 
 @pytest.mark.parametrize("make", ["digit", "effort", "gallery"])

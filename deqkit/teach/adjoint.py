@@ -55,10 +55,8 @@ def peak_memory(fn: Callable[[], object]) -> tuple[object, int]:
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            result = fn()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
     events = []
     stack = list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:

@@ -140,7 +140,8 @@ def logit_diagnostics(model: torch.nn.Module, dataset: TensorDataset, *, limit: 
     dict
         ``acc``, ``loss``, ``max_prob``, ``max_prob_mean``, ``saturated``, ``grad_correct``, ``grad_wrong``,
         ``grad_share_wrong``, ``tied`` (fraction of samples whose two largest logits differ by less than 0.01),
-        ``unconverged``, ``tanh_logits`` (1.0 or 0.0).
+        ``unconverged``, ``tanh_logits`` (1.0 or 0.0). ``grad_correct`` / ``grad_wrong`` are NaN when no sample
+        is classified right / wrong.
     """
     x, y = dataset.tensors
     x, y = x[:limit], y[:limit]
@@ -173,6 +174,10 @@ def logit_diagnostics(model: torch.nn.Module, dataset: TensorDataset, *, limit: 
     }
 
 
+def _num(v: float) -> str:
+    return "n/a (no such digits)" if math.isnan(v) else f"{v:.4f}"
+
+
 def stall_panel(models: dict[str, torch.nn.Module], dataset: TensorDataset, *, limit: int = 2000) -> Panel:
     """Why tanh logits stall: each model's confidence and the gradient that its right and wrong digits send back."""
     fig, (ax1, ax2) = figure(2, width=4.6)
@@ -182,13 +187,13 @@ def stall_panel(models: dict[str, torch.nn.Module], dataset: TensorDataset, *, l
         model = models[name]
         d = logit_diagnostics(model, dataset, limit=limit)
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", ConvergenceWarning)  # the same solves as above: counted in ``d``
             probs = model(dataset.tensors[0][:limit]).softmax(1).max(1).values
         ax1.hist(probs.numpy(), bins=np.linspace(0, 1, 41), alpha=0.6, label=name)
         ax2.bar(np.array([0, 1]) + i * width, [d["grad_correct"], d["grad_wrong"]], width, label=name)
         rows.append(f"<b>{html.escape(name)}</b>: accuracy {d['acc']:.2f}%, loss {d['loss']:.3f}, top probability "
                     f"≤ {d['max_prob']:.3f}, last-layer units in tanh's flat tails {100 * d['saturated']:.1f}%, "
-                    f"gradient per digit right {d['grad_correct']:.4f} / wrong {d['grad_wrong']:.4f}, share of the "
+                    f"gradient per digit right {_num(d['grad_correct'])} / wrong {_num(d['grad_wrong'])}, share of the "
                     f"gradient from wrong digits {100 * d['grad_share_wrong']:.1f}%, top two logits tied "
                     f"(within 0.01) for {100 * d['tied']:.1f}% of digits"
                     + (f", {d['unconverged']} solves not converged" if d["unconverged"] else ""))
@@ -217,15 +222,17 @@ def class_panel(models: dict[str, torch.nn.Module], dataset: TensorDataset, *, l
     rows = []
     for i, (name, model) in enumerate(models.items()):
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", ConvergenceWarning)  # counted and shown below
             pred = model(x).argmax(1)
+        unconverged = int((~model.deq.last_stats.forward.converged).sum())
         recall = torch.stack([(pred[y == c] == c).float().mean() if (y == c).any() else torch.tensor(float("nan"))
                               for c in range(10)])
         ax.bar(np.arange(10) + i * width, recall.numpy(), width, label=name)
         lost = [f"{c} (its digits predicted as {int(torch.mode(pred[y == c]).values)})"
                 for c in range(10) if float(recall[c]) < 0.5]
         rows.append(f"<b>{html.escape(name)}</b>: accuracy {100 * float((pred == y).float().mean()):.2f}%; "
-                    + (f"classes almost never predicted right: {', '.join(lost)}" if lost else "every class recalled"))
+                    + (f"classes almost never predicted right: {', '.join(lost)}" if lost else "every class recalled")
+                    + (f"; {unconverged} solves not converged" if unconverged else ""))
     ax.set_xticks(np.arange(10) + width * (len(models) - 1) / 2, [str(c) for c in range(10)])
     ax.set(xlabel="digit", ylabel="recall", ylim=(0, 1.05), title="how often each digit is recognised")
     ax.legend(fontsize=8, loc="lower right")
@@ -346,33 +353,42 @@ def digit_panel(model: torch.nn.Module, digits: TensorDataset, index: int = 0,
 
 
 def effort_panel(model: torch.nn.Module, digits: TensorDataset, solver: str = next(iter(SOLVERS)),
-                 tol: float = 1e-2) -> Panel:
+                 tol: float = 1e-2, *, max_steps: int = 300) -> Panel:
     """Histogram of per-digit NFE for ``solver`` and ``tol``, split by right and wrong predictions."""
-    effort = digit_effort(model, digits.tensors[0], solver, tol)
+    effort = digit_effort(model, digits.tensors[0], solver, tol, max_steps=max_steps)
     labels = digits.tensors[1]
     right = effort.predicted == labels
-    nfe = effort.nfe.numpy()
+    nfe, done, right = effort.nfe.numpy(), effort.converged.numpy(), right.numpy()
     fig, ax = figure(1, width=6.0, height=3.2)
     bins = np.arange(0, max(int(nfe.max()), 1) + 2) - 0.5 if nfe.max() <= 60 else 40
-    ax.hist([nfe[right.numpy()], nfe[~right.numpy()]], bins=bins, stacked=True,
-            label=["classified right", "classified wrong"], color=["tab:blue", "tab:red"])
-    ax.set(xlabel="evaluations of f until the digit converged", ylabel="digits",
+    # A digit that never met the tolerance has no "NFE until converged": it is drawn apart, at the whole
+    # solve's count (a lower bound), hatched.
+    ax.hist([nfe[right & done], nfe[~right & done], nfe[~done]], bins=bins, stacked=True,
+            label=["classified right", "classified wrong", "not converged (≥ this many)"],
+            color=["tab:blue", "tab:red", "white"], edgecolor="k", linewidth=0.3, hatch=[None, None, "///"])
+    ax.set(xlabel="evaluations of f until the digit met the tolerance", ylabel="digits",
            title=f"{effort.method}, tolerance {tol:.0e}, {len(nfe)} digits in one batch")
     ax.legend(fontsize=8)
-    mean_wrong = f"{nfe[~right.numpy()].mean():.1f}" if (~right).any() else "n/a"
-    text = (f"NFE per digit: mean {nfe.mean():.1f}, median {np.median(nfe):.0f}, max {nfe.max()} "
-            f"(the whole batch took {effort.total_nfe}). Right digits {nfe[right.numpy()].mean():.1f} on average, "
-            f"wrong ones {mean_wrong}. Not converged: {int((~effort.converged).sum())}.")
+
+    def mean(mask: np.ndarray) -> str:
+        return f"{nfe[mask].mean():.1f}" if mask.any() else "n/a"
+
+    text = (f"NFE per converged digit: mean {mean(done)}, median "
+            f"{f'{np.median(nfe[done]):.0f}' if done.any() else 'n/a'}, max {nfe[done].max() if done.any() else 'n/a'} "
+            f"(the whole batch took {effort.total_nfe}). Right digits {mean(right & done)} on average, wrong ones "
+            f"{mean(~right & done)}. Not converged within the step limit: {int((~done).sum())}"
+            + (" (hatched; counted at the whole solve's NFE)." if (~done).any() else "."))
     return Panel(fig, text)
 
 
 def gallery_panel(model: torch.nn.Module, digits: TensorDataset, which: str = WHICH[0],
-                  solver: str = next(iter(SOLVERS)), tol: float = 1e-2, count: int = 12) -> Panel:
+                  solver: str = next(iter(SOLVERS)), tol: float = 1e-2, count: int = 12, *,
+                  max_steps: int = 300) -> Panel:
     """A grid of digits: the most or least effortful for ``solver`` (by NFE), or the misclassified ones."""
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     images, labels = digits.tensors
-    effort = digit_effort(model, images, solver, tol)
+    effort = digit_effort(model, images, solver, tol, max_steps=max_steps)
     wrong = torch.nonzero(effort.predicted != labels).flatten()
     order = torch.argsort(effort.nfe, descending=which != "least effortful", stable=True)
     if which == "misclassified":
@@ -388,9 +404,11 @@ def gallery_panel(model: torch.nn.Module, digits: TensorDataset, which: str = WH
             continue
         i = chosen[k]
         ok = int(effort.predicted[i]) == int(labels[i])
-        _show_digit(ax, images[i], f"#{i}: {int(labels[i])}→{int(effort.predicted[i])}, {int(effort.nfe[i])} NFE",
+        cost = f"{int(effort.nfe[i])} NFE" if bool(effort.converged[i]) else f"≥{int(effort.nfe[i])}, not conv."
+        _show_digit(ax, images[i], f"#{i}: {int(labels[i])}→{int(effort.predicted[i])}, {cost}",
                     "black" if ok else "tab:red")
     fig.suptitle(f"{which} — {effort.method}, tolerance {tol:.0e}", fontsize=9)
     text = (f"{len(wrong)} of {len(labels)} digits misclassified; showing {len(chosen)}. "
-            "Title: index: label→prediction, evaluations of f until the digit converged.")
+            "Title: index: label→prediction, evaluations of f until the digit met the tolerance (\"not conv.\": it "
+            "never did within the step limit).")
     return Panel(fig, text)

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import torch
 
+from ..errors import ConvergenceWarning
 from ..solvers import solve
 from . import fast_mode
 from .widgets import Panel, figure
@@ -50,7 +51,7 @@ def equilibria(system: str, a: float) -> list[tuple[np.ndarray, bool]]:
     g = torch.linspace(-2, 2, 9, dtype=torch.float64)
     grid = torch.cartesian_prod(g, g)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # starts that fail are simply not equilibria
+        warnings.simplefilter("ignore", ConvergenceWarning)  # starts that fail are simply not equilibria
         z, stats = solve(f, grid, method="broyden", abstol=1e-10, reltol=0, max_steps=60)
     found: list[tuple[np.ndarray, bool]] = []
     for zi in z[stats.converged]:
@@ -78,10 +79,14 @@ def phase_panel(system: str = "pitchfork", a: float = 1.2, ode_method: str = "ts
     rows, failed = [], []
     for i, z0 in enumerate(starts()):
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+            warnings.simplefilter("always", ConvergenceWarning)
             z, stats = solve(f, z0[None], method="dynamic_ss", ode_method=ode_method, polish=None, abstol=abstol,
                              reltol=reltol, max_steps=max_steps, record=True)
-        failed += [w.message for w in caught]
+        for w in caught:  # keep deqkit's non-convergence warnings for below; pass any other warning on
+            if issubclass(w.category, ConvergenceWarning):
+                failed.append(w.message)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         traj = torch.cat(stats.trajectory).numpy()
         color = f"C{i % 10}"
         ax.plot(traj[:, 0], traj[:, 1], "-", color=color, lw=1.0)
@@ -97,10 +102,11 @@ def phase_panel(system: str = "pitchfork", a: float = 1.2, ode_method: str = "ts
     for p, stable in equilibria(system, a):
         ax.plot(*p, "o", ms=8, mfc="k" if stable else "w", mec="k", zorder=5)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore", ConvergenceWarning)  # shown in the legend instead
         zb, sb = solve(f, torch.tensor([NEAR_ORIGIN], dtype=torch.float64), method="broyden", abstol=1e-10,
                        reltol=0, max_steps=60)
-    ax.plot(*zb[0].numpy(), "x", color="tab:red", ms=10, mew=2, zorder=6, label="Broyden from ★")
+    ax.plot(*zb[0].numpy(), "x", color="tab:red", ms=10, mew=2, zorder=6,
+            label="Broyden from ★" + ("" if sb.all_converged else " (not converged)"))
     ax.plot(*NEAR_ORIGIN, "*", color="tab:red", ms=9, zorder=6)
     ax.set(xlim=(-2.2, 2.2), ylim=(-2.2, 2.2), aspect="equal", title=f"{system}, a = {a:.2f}: dz/dt = f(z) − z")
     ax.legend(fontsize=7, loc="lower right")

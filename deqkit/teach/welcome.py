@@ -5,23 +5,25 @@ from __future__ import annotations
 import torch
 
 from ..solvers import solve
+from ..stats import SolverStats
 from .widgets import Panel, figure
 
 
-def tiny_deq(scale: float = 0.8, d: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
-    """Solve z = tanh(W z + x) for a random W with ‖W‖₂ = ``scale``; return (x, z*, residual history)."""
+def tiny_deq(scale: float = 0.8, d: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, SolverStats]:
+    """Solve z = tanh(W z + x) for a random W with ‖W‖₂ = ``scale``; return (x, z*, the solver's statistics)."""
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(d, d, generator=gen, dtype=torch.float64)
     w *= scale / torch.linalg.matrix_norm(w, 2)
     x = 0.3 * torch.randn(1, d, generator=gen, dtype=torch.float64)
     z, stats = solve(lambda z: torch.tanh(z @ w.T + x), torch.zeros_like(x), method="picard",
                      abstol=1e-10, reltol=0, max_steps=200)
-    return x[0], z[0], stats.history
+    return x[0], z[0], stats
 
 
 def welcome_panel(scale: float = 0.8) -> Panel:
     """Residual ‖f(z) − z‖∞ per iteration (log scale) and the fixed point, for ‖W‖₂ = ``scale``."""
-    x, z, history = tiny_deq(scale)
+    x, z, stats = tiny_deq(scale)
+    history = stats.history
     fig, (ax1, ax2) = figure(2)
     ax1.semilogy(history, marker=".")
     ax1.set(xlabel="iteration", ylabel="‖f(z) − z‖∞", title=f"z ← tanh(Wz + x), ‖W‖₂ = {scale:.2f}")
@@ -30,4 +32,7 @@ def welcome_panel(scale: float = 0.8) -> Panel:
     ax2.plot(range(len(x)), torch.tanh(x).numpy(), "k.", label="tanh(x) (one layer)")
     ax2.set(xlabel="coordinate", title="the equilibrium z*")
     ax2.legend(fontsize=8)
-    return Panel(fig, f"{len(history) - 1} iterations to reach ‖f(z) − z‖∞ ≤ 1e-10")
+    if stats.all_converged:
+        return Panel(fig, f"{stats.steps} iterations to reach ‖f(z) − z‖∞ ≤ 1e-10")
+    return Panel(fig, f"not converged: after {stats.steps} iterations ‖f(z) − z‖∞ = {float(stats.residual.max()):.2e} "
+                      "(above 1e-10); deqkit warned (ConvergenceWarning)")
