@@ -81,7 +81,7 @@ def compare(name: str, model: nn.Module, x: torch.Tensor, device: torch.device) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--device", default="cuda", help="device to compare with the CPU (default cuda)")
     parser.add_argument("--d", type=int, default=512, help="width of the tanh DEQ")
     parser.add_argument("--batch", type=int, default=256)

@@ -204,7 +204,8 @@ def plot(all_rows: list[list[Row]], path: str | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> list[list[Row]]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks ode_baseline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks ode_baseline", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     parser.add_argument("--dims", type=int, nargs="+", default=[64, 256, 512])
     parser.add_argument("--norms", type=float, nargs="+", default=[0.5, 0.9, 0.99])
     parser.add_argument("--no-psd", action="store_true")

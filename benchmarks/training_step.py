@@ -74,7 +74,8 @@ def forward_backward(forward_solver: str, backward_solver: str, *, d: int, batch
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks training_step", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks training_step", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--norm", type=float, default=0.9)

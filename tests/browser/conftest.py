@@ -91,7 +91,7 @@ def timings(artifacts_dir: Path):
         (artifacts_dir / "timings.json").write_text(json.dumps(_timings, indent=2) + "\n")
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ARG001
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Always say where the artifacts are (CI logs), even when output was captured."""
     if not _used_artifacts:
         return
@@ -205,7 +205,7 @@ def jupyter_server(artifacts_dir: Path):
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # CI containers often run as root
     log_path = artifacts_dir / "jupyter-server.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed in the finalizer
+    log = open(log_path, "wb")  # closed in the finalizer
     proc = subprocess.Popen(
         cmd,
         cwd=root,

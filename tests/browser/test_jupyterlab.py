@@ -269,15 +269,15 @@ class NotebookRun:
         lines = [f"notebook: {self.name}", f"failure: {exc}", ""]
         try:
             self.shot("FAILED")
-        except Exception as e:  # noqa: BLE001 - diagnostics must not hide the real failure
+        except Exception as e:  # diagnostics must not hide the real failure
             lines.append(f"(could not take the failure screenshot: {e})")
         try:
             lines += ["--- notebook state ---", json.dumps(self.state(), indent=1)[:20000]]
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             lines.append(f"(no notebook state: {e})")
         try:
             lines += ["", "--- page text ---", self.page.locator("body").inner_text(timeout=5000)]
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             lines.append(f"(no page text: {e})")
         lines += ["", "--- browser console errors ---", *getattr(self.page, "deqkit_console_errors", [])]
         lines += ["", "--- jupyter server log (tail) ---", self.server.log_tail(80)]
