@@ -1,6 +1,7 @@
 """The training loop and CLI: metrics, checkpoints, exact resume (also after a kill), DDP with gloo."""
 
 import json
+import math
 import os
 import pathlib
 import signal
@@ -201,7 +202,25 @@ def test_cosine_schedule_and_callback(data):
     result = _run(data, config=config, callback=seen.append)
     assert [s["global_step"] for s in seen] == list(range(6))
     assert {"loss", "acc", "fwd_nfe", "bwd_nfe", "unconverged"} <= set(seen[0])
-    assert result.history[0]["lr"] < 1e-2 and result.history[-1]["lr"] < result.history[0]["lr"]
+    # the rate used by each epoch's last step (global steps 2 and 5 of 6): 1e-2 · (1 + cos(π s / 6)) / 2
+    assert [r["lr"] for r in result.history] == pytest.approx([1e-2 * (1 + math.cos(math.pi * s / 6)) / 2
+                                                               for s in (2, 5)])
+
+
+@pytest.mark.parametrize("stop_at", [1, 4], ids=["mid-first-epoch", "mid-second-epoch"])
+def test_cosine_schedule_resumes_exactly(data, tmp_path, stop_at):
+    config = TrainConfig(model="seed", epochs=2, batch_size=32, lr=1e-2, seed=0, schedule="cosine")
+    reference = _run(data, tmp_path / "ref", config=config, checkpoint_every=1)
+
+    def stop(info):
+        if info["global_step"] == stop_at:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _run(data, tmp_path / "run", config=config, checkpoint_every=1, callback=stop)
+    resumed = _run(data, tmp_path / "run", config=config, checkpoint_every=1, resume=True)
+    _same_numbers(resumed.history, reference.history)
+    _same_weights(resumed.model, reference.model)
 
 
 def test_bad_settings_are_refused():

@@ -149,12 +149,6 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=gen)
 
 
-def _lr_at(config: TrainConfig, step: int, total: int) -> float:
-    if config.schedule == "cosine":
-        return config.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
-    return config.lr
-
-
 class _Tally:
     """Sums over one epoch's steps (this process's share); reduced over processes at the end."""
 
@@ -375,6 +369,9 @@ def _train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, 
     if steps_per_epoch < 1:
         raise ValueError(f"the training set has {n} samples, fewer than the {ctx.world_size} processes")
     total_steps = steps_per_epoch * config.epochs
+    # stepped once per batch; its state is checkpointed with the optimiser's, so a resumed run continues exactly
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+                 if config.schedule == "cosine" else None)
 
     start_epoch, start_step, history, saved_tally = 0, 0, [], None
     if resume:
@@ -383,6 +380,11 @@ def _train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, 
         _check_resumable(state, config, ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            if state.get("scheduler") is None:
+                raise CheckpointError(f"cannot resume from {ckpt_path}: it holds no learning-rate scheduler state "
+                                      "for the cosine schedule; start a new run in another folder")
+            scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
         if dev.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], dev)
@@ -408,7 +410,9 @@ def _train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, 
         rng = {"torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
         save_checkpoint({"config": config.to_dict(), "model": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step, "rng": rng,
+                         "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                         "epoch": epoch, "step": step, "rng": rng,
                          "metrics": history, "tally": reduced, "environment": environment}, ckpt_path)
 
     show = progress and ctx.main
@@ -424,9 +428,7 @@ def _train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, 
             batch = order[step * config.batch_size:(step + 1) * config.batch_size]
             mine = batch.tensor_split(ctx.world_size)[ctx.rank]
             x, y = images[mine].to(dev), labels[mine].to(dev)
-            lr = _lr_at(config, epoch * steps_per_epoch + step, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = optimizer.param_groups[0]["lr"]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)  # counted and reported per epoch
                 logits = net(x)
@@ -435,6 +437,8 @@ def _train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, 
                 optimizer.zero_grad(set_to_none=True)
                 (loss_sum * (ctx.world_size / len(batch))).backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             fnfe, bnfe, fbad, bbad = _solver_counts(model)
             batch_loss, batch_correct = float(loss_sum.detach()), int((logits.argmax(1) == y).sum())
             tally.add(loss=batch_loss, correct=batch_correct, count=len(mine), steps=1, fwd_nfe=fnfe, bwd_nfe=bnfe,
