@@ -198,7 +198,7 @@ class DynamicSS:
         if steps == 0:
             monitor.check(0, state.y1, state.f1, state.f1 + state.y1, field.nfe, t=0.0)
         target = self.polish_below * monitor.current if switch else None
-        accepted = 0
+        accepted, t_prev = 0, 0.0
         while not monitor.done and steps < tol.max_steps:
             try:
                 new = ode._adaptive_step(state)
@@ -209,11 +209,11 @@ class DynamicSS:
                     "check deqkit.spectral_radius, or constrain f."
                 ) from err
             steps += 1
-            if new.t1 > state.t1:
-                accepted += 1
+            t1 = float(new.t1)  # the one host read per step for acceptance (and the time stamp)
+            if t1 > t_prev:
+                accepted, t_prev = accepted + 1, t1
                 f1 = new.f1 if fsal else field(new.t1, new.y1)
-                running = monitor.check(steps, new.y1, f1, f1 + new.y1, field.nfe, t=float(new.t1.detach()),
-                                        below=target)
+                running = monitor.check(steps, new.y1, f1, f1 + new.y1, field.nfe, t=t1, below=target)
                 field.freeze(running)
                 new = new._replace(f1=f1 * batch_view(field.running, f1))
                 if switch and not monitor.done and monitor.below:
