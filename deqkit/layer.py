@@ -18,7 +18,14 @@ InitialState = str | Callable[[torch.Tensor], torch.Tensor] | torch.Tensor
 
 @dataclass
 class DEQStats:
-    """Statistics of the last call: ``forward`` solve, and ``backward`` once a backward pass ran."""
+    """Statistics of the last call: ``forward`` solve, and ``backward`` once a backward pass ran.
+
+    Attributes
+    ----------
+    forward : SolverStats
+    backward : SolverStats or None
+        Set by the implicit backward solve; stays None for ``"unrolled"`` and ``"one_step"``.
+    """
 
     forward: SolverStats
     backward: SolverStats | None = None
@@ -101,7 +108,10 @@ class DEQ(nn.Module):
     # given to the constructor: nothing is silently kept from the previous choice.
     @property
     def backward(self) -> str:
-        """Backward mode: ``"implicit"``, ``"unrolled"`` or ``"one_step"`` (settable; checked)."""
+        """Backward mode: ``"implicit"``, ``"unrolled"`` or ``"one_step"`` (settable; checked).
+
+        Setting another value raises ``ValueError``.
+        """
         return self._backward
 
     @backward.setter
@@ -112,7 +122,11 @@ class DEQ(nn.Module):
 
     @property
     def solver(self) -> str:
-        """Forward method's name (settable: rebuilds the solver with the constructor's options)."""
+        """Forward method's name (settable: rebuilds the solver with the constructor's options).
+
+        Setting an unknown name raises ``ValueError``; a constructor option the new method does not take raises
+        ``TypeError``.
+        """
         return self._solver
 
     @solver.setter
@@ -122,7 +136,11 @@ class DEQ(nn.Module):
 
     @property
     def backward_solver(self) -> str:
-        """Backward (linear) solver's name (settable: rebuilds it with the constructor's ``backward_`` options)."""
+        """Backward (linear) solver's name (settable: rebuilds it with the constructor's ``backward_`` options).
+
+        Setting an unknown name raises ``ValueError``; a ``backward_`` option the new method does not take raises
+        ``TypeError``.
+        """
         return self._backward_solver
 
     @backward_solver.setter
@@ -131,11 +149,26 @@ class DEQ(nn.Module):
         self._backward_solver = name
 
     def extra_repr(self) -> str:
+        """The solver settings shown in ``repr(deq)``."""
         return (f"solver={self.solver!r}, backward={self.backward!r}, abstol={self.abstol:g}, "
                 f"reltol={self.reltol:g}, backward_solver={self.backward_solver!r}")
 
     def initial_state(self, x: torch.Tensor, z0: InitialState | None = None) -> torch.Tensor:
-        """The solver's starting point for input ``x`` (detached: the answer does not depend on it)."""
+        """Return the solver's starting point for input ``x``, detached (the answer does not depend on it).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The layer's input, shape ``(batch, ...)``.
+        z0 : {"zeros", "f0"}, callable or tensor, optional
+            Overrides the constructor's ``z0``: ``"zeros"``: ``zeros_like(x)`` (so ``z`` must be shaped like
+            ``x``); ``"f0"``: ``f(zeros_like(x), x)``; a callable: ``z0(x)``; a tensor: itself.
+
+        Returns
+        -------
+        torch.Tensor
+            The starting point, computed under ``torch.no_grad()`` and detached.
+        """
         z0 = self.z0 if z0 is None else z0
         with torch.no_grad():
             if isinstance(z0, torch.Tensor):
@@ -146,6 +179,43 @@ class DEQ(nn.Module):
             return zeros if z0 == "zeros" else self.f(zeros, x)
 
     def forward(self, x: torch.Tensor, z0: InitialState | None = None) -> torch.Tensor:
+        """Solve ``z* = f(z*, x)`` and return ``f(z*, x)``, with gradients by the layer's ``backward`` mode.
+
+        The solve builds no graph, except with ``backward="unrolled"`` in grad mode. Its statistics are stored in
+        ``last_stats``; with ``backward="implicit"`` the backward solve's are added once ``backward()`` runs.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            Input, shape ``(batch, ...)``; every entry finite.
+        z0 : {"zeros", "f0"}, callable or tensor, optional
+            Starting point for this call only (e.g. the previous ``z*`` as a warm start); default the
+            constructor's ``z0``. See :meth:`initial_state`.
+
+        Returns
+        -------
+        torch.Tensor
+            ``f(z*, x)``, shaped like ``z``. Under ``torch.no_grad()``, the ``f(z)`` the solver already computed
+            at its returned iterate.
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is not a tensor, or ``f`` does not return one.
+        ValueError
+            If ``x`` contains NaN or Inf; if the starting point is not a floating-point tensor whose first
+            dimension is ``x``'s batch size; or if ``f(z, x)`` differs from ``z`` in shape, dtype or device.
+        deqkit.DivergenceError
+            At once, when an iterate becomes NaN or infinite.
+        deqkit.ConvergenceError
+            With ``strict=True``, when a sample does not converge within ``max_steps`` (the backward solve raises
+            it from ``backward()``).
+
+        Warns
+        -----
+        deqkit.ConvergenceWarning
+            When a sample does not converge within ``max_steps`` (forward, or backward during ``backward()``).
+        """
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"DEQ expects a tensor input, got {type(x).__name__}")
         if not torch.isfinite(x).all():

@@ -256,6 +256,13 @@ def mnist_datasets(
     train, test : torch.utils.data.TensorDataset
         Each holds ``(images, labels)``: float32 images of shape ``(N, 1, 28, 28)``, computed as
         ``(x / 255 - 0.1307) / 0.3081``, and int64 labels of shape ``(N,)``.
+
+    Raises
+    ------
+    ValueError
+        If ``subset`` is less than 1.
+    MNISTError
+        As for :func:`load_mnist`.
     """
     if subset is not None and subset < 1:
         raise ValueError(f"subset must be a positive number of training samples or None, got {subset}")

@@ -57,13 +57,22 @@ def _mlp(sizes: list[int], final_tanh: bool = True) -> nn.Sequential:
 
 
 class SeedMNISTBlock(nn.Module):
-    """The blog's DEQ block: ``f(z, x) = block(z + x)``, ``block = Dense(20→10→10→20)`` with tanh after each."""
+    """The blog's DEQ block: ``f(z, x) = block(z + x)``, ``block = Dense(20→10→10→20)`` with tanh after each.
+
+    Parameters
+    ----------
+    width : int
+        Size of ``z`` and ``x``.
+    hidden : int
+        Size of the two inner layers.
+    """
 
     def __init__(self, width: int = 20, hidden: int = 10) -> None:
         super().__init__()
         self.block = _mlp([width, hidden, hidden, width])
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Return ``block(z + x)``; ``z`` and ``x`` have shape ``(batch, width)``."""
         return self.block(z + x)
 
 
@@ -72,6 +81,13 @@ class WideBlock(nn.Module):
 
     The injection does not depend on ``z``, so the model computes it once per input instead of once per solver
     evaluation; the DEQ still returns gradients to it (and so to ``W₂``).
+
+    Parameters
+    ----------
+    width : int
+        Size of ``z``, ``x`` and ``u``.
+    init_scale : float
+        Spectral norm ``‖W₁‖₂`` at initialisation.
     """
 
     def __init__(self, width: int = 128, init_scale: float = 0.5) -> None:
@@ -83,9 +99,11 @@ class WideBlock(nn.Module):
         self.inject = nn.Linear(width, width)
 
     def injection(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the injection ``u = relu(W₂x + b₂)``, the DEQ's input; ``x`` has shape ``(batch, width)``."""
         return torch.relu(self.inject(x))
 
     def forward(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Return ``relu(W₁z + b₁) + u``; ``u`` is :meth:`injection`'s output, not the raw ``x``."""
         return torch.relu(self.linear(z)) + u
 
 
@@ -94,6 +112,20 @@ class ConvBlock(nn.Module):
 
     ``f(z, x) = GN₃(relu(z + GN₂(x + conv₂(GN₁(relu(conv₁(z)))))))``. The normalisations keep ``f`` bounded
     whatever the weights, and the small initial weights make it start close to a contraction.
+
+    Parameters
+    ----------
+    channels : int
+        Channels of ``z`` and ``x``.
+    hidden : int
+        Channels between the two convolutions.
+    groups : int
+        Groups of each ``GroupNorm``; must divide ``channels`` and ``hidden`` (``nn.GroupNorm`` raises
+        ``ValueError`` otherwise).
+    kernel : int
+        Kernel size of both convolutions; odd (``padding = kernel // 2`` keeps the spatial size only then).
+    init_std : float
+        Standard deviation of the convolutions' initial weights (they have no bias).
     """
 
     def __init__(self, channels: int, hidden: int, groups: int = 8, kernel: int = 3, init_std: float = 0.01):
@@ -107,6 +139,7 @@ class ConvBlock(nn.Module):
             nn.init.normal_(conv.weight, 0.0, init_std)
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Return ``f(z, x)``; ``z`` and ``x`` have shape ``(batch, channels, height, width)``."""
         y = self.norm1(torch.relu(self.conv1(z)))
         return self.norm3(torch.relu(z + self.norm2(x + self.conv2(y))))
 
@@ -135,7 +168,23 @@ class MNISTDEQ(nn.Module):
         self._injection = injection
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """The DEQ's input ``x`` for a batch of images (``f(z, x)`` is ``self.deq.f``)."""
+        """Return the DEQ's input ``x`` for a batch of images (``f(z, x)`` is ``self.deq.f``).
+
+        Parameters
+        ----------
+        images : torch.Tensor
+            Shape ``(batch, 1, 28, 28)``, normalised as by :func:`deqkit.data.mnist_datasets`.
+
+        Returns
+        -------
+        torch.Tensor
+            ``encoder(images)``, passed through ``injection`` if the model has one.
+
+        Raises
+        ------
+        ValueError
+            If ``images`` does not have shape ``(batch, 1, 28, 28)``.
+        """
         if images.dim() != 4 or images.shape[1:] != (1, 28, 28):
             raise ValueError(f"expected MNIST images of shape (batch, 1, 28, 28), got {tuple(images.shape)}; "
                              "use deqkit.data.mnist_datasets, or reshape with x.view(-1, 1, 28, 28)")
@@ -143,6 +192,11 @@ class MNISTDEQ(nn.Module):
         return x if self._injection is None else self._injection(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the logits ``head(deq(features(images)))``, shape ``(batch, 10)``.
+
+        Raises ``ValueError`` for images not shaped ``(batch, 1, 28, 28)``, and whatever :meth:`DEQ.forward
+        <deqkit.DEQ.forward>` raises.
+        """
         return self.head(self.deq(self.features(images)))
 
 
@@ -167,7 +221,13 @@ def seed_mnist_model(*, linear_logits: bool = False, seed: int | None = None, **
         Seed ``torch``'s global generator before initialising (reproducible weights).
     **deq_options
         Override the blog's solver settings :data:`SEED_SOLVER` (e.g. ``solver="anderson"``,
-        ``polish="anderson"``, ``abstol=1e-4``); any :class:`~deqkit.DEQ` keyword.
+        ``polish="anderson"``, ``abstol=1e-4``); any :class:`~deqkit.DEQ` keyword. With a ``solver`` other than
+        ``"dynamic_ss"``, the blog's ``ode_method`` and ``polish`` are dropped unless given here.
+
+    Returns
+    -------
+    MNISTDEQ
+        Named ``"seed"``, or ``"seed-linear"`` with ``linear_logits``.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -182,6 +242,21 @@ def wide_mlp_deq(*, width: int = 128, seed: int | None = None, **deq_options: An
 
     Solved by default with ``dynamic_ss`` (Tsit5, polished by Anderson) from ``z0 = 0``, tolerances 1e-3,
     at most 60 steps; ``deq_options`` override any of these.
+
+    Parameters
+    ----------
+    width : int
+        ``w``: width of the encoder output, of ``z`` and of the injection.
+    seed : int, optional
+        Seed ``torch``'s global generator before initialising (reproducible weights).
+    **deq_options
+        Any :class:`~deqkit.DEQ` keyword. The backward solve defaults to ``backward_reltol=1e-3``,
+        ``backward_abstol=1e-12`` and ``backward_max_steps=60``.
+
+    Returns
+    -------
+    MNISTDEQ
+        Named ``"wide"``; the :class:`WideBlock`'s ``injection`` is applied to the encoder output.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -202,6 +277,24 @@ def conv_deq(*, channels: int = 32, hidden: int = 64, stem: int = 16, seed: int 
     (``channels`` → ``hidden`` → ``channels``) at 7×7, where each evaluation is cheap. ``head``: flatten and
     one linear layer. Solved by default with Anderson from ``z0 = 0`` to tolerances 1e-2 in at most 20
     iterations, forward and backward: the usual DEQ training settings.
+
+    Parameters
+    ----------
+    channels : int
+        Channels of ``x`` and ``z``.
+    hidden : int
+        Inner channels of :class:`ConvBlock`.
+    stem : int
+        Channels of the encoder's first convolution.
+    seed : int, optional
+        Seed ``torch``'s global generator before initialising (reproducible weights).
+    **deq_options
+        Any :class:`~deqkit.DEQ` keyword (e.g. ``solver="dynamic_ss"``, ``max_steps=40``).
+
+    Returns
+    -------
+    MNISTDEQ
+        Named ``"conv"``.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -232,7 +325,26 @@ MNIST_MODELS: dict[str, Callable[..., MNISTDEQ]] = {
 
 
 def mnist_model(name: str, **options: Any) -> MNISTDEQ:
-    """Build the MNIST model ``name`` (one of :data:`MNIST_MODELS`) with keyword ``options``."""
+    """Build the MNIST model ``name`` (one of :data:`MNIST_MODELS`) with keyword ``options``.
+
+    Parameters
+    ----------
+    name : {"seed", "seed-linear", "wide", "conv"}
+    **options
+        Keyword arguments of the constructor: ``seed``, its size arguments (see :func:`seed_mnist_model`,
+        :func:`wide_mlp_deq`, :func:`conv_deq`) and any :class:`~deqkit.DEQ` keyword.
+
+    Returns
+    -------
+    MNISTDEQ
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is unknown, or a DEQ option has an invalid value (e.g. an unknown ``solver``).
+    TypeError
+        If an option is not accepted by the constructor, the DEQ or its solver.
+    """
     if name not in MNIST_MODELS:
         raise ValueError(f"unknown MNIST model {name!r}; choose one of {sorted(MNIST_MODELS)}")
     return MNIST_MODELS[name](**options)

@@ -34,17 +34,22 @@ class SeedBlock(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Return ``net(z + x)``; ``z`` and ``x`` have shape ``(batch, 1)``."""
         return self.net(z + x)
 
     def affine(self) -> tuple[float, float]:
-        """``(a, b)`` with ``net(v) = a v + b``."""
+        """Return ``(a, b)`` with ``net(v) = a v + b`` (the two linear layers composed), as Python floats."""
         (l1, l2) = self.net
         a = (l2.weight @ l1.weight).item()
         b = (l2.weight @ l1.bias + l2.bias).item()
         return a, b
 
     def closed_form(self, x: torch.Tensor) -> torch.Tensor:
-        """The exact fixed point ``(a x + b) / (1 − a)`` (valid, and stable, for ``a < 1``)."""
+        """Return the exact fixed point ``(a x + b) / (1 − a)`` for input ``x``.
+
+        It exists for ``a ≠ 1``; plain iteration converges to it for ``|a| < 1``, the ODE ``dz/dt = f(z, x) − z``
+        for ``a < 1``. Computed from the current weights, without gradients to them.
+        """
         a, b = self.affine()
         return (a * x + b) / (1 - a)
 
@@ -52,7 +57,18 @@ class SeedBlock(nn.Module):
 def seed_regression_model(seed: int = 0, **deq_options: Any) -> DEQ:
     """The blog's regression DEQ: ``SeedBlock`` solved from ``z0 = f(0, x) = net(x)`` with tolerances 1e-5.
 
-    ``deq_options`` override the DEQ's settings (e.g. ``backward="unrolled"``, ``solver="anderson"``).
+    Parameters
+    ----------
+    seed : int
+        Seeds ``torch``'s global generator before the weights are drawn.
+    **deq_options
+        Override the DEQ's settings (e.g. ``backward="unrolled"``, ``solver="anderson"``); any
+        :class:`~deqkit.DEQ` keyword.
+
+    Returns
+    -------
+    DEQ
+        Maps ``(batch, 1)`` inputs to ``(batch, 1)`` outputs; ``model.f`` is the :class:`SeedBlock`.
     """
     torch.manual_seed(seed)
     options: dict[str, Any] = {"abstol": 1e-5, "reltol": 1e-5, "z0": "f0"} | deq_options
@@ -61,7 +77,19 @@ def seed_regression_model(seed: int = 0, **deq_options: Any) -> DEQ:
 
 @dataclass
 class RegressionRun:
-    """What one training run measured."""
+    """What one training run measured.
+
+    Attributes
+    ----------
+    losses : list of float
+        Mean loss over the ten samples, per epoch.
+    forward_nfe, backward_nfe : list of float
+        Mean forward / backward evaluations per training step, per epoch (0 for a model that is not a DEQ).
+    seconds : float
+        Wall time of the training loop.
+    prediction : float
+        The trained model's output at ``x = −5`` (the target is −10).
+    """
 
     losses: list[float] = field(default_factory=list)  # mean loss per epoch
     forward_nfe: list[float] = field(default_factory=list)  # mean per training step, per epoch
@@ -77,10 +105,20 @@ def fit_regression(model: nn.Module, *, epochs: int = 100, lr: float = 0.05, see
     Parameters
     ----------
     model : nn.Module
-        Maps ``(1, 1)`` inputs to ``(1, 1)`` outputs; if it is a :class:`~deqkit.DEQ`, its solver statistics
-        are recorded.
+        Maps ``(1, 1)`` inputs to ``(1, 1)`` outputs; trained in place, in the dtype of its first parameter. If
+        it has ``last_stats`` (a :class:`~deqkit.DEQ`), its solver statistics are recorded.
+    epochs : int
+        Passes over the ten samples x = 1..10.
+    lr : float
+        Adam's learning rate.
+    seed : int
+        Seed of the shuffling (not of the weights).
     progress : bool
         Show a ``tqdm`` bar with the running loss.
+
+    Returns
+    -------
+    RegressionRun
     """
     dtype = next(model.parameters()).dtype
     xs, ys = X_TRAIN.to(dtype), Y_TRAIN.to(dtype)

@@ -28,7 +28,29 @@ __all__ = ["METHODS", "BACKWARD_METHODS", "Solution", "make_solver", "run", "sol
 
 
 def make_solver(method: str, options: dict[str, Any], registry: dict[str, type] = METHODS) -> Any:
-    """A configured solver for ``method``; unknown methods raise ``ValueError``, unknown options ``TypeError``."""
+    """Return a configured solver for ``method``.
+
+    Parameters
+    ----------
+    method : str
+        A key of ``registry``, e.g. ``"anderson"``.
+    options : dict
+        Keyword arguments of the method's class (e.g. ``{"m": 5}`` for :class:`Anderson`).
+    registry : dict
+        Name -> solver class: :data:`METHODS` (forward) by default; :data:`BACKWARD_METHODS` adds ``"gmres"``.
+
+    Returns
+    -------
+    object
+        An instance of the method's class, ready for :func:`run`.
+
+    Raises
+    ------
+    ValueError
+        If ``method`` is not in ``registry``, or the class rejects an option's value (e.g. ``m < 1``).
+    TypeError
+        If an option is not a parameter of the method's class.
+    """
     if method not in registry:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(registry)}")
     return make_options(registry[method], method, options)
@@ -36,7 +58,16 @@ def make_solver(method: str, options: dict[str, Any], registry: dict[str, type] 
 
 @dataclass
 class Solution:
-    """The returned iterate ``z``, ``f(z)`` (already computed by the solver) and the statistics."""
+    """The returned iterate ``z``, ``f(z)`` (already computed by the solver) and the statistics.
+
+    Attributes
+    ----------
+    z : torch.Tensor
+        Per sample, the converged iterate, or the lowest-residual one for a sample that did not converge.
+    fz : torch.Tensor
+        ``f(z)``.
+    stats : SolverStats
+    """
 
     z: torch.Tensor
     fz: torch.Tensor
@@ -45,7 +76,46 @@ class Solution:
 
 def run(solver: Any, f: Map, z0: torch.Tensor, *, abstol: float, reltol: float, max_steps: int | None,
         strict: bool = False, record: bool = False) -> Solution:
-    """Run a configured solver; the engine behind :func:`solve`, the DEQ layer and its backward pass."""
+    """Run a configured solver; the engine behind :func:`solve`, the DEQ layer and its backward pass.
+
+    Parameters
+    ----------
+    solver : object
+        A solver from :func:`make_solver`.
+    f : callable
+        The batched map; see :func:`solve`.
+    z0 : torch.Tensor
+        Floating-point starting point, shape ``(batch, ...)`` with ``batch ≥ 1``. Never modified or returned.
+    abstol, reltol : float
+        The termination rule of :func:`solve`; both ≥ 0, not both 0.
+    max_steps : int or None
+        Most solver steps (≥ 1); None: the solver's ``default_max_steps``.
+    strict : bool
+        Raise instead of warning when a sample does not converge.
+    record : bool
+        Keep every iterate in ``stats.trajectory``.
+
+    Returns
+    -------
+    Solution
+
+    Raises
+    ------
+    ValueError
+        If ``z0`` is not a floating-point tensor with a non-empty batch dimension, a tolerance or ``max_steps``
+        is invalid, or ``f(z)`` differs from ``z`` in shape, dtype or device.
+    TypeError
+        If ``f`` does not return a tensor.
+    deqkit.DivergenceError
+        At once, when an iterate becomes NaN or infinite.
+    deqkit.ConvergenceError
+        With ``strict=True``, when a sample does not converge within ``max_steps``.
+
+    Warns
+    -----
+    deqkit.ConvergenceWarning
+        When a sample does not converge within ``max_steps`` and ``strict`` is False.
+    """
     if not isinstance(z0, torch.Tensor) or z0.dim() < 1 or z0.shape[0] == 0:
         raise ValueError("z0 must be a tensor whose first dimension is a non-empty batch, got "
                          f"{getattr(z0, 'shape', type(z0).__name__)}")

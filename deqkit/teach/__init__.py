@@ -12,7 +12,10 @@ __all__ = ["fast_mode"]
 
 
 def fast_mode() -> bool:
-    """True when ``DEQKIT_FAST`` is set to a true value or ``CI`` is: notebooks shrink data and epochs."""
+    """Return True when ``DEQKIT_FAST`` or ``CI`` is set to a true value: notebooks shrink data and epochs.
+
+    A true value is ``1``, ``true``, ``yes`` or ``on``, in any case, surrounding spaces ignored.
+    """
     for name in ("DEQKIT_FAST", "CI"):
         if os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on"):
             return True

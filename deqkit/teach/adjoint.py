@@ -51,6 +51,18 @@ def peak_memory(fn: Callable[[], object]) -> tuple[object, int]:
     running total during ``fn`` minus the total just before its first allocation, i.e. the most memory that
     ``fn`` held at once beyond what was live when it started. Frees of blocks allocated before the call are not
     reported by the profiler, so free such tensors (e.g. ``zero_grad(set_to_none=True)``) before calling.
+
+    Parameters
+    ----------
+    fn : callable
+        Called once, without arguments.
+
+    Returns
+    -------
+    result : object
+        What ``fn()`` returned.
+    peak : int
+        Peak bytes; 0 when ``fn`` allocated nothing.
     """
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
@@ -77,8 +89,30 @@ def peak_memory(fn: Callable[[], object]) -> tuple[object, int]:
 
 
 class TanhBlock(nn.Module):
-    """``f(z, x) = tanh(W z + x + b)``; ``W`` orthogonal·s (``kind='orthogonal'``) or symmetric with eigenvalues
-    evenly spread over [−s, s] (``kind='symmetric'``): either way ``‖W‖₂ = s``."""
+    """``f(z, x) = tanh(W z + x + b)`` with a random ``W`` of spectral norm ``‖W‖₂ = s``.
+
+    ``W`` is orthogonal·s (``kind='orthogonal'``) or symmetric with eigenvalues evenly spread over [−s, s]
+    (``kind='symmetric'``).
+
+    Parameters
+    ----------
+    d : int
+        Dimension of ``z`` and ``x``.
+    norm : float
+        ``s``.
+    kind : {"orthogonal", "symmetric"}
+    seed : int
+        Seed of ``W`` and ``b``.
+    bias_scale : float
+        Standard deviation of the entries of ``b``.
+    dtype : torch.dtype
+        Of the parameters (they are drawn in float64 and converted).
+
+    Raises
+    ------
+    ValueError
+        If ``kind`` is not one of the two.
+    """
 
     def __init__(self, d: int, norm: float, *, kind: str = "orthogonal", seed: int = 0, bias_scale: float = 0.1,
                  dtype: torch.dtype = torch.float32):
@@ -95,13 +129,41 @@ class TanhBlock(nn.Module):
         self.bias = nn.Parameter((bias_scale * torch.randn(d, generator=gen, dtype=torch.float64)).to(dtype))
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Return ``tanh(W z + x + b)`` for ``z`` and ``x`` of shape ``(batch, d)``."""
         return torch.tanh(z @ self.weight.T + x + self.bias)
 
 
 def tanh_deq(d: int = 32, norm: float = 0.9, *, batch: int = 8, kind: str = "orthogonal", x_scale: float = 1.0,
              bias_scale: float = 0.1, seed: int = 0, dtype: torch.dtype = torch.float32,
              **deq_options) -> tuple[DEQ, torch.Tensor]:
-    """A DEQ over :class:`TanhBlock` and an input batch ``x`` (``x_scale``·N(0, 1))."""
+    """A DEQ over :class:`TanhBlock` and an input batch ``x`` (``x_scale``·N(0, 1)).
+
+    Parameters
+    ----------
+    d, norm, kind, bias_scale, dtype
+        As for :class:`TanhBlock`.
+    batch : int
+        Rows of ``x``.
+    x_scale : float
+        Standard deviation of the entries of ``x``.
+    seed : int
+        Seed of the block; ``x`` is drawn with ``seed + 1``.
+    **deq_options
+        Any :class:`~deqkit.DEQ` keyword.
+
+    Returns
+    -------
+    model : DEQ
+    x : torch.Tensor
+        Shape ``(batch, d)``, in ``dtype``.
+
+    Raises
+    ------
+    ValueError
+        If ``kind`` is unknown, or a DEQ option is invalid.
+    TypeError
+        If a DEQ option is unknown.
+    """
     block = TanhBlock(d, norm, kind=kind, seed=seed, bias_scale=bias_scale, dtype=dtype)
     gen = torch.Generator().manual_seed(seed + 1)
     x = (x_scale * torch.randn(batch, d, generator=gen, dtype=torch.float64)).to(dtype)
@@ -114,6 +176,18 @@ def tanh_deq(d: int = 32, norm: float = 0.9, *, batch: int = 8, kind: str = "ort
 
 @dataclass(frozen=True)
 class Accuracy:
+    """Each backward mode's gradient against the exact one, at one forward tolerance (see :func:`gradient_accuracy`).
+
+    Attributes
+    ----------
+    tol : float
+        The forward tolerance (abstol = reltol).
+    cosine, relative_error : dict of str to float
+        Per backward mode, against the reference directional derivatives.
+    forward_nfe : int
+        Evaluations of the last forward solve at ``tol``.
+    """
+
     tol: float
     cosine: dict[str, float]
     relative_error: dict[str, float]
@@ -138,7 +212,18 @@ def gradient_accuracy(tol: float, norm: float = 0.9) -> Accuracy:
 
     The reference is the finite-difference derivative of the *exact* fixed point; the compared gradients come
     from a forward solve stopped at ``tol``, with the backward solve at the same tolerance (deqkit's default).
-    Both use the same random loss and the same random directions (same seed).
+    Both use the same random loss and the same random directions (same seed). Cached per ``(tol, norm)``.
+
+    Parameters
+    ----------
+    tol : float
+        The forward tolerance, absolute and relative (Anderson, at most 500 steps, float64).
+    norm : float
+        ``‖W‖₂`` of the orthogonal :class:`TanhBlock`.
+
+    Returns
+    -------
+    Accuracy
     """
     s = _sizes()
     ref = _reference(norm, s["d"], s["batch"], s["directions"])
@@ -155,12 +240,27 @@ def gradient_accuracy(tol: float, norm: float = 0.9) -> Accuracy:
 
 
 def tolerances_grid() -> tuple[float, ...]:
-    """The forward tolerances the accuracy panel measures (fewer in fast mode)."""
+    """Return the forward tolerances the accuracy panel measures: 1e-2 to 1e-10 (every other one in fast mode)."""
     return FAST_TOLERANCES if fast_mode() else TOLERANCES
 
 
 def accuracy_panel(tol: float = 1e-4, norm: float = 0.9) -> Panel:
-    """Relative error and cosine of implicit / unrolled / one-step gradients against the forward tolerance."""
+    """Relative error and cosine of implicit / unrolled / one-step gradients against the forward tolerance.
+
+    Measures every tolerance of :func:`tolerances_grid` (cached) and highlights the one nearest ``tol``.
+
+    Parameters
+    ----------
+    tol : float
+        The tolerance to highlight, snapped to the nearest on the grid (in log scale).
+    norm : float
+        ``‖W‖₂`` of the model.
+
+    Returns
+    -------
+    Panel
+        The text tabulates each mode's cosine and relative error at the highlighted tolerance.
+    """
     grid = tolerances_grid()
     tol = min(grid, key=lambda t: abs(math.log10(t) - math.log10(tol)))
     rows = [gradient_accuracy(t, norm) for t in grid]
@@ -192,6 +292,22 @@ def accuracy_panel(tol: float = 1e-4, norm: float = 0.9) -> Panel:
 
 @dataclass(frozen=True)
 class StepCost:
+    """Cost of one training step (see :func:`measure_step`).
+
+    Attributes
+    ----------
+    mode : str
+        The backward mode.
+    iterations : int
+        The forward's ``max_steps``.
+    seconds : float
+        Median wall time of a step.
+    peak_bytes : int
+        Peak tensor memory of a step (see :func:`peak_memory`).
+    steps : int
+        Forward iterations actually taken.
+    """
+
     mode: str
     iterations: int
     seconds: float
@@ -204,14 +320,43 @@ def _cost_sizes() -> dict[str, int]:
 
 
 def training_step(model: DEQ, x: torch.Tensor, target: torch.Tensor) -> None:
-    """One forward + backward pass of a mean-squared-error loss (gradients accumulate in the parameters)."""
+    """One forward + backward pass of a mean-squared-error loss (gradients accumulate in the parameters).
+
+    Parameters
+    ----------
+    model : DEQ
+    x, target : torch.Tensor
+        Input and target, both shaped like the model's output.
+    """
     loss = (model(x) - target).pow(2).mean()
     loss.backward()
 
 
 def make_cost_model(mode: str, iterations: int, d: int, batch: int, norm: float = 0.9,
                     solver: str = "picard") -> tuple[DEQ, torch.Tensor, torch.Tensor]:
-    """A tanh DEQ whose forward takes exactly ``iterations`` steps (its tolerance is out of reach)."""
+    """A tanh DEQ whose forward takes exactly ``iterations`` steps (its tolerance is out of reach).
+
+    The backward solve runs to a relative tolerance of 1e-4.
+
+    Parameters
+    ----------
+    mode : {"implicit", "unrolled", "one_step"}
+        The backward mode.
+    iterations : int
+        The forward's ``max_steps``.
+    d, batch, norm
+        As for :func:`tanh_deq` (orthogonal ``W``, float32).
+    solver : str
+        The forward method.
+
+    Returns
+    -------
+    model : DEQ
+    x : torch.Tensor
+        Shape ``(batch, d)``.
+    target : torch.Tensor
+        Zeros shaped like ``x``.
+    """
     model, x = tanh_deq(d, norm, batch=batch, solver=solver, backward=mode, abstol=1e-30, reltol=0,
                         max_steps=iterations, backward_abstol=0.0, backward_reltol=1e-4)
     target = torch.zeros_like(x)
@@ -220,8 +365,23 @@ def make_cost_model(mode: str, iterations: int, d: int, batch: int, norm: float 
 
 def measure_step(mode: str, iterations: int, *, d: int, batch: int, repeats: int, norm: float = 0.9,
                  solver: str = "picard") -> StepCost:
-    """Median wall time and peak tensor memory of one training step (the forward's tolerance is unreachable, so it
-    runs exactly ``iterations`` steps; the non-convergence warning that follows is expected and silenced)."""
+    """Median wall time and peak tensor memory of one training step of :func:`make_cost_model`'s DEQ.
+
+    The forward's tolerance is unreachable, so it runs exactly ``iterations`` steps; the non-convergence warning
+    that follows is expected and silenced. One untimed warm-up step precedes the ``repeats`` timed ones; the
+    memory is measured on a further step.
+
+    Parameters
+    ----------
+    mode, iterations, d, batch, norm, solver
+        As for :func:`make_cost_model`.
+    repeats : int
+        Timed steps (≥ 1).
+
+    Returns
+    -------
+    StepCost
+    """
     model, x, target = make_cost_model(mode, iterations, d, batch, norm, solver)
     times = []
     with warnings.catch_warnings():
@@ -238,16 +398,30 @@ def measure_step(mode: str, iterations: int, *, d: int, batch: int, repeats: int
 
 @functools.lru_cache(maxsize=64)
 def step_cost(mode: str, iterations: int) -> StepCost:
+    """:func:`measure_step` at the cost panel's sizes (smaller in fast mode); cached per ``(mode, iterations)``."""
     return measure_step(mode, iterations, **_cost_sizes())
 
 
 def iterations_grid() -> tuple[int, ...]:
-    """The forward iteration counts the cost panel measures (fewer in fast mode)."""
+    """Return the forward iteration counts the cost panel measures (fewer in fast mode)."""
     return FAST_ITERATIONS if fast_mode() else ITERATIONS
 
 
 def cost_panel(iterations: int = 50, mode: str = "implicit") -> Panel:
-    """Peak memory and wall time of a training step against the forward iterations, implicit vs unrolled."""
+    """Peak memory and wall time of a training step against the forward iterations, implicit vs unrolled.
+
+    Parameters
+    ----------
+    iterations : int
+        The point to highlight, snapped to the nearest of :func:`iterations_grid`.
+    mode : {"implicit", "unrolled", "one_step"}
+        The mode to highlight (``"one_step"`` is highlighted at its point only; its curve is not drawn).
+
+    Returns
+    -------
+    Panel
+        The text compares implicit and unrolled memory and time at ``iterations``.
+    """
     grid = iterations_grid()
     iterations = min(grid, key=lambda n: abs(n - iterations))
     fig, (ax, ax2) = figure(2)
@@ -279,6 +453,26 @@ def cost_panel(iterations: int = 50, mode: str = "implicit") -> Panel:
 
 @dataclass(frozen=True)
 class BackwardRun:
+    """One implicit backward solve (see :func:`backward_run`).
+
+    Attributes
+    ----------
+    solver : str
+        The backward solver.
+    nfe : int
+        Vector–Jacobian products (−1 when the solve diverged).
+    residual : float
+        Largest final residual over the batch (inf when the solve diverged).
+    converged : bool
+        Every sample converged and no warning was recorded during the forward or the backward.
+    seconds : float
+        Wall time of ``backward()``.
+    history, nfe_history : tuple
+        The residual history and the products at each entry (empty when the solve diverged).
+    error : str
+        The :class:`~deqkit.DivergenceError`'s message when the solve diverged, else empty.
+    """
+
     solver: str
     nfe: int
     residual: float
@@ -294,8 +488,25 @@ def _backward_sizes() -> dict[str, int]:
 
 
 def near_one_deq(gap: float, **deq_options) -> tuple[DEQ, torch.Tensor]:
-    """The symmetric tanh DEQ of panels 3 and 4: ‖W‖₂ = 1 − gap, a tiny input (1e-4·N(0, 1)) and no bias, so that
-    z* stays near 0, tanh′ ≈ 1 there and ρ(∂f/∂z) at z* ≈ ‖W‖₂ (it would saturate below 1 for a larger input)."""
+    """The symmetric tanh DEQ of panels 3 and 4, with ‖W‖₂ = 1 − gap.
+
+    A tiny input (1e-4·N(0, 1)) and no bias keep z* near 0, where tanh′ ≈ 1, so ρ(∂f/∂z) at z* ≈ ‖W‖₂ (it
+    would saturate below 1 for a larger input). Float64; the forward is Anderson to abstol 1e-12 or reltol
+    1e-10, at most 500 steps.
+
+    Parameters
+    ----------
+    gap : float
+        ``1 − ‖W‖₂``.
+    **deq_options
+        Further :class:`~deqkit.DEQ` keywords (e.g. the backward solver's); not the forward settings above.
+
+    Returns
+    -------
+    model : DEQ
+    x : torch.Tensor
+        The input batch, shape ``(batch, d)`` (smaller in fast mode).
+    """
     s = _backward_sizes()
     return tanh_deq(s["d"], 1 - gap, batch=s["batch"], kind="symmetric", x_scale=1e-4, bias_scale=0.0,
                     dtype=torch.float64, solver="anderson", abstol=1e-12, reltol=1e-10, max_steps=500,
@@ -303,7 +514,7 @@ def near_one_deq(gap: float, **deq_options) -> tuple[DEQ, torch.Tensor]:
 
 
 def gaps_grid() -> tuple[float, ...]:
-    """The values of 1 − ‖W‖₂ the ρ panel measures (fewer in fast mode)."""
+    """Return the values of 1 − ‖W‖₂ the ρ panel measures (fewer in fast mode)."""
     return FAST_GAPS if fast_mode() else GAPS
 
 
@@ -311,7 +522,22 @@ def gaps_grid() -> tuple[float, ...]:
 def backward_run(solver: str, gap: float, tol: float = 1e-6) -> BackwardRun:
     """The implicit backward solve of a symmetric tanh DEQ with ‖W‖₂ = 1 − gap, with the given backward solver.
 
-    The forward is Anderson to 1e-12 (float64); the backward solve runs to ``tol`` within 300 products.
+    The forward is Anderson to 1e-12 (float64); the backward solve runs to ``tol`` within 300 steps.
+    Cached per ``(solver, gap, tol)``.
+
+    Parameters
+    ----------
+    solver : str
+        A backward solver (see :data:`BACKWARD_SOLVERS`).
+    gap : float
+        ``1 − ‖W‖₂``.
+    tol : float
+        Absolute tolerance of the backward solve (no relative one).
+
+    Returns
+    -------
+    BackwardRun
+        A :class:`~deqkit.DivergenceError` is caught and recorded in ``error``.
     """
     model, x = near_one_deq(gap, backward_solver=solver, backward_abstol=tol, backward_reltol=0.0,
                             backward_max_steps=300)
@@ -332,7 +558,20 @@ def backward_run(solver: str, gap: float, tol: float = 1e-6) -> BackwardRun:
 
 
 def backward_panel(solver: str = "gmres", gap: float = 0.1) -> Panel:
-    """Residual of the backward solve against vector–Jacobian products, for each solver; the chosen one bold."""
+    """Residual of the backward solve against vector–Jacobian products, for each solver; the chosen one bold.
+
+    Parameters
+    ----------
+    solver : str
+        The solver to highlight, one of :data:`BACKWARD_SOLVERS`.
+    gap : float
+        ``1 − ‖W‖₂`` (see :func:`backward_run`).
+
+    Returns
+    -------
+    Panel
+        The text gives the chosen solver's products, final residual and time, or its divergence message.
+    """
     fig, ax = figure(width=6)
     for name in BACKWARD_SOLVERS:
         r = backward_run(name, gap)
@@ -361,6 +600,20 @@ def backward_panel(solver: str = "gmres", gap: float = 0.1) -> Panel:
 
 @dataclass(frozen=True)
 class NearOne:
+    """What :func:`near_one` measures at one gap.
+
+    Attributes
+    ----------
+    gap : float
+        ``1 − ‖W‖₂``.
+    rho : float
+        Largest ρ(∂f/∂z) at z* over the batch.
+    backward_nfe, backward_converged : dict
+        Per backward solver: products, and whether it converged (see :class:`BackwardRun`).
+    one_step_cosine : float
+        Cosine between the one-step and the implicit input gradient.
+    """
+
     gap: float
     rho: float
     backward_nfe: dict[str, int]
@@ -370,7 +623,18 @@ class NearOne:
 
 @functools.lru_cache(maxsize=64)
 def near_one(gap: float) -> NearOne:
-    """ρ(∂f/∂z) at z*, each backward solver's products, and the one-step gradient's cosine with the implicit one."""
+    """ρ(∂f/∂z) at z*, each backward solver's products, and the one-step gradient's cosine with the implicit one.
+
+    Parameters
+    ----------
+    gap : float
+        ``1 − ‖W‖₂`` of :func:`near_one_deq`.
+
+    Returns
+    -------
+    NearOne
+        Cached per ``gap``.
+    """
     model, x = near_one_deq(gap)
     with torch.no_grad():
         z = model(x)
@@ -388,7 +652,18 @@ def near_one(gap: float) -> NearOne:
 
 
 def rho_panel(gap: float = 0.1) -> Panel:
-    """Backward products of each solver and the one-step gradient's direction as ρ(∂f/∂z) → 1."""
+    """Backward products of each solver and the one-step gradient's direction as ρ(∂f/∂z) → 1.
+
+    Parameters
+    ----------
+    gap : float
+        ``1 − ‖W‖₂`` to highlight, snapped to the nearest of :func:`gaps_grid` (in log scale).
+
+    Returns
+    -------
+    Panel
+        The text gives ρ, the one-step cosine and each solver's products at the highlighted gap.
+    """
     grid = gaps_grid()
     gap = min(grid, key=lambda g: abs(math.log10(g) - math.log10(gap)))
     rows = [near_one(g) for g in grid]
@@ -427,7 +702,25 @@ def rho_panel(gap: float = 0.1) -> Panel:
 
 
 def linear_deq(d: int = 5, norm: float = 0.8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(A, x, w)`` for the exercise: z* = A z* + x, loss = w · z*, float64."""
+    """``(A, x, w)`` for the exercise: z* = A z* + x, loss = w · z*, float64.
+
+    Parameters
+    ----------
+    d : int
+        Dimension.
+    norm : float
+        ``‖A‖₂``; below 1, ``I − A`` is invertible and plain iteration converges.
+    seed : int
+
+    Returns
+    -------
+    a : torch.Tensor
+        Shape ``(d, d)``.
+    x : torch.Tensor
+        Shape ``(1, d)``.
+    w : torch.Tensor
+        Shape ``(d,)``.
+    """
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(d, d, generator=gen, dtype=torch.float64)
     a = norm * a / torch.linalg.matrix_norm(a, 2)
@@ -437,7 +730,20 @@ def linear_deq(d: int = 5, norm: float = 0.8, seed: int = 0) -> tuple[torch.Tens
 
 
 def deqkit_linear_gradient(a: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """d(w · z*)/dx from deqkit's implicit backward for z* = A z* + x."""
+    """d(w · z*)/dx from deqkit's implicit backward for z* = A z* + x.
+
+    The forward is Anderson to abstol 1e-12.
+
+    Parameters
+    ----------
+    a, x, w : torch.Tensor
+        As returned by :func:`linear_deq`.
+
+    Returns
+    -------
+    torch.Tensor
+        Shaped like ``x``.
+    """
     model = DEQ(lambda z, xx: z @ a.T + xx, solver="anderson", abstol=1e-12, reltol=0, backward="implicit")
     xg = x.clone().requires_grad_()
     (g,) = torch.autograd.grad((model(xg) * w).sum(), xg)

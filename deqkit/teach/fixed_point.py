@@ -36,6 +36,25 @@ def cobweb_panel(w: float = 0.8, x: float = 0.5, method: str = "picard", tol: fl
 
     The slope ``f'(z*) = w (1 − tanh²(w z* + x))`` decides everything: ``|f'| < 1`` attracts plain iteration
     (monotonically if positive, alternating if negative), ``|f'| > 1`` repels it.
+
+    Parameters
+    ----------
+    w, x : float
+        Slope and offset inside the tanh.
+    method : str
+        A label of :data:`METHODS` (``"picard"``, ``"damped picard"``, ``"anderson"``, ``"broyden"``); at most
+        200 steps.
+    tol : float
+        Absolute tolerance on ``|f(z) − z|`` (no relative one).
+
+    Returns
+    -------
+    Panel
+
+    Raises
+    ------
+    KeyError
+        If ``method`` is not a label of :data:`METHODS`.
     """
     f = lambda z: torch.tanh(w * z + x)  # noqa: E731
     z0 = torch.zeros(1, 1, dtype=torch.float64)
@@ -69,7 +88,26 @@ def cobweb_panel(w: float = 0.8, x: float = 0.5, method: str = "picard", tol: fl
 
 
 def random_map(scale: float, x_scale: float, d: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A symmetric W with eigenvalues spread over [−scale, scale] (so ρ(W) = ‖W‖₂ = scale) and an input x."""
+    """A symmetric W with eigenvalues spread over [−scale, scale] (so ρ(W) = ‖W‖₂ = scale) and an input x.
+
+    Parameters
+    ----------
+    scale : float
+        Spectral radius (and norm) of ``W``; its eigenvalues are evenly spaced from ``−scale`` to ``scale``.
+    x_scale : float
+        Standard deviation of the input's entries.
+    d : int
+        Dimension.
+    seed : int
+        Seed of the random eigenvectors and input.
+
+    Returns
+    -------
+    w : torch.Tensor
+        float64, shape ``(d, d)``.
+    x : torch.Tensor
+        float64, shape ``(1, d)``.
+    """
     gen = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
     eig = torch.linspace(-1.0, 1.0, d, dtype=torch.float64)
@@ -80,8 +118,31 @@ def random_map(scale: float, x_scale: float, d: int = 40, seed: int = 0) -> tupl
 
 def iteration_panel(scale: float = 0.9, x_scale: float = 0.5, methods: Sequence[str] = ("picard", "anderson"),
                     tol: float = 1e-6) -> Panel:
-    """d-dimensional ``z ← tanh(W z + x)``: residual per iteration for each chosen method, a few coordinates of
-    the first method's iterates, and ρ(∂f/∂z) at each answer.
+    """d-dimensional ``z ← tanh(W z + x)``: residual per iteration of each method, and ρ(∂f/∂z) at its answer.
+
+    Also plots the first four coordinates of the first method's iterates. ``W`` and ``x`` come from
+    :func:`random_map` (``d = 40``); every solve starts from ``z = 0`` and takes at most 200 steps.
+
+    Parameters
+    ----------
+    scale : float
+        ρ(W) = ‖W‖₂.
+    x_scale : float
+        Standard deviation of the input's entries.
+    methods : sequence of str
+        Labels of :data:`METHODS`; an empty sequence means ``("picard",)``.
+    tol : float
+        Absolute tolerance on ``‖f(z) − z‖∞`` (no relative one).
+
+    Returns
+    -------
+    Panel
+        The text tabulates, per method, whether it converged, its steps and ρ(∂f/∂z) at its answer.
+
+    Raises
+    ------
+    KeyError
+        If a method is not a label of :data:`METHODS`.
     """
     w, x = random_map(scale, x_scale)
     f = lambda z: torch.tanh(z @ w.T + x)  # noqa: E731

@@ -47,6 +47,23 @@ def notebook_data(fast: bool | None = None, *, widget_digits: int | None = None
 
     Fast mode (:func:`deqkit.teach.fast_mode`): 12,000 training and 2,000 test samples, 500 widget digits.
     Full mode: all 60,000 / 10,000, and 2,000 widget digits.
+
+    Parameters
+    ----------
+    fast : bool, optional
+        Default: :func:`deqkit.teach.fast_mode`.
+    widget_digits : int, optional
+        How many test images ``digits`` holds, instead of the mode's default.
+
+    Returns
+    -------
+    train, test, digits : TensorDataset
+        As from :func:`deqkit.data.mnist_datasets` (the data folder and download as it resolves them).
+
+    Raises
+    ------
+    deqkit.data.MNISTError
+        If the files are missing and cannot be downloaded, or are corrupt.
     """
     fast = fast_mode() if fast is None else fast
     train, test = mnist_datasets(subset=12000 if fast else None, seed=0)
@@ -56,7 +73,19 @@ def notebook_data(fast: bool | None = None, *, widget_digits: int | None = None
 
 
 def static(panel: Panel, dpi: int = 80) -> Any:
-    """Show a :class:`Panel` once in a notebook (an inline PNG and its text), without pyplot."""
+    """Show a :class:`Panel` once in a notebook (an inline PNG and its text), without pyplot.
+
+    Parameters
+    ----------
+    panel : Panel
+    dpi : int
+        Resolution of the PNG.
+
+    Returns
+    -------
+    IPython.display.HTML
+        Displayed when it is a cell's last value, or with ``display()``.
+    """
     from IPython.display import HTML
 
     data = base64.b64encode(render_png(panel.figure, dpi)).decode()
@@ -65,7 +94,17 @@ def static(panel: Panel, dpi: int = 80) -> Any:
 
 @dataclass
 class StepLog:
-    """A ``callback`` for :func:`deqkit.train.train` that keeps every step's loss, accuracy and NFE."""
+    """A ``callback`` for :func:`deqkit.train.train` that keeps every step's loss, accuracy and NFE.
+
+    Attributes
+    ----------
+    loss, acc : list of float
+        This process's batch loss and accuracy (%) per step.
+    fwd_nfe, bwd_nfe : list of int
+        Forward and backward evaluations per step.
+    unconverged : int
+        Non-converged solves over all steps.
+    """
 
     loss: list[float] = field(default_factory=list)
     acc: list[float] = field(default_factory=list)
@@ -74,6 +113,7 @@ class StepLog:
     unconverged: int = 0
 
     def __call__(self, info: dict[str, Any]) -> None:
+        """Record one step from the dict :func:`deqkit.train.train` passes its ``callback``."""
         self.loss.append(info["loss"])
         self.acc.append(info["acc"])
         self.fwd_nfe.append(info["fwd_nfe"])
@@ -90,7 +130,25 @@ def _smooth(values: list[float], window: int) -> np.ndarray:
 
 
 def training_panel(logs: dict[str, StepLog], window: int = 10) -> Panel:
-    """Loss, batch accuracy and forward/backward NFE per training step, one line per run (moving average)."""
+    """Loss, batch accuracy and forward/backward NFE per training step, one line per run (moving average).
+
+    Parameters
+    ----------
+    logs : dict of str to StepLog
+        Run name -> its log.
+    window : int
+        Moving-average width, capped at a fifth of each run's steps.
+
+    Returns
+    -------
+    Panel
+        The text gives each run's recent loss and accuracy, mean NFE and non-converged solves.
+
+    Raises
+    ------
+    ValueError
+        If ``logs`` is empty or a log recorded no steps.
+    """
     if not logs or not all(log.loss for log in logs.values()):
         raise ValueError("training_panel needs at least one StepLog that recorded steps (pass it as callback=)")
     fig, (ax1, ax2, ax3) = figure(3, width=3.8)
@@ -116,7 +174,18 @@ def training_panel(logs: dict[str, StepLog], window: int = 10) -> Panel:
 
 
 def tanh_logit_floor(classes: int = 10) -> float:
-    """The smallest cross-entropy possible when every logit lies in ``[−1, 1]``: right class +1, the rest −1."""
+    """The smallest cross-entropy possible when every logit lies in ``[−1, 1]``: right class +1, the rest −1.
+
+    Parameters
+    ----------
+    classes : int
+        Number of classes.
+
+    Returns
+    -------
+    float
+        ``−log(e / (e + (classes − 1)/e))``, about 0.80 for 10 classes.
+    """
     return -math.log(math.e / (math.e + (classes - 1) / math.e))
 
 
@@ -134,6 +203,9 @@ def logit_diagnostics(model: torch.nn.Module, dataset: TensorDataset, *, limit: 
     model : MNISTDEQ
         Its ``head`` is a ``Sequential`` whose last module is either ``Tanh`` or the final ``Linear``.
     dataset : TensorDataset
+        ``(images, labels)``, e.g. from :func:`notebook_data`.
+    limit : int
+        How many samples (from the start) to use, in one batch.
 
     Returns
     -------
@@ -179,7 +251,22 @@ def _num(v: float) -> str:
 
 
 def stall_panel(models: dict[str, torch.nn.Module], dataset: TensorDataset, *, limit: int = 2000) -> Panel:
-    """Why tanh logits stall: each model's confidence and the gradient that its right and wrong digits send back."""
+    """Why tanh logits stall: each model's confidence and the gradient that its right and wrong digits send back.
+
+    Parameters
+    ----------
+    models : dict of str to MNISTDEQ
+        Name -> trained model (see :func:`logit_diagnostics` for what its head must be).
+    dataset : TensorDataset
+        ``(images, labels)``.
+    limit : int
+        How many samples (from the start) to use.
+
+    Returns
+    -------
+    Panel
+        The text gives each model's :func:`logit_diagnostics` and the loss floor with tanh logits.
+    """
     fig, (ax1, ax2) = figure(2, width=4.6)
     names, rows = list(models), []
     width = 0.8 / max(len(names), 1)
@@ -214,6 +301,19 @@ def class_panel(models: dict[str, torch.nn.Module], dataset: TensorDataset, *, l
     """Recall of every class for each model: a class whose digits all go elsewhere is a plateau of the loss.
 
     The text names, per model, each class recalled below 50% and the class its digits are predicted as.
+
+    Parameters
+    ----------
+    models : dict of str to MNISTDEQ
+        Name -> trained model.
+    dataset : TensorDataset
+        ``(images, labels)``.
+    limit : int
+        How many samples (from the start) to use, in one batch.
+
+    Returns
+    -------
+    Panel
     """
     x, y = dataset.tensors
     x, y = x[:limit], y[:limit]
@@ -279,6 +379,27 @@ def digit_effort(model: torch.nn.Module, images: torch.Tensor, solver: str, tol:
     iterate and the digit's NFE is the evaluation count at the first one that meets the termination rule
     (``≤ tol`` or ``≤ tol · ‖f(z)‖∞``). Digits that do not converge within ``max_steps`` are flagged in
     ``converged``, not warned about.
+
+    Parameters
+    ----------
+    model : MNISTDEQ
+    images : torch.Tensor
+        Shape ``(n, 1, 28, 28)``, solved as one batch from ``model.deq``'s starting point.
+    solver : str
+        A label of :data:`SOLVERS`.
+    tol : float
+        abstol = reltol.
+    max_steps : int
+        Step limit of the solve.
+
+    Returns
+    -------
+    DigitEffort
+
+    Raises
+    ------
+    ValueError
+        If ``solver`` is not a label of :data:`SOLVERS`, or ``images`` is not shaped ``(n, 1, 28, 28)``.
     """
     method, options = _solver(solver)
     x = model.features(images)
@@ -324,7 +445,35 @@ def digit_panel(model: torch.nn.Module, digits: TensorDataset, index: int = 0,
     """One test digit: the image, the predicted class probabilities, and ``‖f(z) − z‖∞`` per evaluation.
 
     The digit is solved alone (batch of one) with ``solver`` to tolerance ``tol`` (abstol = reltol, the blog
-    used 1e-2); a non-converged solve warns, as it would for a user.
+    used 1e-2), at most 300 steps; a non-converged solve warns, as it would for a user.
+
+    Parameters
+    ----------
+    model : MNISTDEQ
+    digits : TensorDataset
+        ``(images, labels)``, e.g. the third set of :func:`notebook_data`.
+    index : int
+        Which digit, ``0 ≤ index < len(digits)``.
+    solver : str
+        A label of :data:`SOLVERS`.
+    tol : float
+        abstol = reltol.
+
+    Returns
+    -------
+    Panel
+
+    Raises
+    ------
+    IndexError
+        If ``index`` is outside the digits.
+    ValueError
+        If ``solver`` is not a label of :data:`SOLVERS`.
+
+    Warns
+    -----
+    deqkit.ConvergenceWarning
+        When the solve does not converge within 300 steps.
     """
     images, labels = digits.tensors
     _check_index(index, len(labels))
@@ -354,7 +503,29 @@ def digit_panel(model: torch.nn.Module, digits: TensorDataset, index: int = 0,
 
 def effort_panel(model: torch.nn.Module, digits: TensorDataset, solver: str = next(iter(SOLVERS)),
                  tol: float = 1e-2, *, max_steps: int = 300) -> Panel:
-    """Histogram of per-digit NFE for ``solver`` and ``tol``, split by right and wrong predictions."""
+    """Histogram of per-digit NFE for ``solver`` and ``tol``, split by right and wrong predictions.
+
+    All digits are solved as one batch by :func:`digit_effort`; digits that did not converge are drawn hatched,
+    at the whole solve's NFE.
+
+    Parameters
+    ----------
+    model : MNISTDEQ
+    digits : TensorDataset
+        ``(images, labels)``.
+    solver, tol, max_steps
+        As for :func:`digit_effort`.
+
+    Returns
+    -------
+    Panel
+        The text gives the mean, median and largest NFE of the converged digits, right and wrong.
+
+    Raises
+    ------
+    ValueError
+        If ``solver`` is not a label of :data:`SOLVERS`.
+    """
     effort = digit_effort(model, digits.tensors[0], solver, tol, max_steps=max_steps)
     labels = digits.tensors[1]
     right = effort.predicted == labels
@@ -384,7 +555,31 @@ def effort_panel(model: torch.nn.Module, digits: TensorDataset, solver: str = ne
 def gallery_panel(model: torch.nn.Module, digits: TensorDataset, which: str = WHICH[0],
                   solver: str = next(iter(SOLVERS)), tol: float = 1e-2, count: int = 12, *,
                   max_steps: int = 300) -> Panel:
-    """A grid of digits: the most or least effortful for ``solver`` (by NFE), or the misclassified ones."""
+    """A grid of digits: the most or least effortful for ``solver`` (by NFE), or the misclassified ones.
+
+    Misclassified digits are shown most effortful first.
+
+    Parameters
+    ----------
+    model : MNISTDEQ
+    digits : TensorDataset
+        ``(images, labels)``, solved as one batch by :func:`digit_effort`.
+    which : str
+        One of :data:`WHICH`.
+    solver, tol, max_steps
+        As for :func:`digit_effort`.
+    count : int
+        Most digits shown (six per row).
+
+    Returns
+    -------
+    Panel
+
+    Raises
+    ------
+    ValueError
+        If ``which`` is not one of :data:`WHICH`, or ``solver`` not a label of :data:`SOLVERS`.
+    """
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     images, labels = digits.tensors

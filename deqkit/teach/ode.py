@@ -24,6 +24,24 @@ NEAR_ORIGIN = (0.05, 0.02)  # a start next to the origin, which is an equilibriu
 
 
 def system_matrix(system: str, a: float) -> torch.Tensor:
+    """Return ``a·M``, the float64 2×2 matrix of ``f(z) = tanh(a·M z)``.
+
+    Parameters
+    ----------
+    system : {"pitchfork", "spiral"}
+        ``"pitchfork"``: ``M = [[1, 0.5], [0.5, 1]]``; ``"spiral"``: ``M`` the rotation by 1.2 rad.
+    a : float
+        Gain, the bifurcation parameter.
+
+    Returns
+    -------
+    torch.Tensor
+
+    Raises
+    ------
+    ValueError
+        If ``system`` is unknown.
+    """
     if system == "pitchfork":
         m = [[1.0, 0.5], [0.5, 1.0]]
     elif system == "spiral":
@@ -35,18 +53,58 @@ def system_matrix(system: str, a: float) -> torch.Tensor:
 
 
 def vector_field(system: str, a: float):
+    """Return the map ``f(z) = tanh(a·M z)`` whose steady state the notebook seeks (the flow is ``f(z) − z``).
+
+    Parameters
+    ----------
+    system : {"pitchfork", "spiral"}
+    a : float
+        See :func:`system_matrix`.
+
+    Returns
+    -------
+    callable
+        Maps float64 points of shape ``(batch, 2)`` to the same shape.
+
+    Raises
+    ------
+    ValueError
+        If ``system`` is unknown.
+    """
     w = system_matrix(system, a)
     return lambda z: torch.tanh(z @ w.T)
 
 
 def starts() -> torch.Tensor:
+    """Return the phase portrait's starting points: :data:`NEAR_ORIGIN`, then eight on a circle of radius 1.8.
+
+    Returns
+    -------
+    torch.Tensor
+        float64, shape ``(9, 2)``.
+    """
     angles = torch.linspace(0, 2 * math.pi, 9, dtype=torch.float64)[:-1] + 0.3
     ring = 1.8 * torch.stack([torch.cos(angles), torch.sin(angles)], 1)
     return torch.cat([torch.tensor([NEAR_ORIGIN], dtype=torch.float64), ring])
 
 
 def equilibria(system: str, a: float) -> list[tuple[np.ndarray, bool]]:
-    """Every equilibrium Broyden finds from a grid of starts, with its stability (all Re λ(J − I) < 0)."""
+    """Every equilibrium Broyden finds from a grid of starts, with its stability (all Re λ(J − I) < 0).
+
+    Broyden runs from a 9×9 grid over ``[−2, 2]²`` to ``‖f(z) − z‖∞ ≤ 1e-10``; starts that fail are ignored, as
+    are answers outside ``[−3, 3]²`` and duplicates (within 1e-4).
+
+    Parameters
+    ----------
+    system : {"pitchfork", "spiral"}
+    a : float
+        See :func:`system_matrix`.
+
+    Returns
+    -------
+    list of (numpy.ndarray, bool)
+        Each equilibrium, shape ``(2,)``, and whether it is stable for ``dz/dt = f(z) − z``.
+    """
     f = vector_field(system, a)
     g = torch.linspace(-2, 2, 9, dtype=torch.float64)
     grid = torch.cartesian_prod(g, g)
@@ -65,7 +123,35 @@ def equilibria(system: str, a: float) -> list[tuple[np.ndarray, bool]]:
 
 def phase_panel(system: str = "pitchfork", a: float = 1.2, ode_method: str = "tsit5", abstol: float = 1e-5,
                 reltol: float = 1e-5) -> Panel:
-    """Phase portrait with ODE trajectories to steady state, their step sizes and cost, and where Broyden lands."""
+    """Phase portrait with ODE trajectories to steady state, their step sizes and cost, and where Broyden lands.
+
+    From each of :func:`starts`, ``dynamic_ss`` without polishing integrates ``dz/dt = f(z) − z`` for at most
+    200 steps (80 in fast mode); the equilibria of :func:`equilibria` are marked ● (stable) or ○ (unstable).
+
+    Parameters
+    ----------
+    system : {"pitchfork", "spiral"}
+    a : float
+        See :func:`system_matrix`.
+    ode_method : str
+        An adaptive ODE method of :class:`~deqkit.solvers.DynamicSS` (e.g. ``"tsit5"``, ``"dopri5"``, ``"bosh3"``).
+    abstol, reltol : float
+        The termination rule (see :func:`deqkit.solve`).
+
+    Returns
+    -------
+    Panel
+
+    Raises
+    ------
+    ValueError
+        If ``system`` or ``ode_method`` is unknown.
+
+    Warns
+    -----
+    deqkit.ConvergenceWarning
+        Once, with the first failing trajectory's message, when some did not reach steady state.
+    """
     f = vector_field(system, a)
     max_steps = 80 if fast_mode() else 200
     fig, (ax, ax_dt, ax_nfe) = figure(3, width=3.6, height=3.4)

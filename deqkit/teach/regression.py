@@ -26,7 +26,29 @@ SOLVERS: dict[str, tuple[str, dict]] = {
 
 @dataclass
 class RunResult:
-    """One training run: settings, cost and outcome."""
+    """One training run: settings, cost and outcome.
+
+    Attributes
+    ----------
+    backward, solver : str
+        The backward mode and the :data:`SOLVERS` label.
+    lr : float
+    epochs : int
+    seconds : float
+        Wall time of the training loop.
+    forward_nfe, backward_nfe : float
+        Evaluations per training step, averaged over all epochs.
+    prediction : float
+        The trained DEQ's output at x = −5 (the target is −10).
+    final_loss : float
+        Mean loss of the last epoch.
+    losses : tuple of float
+        Mean loss per epoch.
+    a, b : float
+        The trained ``net(v) = a v + b`` (the target is ``a = 2/3, b = 0``).
+    model : torch.nn.Module
+        The trained DEQ.
+    """
 
     backward: str
     solver: str
@@ -46,7 +68,32 @@ class RunResult:
 @functools.lru_cache(maxsize=64)
 def train(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solver: str = "dynamic_ss",
           seed: int = 0) -> RunResult:
-    """Train the blog's model with these settings (cached: the same settings are trained once)."""
+    """Train the blog's model with these settings (cached: the same settings are trained once).
+
+    Parameters
+    ----------
+    lr : float
+        Adam's learning rate.
+    epochs : int
+        Passes over the ten samples.
+    backward : {"implicit", "unrolled", "one_step"}
+    solver : str
+        A label of :data:`SOLVERS`.
+    seed : int
+        Seed of the weights and of the shuffling.
+
+    Returns
+    -------
+    RunResult
+        Shared by every call with the same arguments: do not modify it or its model.
+
+    Raises
+    ------
+    KeyError
+        If ``solver`` is not a label of :data:`SOLVERS`.
+    ValueError
+        If ``backward`` is not a backward mode.
+    """
     method, options = SOLVERS[solver]
     model = seed_regression_model(seed, backward=backward, solver=method, **options)
     run = fit_regression(model, epochs=epochs, lr=lr, seed=seed)
@@ -57,7 +104,19 @@ def train(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solve
 
 def training_panel(lr: float = 0.05, epochs: int = 100, backward: str = "implicit",
                    solver: str = "dynamic_ss") -> Panel:
-    """Loss per epoch and the learned function against y = 2x, with the closed-form fixed point."""
+    """Loss per epoch and the learned function against y = 2x, with the closed-form fixed point.
+
+    Parameters
+    ----------
+    lr, epochs, backward, solver
+        The training settings, as for :func:`train` (seed 0; cached).
+
+    Returns
+    -------
+    Panel
+        The text gives the learned ``a`` and ``b``, the prediction at −5, the training time and the
+        evaluations per step.
+    """
     r = train(lr, epochs, backward, solver)
     fig, (ax, ax2) = figure(2)
     ax.semilogy(np.arange(1, len(r.losses) + 1), r.losses)
@@ -77,7 +136,20 @@ def training_panel(lr: float = 0.05, epochs: int = 100, backward: str = "implici
 
 def prediction_panel(x: float = -5.0, lr: float = 0.05, epochs: int = 100, backward: str = "implicit",
                      solver: str = "dynamic_ss") -> Panel:
-    """The trained DEQ's prediction at one ``x`` (solved, not the closed form) against 2x."""
+    """The trained DEQ's prediction at one ``x`` (solved, not the closed form) against 2x.
+
+    Parameters
+    ----------
+    x : float
+        Where to predict; the training data cover 1 to 10.
+    lr, epochs, backward, solver
+        The training settings, as for :func:`train` (seed 0; cached).
+
+    Returns
+    -------
+    Panel
+        The text gives the prediction's error ``DEQ(x) − 2x``.
+    """
     r = train(lr, epochs, backward, solver)
     with torch.no_grad():
         pred = r.model(torch.tensor([[x]])).item()
@@ -93,7 +165,16 @@ def prediction_panel(x: float = -5.0, lr: float = 0.05, epochs: int = 100, backw
 
 
 def results_table(results: list[RunResult]) -> str:
-    """An HTML table of runs: time, NFE and accuracy per backward mode and solver."""
+    """Return an HTML table of runs: settings, time, NFE per step, prediction at −5 and final loss, one row each.
+
+    Parameters
+    ----------
+    results : list of RunResult
+
+    Returns
+    -------
+    str
+    """
     head = ("<tr><th>backward</th><th>forward solver</th><th>lr</th><th>epochs</th><th>seconds</th>"
             "<th>forward NFE/step</th><th>backward NFE/step</th><th>prediction at −5</th><th>final loss</th></tr>")
     rows = "".join(
@@ -109,6 +190,20 @@ def compare_backward_modes(lr: float = 0.05, epochs: int = 100, solver: str = "d
 
     With ``repeats > 1`` the modes are trained in turns, ``repeats`` times each, and each keeps its fastest
     time: other work on the machine then slows every mode alike instead of the unlucky one.
+
+    Parameters
+    ----------
+    lr, epochs, solver
+        As for :func:`train` (seed 0).
+    modes : tuple of str
+        Backward modes to train.
+    repeats : int
+        Runs per mode; each mode's fastest run is kept.
+
+    Returns
+    -------
+    list of RunResult
+        One per mode, in the order of ``modes``.
     """
     best: dict[str, RunResult] = {}
     for _ in range(repeats):
@@ -120,7 +215,13 @@ def compare_backward_modes(lr: float = 0.05, epochs: int = 100, solver: str = "d
 
 
 class ComparisonTable(widgets.VBox):
-    """A button that trains every backward mode with the given controls' settings and adds rows to a table."""
+    """A button that trains every backward mode with the given controls' settings and adds rows to a table.
+
+    Parameters
+    ----------
+    lr, epochs, solver : ipywidgets.ValueWidget
+        The controls whose current values each click trains with (see :func:`compare_backward_modes`).
+    """
 
     def __init__(self, lr: widgets.ValueWidget, epochs: widgets.ValueWidget, solver: widgets.ValueWidget):
         self.lr, self.epochs, self.solver = lr, epochs, solver
@@ -131,6 +232,10 @@ class ComparisonTable(widgets.VBox):
         super().__init__([self.button, self.table])
 
     def run(self, _: object = None) -> None:
+        """Train every backward mode with the controls' values and append the rows (the button's click handler).
+
+        The button is disabled while training runs; any error propagates after it is re-enabled.
+        """
         self.button.disabled = True
         self.button.description = "running..."
         try:

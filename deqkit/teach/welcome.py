@@ -10,7 +10,28 @@ from .widgets import Panel, figure
 
 
 def tiny_deq(scale: float = 0.8, d: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, SolverStats]:
-    """Solve z = tanh(W z + x) for a random W with ‖W‖₂ = ``scale``; return (x, z*, the solver's statistics)."""
+    """Solve z = tanh(W z + x) for a random W with ‖W‖₂ = ``scale``, by plain iteration in float64.
+
+    The solve starts from ``z = 0`` and stops at ``‖f(z) − z‖∞ ≤ 1e-10`` or after 200 iterations (with a
+    :class:`~deqkit.ConvergenceWarning`).
+
+    Parameters
+    ----------
+    scale : float
+        Spectral norm of ``W``; below 1, ``f`` is a contraction and the iteration converges.
+    d : int
+        Dimension of ``z``.
+    seed : int
+        Seed of ``W`` and of the input ``x`` (``0.3 · N(0, 1)`` per entry).
+
+    Returns
+    -------
+    x : torch.Tensor
+        Shape ``(d,)``.
+    z_star : torch.Tensor
+        Shape ``(d,)``: the fixed point (the lowest-residual iterate if the solve did not converge).
+    stats : SolverStats
+    """
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(d, d, generator=gen, dtype=torch.float64)
     w *= scale / torch.linalg.matrix_norm(w, 2)
@@ -21,7 +42,19 @@ def tiny_deq(scale: float = 0.8, d: int = 10, seed: int = 0) -> tuple[torch.Tens
 
 
 def welcome_panel(scale: float = 0.8) -> Panel:
-    """Residual ‖f(z) − z‖∞ per iteration (log scale) and the fixed point, for ‖W‖₂ = ``scale``."""
+    """Residual ‖f(z) − z‖∞ per iteration (log scale) and the fixed point, for ‖W‖₂ = ``scale``.
+
+    Parameters
+    ----------
+    scale : float
+        Spectral norm of ``W`` in :func:`tiny_deq`.
+
+    Returns
+    -------
+    Panel
+        The text gives the iterations taken, or the residual reached when the solve did not converge (the
+        solver's :class:`~deqkit.ConvergenceWarning` is not caught).
+    """
     x, z, stats = tiny_deq(scale)
     history = stats.history
     fig, (ax1, ax2) = figure(2)

@@ -26,7 +26,14 @@ BROWSER_PLOT_CLASS = "deqkit-browser-plot"  # the image it watches
 
 @dataclass
 class Panel:
-    """What a widget callback returns: a figure and an HTML readout under it."""
+    """What a widget callback returns: a figure and an HTML readout under it.
+
+    Attributes
+    ----------
+    figure : matplotlib.figure.Figure
+    text : str
+        HTML, shown as it is (escape any user-supplied text).
+    """
 
     figure: Figure
     text: str = ""
@@ -34,13 +41,43 @@ class Panel:
 
 def figure(ncols: int = 1, nrows: int = 1, *, width: float = 4.2, height: float = 3.2,
            **kwargs: Any) -> tuple[Figure, Any]:
-    """A pyplot-free figure (no global state, nothing shown twice) and its axes."""
+    """Return a pyplot-free figure (no global state, nothing shown twice) and its axes.
+
+    Parameters
+    ----------
+    ncols, nrows : int
+        Grid of axes.
+    width, height : float
+        Size of each axes' cell in inches; the figure is ``width · ncols`` by ``height · nrows``.
+    **kwargs
+        Passed to ``Figure.subplots`` (e.g. ``sharey=True``).
+
+    Returns
+    -------
+    fig : matplotlib.figure.Figure
+        With the constrained layout.
+    axes : Axes or numpy.ndarray of Axes
+        One ``Axes`` for a 1×1 grid, else an array squeezed as by ``plt.subplots``.
+    """
     fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=True, **kwargs)
     return fig, axes
 
 
 def render_png(fig: Figure, dpi: int = 80) -> bytes:
+    """Render ``fig`` as PNG.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    dpi : int
+        Resolution; the image is ``dpi`` pixels per inch of the figure's size.
+
+    Returns
+    -------
+    bytes
+        The PNG file's content.
+    """
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
@@ -64,6 +101,19 @@ class LiveFigure(widgets.VBox):
     primary : str, optional
         The control the browser test moves (gets the CSS class ``deqkit-browser-slider``; the plot gets
         ``deqkit-browser-plot``). Give it to one LiveFigure per notebook.
+    dpi : int
+        Resolution of the rendered PNG.
+
+    Attributes
+    ----------
+    image : ipywidgets.Image
+        The last rendered plot (kept when a render fails).
+    readout : ipywidgets.HTML
+        The panel's text, then any deqkit error and any warning the last render raised.
+    renders : int
+        Number of renders so far (the first one runs in the constructor).
+    last_error : Exception or None
+        The :class:`~deqkit.DivergenceError` or :class:`~deqkit.ConvergenceError` of the last render, if any.
     """
 
     def __init__(self, fn: Callable[..., Panel], controls: dict[str, widgets.ValueWidget], *,
@@ -84,10 +134,21 @@ class LiveFigure(widgets.VBox):
 
     @property
     def values(self) -> dict[str, Any]:
+        """The controls' current values, by keyword name."""
         return {name: c.value for name, c in self.controls.items()}
 
     def update(self, change: Any = None) -> None:
-        """Recompute and redraw; deqkit warnings and errors are shown to the learner, not swallowed."""
+        """Recompute and redraw; deqkit warnings and errors are shown to the learner, not swallowed.
+
+        A :class:`~deqkit.DivergenceError` or :class:`~deqkit.ConvergenceError` keeps the previous image and is
+        shown in the readout (and kept in ``last_error``); every warning is shown there too. Any other
+        exception propagates.
+
+        Parameters
+        ----------
+        change : object, optional
+            The ``traitlets`` change notification when called by an observer; unused.
+        """
         notes = []
         self.last_error = None
         with warnings.catch_warnings(record=True) as caught:
@@ -107,7 +168,22 @@ class LiveFigure(widgets.VBox):
 
 
 def control_values(control: widgets.ValueWidget, points: int = 5) -> list[Any]:
-    """Values spanning a control's range: every option of a dropdown, ends and interior points of a slider."""
+    """Return values spanning a control's range: every option of a dropdown, ends and interior points of a slider.
+
+    Parameters
+    ----------
+    control : ipywidgets.ValueWidget
+        A widget with ``options`` (each option alone, then all together for ``SelectMultiple``), a
+        ``Checkbox`` / ``ToggleButton`` (both states, the current one last), or a slider with ``min`` and
+        ``max`` (evenly spaced in the exponent for ``FloatLogSlider``; rounded and deduplicated for
+        ``IntSlider``).
+    points : int
+        Values per slider, ends included (≥ 2).
+
+    Returns
+    -------
+    list
+    """
     if hasattr(control, "options"):
         values = [opt[1] if isinstance(opt, tuple) else opt for opt in control.options]
         if isinstance(control, widgets.SelectMultiple):  # each option alone, then all of them
@@ -127,7 +203,27 @@ def control_values(control: widgets.ValueWidget, points: int = 5) -> list[Any]:
 def sweep(app: LiveFigure, points: int = 5, names: Iterable[str] | None = None) -> dict[str, int]:
     """Move every control across its range (others at their initial values); return images seen per control.
 
-    Raises ``AssertionError`` when a move leaves the plot unchanged or an unexpected exception escapes.
+    Each control goes through :func:`control_values` and back to its starting value.
+
+    Parameters
+    ----------
+    app : LiveFigure
+    points : int
+        Values per slider (see :func:`control_values`).
+    names : iterable of str, optional
+        The controls to move; default all of them.
+
+    Returns
+    -------
+    dict of str to int
+        Number of distinct images seen while moving each control.
+
+    Raises
+    ------
+    AssertionError
+        When moving a control never changes the image.
+    Exception
+        Whatever the callback raises other than deqkit's convergence and divergence errors.
     """
     seen: dict[str, int] = {}
     for name in names or list(app.controls):

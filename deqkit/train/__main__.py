@@ -42,6 +42,7 @@ def _option(text: str) -> tuple[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser: the ``mnist`` task and its options, defaults taken from :class:`TrainConfig`."""
     parser = argparse.ArgumentParser(prog="python -m deqkit.train", allow_abbrev=False,
                                      description="Train deqkit's DEQ models, with progress bars, metrics and "
                                                  "checkpoints; under torchrun, with DistributedDataParallel.")
@@ -80,7 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 on success)."""
+    """Run the command line: train (or resume) an MNIST model and print where its metrics are.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        0 on success; 1, with a message on stderr, when MNIST cannot be loaded, the checkpoint is missing
+        (``--resume``), unreadable or already there (without ``--resume`` or ``--overwrite``).
+
+    Raises
+    ------
+    SystemExit
+        With status 2 (argparse's usage error) for invalid arguments, training settings or model options,
+        ``--threads < 1``, or ``--resume`` with ``--overwrite``.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     options = dict(args.deq)

@@ -54,10 +54,22 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> pathlib.P
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`, with ``weights_only=True`` (no code is run).
 
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The checkpoint file.
+    map_location : str, torch.device or None
+        Where to put the tensors, as for ``torch.load``; CPU by default, None: where they were saved.
+
+    Returns
+    -------
+    dict
+        The saved state, including its ``"format"`` entry.
+
     Raises
     ------
     CheckpointError
-        If the file is missing, cannot be unpickled safely, or has another format version.
+        If the file is missing, cannot be read or unpickled safely, or is not a dict of this format version.
     """
     path = pathlib.Path(path)
     if not path.is_file():

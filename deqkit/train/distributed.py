@@ -13,12 +13,31 @@ __all__ = ["DistContext", "launched_by_torchrun", "resolve_device", "setup"]
 
 
 def launched_by_torchrun() -> bool:
-    """True when ``torchrun``'s environment (``RANK``, ``WORLD_SIZE``, ...) names several processes."""
+    """Return True when ``torchrun``'s environment names several processes (``WORLD_SIZE`` > 1 and ``RANK`` set)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``; a clear error for anything else."""
+    """Turn a device choice into a ``torch.device``; a clear error for anything else.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda"}
+        ``"auto"``: CUDA when available, else CPU.
+    local_rank : int
+        This process's index on its node; picks GPU ``local_rank % device_count``.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        If ``device`` is not one of the three choices.
+    RuntimeError
+        If ``device="cuda"`` but CUDA is not available.
+    """
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -31,7 +50,18 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 
 @dataclass
 class DistContext:
-    """Where this process runs: its rank among ``world_size`` processes and its device."""
+    """Where this process runs: its rank among ``world_size`` processes and its device.
+
+    Attributes
+    ----------
+    rank : int
+        This process's rank, 0 to ``world_size − 1``.
+    world_size : int
+        Number of processes (1 when not launched by ``torchrun``).
+    device : torch.device
+    initialised_here : bool
+        Whether :func:`setup` created the process group (and :meth:`close` should destroy it).
+    """
 
     rank: int = 0
     world_size: int = 1
@@ -40,6 +70,7 @@ class DistContext:
 
     @property
     def distributed(self) -> bool:
+        """Whether several processes take part (``world_size > 1``)."""
         return self.world_size > 1
 
     @property
@@ -48,10 +79,33 @@ class DistContext:
         return self.rank == 0
 
     def sum(self, values: list[float]) -> list[float]:
-        """Sum each value over all processes (float64, so counts stay exact)."""
+        """Sum each value over all processes (float64, so counts stay exact).
+
+        A collective: every process must call it with a list of the same length. Alone, returns a copy.
+
+        Parameters
+        ----------
+        values : list of float
+
+        Returns
+        -------
+        list of float
+            The sums, in the same order.
+        """
         return self._reduce(values, dist.ReduceOp.SUM)
 
     def max(self, values: list[float]) -> list[float]:
+        """Take each value's maximum over all processes; a collective, like :meth:`sum`.
+
+        Parameters
+        ----------
+        values : list of float
+
+        Returns
+        -------
+        list of float
+            The maxima, in the same order.
+        """
         return self._reduce(values, dist.ReduceOp.MAX)
 
     def _reduce(self, values: list[float], op: dist.ReduceOp) -> list[float]:
@@ -63,11 +117,18 @@ class DistContext:
         return t.tolist()
 
     def barrier(self) -> None:
+        """Wait until every process gets here (nothing to wait for when running alone)."""
         if self.distributed:
             dist.barrier()
 
     def close(self, wait: bool = True) -> None:
-        """Leave the process group (if this context joined it); with ``wait``, once every process got here."""
+        """Leave the process group if :func:`setup` created it; with ``wait``, once every process got here.
+
+        Parameters
+        ----------
+        wait : bool
+            Pass a barrier first. Use False after an error: the other processes may never reach it.
+        """
         if self.initialised_here and dist.is_initialized():
             if wait:
                 dist.barrier()
@@ -75,7 +136,28 @@ class DistContext:
 
 
 def setup(device: str = "auto") -> DistContext:
-    """Join the process group when launched by ``torchrun`` (gloo on CPU, nccl on CUDA), else run alone."""
+    """Join the process group when launched by ``torchrun`` (gloo on CPU, nccl on CUDA), else run alone.
+
+    Under ``torchrun``, the rank and world size come from ``RANK`` and ``WORLD_SIZE``, the GPU from
+    ``LOCAL_RANK`` (default: the rank). A process group that already exists is used as it is.
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda"}
+        See :func:`resolve_device`.
+
+    Returns
+    -------
+    DistContext
+        Call its :meth:`~DistContext.close` when done.
+
+    Raises
+    ------
+    ValueError
+        If ``device`` is not one of the three choices.
+    RuntimeError
+        If ``device="cuda"`` but CUDA is not available.
+    """
     if not launched_by_torchrun():
         return DistContext(device=resolve_device(device))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
