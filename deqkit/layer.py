@@ -175,6 +175,8 @@ class DEQ(nn.Module):
                 return z0.detach()
             if callable(z0):
                 return z0(x).detach()
+            if z0 not in ("zeros", "f0"):
+                raise ValueError(f"z0 must be 'zeros', 'f0', a callable or a tensor, got {z0!r}")
             zeros = torch.zeros_like(x)
             return zeros if z0 == "zeros" else self.f(zeros, x)
 

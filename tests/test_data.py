@@ -334,3 +334,8 @@ def test_real_mnist_files(monkeypatch):
     assert len(train) == 600 and len(test) == 1000
     x = train.tensors[0]
     assert x.shape == (600, 1, 28, 28) and abs(x.mean().item()) < 0.1 and abs(x.std().item() - 1) < 0.1
+
+
+def test_read_idx_names_a_missing_file(tmp_path):
+    with pytest.raises(MNISTError, match="does not exist"):
+        read_idx(tmp_path / "t10k-labels-idx1-ubyte.gz")

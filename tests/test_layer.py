@@ -160,6 +160,8 @@ def test_layer_bad_inputs(tanh_problem):
     bad[0, 1] = float("nan")
     with pytest.raises(ValueError, match="input x contains NaN or Inf"):
         deqkit.DEQ(block)(bad)
+    with pytest.raises(ValueError, match="z0 must be 'zeros', 'f0', a callable or a tensor, got 'zero'"):
+        deqkit.DEQ(block)(x, z0="zero")  # the per-call override is checked like the constructor's
     with pytest.raises(ValueError, match="z0 has shape .1, 4. but x has batch size 2"):
         deqkit.DEQ(block, z0=lambda x: torch.zeros(1, 4, dtype=x.dtype))(x)
     with pytest.raises(ValueError, match=r"f\(z\) has shape torch.Size\(\[2, 4\]\) but z has shape"):

@@ -91,14 +91,18 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """
     path = pathlib.Path(path)
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        try:
+    try:
+        with opener(path, "rb") as f:
             data = f.read()
-        except (EOFError, OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-            raise MNISTError(
-                f"{path} is not a complete gzip file ({type(exc).__name__}: {exc}); it is probably "
-                "truncated or corrupt: delete it and download it again."
-            ) from exc
+    except FileNotFoundError as exc:
+        raise MNISTError(f"{path} does not exist: check the folder, or let load_mnist download the files.") from exc
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise MNISTError(
+            f"{path} is not a complete gzip file ({type(exc).__name__}: {exc}); it is probably "
+            "truncated or corrupt: delete it and download it again."
+        ) from exc
+    except OSError as exc:
+        raise MNISTError(f"cannot read {path} ({type(exc).__name__}: {exc}): check its permissions.") from exc
     magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
     if magic not in _MAGICS:
         found = "missing (file shorter than 4 bytes)" if magic is None else f"0x{magic:08x}"
