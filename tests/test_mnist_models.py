@@ -6,6 +6,7 @@ from torch import nn
 
 import deqkit
 from deqkit.models import MNIST_MODELS, MNISTDEQ, conv_deq, mnist_model, seed_mnist_model, wide_mlp_deq
+from deqkit.models.mnist import ConvBlock
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -146,3 +147,10 @@ def test_non_convergence_warns_outside_training():
     model = seed_mnist_model(seed=0, max_steps=1)
     with pytest.warns(deqkit.ConvergenceWarning, match="did not converge"):
         model(_images(4))
+
+
+def test_model_settings_that_cannot_work_are_refused():
+    with pytest.raises(ValueError, match="kernel must be an odd size"):
+        ConvBlock(8, 16, kernel=4)
+    with pytest.raises(TypeError, match="'seed-linear' model fixes linear_logits"):
+        mnist_model("seed-linear", linear_logits=False)

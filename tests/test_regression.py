@@ -1,5 +1,6 @@
 """The seed blog's y = 2x example, trained as in the blog."""
 
+import pytest
 import torch
 
 import deqkit
@@ -29,3 +30,8 @@ def test_seed_block_matches_blog_architecture():
     # f(z, x) = net(z + x)
     z, x = torch.tensor([[0.2]]), torch.tensor([[0.7]])
     assert torch.allclose(block(z, x), block.net(z + x))
+
+
+def test_fit_regression_refuses_a_model_without_parameters():
+    with pytest.raises(ValueError, match="needs a model with parameters"):
+        fit_regression(torch.nn.Identity(), epochs=1)

@@ -197,3 +197,8 @@ def test_comparison_table_button_adds_rows():
     table.button.click()
     assert [r.backward for r in table.results] == list(regression.BACKWARD_MODES)
     assert table.table.value.count("<tr>") == 1 + 3 and not table.button.disabled
+
+
+def test_control_values_needs_both_ends():
+    with pytest.raises(ValueError, match="points must be >= 2"):
+        control_values(widgets.FloatSlider(min=0, max=1), points=1)

@@ -130,6 +130,8 @@ class ConvBlock(nn.Module):
 
     def __init__(self, channels: int, hidden: int, groups: int = 8, kernel: int = 3, init_std: float = 0.01):
         super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"kernel must be an odd size >= 1 (the block keeps the image size), got {kernel}")
         self.conv1 = nn.Conv2d(channels, hidden, kernel, padding=kernel // 2, bias=False)
         self.conv2 = nn.Conv2d(hidden, channels, kernel, padding=kernel // 2, bias=False)
         self.norm1 = nn.GroupNorm(groups, hidden)
@@ -316,9 +318,16 @@ def conv_deq(*, channels: int = 32, hidden: int = 64, stem: int = 16, seed: int 
 
 
 #: Model name -> constructor (keyword arguments: ``seed`` and :class:`~deqkit.DEQ` overrides).
+def _no_override(options: dict[str, Any], key: str, name: str) -> dict[str, Any]:
+    if key in options:
+        raise TypeError(f"the {name!r} model fixes {key}; do not pass it (use 'seed' with {key}=... instead)")
+    return options
+
+
 MNIST_MODELS: dict[str, Callable[..., MNISTDEQ]] = {
     "seed": seed_mnist_model,
-    "seed-linear": lambda **kw: seed_mnist_model(linear_logits=True, **kw),
+    "seed-linear": lambda **kw: seed_mnist_model(**_no_override(kw, "linear_logits", "seed-linear"),
+                                                 linear_logits=True),
     "wide": wide_mlp_deq,
     "conv": conv_deq,
 }

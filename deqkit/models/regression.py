@@ -120,7 +120,10 @@ def fit_regression(model: nn.Module, *, epochs: int = 100, lr: float = 0.05, see
     -------
     RegressionRun
     """
-    dtype = next(model.parameters()).dtype
+    params = list(model.parameters())
+    if not params:
+        raise ValueError("fit_regression needs a model with parameters to train (got none)")
+    dtype = params[0].dtype
     xs, ys = X_TRAIN.to(dtype), Y_TRAIN.to(dtype)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)

@@ -209,7 +209,7 @@ class DynamicSS:
                     "check deqkit.spectral_radius, or constrain f."
                 ) from err
             steps += 1
-            t1 = float(new.t1)  # the one host read per step for acceptance (and the time stamp)
+            t1 = float(new.t1.detach())  # the one host read per step for acceptance (and the time stamp)
             if t1 > t_prev:
                 accepted, t_prev = accepted + 1, t1
                 f1 = new.f1 if fsal else field(new.t1, new.y1)

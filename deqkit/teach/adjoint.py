@@ -382,6 +382,8 @@ def measure_step(mode: str, iterations: int, *, d: int, batch: int, repeats: int
     -------
     StepCost
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     model, x, target = make_cost_model(mode, iterations, d, batch, norm, solver)
     times = []
     with warnings.catch_warnings():

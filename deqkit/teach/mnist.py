@@ -67,7 +67,7 @@ def notebook_data(fast: bool | None = None, *, widget_digits: int | None = None
     """
     fast = fast_mode() if fast is None else fast
     train, test = mnist_datasets(subset=12000 if fast else None, seed=0)
-    n = widget_digits or (500 if fast else 2000)
+    n = (500 if fast else 2000) if widget_digits is None else widget_digits
     x, y = test.tensors
     return train, test, TensorDataset(x[:n], y[:n])
 

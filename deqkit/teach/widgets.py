@@ -184,6 +184,8 @@ def control_values(control: widgets.ValueWidget, points: int = 5) -> list[Any]:
     -------
     list
     """
+    if points < 2:
+        raise ValueError(f"points must be >= 2 (both ends of the range), got {points}")
     if hasattr(control, "options"):
         values = [opt[1] if isinstance(opt, tuple) else opt for opt in control.options]
         if isinstance(control, widgets.SelectMultiple):  # each option alone, then all of them
