@@ -416,7 +416,9 @@ def digit_effort(model: torch.nn.Module, images: torch.Tensor, solver: str, tol:
     hit = meets.any(0)
     first = meets.to(torch.int8).argmax(0)
     nfe_at = torch.tensor(stats.nfe_history, dtype=torch.long)
-    nfe = torch.where(hit, nfe_at[first], torch.full_like(first, stats.nfe, dtype=torch.long))
+    # A digit the solver reports as not converged gets the whole solve's count (a lower bound), even if one
+    # recorded iterate met the rule on recomputation: the plots must not contradict ``converged``.
+    nfe = torch.where(hit & stats.converged, nfe_at[first], torch.full_like(first, stats.nfe, dtype=torch.long))
     predicted = model.head(f(z)).argmax(1)
     return DigitEffort(nfe, stats.converged.clone(), predicted, stats.nfe, stats.method)
 
