@@ -1,11 +1,7 @@
-import os
-
 import pytest
 import torch
 from torch import nn
 
-# Notebooks and widget callbacks run in their fast mode under tests.
-os.environ.setdefault("DEQKIT_FAST", "1")
 # The tests' tensors are tiny: intra-op threads only add overhead, and on a busy 2-core machine (the browser
 # test runs JupyterLab, a kernel and Chromium beside pytest) they oversubscribe the cores and slow ops 10x.
 torch.set_num_threads(1)
