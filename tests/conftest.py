@@ -2,9 +2,21 @@ import pytest
 import torch
 from torch import nn
 
-# The tests' tensors are tiny: intra-op threads only add overhead, and on a busy 2-core machine (the browser
-# test runs JupyterLab, a kernel and Chromium beside pytest) they oversubscribe the cores and slow ops 10x.
-torch.set_num_threads(1)
+torch.set_num_threads(1)  # also for module- and session-scoped fixtures, which run before the one below
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts with one torch thread and gets it back afterwards.
+
+    The tests' tensors are tiny: intra-op threads only add overhead, and on a busy 2-core machine (the browser
+    test runs JupyterLab, a kernel and Chromium beside pytest) they oversubscribe the cores and slow ops 10x.
+    Bitwise comparisons with the training CLI's ``--threads 1`` also need the same reduction order. Benchmarks
+    and the CLI set their own thread count when called in-process; this undoes it.
+    """
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
 
 
 class TanhBlock(nn.Module):

@@ -7,13 +7,6 @@ from benchmarks import __main__ as dispatcher
 from benchmarks import forward, ode_baseline, training_step
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 def test_dispatcher_lists_and_refuses(capsys):
     assert dispatcher.main([]) == 0
     out = capsys.readouterr().out

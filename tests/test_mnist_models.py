@@ -9,15 +9,6 @@ from deqkit.models import MNIST_MODELS, MNISTDEQ, conv_deq, mnist_model, seed_mn
 from deqkit.models.mnist import ConvBlock
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices: one thread is fastest, and immune to a busy machine's oversubscription.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _linears(seq: nn.Sequential) -> list[tuple[int, int]]:
     return [(m.in_features, m.out_features) for m in seq if isinstance(m, nn.Linear)]
 

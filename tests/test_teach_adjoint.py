@@ -12,15 +12,6 @@ from deqkit.teach import adjoint
 from deqkit.teach.widgets import LiveFigure, Panel, sweep
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: the callbacks are timed with one thread, as in the notebook."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _finite_lines(panel: Panel) -> None:
     assert isinstance(panel, Panel) and panel.figure.axes
     for ax in panel.figure.axes:

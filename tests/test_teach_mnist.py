@@ -34,15 +34,6 @@ from deqkit.teach.widgets import LiveFigure, Panel, sweep
 from deqkit.train import TrainConfig, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices: one thread is fastest, and immune to a busy machine's oversubscription.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def models():
     return seed_mnist_model(seed=0), seed_mnist_model(linear_logits=True, seed=0)

@@ -47,16 +47,6 @@ def data():
     return _synthetic(96, 1), _synthetic(40, 2)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Bitwise comparisons with the CLI's --threads 1 need the same reduction order; tiny matrices are also
-    # fastest on one thread, and immune to a busy machine's oversubscription.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _run(data, out=None, *, config=None, **kwargs):
     config = config or TrainConfig(model="seed", epochs=2, batch_size=32, lr=3e-3, seed=0)
     model = mnist_model(config.model, seed=config.seed, **config.model_options)
