@@ -189,7 +189,6 @@ def tanh_logit_floor(classes: int = 10) -> float:
     return -math.log(math.e / (math.e + (classes - 1) / math.e))
 
 
-@torch.no_grad()
 def logit_diagnostics(model: torch.nn.Module, dataset: TensorDataset, *, limit: int = 10_000) -> dict[str, float]:
     """What limits a classifier whose head ends in tanh: confidence cap, saturation and where the gradient goes.
 
@@ -215,6 +214,12 @@ def logit_diagnostics(model: torch.nn.Module, dataset: TensorDataset, *, limit: 
         ``unconverged``, ``tanh_logits`` (1.0 or 0.0). ``grad_correct`` / ``grad_wrong`` are NaN when no sample
         is classified right / wrong.
     """
+    return _diagnose(model, dataset, limit)[0]
+
+
+@torch.no_grad()
+def _diagnose(model: torch.nn.Module, dataset: TensorDataset, limit: int) -> tuple[dict[str, float], torch.Tensor]:
+    """:func:`logit_diagnostics` and each sample's top softmax probability, from one solve."""
     x, y = dataset.tensors
     x, y = x[:limit], y[:limit]
     with warnings.catch_warnings():
@@ -231,11 +236,12 @@ def logit_diagnostics(model: torch.nn.Module, dataset: TensorDataset, *, limit: 
     norms = g_pre.norm(dim=1)
     wrong = logits.argmax(1) != y
     top2 = logits.topk(2, dim=1).values
+    top_prob = p.max(1).values
     return {
         "acc": 100.0 * float((~wrong).float().mean()),
         "loss": float(F.cross_entropy(logits, y)),
-        "max_prob": float(p.max(1).values.max()),
-        "max_prob_mean": float(p.max(1).values.mean()),
+        "max_prob": float(top_prob.max()),
+        "max_prob_mean": float(top_prob.mean()),
         "saturated": float((a.abs() > 2).float().mean()) if tanh_logits else 0.0,
         "grad_correct": float(norms[~wrong].mean()) if (~wrong).any() else float("nan"),
         "grad_wrong": float(norms[wrong].mean()) if wrong.any() else float("nan"),
@@ -243,7 +249,7 @@ def logit_diagnostics(model: torch.nn.Module, dataset: TensorDataset, *, limit: 
         "tied": float((top2[:, 0] - top2[:, 1] < 0.01).float().mean()),
         "unconverged": unconverged,
         "tanh_logits": float(tanh_logits),
-    }
+    }, top_prob
 
 
 def _num(v: float) -> str:
@@ -272,10 +278,7 @@ def stall_panel(models: dict[str, torch.nn.Module], dataset: TensorDataset, *, l
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
         model = models[name]
-        d = logit_diagnostics(model, dataset, limit=limit)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # the same solves as above: counted in ``d``
-            probs = model(dataset.tensors[0][:limit]).softmax(1).max(1).values
+        d, probs = _diagnose(model, dataset, limit)
         ax1.hist(probs.numpy(), bins=np.linspace(0, 1, 41), alpha=0.6, label=name)
         ax2.bar(np.array([0, 1]) + i * width, [d["grad_correct"], d["grad_wrong"]], width, label=name)
         rows.append(f"<b>{html.escape(name)}</b>: accuracy {d['acc']:.2f}%, loss {d['loss']:.3f}, top probability "
