@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any
 
 import torch
 
@@ -38,17 +39,22 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> pathlib.P
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, "wb", lambda f: torch.save({"format": CHECKPOINT_FORMAT} | state, f))
+    return path
+
+
+def atomic_write(path: pathlib.Path, mode: str, write: Callable[[IO], object]) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT} | state, f)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return path
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:

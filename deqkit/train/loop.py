@@ -11,7 +11,6 @@ import math
 import os
 import pathlib
 import platform
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConvergenceWarning
 from ..layer import DEQ
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from .distributed import DistContext, setup
 
 __all__ = ["METRIC_FIELDS", "TrainConfig", "TrainResult", "evaluate", "load_model", "train", "train_mnist"]
@@ -245,14 +244,7 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 1000
 
 
 def _write_text(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, "w", lambda f: f.write(text))
 
 
 def _write_metrics(out: pathlib.Path, history: list[dict[str, float]], config: TrainConfig,
