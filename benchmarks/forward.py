@@ -195,7 +195,7 @@ def _deqkit_run(method: str, f, x: torch.Tensor, reltol: float, max_steps: int):
     def go():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", deqkit.ConvergenceWarning)
-            z, stats = deqkit.solve(f, torch.zeros_like(x), method=method, abstol=0.0, reltol=reltol,
+            z, stats = deqkit.solve(f, torch.zeros_like(x), solver=method, abstol=0.0, reltol=reltol,
                                     max_steps=max_steps)
         return z, stats.all_converged and not caught
     return go

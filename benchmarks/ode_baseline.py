@@ -96,7 +96,7 @@ def dynamic(f, x: torch.Tensor, reltol: float, **options) -> Callable[[], tuple[
     def go():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", deqkit.ConvergenceWarning)
-            z, stats = deqkit.solve(f, torch.zeros_like(x), method="dynamic_ss", abstol=0.0, reltol=reltol,
+            z, stats = deqkit.solve(f, torch.zeros_like(x), solver="dynamic_ss", abstol=0.0, reltol=reltol,
                                     max_steps=3000, **options)
         return z, stats.all_converged and not caught
     return go

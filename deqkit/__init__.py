@@ -1,25 +1,38 @@
 """deqkit: Deep Equilibrium Models as Neural ODEs run to steady state.
 
-``solve`` finds fixed points ``z = f(z)`` (Picard, Anderson, Broyden, or the ODE ``dz/dt = f(z) − z`` run to
-steady state with Tsit5); ``DEQ`` is the layer ``z* = f(z*, x)`` with implicit, unrolled or one-step
-gradients; ``spectral_radius`` and ``compare_gradients`` diagnose them.
+``solve`` finds fixed points ``z = f(z)`` with a :class:`Solver` (``Picard``, ``Anderson``, ``Broyden``, or
+``DynamicSS``: the ODE ``dz/dt = f(z) − z`` run to steady state with Tsit5); ``DEQ`` is the layer
+``z* = f(z*, x)`` with a :class:`Gradient` (``Implicit``, ``Unrolled``, ``OneStep``); ``spectral_radius`` and
+``compare_gradients`` diagnose them. Solvers and gradients are objects; their names are shorthands.
 """
 
+from .adjoint import GRADIENTS, Gradient, Implicit, OneStep, Unrolled
 from .diagnostics import GradientReport, compare_gradients, spectral_radius
 from .errors import ConvergenceError, ConvergenceWarning, DivergenceError
 from .layer import DEQ, DEQStats
-from .solvers import METHODS, solve
+from .solvers import GMRES, SOLVERS, Anderson, Broyden, DynamicSS, Picard, Solver, solve
 from .stats import SolverStats
 
 __all__ = [
     "DEQ",
     "DEQStats",
-    "METHODS",
+    "GRADIENTS",
+    "SOLVERS",
+    "Anderson",
+    "Broyden",
     "ConvergenceError",
     "ConvergenceWarning",
     "DivergenceError",
+    "DynamicSS",
+    "GMRES",
+    "Gradient",
     "GradientReport",
+    "Implicit",
+    "OneStep",
+    "Picard",
+    "Solver",
     "SolverStats",
+    "Unrolled",
     "compare_gradients",
     "solve",
     "spectral_radius",

@@ -1,4 +1,4 @@
-"""Gradients through a fixed point: implicit (steady-state adjoint), unrolled, one-step.
+"""Gradients through a fixed point, as objects: :class:`Implicit`, :class:`Unrolled`, :class:`OneStep`.
 
 At ``z* = f(z*, x)`` the implicit function theorem gives ``dz*/dθ = (I − J)⁻¹ ∂f/∂θ`` with ``J = ∂f/∂z``.
 The layer returns ``out = f(z*, x)`` evaluated once more with autograd on ("re-attached"), so ``out`` carries
@@ -7,44 +7,151 @@ the exact gradient of ``out`` is ``u ∂f/∂(θ, x)`` with ``u = g (I − J)⁻
 
     u = g + uJ      (a vector–Jacobian product per evaluation)
 
-:class:`ImplicitAdjoint` swaps ``g`` for ``u`` on the way back; any forward solver or GMRES finds ``u``.
-``"one_step"`` keeps ``u = g`` (the Jacobian-free gradient); ``"unrolled"`` backpropagates through the solver.
+:class:`Implicit` swaps ``g`` for ``u`` on the way back; any forward solver or GMRES finds ``u``.
+:class:`OneStep` keeps ``u = g`` (the Jacobian-free gradient); :class:`Unrolled` backpropagates through the solver.
+
+To add a gradient method: subclass :class:`Gradient`, implement :meth:`Gradient.attach`, and add the class to
+:data:`GRADIENTS`.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from .errors import DivergenceError
-from .solvers import run
+from .solvers import BACKWARD_SOLVERS, Solution, SolverSpec, as_solver, run
+from .solvers.core import Solver, Tolerances, check_int, check_real
 from .stats import SolverStats
 
-BACKWARD_MODES = ("implicit", "unrolled", "one_step")
+Block = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+__all__ = ["GRADIENTS", "Gradient", "GradientSpec", "Implicit", "OneStep", "Unrolled", "as_gradient"]
 
 
 @dataclass
-class AdjointConfig:
-    """What the backward solve needs: the map, the solver and its tolerances, where to report."""
+class Context:
+    """What the layer hands a gradient method: the block, the forward tolerances, where to report."""
 
-    f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    solver: Any
+    f: Block
     abstol: float
     reltol: float
-    max_steps: int | None
     strict: bool
     report: Callable[[SolverStats], None]
 
 
-class ImplicitAdjoint(torch.autograd.Function):
+class Gradient(abc.ABC):
+    """How the layer's output gets its gradient; one object per method.
+
+    Attributes
+    ----------
+    name : str
+        The string shorthand, e.g. ``"implicit"``.
+    records_graph : bool
+        True when the forward solve itself must run with autograd on (backpropagation through the solver).
+    """
+
+    name: ClassVar[str]
+    records_graph: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def attach(self, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Return the layer's output ``f(z*, x)`` wired for this method's gradient (grad mode is on)."""
+
+    @property
+    def label(self) -> str:
+        """A short description for statistics and plots (default: ``name``)."""
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Unrolled(Gradient):
+    """Backpropagate through every step of the forward solver (the naive baseline; allows double backward).
+
+    Memory grows with the number of forward steps.
+    """
+
+    name = "unrolled"
+    records_graph = True
+
+    def attach(self, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        return ctx.f(sol.z, x)
+
+
+class OneStep(Gradient):
+    """The Jacobian-free gradient: ``(I − J)⁻¹ ≈ I``, i.e. backpropagate through one application of ``f``."""
+
+    name = "one_step"
+
+    def attach(self, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        return ctx.f(sol.z.detach(), x)
+
+
+class Implicit(Gradient):
+    """The implicit function theorem: one linear fixed-point solve ``u = g + u ∂f/∂z`` at ``z*``.
+
+    Memory does not grow with the forward iterations.
+
+    Parameters
+    ----------
+    solver : str or Solver
+        The backward solver: ``"gmres"`` (default; restarted GMRES(20), converges for any invertible ``I − J``
+        given enough restarts), ``"anderson"``, ``"broyden"``, ``"picard"``, ``"dynamic_ss"`` (the adjoint ODE run
+        to steady state), or a configured object such as ``deqkit.GMRES(restart=30)``.
+    abstol, reltol : float, optional
+        Termination of the backward solve. Default: relative only, ``abstol = 0`` and ``reltol`` the larger of the
+        layer's forward tolerances: the scale of the incoming gradient is the loss's business (a batch mean divides
+        it by the batch size) and an absolute tolerance could accept the first guess ``u = g`` — silently the
+        one-step gradient.
+    max_steps : int, optional
+        Step limit of the backward solve (the solver's default when omitted).
+    **options
+        With a solver name, options of its class (e.g. ``restart=30``); unknown ones raise ``TypeError``.
+    """
+
+    name = "implicit"
+
+    def __init__(self, solver: SolverSpec = "gmres", *, abstol: float | None = None, reltol: float | None = None,
+                 max_steps: int | None = None, **options: Any):
+        self.solver: Solver = as_solver(solver, options, BACKWARD_SOLVERS)
+        self.abstol = None if abstol is None else check_real("abstol", abstol, 0.0)
+        self.reltol = None if reltol is None else check_real("reltol", reltol, 0.0)
+        if self.abstol == 0 and self.reltol == 0:
+            raise ValueError("abstol and reltol are both 0: no backward solve could ever converge; set one > 0")
+        self.max_steps = None if max_steps is None else check_int("max_steps", max_steps, 1)
+
+    @property
+    def label(self) -> str:
+        return f"implicit({self.solver.label})"
+
+    def __repr__(self) -> str:
+        shown = [f"solver={self.solver!r}"] + [f"{k}={getattr(self, k)!r}" for k in ("abstol", "reltol", "max_steps")
+                                               if getattr(self, k) is not None]
+        return f"Implicit({', '.join(shown)})"
+
+    def tolerances(self, forward_abstol: float, forward_reltol: float) -> Tolerances:
+        """The backward solve's tolerances, given the forward ones (see the class docstring)."""
+        abstol = 0.0 if self.abstol is None else self.abstol
+        reltol = max(forward_abstol, forward_reltol) if self.reltol is None else self.reltol
+        return Tolerances(abstol, reltol, self.solver.default_max_steps if self.max_steps is None else self.max_steps)
+
+    def attach(self, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        out = ctx.f(sol.z.detach(), x)  # re-attach: the graph to x and to f's parameters
+        return _ImplicitFunction.apply(out, sol.z, x, (self, ctx))
+
+
+class _ImplicitFunction(torch.autograd.Function):
     """Identity on the forward pass; on the backward pass ``g ↦ u`` with ``u = g + uJ`` at ``z*``."""
 
     @staticmethod
     def forward(ctx: Any, out: torch.Tensor, z_star: torch.Tensor, x: torch.Tensor,
-                config: AdjointConfig) -> torch.Tensor:
+                config: tuple[Implicit, Context]) -> torch.Tensor:
         ctx.z_star, ctx.x, ctx.config = z_star.detach(), x.detach(), config
         return out.clone()
 
@@ -56,24 +163,54 @@ class ImplicitAdjoint(torch.autograd.Function):
                 "its backward pass is itself a fixed-point solve. Use DEQ(..., backward='unrolled') for "
                 "higher-order derivatives."
             )
-        cfg = ctx.config
-        bad = ~torch.isfinite(grad)
-        if bad.any():  # one check per backward, not per step: name the real culprit, not the solver
-            raise DivergenceError(
-                f"deqkit: the gradient arriving at the DEQ's output contains NaN or Inf ({int(bad.sum())} entries, "
-                f"{int(bad.flatten(1).any(1).sum())} of {grad.shape[0]} samples) before the backward solve started: "
-                "the loss or a layer after the DEQ produced it (check them, e.g. with "
-                "torch.autograd.set_detect_anomaly(True))."
-            )
+        method, layer = ctx.config
+        _check_incoming(grad)
         z = ctx.z_star.requires_grad_()
         with torch.enable_grad():
-            fz = cfg.f(z, ctx.x)
+            fz = layer.f(z, ctx.x)
 
         def vjp_map(u: torch.Tensor) -> torch.Tensor:
             (uj,) = torch.autograd.grad(fz, z, u, retain_graph=True, allow_unused=True)
             return grad + (torch.zeros_like(u) if uj is None else uj)
 
-        sol = run(cfg.solver, vjp_map, grad, abstol=cfg.abstol, reltol=cfg.reltol, max_steps=cfg.max_steps,
-                  strict=cfg.strict)
-        cfg.report(sol.stats)
+        tol = method.tolerances(layer.abstol, layer.reltol)
+        sol = run(method.solver, vjp_map, grad, abstol=tol.abstol, reltol=tol.reltol, max_steps=tol.max_steps,
+                  strict=layer.strict)
+        layer.report(sol.stats)
         return sol.z, None, None, None
+
+
+def _check_incoming(grad: torch.Tensor) -> None:
+    """One check per backward, not per step: name the real culprit of a NaN/Inf gradient, not the solver."""
+    bad = ~torch.isfinite(grad)
+    if bad.any():
+        raise DivergenceError(
+            f"deqkit: the gradient arriving at the DEQ's output contains NaN or Inf ({int(bad.sum())} entries, "
+            f"{int(bad.flatten(1).any(1).sum())} of {grad.shape[0]} samples) before the backward solve started: "
+            "the loss or a layer after the DEQ produced it (check them, e.g. with "
+            "torch.autograd.set_detect_anomaly(True))."
+        )
+
+
+GRADIENTS: dict[str, type[Gradient]] = {cls.name: cls for cls in (Implicit, Unrolled, OneStep)}
+GradientSpec = str | Gradient
+
+
+def as_gradient(spec: GradientSpec) -> Gradient:
+    """Return the gradient method ``spec`` names: a :class:`Gradient` as it is, or a name with default settings.
+
+    Raises
+    ------
+    ValueError
+        If ``spec`` is a string that is not a key of :data:`GRADIENTS`.
+    TypeError
+        If ``spec`` is neither.
+    """
+    if isinstance(spec, Gradient):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"backward must be a name ({sorted(GRADIENTS)}) or a deqkit gradient object such as "
+                        f"deqkit.Implicit(solver='gmres'), got {spec!r}")
+    if spec not in GRADIENTS:
+        raise ValueError(f"unknown backward {spec!r}; choose one of {sorted(GRADIENTS)}")
+    return GRADIENTS[spec]()

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .adjoint import BACKWARD_MODES
+from .adjoint import GRADIENTS
+from .layer import DEQ
+from .solvers.core import check_int
 
 
 def spectral_radius(f: Callable[..., torch.Tensor], z: torch.Tensor, x: torch.Tensor | None = None, *,
@@ -35,12 +37,26 @@ def spectral_radius(f: Callable[..., torch.Tensor], z: torch.Tensor, x: torch.Te
     -------
     torch.Tensor
         Shape ``(batch,)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If ``iters`` is not an integer ≥ 2, ``z`` is not a floating-point ``(batch, ...)`` tensor, ``f`` does not
+        return a tensor shaped like ``z``, or ``f``'s output does not depend on ``z`` through autograd.
     """
-    if iters < 2:
-        raise ValueError(f"iters must be >= 2, got {iters}")
+    iters = check_int("iters", iters, 2)
+    if not isinstance(z, torch.Tensor) or z.dim() < 2 or not z.is_floating_point():
+        raise ValueError("z must be a floating-point tensor of shape (batch, ...), got "
+                         f"{getattr(z, 'shape', type(z).__name__)}")
     z = z.detach().requires_grad_()
     with torch.enable_grad():
         fz = f(z) if x is None else f(z, x.detach())
+    if not isinstance(fz, torch.Tensor) or fz.shape != z.shape:
+        raise ValueError(f"f(z) must be a tensor shaped like z {tuple(z.shape)}, got "
+                         f"{tuple(getattr(fz, 'shape', ())) or type(fz).__name__}: ∂f/∂z must be square")
+    if not fz.requires_grad:
+        raise ValueError("f(z) does not depend on z through autograd (f detaches it, runs under no_grad, or leaves "
+                         "torch, e.g. through numpy): the Jacobian ∂f/∂z cannot be estimated. Write f in torch ops.")
     gen = torch.Generator(device=z.device).manual_seed(seed)
     v = torch.randn(z.shape, generator=gen, dtype=z.dtype, device=z.device)
     v = v / v.flatten(1).norm(dim=1).view(-1, *[1] * (z.dim() - 1))
@@ -79,7 +95,7 @@ class GradientReport:
 
 
 def compare_gradients(model: nn.Module, x: torch.Tensor, *, loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                      modes: Sequence[str] = BACKWARD_MODES, eps: float = 1e-6, directions: int | None = None,
+                      modes: Sequence[str] = tuple(GRADIENTS), eps: float = 1e-6, directions: int | None = None,
                       seed: int = 0) -> GradientReport:
     """Compare the gradients of ``loss(model(x))`` from each backward mode with central finite differences.
 
@@ -107,11 +123,9 @@ def compare_gradients(model: nn.Module, x: torch.Tensor, *, loss: Callable[[torc
     -------
     GradientReport
     """
-    from .layer import DEQ
-
-    unknown = [m for m in modes if m not in BACKWARD_MODES]
+    unknown = [m for m in modes if m not in GRADIENTS]
     if unknown:
-        raise ValueError(f"unknown backward mode(s) {unknown}; choose from {BACKWARD_MODES}")
+        raise ValueError(f"unknown backward mode(s) {unknown}; choose from {tuple(GRADIENTS)}")
     deqs = [m for m in model.modules() if isinstance(m, DEQ)]
     if not deqs:
         raise ValueError("compare_gradients needs a DEQ inside the model")

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adjoint import BACKWARD_MODES, AdjointConfig, ImplicitAdjoint
-from .solvers import BACKWARD_METHODS, make_solver, run
+from .adjoint import Context, Gradient, GradientSpec, as_gradient
+from .solvers import Solver, SolverSpec, as_solver, run
+from .solvers.core import Tolerances
 from .stats import SolverStats
 
 InitialState = str | Callable[[torch.Tensor], torch.Tensor] | torch.Tensor
@@ -39,33 +40,29 @@ class DEQ(nn.Module):
     f : nn.Module or callable
         Called as ``f(z, x)``; returns a tensor shaped like ``z``. Its parameters, any tensor it captures, and
         ``x`` get gradients.
-    solver : str
-        Forward method: ``"dynamic_ss"`` (the ODE ``dz/dt = f(z, x) − z`` run to steady state, Tsit5 by
+    solver : str or Solver
+        Forward solver: a configured object (``deqkit.Anderson(m=6)``, ``deqkit.DynamicSS(ode_method="dopri5")``)
+        or the name of one: ``"dynamic_ss"`` (the ODE ``dz/dt = f(z, x) − z`` run to steady state, Tsit5 by
         default), ``"anderson"``, ``"broyden"`` or ``"picard"``.
-    backward : {"implicit", "unrolled", "one_step"}
-        ``"implicit"``: implicit function theorem, one linear fixed-point solve at ``z*``; memory does not grow
-        with the forward iterations. ``"unrolled"``: backpropagate through every solver step (the naive
-        baseline; allows double backward). ``"one_step"``: the Jacobian-free approximation ``(I − J)⁻¹ ≈ I``.
+    backward : str or Gradient
+        How gradients flow: ``deqkit.Implicit(solver="gmres", reltol=..., max_steps=...)`` (implicit function
+        theorem, one linear fixed-point solve at ``z*``; memory does not grow with the forward iterations),
+        ``deqkit.Unrolled()`` (backpropagate through every solver step: the naive baseline; allows double
+        backward), ``deqkit.OneStep()`` (the Jacobian-free approximation ``(I − J)⁻¹ ≈ I``), or their names
+        ``"implicit"``, ``"unrolled"``, ``"one_step"`` with default settings.
     abstol, reltol : float
         Forward termination: ``‖f(z, x) − z‖∞ ≤ abstol`` or ``≤ reltol · ‖f(z, x)‖∞`` per sample.
     max_steps : int, optional
-        Forward step limit (the method's default when omitted).
+        Forward step limit (the solver's default when omitted).
     z0 : {"zeros", "f0"}, callable or tensor
         Starting point: zeros shaped like ``x``; ``"f0"``: ``f(0, x)`` (the seed blog's choice); a callable
         ``x -> z0``; or a tensor. ``forward(x, z0=...)`` overrides it for one call (warm starts).
     strict : bool
         Raise :class:`~deqkit.ConvergenceError` (forward and backward) instead of warning.
-    backward_solver : str
-        Method for ``u = g + u ∂f/∂z``: ``"gmres"`` (default; converges whenever ``I − J`` is invertible),
-        ``"anderson"``, ``"broyden"``, ``"picard"`` or ``"dynamic_ss"`` (the adjoint ODE run to steady state).
-    backward_abstol, backward_reltol, backward_max_steps :
-        The backward solve's tolerances and step limit. Default: relative only, ``backward_abstol = 0`` and
-        ``backward_reltol = max(abstol, reltol)``, because the scale of the incoming gradient is the loss's
-        business (a batch mean divides it by the batch size) and an absolute tolerance could accept the first
-        guess ``u = g`` — silently the one-step gradient.
     **options
-        Options of the forward method (e.g. ``m=5`` for Anderson, ``ode_method="dopri5"``); options prefixed
-        ``backward_`` go to the backward method (e.g. ``backward_restart=30``). Unknown ones raise ``TypeError``.
+        With a solver name, options of the forward solver's class (e.g. ``m=5`` for Anderson,
+        ``ode_method="dopri5"``). Unknown ones raise ``TypeError``. Every setting is checked here, not at the first
+        call.
 
     Attributes
     ----------
@@ -80,78 +77,50 @@ class DEQ(nn.Module):
     """
 
     def __init__(self, f: nn.Module | Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
-                 solver: str = "dynamic_ss", backward: str = "implicit",
+                 solver: SolverSpec = "dynamic_ss", backward: GradientSpec = "implicit",
                  abstol: float = 1e-5, reltol: float = 1e-5, max_steps: int | None = None,
-                 z0: InitialState = "zeros", strict: bool = False, backward_solver: str = "gmres",
-                 backward_abstol: float | None = None, backward_reltol: float | None = None,
-                 backward_max_steps: int | None = None, **options: Any):
+                 z0: InitialState = "zeros", strict: bool = False, **options: Any):
         super().__init__()
+        stale = sorted(k for k in options if k.startswith("backward_"))
+        if stale:
+            raise TypeError(f"DEQ no longer takes {', '.join(stale)}: configure the backward pass as one object, "
+                            "e.g. DEQ(f, backward=deqkit.Implicit(solver='gmres', reltol=1e-6, max_steps=100))")
         if isinstance(z0, str) and z0 not in ("zeros", "f0"):
             raise ValueError(f"z0 must be 'zeros', 'f0', a callable or a tensor, got {z0!r}")
         if not callable(f):
             raise TypeError(f"f must be an nn.Module or a callable f(z, x), got {type(f).__name__}")
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be True or False, got {strict!r}")
+        tol = Tolerances(abstol, reltol, 1 if max_steps is None else max_steps)  # checked now, not at first call
         self.f = f
         self.z0, self.strict = z0, strict
-        self.abstol, self.reltol, self.max_steps = abstol, reltol, max_steps
-        # Relative by default: the incoming gradient's scale depends on the loss (a batch mean makes it ~1/batch),
-        # and an absolute tolerance could accept the first guess u = g, which is the one-step gradient.
-        self.backward_abstol = 0.0 if backward_abstol is None else backward_abstol
-        self.backward_reltol = max(abstol, reltol) if backward_reltol is None else backward_reltol
-        self.backward_max_steps = backward_max_steps
-        self._backward_options = {k.removeprefix("backward_"): v for k, v in options.items()
-                                  if k.startswith("backward_")}
-        self._forward_options = {k: v for k, v in options.items() if not k.startswith("backward_")}
-        self.solver, self.backward, self.backward_solver = solver, backward, backward_solver
+        self.abstol, self.reltol, self.max_steps = tol.abstol, tol.reltol, None if max_steps is None else tol.max_steps
+        self.solver = as_solver(solver, options)
+        self.backward = backward
         self.last_stats: DEQStats | None = None
 
-    # Switching a mode or a solver after construction takes effect (and is checked) at once, with the options
-    # given to the constructor: nothing is silently kept from the previous choice.
     @property
-    def backward(self) -> str:
-        """Backward mode: ``"implicit"``, ``"unrolled"`` or ``"one_step"`` (settable; checked).
-
-        Setting another value raises ``ValueError``.
-        """
-        return self._backward
-
-    @backward.setter
-    def backward(self, mode: str) -> None:
-        if mode not in BACKWARD_MODES:
-            raise ValueError(f"unknown backward {mode!r}; choose one of {BACKWARD_MODES}")
-        self._backward = mode
-
-    @property
-    def solver(self) -> str:
-        """Forward method's name (settable: rebuilds the solver with the constructor's options).
-
-        Setting an unknown name raises ``ValueError``; a constructor option the new method does not take raises
-        ``TypeError``.
-        """
+    def solver(self) -> Solver:
+        """The forward solver (settable with an object or a name, which means that solver's default settings)."""
         return self._solver
 
     @solver.setter
-    def solver(self, name: str) -> None:
-        self.forward_method = make_solver(name, self._forward_options)
-        self._solver = name
+    def solver(self, spec: SolverSpec) -> None:
+        self._solver = as_solver(spec)
 
     @property
-    def backward_solver(self) -> str:
-        """Backward (linear) solver's name (settable: rebuilds it with the constructor's ``backward_`` options).
+    def backward(self) -> Gradient:
+        """The gradient method (settable with an object or a name, which means that method's default settings)."""
+        return self._backward
 
-        Setting an unknown name raises ``ValueError``; a ``backward_`` option the new method does not take raises
-        ``TypeError``.
-        """
-        return self._backward_solver
-
-    @backward_solver.setter
-    def backward_solver(self, name: str) -> None:
-        self.backward_method = make_solver(name, self._backward_options, BACKWARD_METHODS)
-        self._backward_solver = name
+    @backward.setter
+    def backward(self, spec: GradientSpec) -> None:
+        self._backward = as_gradient(spec)
 
     def extra_repr(self) -> str:
         """The solver settings shown in ``repr(deq)``."""
         return (f"solver={self.solver!r}, backward={self.backward!r}, abstol={self.abstol:g}, "
-                f"reltol={self.reltol:g}, backward_solver={self.backward_solver!r}")
+                f"reltol={self.reltol:g}")
 
     def initial_state(self, x: torch.Tensor, z0: InitialState | None = None) -> torch.Tensor:
         """Return the solver's starting point for input ``x``, detached (the answer does not depend on it).
@@ -218,30 +187,53 @@ class DEQ(nn.Module):
         deqkit.ConvergenceWarning
             When a sample does not converge within ``max_steps`` (forward, or backward during ``backward()``).
         """
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"DEQ expects a tensor input, got {type(x).__name__}")
-        if not torch.isfinite(x).all():
-            raise ValueError(f"the input x contains NaN or Inf ({int((~torch.isfinite(x)).sum())} entries): a "
-                             "fixed point of f(z, x) is undefined there; clean the data or check the layer below")
+        self._check_input(x)
         start = self.initial_state(x, z0)
-        if start.dim() == 0 or start.shape[0] != x.shape[0]:
-            raise ValueError(f"z0 has shape {tuple(start.shape)} but x has batch size {x.shape[0]}: the first "
-                             "dimension of z0 must be the batch of x")
+        if not isinstance(start, torch.Tensor) or start.dim() == 0 or start.shape[0] != x.shape[0]:
+            raise ValueError(f"z0 has shape {tuple(getattr(start, 'shape', ()))} but x has batch size {x.shape[0]}: "
+                             "the first dimension of z0 must be the batch of x")
         # In grad mode always re-attach: parameters that f captures by closure are invisible from here.
         needs_grad = torch.is_grad_enabled()
-        unrolled = needs_grad and self.backward == "unrolled"
-        with torch.set_grad_enabled(unrolled):
-            sol = run(self.forward_method, lambda z: self.f(z, x), start, abstol=self.abstol,
+        with torch.set_grad_enabled(needs_grad and self.backward.records_graph):
+            sol = run(self.solver, lambda z: self.f(z, x), start, abstol=self.abstol,
                       reltol=self.reltol, max_steps=self.max_steps, strict=self.strict)
         stats = DEQStats(sol.stats)
         self.last_stats = stats
         if not needs_grad:
             return sol.fz
-        if unrolled:
-            return self.f(sol.z, x)
-        out = self.f(sol.z.detach(), x)  # re-attach: the graph to x and to f's parameters
-        if self.backward == "one_step":
-            return out
-        config = AdjointConfig(self.f, self.backward_method, self.backward_abstol, self.backward_reltol,
-                               self.backward_max_steps, self.strict, lambda s: setattr(stats, "backward", s))
-        return ImplicitAdjoint.apply(out, sol.z, x, config)
+        ctx = Context(self.f, self.abstol, self.reltol, self.strict, lambda s: setattr(stats, "backward", s))
+        return self.backward.attach(sol, x, ctx)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Refuse an input the solve cannot use, naming the cause and the fix (before any evaluation of f)."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"DEQ expects a tensor input x, got {type(x).__name__}")
+        if _functorch_wrapped(x):
+            raise RuntimeError(
+                "deqkit: the DEQ cannot run under torch.func transforms (vmap, grad, jacrev, ...): its solver stops "
+                "each sample on data-dependent conditions. Batch the inputs yourself (the DEQ solves each sample "
+                "of a batch independently) and use torch.autograd.grad or DEQ(..., backward='unrolled')."
+            )
+        if x.dim() == 0 or x.shape[0] == 0:
+            raise ValueError(f"x must have shape (batch, ...) with a non-empty batch, got shape {tuple(x.shape)}; "
+                             "for one sample, add the batch dimension: x[None]")
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}: convert it, e.g. x.float()")
+        param = next((p for p in self.parameters() if p.is_floating_point()), None)
+        if param is not None and (param.dtype != x.dtype or param.device != x.device):
+            raise ValueError(
+                f"x is {x.dtype} on {x.device} but f's parameters are {param.dtype} on {param.device}: move one to "
+                f"the other, e.g. x.to(next(deq.parameters())) or deq.to({x.dtype}).to('{x.device}')"
+            )
+        if x.device.type == "meta":
+            raise ValueError("x is on the meta device (shapes only, no values): a fixed point needs values; "
+                             "materialise the model and data first (model.to_empty(device='cpu'), then load weights)")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"the input x contains NaN or Inf ({int((~torch.isfinite(x)).sum())} entries): a "
+                             "fixed point of f(z, x) is undefined there; clean the data or check the layer below")
+
+
+def _functorch_wrapped(x: torch.Tensor) -> bool:
+    """True inside ``torch.func.vmap`` / ``grad`` (x is then a functorch wrapper tensor)."""
+    probe = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return bool(probe is not None and probe(x))

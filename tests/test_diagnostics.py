@@ -20,7 +20,7 @@ def test_spectral_radius_of_linear_maps_including_complex_pairs():
 def test_spectral_radius_is_per_sample_and_matches_eigvals(tanh_problem):
     block, x = tanh_problem(d=10, batch=3, norm=0.9)
     with torch.no_grad():
-        z, _ = deqkit.solve(lambda z: block(z, x), torch.zeros_like(x), method="anderson", abstol=1e-10)
+        z, _ = deqkit.solve(lambda z: block(z, x), torch.zeros_like(x), solver="anderson", abstol=1e-10)
     rho = deqkit.spectral_radius(block, z, x, iters=300)
     for i in range(3):
         jac = torch.autograd.functional.jacobian(lambda zi, i=i: block(zi[None], x[i:i + 1])[0], z[i])

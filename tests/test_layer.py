@@ -6,15 +6,16 @@ from torch import nn
 from torch.func import functional_call
 
 import deqkit
-from deqkit.solvers import BACKWARD_METHODS
+from deqkit.solvers import BACKWARD_SOLVERS
 
-TIGHT = {"abstol": 1e-13, "reltol": 1e-13, "max_steps": 3000, "backward_max_steps": 3000}
+TIGHT = {"abstol": 1e-13, "reltol": 1e-13, "max_steps": 3000}
+IMPLICIT = deqkit.Implicit(max_steps=3000)
 
 
 @pytest.mark.parametrize("solver", ["anderson", "dynamic_ss", "broyden", "picard"])
 def test_implicit_gradient_passes_gradcheck(tanh_problem, solver):
     block, x = tanh_problem(d=5, batch=3, norm=0.8)
-    deq = deqkit.DEQ(block, solver=solver, **TIGHT)
+    deq = deqkit.DEQ(block, solver=solver, backward=IMPLICIT, **TIGHT)
     names = [n for n, _ in block.named_parameters()]
 
     def fn(x, *params):
@@ -24,17 +25,17 @@ def test_implicit_gradient_passes_gradcheck(tanh_problem, solver):
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backward_solver", sorted(BACKWARD_METHODS))
+@pytest.mark.parametrize("backward_solver", sorted(BACKWARD_SOLVERS))
 def test_implicit_matches_unrolled_for_every_backward_solver(tanh_problem, backward_solver):
     block, x = tanh_problem(d=16, batch=4, norm=0.9)
     weights = torch.randn(4, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     grads = {}
-    for backward in ["implicit", "unrolled"]:
-        deq = deqkit.DEQ(block, solver="picard", backward=backward, backward_solver=backward_solver, **TIGHT)
+    for backward in [deqkit.Implicit(backward_solver, max_steps=3000), deqkit.Unrolled()]:
+        deq = deqkit.DEQ(block, solver="picard", backward=backward, **TIGHT)
         xg = x.clone().requires_grad_()
         loss = (deq(xg) * weights).sum()
-        grads[backward] = torch.autograd.grad(loss, [xg, *block.parameters()])
-        if backward == "implicit":
+        grads[backward.name] = torch.autograd.grad(loss, [xg, *block.parameters()])
+        if backward.name == "implicit":
             back = deq.last_stats.backward
             assert back is not None and back.all_converged and back.nfe > 0
     for gi, gu in zip(grads["implicit"], grads["unrolled"]):
@@ -45,22 +46,23 @@ def test_implicit_matches_unrolled_for_every_backward_solver(tanh_problem, backw
 def test_unrolled_through_each_solver_matches_implicit(tanh_problem, solver):
     block, x = tanh_problem(d=8, batch=3, norm=0.7)
     out = {}
-    for backward in ["implicit", "unrolled"]:
+    for backward in [IMPLICIT, deqkit.Unrolled()]:
         deq = deqkit.DEQ(block, solver=solver, backward=backward, **TIGHT)
-        out[backward] = torch.autograd.grad(deq(x).pow(2).sum(), list(block.parameters()))
+        out[backward.name] = torch.autograd.grad(deq(x).pow(2).sum(), list(block.parameters()))
     for gi, gu in zip(out["implicit"], out["unrolled"]):
         assert torch.allclose(gi, gu, atol=1e-6, rtol=0)
 
 
 def test_compare_gradients_against_finite_differences(tanh_problem):
     block, x = tanh_problem(d=6, batch=2, norm=0.9)
-    report = deqkit.compare_gradients(deqkit.DEQ(block, solver="anderson", **TIGHT), x)
+    report = deqkit.compare_gradients(deqkit.DEQ(block, solver="anderson", backward=IMPLICIT, **TIGHT), x)
     assert report.reference.numel() == x.numel() + sum(p.numel() for p in block.parameters())
     for mode in ["implicit", "unrolled"]:
         assert report.cosine(mode) > 1 - 1e-9 and report.relative_error(mode) < 1e-6
     assert report.relative_error("one_step") > 1e-3  # the Jacobian-free gradient is only an approximation
     assert "implicit" in str(report)
-    directional = deqkit.compare_gradients(deqkit.DEQ(block, solver="anderson", **TIGHT), x, directions=5)
+    directional = deqkit.compare_gradients(deqkit.DEQ(block, solver="anderson", backward=IMPLICIT, **TIGHT), x,
+                                           directions=5)
     assert directional.reference.shape == (5,) and directional.relative_error("implicit") < 1e-6
     with pytest.raises(ValueError, match="float64"):
         deqkit.compare_gradients(deqkit.DEQ(block.float()), x.float())
@@ -80,9 +82,9 @@ def test_gradients_reach_x_and_every_parameter_also_closure_captured():
     block = Block()
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     grads = {}
-    for backward in ["implicit", "unrolled"]:
+    for backward in [IMPLICIT, deqkit.Unrolled()]:
         deq = deqkit.DEQ(block, solver="anderson", backward=backward, **TIGHT)
-        grads[backward] = torch.autograd.grad(deq(x).sum(), [x, outer, *block.parameters()])
+        grads[backward.name] = torch.autograd.grad(deq(x).sum(), [x, outer, *block.parameters()])
     for gi, gu in zip(grads["implicit"], grads["unrolled"]):
         assert gi.abs().sum() > 0 and torch.allclose(gi, gu, atol=1e-8)
 
@@ -149,13 +151,17 @@ def test_layer_bad_inputs(tanh_problem):
     with pytest.raises(TypeError, match="unknown option.*'mm'"):
         deqkit.DEQ(block, solver="anderson", mm=3)
     with pytest.raises(TypeError, match="unknown option.*'restrt'.*'gmres'"):
-        deqkit.DEQ(block, backward_restrt=3)
+        deqkit.Implicit(restrt=3)
+    with pytest.raises(TypeError, match="no longer takes backward_restart, backward_solver.*deqkit.Implicit"):
+        deqkit.DEQ(block, backward_solver="gmres", backward_restart=3)
     with pytest.raises(ValueError, match="unknown backward"):
         deqkit.DEQ(block, backward="adjoint")
-    with pytest.raises(ValueError, match="unknown method"):
-        deqkit.DEQ(block, backward_solver="lu")
+    with pytest.raises(ValueError, match="unknown solver 'lu'"):
+        deqkit.Implicit(solver="lu")
+    with pytest.raises(TypeError, match="set them on the object"):
+        deqkit.DEQ(block, solver=deqkit.Anderson(), m=3)
     with pytest.raises(ValueError, match="max_steps must be an integer >= 1"):
-        deqkit.DEQ(block, max_steps=0)(x)
+        deqkit.DEQ(block, max_steps=0)  # checked at construction, not at the first call
     bad = x.clone()
     bad[0, 1] = float("nan")
     with pytest.raises(ValueError, match="input x contains NaN or Inf"):
@@ -172,7 +178,7 @@ def test_layer_bad_inputs(tanh_problem):
 
 def test_backward_failure_is_loud(tanh_problem):
     block, x = tanh_problem(d=8, batch=2, norm=0.95)
-    deq = deqkit.DEQ(block, solver="anderson", backward_solver="picard", backward_max_steps=2)
+    deq = deqkit.DEQ(block, solver="anderson", backward=deqkit.Implicit("picard", max_steps=2))
     with pytest.warns(deqkit.ConvergenceWarning, match="picard: 2 of 2 samples did not converge"):
         deq(x).sum().backward()
     deq.strict = True
@@ -183,11 +189,11 @@ def test_backward_failure_is_loud(tanh_problem):
 def test_backward_gmres_where_picard_backward_diverges(tanh_problem):
     # At the stable equilibrium of a non-contractive map, u = g + uJ diverges under plain iteration.
     block, x = tanh_problem(d=16, batch=4, norm=1.5, psd=True, x_scale=0.1)
-    deq = deqkit.DEQ(block, abstol=1e-12, reltol=1e-12, backward_max_steps=500)
+    deq = deqkit.DEQ(block, abstol=1e-12, reltol=1e-12, backward=deqkit.Implicit(max_steps=500))
     x = x.requires_grad_()
     (g,) = torch.autograd.grad(deq(x).sum(), x)
     assert deq.last_stats.backward.all_converged and torch.isfinite(g).all()
-    deq_p = deqkit.DEQ(block, abstol=1e-12, reltol=1e-12, backward_solver="picard", backward_max_steps=300)
+    deq_p = deqkit.DEQ(block, abstol=1e-12, reltol=1e-12, backward=deqkit.Implicit("picard", max_steps=300))
     with pytest.warns(deqkit.ConvergenceWarning):
         torch.autograd.grad(deq_p(x).sum(), x)
 
@@ -217,28 +223,40 @@ def test_backward_tolerance_is_relative_so_a_mean_loss_is_not_one_step(tanh_prob
         deq = deqkit.DEQ(block, solver="anderson", backward=backward, abstol=1e-2, reltol=1e-2)
         grads[backward] = torch.autograd.grad(deq(x).mean(), block.weight)[0]
         if backward == "implicit":
-            assert deq.backward_abstol == 0 and deq.last_stats.backward.nfe > 2
+            assert deq.backward.tolerances(deq.abstol, deq.reltol).abstol == 0
+            assert deq.last_stats.backward.nfe > 2
     err = lambda g: ((g - grads["unrolled"]).norm() / grads["unrolled"].norm()).item()  # noqa: E731
     assert err(grads["implicit"]) < 0.05 < err(grads["one_step"])
 
 
-def test_switching_mode_or_solver_after_construction_takes_effect_and_is_checked(tanh_problem):
+def test_switching_solver_or_gradient_after_construction_takes_effect_and_is_checked(tanh_problem):
     block, x = tanh_problem(d=8, batch=3, norm=0.5)
-    deq = deqkit.DEQ(block, solver="anderson", backward_solver="picard")
-    deq.solver, deq.backward_solver = "broyden", "gmres"
+    deq = deqkit.DEQ(block, solver="anderson", backward=deqkit.Implicit("picard"))
+    deq.solver, deq.backward = "broyden", deqkit.Implicit(deqkit.GMRES(restart=5))
     deq(x).sum().backward()
     assert deq.last_stats.forward.method.startswith("broyden")
-    assert deq.last_stats.backward.method.startswith("gmres")
+    assert deq.last_stats.backward.method == "gmres(5)"
     deq.backward = "one_step"
     deq(x).sum().backward()
     assert deq.last_stats.backward is None  # no linear solve: the one-step gradient
     with pytest.raises(ValueError, match="unknown backward 'implict'"):
         deq.backward = "implict"
-    with pytest.raises(ValueError, match="unknown method 'andersen'"):
+    with pytest.raises(ValueError, match="unknown solver 'andersen'"):
         deq.solver = "andersen"
-    assert deq.backward == "one_step" and deq.solver == "broyden"  # a rejected value changes nothing
-    with pytest.raises(TypeError, match="unknown option"):
-        deqkit.DEQ(block, solver="anderson", m=3).solver = "picard"  # Anderson's option means nothing to Picard
+    with pytest.raises(ValueError, match="GMRES cannot be used here"):
+        deq.solver = deqkit.GMRES()  # a backward-only solver
+    assert isinstance(deq.backward, deqkit.OneStep) and isinstance(deq.solver, deqkit.Broyden)  # nothing changed
+    deq.solver = deqkit.Anderson(m=3)
+    assert repr(deq.solver) == "Anderson(m=3)" and "solver=Anderson(m=3), backward=OneStep()" in repr(deq)
+
+
+def test_objects_and_names_are_the_same_solver(tanh_problem):
+    block, x = tanh_problem(d=8, batch=3, norm=0.8)
+    by_name = deqkit.DEQ(block, solver="anderson", m=3, backward="implicit")
+    by_object = deqkit.DEQ(block, solver=deqkit.Anderson(m=3), backward=deqkit.Implicit(solver="gmres"))
+    outs = [torch.autograd.grad(d(x).sum(), block.weight)[0] for d in (by_name, by_object)]
+    assert torch.equal(outs[0], outs[1])
+    assert by_name.last_stats.forward.nfe == by_object.last_stats.forward.nfe
 
 
 def test_nan_gradient_into_the_backward_is_named(tanh_problem):
@@ -259,7 +277,7 @@ def test_backward_divergence_is_loud(backward_solver):
         return 0.5 * z + x + torch.sqrt(z - z.detach())
 
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
-    deq = deqkit.DEQ(f, solver="anderson", backward_solver=backward_solver)
+    deq = deqkit.DEQ(f, solver="anderson", backward=deqkit.Implicit(backward_solver))
     out = deq(x)
     assert torch.allclose(out, 2 * x)
     with pytest.raises(deqkit.DivergenceError, match=r"became NaN or infinite at step \d+"):

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adjoint import Implicit
 from ..layer import DEQ
 
 __all__ = ["MNIST_MODELS", "ConvBlock", "MNISTDEQ", "SeedMNISTBlock", "WideBlock", "conv_deq", "mnist_model",
@@ -36,7 +37,7 @@ SEED_SOLVER: dict[str, Any] = {"solver": "dynamic_ss", "ode_method": "tsit5", "p
                                # The blog's SteadyStateAdjoint solves the linear system exactly; GMRES in 20
                                # dimensions gets there. The tolerance must be relative: the gradient of a
                                # batch-mean loss is ~1/batch per sample, below any fixed abstol like 1e-2.
-                               "backward_abstol": 1e-12, "backward_reltol": 1e-4}
+                               "backward": Implicit("gmres", abstol=1e-12, reltol=1e-4)}
 
 
 def _flux_dense(n_in: int, n_out: int) -> nn.Linear:
@@ -252,8 +253,8 @@ def wide_mlp_deq(*, width: int = 128, seed: int | None = None, **deq_options: An
     seed : int, optional
         Seed ``torch``'s global generator before initialising (reproducible weights).
     **deq_options
-        Any :class:`~deqkit.DEQ` keyword. The backward solve defaults to ``backward_reltol=1e-3``,
-        ``backward_abstol=1e-12`` and ``backward_max_steps=60``.
+        Any :class:`~deqkit.DEQ` keyword. The backward pass defaults to
+        ``Implicit("gmres", abstol=1e-12, reltol=1e-3, max_steps=60)``.
 
     Returns
     -------
@@ -265,7 +266,7 @@ def wide_mlp_deq(*, width: int = 128, seed: int | None = None, **deq_options: An
     block = WideBlock(width)
     encoder = nn.Sequential(nn.Flatten(), nn.Linear(784, width), nn.ReLU())
     defaults = {"solver": "dynamic_ss", "abstol": 1e-3, "reltol": 1e-3, "max_steps": 60,
-                "backward_abstol": 1e-12, "backward_reltol": 1e-3, "backward_max_steps": 60}
+                "backward": Implicit("gmres", abstol=1e-12, reltol=1e-3, max_steps=60)}
     deq = _deq(block, defaults, deq_options)
     return MNISTDEQ(encoder, deq, nn.Linear(width, 10), name="wide", injection=block.injection)
 
@@ -278,7 +279,8 @@ def conv_deq(*, channels: int = 32, hidden: int = 64, stem: int = 16, seed: int 
     + GroupNorm + ReLU + max-pool (7×7), conv 3×3 + GroupNorm: the injection ``x``. ``f``: :class:`ConvBlock`
     (``channels`` → ``hidden`` → ``channels``) at 7×7, where each evaluation is cheap. ``head``: flatten and
     one linear layer. Solved by default with Anderson from ``z0 = 0`` to tolerances 1e-2 in at most 20
-    iterations, forward and backward: the usual DEQ training settings.
+    iterations, forward and backward (``Implicit("gmres", abstol=1e-12, reltol=1e-2, max_steps=20)``): the usual
+    DEQ training settings.
 
     Parameters
     ----------
@@ -311,7 +313,7 @@ def conv_deq(*, channels: int = 32, hidden: int = 64, stem: int = 16, seed: int 
     )
     block = ConvBlock(channels, hidden, groups=math.gcd(8, math.gcd(channels, hidden)))
     defaults = {"solver": "anderson", "abstol": 1e-2, "reltol": 1e-2, "max_steps": 20,
-                "backward_abstol": 1e-12, "backward_reltol": 1e-2, "backward_max_steps": 20}
+                "backward": Implicit("gmres", abstol=1e-12, reltol=1e-2, max_steps=20)}
     deq = _deq(block, defaults, deq_options)
     head = nn.Sequential(nn.Flatten(), nn.Linear(channels * 49, 10))
     return MNISTDEQ(encoder, deq, head, name="conv")

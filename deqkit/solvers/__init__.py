@@ -1,7 +1,8 @@
-"""Forward fixed-point solvers behind one verb, :func:`solve`.
+"""Forward fixed-point solvers behind one verb, :func:`solve`, and one registry.
 
-``solve(f, z0, method=...)`` finds ``z = f(z)`` for a batched map ``f`` (first dimension = batch), with the
+``solve(f, z0, solver=...)`` finds ``z = f(z)`` for a batched map ``f`` (first dimension = batch), with the
 per-sample termination rule of :mod:`deqkit.solvers.core` and statistics in a :class:`~deqkit.SolverStats`.
+A solver is a configured :class:`Solver` object (``Anderson(m=6)``) or its name as a shorthand (``"anderson"``).
 """
 
 from __future__ import annotations
@@ -14,46 +15,61 @@ import torch
 from ..stats import SolverStats
 from .anderson import Anderson
 from .broyden import Broyden
-from .core import Map, Monitor, Tolerances, make_options
+from .core import IterativeSolver, Map, Monitor, Solver, Tolerances, make_options
 from .dynamic_ss import DynamicSS
 from .krylov import GMRES
 from .picard import Picard
 
-METHODS: dict[str, type] = {cls.name: cls for cls in (Picard, Anderson, Broyden, DynamicSS)}
+# The registry: name -> class. A new forward method is one file with a Solver subclass plus one entry here.
+SOLVERS: dict[str, type[Solver]] = {cls.name: cls for cls in (Picard, Anderson, Broyden, DynamicSS)}
 # The backward pass solves a linear (affine) fixed point, where a Krylov method applies too.
-BACKWARD_METHODS: dict[str, type] = METHODS | {GMRES.name: GMRES}
+BACKWARD_SOLVERS: dict[str, type[Solver]] = SOLVERS | {GMRES.name: GMRES}
 
-__all__ = ["METHODS", "BACKWARD_METHODS", "Solution", "make_solver", "run", "solve",
-           "Picard", "Anderson", "Broyden", "DynamicSS", "GMRES"]
+SolverSpec = str | Solver
+
+__all__ = ["SOLVERS", "BACKWARD_SOLVERS", "Solution", "Solver", "SolverSpec", "IterativeSolver", "as_solver", "run",
+           "solve", "Picard", "Anderson", "Broyden", "DynamicSS", "GMRES"]
 
 
-def make_solver(method: str, options: dict[str, Any], registry: dict[str, type] = METHODS) -> Any:
-    """Return a configured solver for ``method``.
+def as_solver(spec: SolverSpec, options: dict[str, Any] | None = None,
+              registry: dict[str, type[Solver]] = SOLVERS) -> Solver:
+    """Return the configured solver that ``spec`` names.
 
     Parameters
     ----------
-    method : str
-        A key of ``registry``, e.g. ``"anderson"``.
-    options : dict
-        Keyword arguments of the method's class (e.g. ``{"m": 5}`` for :class:`Anderson`).
+    spec : str or Solver
+        A key of ``registry`` (built with ``options``), or a configured instance (returned as it is).
+    options : dict, optional
+        Keyword options of the named method's class (e.g. ``{"m": 5}`` for :class:`Anderson`); only with a name.
     registry : dict
-        Name -> solver class: :data:`METHODS` (forward) by default; :data:`BACKWARD_METHODS` adds ``"gmres"``.
+        Name -> solver class: :data:`SOLVERS` (forward) by default; :data:`BACKWARD_SOLVERS` adds ``"gmres"``.
 
     Returns
     -------
-    object
-        An instance of the method's class, ready for :func:`run`.
+    Solver
 
     Raises
     ------
     ValueError
-        If ``method`` is not in ``registry``, or the class rejects an option's value (e.g. ``m < 1``).
+        If ``spec`` is not a name of ``registry``, or the class rejects an option's value (e.g. ``m < 1``).
     TypeError
-        If an option is not a parameter of the method's class.
+        If ``spec`` is neither a name nor a :class:`Solver`, an option is not a parameter of the method's class,
+        or options come with an instance (configure the instance instead).
     """
-    if method not in registry:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(registry)}")
-    return make_options(registry[method], method, options)
+    options = options or {}
+    if isinstance(spec, Solver):
+        if options:
+            raise TypeError(f"options {sorted(options)} were given with the configured solver {spec!r}: set them "
+                            f"on the object instead, e.g. {type(spec).__name__}({', '.join(options)}=...)")
+        if spec.name not in registry:
+            raise ValueError(f"{type(spec).__name__} cannot be used here; choose one of {sorted(registry)}")
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"a solver is a name ({sorted(registry)}) or a deqkit solver object such as "
+                        f"deqkit.Anderson(m=6), got {spec!r}")
+    if spec not in registry:
+        raise ValueError(f"unknown solver {spec!r}; choose one of {sorted(registry)}")
+    return make_options(registry[spec], spec, options)
 
 
 @dataclass
@@ -74,14 +90,27 @@ class Solution:
     stats: SolverStats
 
 
-def run(solver: Any, f: Map, z0: torch.Tensor, *, abstol: float, reltol: float, max_steps: int | None,
+def check_start(z0: Any, what: str = "z0") -> None:
+    """Refuse a starting point that is not a floating-point ``(batch, ...)`` tensor, naming the fix."""
+    if not isinstance(z0, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor of shape (batch, ...), got {type(z0).__name__}")
+    if z0.dim() < 2 or z0.shape[0] == 0:
+        raise ValueError(
+            f"{what} must have shape (batch, ...) with a non-empty batch and at least one feature dimension, got "
+            f"shape {tuple(z0.shape)}. For a single sample of a vector map, add the batch dimension: {what}[None]."
+        )
+    if not z0.is_floating_point():
+        raise ValueError(f"{what} must be a floating-point tensor, got dtype {z0.dtype}: convert it, e.g. "
+                         f"{what}.float()")
+
+
+def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: float, max_steps: int | None,
         strict: bool = False, record: bool = False) -> Solution:
     """Run a configured solver; the engine behind :func:`solve`, the DEQ layer and its backward pass.
 
     Parameters
     ----------
-    solver : object
-        A solver from :func:`make_solver`.
+    solver : Solver
     f : callable
         The batched map; see :func:`solve`.
     z0 : torch.Tensor
@@ -102,8 +131,8 @@ def run(solver: Any, f: Map, z0: torch.Tensor, *, abstol: float, reltol: float, 
     Raises
     ------
     ValueError
-        If ``z0`` is not a floating-point tensor with a non-empty batch dimension, a tolerance or ``max_steps``
-        is invalid, or ``f(z)`` differs from ``z`` in shape, dtype or device.
+        If ``z0`` is not a floating-point ``(batch, ...)`` tensor, a tolerance or ``max_steps`` is invalid,
+        ``f(z)`` differs from ``z`` in shape, dtype or device, or ``f`` changes its input in place.
     TypeError
         If ``f`` does not return a tensor.
     deqkit.DivergenceError
@@ -116,35 +145,34 @@ def run(solver: Any, f: Map, z0: torch.Tensor, *, abstol: float, reltol: float, 
     deqkit.ConvergenceWarning
         When a sample does not converge within ``max_steps`` and ``strict`` is False.
     """
-    if not isinstance(z0, torch.Tensor) or z0.dim() < 1 or z0.shape[0] == 0:
-        raise ValueError("z0 must be a tensor whose first dimension is a non-empty batch, got "
-                         f"{getattr(z0, 'shape', type(z0).__name__)}")
-    if not z0.is_floating_point():
-        raise ValueError(f"z0 must be a floating-point tensor, got dtype {z0.dtype}")
+    check_start(z0)
     tol = Tolerances(abstol, reltol, solver.default_max_steps if max_steps is None else max_steps)
-    monitor = Monitor(getattr(solver, "label", solver.name), z0, tol, strict=strict, record=record)
+    z0 = z0.detach().clone()  # the solver's own copy: the caller's z0 is never touched or handed back
+    monitor = Monitor(solver.label, z0, tol, strict=strict, record=record)
     steps, nfe = solver.run(f, z0, monitor)
     stats = monitor.finish(steps, nfe)
-    z = monitor.best_z.clone() if monitor.best_z is z0 else monitor.best_z  # never hand back the caller's z0
-    return Solution(z, monitor.best_fz, stats)
+    return Solution(monitor.best_z, monitor.best_fz, stats)
 
 
-def solve(f: Map, z0: torch.Tensor, *, method: str = "dynamic_ss", abstol: float = 1e-5, reltol: float = 1e-5,
-          max_steps: int | None = None, strict: bool = False, record: bool = False,
+def solve(f: Map, z0: torch.Tensor, *, solver: SolverSpec = "dynamic_ss", abstol: float = 1e-5,
+          reltol: float = 1e-5, max_steps: int | None = None, strict: bool = False, record: bool = False,
           **options: Any) -> tuple[torch.Tensor, SolverStats]:
     """Find the fixed point ``z* = f(z*)`` of a batched map.
 
     Parameters
     ----------
     f : callable
-        Maps a tensor shaped like ``z0`` to one of the same shape, dtype and device. Samples (first dimension)
-        are solved independently.
+        Maps a tensor shaped like ``z0`` to one of the same shape, dtype and device, out of place. Samples
+        (first dimension) are solved independently.
     z0 : torch.Tensor
         Starting point, shape ``(batch, ...)``.
-    method : {"dynamic_ss", "anderson", "broyden", "picard"}
-        ``"dynamic_ss"`` integrates ``dz/dt = f(z) − z`` to steady state (Tsit5 by default).
+    solver : str or Solver
+        A configured solver (``deqkit.Anderson(m=6)``, ``deqkit.DynamicSS(ode_method="dopri5")``) or the name
+        of one with default settings: ``"dynamic_ss"`` (integrates ``dz/dt = f(z) − z`` to steady state, Tsit5
+        by default), ``"anderson"``, ``"broyden"``, ``"picard"``.
     abstol, reltol : float
-        A sample has converged when ``‖f(z) − z‖∞ ≤ abstol`` or ``‖f(z) − z‖∞ ≤ reltol · ‖f(z)‖∞``.
+        A sample has converged when ``‖f(z) − z‖∞ ≤ abstol`` or ``‖f(z) − z‖∞ ≤ reltol · ‖f(z)‖∞`` (the
+        relative rule does not accept an iterate that runs away with a residual that never fell).
     max_steps : int, optional
         Most solver steps (≥ 1); the method's own default when omitted.
     strict : bool
@@ -152,8 +180,8 @@ def solve(f: Map, z0: torch.Tensor, *, method: str = "dynamic_ss", abstol: float
     record : bool
         Keep every iterate in ``stats.trajectory`` (for plots; costs memory).
     **options
-        The method's options (see :class:`Picard`, :class:`Anderson`, :class:`Broyden`, :class:`DynamicSS`);
-        an unknown one raises ``TypeError``.
+        With a solver name, options of its class (see :class:`Picard`, :class:`Anderson`, :class:`Broyden`,
+        :class:`DynamicSS`); an unknown one raises ``TypeError``.
 
     Returns
     -------
@@ -173,6 +201,10 @@ def solve(f: Map, z0: torch.Tensor, *, method: str = "dynamic_ss", abstol: float
     deqkit.ConvergenceWarning
         When a sample does not converge within ``max_steps`` (how many, their best residual, what to try).
     """
-    solver = make_solver(method, options)
-    sol = run(solver, f, z0, abstol=abstol, reltol=reltol, max_steps=max_steps, strict=strict, record=record)
+    if "method" in options:
+        raise TypeError("solve() takes solver=..., not method=... (renamed to match DEQ(solver=...)): "
+                        f"solve(f, z0, solver={options['method']!r})")
+    sol = run(as_solver(solver, options), f, z0, abstol=abstol, reltol=reltol, max_steps=max_steps, strict=strict,
+              record=record)
     return sol.z, sol.stats
+

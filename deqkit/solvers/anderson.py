@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .core import IterativeSolver
+from .core import IterativeSolver, check_int, check_real
 
 
 @dataclass
@@ -39,13 +39,9 @@ class Anderson(IterativeSolver):
     default_max_steps = 100
 
     def __init__(self, m: int = 5, beta: float = 1.0, lam: float = 1e-8):
-        if m < 1:
-            raise ValueError(f"m must be >= 1, got {m}")
-        if not 0 < beta <= 1:
-            raise ValueError(f"beta must be in (0, 1], got {beta}")
-        if lam < 0:
-            raise ValueError(f"lam must be >= 0, got {lam}")
-        self.m, self.beta, self.lam = m, beta, lam
+        self.m = check_int("m", m, 1)
+        self.beta = check_real("beta", beta, 0.0, 1.0, low_open=True)
+        self.lam = check_real("lam", lam, 0.0)
 
     def update(self, z: torch.Tensor, fz: torch.Tensor, h: _History | None) -> tuple[torch.Tensor, _History]:
         g = fz - z

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .core import IterativeSolver
+from .core import IterativeSolver, check_int
 
 
 @dataclass
@@ -43,9 +43,7 @@ class Broyden(IterativeSolver):
     default_max_steps = 100
 
     def __init__(self, m: int = 20):
-        if m < 1:
-            raise ValueError(f"m must be >= 1, got {m}")
-        self.m = m
+        self.m = check_int("m", m, 1)
 
     def update(self, z: torch.Tensor, fz: torch.Tensor, mem: _Memory | None) -> tuple[torch.Tensor, _Memory]:
         g = fz - z

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import abc
 import inspect
+import math
+import numbers
 import os
 import time
 import warnings
@@ -27,6 +29,7 @@ from ..stats import SolverStats
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 
+DRIFT = 100.0  # growth of ‖f(z)‖∞ over its start, with no fall of the residual, that marks a runaway iterate
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -61,21 +64,61 @@ def check_map_output(fz: torch.Tensor, z: torch.Tensor, what: str = "f") -> None
             )
 
 
+def first_evaluation(f: Map, z: torch.Tensor, what: str = "f") -> torch.Tensor:
+    """Evaluate ``f(z)`` for the first time in a solve, refusing a map that changes its input in place.
+
+    Every solver keeps past iterates (history, best iterate, the caller's ``z0``); a map that writes into its
+    argument would corrupt them and make the first residual look like zero.
+    """
+    version = None if z.is_inference() else z._version  # inference tensors keep no version counter
+    fz = f(z)
+    if fz is z or (version is not None and z._version != version):
+        raise ValueError(
+            f"{what} changed its input in place (it {'returned its argument' if fz is z else 'wrote into it'}, "
+            "e.g. z.mul_(...) or z += ...): the solver keeps past iterates, which this would corrupt. Write "
+            f"{what} out of place (z * 0.5 instead of z.mul_(0.5)), or clone first: lambda z: g(z.clone())."
+        )
+    check_map_output(fz, z, what)
+    return fz
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """Return ``value`` as an ``int`` if it is an integer (Python, NumPy, ...) ``>= minimum``; else raise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_real(name: str, value: Any, low: float = -math.inf, high: float = math.inf, *,
+               low_open: bool = False, high_open: bool = False) -> float:
+    """Return ``value`` as a ``float`` if it is a real number (Python, NumPy, ...) in the given interval."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if math.isnan(value) or too_low or too_high:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return value
+
+
 @dataclass
 class Tolerances:
+    """The termination rule's tolerances and step limit, validated (integers and reals of any library)."""
+
     abstol: float
     reltol: float
     max_steps: int
 
     def __post_init__(self) -> None:
-        for name in ("abstol", "reltol"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value >= 0):
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        self.abstol = check_real("abstol", self.abstol, 0.0)
+        self.reltol = check_real("reltol", self.reltol, 0.0)
         if self.abstol == 0 and self.reltol == 0:
             raise ValueError("abstol and reltol are both 0: no iterate could ever converge; set one > 0")
-        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
-            raise ValueError(f"max_steps must be an integer >= 1, got {self.max_steps!r}")
+        self.max_steps = check_int("max_steps", self.max_steps, 1)
 
 
 class Monitor:
@@ -87,7 +130,12 @@ class Monitor:
         self.converged = torch.zeros(batch, dtype=torch.bool, device=z0.device)
         self.residual = torch.full((batch,), float("inf"), dtype=z0.dtype, device=z0.device)
         self.scale = torch.ones(batch, dtype=z0.dtype, device=z0.device)
-        self.current = self.residual  # residual of each sample at the last check
+        # residual of each sample at the last check; NaN before the first, so that no sample "settles" at step 0
+        self.current = torch.full_like(self.residual, float("nan"))
+        self.start_scale: torch.Tensor | None = None  # ‖f(z0)‖∞ per sample
+        self.peak = torch.zeros_like(self.residual)  # largest residual so far
+        self.fell = torch.zeros_like(self.converged)  # the residual fell to half its peak, above rounding level
+        self.drifting = torch.zeros_like(self.converged)
         self.below = self.any_converged = False
         self.best_z = z0
         self.best_fz = z0
@@ -95,17 +143,38 @@ class Monitor:
         self.stats = SolverStats(method, 0, 0, self.converged, self.residual, self.residual)
         self._start = time.perf_counter()
 
+    def _meets(self, res: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The termination rule, per sample, refusing an iterate that runs away.
+
+        A sample whose ``‖f(z)‖∞`` has grown over :data:`DRIFT` times its start while its residual never fell to
+        half its largest value (above the rounding level of ``f(z)``) is drifting, not converging: ``f(z) = z + 1``
+        has no fixed point, yet its residual 1 is eventually small next to ``‖f(z)‖``, and in floating point
+        ``z + 1`` even rounds to ``z`` once ``z`` is large enough.
+        """
+        if self.start_scale is None:
+            self.start_scale = scale
+        self.last_scale = scale
+        self.peak = torch.maximum(self.peak, res)
+        rounding = 8 * torch.finfo(scale.dtype).eps * scale
+        self.fell = self.fell | ((res < 0.5 * self.peak) & (res > rounding))
+        self.drifting = (scale > DRIFT * self.start_scale) & ~self.fell
+        return ((res <= self.tol.abstol) | (res <= self.tol.reltol * scale)) & ~self.drifting
+
     def check(self, step: int, z: torch.Tensor, r: torch.Tensor, fz: torch.Tensor, nfe: int,
-              t: float | None = None, below: torch.Tensor | None = None) -> torch.Tensor:
+              t: float | None = None, below: torch.Tensor | None = None, settling: bool = False) -> torch.Tensor:
         """Record the iterate ``z`` with residual ``r = f(z) − z``; return the mask of samples still running.
 
         ``below`` (per sample) sets ``self.below``: every running sample's residual is at most its entry.
+        ``settling``: a sample converges only if its residual has not grown since the previous check (the ODE
+        route: a residual growing along the flow means an unstable equilibrium is near, however small it is).
         One host synchronisation per call: the flags that decide whether to stop are read together.
         """
         res = r.detach().flatten(1).abs().amax(1)
         scale = fz.detach().flatten(1).abs().amax(1)
         running = ~self.converged
-        meets = running & ((res <= self.tol.abstol) | (res <= self.tol.reltol * scale))
+        meets = running & self._meets(res, scale)
+        if settling:
+            meets = meets & (res <= self.current)
         better = running & ((res < self.residual) | meets)
         self.residual = torch.where(better, res, self.residual)
         self.scale = torch.where(better, scale, self.scale)
@@ -149,7 +218,7 @@ class Monitor:
         """
         res = r.detach().flatten(1).abs().amax(1)
         scale = fz.detach().flatten(1).abs().amax(1)
-        meets = (res <= self.tol.abstol) | (res <= self.tol.reltol * scale)
+        meets = self._meets(res, scale)
         self.best_z, self.best_fz, self.residual, self.scale, self.current = z, fz, res, scale, res
         self.converged = self.converged & meets
         self.done = bool(self.converged.all())
@@ -168,14 +237,32 @@ class Monitor:
                 f"{self.method}: {n_failed} of {failed.numel()} samples did not converge within "
                 f"max_steps={self.tol.max_steps} (abstol={self.tol.abstol:g}, reltol={self.tol.reltol:g}); "
                 f"their best residual ‖f(z) − z‖∞ is {best:.3g} (worst {float(self.residual[failed].max()):.3g}); "
-                "their best iterates are returned. Try: more steps (max_steps), another method ('anderson', "
-                "'broyden', or 'dynamic_ss', which also converges where plain iteration diverges), damping, or a "
-                "smaller spectral norm of f's weights (check deqkit.spectral_radius)."
+                "their best iterates are returned. "
+                + _diagnosis(failed & self.drifting, self.last_scale, self.start_scale, self.residual, self.tol)
             )
             if self.strict:
                 raise ConvergenceError(message)
             warnings.warn(message, ConvergenceWarning, stacklevel=user_stacklevel())
         return s
+
+
+def _diagnosis(drifting: torch.Tensor, scale: torch.Tensor, start_scale: torch.Tensor, residual: torch.Tensor,
+               tol: Tolerances) -> str:
+    """What to try, for the warning about samples that did not converge."""
+    if bool(drifting.any()):
+        i = int(drifting.nonzero()[0])
+        return (f"{int(drifting.sum())} of them drift away: ‖f(z)‖∞ grew from {float(start_scale[i]):.3g} to "
+                f"{float(scale[i]):.3g} while the residual never fell, so f probably has no fixed point there (check "
+                "f, e.g. a missing contraction or bias term).")
+    eps = torch.finfo(residual.dtype).eps
+    hint = ("Try: more steps (max_steps), another method ('anderson', 'broyden', or 'dynamic_ss', which also "
+            "converges where plain iteration diverges), damping, or a smaller spectral norm of f's weights (check "
+            "deqkit.spectral_radius).")
+    if tol.reltol < 10 * eps or float(residual.min()) <= 10 * eps * max(float(scale.max()), 1.0):
+        hint = (f"The residual is at the precision of {str(residual.dtype).removeprefix('torch.')} (eps "
+                f"{eps:.2g}): tolerances below about eps·‖f(z)‖ cannot be met. Loosen abstol/reltol or compute in "
+                "a wider dtype (float32 or float64). " + hint)
+    return hint
 
 
 def make_options(cls: type, method: str, options: dict[str, Any]) -> Any:
@@ -184,19 +271,59 @@ def make_options(cls: type, method: str, options: dict[str, Any]) -> Any:
     unknown = sorted(set(options) - set(params))
     if unknown:
         valid = ", ".join(params) or "none"
-        raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for method {method!r}; "
+        raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for solver {method!r}; "
                         f"its options are: {valid}")
     return cls(**options)
 
 
-class IterativeSolver(abc.ABC):
-    """A solver that takes one evaluation of the map per step: ``z_{k+1} = update(z_k, f(z_k))``.
+class Solver(abc.ABC):
+    """The one interface of every fixed-point method, forward (Picard, Anderson, Broyden, DynamicSS) or
+    backward-only (GMRES).
 
-    Subclasses see flattened ``(batch, dim)`` tensors and keep whatever history they need in ``state``.
+    A solver is a small configured object: its constructor takes and validates the method's options (so a wrong
+    setting fails where it is written), and :meth:`run` drives one solve, reporting every iterate to the
+    :class:`Monitor`, which owns termination, statistics and failure. To add a method, subclass this (or
+    :class:`IterativeSolver`), set ``name``, and add the class to the registry in :mod:`deqkit.solvers`.
+
+    Attributes
+    ----------
+    name : str
+        The registry key and the string shorthand, e.g. ``"anderson"``.
+    default_max_steps : int
+        The step limit when the caller gives none.
     """
 
     name: ClassVar[str]
     default_max_steps: ClassVar[int] = 100
+
+    @property
+    def label(self) -> str:
+        """A short description of the configured method for statistics and plots (default: ``name``)."""
+        return self.name
+
+    def __repr__(self) -> str:
+        """``Anderson(m=6)``: the class and the options that differ from their defaults."""
+        shown = []
+        for param in inspect.signature(type(self)).parameters.values():
+            value = getattr(self, param.name, param.default)
+            if value is not param.default and value != param.default:
+                shown.append(f"{param.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    @abc.abstractmethod
+    def run(self, f: Map, z0: torch.Tensor, monitor: Monitor) -> tuple[int, int]:
+        """Solve ``z = f(z)`` from ``z0``, checking each iterate with ``monitor``; return ``(steps, evaluations)``.
+
+        Stop when ``monitor.done`` or after ``monitor.tol.max_steps`` steps. ``f`` is evaluated on tensors
+        shaped like ``z0``; ``z0`` must not be modified.
+        """
+
+
+class IterativeSolver(Solver):
+    """A solver that takes one evaluation of the map per step: ``z_{k+1} = update(z_k, f(z_k))``.
+
+    Subclasses see flattened ``(batch, dim)`` tensors and keep whatever history they need in ``state``.
+    """
 
     def init_state(self, z: torch.Tensor, fz: torch.Tensor) -> Any:
         return None
@@ -207,8 +334,7 @@ class IterativeSolver(abc.ABC):
 
     def run(self, f: Map, z0: torch.Tensor, monitor: Monitor) -> tuple[int, int]:
         """Iterate until every sample converged or ``max_steps`` updates; return ``(steps, evaluations)``."""
-        fz = f(z0)
-        check_map_output(fz, z0)
+        fz = first_evaluation(f, z0)
         monitor.check(0, z0, fz - z0, fz, 1)
         return self.iterate(f, z0, fz, monitor, step=0, nfe=1, limit=monitor.tol.max_steps)
 

@@ -7,32 +7,21 @@ methods tsit5, dopri5, bosh3 and dopri8; one extra evaluation per step for the o
 derivative is set to zero from then on, so it no longer moves and no longer limits the step size: the error
 norm is the largest per-sample RMS, and a frozen sample's error is zero.
 
-This module uses torchdiffeq's private ``_impl`` API (pinned to torchdiffeq 0.2.5; covered by tests).
+A sample is judged on the ODE's steps only once its residual is settling: it must meet the rule *and* not have
+grown since the previous check. Near an unstable equilibrium (a saddle) the residual grows along the flow however
+small it is, so a start next to one is carried away from it instead of being declared converged there.
+
+torchdiffeq is reached only through :mod:`deqkit.solvers.torchdiffeq_adapter`.
 """
 
 from __future__ import annotations
 
 import torch
-from torchdiffeq._impl.odeint import SOLVERS
-from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
-from torchdiffeq._impl.solvers import FixedGridODESolver
 
 from ..errors import DivergenceError
 from .anderson import Anderson
-from .core import Map, Monitor, batch_view, check_map_output
-from .tsit5 import Tsit5Solver
-
-ADAPTIVE = {"tsit5": Tsit5Solver} | {
-    k: v for k, v in SOLVERS.items() if isinstance(v, type) and issubclass(v, RKAdaptiveStepsizeODESolver)
-}
-FIXED = {k: v for k, v in SOLVERS.items() if isinstance(v, type) and issubclass(v, FixedGridODESolver)
-         and hasattr(v, "_step_func")}
-
-
-def _is_fsal(cls: type[RKAdaptiveStepsizeODESolver]) -> bool:
-    """True when the last stage is evaluated at the new state, so ``k[-1] = f(y1)``."""
-    tab = cls.tableau
-    return bool(tab.alpha[-1] == 1 and tab.c_sol[-1] == 0 and torch.equal(tab.beta[-1], tab.c_sol[:-1]))
+from .core import Map, Monitor, Solver, batch_view, check_int, check_real, first_evaluation
+from .torchdiffeq_adapter import ADAPTIVE, FIXED, AdaptiveStepper, FixedStepper, StepFailure
 
 
 def per_sample_rms_max(x: torch.Tensor) -> torch.Tensor:
@@ -44,17 +33,16 @@ class _VectorField:
     """``dz/dt = (f(z) − z) · running``, with the callbacks torchdiffeq's solvers call."""
 
     def __init__(self, f: Map, z0: torch.Tensor):
-        self.f, self.z0, self.nfe = f, z0, 0
+        self.f, self.nfe = f, 0
         self.running = torch.ones(z0.shape[0], dtype=z0.dtype, device=z0.device)
         self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, f(z)) at the last check
 
     def __call__(self, t: torch.Tensor, z: torch.Tensor, perturb: object = None) -> torch.Tensor:
         if self.cached is not None and z is self.cached[0]:  # the value computed just before, reused once
             out, self.cached = self.cached[1], None
             return out
-        fz = self.f(z)
-        if self.nfe == 0:
-            check_map_output(fz, z)
+        fz = first_evaluation(self.f, z) if self.nfe == 0 else self.f(z)
         self.nfe += 1
         return (fz - z) * batch_view(self.running, z)
 
@@ -66,19 +54,19 @@ class _VectorField:
     def callback_reject_step(self, t0, y0, dt) -> None: ...
 
 
-class DynamicSS:
+class DynamicSS(Solver):
     """Integrate the ODE ``dz/dt = f(z) − z`` to steady state with an explicit Runge–Kutta method.
 
     Unlike plain iteration it follows the continuous flow, so it converges to *stable* equilibria even where
     ``f`` is not a contraction (e.g. ∂f/∂z with eigenvalues below −1), and never to unstable ones.
 
     Polishing (default): the flow is followed only until every sample's residual has fallen to
-    ``polish_below`` times its starting value — by then the state is well inside the basin of the stable
-    equilibrium the flow is heading to — and Anderson acceleration (``polish="anderson"``) finishes the
-    solve, as steady-state solvers switch from time stepping to a Newton-type method near the answer. A
-    sample whose residual grows past ``polish_guard`` times its value at the switch, or that has not
-    converged after ``polish_steps`` iterations, goes back to the ODE from its best iterate, which then runs
-    to the end without polishing. ``polish=None`` is the pure ``DynamicSS`` of SteadyStateDiffEq.
+    ``polish_below`` times the largest value it had along the flow — by then the state is well inside the basin of
+    the stable equilibrium the flow is heading to — and Anderson acceleration (``polish="anderson"``) finishes the
+    solve, as steady-state solvers switch from time stepping to a Newton-type method near the answer. A sample
+    whose residual grows past ``polish_guard`` times its value at the switch, or that has not converged after
+    ``polish_steps`` iterations, goes back to the ODE from where it switched, which then runs to the end without
+    polishing. ``polish=None`` is the pure ``DynamicSS`` of SteadyStateDiffEq.
 
     Parameters
     ----------
@@ -103,9 +91,9 @@ class DynamicSS:
     polish : {"anderson", None}
         The method that finishes the solve near the equilibrium, or None for the ODE alone.
     polish_below : float
-        Switch once every running sample's residual is at most this fraction of its starting residual. A
-        start near an unstable equilibrium has a small residual that first *grows* along the flow, so the
-        switch waits until the flow has left it and is settling towards a stable one.
+        Switch once every running sample's residual is at most this fraction of the largest residual it had
+        along the flow. A start near an unstable equilibrium has a small residual that first *grows* along the
+        flow, so the switch waits until the flow has left it and is settling towards a stable one.
     polish_guard : float
         A polished sample whose residual exceeds this multiple of its residual at the switch goes back.
     polish_steps : int
@@ -137,20 +125,28 @@ class DynamicSS:
                              "(use first_step / max_step)")
         if polish not in ("anderson", None):
             raise ValueError(f"polish must be 'anderson' or None, got {polish!r}")
-        if not 0 < polish_below < 1:
-            raise ValueError(f"polish_below must be in (0, 1), got {polish_below}")
-        self.ode_method, self.ode_rtol, self.ode_atol = ode_method, ode_rtol, ode_atol
+        positive = {"ode_rtol": ode_rtol, "ode_atol": ode_atol, "first_step": first_step, "max_step": max_step,
+                    "step_size": step_size}
+        for name, value in positive.items():
+            if value is not None:
+                setattr(self, name, check_real(name, value, 0.0, low_open=True))
+            else:
+                setattr(self, name, None)
+        self.ode_method, self.polish = ode_method, polish
+        self.safety = check_real("safety", safety, 0.0, 1.0, low_open=True)
+        self.ifactor = check_real("ifactor", ifactor, 1.0)
+        self.dfactor = check_real("dfactor", dfactor, 0.0, 1.0, low_open=True)
+        self.polish_below = check_real("polish_below", polish_below, 0.0, 1.0, low_open=True, high_open=True)
+        self.polish_guard = check_real("polish_guard", polish_guard, 1.0, low_open=True)
+        self.polish_steps = check_int("polish_steps", polish_steps, 1)
+        self.polish_m = check_int("polish_m", polish_m, 1)
+        self.controller = {"safety": self.safety, "ifactor": self.ifactor, "dfactor": self.dfactor}
         if polish and first_step is None and ode_method in ADAPTIVE:
-            first_step = 0.5
-        self.step_size = step_size
-        self.controller = {"safety": safety, "ifactor": ifactor, "dfactor": dfactor}
-        if first_step is not None:
-            self.controller["first_step"] = first_step
-        if max_step is not None:
-            self.controller["max_step"] = max_step
-        self.polish, self.polish_below, self.polish_guard = polish, polish_below, polish_guard
-        self.polish_steps = polish_steps
-        self.polisher = Anderson(m=polish_m) if polish else None
+            self.controller["first_step"] = 0.5  # half the time scale of the −z term
+        for name in ("first_step", "max_step"):
+            if getattr(self, name) is not None:
+                self.controller[name] = getattr(self, name)
+        self.polisher = Anderson(m=self.polish_m) if polish else None
 
     @property
     def label(self) -> str:
@@ -163,80 +159,88 @@ class DynamicSS:
         steps = integrate(field, z0, monitor, 0, switch=self.polisher is not None)
         if monitor.done or steps >= budget or self.polisher is None:
             return steps, field.nfe
-        # polish: start from the iterate just checked (its f(z) is known), hold samples that blow up
-        at_switch = monitor.current.clone()
-        guard = self.polish_guard * at_switch
+        # polish from the iterate just checked (its f(z) is known; not the best one, which may be a start next
+        # to an unstable equilibrium), holding samples that blow up
+        z_switch, fz_switch = field.last
+        guard = self.polish_guard * monitor.current
         steps, field.nfe = self.polisher.iterate(
-            f, monitor.best_z, monitor.best_fz, monitor, step=steps, nfe=field.nfe,
+            f, z_switch, fz_switch, monitor, step=steps, nfe=field.nfe,
             limit=min(budget, steps + self.polish_steps), hold=lambda res: res > guard,
             t=float("nan"))
         if monitor.done or steps >= budget:
             return steps, field.nfe
-        field.freeze(~monitor.converged)  # the rest go back to the ODE, from their best iterates
-        steps = integrate(field, monitor.best_z, monitor, steps, switch=False)
+        field.freeze(~monitor.converged)  # the rest go back to the ODE from where they switched
+        steps = integrate(field, z_switch, monitor, steps, switch=False)
         return steps, field.nfe
 
-    def _adaptive(self, field: _VectorField, z0: torch.Tensor, monitor: Monitor, steps: int, *,
-                  switch: bool) -> int:
+    def _tolerances(self, z0: torch.Tensor, r0: torch.Tensor, monitor: Monitor, switch: bool) -> tuple[float, float]:
+        """The ODE's local error tolerances (see the class docstring)."""
         tol = monitor.tol
-        t0 = torch.zeros(1, dtype=torch.float64, device=z0.device)
-        r0 = field(t0[0], z0)
-        field.cached = (z0, r0)  # torchdiffeq's own first evaluation at z0 reuses it
         scale = float(torch.maximum(z0.detach().abs().amax(), (r0 + z0).detach().abs().amax()))
         scale = scale if scale > 0 else 1.0
         if switch:  # polishing will finish the job: the flow only has to reach the basin
             rtol, atol = 1e-3, 1e-3 * scale
         else:
             rtol, atol = tol.reltol / 10, max(tol.abstol, tol.reltol * scale) / 10
-        rtol = rtol if self.ode_rtol is None else self.ode_rtol
-        atol = atol if self.ode_atol is None else self.ode_atol
-        cls = ADAPTIVE[self.ode_method]
-        fsal = _is_fsal(cls)
-        ode = cls(func=field, y0=z0, rtol=rtol, atol=atol, norm=per_sample_rms_max, **self.controller)
-        ode._before_integrate(t0)
-        state = ode.rk_state
+        return (rtol if self.ode_rtol is None else self.ode_rtol,
+                atol if self.ode_atol is None else self.ode_atol)
+
+    def _adaptive(self, field: _VectorField, z0: torch.Tensor, monitor: Monitor, steps: int, *,
+                  switch: bool) -> int:
+        r0 = field(torch.zeros((), dtype=torch.float64), z0)
+        field.cached = (z0, r0)  # torchdiffeq's own first evaluation at z0 reuses it
+        rtol, atol = self._tolerances(z0, r0, monitor, switch)
+        ode = AdaptiveStepper(self.ode_method, field, z0, rtol=rtol, atol=atol, norm=per_sample_rms_max,
+                              **self.controller)
         if steps == 0:
-            monitor.check(0, state.y1, state.f1, state.f1 + state.y1, field.nfe, t=0.0)
-        target = self.polish_below * monitor.current if switch else None
-        accepted, t_prev = 0, 0.0
-        while not monitor.done and steps < tol.max_steps:
+            monitor.check(0, ode.y, ode.f, ode.f + ode.y, field.nfe, t=0.0, settling=True)
+            field.last = (ode.y, ode.f + ode.y)
+        peak = monitor.current
+        accepted = 0
+        while not monitor.done and steps < monitor.tol.max_steps:
             try:
-                new = ode._adaptive_step(state)
-            except AssertionError as err:  # torchdiffeq's dt-underflow / non-finite-state asserts
-                raise DivergenceError(
-                    f"{self.label}: the ODE solver failed at t={float(state.t1):.4g} after {accepted} accepted "
-                    f"steps ({err}). The flow is probably blowing up (an unstable equilibrium or no equilibrium): "
-                    "check deqkit.spectral_radius, or constrain f."
-                ) from err
+                ok, t1, y1, f1 = ode.step()
+            except StepFailure as err:
+                raise self._failure(err, ode.t, accepted, monitor) from err
             steps += 1
-            t1 = float(new.t1.detach())  # the one host read per step for acceptance (and the time stamp)
-            if t1 > t_prev:
-                accepted, t_prev = accepted + 1, t1
-                f1 = new.f1 if fsal else field(new.t1, new.y1)
-                running = monitor.check(steps, new.y1, f1, f1 + new.y1, field.nfe, t=t1, below=target)
-                field.freeze(running)
-                new = new._replace(f1=f1 * batch_view(field.running, f1))
-                if switch and not monitor.done and monitor.below:
-                    break
-            else:
+            if not ok:
                 monitor.stats.rejected_steps += 1
-            state = new
+                continue
+            accepted += 1
+            target = self.polish_below * peak if switch else None
+            running = monitor.check(steps, y1, f1, f1 + y1, field.nfe, t=t1, below=target, settling=True)
+            field.last = (y1, f1 + y1)
+            peak = torch.maximum(peak, monitor.current)
+            field.freeze(running)
+            ode.set_derivative(f1 * batch_view(field.running, f1))
+            if switch and not monitor.done and monitor.below:
+                break
         return steps
 
+    def _failure(self, err: StepFailure, t: float, accepted: int, monitor: Monitor) -> DivergenceError:
+        """The error for a step torchdiffeq refused, naming a drift when the monitor saw one."""
+        drift = ""
+        if bool(monitor.drifting.any()):
+            drift = (f" {int(monitor.drifting.sum())} samples drift away (‖f(z)‖∞ grew to "
+                     f"{float(monitor.last_scale.max()):.3g} while the residual never fell): f probably has no fixed "
+                     "point there.")
+        return DivergenceError(
+            f"{self.label}: the ODE solver failed at t={t:.4g} after {accepted} accepted steps ({err}).{drift} The "
+            "flow is probably blowing up (an unstable equilibrium or no equilibrium): check deqkit.spectral_radius, "
+            "or constrain f."
+        )
+
     def _fixed(self, field: _VectorField, z0: torch.Tensor, monitor: Monitor, steps: int, *, switch: bool) -> int:
-        ode = FIXED[self.ode_method](func=field, y0=z0, step_size=self.step_size, atol=0.0)
-        dt = torch.tensor(self.step_size, dtype=torch.float64, device=z0.device)
-        t, z, first = torch.zeros((), dtype=torch.float64, device=z0.device), z0, steps
-        target = None
+        ode = FixedStepper(self.ode_method, field, z0, self.step_size)
+        t, z, peak = torch.zeros((), dtype=torch.float64, device=z0.device), z0, None
         while True:
             # The step function evaluates f at z first: that derivative is what the rule checks.
-            dz, f0 = ode._step_func(field, t, dt, t + dt, z)
-            running = monitor.check(steps, z, f0, f0 + z, field.nfe, t=float(t), below=target)
-            if monitor.done or steps >= monitor.tol.max_steps:
-                return steps
-            if steps == first:
-                target = self.polish_below * monitor.current if switch else None
-            elif switch and monitor.below:
+            dz, f0 = ode.step(t, z)
+            target = self.polish_below * peak if switch and peak is not None else None
+            running = monitor.check(steps, z, f0, f0 + z, field.nfe, t=float(t), below=target, settling=True)
+            field.last = (z, f0 + z)
+            peak = monitor.current if peak is None else torch.maximum(peak, monitor.current)
+            if monitor.done or steps >= monitor.tol.max_steps or (switch and target is not None and monitor.below):
                 return steps
             field.freeze(running)
-            z, t, steps = z + dz * batch_view(field.running, dz), t + dt, steps + 1
+            z, t, steps = z + dz * batch_view(field.running, dz), t + ode.dt, steps + 1

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from .core import Map, Monitor, check_map_output
+from .core import Map, Monitor, Solver, check_int, first_evaluation
 
 
-class GMRES:
+class GMRES(Solver):
     """GMRES(restart), one Krylov space per sample; the termination rule is checked after every product.
 
     Parameters
@@ -32,9 +32,7 @@ class GMRES:
     default_max_steps = 200
 
     def __init__(self, restart: int = 20):
-        if restart < 1:
-            raise ValueError(f"restart must be >= 1, got {restart}")
-        self.restart = restart
+        self.restart = check_int("restart", restart, 1)
 
     @property
     def label(self) -> str:
@@ -42,8 +40,7 @@ class GMRES:
 
     def run(self, T: Map, u0: torch.Tensor, monitor: Monitor) -> tuple[int, int]:
         shape, batch = u0.shape, u0.shape[0]
-        tu = T(u0)
-        check_map_output(tu, u0, "T")
+        tu = first_evaluation(T, u0, "T")
         nfe, step = 1, 0
         u, r = u0.flatten(1), (tu - u0).flatten(1)
         monitor.check(0, u0, r.view(shape), tu, nfe)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import IterativeSolver
+from .core import IterativeSolver, check_real
 
 
 class Picard(IterativeSolver):
@@ -23,9 +23,7 @@ class Picard(IterativeSolver):
     default_max_steps = 500
 
     def __init__(self, damping: float = 1.0):
-        if not 0 < damping <= 1:
-            raise ValueError(f"damping must be in (0, 1], got {damping}")
-        self.damping = damping
+        self.damping = check_real("damping", damping, 0.0, 1.0, low_open=True)
 
     def update(self, z: torch.Tensor, fz: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
         if self.damping == 1:

@@ -1,15 +1,16 @@
-"""Tsitouras 5(4): the Tsit5 tableau, plugged into torchdiffeq's adaptive Runge–Kutta core.
+"""Tsitouras 5(4): the Tsit5 coefficients (the tableau, its error weights and its dense output).
 
 Ch. Tsitouras, "Runge–Kutta pairs of order 5(4) satisfying only the first column simplifying assumption",
 Computers & Mathematics with Applications 62 (2011) 770–775; coefficients as in OrdinaryDiffEq.jl.
 Seven stages, first-same-as-last (FSAL): six new evaluations per accepted step. The step advances with
 the 5th-order weights (``c_sol``); the embedded 4th-order solution only estimates the error.
+
+Plain data: :mod:`deqkit.solvers.torchdiffeq_adapter` turns it into a solver of torchdiffeq's Runge–Kutta core.
 """
 
 from __future__ import annotations
 
 import torch
-from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver, _ButcherTableau
 
 
 def _t(*values: float) -> torch.Tensor:
@@ -19,24 +20,22 @@ def _t(*values: float) -> torch.Tensor:
 # 5th-order weights; the last stage is evaluated at the new state, so they double as the last row of A.
 _B = (0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742, -3.290069515436081, 2.324710524099774)
 
-TSIT5_TABLEAU = _ButcherTableau(
-    alpha=_t(0.161, 0.327, 0.9, 0.9800255409045097, 1.0, 1.0),
-    beta=[
-        _t(0.161),
-        _t(-0.008480655492356989, 0.335480655492357),
-        _t(2.897153057105493, -6.359448489975075, 4.3622954328695815),
-        _t(5.325864828439257, -11.748883564062828, 7.4955393428898365, -0.09249506636175525),
-        _t(5.86145544294642, -12.92096931784711, 8.159367898576159, -0.071584973281401, -0.028269050394068383),
-        _t(*_B),
-    ],
-    c_sol=_t(*_B, 0.0),
-    # 5th-order minus embedded 4th-order weights (OrdinaryDiffEq's btilde): the local error estimate.
-    c_error=_t(-0.00178001105222577714, -0.0008164344596567469, 0.007880878010261995, -0.1447110071732629,
-               0.5823571654525552, -0.45808210592918697, 1 / 66),
-)
+ALPHA = _t(0.161, 0.327, 0.9, 0.9800255409045097, 1.0, 1.0)
+BETA = [
+    _t(0.161),
+    _t(-0.008480655492356989, 0.335480655492357),
+    _t(2.897153057105493, -6.359448489975075, 4.3622954328695815),
+    _t(5.325864828439257, -11.748883564062828, 7.4955393428898365, -0.09249506636175525),
+    _t(5.86145544294642, -12.92096931784711, 8.159367898576159, -0.071584973281401, -0.028269050394068383),
+    _t(*_B),
+]
+C_SOL = _t(*_B, 0.0)
+# 5th-order minus embedded 4th-order weights (OrdinaryDiffEq's btilde): the local error estimate.
+C_ERROR = _t(-0.00178001105222577714, -0.0008164344596567469, 0.007880878010261995, -0.1447110071732629,
+            0.5823571654525552, -0.45808210592918697, 1 / 66)
 
 
-def _dense_weights(theta: float) -> torch.Tensor:
+def dense_weights(theta: float) -> torch.Tensor:
     """Tsitouras' continuous extension: y(t0 + θh) = y0 + h Σ bᵢ(θ) kᵢ; bᵢ(1) are the 5th-order weights."""
     t = theta
     return _t(
@@ -49,10 +48,3 @@ def _dense_weights(theta: float) -> torch.Tensor:
         2.5 * (t - 1) * (t - 0.6) * t * t,
     )
 
-
-class Tsit5Solver(RKAdaptiveStepsizeODESolver):
-    """torchdiffeq-compatible adaptive solver for Tsit5 (usable with its ``integrate`` method)."""
-
-    order = 5
-    tableau = TSIT5_TABLEAU
-    mid = _dense_weights(0.5)  # torchdiffeq fits its interpolant through the step's midpoint

@@ -28,9 +28,9 @@ def test_seed_model_is_the_blogs_network():
         assert isinstance(seq[-1], nn.Tanh)
     assert all(torch.all(m.bias == 0) for m in model.modules() if isinstance(m, nn.Linear))  # Flux init
     deq = model.deq
-    assert (deq.solver, deq.abstol, deq.reltol, deq.z0) == ("dynamic_ss", 1e-2, 1e-2, "f0")
-    assert deq.forward_method.ode_method == "tsit5" and deq.forward_method.polish is None
-    assert deq.forward_method.label == "dynamic_ss(tsit5)"
+    assert (deq.solver.name, deq.abstol, deq.reltol, deq.z0) == ("dynamic_ss", 1e-2, 1e-2, "f0")
+    assert deq.solver.ode_method == "tsit5" and deq.solver.polish is None
+    assert deq.solver.label == "dynamic_ss(tsit5)"
 
 
 def test_seed_fixed_point_is_block_of_z_plus_x():
@@ -112,10 +112,10 @@ def test_conv_model_shapes_and_convergence():
 
 def test_deq_options_override_the_defaults():
     model = seed_mnist_model(seed=0, solver="anderson", abstol=1e-4, reltol=1e-4)
-    assert model.deq.solver == "anderson" and model.deq.abstol == 1e-4
+    assert model.deq.solver.name == "anderson" and model.deq.abstol == 1e-4
     assert model.deq.z0 == "f0"  # the rest of the seed's settings stay
     polished = seed_mnist_model(seed=0, polish="anderson")
-    assert polished.deq.forward_method.label == "dynamic_ss(tsit5+anderson)"
+    assert polished.deq.solver.label == "dynamic_ss(tsit5+anderson)"
 
 
 def test_seeded_construction_is_reproducible():

@@ -26,8 +26,8 @@ def test_every_method_reaches_1e6_and_agrees(tanh_problem, method, options):
     f = lambda z: block(z, x)  # noqa: E731
     z0 = torch.zeros_like(x)
     with torch.no_grad():
-        ref, ref_stats = deqkit.solve(f, z0, method="picard", abstol=1e-15, reltol=1e-13, max_steps=5000)
-        z, stats = deqkit.solve(f, z0, method=method, abstol=1e-14, reltol=1e-7, max_steps=5000, **options)
+        ref, ref_stats = deqkit.solve(f, z0, solver="picard", abstol=1e-15, reltol=1e-13, max_steps=5000)
+        z, stats = deqkit.solve(f, z0, solver=method, abstol=1e-14, reltol=1e-7, max_steps=5000, **options)
     assert ref_stats.all_converged and stats.all_converged
     rel = (f(z) - z).abs().amax(1) / f(z).abs().amax(1)
     assert rel.max() <= 1e-6
@@ -41,7 +41,7 @@ def test_termination_rule_is_steadystatediffeq_default():
     # f(z) = 0.5 z + c: residual r = c − 0.5 z; the rule is ‖r‖∞ ≤ abstol or ‖r‖∞ ≤ reltol ‖f(z)‖∞.
     c = torch.tensor([[1.0], [1000.0]], dtype=torch.float64)
     f = lambda z: 0.5 * z + c  # noqa: E731
-    z, stats = deqkit.solve(f, torch.zeros_like(c), method="picard", abstol=1e-3, reltol=1e-5, max_steps=200)
+    z, stats = deqkit.solve(f, torch.zeros_like(c), solver="picard", abstol=1e-3, reltol=1e-5, max_steps=200)
     r = (f(z) - z).abs().squeeze(1)
     # sample 0 (|f| ≈ 2) can only stop on abstol; sample 1 (|f| ≈ 2000) stops on reltol, before abstol holds
     assert r[0] <= 1e-3 and r[0] > 1e-3 / 2
@@ -54,7 +54,7 @@ def test_converged_samples_stop_changing():
     f = lambda z: a * z + 1.0  # noqa: E731
     for method, opts in [("picard", {}), ("anderson", {}), ("dynamic_ss", {"polish": None}),
                          ("dynamic_ss", {})]:
-        z, stats = deqkit.solve(f, torch.zeros_like(a), method=method, abstol=1e-9, reltol=0, record=True,
+        z, stats = deqkit.solve(f, torch.zeros_like(a), solver=method, abstol=1e-9, reltol=0, record=True,
                                 max_steps=2000, **opts)
         traj = torch.stack(stats.trajectory)[:, 0, 0]
         res0 = (a[0] * traj + 1 - traj).abs()
@@ -68,9 +68,9 @@ def test_frozen_samples_do_not_limit_the_ode_step():
     # A stiff sample (fast mode, rate 50) that converges first must not keep the step size small for the rest.
     a = torch.tensor([[-49.0], [0.9]], dtype=torch.float64)
     f = lambda z: a * z + 1.0  # noqa: E731
-    _, both = deqkit.solve(f, torch.zeros_like(a), method="dynamic_ss", polish=None, abstol=1e-8, reltol=0)
+    _, both = deqkit.solve(f, torch.zeros_like(a), solver="dynamic_ss", polish=None, abstol=1e-8, reltol=0)
     _, slow = deqkit.solve(lambda z: a[1:] * z + 1.0, torch.zeros(1, 1, dtype=torch.float64),
-                           method="dynamic_ss", polish=None, abstol=1e-8, reltol=0)
+                           solver="dynamic_ss", polish=None, abstol=1e-8, reltol=0)
     assert both.all_converged
     # after the stiff sample stops, steps grow as if it were absent: total cost stays close to the slow one alone
     assert both.nfe <= 1.5 * slow.nfe
@@ -94,12 +94,12 @@ def test_broyden_lands_on_unstable_equilibrium_dynamic_ss_finds_stable():
     # z = 2 tanh(z): z = 0 is an unstable equilibrium of dz/dt = f(z) − z (f'(0) = 2 > 1); ±1.915 are stable.
     f = lambda z: 2 * torch.tanh(z)  # noqa: E731
     z0 = torch.tensor([[0.1], [-0.2], [0.3]], dtype=torch.float64)
-    zb, sb = deqkit.solve(f, z0, method="broyden", abstol=1e-10, reltol=0)
+    zb, sb = deqkit.solve(f, z0, solver="broyden", abstol=1e-10, reltol=0)
     assert sb.all_converged and zb.abs().max() < 1e-8  # Newton-type: the unstable root
     slope = 2 * (1 - torch.tanh(zb) ** 2)
     assert (slope > 1).all()  # confirms instability: d/dz (f − z) > 0
     for opts in ({}, {"polish": None}):
-        zo, so = deqkit.solve(f, z0, method="dynamic_ss", abstol=1e-10, reltol=0, **opts)
+        zo, so = deqkit.solve(f, z0, solver="dynamic_ss", abstol=1e-10, reltol=0, **opts)
         assert so.all_converged
         stable = 1.9150080481  # root of z = 2 tanh z
         assert torch.allclose(zo.abs(), torch.full_like(zo, stable), atol=1e-8)
@@ -113,10 +113,10 @@ def test_dynamic_ss_converges_where_picard_diverges(tanh_problem):
     z0 = torch.zeros_like(x)
     with torch.no_grad():
         with pytest.warns(deqkit.ConvergenceWarning, match="did not converge"):
-            _, sp = deqkit.solve(f, z0, method="picard", abstol=1e-10, reltol=1e-8, max_steps=300)
+            _, sp = deqkit.solve(f, z0, solver="picard", abstol=1e-10, reltol=1e-8, max_steps=300)
         assert not sp.converged.all()
         for opts in ({}, {"polish": None}):
-            z, so = deqkit.solve(f, z0, method="dynamic_ss", abstol=1e-10, reltol=1e-8, **opts)
+            z, so = deqkit.solve(f, z0, solver="dynamic_ss", abstol=1e-10, reltol=1e-8, **opts)
             assert so.all_converged and torch.isfinite(z).all()
             assert (deqkit.spectral_radius(block, z, x) > 1).all()  # non-contractive at the answer
 
@@ -126,7 +126,7 @@ def test_divergent_map_warns_within_max_steps_without_nan(tanh_problem):
     f = lambda z: block(z, x)  # noqa: E731
     with torch.no_grad():
         with pytest.warns(deqkit.ConvergenceWarning) as rec:
-            z, stats = deqkit.solve(f, torch.zeros_like(x), method="picard", max_steps=200)
+            z, stats = deqkit.solve(f, torch.zeros_like(x), solver="picard", max_steps=200)
         message = str(rec[0].message)
         assert "did not converge within max_steps=200" in message and "best residual" in message
         assert "Try" in message and "dynamic_ss" in message
@@ -135,15 +135,15 @@ def test_divergent_map_warns_within_max_steps_without_nan(tanh_problem):
         # the returned iterate is each sample's best one
         assert torch.allclose((f(z) - z).abs().amax(1), stats.residual)
         with pytest.raises(deqkit.ConvergenceError, match="did not converge"):
-            deqkit.solve(f, torch.zeros_like(x), method="picard", max_steps=50, strict=True)
+            deqkit.solve(f, torch.zeros_like(x), solver="picard", max_steps=50, strict=True)
 
 
 def test_overflow_raises_divergence_error_with_step():
     f = lambda z: 3.0 * z + 1.0  # noqa: E731  plain iteration overflows float32 after ~80 steps
     with pytest.raises(deqkit.DivergenceError, match=r"at step 8\d for 2 of 2 samples"):
-        deqkit.solve(f, torch.ones(2, 3), method="picard", max_steps=2000)
+        deqkit.solve(f, torch.ones(2, 3), solver="picard", max_steps=2000)
     with pytest.raises(deqkit.DivergenceError, match="ODE solver failed"):
-        deqkit.solve(f, torch.ones(2, 3), method="dynamic_ss", polish=None, max_steps=2000)
+        deqkit.solve(f, torch.ones(2, 3), solver="dynamic_ss", polish=None, max_steps=2000)
 
 
 @pytest.mark.parametrize("method", ["picard", "anderson", "broyden", "dynamic_ss"])
@@ -155,7 +155,7 @@ def test_nan_midway_raises_at_once(method):
         return torch.tanh(z) + 1.0 if len(calls) < 4 else torch.full_like(z, float("nan"))
 
     with pytest.raises(deqkit.DivergenceError, match=r"at step 3 |ODE solver failed"):
-        deqkit.solve(f, torch.zeros(2, 3), method=method, abstol=1e-12, reltol=0)
+        deqkit.solve(f, torch.zeros(2, 3), solver=method, abstol=1e-12, reltol=0)
     assert len(calls) <= 40  # stopped at once, not after max_steps
 
 
@@ -163,13 +163,13 @@ def test_nan_start_raises_at_step_zero():
     z0 = torch.zeros(2, 3)
     z0[1, 0] = float("nan")
     with pytest.raises(deqkit.DivergenceError, match="at step 0 for 1 of 2 samples"):
-        deqkit.solve(torch.tanh, z0, method="picard")
+        deqkit.solve(torch.tanh, z0, solver="picard")
 
 
 def test_anderson_survives_singular_gram():
     # Identical samples and a linear map whose residual history is rank-deficient.
     f = lambda z: 0.5 * z + 1.0  # noqa: E731
-    z, stats = deqkit.solve(f, torch.zeros(3, 4, dtype=torch.float64), method="anderson", lam=0.0,
+    z, stats = deqkit.solve(f, torch.zeros(3, 4, dtype=torch.float64), solver="anderson", lam=0.0,
                             abstol=1e-12, reltol=0)
     assert stats.all_converged and torch.allclose(z, torch.full_like(z, 2.0))
 
@@ -177,19 +177,19 @@ def test_anderson_survives_singular_gram():
 def test_bad_inputs_are_refused():
     z0 = torch.zeros(2, 3)
     with pytest.raises(TypeError, match="unknown option.*'memory'.*'anderson'"):
-        deqkit.solve(torch.tanh, z0, method="anderson", memory=5)
-    with pytest.raises(ValueError, match="unknown method"):
-        deqkit.solve(torch.tanh, z0, method="newton")
+        deqkit.solve(torch.tanh, z0, solver="anderson", memory=5)
+    with pytest.raises(ValueError, match="unknown solver"):
+        deqkit.solve(torch.tanh, z0, solver="newton")
     with pytest.raises(ValueError, match="max_steps must be an integer >= 1, got 0"):
         deqkit.solve(torch.tanh, z0, max_steps=0)
     with pytest.raises(ValueError, match="abstol"):
         deqkit.solve(torch.tanh, z0, abstol=-1.0)
     with pytest.raises(ValueError, match=r"shape torch.Size\(\[2, 4\]\) but z has shape torch.Size\(\[2, 3\]\)"):
-        deqkit.solve(lambda z: torch.zeros(2, 4), z0, method="picard")
+        deqkit.solve(lambda z: torch.zeros(2, 4), z0, solver="picard")
     with pytest.raises(ValueError, match="dtype torch.float64 but z has dtype torch.float32"):
-        deqkit.solve(lambda z: z.double(), z0, method="anderson")
+        deqkit.solve(lambda z: z.double(), z0, solver="anderson")
     with pytest.raises(ValueError, match="device meta but z has device cpu"):
-        deqkit.solve(lambda z: z.to("meta"), z0, method="dynamic_ss")
+        deqkit.solve(lambda z: z.to("meta"), z0, solver="dynamic_ss")
     with pytest.raises(ValueError, match="floating-point"):
         deqkit.solve(lambda z: z, torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="step_size"):
@@ -201,7 +201,7 @@ def test_bad_inputs_are_refused():
 def test_stats_report(tanh_problem):
     block, x = tanh_problem(d=8, batch=4, norm=0.5)
     with torch.no_grad():
-        _, stats = deqkit.solve(lambda z: block(z, x), torch.zeros_like(x), method="dynamic_ss", record=True)
+        _, stats = deqkit.solve(lambda z: block(z, x), torch.zeros_like(x), solver="dynamic_ss", record=True)
     assert stats.history[0] >= stats.history[-1] and len(stats.trajectory) == len(stats.history)
     assert len(stats.times) == len(stats.history) and stats.times[0] == 0.0
     assert stats.wall_time > 0 and "converged" in str(stats)

@@ -1,15 +1,13 @@
-"""Tsit5: order of accuracy, FSAL cost, dense output, and the torchdiffeq internals deqkit relies on."""
+"""Tsit5: order of accuracy, FSAL cost, dense output."""
 
 import math
 
-import pytest
 import torch
 import torchdiffeq
-from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver, _runge_kutta_step
+from torchdiffeq._impl.rk_common import _runge_kutta_step
 
 import deqkit
-from deqkit.solvers.dynamic_ss import _is_fsal
-from deqkit.solvers.tsit5 import TSIT5_TABLEAU, Tsit5Solver
+from deqkit.solvers.torchdiffeq_adapter import TSIT5_TABLEAU, Tsit5Solver, is_fsal
 
 
 class Field:
@@ -52,12 +50,12 @@ def test_tableau_is_consistent():
     for alpha, row in zip(tab.alpha, tab.beta):  # row sums equal the nodes
         assert abs(float(row.sum()) - float(alpha)) < 1e-12
     assert abs(float(tab.c_sol.sum()) - 1) < 1e-12 and abs(float(tab.c_error.sum())) < 1e-15
-    assert _is_fsal(Tsit5Solver) and abs(float(Tsit5Solver.mid.sum()) - 0.5) < 1e-12
+    assert is_fsal(Tsit5Solver) and abs(float(Tsit5Solver.mid.sum()) - 0.5) < 1e-12
 
 
 def test_fsal_six_evaluations_per_step():
     f = lambda z: 0.5 * torch.tanh(z) + 0.3  # noqa: E731
-    z, stats = deqkit.solve(f, torch.zeros(3, 2, dtype=torch.float64), method="dynamic_ss", polish=None,
+    z, stats = deqkit.solve(f, torch.zeros(3, 2, dtype=torch.float64), solver="dynamic_ss", polish=None,
                             first_step=0.1, abstol=1e-10, reltol=0)
     assert stats.all_converged and stats.steps > 5
     assert stats.nfe == 1 + 6 * stats.steps  # one evaluation at z0, then 6 per attempted step
@@ -80,31 +78,3 @@ def test_adaptive_steps_agree_with_dopri5_and_exact_solution():
                              torch.tensor([0.0, 10.0], dtype=torch.float64), method="dopri5", rtol=1e-8, atol=1e-10)
     assert abs(float(y) - math.exp(math.sin(10.0))) < 1e-6
     assert abs(float(y) - float(ref[-1])) < 1e-6
-
-
-def test_torchdiffeq_private_api_is_the_pinned_one():
-    """deqkit drives torchdiffeq's RK core step by step; these are the internals it uses."""
-    from importlib.metadata import version
-
-    assert version("torchdiffeq") == "0.2.5", "deqkit pins torchdiffeq==0.2.5: re-check dynamic_ss.py on upgrade"
-    assert hasattr(RKAdaptiveStepsizeODESolver, "_before_integrate")
-    assert hasattr(RKAdaptiveStepsizeODESolver, "_adaptive_step")
-    from torchdiffeq._impl.rk_common import _RungeKuttaState
-
-    assert _RungeKuttaState._fields == ("y1", "f1", "t0", "t1", "dt", "interp_coeff")
-    from torchdiffeq._impl.fixed_grid import RK4
-
-    assert hasattr(RK4, "_step_func")
-
-
-@pytest.mark.parametrize("method", ["dopri5", "bosh3", "dopri8"])
-def test_torchdiffeq_fsal_methods_detected(method):
-    from torchdiffeq._impl.odeint import SOLVERS
-
-    assert _is_fsal(SOLVERS[method])
-
-
-def test_non_fsal_methods_detected():
-    from torchdiffeq._impl.odeint import SOLVERS
-
-    assert not _is_fsal(SOLVERS["fehlberg2"]) and not _is_fsal(SOLVERS["adaptive_heun"])
