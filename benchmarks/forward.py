@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 import deqkit
+from deqkit.problems import tanh_weight
 
 RELTOL = 1e-4
 DEQKIT_METHODS = ("picard", "anderson", "broyden", "dynamic_ss")
@@ -73,13 +74,11 @@ def tanh_case(d: int, norm: float | str, batch: int = 32, seed: int = 0,
               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W, x)`` of one case: ``W = norm·Q`` (Q orthogonal), or ``−1.5·P/‖P‖₂`` (P PSD) for ``norm='psd'``."""
     gen = torch.Generator().manual_seed(seed)
-    a = torch.randn(d, d, generator=gen, dtype=torch.float64)
     if norm == PSD:
-        p = a @ a.T
-        w = -1.5 * p / torch.linalg.matrix_norm(p, 2)
+        w = tanh_weight(d, 1.5, "psd", generator=gen)
         x = 0.1 * torch.randn(batch, d, generator=gen, dtype=torch.float64)
     else:
-        w = float(norm) * torch.linalg.qr(a)[0]
+        w = tanh_weight(d, float(norm), "orthogonal", generator=gen)
         x = torch.randn(batch, d, generator=gen, dtype=torch.float64)
     return w.to(dtype), x.to(dtype)
 

@@ -22,16 +22,7 @@ from torch import nn
 
 import deqkit
 from deqkit.models import mnist_model
-
-
-class TanhBlock(nn.Module):
-    def __init__(self, d: int, norm: float = 0.9):
-        super().__init__()
-        w = torch.randn(d, d)
-        self.weight = nn.Parameter(w * norm / torch.linalg.matrix_norm(w, 2))
-
-    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(z @ self.weight.T + x)
+from deqkit.problems import tanh_problem
 
 
 def _step(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -99,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|:-:|---:|---:|---:|")
     ok = True
     torch.manual_seed(0)
-    block, x = TanhBlock(args.d), torch.randn(args.batch, args.d)
+    block, x = tanh_problem(args.d, 0.9, batch=args.batch, kind="gaussian", bias_scale=0.0, dtype=torch.float64)
     for solver in ["dynamic_ss", "anderson", "broyden", "picard"]:
         for dtype in (torch.float64, torch.float32):
             tol = 1e-10 if dtype == torch.float64 else 1e-5

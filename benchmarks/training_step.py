@@ -29,8 +29,10 @@ from dataclasses import dataclass
 
 import torch
 
+import deqkit
 from deqkit.errors import ConvergenceWarning
-from deqkit.teach.adjoint import measure_step, tanh_deq
+from deqkit.measure import measure_step
+from deqkit.problems import tanh_problem
 
 from .forward import environment, fmt_ratio, load, save
 
@@ -52,8 +54,9 @@ class Split:
 def forward_backward(forward_solver: str, backward_solver: str, *, d: int, batch: int, norm: float, repeats: int,
                      reltol: float = 1e-4) -> Split:
     """Median forward and backward wall time of a training step with these solvers (implicit backward)."""
-    model, x = tanh_deq(d, norm, batch=batch, solver=forward_solver, backward="implicit", abstol=0.0,
-                        reltol=reltol, max_steps=500, backward_solver=backward_solver, backward_max_steps=500)
+    block, x = tanh_problem(d, norm, batch=batch)
+    model = deqkit.DEQ(block, solver=forward_solver, abstol=0.0, reltol=reltol, max_steps=500,
+                       backward=deqkit.Implicit(backward_solver, max_steps=500))
     target = torch.zeros_like(x)
     fwd, bwd = [], []
     with warnings.catch_warnings(record=True) as caught:

@@ -6,7 +6,7 @@ knows how to react without reading the source.
 
 from __future__ import annotations
 
-__all__ = ["ConvergenceWarning", "ConvergenceError", "DivergenceError"]
+__all__ = ["ConvergenceWarning", "ConvergenceError", "DivergenceError", "ExerciseError", "StepFailure"]
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -19,3 +19,15 @@ class ConvergenceError(RuntimeError):
 
 class DivergenceError(FloatingPointError):
     """An iterate became NaN or infinite; raised at once, with the step at which it happened."""
+
+
+class StepFailure(RuntimeError):
+    """torchdiffeq refused an ODE step (step size underflow, non-finite state).
+
+    Raised by :mod:`deqkit.solvers.torchdiffeq_adapter`; ``dynamic_ss`` turns it into a :class:`DivergenceError`
+    that says what it means for the fixed point.
+    """
+
+
+class ExerciseError(AssertionError):
+    """A notebook exercise was answered, and the answer is wrong; the message says what to look at."""

@@ -1,6 +1,7 @@
 import pytest
 import torch
-from torch import nn
+
+from deqkit import problems
 
 torch.set_num_threads(1)  # also for module- and session-scoped fixtures, which run before the one below
 
@@ -19,29 +20,12 @@ def one_thread():
     torch.set_num_threads(1)
 
 
-class TanhBlock(nn.Module):
-    """f(z, x) = tanh(W z + x) with ‖W‖₂ set to ``norm`` (or W = −norm · PSD with ‖W‖₂ = norm)."""
-
-    def __init__(self, d: int, norm: float, *, psd: bool = False, seed: int = 0, dtype=torch.float64):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        w = torch.randn(d, d, generator=gen, dtype=dtype)
-        if psd:
-            w = -(w @ w.T)
-        w = w * (norm / torch.linalg.matrix_norm(w, 2))
-        self.weight = nn.Parameter(w)
-        self.bias = nn.Parameter(0.1 * torch.randn(d, generator=gen, dtype=dtype))
-
-    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(z @ self.weight.T + x + self.bias)
-
-
 @pytest.fixture
 def tanh_problem():
+    """``make(...) -> (block, x)``: :func:`deqkit.problems.tanh_problem` with a Gaussian (or PSD) W, in float64."""
+
     def make(d=64, batch=32, norm=0.9, psd=False, seed=0, x_scale=1.0, dtype=torch.float64):
-        block = TanhBlock(d, norm, psd=psd, seed=seed, dtype=dtype)
-        gen = torch.Generator().manual_seed(seed + 1)
-        x = x_scale * torch.randn(batch, d, generator=gen, dtype=dtype)
-        return block, x
+        return problems.tanh_problem(d, norm, batch=batch, kind="psd" if psd else "gaussian", x_scale=x_scale,
+                                     seed=seed, dtype=dtype)
 
     return make

@@ -20,6 +20,7 @@ from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver, _ButcherTableau
 from torchdiffeq._impl.solvers import FixedGridODESolver
 
+from ..errors import StepFailure
 from . import tsit5
 
 __all__ = ["ADAPTIVE", "FIXED", "AdaptiveStepper", "FixedStepper", "StepFailure", "Tsit5Solver", "TSIT5_TABLEAU",
@@ -56,10 +57,6 @@ def is_fsal(cls: type) -> bool:
     """True when the last stage is evaluated at the new state, so the step's last derivative is ``f(y1)``."""
     tab = cls.tableau
     return bool(tab.alpha[-1] == 1 and tab.c_sol[-1] == 0 and torch.equal(tab.beta[-1], tab.c_sol[:-1]))
-
-
-class StepFailure(RuntimeError):
-    """torchdiffeq refused a step (step size underflow or a non-finite state)."""
 
 
 class AdaptiveStepper:

@@ -19,11 +19,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from ..errors import ExerciseError
+
 __all__ = ["ExerciseError", "check", "solution_code"]
-
-
-class ExerciseError(AssertionError):
-    """An answer was given and is wrong; the message says what to look at."""
 
 
 def check(name: str, answers: dict[str, object], test: Callable[..., str | None]) -> bool:
