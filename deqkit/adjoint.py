@@ -122,8 +122,9 @@ class Implicit(Gradient):
         self.solver: Solver = as_solver(solver, options, BACKWARD_SOLVERS)
         self.abstol = None if abstol is None else check_real("abstol", abstol, 0.0)
         self.reltol = None if reltol is None else check_real("reltol", reltol, 0.0)
-        if self.abstol == 0 and self.reltol == 0:
-            raise ValueError("abstol and reltol are both 0: no backward solve could ever converge; set one > 0")
+        if self.reltol == 0 and not self.abstol:  # abstol None means 0
+            raise ValueError("the backward abstol and reltol are both 0: no backward solve could ever converge; set "
+                             "reltol > 0 (the default follows the forward tolerances)")
         self.max_steps = None if max_steps is None else check_int("max_steps", max_steps, 1)
 
     @property

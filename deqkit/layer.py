@@ -10,9 +10,14 @@ import torch
 from torch import nn
 
 from .adjoint import Context, Gradient, GradientSpec, as_gradient
-from .solvers import Solver, SolverSpec, as_solver, run
+from .solvers import Solution, Solver, SolverSpec, as_solver, run
 from .solvers.core import Tolerances
 from .stats import SolverStats
+
+# Shown by torch.compile(fullgraph=True), which cannot capture the solver loop.
+EAGER = ("deqkit: a DEQ runs its solve eagerly: the solver loop stops on data-dependent conditions, which one graph "
+         "cannot express, so torch.compile(fullgraph=True) cannot capture it. Use torch.compile without fullgraph "
+         "(the rest of the model compiles, with a graph break at the DEQ), or compile f itself.")
 
 InitialState = str | Callable[[torch.Tensor], torch.Tensor] | torch.Tensor
 
@@ -194,9 +199,7 @@ class DEQ(nn.Module):
                              "the first dimension of z0 must be the batch of x")
         # In grad mode always re-attach: parameters that f captures by closure are invisible from here.
         needs_grad = torch.is_grad_enabled()
-        with torch.set_grad_enabled(needs_grad and self.backward.records_graph):
-            sol = run(self.solver, lambda z: self.f(z, x), start, abstol=self.abstol,
-                      reltol=self.reltol, max_steps=self.max_steps, strict=self.strict)
+        sol = self._solve(x, start, needs_grad and self.backward.records_graph)
         stats = DEQStats(sol.stats)
         self.last_stats = stats
         if not needs_grad:
@@ -204,6 +207,15 @@ class DEQ(nn.Module):
         ctx = Context(self.f, self.abstol, self.reltol, self.strict, lambda s: setattr(stats, "backward", s))
         return self.backward.attach(sol, x, ctx)
 
+    @torch.compiler.disable(reason=EAGER)
+    def _solve(self, x: torch.Tensor, start: torch.Tensor, record_graph: bool) -> Solution:
+        """The forward solve, run eagerly under ``torch.compile``: its loop stops on data-dependent conditions,
+        which a compiled graph cannot express (the code around the DEQ still compiles, with a graph break here)."""
+        with torch.set_grad_enabled(record_graph):
+            return run(self.solver, lambda z: self.f(z, x), start, abstol=self.abstol, reltol=self.reltol,
+                       max_steps=self.max_steps, strict=self.strict)
+
+    @torch.compiler.disable(reason=EAGER)
     def _check_input(self, x: torch.Tensor) -> None:
         """Refuse an input the solve cannot use, naming the cause and the fix (before any evaluation of f)."""
         if not isinstance(x, torch.Tensor):
@@ -219,15 +231,15 @@ class DEQ(nn.Module):
                              "for one sample, add the batch dimension: x[None]")
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}: convert it, e.g. x.float()")
+        if x.device.type == "meta":
+            raise ValueError("x is on the meta device (shapes only, no values): a fixed point needs values; "
+                             "materialise the model and data first (model.to_empty(device='cpu'), then load weights)")
         param = next((p for p in self.parameters() if p.is_floating_point()), None)
         if param is not None and (param.dtype != x.dtype or param.device != x.device):
             raise ValueError(
                 f"x is {x.dtype} on {x.device} but f's parameters are {param.dtype} on {param.device}: move one to "
                 f"the other, e.g. x.to(next(deq.parameters())) or deq.to({x.dtype}).to('{x.device}')"
             )
-        if x.device.type == "meta":
-            raise ValueError("x is on the meta device (shapes only, no values): a fixed point needs values; "
-                             "materialise the model and data first (model.to_empty(device='cpu'), then load weights)")
         if not torch.isfinite(x).all():
             raise ValueError(f"the input x contains NaN or Inf ({int((~torch.isfinite(x)).sum())} entries): a "
                              "fixed point of f(z, x) is undefined there; clean the data or check the layer below")

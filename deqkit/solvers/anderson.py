@@ -60,13 +60,17 @@ class Anderson(IterativeSolver):
         dgs_t = dgs.transpose(1, 2)
         # Products written as (batch, 1 or k, dim) @ (batch, dim, k): on CPU a (k, dim) @ (dim, 1) bmm is
         # several times slower than the same product in this orientation.
-        gram = torch.bmm(dgs, dgs_t)  # (batch, k, k) = ΔGᵀΔG
-        rhs = torch.bmm(g.unsqueeze(1), dgs_t).transpose(1, 2)  # (batch, k, 1) = ΔGᵀ g
-        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-        reg = self.lam * gram.diagonal(dim1=1, dim2=2).amax(-1) + torch.finfo(gram.dtype).tiny
+        # the small k×k system in at least float32: torch has no LU for float16/bfloat16, and it would lose γ anyway
+        wide = torch.promote_types(dgs.dtype, torch.float32)
+        gram = torch.bmm(dgs, dgs_t).to(wide)  # (batch, k, k) = ΔGᵀΔG
+        rhs = torch.bmm(g.unsqueeze(1), dgs_t).transpose(1, 2).to(wide)  # (batch, k, 1) = ΔGᵀ g
+        eye = torch.eye(gram.shape[-1], dtype=wide, device=gram.device)
+        # at least the input's precision: below it, ΔG is rounding noise and an unregularised γ amplifies it
+        lam = max(self.lam, torch.finfo(dgs.dtype).eps) if dgs.dtype != wide else self.lam
+        reg = lam * gram.diagonal(dim1=1, dim2=2).amax(-1) + torch.finfo(wide).tiny
         gamma, info = torch.linalg.solve_ex(gram + reg[:, None, None] * eye, rhs)
         # a singular system or a non-finite γ: γ = 0 for that sample, which is the plain damped step
         ok = (info == 0) & torch.isfinite(gamma).all(1).squeeze(-1)
-        gamma_t = torch.where(ok[:, None, None], gamma, 0).transpose(1, 2)  # (batch, 1, k)
+        gamma_t = torch.where(ok[:, None, None], gamma, 0).transpose(1, 2).to(dgs.dtype)  # (batch, 1, k)
         step = torch.baddbmm(plain.unsqueeze(1), gamma_t, dms, alpha=-1).squeeze(1)  # plain − (ΔZ + βΔG) γ
         return step, h

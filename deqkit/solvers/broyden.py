@@ -46,6 +46,9 @@ class Broyden(IterativeSolver):
         self.m = check_int("m", m, 1)
 
     def update(self, z: torch.Tensor, fz: torch.Tensor, mem: _Memory | None) -> tuple[torch.Tensor, _Memory]:
+        # the secant algebra in at least float32: its inner products overflow or vanish in float16/bfloat16
+        dtype = z.dtype
+        z, fz = z.to(torch.promote_types(dtype, torch.float32)), fz.to(torch.promote_types(dtype, torch.float32))
         g = fz - z
         if mem is None:
             mem = _Memory(z, g)
@@ -56,10 +59,10 @@ class Broyden(IterativeSolver):
                            torch.zeros_like(dz))  # Bᵀ Δz
             denom = (vt * dg).sum(1, keepdim=True)  # Δzᵀ B Δg
             scale = dz.norm(dim=1, keepdim=True) * dg.norm(dim=1, keepdim=True)
-            ok = denom.abs() > torch.finfo(denom.dtype).eps * scale
+            ok = denom.abs() > torch.finfo(dtype).eps * scale  # the input's precision bounds the secant's
             safe = torch.where(ok, denom, torch.ones_like(denom))
             mem.u.append(torch.where(ok, (dz - b_dg) / safe, torch.zeros_like(dz)))
             mem.v.append(vt)
             del mem.u[: -self.m], mem.v[: -self.m]
             mem.z, mem.g = z, g
-        return z - _apply(g, mem.u, mem.v), mem
+        return (z - _apply(g, mem.u, mem.v)).to(dtype), mem

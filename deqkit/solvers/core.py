@@ -29,6 +29,7 @@ from ..stats import SolverStats
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 DRIFT = 100.0  # growth of ‖f(z)‖∞ over its start, with no fall of the residual, that marks a runaway iterate
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -197,9 +198,7 @@ class Monitor:
             raise DivergenceError(
                 f"{self.method}: f(z) − z became NaN or infinite at step {step} for {int(bad.sum())} of "
                 f"{bad.numel()} samples. "
-                + ("The input or z0 is already non-finite, or f returns NaN at z0: check them. " if step == 0 else
-                   "The iteration is blowing up: the map is probably expansive there (spectral radius of ∂f/∂z "
-                   "≥ 1). Try damping, method='dynamic_ss', or constraining f (e.g. spectral normalisation).")
+                + _blow_up_hint(step, z.dtype)
             )
         self.stats.history.append(worst)
         self.stats.nfe_history.append(nfe)
@@ -244,6 +243,19 @@ class Monitor:
                 raise ConvergenceError(message)
             warnings.warn(message, ConvergenceWarning, stacklevel=user_stacklevel())
         return s
+
+
+def _blow_up_hint(step: int, dtype: torch.dtype) -> str:
+    """What to try, for the error about a NaN/Inf iterate."""
+    if step == 0:
+        return "The input or z0 is already non-finite, or f returns NaN at z0: check them."
+    if dtype in LOW_PRECISION:
+        return (f"In {str(dtype).removeprefix('torch.')} (eps {torch.finfo(dtype).eps:.2g}, largest value "
+                f"{torch.finfo(dtype).max:.3g}) the residual cannot fall below the precision, and a solver's steps "
+                "can then amplify rounding noise until they overflow: solve in float32 (z0.float() and a float32 "
+                "f), or use tolerances well above eps with solver='picard' or 'anderson'.")
+    return ("The iteration is blowing up: the map is probably expansive there (spectral radius of ∂f/∂z ≥ 1). Try "
+            "damping, solver='dynamic_ss', or constraining f (e.g. spectral normalisation).")
 
 
 def _diagnosis(drifting: torch.Tensor, scale: torch.Tensor, start_scale: torch.Tensor, residual: torch.Tensor,

@@ -1,0 +1,188 @@
+"""Bad input to the library, one row per case: what is done, what must be raised, what the message must say.
+
+Read the table top to bottom: every case names the cause and the fix in deqkit's own words, never an error from
+deep inside torch and never a silently wrong result. (Checkpoints, the training CLI and MNIST have their own table
+in tests/train/.)
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import deqkit
+from deqkit.problems import tanh_problem
+
+Z = torch.zeros(2, 3)
+
+
+def _block(dtype=torch.float32):
+    return tanh_problem(4, 0.5, batch=2, dtype=dtype)
+
+
+def _deq(**kw):
+    return deqkit.DEQ(_block()[0], **kw)
+
+
+def _x(dtype=torch.float32):
+    return _block(dtype)[1]
+
+
+# (case, call, exception, message fragment)
+CASES = [
+    # ---- solve: the starting point
+    ("1-D z0", lambda: deqkit.solve(torch.cos, torch.zeros(5)), ValueError, r"shape \(batch, \.\.\.\).*z0\[None\]"),
+    ("integer z0", lambda: deqkit.solve(torch.cos, torch.zeros(2, 3, dtype=torch.long)), ValueError,
+     "floating-point"),
+    ("z0 not a tensor", lambda: deqkit.solve(torch.cos, [[0.0]]), TypeError, "z0 must be a torch.Tensor"),
+    ("old keyword method=", lambda: deqkit.solve(torch.cos, Z, method="picard"), TypeError,
+     r"solver=\.\.\., not method="),
+    # ---- solver options, checked where the object is built
+    ("Anderson m=2.5", lambda: deqkit.Anderson(m=2.5), TypeError, "m must be an integer"),
+    ("Anderson m='3'", lambda: deqkit.Anderson(m="3"), TypeError, "m must be an integer"),
+    ("Anderson lam=nan", lambda: deqkit.Anderson(lam=float("nan")), ValueError, "lam must be in"),
+    ("Picard damping=0", lambda: deqkit.Picard(damping=0), ValueError, r"damping must be in \(0, 1\]"),
+    ("Euler step_size=0", lambda: deqkit.DynamicSS(ode_method="euler", step_size=0), ValueError,
+     r"step_size must be in \(0"),
+    ("Euler step_size<0", lambda: deqkit.DynamicSS(ode_method="euler", step_size=-0.5), ValueError,
+     r"step_size must be in \(0"),
+    ("first_step=-1", lambda: deqkit.DynamicSS(first_step=-1), ValueError, r"first_step must be in \(0"),
+    ("ode_rtol=-1", lambda: deqkit.DynamicSS(ode_rtol=-1), ValueError, r"ode_rtol must be in \(0"),
+    ("unknown ode_method", lambda: deqkit.DynamicSS(ode_method="rk45"), ValueError, "unknown ode_method 'rk45'"),
+    ("GMRES restart=0", lambda: deqkit.GMRES(restart=0), ValueError, "restart must be an integer >= 1"),
+    ("unknown option", lambda: deqkit.solve(torch.cos, Z, solver="anderson", memory=5), TypeError,
+     "unknown option.*'memory'.*its options are: m, beta, lam"),
+    ("options with an object", lambda: deqkit.solve(torch.cos, Z, solver=deqkit.Anderson(), m=3), TypeError,
+     "set them on the object"),
+    ("solver of the wrong type", lambda: deqkit.solve(torch.cos, Z, solver=3), TypeError,
+     "a solver is a name"),
+    ("backward-only solver forward", lambda: deqkit.solve(torch.cos, Z, solver=deqkit.GMRES()), ValueError,
+     "GMRES cannot be used here"),
+    # ---- tolerances, of any numeric library, refused when impossible
+    ("abstol=-1", lambda: deqkit.solve(torch.cos, Z, abstol=-1), ValueError, r"abstol must be in \[0"),
+    ("both tolerances 0", lambda: deqkit.solve(torch.cos, Z, abstol=0, reltol=0), ValueError,
+     "abstol and reltol are both 0"),
+    ("max_steps=2.0", lambda: deqkit.solve(torch.cos, Z, max_steps=2.0), TypeError, "max_steps must be an integer"),
+    # ---- the map
+    ("f changes z in place", lambda: deqkit.solve(lambda z: z.mul_(0.5), torch.ones(2, 3), solver="picard"),
+     ValueError, "changed its input in place.*returned its argument"),
+    ("f writes into z", lambda: deqkit.solve(lambda z: z.add_(1).mul(0.5), torch.ones(2, 3), solver="anderson"),
+     ValueError, "changed its input in place.*wrote into it"),
+    ("f changes the shape", lambda: deqkit.solve(lambda z: z[:, :2], Z), ValueError, "f\\(z\\) has shape"),
+    ("f returns no tensor", lambda: deqkit.solve(lambda z: 1.0, Z, solver="picard"), TypeError,
+     "must return a torch.Tensor"),
+    # ---- the DEQ: checked at construction, not at the first call
+    ("DEQ max_steps=0", lambda: _deq(max_steps=0), ValueError, "max_steps must be an integer >= 1"),
+    ("DEQ abstol=-1", lambda: _deq(abstol=-1), ValueError, r"abstol must be in \[0"),
+    ("DEQ backward reltol=0", lambda: _deq(backward=deqkit.Implicit(reltol=0)), ValueError,
+     "backward abstol and reltol are both 0"),
+    ("DEQ backward_ keyword", lambda: _deq(backward_solver="gmres"), TypeError,
+     r"no longer takes backward_solver.*deqkit.Implicit"),
+    ("DEQ strict='yes'", lambda: _deq(strict="yes"), TypeError, "strict must be True or False"),
+    ("DEQ unknown backward", lambda: _deq(backward="adjoint"), ValueError, "unknown backward 'adjoint'"),
+    # ---- the DEQ's input
+    ("0-d x", lambda: _deq()(torch.tensor(1.0)), ValueError, r"x must have shape \(batch, \.\.\.\).*x\[None\]"),
+    ("empty x", lambda: _deq()(torch.zeros(0, 4)), ValueError, "non-empty batch"),
+    ("integer x", lambda: _deq()(torch.zeros(2, 4, dtype=torch.long)), ValueError, "x must be a floating-point"),
+    ("float64 x into a float32 f", lambda: _deq()(_x(torch.float64)), ValueError,
+     "x is torch.float64 on cpu but f's parameters are torch.float32 on cpu"),
+    ("meta x", lambda: _deq()(torch.zeros(2, 4, device="meta")), ValueError, "meta device"),
+    ("NaN x", lambda: _deq()(torch.full((2, 4), float("nan"))), ValueError, "input x contains NaN or Inf"),
+    ("vmap over a DEQ", lambda: torch.func.vmap(_deq())(_x()[:, None]), RuntimeError,
+     "cannot run under torch.func transforms"),
+    ("torch.func.grad over a DEQ", lambda: torch.func.grad(lambda x: _deq()(x).sum())(_x()), RuntimeError,
+     "cannot run under torch.func transforms"),
+    # ---- diagnostics
+    ("spectral_radius iters=2.5", lambda: deqkit.spectral_radius(torch.tanh, Z, iters=2.5), TypeError,
+     "iters must be an integer"),
+    ("spectral_radius, detached f", lambda: deqkit.spectral_radius(lambda z: z.detach() * 0.5, Z), ValueError,
+     "does not depend on z through autograd"),
+    ("spectral_radius, shape-changing f", lambda: deqkit.spectral_radius(lambda z: z[:, :2], Z), ValueError,
+     "must be a tensor shaped like z"),
+    ("compare_gradients, unknown mode", lambda: deqkit.compare_gradients(_deq(), _x(), modes=("implict",)),
+     ValueError, "unknown backward mode"),
+]
+
+
+@pytest.mark.parametrize("call, exception, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_with_a_message_that_names_it(call, exception, message):
+    with pytest.raises(exception, match=message):
+        call()
+
+
+def test_numpy_numbers_are_numbers():
+    z, stats = deqkit.solve(lambda z: 0.5 * z + 1, torch.zeros(2, 3, dtype=torch.float64), solver="anderson",
+                            abstol=np.float32(1e-8), reltol=np.float64(0), max_steps=np.int64(20), m=np.int32(3))
+    assert stats.all_converged and torch.allclose(z, torch.full_like(z, 2.0))
+    assert deqkit.DynamicSS(ode_rtol=np.float32(1e-6)).ode_rtol == pytest.approx(1e-6)
+
+
+def test_the_callers_z0_is_never_touched_by_an_in_place_map():
+    z0 = torch.ones(2, 3)
+    with pytest.raises(ValueError):
+        deqkit.solve(lambda z: z.mul_(0.5), z0, solver="picard")
+    assert torch.equal(z0, torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("solver", ["dynamic_ss", "picard"])
+def test_a_map_without_fixed_point_is_never_reported_converged(solver):
+    # z + 1 has no fixed point; its residual 1 is eventually tiny next to ‖f(z)‖, and z + 1 rounds to z at 2^24.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", deqkit.ConvergenceWarning)
+        try:
+            _, stats = deqkit.solve(lambda z: z + 1, torch.zeros(4, 8), solver=solver, max_steps=3000)
+        except deqkit.DivergenceError as err:
+            assert "drift away" in str(err) and "no fixed point" in str(err)
+            return
+    assert stats.num_converged == 0
+    assert any("drift away" in str(w.message) for w in caught)
+
+
+def test_polish_off_and_on_both_refuse_the_drift():
+    for polish in (None, "anderson"):
+        with pytest.raises(deqkit.DivergenceError, match="drift away"):
+            deqkit.solve(lambda z: z + 1, torch.zeros(4, 8), solver=deqkit.DynamicSS(polish=polish))
+
+
+def test_a_genuine_far_fixed_point_is_still_found():
+    # f(0) = 0.001 but z* = 1: ‖f(z)‖ grows 1000-fold, and the residual falls all the way — no drift.
+    z, stats = deqkit.solve(lambda z: 0.999 * z + 0.001, torch.zeros(2, 3, dtype=torch.float64), solver="anderson",
+                            abstol=1e-10, reltol=0)
+    assert stats.all_converged and torch.allclose(z, torch.ones_like(z))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("solver", ["dynamic_ss", "anderson", "picard", "broyden"])
+def test_low_precision_works_at_tolerances_it_can_reach(dtype, solver):
+    block, x = tanh_problem(32, 0.9, batch=8, dtype=dtype)
+    with torch.no_grad():
+        z, stats = deqkit.solve(lambda z: block(z, x), torch.zeros_like(x), solver=solver, abstol=2e-2, reltol=2e-2)
+    assert stats.all_converged and z.dtype == dtype
+
+
+def test_low_precision_names_precision_when_it_is_the_limit():
+    block, x = tanh_problem(32, 0.9, batch=8, dtype=torch.float16)
+    with torch.no_grad(), pytest.warns(deqkit.ConvergenceWarning, match="at the precision of float16"):
+        deqkit.solve(lambda z: block(z, x), torch.zeros_like(x), solver="picard", abstol=1e-6, reltol=1e-6)
+
+
+def test_plain_torch_compile_still_works_and_fullgraph_says_why_not():
+    deq = _deq(solver="anderson")
+    x = _x()
+    expected = deq(x)
+    assert torch.allclose(torch.compile(deq)(x), expected, atol=1e-6)
+    torch.compiler.reset()  # else the frames compiled with graph breaks above are reused
+    with pytest.raises(Exception, match="(?s)deqkit: a DEQ runs its solve eagerly.*without fullgraph"):
+        torch.compile(deq, fullgraph=True)(x)
+
+
+def test_saddle_starts_on_the_pitchfork_reach_a_stable_equilibrium():
+    from deqkit.problems import system_map
+
+    f = system_map("pitchfork", 1.2)
+    for start in [(1e-9, 0.0), (0.0, 1e-9)]:
+        for tol in (1e-5, 1e-8, 1e-10):
+            z, stats = deqkit.solve(f, torch.tensor([start], dtype=torch.float64), abstol=tol, reltol=tol)
+            assert stats.all_converged
+            assert torch.allclose(z.abs(), torch.full_like(z, 0.9327), atol=1e-3), (start, tol, z)  # not the saddle
