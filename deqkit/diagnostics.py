@@ -142,21 +142,34 @@ def compare_gradients(model: nn.Module, x: torch.Tensor, *, loss: Callable[[torc
         def loss(y: torch.Tensor) -> torch.Tensor:
             return (y * weights).sum()
 
-    leaves = [x.detach(), *[p.detach() for p in params]]
-    dirs = None
-    if directions is not None:
-        total = sum(t.numel() for t in leaves)
-        dirs = torch.randn(directions, total, generator=gen, dtype=torch.float64).to(x.device)
+    total = x.numel() + sum(p.numel() for p in params)
+    dirs = None if directions is None else torch.randn(directions, total, generator=gen,
+                                                       dtype=torch.float64).to(x.device)
+    report = GradientReport(_finite_differences(model, x, params, loss, dirs, eps))
+    saved = [d.backward for d in deqs]
+    try:
+        for mode in modes:
+            for d in deqs:
+                d.backward = mode
+            xg = x.detach().clone().requires_grad_()
+            grads = torch.autograd.grad(loss(model(xg)), [xg, *params], allow_unused=True)
+            g = _flat([torch.zeros_like(t) if gi is None else gi for gi, t in zip(grads, [xg, *params])]).cpu()
+            report.gradients[mode] = g if dirs is None else dirs.cpu() @ g
+    finally:
+        for d, s in zip(deqs, saved):
+            d.backward = s
+    return report
 
-    def evaluate(x_in: torch.Tensor) -> float:
-        with torch.no_grad():
-            return float(loss(model(x_in)))
 
-    def flat(ts: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([t.reshape(-1) for t in ts])
+def _flat(ts: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in ts])
 
-    # finite differences: perturb x and each parameter in place (restored afterwards)
-    targets = [x.detach().clone(), *params]
+
+def _finite_differences(model: nn.Module, x: torch.Tensor, params: list[torch.Tensor],
+                        loss: Callable[[torch.Tensor], torch.Tensor], dirs: torch.Tensor | None,
+                        eps: float) -> torch.Tensor:
+    """Central differences of ``loss(model(x))`` along ``dirs`` (or every coordinate of ``x`` and ``params``)."""
+    targets = [x.detach().clone(), *params]  # x and each parameter are perturbed in place, restored afterwards
     base = [t.detach().clone() for t in targets]
 
     def shifted(vec: torch.Tensor, scale: float) -> float:
@@ -165,26 +178,11 @@ def compare_gradients(model: nn.Module, x: torch.Tensor, *, loss: Callable[[torc
             for t, b in zip(targets, base):
                 t.copy_(b + scale * vec[offset:offset + t.numel()].view_as(t))
                 offset += t.numel()
-            value = evaluate(targets[0])
+            value = float(loss(model(targets[0])))
             for t, b in zip(targets, base):
                 t.copy_(b)
         return value
 
-    basis = dirs if dirs is not None else torch.eye(sum(t.numel() for t in leaves), dtype=torch.float64,
+    basis = dirs if dirs is not None else torch.eye(sum(t.numel() for t in targets), dtype=torch.float64,
                                                      device=x.device)
-    ref = torch.tensor([(shifted(v, eps) - shifted(v, -eps)) / (2 * eps) for v in basis], dtype=torch.float64)
-
-    report = GradientReport(ref)
-    saved = [d.backward for d in deqs]
-    try:
-        for mode in modes:
-            for d in deqs:
-                d.backward = mode
-            xg = x.detach().clone().requires_grad_()
-            grads = torch.autograd.grad(loss(model(xg)), [xg, *params], allow_unused=True)
-            g = flat([torch.zeros_like(t) if gi is None else gi for gi, t in zip(grads, [xg, *params])]).cpu()
-            report.gradients[mode] = g if dirs is None else dirs.cpu() @ g
-    finally:
-        for d, s in zip(deqs, saved):
-            d.backward = s
-    return report
+    return torch.tensor([(shifted(v, eps) - shifted(v, -eps)) / (2 * eps) for v in basis], dtype=torch.float64)
