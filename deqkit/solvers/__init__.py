@@ -27,8 +27,40 @@ BACKWARD_SOLVERS: dict[str, type[Solver]] = SOLVERS | {GMRES.name: GMRES}
 
 SolverSpec = str | Solver
 
-__all__ = ["SOLVERS", "BACKWARD_SOLVERS", "Solution", "Solver", "SolverSpec", "IterativeSolver", "as_solver", "run",
-           "solve", "Picard", "Anderson", "Broyden", "DynamicSS", "GMRES"]
+__all__ = ["SOLVERS", "BACKWARD_SOLVERS", "Solution", "Solver", "SolverSpec", "IterativeSolver", "as_solver",
+           "register", "run", "solve", "Picard", "Anderson", "Broyden", "DynamicSS", "GMRES"]
+
+
+def register(cls: type[Solver], *, backward_only: bool = False) -> type[Solver]:
+    """Add a solver class to the registry, so that its ``name`` works as a shorthand everywhere.
+
+    Parameters
+    ----------
+    cls : type
+        A subclass of :class:`Solver` with a ``name`` not taken yet.
+    backward_only : bool
+        Register it for the implicit backward pass only (like :class:`GMRES`, which needs an affine map).
+
+    Returns
+    -------
+    type
+        ``cls`` (so that ``register`` can decorate a class).
+
+    Raises
+    ------
+    TypeError
+        If ``cls`` is not a :class:`Solver` subclass with a string ``name``.
+    ValueError
+        If the name is taken.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Solver) and isinstance(getattr(cls, "name", None), str)):
+        raise TypeError(f"register() takes a subclass of deqkit.Solver with a string `name`, got {cls!r}")
+    if cls.name in BACKWARD_SOLVERS:
+        raise ValueError(f"a solver named {cls.name!r} is registered already ({BACKWARD_SOLVERS[cls.name].__name__})")
+    if not backward_only:
+        SOLVERS[cls.name] = cls
+    BACKWARD_SOLVERS[cls.name] = cls
+    return cls
 
 
 def as_solver(spec: SolverSpec, options: dict[str, Any] | None = None,
