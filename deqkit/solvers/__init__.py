@@ -137,7 +137,7 @@ def check_start(z0: Any, what: str = "z0") -> None:
 
 
 def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: float, max_steps: int | None,
-        strict: bool = False, record: bool = False) -> Solution:
+        max_nfe: int | None = None, strict: bool = False, record: bool = False) -> Solution:
     """Run a configured solver; the engine behind :func:`solve`, the DEQ layer and its backward pass.
 
     Parameters
@@ -151,6 +151,9 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
         The termination rule of :func:`solve`; both ≥ 0, not both 0.
     max_steps : int or None
         Most solver steps (≥ 1); None: the solver's ``default_max_steps``.
+    max_nfe : int or None
+        Most evaluations of ``f`` (≥ 2, the first included), never exceeded: a solver stops before a step that
+        would cost more. None: no budget beyond ``max_steps``.
     strict : bool
         Raise instead of warning when a sample does not converge.
     record : bool
@@ -178,7 +181,7 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
         When a sample does not converge within ``max_steps`` and ``strict`` is False.
     """
     check_start(z0)
-    tol = Tolerances(abstol, reltol, solver.default_max_steps if max_steps is None else max_steps)
+    tol = Tolerances(abstol, reltol, solver.default_max_steps if max_steps is None else max_steps, max_nfe)
     z0 = z0.detach().clone()  # the solver's own copy: the caller's z0 is never touched or handed back
     monitor = Monitor(solver.label, z0, tol, strict=strict, record=record)
     steps, nfe = solver.run(f, z0, monitor)
@@ -187,8 +190,8 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
 
 
 def solve(f: Map, z0: torch.Tensor, *, solver: SolverSpec = "dynamic_ss", abstol: float = 1e-5,
-          reltol: float = 1e-5, max_steps: int | None = None, strict: bool = False, record: bool = False,
-          **options: Any) -> tuple[torch.Tensor, SolverStats]:
+          reltol: float = 1e-5, max_steps: int | None = None, max_nfe: int | None = None, strict: bool = False,
+          record: bool = False, **options: Any) -> tuple[torch.Tensor, SolverStats]:
     """Find the fixed point ``z* = f(z*)`` of a batched map.
 
     Parameters
@@ -207,6 +210,9 @@ def solve(f: Map, z0: torch.Tensor, *, solver: SolverSpec = "dynamic_ss", abstol
         relative rule does not accept an iterate that runs away with a residual that never fell).
     max_steps : int, optional
         Most solver steps (≥ 1); the method's own default when omitted.
+    max_nfe : int, optional
+        Most evaluations of ``f`` (≥ 2, the first included); never exceeded. Samples still running when it is
+        spent stop with their best iterate and are warned about. No budget beyond ``max_steps`` when omitted.
     strict : bool
         Raise :class:`~deqkit.ConvergenceError` instead of warning when a sample does not converge.
     record : bool
@@ -236,7 +242,7 @@ def solve(f: Map, z0: torch.Tensor, *, solver: SolverSpec = "dynamic_ss", abstol
     if "method" in options:
         raise TypeError("solve() takes solver=..., not method=... (renamed to match DEQ(solver=...)): "
                         f"solve(f, z0, solver={options['method']!r})")
-    sol = run(as_solver(solver, options), f, z0, abstol=abstol, reltol=reltol, max_steps=max_steps, strict=strict,
-              record=record)
+    sol = run(as_solver(solver, options), f, z0, abstol=abstol, reltol=reltol, max_steps=max_steps, max_nfe=max_nfe,
+              strict=strict, record=record)
     return sol.z, sol.stats
 

@@ -113,6 +113,7 @@ class Tolerances:
     abstol: float
     reltol: float
     max_steps: int
+    max_nfe: int | None = None  # evaluations of the map, the first one included
 
     def __post_init__(self) -> None:
         self.abstol = check_real("abstol", self.abstol, 0.0)
@@ -120,6 +121,12 @@ class Tolerances:
         if self.abstol == 0 and self.reltol == 0:
             raise ValueError("abstol and reltol are both 0: no iterate could ever converge; set one > 0")
         self.max_steps = check_int("max_steps", self.max_steps, 1)
+        if self.max_nfe is not None:
+            self.max_nfe = check_int("max_nfe", self.max_nfe, 2)
+
+    def limits(self) -> str:
+        """``max_steps=…`` (and ``max_nfe=…``), for messages."""
+        return f"max_steps={self.max_steps}" + ("" if self.max_nfe is None else f" / max_nfe={self.max_nfe}")
 
 
 class Monitor:
@@ -138,11 +145,21 @@ class Monitor:
         self.fell = torch.zeros_like(self.converged)  # the residual fell to half its peak, above rounding level
         self.drifting = torch.zeros_like(self.converged)
         self.below = self.any_converged = False
+        self.ready = torch.zeros_like(self.converged)
+        self.ready_count = 0
         self.best_z = z0
         self.best_fz = z0
         self.done = False
+        self.out_of_budget = False  # a solver stopped because its next step would exceed max_nfe
         self.stats = SolverStats(method, 0, 0, self.converged, self.residual, self.residual)
         self._start = time.perf_counter()
+
+    def affords(self, nfe: int, cost: int) -> bool:
+        """True when ``cost`` more evaluations stay within ``max_nfe`` (the budget is never exceeded)."""
+        if self.tol.max_nfe is None or nfe + cost <= self.tol.max_nfe:
+            return True
+        self.out_of_budget = True
+        return False
 
     def _meets(self, res: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """The termination rule, per sample, refusing an iterate that runs away.
@@ -165,7 +182,8 @@ class Monitor:
               t: float | None = None, below: torch.Tensor | None = None, settling: bool = False) -> torch.Tensor:
         """Record the iterate ``z`` with residual ``r = f(z) − z``; return the mask of samples still running.
 
-        ``below`` (per sample) sets ``self.below``: every running sample's residual is at most its entry.
+        ``below`` (per sample) sets ``self.ready`` (the running samples whose residual is at most their entry, and
+        ``self.ready_count`` of them) and ``self.below``: every running sample is ready.
         ``settling``: a sample converges only if its residual has not grown since the previous check (the ODE
         route: a residual growing along the flow means an unstable equilibrium is near, however small it is).
         One host synchronisation per call: the flags that decide whether to stop are read together.
@@ -185,10 +203,12 @@ class Monitor:
         worst = torch.where(running, res, self.residual).amax()
         flags = [worst, self.converged.all(), bad.any(), better.all(), self.converged.any()]
         if below is not None:
-            flags.append((self.converged | (res <= below)).all())
+            self.ready = ~self.converged & (res <= below)
+            flags += [(self.converged | self.ready).all(), self.ready.sum()]
         worst, all_done, any_bad, all_better, any_converged, *rest = torch.stack(
             [flag.to(worst) for flag in flags]).tolist()
         self.below, self.any_converged = bool(rest and rest[0]), bool(any_converged)
+        self.ready_count = int(rest[1]) if rest else 0
         if all_better:  # the common case: this iterate is every sample's best, no batch-sized copy needed
             self.best_z, self.best_fz = z, fz
         else:
@@ -234,7 +254,8 @@ class Monitor:
             n_failed, best = int(failed.sum()), float(self.residual[failed].min())
             message = (
                 f"{self.method}: {n_failed} of {failed.numel()} samples did not converge within "
-                f"max_steps={self.tol.max_steps} (abstol={self.tol.abstol:g}, reltol={self.tol.reltol:g}); "
+                f"{self.tol.limits()}{' (the evaluation budget ran out)' if self.out_of_budget else ''} "
+                f"(abstol={self.tol.abstol:g}, reltol={self.tol.reltol:g}); "
                 f"their best residual ‖f(z) − z‖∞ is {best:.3g} (worst {float(self.residual[failed].max()):.3g}); "
                 "their best iterates are returned. "
                 + _diagnosis(failed & self.drifting, self.last_scale, self.start_scale, self.residual, self.tol)
@@ -267,7 +288,7 @@ def _diagnosis(drifting: torch.Tensor, scale: torch.Tensor, start_scale: torch.T
                 f"{float(scale[i]):.3g} while the residual never fell, so f probably has no fixed point there (check "
                 "f, e.g. a missing contraction or bias term).")
     eps = torch.finfo(residual.dtype).eps
-    hint = ("Try: more steps (max_steps), another method ('anderson', 'broyden', or 'dynamic_ss', which also "
+    hint = ("Try: more steps (max_steps, max_nfe), another method ('anderson', 'broyden', or 'dynamic_ss', which also "
             "converges where plain iteration diverges), damping, or a smaller spectral norm of f's weights (check "
             "deqkit.spectral_radius).")
     if tol.reltol < 10 * eps or float(residual.min()) <= 10 * eps * max(float(scale.max()), 1.0):
@@ -352,16 +373,17 @@ class IterativeSolver(Solver):
 
     def iterate(self, f: Map, z: torch.Tensor, fz: torch.Tensor, monitor: Monitor, *, step: int, nfe: int,
                 limit: int, hold: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                t: float | None = None) -> tuple[int, int]:
+                t: float | None = None, moving: torch.Tensor | None = None) -> tuple[int, int]:
         """Continue from an already checked ``z`` (with ``fz = f(z)``) until done or ``step == limit``.
 
         ``hold(residual)`` may flag samples to stop moving (e.g. because they diverge); the loop then ends
-        once no sample is left moving, and the caller decides what to do with the held ones. ``t`` is the
-        time stamp recorded with each check (used when an ODE solve hands over to this solver).
+        once no sample is left moving, and the caller decides what to do with the held ones. ``moving`` (with
+        ``hold``) restricts the iteration to these samples from the start. ``t`` is the time stamp recorded with
+        each check (used when an ODE solve hands over to this solver).
         """
         state = self.init_state(z.flatten(1), fz.flatten(1))
-        moving = ~monitor.converged
-        while not monitor.done and step < limit:
+        moving = ~monitor.converged if moving is None else moving & ~monitor.converged
+        while not monitor.done and step < limit and monitor.affords(nfe, 1):
             z_next, state = self.update(z.flatten(1), fz.flatten(1), state)
             if hold is None and not monitor.any_converged:  # every sample moves: skip the masked copy
                 z = z_next.view_as(z)

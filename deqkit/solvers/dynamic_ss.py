@@ -37,6 +37,28 @@ class _VectorField:
         self.running = torch.ones(z0.shape[0], dtype=z0.dtype, device=z0.device)
         self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, f(z)) at the last check
+        self.peak: torch.Tensor | None = None  # each sample's largest residual along the flow
+        self.polishable = torch.ones(z0.shape[0], dtype=torch.bool, device=z0.device)  # not polished in vain yet
+        self.ready_count, self.waited = 0, 0  # samples ready for polishing, and checks since that number last grew
+
+    def observe(self, monitor: Monitor, z: torch.Tensor, fz: torch.Tensor) -> None:
+        """Remember the state just checked, and each sample's largest residual along the flow."""
+        self.last = (z, fz)
+        self.peak = monitor.current if self.peak is None else torch.maximum(self.peak, monitor.current)
+
+    def time_to_polish(self, monitor: Monitor, patience: int) -> bool:
+        """Every running sample is ready, or some are and no more became ready in ``patience`` checks."""
+        if monitor.ready_count > self.ready_count:
+            self.ready_count, self.waited = monitor.ready_count, 0
+        elif monitor.ready_count > 0:
+            self.waited += 1
+        return monitor.below or (monitor.ready_count > 0 and self.waited >= patience)
+
+    def target(self, below: float) -> torch.Tensor | None:
+        """Residual under which a sample is ready for polishing (never, for a sample polished in vain)."""
+        if self.peak is None:
+            return None
+        return torch.where(self.polishable, below * self.peak, torch.full_like(self.peak, -1.0))
 
     def __call__(self, t: torch.Tensor, z: torch.Tensor, perturb: object = None) -> torch.Tensor:
         if self.cached is not None and z is self.cached[0]:  # the value computed just before, reused once
@@ -100,6 +122,11 @@ class DynamicSS(Solver):
         Most polishing iterations before the remaining samples go back to the ODE.
     polish_m : int
         Memory of the polishing Anderson solver.
+    polish_patience : int
+        Polishing starts once every running sample is ready, or once some are and no more became ready during this
+        many accepted ODE steps: then the ready ones are polished while the others wait, and those go on with the
+        ODE afterwards (and are polished in turn when ready). A few hard samples do not keep the whole batch on
+        the slow flow.
 
     Notes
     -----
@@ -115,7 +142,7 @@ class DynamicSS(Solver):
                  first_step: float | None = None, max_step: float | None = None, step_size: float | None = None,
                  safety: float = 0.9, ifactor: float = 10.0, dfactor: float = 0.2, polish: str | None = "anderson",
                  polish_below: float = 0.5, polish_guard: float = 10.0, polish_steps: int = 50,
-                 polish_m: int = 5):
+                 polish_m: int = 5, polish_patience: int = 4):
         if ode_method not in ADAPTIVE and ode_method not in FIXED:
             raise ValueError(f"unknown ode_method {ode_method!r}; choose one of {sorted(ADAPTIVE) + sorted(FIXED)}")
         if ode_method in FIXED and step_size is None:
@@ -140,6 +167,7 @@ class DynamicSS(Solver):
         self.polish_guard = check_real("polish_guard", polish_guard, 1.0, low_open=True)
         self.polish_steps = check_int("polish_steps", polish_steps, 1)
         self.polish_m = check_int("polish_m", polish_m, 1)
+        self.polish_patience = check_int("polish_patience", polish_patience, 1)
         self.controller = {"safety": self.safety, "ifactor": self.ifactor, "dfactor": self.dfactor}
         if polish and first_step is None and ode_method in ADAPTIVE:
             self.controller["first_step"] = 0.5  # half the time scale of the −z term
@@ -155,23 +183,36 @@ class DynamicSS(Solver):
     def run(self, f: Map, z0: torch.Tensor, monitor: Monitor) -> tuple[int, int]:
         field = _VectorField(f, z0)
         integrate = self._fixed if self.ode_method in FIXED else self._adaptive
-        budget = monitor.tol.max_steps
-        steps = integrate(field, z0, monitor, 0, switch=self.polisher is not None)
-        if monitor.done or steps >= budget or self.polisher is None:
-            return steps, field.nfe
-        # polish from the iterate just checked (its f(z) is known; not the best one, which may be a start next
-        # to an unstable equilibrium), holding samples that blow up
+        steps, z = 0, z0
+        while True:
+            switch = self.polisher is not None and bool((field.polishable & ~monitor.converged).any())
+            steps = integrate(field, z, monitor, steps, switch=switch)
+            if (monitor.done or steps >= monitor.tol.max_steps or not switch or monitor.out_of_budget
+                    or not monitor.affords(field.nfe, 1)):
+                return steps, field.nfe
+            z, steps = self._polish(f, field, monitor, steps)
+            if monitor.done or steps >= monitor.tol.max_steps or monitor.out_of_budget:
+                return steps, field.nfe
+
+    def _polish(self, f: Map, field: _VectorField, monitor: Monitor, steps: int) -> tuple[torch.Tensor, int]:
+        """Anderson on the samples ready for it; return where the rest go on with the ODE, and the step count.
+
+        Polishing starts from the iterate just checked (its f(z) is known; not the best one, which may be a start
+        next to an unstable equilibrium). Samples not ready are held where they are; a polished sample that blows
+        up is held too. Whatever did not converge goes back to the ODE from where it switched, and a sample
+        polished in vain is not polished again.
+        """
         z_switch, fz_switch = field.last
-        guard = self.polish_guard * monitor.current
+        ready, guard = monitor.ready, self.polish_guard * monitor.current
         steps, field.nfe = self.polisher.iterate(
             f, z_switch, fz_switch, monitor, step=steps, nfe=field.nfe,
-            limit=min(budget, steps + self.polish_steps), hold=lambda res: res > guard,
-            t=float("nan"))
-        if monitor.done or steps >= budget:
-            return steps, field.nfe
-        field.freeze(~monitor.converged)  # the rest go back to the ODE from where they switched
-        steps = integrate(field, z_switch, monitor, steps, switch=False)
-        return steps, field.nfe
+            limit=min(monitor.tol.max_steps, steps + self.polish_steps), hold=lambda res: res > guard,
+            t=float("nan"), moving=ready)
+        field.polishable = field.polishable & ~ready
+        field.ready_count = field.waited = 0
+        field.freeze(~monitor.converged)
+        # converged samples stay at their answers (frozen); the others resume from their switch state
+        return torch.where(batch_view(monitor.converged, z_switch), monitor.best_z, z_switch), steps
 
     def _tolerances(self, z0: torch.Tensor, r0: torch.Tensor, monitor: Monitor, switch: bool) -> tuple[float, float]:
         """The ODE's local error tolerances (see the class docstring)."""
@@ -194,10 +235,9 @@ class DynamicSS(Solver):
                               **self.controller)
         if steps == 0:
             monitor.check(0, ode.y, ode.f, ode.f + ode.y, field.nfe, t=0.0, settling=True)
-            field.last = (ode.y, ode.f + ode.y)
-        peak = monitor.current
+            field.observe(monitor, ode.y, ode.f + ode.y)
         accepted = 0
-        while not monitor.done and steps < monitor.tol.max_steps:
+        while not monitor.done and steps < monitor.tol.max_steps and monitor.affords(field.nfe, ode.cost):
             try:
                 ok, t1, y1, f1 = ode.step()
             except StepFailure as err:
@@ -207,13 +247,12 @@ class DynamicSS(Solver):
                 monitor.stats.rejected_steps += 1
                 continue
             accepted += 1
-            target = self.polish_below * peak if switch else None
+            target = field.target(self.polish_below) if switch else None
             running = monitor.check(steps, y1, f1, f1 + y1, field.nfe, t=t1, below=target, settling=True)
-            field.last = (y1, f1 + y1)
-            peak = torch.maximum(peak, monitor.current)
+            field.observe(monitor, y1, f1 + y1)
             field.freeze(running)
             ode.set_derivative(f1 * batch_view(field.running, f1))
-            if switch and not monitor.done and monitor.below:
+            if switch and not monitor.done and field.time_to_polish(monitor, self.polish_patience):
                 break
         return steps
 
@@ -232,15 +271,18 @@ class DynamicSS(Solver):
 
     def _fixed(self, field: _VectorField, z0: torch.Tensor, monitor: Monitor, steps: int, *, switch: bool) -> int:
         ode = FixedStepper(self.ode_method, field, z0, self.step_size)
-        t, z, peak = torch.zeros((), dtype=torch.float64, device=z0.device), z0, None
+        if not monitor.affords(field.nfe, ode.cost):
+            raise ValueError(f"max_nfe={monitor.tol.max_nfe} is less than one step of {self.ode_method} "
+                             f"({ode.cost} evaluations): raise max_nfe")
+        t, z = torch.zeros((), dtype=torch.float64, device=z0.device), z0
         while True:
             # The step function evaluates f at z first: that derivative is what the rule checks.
             dz, f0 = ode.step(t, z)
-            target = self.polish_below * peak if switch and peak is not None else None
+            target = field.target(self.polish_below) if switch else None
             running = monitor.check(steps, z, f0, f0 + z, field.nfe, t=float(t), below=target, settling=True)
-            field.last = (z, f0 + z)
-            peak = monitor.current if peak is None else torch.maximum(peak, monitor.current)
-            if monitor.done or steps >= monitor.tol.max_steps or (switch and target is not None and monitor.below):
+            field.observe(monitor, z, f0 + z)
+            polish = switch and target is not None and field.time_to_polish(monitor, self.polish_patience)
+            if monitor.done or steps >= monitor.tol.max_steps or polish or not monitor.affords(field.nfe, ode.cost):
                 return steps
             field.freeze(running)
             z, t, steps = z + dz * batch_view(field.running, dz), t + ode.dt, steps + 1

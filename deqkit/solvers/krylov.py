@@ -45,7 +45,7 @@ class GMRES(Solver):
         u, r = u0.flatten(1), (tu - u0).flatten(1)
         monitor.check(0, u0, r.view(shape), tu, nfe)
         tiny = torch.finfo(u.dtype).tiny
-        while not monitor.done and step < monitor.tol.max_steps:
+        while not monitor.done and step < monitor.tol.max_steps and monitor.affords(nfe, 2):
             beta = r.norm(dim=1)
             # the Krylov basis as rows of one preallocated tensor (the backward solve records no graph)
             basis = u.new_zeros(batch, self.restart + 1, u.shape[1])
@@ -72,8 +72,8 @@ class GMRES(Solver):
                 coef[:, 0] += beta
                 rk = torch.bmm(coef.unsqueeze(1), basis[:, : j + 2]).squeeze(1)
                 monitor.check(step, uk.view(shape), rk.view(shape), (uk + rk).view(shape), nfe)
-                if monitor.done or step >= monitor.tol.max_steps:
-                    break
+                if monitor.done or step >= monitor.tol.max_steps or not monitor.affords(nfe, 2):
+                    break  # (room is kept for the true residual evaluated below)
             # restart (or stop) from the true residual at each sample's best answer, not the recurrence
             u = monitor.best_z.flatten(1)
             tu = T(u.view(shape))

@@ -80,6 +80,7 @@ class AdaptiveStepper:
                  norm: Callable[[torch.Tensor], torch.Tensor], **controller: float):
         cls = ADAPTIVE[method]
         self.fsal = is_fsal(cls)
+        self.cost = len(cls.tableau.alpha) + (0 if self.fsal else 1)  # evaluations of field per attempted step
         self._field = field
         self._ode = cls(func=field, y0=y0, rtol=rtol, atol=atol, norm=norm, **controller)
         self._ode._before_integrate(torch.zeros(1, dtype=torch.float64, device=y0.device))
@@ -130,7 +131,22 @@ class FixedStepper:
         self._field = field
         self._ode = FIXED[method](func=field, y0=y0, step_size=step_size, atol=0.0)
         self.dt = torch.tensor(step_size, dtype=torch.float64, device=y0.device)
+        self.cost = _count_evaluations(self._ode, self.dt)  # evaluations of field per step
+
 
     def step(self, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(dy, f0)``: the increment over one step from ``(t, y)`` and the derivative at ``y``."""
         return self._ode._step_func(self._field, t, self.dt, t + self.dt, y)
+
+
+def _count_evaluations(ode: FixedGridODESolver, dt: torch.Tensor) -> int:
+    """How many times one step of ``ode`` evaluates its field (counted on a scalar problem)."""
+    calls = []
+
+    def probe(t: torch.Tensor, y: torch.Tensor, perturb: object = None) -> torch.Tensor:
+        calls.append(1)
+        return -y
+
+    t = torch.zeros((), dtype=dt.dtype)
+    ode._step_func(probe, t, dt.cpu(), t + dt.cpu(), torch.ones(1, dtype=dt.dtype))
+    return len(calls)
