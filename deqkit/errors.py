@@ -6,7 +6,7 @@ knows how to react without reading the source.
 
 from __future__ import annotations
 
-__all__ = ["ConvergenceWarning", "ConvergenceError", "DivergenceError"]
+__all__ = ["ConvergenceWarning", "ConvergenceError", "DivergenceError", "CheckpointError", "MNISTError"]
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -19,3 +19,11 @@ class ConvergenceError(RuntimeError):
 
 class DivergenceError(FloatingPointError):
     """An iterate became NaN or infinite; raised at once, with the step at which it happened."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not belong to the run that tries to resume from it."""
+
+
+class MNISTError(RuntimeError):
+    """An MNIST file is missing, corrupt or could not be downloaded; the message says how to fix it."""

@@ -21,6 +21,8 @@ import torch
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
+from ..errors import MNISTError
+
 __all__ = ["MNISTError", "MNIST_MEAN", "MNIST_STD", "load_mnist", "mnist_datasets", "mnist_dir", "read_idx"]
 
 ENV_VAR = "DEQKIT_MNIST_DIR"
@@ -39,10 +41,6 @@ MNIST_FILES = {
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 _MAGICS = {0x00000801: 1, 0x00000803: 3}  # unsigned-byte IDX: labels (1 dimension), images (3)
 _FIX = f"set {ENV_VAR} (or pass root=) to a folder that holds the original files"
-
-
-class MNISTError(RuntimeError):
-    """An MNIST file is missing, corrupt or could not be downloaded; the message says how to fix it."""
 
 
 def mnist_dir(root: str | os.PathLike | None = None) -> pathlib.Path:

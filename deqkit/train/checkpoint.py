@@ -10,13 +10,11 @@ from typing import IO, Any
 
 import torch
 
+from ..errors import CheckpointError
+
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, or does not belong to the run that tries to resume from it."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> pathlib.Path:
