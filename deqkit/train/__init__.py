@@ -4,6 +4,7 @@
 ``torchrun``, with DistributedDataParallel); :func:`train_mnist` and :func:`train` are the same from Python.
 """
 
+from .callbacks import StepLog
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import DistContext, launched_by_torchrun, resolve_device
 from .loop import METRIC_FIELDS, TrainConfig, TrainResult, evaluate, load_model, train, train_mnist
@@ -12,6 +13,7 @@ __all__ = [
     "METRIC_FIELDS",
     "CheckpointError",
     "DistContext",
+    "StepLog",
     "TrainConfig",
     "TrainResult",
     "evaluate",
