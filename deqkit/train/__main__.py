@@ -27,7 +27,8 @@ import torch
 from ..data import MNISTError, mnist_datasets
 from ..models.mnist import MNIST_MODELS, mnist_model
 from .checkpoint import CheckpointError
-from .loop import SCHEDULES, TrainConfig, train
+from .config import SCHEDULES, TrainConfig
+from .loop import train
 
 
 def _option(text: str) -> tuple[str, Any]:
