@@ -6,7 +6,8 @@ knows how to react without reading the source.
 
 from __future__ import annotations
 
-__all__ = ["ConvergenceWarning", "ConvergenceError", "DivergenceError", "CheckpointError", "MNISTError"]
+__all__ = ["ConvergenceWarning", "ConvergenceError", "DivergenceError", "CheckpointError", "RunFolderError",
+           "MNISTError"]
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -23,6 +24,14 @@ class DivergenceError(FloatingPointError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not belong to the run that tries to resume from it."""
+
+
+class RunFolderError(CheckpointError, OSError):
+    """A training run's folder cannot be written: not a folder, not writable, or its disk is full.
+
+    Also an ``OSError``. The message names the folder (for a failed write, also the free space on its disk);
+    an atomic write that fails leaves the previous file intact.
+    """
 
 
 class MNISTError(RuntimeError):

@@ -5,7 +5,7 @@
 """
 
 from .callbacks import StepLog
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, RunFolderError, load_checkpoint, save_checkpoint
 from .distributed import DistContext, launched_by_torchrun, resolve_device
 from .loop import METRIC_FIELDS, TrainConfig, TrainResult, evaluate, load_model, train, train_mnist
 
@@ -13,6 +13,7 @@ __all__ = [
     "METRIC_FIELDS",
     "CheckpointError",
     "DistContext",
+    "RunFolderError",
     "StepLog",
     "TrainConfig",
     "TrainResult",

@@ -22,10 +22,11 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, ConvergenceWarning
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_writable, load_checkpoint, save_checkpoint
 from .config import SCHEDULES, TrainConfig
 from .distributed import DistContext, setup
 from .metrics import METRIC_FIELDS, Tally, epoch_row, report_epoch, solver_counts, write_metrics
+from .resume import check_resumable, load_states, load_weights
 
 __all__ = ["METRIC_FIELDS", "SCHEDULES", "TrainConfig", "TrainResult", "evaluate", "load_model", "train", "train_mnist"]
 
@@ -112,18 +113,6 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 1000
             "unconverged": bad, "samples": n}
 
 
-def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: pathlib.Path) -> None:
-    """Refuse to resume a run with settings that would change its numbers (more epochs are allowed)."""
-    old = saved.get("config", {})
-    new = config.to_dict()
-    ignore = {"epochs", "data_dir"} if config.schedule == "constant" else {"data_dir"}
-    differ = [k for k in new if k not in ignore and old.get(k) != new[k]]
-    if differ:
-        pairs = ", ".join(f"{k}: checkpoint {old.get(k)!r} vs now {new[k]!r}" for k in differ)
-        raise CheckpointError(f"cannot resume from {path}: the run's settings differ ({pairs}). Resume with the "
-                              "same settings, or start a new run in another folder.")
-
-
 def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, config: TrainConfig, *,
           out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
           device: str = "auto", checkpoint_every: int = 0, progress: bool = True,
@@ -150,10 +139,11 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
     config : TrainConfig
     out : str or os.PathLike, optional
         Run folder: ``checkpoint.pt`` (after every epoch, and every ``checkpoint_every`` steps), ``metrics.csv``
-        and ``metrics.json``. Without it nothing is written.
+        and ``metrics.json``. Without it nothing is written. Checked to be writable before training starts.
     resume : bool
         Continue from ``out/checkpoint.pt`` exactly where it stopped (weights, optimiser, epoch and step,
-        partial epoch tallies, RNG state); the result equals that of an uninterrupted run.
+        partial epoch tallies, RNG state); the result equals that of an uninterrupted run. The checkpoint must
+        pass its checksum and agree with itself, with ``config`` and with the folder's metrics files.
     overwrite : bool
         Start afresh even if ``out`` already holds a checkpoint (otherwise that is an error).
     device : {"auto", "cpu", "cuda"}
@@ -169,6 +159,17 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
     Returns
     -------
     TrainResult
+
+    Raises
+    ------
+    FileExistsError
+        If ``out`` holds a checkpoint and neither ``resume`` nor ``overwrite`` is given.
+    CheckpointError
+        With ``resume``: the checkpoint is missing, unreadable, damaged (checksum), inconsistent, or belongs to
+        a run with other settings; the message names the cause.
+    RunFolderError
+        If ``out`` cannot be written (checked before training), or a write fails later (e.g. a full disk:
+        the message names the disk and its free space; the previous files stay intact).
     """
     if resume and out is None:
         raise ValueError("resume=True needs out=, the run folder that holds checkpoint.pt")
@@ -255,17 +256,8 @@ def _resume(run: _Run, progress: bool) -> tuple[int, int, dict[str, float] | Non
     """
     assert run.ckpt_path is not None
     state = load_checkpoint(run.ckpt_path, map_location="cpu")
-    _check_resumable(state, run.config, run.ckpt_path)
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    if run.scheduler is not None:
-        if state.get("scheduler") is None:
-            raise CheckpointError(f"cannot resume from {run.ckpt_path}: it holds no learning-rate scheduler "
-                                  "state for the cosine schedule; start a new run in another folder")
-        run.scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if run.ctx.device.type == "cuda" and state["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(state["rng"]["cuda"], run.ctx.device)
+    check_resumable(state, run.config, run.ckpt_path, run.steps_per_epoch)
+    load_states(state, run.model, run.optimizer, run.scheduler, run.config, run.ctx.device, run.ckpt_path)
     run.history = list(state["metrics"])
     if progress and run.ctx.main:
         tqdm.write(f"resuming {run.ckpt_path} at epoch {state['epoch'] + 1}, step {state['step']} "
@@ -350,6 +342,8 @@ def _train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, 
            ctx: DistContext, out_dir: pathlib.Path | None, ckpt_path: pathlib.Path | None, resume: bool,
            checkpoint_every: int, progress: bool, callback: Callable[[dict[str, Any]], None] | None) -> TrainResult:
     """The run, step by step: prepare, resume (or seed), then per epoch: train, evaluate, record, checkpoint."""
+    if ctx.main and out_dir is not None:
+        check_writable(out_dir)  # now, not after the first epoch
     run = _prepare(model, train_set, config, ctx, ckpt_path)
     if resume:
         start_epoch, start_step, saved_tally = _resume(run, progress)
@@ -414,10 +408,10 @@ def train_mnist(config: TrainConfig | None = None, *, train_set: TensorDataset |
         raise TypeError(f"give either config or settings ({', '.join(settings)}), not both")
     if (train_set is None) != (test_set is None):
         raise ValueError("give both train_set and test_set, or neither (then MNIST is loaded)")
+    model = mnist_model(config.model, seed=config.seed, **config.model_options)  # bad options fail before loading
     if train_set is None:
         train_set, test_set = mnist_datasets(config.data_dir, subset=config.subset, seed=0)
     assert test_set is not None
-    model = mnist_model(config.model, seed=config.seed, **config.model_options)
     return train(model, train_set, test_set, config, out=out, resume=resume, overwrite=overwrite, device=device,
                  checkpoint_every=checkpoint_every, progress=progress, callback=callback)
 
@@ -428,6 +422,12 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     The model is rebuilt from the checkpoint's ``config`` (name and ``model_options``) and its weights loaded
     with ``weights_only=True``; it is returned in ``eval()`` mode. The epoch metrics are in
     ``load_checkpoint(path)["metrics"]``.
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, unreadable or damaged (see :func:`load_checkpoint`), does not name its model,
+        or holds weights that are not finite or do not fit that model.
     """
     from ..models.mnist import mnist_model
 
@@ -435,6 +435,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     config = state.get("config", {})
     if "model" not in config:
         raise CheckpointError(f"{path} does not say which model it holds (no config['model'])")
-    model = mnist_model(config["model"], **config.get("model_options", {}))
-    model.load_state_dict(state["model"])
+    options = config.get("model_options", {})
+    model = mnist_model(config["model"], **options)
+    load_weights(model, state.get("model", {}), config["model"], options, pathlib.Path(path))
     return model.to(map_location).eval()
