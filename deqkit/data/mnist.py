@@ -99,6 +99,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             f"{path} is not a complete gzip file ({type(exc).__name__}: {exc}); it is probably "
             "truncated or corrupt: delete it and download it again."
         ) from exc
+    except IsADirectoryError as exc:
+        raise MNISTError(f"{path} is a directory, not an IDX file: pass the file's path.") from exc
     except OSError as exc:
         raise MNISTError(f"cannot read {path} ({type(exc).__name__}: {exc}): check its permissions.") from exc
     magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
@@ -139,7 +141,14 @@ def _download(name: str, folder: pathlib.Path) -> None:
     errors = []
     for mirror in MIRRORS:
         url = mirror + name
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+        except OSError as exc:
+            raise MNISTError(
+                f"Cannot write into the MNIST folder {folder} to download {name} ({type(exc).__name__}: {exc}). "
+                f"Make the folder writable, or set {ENV_VAR} (or pass root=, --data) to a writable folder or to "
+                "one that already holds the four files."
+            ) from exc
         try:
             digest = hashlib.md5()
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
@@ -168,6 +177,11 @@ def _download(name: str, folder: pathlib.Path) -> None:
 
 def _ensure(folder: pathlib.Path, name: str, download: bool, verify: bool) -> pathlib.Path:
     path = folder / name
+    if path.exists() and not path.is_file():
+        raise MNISTError(
+            f"{path} is a directory (or another non-file), not the MNIST file {name}: remove or rename it so that "
+            f"the file can take its place, or {_FIX}."
+        )
     if not path.is_file():
         if not download:
             raise MNISTError(
