@@ -8,6 +8,11 @@ The seed blog's run (batch 8, 10 epochs), then the fixed model, then resuming an
     python -m deqkit.train mnist --model seed-linear --epochs 10 --out runs/linear
     python -m deqkit.train mnist --model seed-linear --epochs 10 --out runs/linear --resume
 
+The same with TensorBoard logs (``pip install "deqkit[tensorboard]"``), then viewed::
+
+    python -m deqkit.train mnist --model seed-linear --epochs 10 --out runs/linear --tensorboard
+    tensorboard --logdir runs/linear/tensorboard
+
 Two CPU processes with DistributedDataParallel (gloo)::
 
     torchrun --nproc_per_node 2 -m deqkit.train mnist --model seed --subset 2000 --epochs 1
@@ -29,6 +34,7 @@ from torch import nn
 from ..data import mnist_datasets
 from ..errors import CheckpointError, MNISTError
 from ..models.mnist import MNIST_MODELS, mnist_model
+from .callbacks import check_tensorboard
 from .checkpoint import check_writable
 from .config import SCHEDULES, TrainConfig
 from .distributed import resolve_device
@@ -105,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log every step and epoch to TensorBoard in OUT/tensorboard (needs: pip install "
+                        "\"deqkit[tensorboard]\"); view with: tensorboard --logdir OUT/tensorboard")
     return parser
 
 
@@ -130,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ------
     SystemExit
         With status 2 (argparse's usage error) for invalid arguments, training settings or model options,
-        ``--threads < 1``, ``--device cuda`` without CUDA, or ``--resume`` with ``--overwrite``.
+        ``--threads < 1``, ``--device cuda`` without CUDA, ``--tensorboard`` without the tensorboard package,
+        or ``--resume`` with ``--overwrite``.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -140,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         _check_run_folder(args, out)
         train_set, test_set = mnist_datasets(config.data_dir, subset=config.subset, seed=0)
         result = train(model, train_set, test_set, config, out=out, resume=args.resume, overwrite=args.overwrite,
-                       device=args.device, checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+                       device=args.device, checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+                       tensorboard=args.tensorboard)
     except (MNISTError, CheckpointError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -164,6 +175,11 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     except RuntimeError:
         parser.error("--device cuda: CUDA is not available here (no GPU, or a CPU-only torch build); "
                      "use --device cpu or --device auto")
+    if args.tensorboard:
+        try:
+            check_tensorboard()
+        except ImportError as err:
+            parser.error(f"--tensorboard: {err}")
     options = dict(args.deq)
     try:
         config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

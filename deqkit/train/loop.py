@@ -22,6 +22,7 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, ConvergenceWarning
+from .callbacks import TensorBoardLog, check_tensorboard
 from .checkpoint import check_writable, load_checkpoint, save_checkpoint
 from .config import SCHEDULES, TrainConfig
 from .distributed import DistContext, setup
@@ -116,7 +117,7 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 1000
 def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, config: TrainConfig, *,
           out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
           device: str = "auto", checkpoint_every: int = 0, progress: bool = True,
-          callback: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+          callback: Callable[[dict[str, Any]], None] | None = None, tensorboard: bool = False) -> TrainResult:
     """Train ``model`` with Adam and cross-entropy; evaluate, record and checkpoint after every epoch.
 
     Every step shows a ``tqdm.auto`` bar with the running loss and accuracy, the last forward and backward
@@ -153,8 +154,12 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
         Show the progress bars and a one-line summary per epoch.
     callback : callable, optional
         Called after every optimiser step with a dict: ``epoch``, ``step`` (within the epoch, from 0),
-        ``global_step``, and this process's batch ``loss``, ``acc`` (%), ``fwd_nfe``, ``bwd_nfe``,
-        ``unconverged``.
+        ``global_step``, the learning rate ``lr`` of the step, and this process's batch ``loss``, ``acc`` (%),
+        ``fwd_nfe``, ``bwd_nfe``, ``unconverged``.
+    tensorboard : bool
+        Also log every step and every epoch to TensorBoard, in ``out/tensorboard`` (needs ``out`` and the
+        ``tensorboard`` package: ``pip install "deqkit[tensorboard]"``); see
+        :class:`~deqkit.train.callbacks.TensorBoardLog`.
 
     Returns
     -------
@@ -167,6 +172,8 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
     CheckpointError
         With ``resume``: the checkpoint is missing, unreadable, damaged (checksum), inconsistent, or belongs to
         a run with other settings; the message names the cause.
+    ImportError
+        With ``tensorboard=True``, if the ``tensorboard`` package is missing.
     RunFolderError
         If ``out`` cannot be written (checked before training), or a write fails later (e.g. a full disk:
         the message names the disk and its free space; the previous files stay intact).
@@ -177,6 +184,10 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
         raise ValueError("resume=True and overwrite=True contradict each other: choose one")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be an integer >= 0, got {checkpoint_every!r}")
+    if tensorboard:
+        if out is None:
+            raise ValueError("tensorboard=True needs out=, the run folder (the logs go to out/tensorboard)")
+        check_tensorboard()  # a missing package fails now, not after loading and preparing
     out_dir = pathlib.Path(out) if out is not None else None
     ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
     if ckpt_path is not None and ckpt_path.exists() and not (resume or overwrite):
@@ -186,8 +197,8 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
     ctx = setup(device)
     finished = False
     try:
-        result = _train(model, train_set, test_set, config, ctx, out_dir, ckpt_path, resume, checkpoint_every,
-                        progress, callback)
+        opts = _Options(out_dir, ckpt_path, resume, checkpoint_every, progress, callback, tensorboard)
+        result = _train(model, train_set, test_set, config, ctx, opts)
         finished = True
         return result
     finally:
@@ -201,6 +212,19 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The sample order of one epoch: a function of (seed, epoch) only, so a resumed run sees the same order."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=gen)
+
+
+@dataclass
+class _Options:
+    """How :func:`train` was asked to run, as :func:`_train` needs it."""
+
+    out_dir: pathlib.Path | None
+    ckpt_path: pathlib.Path | None
+    resume: bool
+    checkpoint_every: int
+    progress: bool
+    callback: Callable[[dict[str, Any]], None] | None
+    tensorboard: bool
 
 
 @dataclass
@@ -219,6 +243,7 @@ class _Run:
     net: nn.Module  # the model, or its DistributedDataParallel wrapper
     history: list[dict[str, float]] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
+    board: TensorBoardLog | None = None
 
 
 def _steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
@@ -270,6 +295,8 @@ def _checkpoint(run: _Run, epoch: int, step: int, tally: Tally | None) -> None:
     reduced = tally.reduced(run.ctx) if tally is not None else None  # collective: every rank calls it
     if run.ckpt_path is None or not run.ctx.main:
         return
+    if run.board is not None:  # what TensorBoard shows up to this checkpoint must survive a kill
+        run.board.flush()
     dev = run.ctx.device
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
     save_checkpoint({"config": run.config.to_dict(), "model": run.model.state_dict(),
@@ -305,7 +332,7 @@ def _train_step(run: _Run, batch: torch.Tensor, tally: Tally) -> dict[str, float
 
 
 def _run_epoch(run: _Run, epoch: int, first: int, tally: Tally, checkpoint_every: int, show: bool,
-               callback: Callable[[dict[str, Any]], None] | None) -> float:
+               callbacks: list[Callable[[dict[str, Any]], None]]) -> float:
     """Steps ``first``, ... of ``epoch`` with a progress bar; return the learning rate of its last step."""
     config, spe = run.config, run.steps_per_epoch
     order = _epoch_order(len(run.labels), config.seed, epoch)
@@ -322,8 +349,8 @@ def _run_epoch(run: _Run, epoch: int, first: int, tally: Tally, checkpoint_every
                             acc=f"{100 * tally['correct'] / tally['count']:.2f}", nfe=info["fwd_nfe"],
                             bnfe=info["bwd_nfe"], unconv=int(tally["fwd_unconverged"] + tally["bwd_unconverged"]),
                             refresh=False)
-        if callback is not None:
-            callback({"epoch": epoch, "step": step, "global_step": epoch * spe + step} | info)
+        for callback in callbacks:
+            callback({"epoch": epoch, "step": step, "global_step": epoch * spe + step, "lr": lr} | info)
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < spe:
             _checkpoint(run, epoch, step + 1, tally)
     bar.close()
@@ -339,14 +366,13 @@ def _evaluate_epoch(run: _Run, epoch: int, tally: Tally, test_set: TensorDataset
 
 
 def _train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, config: TrainConfig,
-           ctx: DistContext, out_dir: pathlib.Path | None, ckpt_path: pathlib.Path | None, resume: bool,
-           checkpoint_every: int, progress: bool, callback: Callable[[dict[str, Any]], None] | None) -> TrainResult:
+           ctx: DistContext, opts: _Options) -> TrainResult:
     """The run, step by step: prepare, resume (or seed), then per epoch: train, evaluate, record, checkpoint."""
-    if ctx.main and out_dir is not None:
-        check_writable(out_dir)  # now, not after the first epoch
-    run = _prepare(model, train_set, config, ctx, ckpt_path)
-    if resume:
-        start_epoch, start_step, saved_tally = _resume(run, progress)
+    if ctx.main and opts.out_dir is not None:
+        check_writable(opts.out_dir)  # now, not after the first epoch
+    run = _prepare(model, train_set, config, ctx, opts.ckpt_path)
+    if opts.resume:
+        start_epoch, start_step, saved_tally = _resume(run, opts.progress)
     else:
         torch.manual_seed(config.seed)
         start_epoch, start_step, saved_tally = 0, 0, None
@@ -356,26 +382,39 @@ def _train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, 
     run.environment = {"torch": str(torch.__version__), "device": str(ctx.device), "world_size": ctx.world_size,
                        "threads": torch.get_num_threads(), "python": platform.python_version(),
                        "cpu_count": os.cpu_count()}
-    show = progress and ctx.main
-    for epoch in range(start_epoch, config.epochs):
-        resumed = epoch == start_epoch
-        tally = Tally(saved_tally if resumed else None)
-        lr = _run_epoch(run, epoch, start_step if resumed else 0, tally, checkpoint_every, show, callback)
-        row = _evaluate_epoch(run, epoch, tally, test_set, lr)
-        run.history.append(row)
-        if ctx.main and out_dir is not None:  # metrics first: a kill in between only repeats this epoch
-            write_metrics(out_dir, run.history, config, run.environment)
-        _checkpoint(run, epoch + 1, 0, None)
-        if ctx.main:
-            report_epoch(row, show, stacklevel=3)  # the warning points at train()'s caller
-        ctx.barrier()
-    return TrainResult(run.model, run.history, config, out_dir)
+    show, spe = opts.progress and ctx.main, run.steps_per_epoch
+    if opts.tensorboard and ctx.main:
+        assert opts.out_dir is not None
+        run.board = TensorBoardLog(opts.out_dir / "tensorboard",
+                                   continue_after=start_epoch * spe + start_step if opts.resume else None)
+    board = run.board
+    callbacks = [c for c in (opts.callback, board) if c is not None]
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            resumed = epoch == start_epoch
+            tally = Tally(saved_tally if resumed else None)
+            lr = _run_epoch(run, epoch, start_step if resumed else 0, tally, opts.checkpoint_every, show, callbacks)
+            row = _evaluate_epoch(run, epoch, tally, test_set, lr)
+            run.history.append(row)
+            if ctx.main and opts.out_dir is not None:  # metrics first: a kill in between only repeats this epoch
+                write_metrics(opts.out_dir, run.history, config, run.environment)
+            if board is not None:
+                board.epoch(row, (epoch + 1) * spe)
+            _checkpoint(run, epoch + 1, 0, None)
+            if ctx.main:
+                report_epoch(row, show, stacklevel=3)  # the warning points at train()'s caller
+            ctx.barrier()
+    finally:
+        if board is not None:
+            board.close()
+    return TrainResult(run.model, run.history, config, opts.out_dir)
 
 
 def train_mnist(config: TrainConfig | None = None, *, train_set: TensorDataset | None = None,
                 test_set: TensorDataset | None = None, out: str | os.PathLike | None = None, resume: bool = False,
                 overwrite: bool = False, device: str = "auto", checkpoint_every: int = 0, progress: bool = True,
-                callback: Callable[[dict[str, Any]], None] | None = None, **settings: Any) -> TrainResult:
+                callback: Callable[[dict[str, Any]], None] | None = None, tensorboard: bool = False,
+                **settings: Any) -> TrainResult:
     """Build the MNIST model ``config.model`` (seeded with ``config.seed``), load the data, and :func:`train` it.
 
     Parameters
@@ -385,7 +424,7 @@ def train_mnist(config: TrainConfig | None = None, *, train_set: TensorDataset |
     train_set, test_set : TensorDataset, optional
         Data already loaded (e.g. in a notebook); default :func:`deqkit.data.mnist_datasets` with
         ``config.data_dir`` and ``config.subset``.
-    out, resume, overwrite, device, checkpoint_every, progress, callback
+    out, resume, overwrite, device, checkpoint_every, progress, callback, tensorboard
         As for :func:`train`.
     **settings
         Fields of :class:`TrainConfig` (only when ``config`` is not given); any other keyword is an error.
@@ -413,7 +452,7 @@ def train_mnist(config: TrainConfig | None = None, *, train_set: TensorDataset |
         train_set, test_set = mnist_datasets(config.data_dir, subset=config.subset, seed=0)
     assert test_set is not None
     return train(model, train_set, test_set, config, out=out, resume=resume, overwrite=overwrite, device=device,
-                 checkpoint_every=checkpoint_every, progress=progress, callback=callback)
+                 checkpoint_every=checkpoint_every, progress=progress, callback=callback, tensorboard=tensorboard)
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:

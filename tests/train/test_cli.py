@@ -13,7 +13,7 @@ from deqkit.models import mnist_model
 from deqkit.train import load_checkpoint, save_checkpoint, train_mnist
 from deqkit.train.__main__ import main
 
-from .tiny import CLI, env, mnist_dir, same_numbers
+from .tiny import CLI, env, mnist_dir, same_numbers, tensorboard_scalars
 
 
 def test_cli_rejects_unknown_and_bad_options(capsys):
@@ -40,7 +40,7 @@ def test_cli_rejects_unknown_and_bad_options(capsys):
 def test_cli_killed_mid_run_resumes_to_the_same_result(tmp_path):
     root = mnist_dir()
     out = tmp_path / "run"
-    args = [*CLI, "--data", root, "--epochs", "2", "--checkpoint-every", "3", "--out", str(out)]
+    args = [*CLI, "--data", root, "--epochs", "2", "--checkpoint-every", "3", "--out", str(out), "--tensorboard"]
     proc = subprocess.Popen(args, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists():
@@ -63,6 +63,11 @@ def test_cli_killed_mid_run_resumes_to_the_same_result(tmp_path):
     ref_state = reference.model.state_dict()
     assert all(torch.equal(resumed["model"][k], ref_state[k]) for k in ref_state)
     assert json.loads((out / "metrics.json").read_text())["epochs"] == resumed["metrics"]
+    # TensorBoard: both runs' event files, each step shown once (what the killed run logged after its
+    # checkpoint is purged), the epochs at 10 and 20 steps
+    scalars = tensorboard_scalars(out / "tensorboard")
+    assert [s for s, _ in scalars["step/loss"]] == list(range(1, 21))
+    assert [v for _, v in scalars["epoch/test_acc"]] == pytest.approx([r["test_acc"] for r in resumed["metrics"]])
 
 
 def test_cli_run_folder_errors_are_clear(tmp_path, capsys):

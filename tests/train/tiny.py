@@ -57,6 +57,15 @@ def stop_at(global_step):
     return stop
 
 
+def tensorboard_scalars(folder):
+    """{tag: [(step, value), ...]} of every event file in ``folder``, as TensorBoard's own loader reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every event
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
 def mnist_dir():
     folder = os.environ.get("DEQKIT_MNIST_DIR")
     if not folder or not (pathlib.Path(folder) / "t10k-labels-idx1-ubyte.gz").is_file():
