@@ -12,7 +12,7 @@ import hashlib
 import http.client
 import os
 import pathlib
-import tempfile
+import secrets
 import urllib.request
 import zlib
 
@@ -141,8 +141,9 @@ def _download(name: str, folder: pathlib.Path) -> None:
     errors = []
     for mirror in MIRRORS:
         url = mirror + name
-        try:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.part"
+        try:  # os.open applies the umask to 0o666 (tempfile.mkstemp would force 0o600 on the cached file)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         except OSError as exc:
             raise MNISTError(
                 f"Cannot write into the MNIST folder {folder} to download {name} ({type(exc).__name__}: {exc}). "
