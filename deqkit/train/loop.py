@@ -365,16 +365,16 @@ def _evaluate_epoch(run: _Run, epoch: int, tally: Tally, test_set: TensorDataset
     return epoch_row(epoch, tally.reduced(run.ctx), test, eval_seconds, lr)
 
 
-def _train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, config: TrainConfig,
-           ctx: DistContext, opts: _Options) -> TrainResult:
-    """The run, step by step: prepare, resume (or seed), then per epoch: train, evaluate, record, checkpoint."""
-    if ctx.main and opts.out_dir is not None:
-        check_writable(opts.out_dir)  # now, not after the first epoch
-    run = _prepare(model, train_set, config, ctx, opts.ckpt_path)
+def _start(run: _Run, opts: _Options) -> tuple[int, int, dict[str, float] | None]:
+    """Resume from the checkpoint or seed a fresh run; wrap the model for DDP; open the TensorBoard log.
+
+    Returns where to start, as :func:`_resume` does.
+    """
+    ctx, spe = run.ctx, run.steps_per_epoch
     if opts.resume:
         start_epoch, start_step, saved_tally = _resume(run, opts.progress)
     else:
-        torch.manual_seed(config.seed)
+        torch.manual_seed(run.config.seed)
         start_epoch, start_step, saved_tally = 0, 0, None
     if ctx.distributed:
         run.net = DistributedDataParallel(run.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
@@ -382,31 +382,44 @@ def _train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, 
     run.environment = {"torch": str(torch.__version__), "device": str(ctx.device), "world_size": ctx.world_size,
                        "threads": torch.get_num_threads(), "python": platform.python_version(),
                        "cpu_count": os.cpu_count()}
-    show, spe = opts.progress and ctx.main, run.steps_per_epoch
     if opts.tensorboard and ctx.main:
         assert opts.out_dir is not None
         run.board = TensorBoardLog(opts.out_dir / "tensorboard",
                                    continue_after=start_epoch * spe + start_step if opts.resume else None)
-    board = run.board
-    callbacks = [c for c in (opts.callback, board) if c is not None]
+    return start_epoch, start_step, saved_tally
+
+
+def _record_epoch(run: _Run, opts: _Options, epoch: int, row: dict[str, float]) -> None:
+    """Metrics files, TensorBoard, then the checkpoint (a kill in between only repeats this epoch); report."""
+    run.history.append(row)
+    if run.ctx.main and opts.out_dir is not None:
+        write_metrics(opts.out_dir, run.history, run.config, run.environment)
+    if run.board is not None:
+        run.board.epoch(row, (epoch + 1) * run.steps_per_epoch)
+    _checkpoint(run, epoch + 1, 0, None)
+    if run.ctx.main:
+        report_epoch(row, opts.progress, stacklevel=4)  # the warning points at train()'s caller
+
+
+def _train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, config: TrainConfig,
+           ctx: DistContext, opts: _Options) -> TrainResult:
+    """The run, step by step: prepare, start (resume or seed), then per epoch: train, evaluate, record."""
+    if ctx.main and opts.out_dir is not None:
+        check_writable(opts.out_dir)  # now, not after the first epoch
+    run = _prepare(model, train_set, config, ctx, opts.ckpt_path)
+    show = opts.progress and ctx.main
     try:
+        start_epoch, start_step, saved_tally = _start(run, opts)
+        callbacks = [c for c in (opts.callback, run.board) if c is not None]
         for epoch in range(start_epoch, config.epochs):
             resumed = epoch == start_epoch
             tally = Tally(saved_tally if resumed else None)
             lr = _run_epoch(run, epoch, start_step if resumed else 0, tally, opts.checkpoint_every, show, callbacks)
-            row = _evaluate_epoch(run, epoch, tally, test_set, lr)
-            run.history.append(row)
-            if ctx.main and opts.out_dir is not None:  # metrics first: a kill in between only repeats this epoch
-                write_metrics(opts.out_dir, run.history, config, run.environment)
-            if board is not None:
-                board.epoch(row, (epoch + 1) * spe)
-            _checkpoint(run, epoch + 1, 0, None)
-            if ctx.main:
-                report_epoch(row, show, stacklevel=3)  # the warning points at train()'s caller
+            _record_epoch(run, opts, epoch, _evaluate_epoch(run, epoch, tally, test_set, lr))
             ctx.barrier()
     finally:
-        if board is not None:
-            board.close()
+        if run.board is not None:
+            run.board.close()
     return TrainResult(run.model, run.history, config, opts.out_dir)
 
 
