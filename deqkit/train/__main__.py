@@ -35,7 +35,7 @@ from ..data import mnist_datasets
 from ..errors import CheckpointError, MNISTError
 from ..models.mnist import MNIST_MODELS, mnist_model
 from .callbacks import check_tensorboard
-from .checkpoint import check_writable
+from .checkpoint import check_writable, load_checkpoint
 from .config import SCHEDULES, TrainConfig
 from .distributed import resolve_device
 from .loop import train
@@ -193,10 +193,12 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 
 def _check_run_folder(args: argparse.Namespace, out: pathlib.Path) -> None:
-    """The run folder: a checkpoint to resume, none to overwrite by accident, and writable (rank 0)."""
+    """The run folder: an intact checkpoint to resume, none to overwrite by accident, and writable (rank 0)."""
     ckpt = out / "checkpoint.pt"
     if args.resume and not ckpt.is_file():
         raise CheckpointError(f"--resume: no checkpoint at {ckpt}; run without --resume to start this run")
+    if args.resume:
+        load_checkpoint(ckpt)  # a damaged file fails its checksum now; the run's checks follow in train()
     if ckpt.exists() and not (args.resume or args.overwrite):
         raise FileExistsError(f"{ckpt} exists: add --resume to continue that run, --overwrite to start afresh, or "
                               "choose another --out")

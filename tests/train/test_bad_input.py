@@ -143,8 +143,9 @@ def _set(*keys: Any, value: Any) -> Callable[[dict], None]:
     return change
 
 
-def _flip_tensor_bytes(b: Bench) -> Any:
-    """64 bytes of a weight tensor flipped inside checkpoint.pt, as a failing disk or a bad copy would."""
+def _flipped(b: Bench) -> pathlib.Path:
+    """A copy of the run whose checkpoint.pt has 64 bytes of a weight tensor flipped, as a failing disk or a
+    bad copy would."""
     folder = b.copy()
     path = folder / "checkpoint.pt"
     raw = bytearray(path.read_bytes())
@@ -153,7 +154,7 @@ def _flip_tensor_bytes(b: Bench) -> Any:
     assert at > 0, "the weight bytes were not found in the file"
     raw[at + 64:at + 128] = bytes(x ^ 0xFF for x in raw[at + 64:at + 128])
     path.write_bytes(bytes(raw))
-    return b.resume(folder)
+    return folder
 
 
 def _nan_weight(state: dict) -> None:
@@ -216,7 +217,7 @@ NOT_YET = pytest.mark.xfail(strict=True, reason="DEQ(max_steps=0) is refused at 
 #: (id, act, expected exception or exit status, fragment of the message)
 CASES: list[tuple[str, Callable[[Bench], Any], type[BaseException] | int, str]] = [
     # --- checkpoints: damaged or edited files are refused before anything is loaded into the model
-    ("ckpt: 64 bytes flipped in a weight tensor", _flip_tensor_bytes, CheckpointError, "checksum"),
+    ("ckpt: 64 bytes flipped in a weight tensor", lambda b: b.resume(_flipped(b)), CheckpointError, "checksum"),
     ("ckpt: epoch=99 edited (checksum stale)", lambda b: b.resume(b.edited(_set("epoch", value=99), checksum="stale")),
      CheckpointError, "checksum"),
     ("ckpt: epoch=99 re-saved with a valid checksum", lambda b: b.resume(b.edited(_set("epoch", value=99))),
@@ -248,6 +249,8 @@ CASES: list[tuple[str, Callable[[Bench], Any], type[BaseException] | int, str]] 
     ("cli: --out under a regular file", lambda b: b.cli("--out", str(_regular_file(b) / "run")), 1,
      "is a file, not a folder"),
     ("cli: --out read-only", lambda b: b.cli("--out", str(b.read_only(b.tmp / "ro"))), 1, "Permission denied"),
+    ("cli: --resume from a damaged checkpoint", lambda b: b.cli("--resume", "--out", str(_flipped(b))), 1,
+     "checksum"),
     ("cli: --checkpoint-every -1", lambda b: b.cli("--checkpoint-every", "-1"), 2, "--checkpoint-every"),
     pytest.param("cli: --device cuda without a GPU", lambda b: b.cli("--device", "cuda"), 2, "use --device cpu",
                  marks=NO_GPU),
