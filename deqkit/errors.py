@@ -6,7 +6,8 @@ knows how to react without reading the source.
 
 from __future__ import annotations
 
-__all__ = ["ConvergenceWarning", "ConvergenceError", "DivergenceError", "ExerciseError", "StepFailure"]
+__all__ = ["ConvergenceWarning", "ConvergenceError", "DivergenceError", "CheckpointError", "RunFolderError",
+           "MNISTError", "ExerciseError", "StepFailure"]
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -31,3 +32,19 @@ class StepFailure(RuntimeError):
 
 class ExerciseError(AssertionError):
     """A notebook exercise was answered, and the answer is wrong; the message says what to look at."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not belong to the run that tries to resume from it."""
+
+
+class RunFolderError(CheckpointError, OSError):
+    """A training run's folder cannot be written: not a folder, not writable, or its disk is full.
+
+    Also an ``OSError``. The message names the folder (for a failed write, also the free space on its disk);
+    an atomic write that fails leaves the previous file intact.
+    """
+
+
+class MNISTError(RuntimeError):
+    """An MNIST file is missing, corrupt or could not be downloaded; the message says how to fix it."""

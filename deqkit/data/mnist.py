@@ -12,7 +12,7 @@ import hashlib
 import http.client
 import os
 import pathlib
-import tempfile
+import secrets
 import urllib.request
 import zlib
 
@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
+
+from ..errors import MNISTError
 
 __all__ = ["MNISTError", "MNIST_MEAN", "MNIST_STD", "load_mnist", "mnist_datasets", "mnist_dir", "read_idx"]
 
@@ -39,10 +41,6 @@ MNIST_FILES = {
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 _MAGICS = {0x00000801: 1, 0x00000803: 3}  # unsigned-byte IDX: labels (1 dimension), images (3)
 _FIX = f"set {ENV_VAR} (or pass root=) to a folder that holds the original files"
-
-
-class MNISTError(RuntimeError):
-    """An MNIST file is missing, corrupt or could not be downloaded; the message says how to fix it."""
 
 
 def mnist_dir(root: str | os.PathLike | None = None) -> pathlib.Path:
@@ -101,6 +99,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             f"{path} is not a complete gzip file ({type(exc).__name__}: {exc}); it is probably "
             "truncated or corrupt: delete it and download it again."
         ) from exc
+    except IsADirectoryError as exc:
+        raise MNISTError(f"{path} is a directory, not an IDX file: pass the file's path.") from exc
     except OSError as exc:
         raise MNISTError(f"cannot read {path} ({type(exc).__name__}: {exc}): check its permissions.") from exc
     magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
@@ -141,7 +141,15 @@ def _download(name: str, folder: pathlib.Path) -> None:
     errors = []
     for mirror in MIRRORS:
         url = mirror + name
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.part"
+        try:  # os.open applies the umask to 0o666 (tempfile.mkstemp would force 0o600 on the cached file)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except OSError as exc:
+            raise MNISTError(
+                f"Cannot write into the MNIST folder {folder} to download {name} ({type(exc).__name__}: {exc}). "
+                f"Make the folder writable, or set {ENV_VAR} (or pass root=, --data) to a writable folder or to "
+                "one that already holds the four files."
+            ) from exc
         try:
             digest = hashlib.md5()
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
@@ -170,6 +178,11 @@ def _download(name: str, folder: pathlib.Path) -> None:
 
 def _ensure(folder: pathlib.Path, name: str, download: bool, verify: bool) -> pathlib.Path:
     path = folder / name
+    if path.exists() and not path.is_file():
+        raise MNISTError(
+            f"{path} is a directory (or another non-file), not the MNIST file {name}: remove or rename it so that "
+            f"the file can take its place, or {_FIX}."
+        )
     if not path.is_file():
         if not download:
             raise MNISTError(

@@ -11,7 +11,7 @@ import base64
 import html
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from torch.utils.data import TensorDataset
 from ..data import MNIST_MEAN, MNIST_STD, mnist_datasets
 from ..errors import ConvergenceWarning
 from ..solvers import solve
+from ..train.callbacks import StepLog
 from . import fast_mode
 from .widgets import Panel, figure, render_png
 
@@ -90,35 +91,6 @@ def static(panel: Panel, dpi: int = 80) -> Any:
 
     data = base64.b64encode(render_png(panel.figure, dpi)).decode()
     return HTML(f'<img src="data:image/png;base64,{data}"/><div>{panel.text}</div>')
-
-
-@dataclass
-class StepLog:
-    """A ``callback`` for :func:`deqkit.train.train` that keeps every step's loss, accuracy and NFE.
-
-    Attributes
-    ----------
-    loss, acc : list of float
-        This process's batch loss and accuracy (%) per step.
-    fwd_nfe, bwd_nfe : list of int
-        Forward and backward evaluations per step.
-    unconverged : int
-        Non-converged solves over all steps.
-    """
-
-    loss: list[float] = field(default_factory=list)
-    acc: list[float] = field(default_factory=list)
-    fwd_nfe: list[int] = field(default_factory=list)
-    bwd_nfe: list[int] = field(default_factory=list)
-    unconverged: int = 0
-
-    def __call__(self, info: dict[str, Any]) -> None:
-        """Record one step from the dict :func:`deqkit.train.train` passes its ``callback``."""
-        self.loss.append(info["loss"])
-        self.acc.append(info["acc"])
-        self.fwd_nfe.append(info["fwd_nfe"])
-        self.bwd_nfe.append(info["bwd_nfe"])
-        self.unconverged += info["unconverged"]
 
 
 def _smooth(values: list[float], window: int) -> np.ndarray:

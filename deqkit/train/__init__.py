@@ -1,10 +1,12 @@
 """Training DEQ classifiers: a loop with progress bars, per-epoch metrics, checkpoints and exact resume.
 
 ``python -m deqkit.train mnist --model seed|seed-linear|wide|conv ...`` runs it from the shell (also under
-``torchrun``, with DistributedDataParallel); :func:`train_mnist` and :func:`train` are the same from Python.
+``torchrun``, with DistributedDataParallel; ``--tensorboard`` logs to TensorBoard); :func:`train_mnist` and
+:func:`train` are the same from Python.
 """
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .callbacks import StepLog, TensorBoardLog
+from .checkpoint import CheckpointError, RunFolderError, load_checkpoint, save_checkpoint
 from .distributed import DistContext, launched_by_torchrun, resolve_device
 from .loop import METRIC_FIELDS, TrainConfig, TrainResult, evaluate, load_model, train, train_mnist
 
@@ -12,6 +14,9 @@ __all__ = [
     "METRIC_FIELDS",
     "CheckpointError",
     "DistContext",
+    "RunFolderError",
+    "StepLog",
+    "TensorBoardLog",
     "TrainConfig",
     "TrainResult",
     "evaluate",

@@ -8,6 +8,11 @@ The seed blog's run (batch 8, 10 epochs), then the fixed model, then resuming an
     python -m deqkit.train mnist --model seed-linear --epochs 10 --out runs/linear
     python -m deqkit.train mnist --model seed-linear --epochs 10 --out runs/linear --resume
 
+The same with TensorBoard logs (``pip install "deqkit[tensorboard]"``), then viewed::
+
+    python -m deqkit.train mnist --model seed-linear --epochs 10 --out runs/linear --tensorboard
+    tensorboard --logdir runs/linear/tensorboard
+
 Two CPU processes with DistributedDataParallel (gloo)::
 
     torchrun --nproc_per_node 2 -m deqkit.train mnist --model seed --subset 2000 --epochs 1
@@ -19,15 +24,21 @@ import argparse
 import ast
 import os
 import pathlib
+import re
 import sys
 from typing import Any
 
 import torch
+from torch import nn
 
-from ..data import MNISTError, mnist_datasets
+from ..data import mnist_datasets
+from ..errors import CheckpointError, MNISTError
 from ..models.mnist import MNIST_MODELS, mnist_model
-from .checkpoint import CheckpointError
-from .loop import SCHEDULES, TrainConfig, train
+from .callbacks import check_tensorboard
+from .checkpoint import check_writable, load_checkpoint
+from .config import SCHEDULES, TrainConfig
+from .distributed import resolve_device
+from .loop import train
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -41,11 +52,34 @@ def _option(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0 (0: only after each epoch), got {text!r}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that reads ``-1e-3`` as a value, not as an unknown option.
+
+    argparse takes a leading ``-`` for an option unless the text matches its negative-number pattern, which
+    leaves out exponents in some Python versions (3.11: ``--lr -1e-3`` gives "expected one argument"). With
+    the value read, a negative setting is refused by :class:`TrainConfig` with a message that says why.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser: the ``mnist`` task and its options, defaults taken from :class:`TrainConfig`."""
-    parser = argparse.ArgumentParser(prog="python -m deqkit.train", allow_abbrev=False,
-                                     description="Train deqkit's DEQ models, with progress bars, metrics and "
-                                                 "checkpoints; under torchrun, with DistributedDataParallel.")
+    parser = _Parser(prog="python -m deqkit.train", allow_abbrev=False,
+                     description="Train deqkit's DEQ models, with progress bars, metrics and checkpoints; under "
+                                 "torchrun, with DistributedDataParallel.")
     tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
     p = tasks.add_parser("mnist", allow_abbrev=False, help="an MNIST classifier with a DEQ layer",
                          description="Train an MNIST DEQ classifier (deqkit.models.MNIST_MODELS).")
@@ -72,16 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: runs/mnist-MODEL-seedSEED)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a checkpoint")
-    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+    p.add_argument("--checkpoint-every", type=_non_negative_int, default=0, metavar="STEPS",
                    help="also checkpoint every STEPS steps within an epoch (default: only after each epoch)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log every step and epoch to TensorBoard in OUT/tensorboard (needs: pip install "
+                        "\"deqkit[tensorboard]\"); view with: tensorboard --logdir OUT/tensorboard")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line: train (or resume) an MNIST model and print where its metrics are.
+
+    Everything that can be checked without the data is checked first (arguments, settings, the model, the
+    run folder), so that a mistake costs no loading and no training.
 
     Parameters
     ----------
@@ -91,45 +131,27 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success; 1, with a message on stderr, when MNIST cannot be loaded, the checkpoint is missing
-        (``--resume``), unreadable or already there (without ``--resume`` or ``--overwrite``).
+        0 on success; 1, with a message on stderr, when MNIST cannot be loaded, the run folder cannot be
+        written, or the checkpoint is missing (``--resume``), unreadable, damaged or already there (without
+        ``--resume`` or ``--overwrite``).
 
     Raises
     ------
     SystemExit
         With status 2 (argparse's usage error) for invalid arguments, training settings or model options,
-        ``--threads < 1``, or ``--resume`` with ``--overwrite``.
+        ``--threads < 1``, ``--device cuda`` without CUDA, ``--tensorboard`` without the tensorboard package,
+        or ``--resume`` with ``--overwrite``.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    options = dict(args.deq)
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    config, model = _check_arguments(parser, args)
+    out = pathlib.Path(args.out or f"runs/mnist-{args.model}-seed{args.seed}")
     try:
-        config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
-                             subset=args.subset, data_dir=args.data, model_options=options,
-                             eval_batch_size=args.eval_batch_size)
-        model = mnist_model(config.model, seed=config.seed, **options)
-    except (ValueError, TypeError) as err:
-        parser.error(str(err))
-    out = args.out or f"runs/mnist-{args.model}-seed{args.seed}"
-    ckpt = pathlib.Path(out) / "checkpoint.pt"
-    if args.resume and args.overwrite:
-        parser.error("--resume and --overwrite contradict each other: choose one")
-    if args.resume and not ckpt.is_file():  # say so before spending time on loading the data
-        print(f"error: --resume: no checkpoint at {ckpt}; run without --resume to start this run", file=sys.stderr)
-        return 1
-    if ckpt.exists() and not (args.resume or args.overwrite):
-        print(f"error: {ckpt} exists: add --resume to continue that run, --overwrite to start afresh, or choose "
-              "another --out", file=sys.stderr)
-        return 1
-    try:
+        _check_run_folder(args, out)
         train_set, test_set = mnist_datasets(config.data_dir, subset=config.subset, seed=0)
         result = train(model, train_set, test_set, config, out=out, resume=args.resume, overwrite=args.overwrite,
-                       device=args.device, checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+                       device=args.device, checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+                       tensorboard=args.tensorboard)
     except (MNISTError, CheckpointError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -138,6 +160,50 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.model}: test accuracy {last['test_acc']:.2f}% after {last['epoch']} epochs; "
               f"metrics in {out}/metrics.csv, checkpoint in {out}/checkpoint.pt")
     return 0
+
+
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[TrainConfig, nn.Module]:
+    """Usage errors (exit 2) found from the arguments alone; return the run's settings and its model."""
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite contradict each other: choose one")
+    try:
+        resolve_device(args.device)
+    except RuntimeError:
+        parser.error("--device cuda: CUDA is not available here (no GPU, or a CPU-only torch build); "
+                     "use --device cpu or --device auto")
+    if args.tensorboard:
+        try:
+            check_tensorboard()
+        except ImportError as err:
+            parser.error(f"--tensorboard: {err}")
+    options = dict(args.deq)
+    try:
+        config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
+                             subset=args.subset, data_dir=args.data, model_options=options,
+                             eval_batch_size=args.eval_batch_size)
+        model = mnist_model(config.model, seed=config.seed, **options)
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))
+    return config, model
+
+
+def _check_run_folder(args: argparse.Namespace, out: pathlib.Path) -> None:
+    """The run folder: an intact checkpoint to resume, none to overwrite by accident, and writable (rank 0)."""
+    ckpt = out / "checkpoint.pt"
+    if args.resume and not ckpt.is_file():
+        raise CheckpointError(f"--resume: no checkpoint at {ckpt}; run without --resume to start this run")
+    if args.resume:
+        load_checkpoint(ckpt)  # a damaged file fails its checksum now; the run's checks follow in train()
+    if ckpt.exists() and not (args.resume or args.overwrite):
+        raise FileExistsError(f"{ckpt} exists: add --resume to continue that run, --overwrite to start afresh, or "
+                              "choose another --out")
+    if os.environ.get("RANK", "0") == "0":
+        check_writable(out)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import gc
-import io
-import json
 import math
 import os
 import pathlib
@@ -24,90 +21,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from ..errors import ConvergenceWarning
-from ..layer import DEQ
-from .checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from ..errors import CheckpointError, ConvergenceWarning
+from .callbacks import TensorBoardLog, check_tensorboard
+from .checkpoint import check_writable, load_checkpoint, save_checkpoint
+from .config import SCHEDULES, TrainConfig
 from .distributed import DistContext, setup
+from .metrics import METRIC_FIELDS, Tally, epoch_row, report_epoch, solver_counts, write_metrics
+from .resume import check_resumable, load_states, load_weights
 
-__all__ = ["METRIC_FIELDS", "TrainConfig", "TrainResult", "evaluate", "load_model", "train", "train_mnist"]
+__all__ = ["METRIC_FIELDS", "SCHEDULES", "TrainConfig", "TrainResult", "evaluate", "load_model", "train", "train_mnist"]
 
-SCHEDULES = ("constant", "cosine")
 CHECKPOINT_NAME = "checkpoint.pt"
-
-#: Columns of ``metrics.csv``, one row per epoch.
-METRIC_FIELDS = (
-    "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
-    "fwd_nfe_mean", "fwd_nfe_max", "bwd_nfe_mean", "bwd_nfe_max", "fwd_unconverged", "bwd_unconverged",
-    "test_nfe_mean", "test_nfe_max", "test_unconverged", "seconds", "eval_seconds", "lr", "samples", "loadavg",
-)
-
-
-@dataclass
-class TrainConfig:
-    """Everything that determines a training run's numbers (a resumed run must use the same values).
-
-    Parameters
-    ----------
-    model : str
-        A name in :data:`deqkit.models.MNIST_MODELS` (``"seed"``, ``"seed-linear"``, ``"wide"``, ``"conv"``);
-        used by :func:`train_mnist` and recorded with the metrics.
-    epochs : int
-        Passes over the training set.
-    batch_size : int
-        Samples per optimiser step, over all processes together (each of ``world_size`` processes takes its
-        share of every batch, so a ``torchrun`` run takes the same steps as a single process).
-    lr : float
-        Adam's learning rate (the seed's 3e-4 by default).
-    weight_decay : float
-        Adam's L2 penalty (the seed's λ = 0 by default).
-    schedule : {"constant", "cosine"}
-        ``"cosine"`` anneals the learning rate to 0 over all steps of all epochs.
-    seed : int
-        Seeds the weights (in :func:`train_mnist`), torch's generator, and the shuffling: epoch ``e`` visits the
-        samples in an order drawn from a generator seeded with ``(seed, e)``, independent of anything else.
-    subset : int, optional
-        Train on this many samples (and test on ``min(max(subset // 6, 1000), 10000)``), drawn with seed 0;
-        see :func:`deqkit.data.mnist_datasets`.
-    data_dir : str, optional
-        MNIST folder (default: ``$DEQKIT_MNIST_DIR`` or the cache; see :func:`deqkit.data.mnist_dir`).
-    model_options : dict
-        Keyword arguments of the model constructor: :class:`~deqkit.DEQ` settings such as
-        ``{"solver": "anderson", "max_steps": 30}``.
-    eval_batch_size : int
-        Batch size of the test-set evaluation after each epoch.
-    """
-
-    model: str = "seed"
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    seed: int = 0
-    subset: int | None = None
-    data_dir: str | None = None
-    model_options: dict[str, Any] = field(default_factory=dict)
-    eval_batch_size: int = 1000
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.subset is not None and (isinstance(self.subset, bool) or not isinstance(self.subset, int)
-                                        or self.subset < 1):
-            raise ValueError(f"subset must be a positive integer or None, got {self.subset!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not isinstance(self.model_options, dict):
-            raise TypeError(f"model_options must be a dict of keyword arguments, got {type(self.model_options)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -136,59 +60,6 @@ class TrainResult:
         if not self.history:
             raise ValueError("no epoch has finished yet")
         return self.history[-1]
-
-
-def _deqs(model: nn.Module) -> list[DEQ]:
-    return [m for m in model.modules() if isinstance(m, DEQ)]
-
-
-def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The sample order of one epoch: a function of (seed, epoch) only, so a resumed run sees the same order."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=gen)
-
-
-class _Tally:
-    """Sums over one epoch's steps (this process's share); reduced over processes at the end."""
-
-    SUMS = ("loss", "correct", "count", "steps", "fwd_nfe", "bwd_nfe", "fwd_unconverged", "bwd_unconverged")
-    MAXES = ("fwd_nfe_max", "bwd_nfe_max", "seconds")
-
-    def __init__(self, saved: dict[str, float] | None = None):
-        self.values = dict.fromkeys(self.SUMS + self.MAXES, 0.0)
-        if saved:
-            self.values.update(saved)
-
-    def __getitem__(self, key: str) -> float:
-        return self.values[key]
-
-    def add(self, **values: float) -> None:
-        for key, value in values.items():
-            self.values[key] += value
-
-    def top(self, **values: float) -> None:
-        for key, value in values.items():
-            self.values[key] = max(self.values[key], value)
-
-    def reduced(self, ctx: DistContext) -> dict[str, float]:
-        sums = dict(zip(self.SUMS, ctx.sum([self.values[k] for k in self.SUMS])))
-        maxes = dict(zip(self.MAXES, ctx.max([self.values[k] for k in self.MAXES])))
-        return sums | maxes
-
-
-def _solver_counts(model: nn.Module) -> tuple[int, int, int, int]:
-    """(forward NFE, backward NFE, forward and backward non-converged samples) of the last call, over all DEQs."""
-    fnfe = bnfe = fbad = bbad = 0
-    for deq in _deqs(model):
-        stats = deq.last_stats
-        if stats is None:
-            continue
-        fnfe += stats.forward.nfe
-        fbad += int((~stats.forward.converged).sum())
-        if stats.backward is not None:
-            bnfe += stats.backward.nfe
-            bbad += int((~stats.backward.converged).sum())
-    return fnfe, bnfe, fbad, bbad
 
 
 @torch.no_grad()
@@ -232,7 +103,7 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 1000
                 logits = model(x)
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
-            fnfe, _, fbad, _ = _solver_counts(model)
+            fnfe, _, fbad, _ = solver_counts(model)
             nfe, batches, bad, nfe_max = nfe + fnfe, batches + 1, bad + fbad, max(nfe_max, fnfe)
     finally:
         model.train(was_training)
@@ -243,38 +114,10 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 1000
             "unconverged": bad, "samples": n}
 
 
-def _write_text(path: pathlib.Path, text: str) -> None:
-    atomic_write(path, "w", lambda f: f.write(text))
-
-
-def _write_metrics(out: pathlib.Path, history: list[dict[str, float]], config: TrainConfig,
-                   environment: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS)
-    writer.writeheader()
-    writer.writerows(history)
-    _write_text(out / "metrics.csv", buf.getvalue())
-    doc = {"config": config.to_dict(), "environment": environment, "epochs": history}
-    _write_text(out / "metrics.json", json.dumps(doc, indent=2) + "\n")
-
-
-def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: pathlib.Path) -> None:
-    """Refuse to resume a run with settings that would change its numbers (more epochs are allowed)."""
-    old = saved.get("config", {})
-    new = config.to_dict()
-    ignore = {"epochs", "data_dir"} if config.schedule == "constant" else {"data_dir"}
-    differ = [k for k in new if k not in ignore and old.get(k) != new[k]]
-    if differ:
-        pairs = ", ".join(f"{k}: checkpoint {old.get(k)!r} vs now {new[k]!r}" for k in differ)
-        raise CheckpointError(f"cannot resume from {path}: the run's settings differ ({pairs}). Resume with the "
-                              "same settings, or start a new run in another folder.")
-
-
 def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, config: TrainConfig, *,
           out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
           device: str = "auto", checkpoint_every: int = 0, progress: bool = True,
-          callback: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+          callback: Callable[[dict[str, Any]], None] | None = None, tensorboard: bool = False) -> TrainResult:
     """Train ``model`` with Adam and cross-entropy; evaluate, record and checkpoint after every epoch.
 
     Every step shows a ``tqdm.auto`` bar with the running loss and accuracy, the last forward and backward
@@ -297,10 +140,11 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
     config : TrainConfig
     out : str or os.PathLike, optional
         Run folder: ``checkpoint.pt`` (after every epoch, and every ``checkpoint_every`` steps), ``metrics.csv``
-        and ``metrics.json``. Without it nothing is written.
+        and ``metrics.json``. Without it nothing is written. Checked to be writable before training starts.
     resume : bool
         Continue from ``out/checkpoint.pt`` exactly where it stopped (weights, optimiser, epoch and step,
-        partial epoch tallies, RNG state); the result equals that of an uninterrupted run.
+        partial epoch tallies, RNG state); the result equals that of an uninterrupted run. The checkpoint must
+        pass its checksum and agree with itself, with ``config`` and with the folder's metrics files.
     overwrite : bool
         Start afresh even if ``out`` already holds a checkpoint (otherwise that is an error).
     device : {"auto", "cpu", "cuda"}
@@ -310,12 +154,29 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
         Show the progress bars and a one-line summary per epoch.
     callback : callable, optional
         Called after every optimiser step with a dict: ``epoch``, ``step`` (within the epoch, from 0),
-        ``global_step``, and this process's batch ``loss``, ``acc`` (%), ``fwd_nfe``, ``bwd_nfe``,
-        ``unconverged``.
+        ``global_step``, the learning rate ``lr`` of the step, and this process's batch ``loss``, ``acc`` (%),
+        ``fwd_nfe``, ``bwd_nfe``, ``unconverged``.
+    tensorboard : bool
+        Also log every step and every epoch to TensorBoard, in ``out/tensorboard`` (needs ``out`` and the
+        ``tensorboard`` package: ``pip install "deqkit[tensorboard]"``); see
+        :class:`~deqkit.train.callbacks.TensorBoardLog`.
 
     Returns
     -------
     TrainResult
+
+    Raises
+    ------
+    FileExistsError
+        If ``out`` holds a checkpoint and neither ``resume`` nor ``overwrite`` is given.
+    CheckpointError
+        With ``resume``: the checkpoint is missing, unreadable, damaged (checksum), inconsistent, or belongs to
+        a run with other settings; the message names the cause.
+    ImportError
+        With ``tensorboard=True``, if the ``tensorboard`` package is missing.
+    RunFolderError
+        If ``out`` cannot be written (checked before training), or a write fails later (e.g. a full disk:
+        the message names the disk and its free space; the previous files stay intact).
     """
     if resume and out is None:
         raise ValueError("resume=True needs out=, the run folder that holds checkpoint.pt")
@@ -323,6 +184,10 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
         raise ValueError("resume=True and overwrite=True contradict each other: choose one")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be an integer >= 0, got {checkpoint_every!r}")
+    if tensorboard:
+        if out is None:
+            raise ValueError("tensorboard=True needs out=, the run folder (the logs go to out/tensorboard)")
+        check_tensorboard()  # a missing package fails now, not after loading and preparing
     out_dir = pathlib.Path(out) if out is not None else None
     ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
     if ckpt_path is not None and ckpt_path.exists() and not (resume or overwrite):
@@ -332,8 +197,8 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
     ctx = setup(device)
     finished = False
     try:
-        result = _train(model, train_set, test_set, config, ctx, out_dir, ckpt_path, resume, checkpoint_every,
-                        progress, callback)
+        opts = _Options(out_dir, ckpt_path, resume, checkpoint_every, progress, callback, tensorboard)
+        result = _train(model, train_set, test_set, config, ctx, opts)
         finished = True
         return result
     finally:
@@ -343,9 +208,56 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
         ctx.close(wait=finished)
 
 
-def _train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, config: TrainConfig,
-           ctx: DistContext, out_dir: pathlib.Path | None, ckpt_path: pathlib.Path | None, resume: bool,
-           checkpoint_every: int, progress: bool, callback: Callable[[dict[str, Any]], None] | None) -> TrainResult:
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The sample order of one epoch: a function of (seed, epoch) only, so a resumed run sees the same order."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen)
+
+
+@dataclass
+class _Options:
+    """How :func:`train` was asked to run, as :func:`_train` needs it."""
+
+    out_dir: pathlib.Path | None
+    ckpt_path: pathlib.Path | None
+    resume: bool
+    checkpoint_every: int
+    progress: bool
+    callback: Callable[[dict[str, Any]], None] | None
+    tensorboard: bool
+
+
+@dataclass
+class _Run:
+    """The parts of one training run that its steps share (see :func:`_train`)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    config: TrainConfig
+    ctx: DistContext
+    images: torch.Tensor
+    labels: torch.Tensor
+    steps_per_epoch: int
+    ckpt_path: pathlib.Path | None
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    history: list[dict[str, float]] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+    board: TensorBoardLog | None = None
+
+
+def _steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
+    steps = math.ceil(n / batch_size)
+    if n % batch_size and n % batch_size < world_size:
+        steps -= 1  # a last batch smaller than the number of processes is dropped
+    if steps < 1:
+        raise ValueError(f"the training set has {n} samples, fewer than the {world_size} processes")
+    return steps
+
+
+def _prepare(model: nn.Module, train_set: TensorDataset, config: TrainConfig, ctx: DistContext,
+             ckpt_path: pathlib.Path | None) -> _Run:
+    """Move the model and data to the device; build the optimiser and the learning-rate schedule."""
     dev = ctx.device
     if dev.type == "cuda":  # deterministic kernels where cuDNN offers a choice
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
@@ -354,141 +266,168 @@ def _train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, 
     images, labels = train_set.tensors
     if dev.type == "cuda":  # one copy to the GPU instead of one per batch
         images, labels = images.to(dev), labels.to(dev)
-    n = len(labels)
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    if n % config.batch_size and n % config.batch_size < ctx.world_size:
-        steps_per_epoch -= 1  # a last batch smaller than the number of processes is dropped
-    if steps_per_epoch < 1:
-        raise ValueError(f"the training set has {n} samples, fewer than the {ctx.world_size} processes")
-    total_steps = steps_per_epoch * config.epochs
+    steps = _steps_per_epoch(len(labels), config.batch_size, ctx.world_size)
     # stepped once per batch; its state is checkpointed with the optimiser's, so a resumed run continues exactly
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps * config.epochs)
                  if config.schedule == "cosine" else None)
+    return _Run(model, optimizer, scheduler, config, ctx, images, labels, steps, ckpt_path, net=model)
 
-    start_epoch, start_step, history, saved_tally = 0, 0, [], None
-    if resume:
-        assert ckpt_path is not None
-        state = load_checkpoint(ckpt_path, map_location="cpu")
-        _check_resumable(state, config, ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            if state.get("scheduler") is None:
-                raise CheckpointError(f"cannot resume from {ckpt_path}: it holds no learning-rate scheduler state "
-                                      "for the cosine schedule; start a new run in another folder")
-            scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if dev.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], dev)
-        start_epoch, start_step, history = state["epoch"], state["step"], list(state["metrics"])
-        saved_tally = state["tally"] if ctx.main else None  # rank 0 holds the reduced partial tallies
-        if progress and ctx.main:
-            tqdm.write(f"resuming {ckpt_path} at epoch {start_epoch + 1}, step {start_step} "
-                       f"({len(history)} epochs done)")
+
+def _resume(run: _Run, progress: bool) -> tuple[int, int, dict[str, float] | None]:
+    """Load weights, optimiser, schedule, RNG and history from the checkpoint; return where to continue.
+
+    Returns ``(epoch, step, tally)``: the epoch (from 0) and step within it to start at, and the partial
+    epoch's reduced tallies (on rank 0 only; None at an epoch boundary).
+    """
+    assert run.ckpt_path is not None
+    state = load_checkpoint(run.ckpt_path, map_location="cpu")
+    check_resumable(state, run.config, run.ckpt_path, run.steps_per_epoch)
+    load_states(state, run.model, run.optimizer, run.scheduler, run.config, run.ctx.device, run.ckpt_path)
+    run.history = list(state["metrics"])
+    if progress and run.ctx.main:
+        tqdm.write(f"resuming {run.ckpt_path} at epoch {state['epoch'] + 1}, step {state['step']} "
+                   f"({len(run.history)} epochs done)")
+    return state["epoch"], state["step"], state["tally"] if run.ctx.main else None  # rank 0 holds the tallies
+
+
+def _checkpoint(run: _Run, epoch: int, step: int, tally: Tally | None) -> None:
+    """Save the run at ``step`` of ``epoch`` (step 0: the epoch has not started) with the epoch's tallies."""
+    reduced = tally.reduced(run.ctx) if tally is not None else None  # collective: every rank calls it
+    if run.ckpt_path is None or not run.ctx.main:
+        return
+    if run.board is not None:  # what TensorBoard shows up to this checkpoint must survive a kill
+        run.board.flush()
+    dev = run.ctx.device
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
+    save_checkpoint({"config": run.config.to_dict(), "model": run.model.state_dict(),
+                     "optimizer": run.optimizer.state_dict(),
+                     "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+                     "epoch": epoch, "step": step, "rng": rng,
+                     "metrics": run.history, "tally": reduced, "environment": run.environment}, run.ckpt_path)
+
+
+def _train_step(run: _Run, batch: torch.Tensor, tally: Tally) -> dict[str, float]:
+    """One optimiser step on this process's share of ``batch``; add it to ``tally`` and return its numbers."""
+    t0 = time.perf_counter()
+    ctx, dev = run.ctx, run.ctx.device
+    mine = batch.tensor_split(ctx.world_size)[ctx.rank]
+    x, y = run.images[mine].to(dev), run.labels[mine].to(dev)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # counted and reported per epoch
+        logits = run.net(x)
+        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        # DDP averages gradients over processes: scale so that the result is the whole batch's mean
+        run.optimizer.zero_grad(set_to_none=True)
+        (loss_sum * (ctx.world_size / len(batch))).backward()
+    run.optimizer.step()
+    if run.scheduler is not None:
+        run.scheduler.step()
+    fnfe, bnfe, fbad, bbad = solver_counts(run.model)
+    batch_loss, batch_correct = float(loss_sum.detach()), int((logits.argmax(1) == y).sum())
+    tally.add(loss=batch_loss, correct=batch_correct, count=len(mine), steps=1, fwd_nfe=fnfe, bwd_nfe=bnfe,
+              fwd_unconverged=fbad, bwd_unconverged=bbad, seconds=time.perf_counter() - t0)
+    tally.top(fwd_nfe_max=fnfe, bwd_nfe_max=bnfe)
+    return {"loss": batch_loss / len(mine), "acc": 100.0 * batch_correct / len(mine), "fwd_nfe": fnfe,
+            "bwd_nfe": bnfe, "unconverged": fbad + bbad}
+
+
+def _run_epoch(run: _Run, epoch: int, first: int, tally: Tally, checkpoint_every: int, show: bool,
+               callbacks: list[Callable[[dict[str, Any]], None]]) -> float:
+    """Steps ``first``, ... of ``epoch`` with a progress bar; return the learning rate of its last step."""
+    config, spe = run.config, run.steps_per_epoch
+    order = _epoch_order(len(run.labels), config.seed, epoch)
+    run.model.train()
+    bar = tqdm(total=spe, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show,
+               dynamic_ncols=True)
+    lr = run.optimizer.param_groups[0]["lr"]
+    for step in range(first, spe):
+        lr = run.optimizer.param_groups[0]["lr"]
+        info = _train_step(run, order[step * config.batch_size:(step + 1) * config.batch_size], tally)
+        bar.update(1)
+        if show:
+            bar.set_postfix(loss=f"{tally['loss'] / tally['count']:.4f}",
+                            acc=f"{100 * tally['correct'] / tally['count']:.2f}", nfe=info["fwd_nfe"],
+                            bnfe=info["bwd_nfe"], unconv=int(tally["fwd_unconverged"] + tally["bwd_unconverged"]),
+                            refresh=False)
+        for callback in callbacks:
+            callback({"epoch": epoch, "step": step, "global_step": epoch * spe + step, "lr": lr} | info)
+        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < spe:
+            _checkpoint(run, epoch, step + 1, tally)
+    bar.close()
+    return lr
+
+
+def _evaluate_epoch(run: _Run, epoch: int, tally: Tally, test_set: TensorDataset, lr: float) -> dict[str, float]:
+    """Evaluate on the test set and return the epoch's row of :data:`METRIC_FIELDS`."""
+    t0 = time.perf_counter()
+    test = evaluate(run.model, test_set, batch_size=run.config.eval_batch_size, device=run.ctx.device, ctx=run.ctx)
+    eval_seconds = time.perf_counter() - t0
+    return epoch_row(epoch, tally.reduced(run.ctx), test, eval_seconds, lr)
+
+
+def _start(run: _Run, opts: _Options) -> tuple[int, int, dict[str, float] | None]:
+    """Resume from the checkpoint or seed a fresh run; wrap the model for DDP; open the TensorBoard log.
+
+    Returns where to start, as :func:`_resume` does.
+    """
+    ctx, spe = run.ctx, run.steps_per_epoch
+    if opts.resume:
+        start_epoch, start_step, saved_tally = _resume(run, opts.progress)
     else:
-        torch.manual_seed(config.seed)
-
-    net: nn.Module = model
+        torch.manual_seed(run.config.seed)
+        start_epoch, start_step, saved_tally = 0, 0, None
     if ctx.distributed:
-        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    environment = {"torch": str(torch.__version__), "device": str(dev), "world_size": ctx.world_size,
-                   "threads": torch.get_num_threads(), "python": platform.python_version(),
-                   "cpu_count": os.cpu_count()}
+        run.net = DistributedDataParallel(run.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
+                                          else None)
+    run.environment = {"torch": str(torch.__version__), "device": str(ctx.device), "world_size": ctx.world_size,
+                       "threads": torch.get_num_threads(), "python": platform.python_version(),
+                       "cpu_count": os.cpu_count()}
+    if opts.tensorboard and ctx.main:
+        assert opts.out_dir is not None
+        run.board = TensorBoardLog(opts.out_dir / "tensorboard",
+                                   continue_after=start_epoch * spe + start_step if opts.resume else None)
+    return start_epoch, start_step, saved_tally
 
-    def checkpoint(epoch: int, step: int, tally: _Tally | None) -> None:
-        reduced = tally.reduced(ctx) if tally is not None else None  # collective: every rank calls it
-        if ckpt_path is None or not ctx.main:
-            return
-        rng = {"torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
-        save_checkpoint({"config": config.to_dict(), "model": model.state_dict(),
-                         "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                         "epoch": epoch, "step": step, "rng": rng,
-                         "metrics": history, "tally": reduced, "environment": environment}, ckpt_path)
 
-    show = progress and ctx.main
-    for epoch in range(start_epoch, config.epochs):
-        order = _epoch_order(n, config.seed, epoch)
-        first = start_step if epoch == start_epoch else 0
-        tally = _Tally(saved_tally if epoch == start_epoch else None)
-        model.train()
-        bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=not show, dynamic_ncols=True)
-        for step in range(first, steps_per_epoch):
-            t0 = time.perf_counter()
-            batch = order[step * config.batch_size:(step + 1) * config.batch_size]
-            mine = batch.tensor_split(ctx.world_size)[ctx.rank]
-            x, y = images[mine].to(dev), labels[mine].to(dev)
-            lr = optimizer.param_groups[0]["lr"]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)  # counted and reported per epoch
-                logits = net(x)
-                loss_sum = F.cross_entropy(logits, y, reduction="sum")
-                # DDP averages gradients over processes: scale so that the result is the whole batch's mean
-                optimizer.zero_grad(set_to_none=True)
-                (loss_sum * (ctx.world_size / len(batch))).backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            fnfe, bnfe, fbad, bbad = _solver_counts(model)
-            batch_loss, batch_correct = float(loss_sum.detach()), int((logits.argmax(1) == y).sum())
-            tally.add(loss=batch_loss, correct=batch_correct, count=len(mine), steps=1, fwd_nfe=fnfe, bwd_nfe=bnfe,
-                      fwd_unconverged=fbad, bwd_unconverged=bbad, seconds=time.perf_counter() - t0)
-            tally.top(fwd_nfe_max=fnfe, bwd_nfe_max=bnfe)
-            bar.update(1)
-            if show:
-                bar.set_postfix(loss=f"{tally['loss'] / tally['count']:.4f}",
-                                acc=f"{100 * tally['correct'] / tally['count']:.2f}", nfe=fnfe, bnfe=bnfe,
-                                unconv=int(tally["fwd_unconverged"] + tally["bwd_unconverged"]), refresh=False)
-            if callback is not None:
-                callback({"epoch": epoch, "step": step, "global_step": epoch * steps_per_epoch + step,
-                          "loss": batch_loss / len(mine), "acc": 100.0 * batch_correct / len(mine),
-                          "fwd_nfe": fnfe, "bwd_nfe": bnfe, "unconverged": fbad + bbad})
-            if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps_per_epoch:
-                checkpoint(epoch, step + 1, tally)
-        bar.close()
+def _record_epoch(run: _Run, opts: _Options, epoch: int, row: dict[str, float]) -> None:
+    """Metrics files, TensorBoard, then the checkpoint (a kill in between only repeats this epoch); report."""
+    run.history.append(row)
+    if run.ctx.main and opts.out_dir is not None:
+        write_metrics(opts.out_dir, run.history, run.config, run.environment)
+    if run.board is not None:
+        run.board.epoch(row, (epoch + 1) * run.steps_per_epoch)
+    _checkpoint(run, epoch + 1, 0, None)
+    if run.ctx.main:
+        report_epoch(row, opts.progress, stacklevel=4)  # the warning points at train()'s caller
 
-        t0 = time.perf_counter()
-        test = evaluate(model, test_set, batch_size=config.eval_batch_size, device=dev, ctx=ctx)
-        eval_seconds = time.perf_counter() - t0
-        tot = tally.reduced(ctx)
-        row = {
-            "epoch": epoch + 1, "train_loss": tot["loss"] / tot["count"],
-            "train_acc": 100.0 * tot["correct"] / tot["count"], "test_loss": test["loss"], "test_acc": test["acc"],
-            "fwd_nfe_mean": tot["fwd_nfe"] / tot["steps"], "fwd_nfe_max": tot["fwd_nfe_max"],
-            "bwd_nfe_mean": tot["bwd_nfe"] / tot["steps"], "bwd_nfe_max": tot["bwd_nfe_max"],
-            "fwd_unconverged": int(tot["fwd_unconverged"]), "bwd_unconverged": int(tot["bwd_unconverged"]),
-            "test_nfe_mean": test["nfe_mean"], "test_nfe_max": test["nfe_max"],
-            "test_unconverged": int(test["unconverged"]), "seconds": tot["seconds"], "eval_seconds": eval_seconds,
-            "lr": lr, "samples": int(tot["count"]), "loadavg": os.getloadavg()[0],
-        }
-        history.append(row)
-        if ctx.main and out_dir is not None:  # metrics first: a kill in between only repeats this epoch
-            _write_metrics(out_dir, history, config, environment)
-        checkpoint(epoch + 1, 0, None)
-        if ctx.main:
-            if show:
-                tqdm.write(
-                    f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | test loss "
-                    f"{row['test_loss']:.4f} acc {row['test_acc']:.2f}% | NFE fwd {row['fwd_nfe_mean']:.1f} (max "
-                    f"{row['fwd_nfe_max']:.0f}) bwd {row['bwd_nfe_mean']:.1f} | {row['seconds']:.1f} s")
-            bad = row["fwd_unconverged"] + row["bwd_unconverged"] + row["test_unconverged"]
-            if bad:
-                warnings.warn(
-                    f"epoch {epoch + 1}: {row['fwd_unconverged']} training samples (forward), "
-                    f"{row['bwd_unconverged']} (backward) and {row['test_unconverged']} test samples did not reach "
-                    "the solver tolerance; their best iterates were used. Raise max_steps or loosen the "
-                    "tolerances (model_options), or lower the learning rate if the count grows.",
-                    ConvergenceWarning, stacklevel=3)
-        ctx.barrier()
-    return TrainResult(model, history, config, out_dir)
+
+def _train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, config: TrainConfig,
+           ctx: DistContext, opts: _Options) -> TrainResult:
+    """The run, step by step: prepare, start (resume or seed), then per epoch: train, evaluate, record."""
+    if ctx.main and opts.out_dir is not None:
+        check_writable(opts.out_dir)  # now, not after the first epoch
+    run = _prepare(model, train_set, config, ctx, opts.ckpt_path)
+    show = opts.progress and ctx.main
+    try:
+        start_epoch, start_step, saved_tally = _start(run, opts)
+        callbacks = [c for c in (opts.callback, run.board) if c is not None]
+        for epoch in range(start_epoch, config.epochs):
+            resumed = epoch == start_epoch
+            tally = Tally(saved_tally if resumed else None)
+            lr = _run_epoch(run, epoch, start_step if resumed else 0, tally, opts.checkpoint_every, show, callbacks)
+            _record_epoch(run, opts, epoch, _evaluate_epoch(run, epoch, tally, test_set, lr))
+            ctx.barrier()
+    finally:
+        if run.board is not None:
+            run.board.close()
+    return TrainResult(run.model, run.history, config, opts.out_dir)
 
 
 def train_mnist(config: TrainConfig | None = None, *, train_set: TensorDataset | None = None,
                 test_set: TensorDataset | None = None, out: str | os.PathLike | None = None, resume: bool = False,
                 overwrite: bool = False, device: str = "auto", checkpoint_every: int = 0, progress: bool = True,
-                callback: Callable[[dict[str, Any]], None] | None = None, **settings: Any) -> TrainResult:
+                callback: Callable[[dict[str, Any]], None] | None = None, tensorboard: bool = False,
+                **settings: Any) -> TrainResult:
     """Build the MNIST model ``config.model`` (seeded with ``config.seed``), load the data, and :func:`train` it.
 
     Parameters
@@ -498,7 +437,7 @@ def train_mnist(config: TrainConfig | None = None, *, train_set: TensorDataset |
     train_set, test_set : TensorDataset, optional
         Data already loaded (e.g. in a notebook); default :func:`deqkit.data.mnist_datasets` with
         ``config.data_dir`` and ``config.subset``.
-    out, resume, overwrite, device, checkpoint_every, progress, callback
+    out, resume, overwrite, device, checkpoint_every, progress, callback, tensorboard
         As for :func:`train`.
     **settings
         Fields of :class:`TrainConfig` (only when ``config`` is not given); any other keyword is an error.
@@ -521,12 +460,12 @@ def train_mnist(config: TrainConfig | None = None, *, train_set: TensorDataset |
         raise TypeError(f"give either config or settings ({', '.join(settings)}), not both")
     if (train_set is None) != (test_set is None):
         raise ValueError("give both train_set and test_set, or neither (then MNIST is loaded)")
+    model = mnist_model(config.model, seed=config.seed, **config.model_options)  # bad options fail before loading
     if train_set is None:
         train_set, test_set = mnist_datasets(config.data_dir, subset=config.subset, seed=0)
     assert test_set is not None
-    model = mnist_model(config.model, seed=config.seed, **config.model_options)
     return train(model, train_set, test_set, config, out=out, resume=resume, overwrite=overwrite, device=device,
-                 checkpoint_every=checkpoint_every, progress=progress, callback=callback)
+                 checkpoint_every=checkpoint_every, progress=progress, callback=callback, tensorboard=tensorboard)
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
@@ -535,6 +474,12 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     The model is rebuilt from the checkpoint's ``config`` (name and ``model_options``) and its weights loaded
     with ``weights_only=True``; it is returned in ``eval()`` mode. The epoch metrics are in
     ``load_checkpoint(path)["metrics"]``.
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, unreadable or damaged (see :func:`load_checkpoint`), does not name its model,
+        or holds weights that are not finite or do not fit that model.
     """
     from ..models.mnist import mnist_model
 
@@ -542,6 +487,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     config = state.get("config", {})
     if "model" not in config:
         raise CheckpointError(f"{path} does not say which model it holds (no config['model'])")
-    model = mnist_model(config["model"], **config.get("model_options", {}))
-    model.load_state_dict(state["model"])
+    options = config.get("model_options", {})
+    model = mnist_model(config["model"], **options)
+    load_weights(model, state.get("model", {}), config["model"], options, pathlib.Path(path))
     return model.to(map_location).eval()

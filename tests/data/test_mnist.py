@@ -12,6 +12,7 @@ import http.client
 import io
 import os
 import pathlib
+import stat
 import urllib.error
 
 import numpy as np
@@ -297,9 +298,14 @@ def test_download_success(synthetic, tmp_path, monkeypatch):
 
     monkeypatch.setattr("urllib.request.urlopen", urlopen)
     monkeypatch.setattr(mnist_module, "tqdm", Bar)
-    train, test = mnist_datasets(folder)  # downloads all four files
+    old_umask = os.umask(0o022)
+    try:
+        train, test = mnist_datasets(folder)  # downloads all four files
+    finally:
+        os.umask(old_umask)
     assert len(train) == 5 and len(test) == 3
     assert sorted(p.name for p in folder.iterdir()) == sorted(NAMES)  # no temporary file left
+    assert {stat.S_IMODE((folder / n).stat().st_mode) for n in NAMES} == {0o644}  # the umask's, not 0o600
     for name in NAMES:
         assert (folder / name).read_bytes() == (source / name).read_bytes()
     assert len(calls) == 12  # every file: down, bad, ok

@@ -1,0 +1,118 @@
+"""Callbacks for :func:`deqkit.train.train`, called after every optimiser step: a log in memory, TensorBoard."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .metrics import METRIC_FIELDS
+
+__all__ = ["StepLog", "TensorBoardLog", "check_tensorboard"]
+
+
+@dataclass
+class StepLog:
+    """A ``callback`` for :func:`deqkit.train.train` that keeps every step's loss, accuracy and NFE.
+
+    Attributes
+    ----------
+    loss, acc : list of float
+        This process's batch loss and accuracy (%) per step.
+    fwd_nfe, bwd_nfe : list of int
+        Forward and backward evaluations per step.
+    unconverged : int
+        Non-converged solves over all steps.
+    """
+
+    loss: list[float] = field(default_factory=list)
+    acc: list[float] = field(default_factory=list)
+    fwd_nfe: list[int] = field(default_factory=list)
+    bwd_nfe: list[int] = field(default_factory=list)
+    unconverged: int = 0
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        """Record one step from the dict :func:`deqkit.train.train` passes its ``callback``."""
+        self.loss.append(info["loss"])
+        self.acc.append(info["acc"])
+        self.fwd_nfe.append(info["fwd_nfe"])
+        self.bwd_nfe.append(info["bwd_nfe"])
+        self.unconverged += info["unconverged"]
+
+
+def check_tensorboard() -> type:
+    """Return ``torch.utils.tensorboard.SummaryWriter``, or say how to install what it needs.
+
+    Returns
+    -------
+    type
+        The ``SummaryWriter`` class.
+
+    Raises
+    ------
+    ImportError
+        If the ``tensorboard`` package is missing; the message names the extra to install.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ImportError(f"TensorBoard logging (--tensorboard, tensorboard=True) needs the tensorboard package, "
+                          f'which is not installed here ({exc}): pip install "deqkit[tensorboard]"') from exc
+    return SummaryWriter
+
+
+class TensorBoardLog:
+    """Writes a run's numbers as TensorBoard scalars: every optimiser step's, and every epoch's row.
+
+    A ``callback`` for :func:`deqkit.train.train` (which also calls :meth:`epoch`); ``train(...,
+    tensorboard=True)`` and ``python -m deqkit.train mnist --tensorboard`` make one in ``<out>/tensorboard``.
+    The x axis of every scalar is the number of optimiser steps done: ``step/<key>`` after each step (this
+    process's batch, as the callback receives it), ``epoch/<field>`` at the end of each epoch, one per
+    column of :data:`~deqkit.train.METRIC_FIELDS`.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        Where the event files go (``tensorboard --logdir <folder>`` shows them).
+    continue_after : int, optional
+        For a resumed run: the optimiser steps it had done. Whatever the interrupted run logged after that
+        step is hidden (TensorBoard's own purge, ``purge_step``), so that the resumed steps are not shown
+        twice. None: a fresh run; event files already in ``folder`` (an earlier run's) are removed.
+
+    Raises
+    ------
+    ImportError
+        If the ``tensorboard`` package is missing (see :func:`check_tensorboard`).
+    """
+
+    STEP_KEYS = ("loss", "acc", "fwd_nfe", "bwd_nfe", "unconverged", "lr")
+    EPOCH_KEYS = tuple(f for f in METRIC_FIELDS if f != "epoch")
+
+    def __init__(self, folder: str | os.PathLike, *, continue_after: int | None = None) -> None:
+        summary_writer = check_tensorboard()
+        folder = pathlib.Path(folder)
+        if continue_after is None:
+            for old in folder.glob("events.out.tfevents.*"):
+                old.unlink()
+        self.folder = folder
+        self.writer = summary_writer(log_dir=str(folder),
+                                     purge_step=None if continue_after is None else continue_after + 1)
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        """Log one step from the dict :func:`deqkit.train.train` passes its ``callback``."""
+        for key in self.STEP_KEYS:
+            self.writer.add_scalar(f"step/{key}", info[key], info["global_step"] + 1)
+
+    def epoch(self, row: dict[str, float], steps_done: int) -> None:
+        """Log an epoch's row of :data:`~deqkit.train.METRIC_FIELDS` at ``steps_done`` optimiser steps."""
+        for key in self.EPOCH_KEYS:
+            self.writer.add_scalar(f"epoch/{key}", row[key], steps_done)
+
+    def flush(self) -> None:
+        """Write what is queued to the event file (:func:`~deqkit.train.train` does before each checkpoint)."""
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the event file."""
+        self.writer.close()
