@@ -211,8 +211,6 @@ def _regular_file(b: Bench) -> pathlib.Path:
 
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: --device cuda is valid here")
-NOT_YET = pytest.mark.xfail(strict=True, reason="DEQ(max_steps=0) is refused at construction only with issue 10's "
-                            "DEQ validation (in main); the CLI already turns that error into a usage error")
 
 #: (id, act, expected exception or exit status, fragment of the message)
 CASES: list[tuple[str, Callable[[Bench], Any], type[BaseException] | int, str]] = [
@@ -257,7 +255,7 @@ CASES: list[tuple[str, Callable[[Bench], Any], type[BaseException] | int, str]] 
     ("cli: --lr -1e-3", lambda b: b.cli("--lr", "-1e-3"), 2, "lr must be a positive number, got -0.001"),
     ("cli: --weight-decay -1", lambda b: b.cli("--weight-decay", "-1"), 2, "weight_decay must be a non-negative"),
     ("cli: --deq with an unknown key", lambda b: b.cli("--deq", "bogus=1"), 2, "unknown option(s) 'bogus'"),
-    pytest.param("cli: --deq max_steps=0", lambda b: b.cli("--deq", "max_steps=0"), 2, "max_steps", marks=NOT_YET),
+    ("cli: --deq max_steps=0", lambda b: b.cli("--deq", "max_steps=0"), 2, "max_steps"),
     # --- MNIST
     ("mnist: a folder where a file should be", lambda b: _dir_where_a_file_should_be(b, download=False),
      MNISTError, "is a directory"),
