@@ -2,14 +2,15 @@
 
 ``solve`` finds fixed points ``z = f(z)`` with a :class:`Solver` (``Picard``, ``Anderson``, ``Broyden``, or
 ``DynamicSS``: the ODE ``dz/dt = f(z) − z`` run to steady state with Tsit5); ``DEQ`` is the layer
-``z* = f(z*, x)`` with a :class:`Gradient` (``Implicit``, ``Unrolled``, ``OneStep``); ``spectral_radius`` and
-``compare_gradients`` diagnose them. Solvers and gradients are objects; their names are shorthands.
+``z* = f(z*, x)`` with a :class:`Gradient` (``Implicit``, ``Unrolled``, ``OneStep``, ``Phantom``);
+``spectral_radius`` and ``compare_gradients`` diagnose them, ``jacobian_penalty`` regularizes them. Solvers and gradients are objects; their names are shorthands.
 """
 
-from .adjoint import GRADIENTS, Gradient, Implicit, OneStep, Unrolled
+from .adjoint import GRADIENTS, Gradient, Implicit, OneStep, Phantom, Unrolled
 from .diagnostics import GradientReport, compare_gradients, spectral_radius
 from .errors import ConvergenceError, ConvergenceWarning, DivergenceError
 from .layer import DEQ, DEQStats
+from .regularization import jacobian_penalty
 from .solvers import GMRES, SOLVERS, Anderson, Broyden, DynamicSS, Picard, Solver, solve
 from .stats import SolverStats
 
@@ -29,11 +30,13 @@ __all__ = [
     "GradientReport",
     "Implicit",
     "OneStep",
+    "Phantom",
     "Picard",
     "Solver",
     "SolverStats",
     "Unrolled",
     "compare_gradients",
+    "jacobian_penalty",
     "solve",
     "spectral_radius",
 ]

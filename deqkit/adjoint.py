@@ -1,4 +1,5 @@
-"""Gradients through a fixed point, as objects: :class:`Implicit`, :class:`Unrolled`, :class:`OneStep`.
+"""Gradients through a fixed point, as objects: :class:`Implicit`, :class:`Unrolled`, :class:`OneStep`,
+:class:`Phantom`.
 
 At ``z* = f(z*, x)`` the implicit function theorem gives ``dz*/dθ = (I − J)⁻¹ ∂f/∂θ`` with ``J = ∂f/∂z``.
 The layer returns ``out = f(z*, x)`` evaluated once more with autograd on ("re-attached"), so ``out`` carries
@@ -8,7 +9,8 @@ the exact gradient of ``out`` is ``u ∂f/∂(θ, x)`` with ``u = g (I − J)⁻
     u = g + uJ      (a vector–Jacobian product per evaluation)
 
 :class:`Implicit` swaps ``g`` for ``u`` on the way back; any forward solver or GMRES finds ``u``.
-:class:`OneStep` keeps ``u = g`` (the Jacobian-free gradient); :class:`Unrolled` backpropagates through the solver.
+:class:`OneStep` keeps ``u = g`` (the Jacobian-free gradient); :class:`Unrolled` backpropagates through the solver;
+:class:`Phantom` backpropagates through a few damped steps taken from ``z*``.
 
 To add a gradient method: subclass :class:`Gradient`, implement :meth:`Gradient.attach`, and add the class to
 :data:`GRADIENTS`.
@@ -30,7 +32,7 @@ from .stats import SolverStats
 
 Block = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-__all__ = ["GRADIENTS", "Gradient", "GradientSpec", "Implicit", "OneStep", "Unrolled", "as_gradient"]
+__all__ = ["GRADIENTS", "Gradient", "GradientSpec", "Implicit", "OneStep", "Phantom", "Unrolled", "as_gradient"]
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Context:
     reltol: float
     strict: bool
     report: Callable[[SolverStats], None]
+    equilibrium: tuple[torch.Tensor, torch.Tensor]  # (z*, f(z*, x)) of the layer's re-attached evaluation
 
 
 class Gradient(abc.ABC):
@@ -59,8 +62,12 @@ class Gradient(abc.ABC):
     records_graph: ClassVar[bool] = False
 
     @abc.abstractmethod
-    def attach(self, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        """Return the layer's output ``f(z*, x)`` wired for this method's gradient (grad mode is on)."""
+    def attach(self, out: torch.Tensor, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Return the layer's output wired for this method's gradient (grad mode is on).
+
+        ``out`` is ``f(z*, x)`` evaluated once more with autograd on by the layer: at the solver's own graph for
+        ``records_graph`` methods, else at ``z*`` as a fresh leaf (which :func:`deqkit.jacobian_penalty` uses).
+        """
 
     @property
     def label(self) -> str:
@@ -80,8 +87,8 @@ class Unrolled(Gradient):
     name = "unrolled"
     records_graph = True
 
-    def attach(self, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        return ctx.f(sol.z, x)
+    def attach(self, out: torch.Tensor, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        return out
 
 
 class OneStep(Gradient):
@@ -89,8 +96,45 @@ class OneStep(Gradient):
 
     name = "one_step"
 
-    def attach(self, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        return ctx.f(sol.z.detach(), x)
+    def attach(self, out: torch.Tensor, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        return out
+
+
+class Phantom(Gradient):
+    """Phantom gradient (Geng et al., 2021): backpropagate through ``steps`` damped steps taken from ``z*``.
+
+    ``z₀ = z*`` (no gradient), ``zᵢ₊₁ = (1 − damping) zᵢ + damping · f(zᵢ, x)``; the output is ``z_steps``. Its
+    gradient is the implicit one with ``(I − J)⁻¹`` replaced by a truncated damped Neumann series: cheap (``steps``
+    evaluations with autograd, no linear solve) and close to the implicit gradient when ``ρ(J)`` is well below 1.
+    ``Phantom(steps=1, damping=1)`` is :class:`OneStep`.
+
+    Parameters
+    ----------
+    steps : int
+        Unrolled steps (≥ 1); each costs one evaluation of ``f`` in the forward and one product in the backward.
+    damping : float
+        In (0, 1].
+    """
+
+    name = "phantom"
+
+    def __init__(self, steps: int = 5, damping: float = 0.5):
+        self.steps = check_int("steps", steps, 1)
+        self.damping = check_real("damping", damping, 0.0, 1.0, low_open=True)
+
+    @property
+    def label(self) -> str:
+        return f"phantom({self.steps}, {self.damping:g})"
+
+    def __repr__(self) -> str:
+        return f"Phantom(steps={self.steps}, damping={self.damping:g})"
+
+    def attach(self, out: torch.Tensor, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        z = sol.z.detach()
+        for i in range(self.steps):
+            fz = out if i == 0 else ctx.f(z, x)  # the layer's own evaluation serves as the first step's
+            z = torch.lerp(z, fz, self.damping) if self.damping != 1 else fz
+        return z
 
 
 class Implicit(Gradient):
@@ -111,6 +155,9 @@ class Implicit(Gradient):
         one-step gradient.
     max_steps : int, optional
         Step limit of the backward solve (the solver's default when omitted).
+    max_nfe : int, optional
+        Most vector–Jacobian products of the backward solve (never exceeded); no budget beyond ``max_steps`` when
+        omitted.
     **options
         With a solver name, options of its class (e.g. ``restart=30``); unknown ones raise ``TypeError``.
     """
@@ -118,7 +165,7 @@ class Implicit(Gradient):
     name = "implicit"
 
     def __init__(self, solver: SolverSpec = "gmres", *, abstol: float | None = None, reltol: float | None = None,
-                 max_steps: int | None = None, **options: Any):
+                 max_steps: int | None = None, max_nfe: int | None = None, **options: Any):
         self.solver: Solver = as_solver(solver, options, BACKWARD_SOLVERS)
         self.abstol = None if abstol is None else check_real("abstol", abstol, 0.0)
         self.reltol = None if reltol is None else check_real("reltol", reltol, 0.0)
@@ -126,13 +173,15 @@ class Implicit(Gradient):
             raise ValueError("the backward abstol and reltol are both 0: no backward solve could ever converge; set "
                              "reltol > 0 (the default follows the forward tolerances)")
         self.max_steps = None if max_steps is None else check_int("max_steps", max_steps, 1)
+        self.max_nfe = None if max_nfe is None else check_int("max_nfe", max_nfe, 2)
 
     @property
     def label(self) -> str:
         return f"implicit({self.solver.label})"
 
     def __repr__(self) -> str:
-        shown = [f"solver={self.solver!r}"] + [f"{k}={getattr(self, k)!r}" for k in ("abstol", "reltol", "max_steps")
+        shown = [f"solver={self.solver!r}"] + [f"{k}={getattr(self, k)!r}"
+                                               for k in ("abstol", "reltol", "max_steps", "max_nfe")
                                                if getattr(self, k) is not None]
         return f"Implicit({', '.join(shown)})"
 
@@ -140,24 +189,23 @@ class Implicit(Gradient):
         """The backward solve's tolerances, given the forward ones (see the class docstring)."""
         abstol = 0.0 if self.abstol is None else self.abstol
         reltol = max(forward_abstol, forward_reltol) if self.reltol is None else self.reltol
-        return Tolerances(abstol, reltol, self.solver.default_max_steps if self.max_steps is None else self.max_steps)
+        return Tolerances(abstol, reltol, self.solver.default_max_steps if self.max_steps is None else self.max_steps,
+                          self.max_nfe)
 
-    def attach(self, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        out = ctx.f(sol.z.detach(), x)  # re-attach: the graph to x and to f's parameters
-        return _ImplicitFunction.apply(out, sol.z, x, (self, ctx))
+    def attach(self, out: torch.Tensor, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        return _ImplicitFunction.apply(out, (self, ctx))
 
 
 class _ImplicitFunction(torch.autograd.Function):
     """Identity on the forward pass; on the backward pass ``g ↦ u`` with ``u = g + uJ`` at ``z*``."""
 
     @staticmethod
-    def forward(ctx: Any, out: torch.Tensor, z_star: torch.Tensor, x: torch.Tensor,
-                config: tuple[Implicit, Context]) -> torch.Tensor:
-        ctx.z_star, ctx.x, ctx.config = z_star.detach(), x.detach(), config
+    def forward(ctx: Any, out: torch.Tensor, config: tuple[Implicit, Context]) -> torch.Tensor:
+        ctx.config = config
         return out.clone()
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         if torch.is_grad_enabled():
             raise RuntimeError(
                 "deqkit: double backward (create_graph=True) through the implicit DEQ gradient is not supported: "
@@ -166,9 +214,7 @@ class _ImplicitFunction(torch.autograd.Function):
             )
         method, layer = ctx.config
         _check_incoming(grad)
-        z = ctx.z_star.requires_grad_()
-        with torch.enable_grad():
-            fz = layer.f(z, ctx.x)
+        z, fz = layer.equilibrium  # the layer's own evaluation at z*: no extra forward evaluation here
 
         def vjp_map(u: torch.Tensor) -> torch.Tensor:
             (uj,) = torch.autograd.grad(fz, z, u, retain_graph=True, allow_unused=True)
@@ -176,9 +222,9 @@ class _ImplicitFunction(torch.autograd.Function):
 
         tol = method.tolerances(layer.abstol, layer.reltol)
         sol = run(method.solver, vjp_map, grad, abstol=tol.abstol, reltol=tol.reltol, max_steps=tol.max_steps,
-                  strict=layer.strict)
+                  max_nfe=tol.max_nfe, strict=layer.strict)
         layer.report(sol.stats)
-        return sol.z, None, None, None
+        return sol.z, None
 
 
 def _check_incoming(grad: torch.Tensor) -> None:
@@ -193,7 +239,7 @@ def _check_incoming(grad: torch.Tensor) -> None:
         )
 
 
-GRADIENTS: dict[str, type[Gradient]] = {cls.name: cls for cls in (Implicit, Unrolled, OneStep)}
+GRADIENTS: dict[str, type[Gradient]] = {cls.name: cls for cls in (Implicit, Unrolled, OneStep, Phantom)}
 GradientSpec = str | Gradient
 
 

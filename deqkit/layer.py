@@ -53,8 +53,9 @@ class DEQ(nn.Module):
         How gradients flow: ``deqkit.Implicit(solver="gmres", reltol=..., max_steps=...)`` (implicit function
         theorem, one linear fixed-point solve at ``z*``; memory does not grow with the forward iterations),
         ``deqkit.Unrolled()`` (backpropagate through every solver step: the naive baseline; allows double
-        backward), ``deqkit.OneStep()`` (the Jacobian-free approximation ``(I − J)⁻¹ ≈ I``), or their names
-        ``"implicit"``, ``"unrolled"``, ``"one_step"`` with default settings.
+        backward), ``deqkit.OneStep()`` (the Jacobian-free approximation ``(I − J)⁻¹ ≈ I``),
+        ``deqkit.Phantom(steps, damping)`` (a few damped unrolled steps from ``z*``), or their names
+        ``"implicit"``, ``"unrolled"``, ``"one_step"``, ``"phantom"`` with default settings.
     abstol, reltol : float
         Forward termination: ``‖f(z, x) − z‖∞ ≤ abstol`` or ``≤ reltol · ‖f(z, x)‖∞`` per sample.
     max_steps : int, optional
@@ -73,6 +74,9 @@ class DEQ(nn.Module):
     ----------
     last_stats : DEQStats or None
         Statistics of the last forward solve and of its backward solve.
+    last_equilibrium : tuple of torch.Tensor, or None
+        ``(z*, f(z*, x))`` of the last call in grad mode, with the graph of ``f`` at ``z*`` (what
+        :func:`deqkit.jacobian_penalty` differentiates); None after a call under ``torch.no_grad()``.
 
     Notes
     -----
@@ -103,6 +107,7 @@ class DEQ(nn.Module):
         self.solver = as_solver(solver, options)
         self.backward = backward
         self.last_stats: DEQStats | None = None
+        self.last_equilibrium: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def solver(self) -> Solver:
@@ -201,11 +206,16 @@ class DEQ(nn.Module):
         needs_grad = torch.is_grad_enabled()
         sol = self._solve(x, start, needs_grad and self.backward.records_graph)
         stats = DEQStats(sol.stats)
-        self.last_stats = stats
+        self.last_stats, self.last_equilibrium = stats, None
         if not needs_grad:
             return sol.fz
-        ctx = Context(self.f, self.abstol, self.reltol, self.strict, lambda s: setattr(stats, "backward", s))
-        return self.backward.attach(sol, x, ctx)
+        # Re-attach: f once more with autograd on, at z* as a fresh leaf (the solver's graph for Unrolled), which
+        # carries the graph to x and to f's parameters, and ∂f/∂z at z* for deqkit.jacobian_penalty.
+        z = sol.z if self.backward.records_graph else sol.z.detach().requires_grad_()
+        out = self.f(z, x)
+        self.last_equilibrium = (z, out)
+        ctx = Context(self.f, self.abstol, self.reltol, self.strict, lambda s: setattr(stats, "backward", s), (z, out))
+        return self.backward.attach(out, sol, x, ctx)
 
     @torch.compiler.disable(reason=EAGER)
     def _solve(self, x: torch.Tensor, start: torch.Tensor, record_graph: bool) -> Solution:

@@ -1,0 +1,72 @@
+"""The evaluation budget: no solve ever evaluates f more than max_nfe times, and running out is never hidden."""
+
+import warnings
+
+import pytest
+import torch
+
+import deqkit
+from deqkit.solvers import GMRES, run
+
+
+class Counted:
+    """f(z) = tanh(0.5 z + x) for every sample but the first, where f(z) = z + 1 (no fixed point at all)."""
+
+    def __init__(self):
+        self.calls = 0
+        self.x = torch.linspace(-1, 1, 4 * 6, dtype=torch.float64).view(4, 6)
+
+    def __call__(self, z):
+        self.calls += 1
+        out = torch.tanh(0.5 * z + self.x)
+        return torch.cat([z[:1] + 1.0, out[1:]])
+
+
+SOLVERS = [
+    deqkit.Picard(), deqkit.Anderson(), deqkit.Broyden(), deqkit.DynamicSS(), deqkit.DynamicSS(polish=None),
+    deqkit.DynamicSS(ode_method="dopri5"), deqkit.DynamicSS(ode_method="fehlberg2", polish=None),
+    deqkit.DynamicSS(ode_method="rk4", step_size=0.5), deqkit.DynamicSS(ode_method="euler", step_size=0.5),
+]
+
+
+@pytest.mark.parametrize("budget", [2, 3, 7, 20, 61, 200])
+@pytest.mark.parametrize("solver", SOLVERS, ids=repr)
+def test_no_solve_exceeds_its_budget_and_the_hard_sample_is_reported(solver, budget):
+    f = Counted()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", deqkit.ConvergenceWarning)
+        try:
+            z, stats = deqkit.solve(f, torch.zeros(4, 6, dtype=torch.float64), solver=solver, max_nfe=budget,
+                                    max_steps=10_000, abstol=1e-8, reltol=0)
+        except ValueError as err:  # a budget below one fixed step is refused up front
+            assert "less than one step" in str(err) and f.calls == 0
+            return
+        except deqkit.DivergenceError as err:  # the ODE may give up on the runaway sample first: within budget
+            assert "drift away" in str(err) and f.calls <= budget
+            return
+    assert f.calls <= budget and stats.nfe == f.calls
+    assert not stats.converged[0]  # the hard sample is counted as not converged, and warned about
+    assert any("max_nfe=" in str(w.message) for w in caught)
+    if budget >= 200 and getattr(solver, "polish", "") is not None:  # the pure ODE needs more than 200 here
+        assert stats.converged[1:].all()  # the easy ones did not pay for the hard one's failure
+
+
+@pytest.mark.parametrize("budget", [2, 5, 23, 60])
+def test_gmres_keeps_its_budget(budget):
+    a = 0.3 * torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g = torch.randn(4, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    calls = []
+
+    def T(u):
+        calls.append(1)
+        return g + u @ a.T
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", deqkit.ConvergenceWarning)  # a too-small budget is the point here
+        sol = run(GMRES(restart=4), T, torch.zeros_like(g), abstol=1e-14, reltol=0, max_steps=1000, max_nfe=budget)
+    assert len(calls) <= budget and sol.stats.nfe == len(calls)
+
+
+def test_the_budget_is_checked():
+    with pytest.raises(ValueError, match="max_nfe must be an integer >= 2"):
+        deqkit.solve(torch.tanh, torch.zeros(2, 2), max_nfe=1)
