@@ -3,7 +3,8 @@
 ``solve`` finds fixed points ``z = f(z)`` with a :class:`Solver` (``Picard``, ``Anderson``, ``Broyden``, or
 ``DynamicSS``: the ODE ``dz/dt = f(z) − z`` run to steady state with Tsit5); ``DEQ`` is the layer
 ``z* = f(z*, x)`` with a :class:`Gradient` (``Implicit``, ``Unrolled``, ``OneStep``, ``Phantom``);
-``spectral_radius`` and ``compare_gradients`` diagnose them, ``jacobian_penalty`` regularizes them. Solvers and gradients are objects; their names are shorthands.
+``spectral_radius`` and ``compare_gradients`` diagnose them, ``jacobian_penalty`` regularizes them. Solvers
+and gradients are objects; their names are shorthands.
 """
 
 from .adjoint import GRADIENTS, Gradient, Implicit, OneStep, Phantom, Unrolled
