@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .adjoint import Context, Gradient, GradientSpec, as_gradient
 from .solvers import Solution, Solver, SolverSpec, as_solver, run
@@ -18,6 +19,14 @@ from .stats import SolverStats
 EAGER = ("deqkit: a DEQ runs its solve eagerly: the solver loop stops on data-dependent conditions, which one graph "
          "cannot express, so torch.compile(fullgraph=True) cannot capture it. Use torch.compile without fullgraph "
          "(the rest of the model compiles, with a graph break at the DEQ), or compile f itself.")
+
+#: Default forward budget per call in training mode (evaluations of f). Measured (docs/results.md, "Budgets"):
+#: on the LayerNorm MLP-DEQ of ``deqkit.models.mlp_deq`` at initialisation (128 MNIST test digits, reltol 1e-4)
+#: Anderson converges every sample in 86 evaluations and ``dynamic_ss`` in 96, while plain ``tanh`` blocks need
+#: 15-40; TorchDEQ's default caps its forward at 40 iterations. A training step tolerates an inexact z*.
+TRAIN_NFE = 40
+#: Default forward budget per call in ``eval()`` mode: evaluation wants the converged answer (the 96 above).
+EVAL_NFE = 200
 
 InitialState = str | Callable[[torch.Tensor], torch.Tensor] | torch.Tensor
 
@@ -60,6 +69,11 @@ class DEQ(nn.Module):
         Forward termination: ``‖f(z, x) − z‖∞ ≤ abstol`` or ``≤ reltol · ‖f(z, x)‖∞`` per sample.
     max_steps : int, optional
         Forward step limit (the solver's default when omitted).
+    max_nfe, eval_max_nfe : int or None
+        Forward evaluation budgets of ``f`` per call, in training mode and in ``eval()`` mode; never exceeded. A
+        sample still running when the budget is spent stops at its best iterate, is counted as not converged in
+        ``last_stats`` and warned about. Defaults :data:`TRAIN_NFE` and :data:`EVAL_NFE` (see there how they were
+        chosen); None for no budget beyond ``max_steps``.
     z0 : {"zeros", "f0"}, callable or tensor
         Starting point: zeros shaped like ``x``; ``"f0"``: ``f(0, x)`` (the seed blog's choice); a callable
         ``x -> z0``; or a tensor. ``forward(x, z0=...)`` overrides it for one call (warm starts).
@@ -88,6 +102,7 @@ class DEQ(nn.Module):
     def __init__(self, f: nn.Module | Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
                  solver: SolverSpec = "dynamic_ss", backward: GradientSpec = "implicit",
                  abstol: float = 1e-5, reltol: float = 1e-5, max_steps: int | None = None,
+                 max_nfe: int | None = TRAIN_NFE, eval_max_nfe: int | None = EVAL_NFE,
                  z0: InitialState = "zeros", strict: bool = False, **options: Any):
         super().__init__()
         stale = sorted(k for k in options if k.startswith("backward_"))
@@ -100,10 +115,13 @@ class DEQ(nn.Module):
             raise TypeError(f"f must be an nn.Module or a callable f(z, x), got {type(f).__name__}")
         if not isinstance(strict, bool):
             raise TypeError(f"strict must be True or False, got {strict!r}")
-        tol = Tolerances(abstol, reltol, 1 if max_steps is None else max_steps)  # checked now, not at first call
+        # checked now, not at the first call
+        tol = Tolerances(abstol, reltol, 1 if max_steps is None else max_steps, max_nfe)
+        self.eval_max_nfe = Tolerances(abstol, reltol, 1, eval_max_nfe).max_nfe
         self.f = f
         self.z0, self.strict = z0, strict
         self.abstol, self.reltol, self.max_steps = tol.abstol, tol.reltol, None if max_steps is None else tol.max_steps
+        self.max_nfe = tol.max_nfe
         self.solver = as_solver(solver, options)
         self.backward = backward
         self.last_stats: DEQStats | None = None
@@ -198,6 +216,12 @@ class DEQ(nn.Module):
             When a sample does not converge within ``max_steps`` (forward, or backward during ``backward()``).
         """
         self._check_input(x)
+        # weights reparametrized with torch.nn.utils.parametrizations (weight or spectral norm) are computed once
+        # per call, not once per evaluation of f: the map stays the same map during the solve
+        with parametrize.cached():
+            return self._forward(x, z0)
+
+    def _forward(self, x: torch.Tensor, z0: InitialState | None) -> torch.Tensor:
         start = self.initial_state(x, z0)
         if not isinstance(start, torch.Tensor) or start.dim() == 0 or start.shape[0] != x.shape[0]:
             raise ValueError(f"z0 has shape {tuple(getattr(start, 'shape', ()))} but x has batch size {x.shape[0]}: "
@@ -223,7 +247,8 @@ class DEQ(nn.Module):
         which a compiled graph cannot express (the code around the DEQ still compiles, with a graph break here)."""
         with torch.set_grad_enabled(record_graph):
             return run(self.solver, lambda z: self.f(z, x), start, abstol=self.abstol, reltol=self.reltol,
-                       max_steps=self.max_steps, strict=self.strict)
+                       max_steps=self.max_steps, max_nfe=self.max_nfe if self.training else self.eval_max_nfe,
+                       strict=self.strict)
 
     @torch.compiler.disable(reason=EAGER)
     def _check_input(self, x: torch.Tensor) -> None:

@@ -8,7 +8,7 @@ from torch.func import functional_call
 import deqkit
 from deqkit.solvers import BACKWARD_SOLVERS
 
-TIGHT = {"abstol": 1e-13, "reltol": 1e-13, "max_steps": 3000}
+TIGHT = {"abstol": 1e-13, "reltol": 1e-13, "max_steps": 3000, "max_nfe": None}
 IMPLICIT = deqkit.Implicit(max_steps=3000)
 
 

@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrizations
 
 from ..adjoint import Implicit
 from ..layer import DEQ
 
-__all__ = ["MNIST_MODELS", "ConvBlock", "MNISTDEQ", "SeedMNISTBlock", "WideBlock", "conv_deq", "mnist_model",
-           "seed_mnist_model", "wide_mlp_deq"]
+__all__ = ["MNIST_MODELS", "WEIGHT_NORMS", "ConvBlock", "MLPBlock", "MNISTDEQ", "SeedMNISTBlock", "WideBlock",
+           "conv_deq", "mlp_deq", "mnist_model", "normalize_weight", "seed_mnist_model", "wide_mlp_deq"]
 
 #: The seed blog's solver settings: ``DynamicSS(Tsit5())``, abstol = reltol = 1e-2, no polishing.
 SEED_SOLVER: dict[str, Any] = {"solver": "dynamic_ss", "ode_method": "tsit5", "polish": None,
@@ -37,7 +38,8 @@ SEED_SOLVER: dict[str, Any] = {"solver": "dynamic_ss", "ode_method": "tsit5", "p
                                # The blog's SteadyStateAdjoint solves the linear system exactly; GMRES in 20
                                # dimensions gets there. The tolerance must be relative: the gradient of a
                                # batch-mean loss is ~1/batch per sample, below any fixed abstol like 1e-2.
-                               "backward": Implicit("gmres", abstol=1e-12, reltol=1e-4)}
+                               "backward": Implicit("gmres", abstol=1e-12, reltol=1e-4),
+                               "max_nfe": None, "eval_max_nfe": None}  # the blog's solver has no budget
 
 
 def _flux_dense(n_in: int, n_out: int) -> nn.Linear:
@@ -108,6 +110,39 @@ class WideBlock(nn.Module):
         return torch.relu(self.linear(z)) + u
 
 
+WEIGHT_NORMS = (None, "weight", "spectral")
+
+
+def normalize_weight(module: nn.Module, kind: str | None) -> nn.Module:
+    """Reparametrize ``module.weight`` with torch's own weight or spectral normalization (or leave it).
+
+    Parameters
+    ----------
+    module : nn.Module
+        A layer with a ``weight`` (``nn.Linear``, ``nn.Conv2d``, ...).
+    kind : {None, "weight", "spectral"}
+        ``"weight"``: ``torch.nn.utils.parametrizations.weight_norm`` (direction and norm learned apart);
+        ``"spectral"``: ``torch.nn.utils.parametrizations.spectral_norm`` (``‖W‖₂ ≈ 1`` by power iteration).
+
+    Returns
+    -------
+    nn.Module
+        ``module``, reparametrized in place.
+
+    Raises
+    ------
+    ValueError
+        If ``kind`` is not one of :data:`WEIGHT_NORMS`.
+    """
+    if kind not in WEIGHT_NORMS:
+        raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {kind!r}")
+    if kind == "weight":
+        return parametrizations.weight_norm(module)
+    if kind == "spectral":
+        return parametrizations.spectral_norm(module)
+    return module
+
+
 class ConvBlock(nn.Module):
     """A residual conv block with group normalisation (the implicit-layers tutorial's ``ResNetLayer``).
 
@@ -127,9 +162,12 @@ class ConvBlock(nn.Module):
         Kernel size of both convolutions; odd (``padding = kernel // 2`` keeps the spatial size only then).
     init_std : float
         Standard deviation of the convolutions' initial weights (they have no bias).
+    weight_norm : {None, "weight", "spectral"}
+        Reparametrization of both convolutions' weights (see :func:`normalize_weight`).
     """
 
-    def __init__(self, channels: int, hidden: int, groups: int = 8, kernel: int = 3, init_std: float = 0.01):
+    def __init__(self, channels: int, hidden: int, groups: int = 8, kernel: int = 3, init_std: float = 0.01,
+                 weight_norm: str | None = None):
         super().__init__()
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"kernel must be an odd size >= 1 (the block keeps the image size), got {kernel}")
@@ -140,11 +178,37 @@ class ConvBlock(nn.Module):
         self.norm3 = nn.GroupNorm(groups, channels)
         for conv in (self.conv1, self.conv2):
             nn.init.normal_(conv.weight, 0.0, init_std)
+            normalize_weight(conv, weight_norm)
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Return ``f(z, x)``; ``z`` and ``x`` have shape ``(batch, channels, height, width)``."""
         y = self.norm1(torch.relu(self.conv1(z)))
         return self.norm3(torch.relu(z + self.norm2(x + self.conv2(y))))
+
+
+class MLPBlock(nn.Module):
+    """``f(z, x) = norm(tanh(W z + x))``: the MLP-DEQ block practitioners train, with or without LayerNorm.
+
+    Parameters
+    ----------
+    width : int
+        Size of ``z`` and ``x``.
+    norm : {"layer", None}
+        ``"layer"``: ``nn.LayerNorm(width)`` after the tanh (bounded output whatever ``W``); None: no normalization.
+    weight_norm : {None, "weight", "spectral"}
+        Reparametrization of ``W`` (see :func:`normalize_weight`).
+    """
+
+    def __init__(self, width: int = 128, norm: str | None = "layer", weight_norm: str | None = None):
+        super().__init__()
+        if norm not in ("layer", None):
+            raise ValueError(f"norm must be 'layer' or None, got {norm!r}")
+        self.linear = normalize_weight(nn.Linear(width, width), weight_norm)
+        self.norm = nn.LayerNorm(width) if norm == "layer" else nn.Identity()
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Return ``norm(tanh(W z + b + x))``; ``z`` and ``x`` have shape ``(batch, width)``."""
+        return self.norm(torch.tanh(self.linear(z) + x))
 
 
 class MNISTDEQ(nn.Module):
@@ -265,14 +329,14 @@ def wide_mlp_deq(*, width: int = 128, seed: int | None = None, **deq_options: An
         torch.manual_seed(seed)
     block = WideBlock(width)
     encoder = nn.Sequential(nn.Flatten(), nn.Linear(784, width), nn.ReLU())
-    defaults = {"solver": "dynamic_ss", "abstol": 1e-3, "reltol": 1e-3, "max_steps": 60,
-                "backward": Implicit("gmres", abstol=1e-12, reltol=1e-3, max_steps=60)}
+    defaults = {"solver": "dynamic_ss", "abstol": 1e-3, "reltol": 1e-3, "max_steps": 60, "max_nfe": None,
+                "eval_max_nfe": None, "backward": Implicit("gmres", abstol=1e-12, reltol=1e-3, max_steps=60)}
     deq = _deq(block, defaults, deq_options)
     return MNISTDEQ(encoder, deq, nn.Linear(width, 10), name="wide", injection=block.injection)
 
 
-def conv_deq(*, channels: int = 32, hidden: int = 64, stem: int = 16, seed: int | None = None,
-             **deq_options: Any) -> MNISTDEQ:
+def conv_deq(*, channels: int = 32, hidden: int = 64, stem: int = 16, weight_norm: str | None = None,
+             seed: int | None = None, **deq_options: Any) -> MNISTDEQ:
     """A convolutional DEQ (``"conv"``) sized for a small CPU.
 
     ``encoder``: conv 3×3 (1→``stem``) + GroupNorm + ReLU + max-pool (14×14), conv 3×3 (``stem``→``channels``)
@@ -290,6 +354,8 @@ def conv_deq(*, channels: int = 32, hidden: int = 64, stem: int = 16, seed: int 
         Inner channels of :class:`ConvBlock`.
     stem : int
         Channels of the encoder's first convolution.
+    weight_norm : {None, "weight", "spectral"}
+        Reparametrization of the block's convolutions (see :func:`normalize_weight`).
     seed : int, optional
         Seed ``torch``'s global generator before initialising (reproducible weights).
     **deq_options
@@ -311,12 +377,47 @@ def conv_deq(*, channels: int = 32, hidden: int = 64, stem: int = 16, seed: int 
         nn.Conv2d(stem, channels, 3, padding=1, bias=False), norm(channels), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(channels, channels, 3, padding=1, bias=False), norm(channels),
     )
-    block = ConvBlock(channels, hidden, groups=math.gcd(8, math.gcd(channels, hidden)))
-    defaults = {"solver": "anderson", "abstol": 1e-2, "reltol": 1e-2, "max_steps": 20,
-                "backward": Implicit("gmres", abstol=1e-12, reltol=1e-2, max_steps=20)}
+    block = ConvBlock(channels, hidden, groups=math.gcd(8, math.gcd(channels, hidden)), weight_norm=weight_norm)
+    defaults = {"solver": "anderson", "abstol": 1e-2, "reltol": 1e-2, "max_steps": 20, "max_nfe": None,
+                "eval_max_nfe": None, "backward": Implicit("gmres", abstol=1e-12, reltol=1e-2, max_steps=20)}
     deq = _deq(block, defaults, deq_options)
     head = nn.Sequential(nn.Flatten(), nn.Linear(channels * 49, 10))
     return MNISTDEQ(encoder, deq, head, name="conv")
+
+
+def mlp_deq(*, width: int = 128, norm: str | None = "layer", weight_norm: str | None = None,
+            seed: int | None = None, **deq_options: Any) -> MNISTDEQ:
+    """The MLP-DEQ practitioners train (``"mlp-ln"``, or ``"mlp"`` without LayerNorm).
+
+    ``Linear(784→w)`` gives the injection ``x``; ``f = LayerNorm(tanh(W z + b + x))`` (:class:`MLPBlock`);
+    ``Linear(w→10)`` reads the logits off ``z*``. Solved by default with the DEQ's defaults (``dynamic_ss``, its
+    evaluation budgets) to tolerances 1e-4 relative, with the implicit gradient (GMRES) to 1e-4 relative.
+
+    Parameters
+    ----------
+    width : int
+        ``w``.
+    norm : {"layer", None}
+        See :class:`MLPBlock`.
+    weight_norm : {None, "weight", "spectral"}
+        See :func:`normalize_weight`.
+    seed : int, optional
+        Seed ``torch``'s global generator before initialising (reproducible weights).
+    **deq_options
+        Any :class:`~deqkit.DEQ` keyword.
+
+    Returns
+    -------
+    MNISTDEQ
+        Named ``"mlp-ln"`` with LayerNorm, else ``"mlp"``.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    block = MLPBlock(width, norm, weight_norm)
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(784, width))
+    defaults = {"abstol": 0.0, "reltol": 1e-4, "backward": Implicit("gmres", abstol=0.0, reltol=1e-4)}
+    deq = _deq(block, defaults, deq_options)
+    return MNISTDEQ(encoder, deq, nn.Linear(width, 10), name="mlp-ln" if norm == "layer" else "mlp")
 
 
 #: Model name -> constructor (keyword arguments: ``seed`` and :class:`~deqkit.DEQ` overrides).
@@ -332,6 +433,8 @@ MNIST_MODELS: dict[str, Callable[..., MNISTDEQ]] = {
                                                  linear_logits=True),
     "wide": wide_mlp_deq,
     "conv": conv_deq,
+    "mlp": lambda **kw: mlp_deq(**_no_override(kw, "norm", "mlp"), norm=None),
+    "mlp-ln": lambda **kw: mlp_deq(**_no_override(kw, "norm", "mlp-ln"), norm="layer"),
 }
 
 
@@ -340,10 +443,10 @@ def mnist_model(name: str, **options: Any) -> MNISTDEQ:
 
     Parameters
     ----------
-    name : {"seed", "seed-linear", "wide", "conv"}
+    name : {"seed", "seed-linear", "wide", "conv", "mlp", "mlp-ln"}
     **options
         Keyword arguments of the constructor: ``seed``, its size arguments (see :func:`seed_mnist_model`,
-        :func:`wide_mlp_deq`, :func:`conv_deq`) and any :class:`~deqkit.DEQ` keyword.
+        :func:`wide_mlp_deq`, :func:`conv_deq`, :func:`mlp_deq`) and any :class:`~deqkit.DEQ` keyword.
 
     Returns
     -------

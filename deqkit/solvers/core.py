@@ -291,7 +291,7 @@ def _diagnosis(drifting: torch.Tensor, scale: torch.Tensor, start_scale: torch.T
     hint = ("Try: more steps (max_steps, max_nfe), another method ('anderson', 'broyden', or 'dynamic_ss', which also "
             "converges where plain iteration diverges), damping, or a smaller spectral norm of f's weights (check "
             "deqkit.spectral_radius).")
-    if tol.reltol < 10 * eps or float(residual.min()) <= 10 * eps * max(float(scale.max()), 1.0):
+    if float(residual.min()) <= 10 * eps * max(float(scale.max()), 1.0):  # at the rounding level of f(z)
         hint = (f"The residual is at the precision of {str(residual.dtype).removeprefix('torch.')} (eps "
                 f"{eps:.2g}): tolerances below about eps·‖f(z)‖ cannot be met. Loosen abstol/reltol or compute in "
                 "a wider dtype (float32 or float64). " + hint)

@@ -141,7 +141,7 @@ class DynamicSS(Solver):
     def __init__(self, ode_method: str = "tsit5", ode_rtol: float | None = None, ode_atol: float | None = None,
                  first_step: float | None = None, max_step: float | None = None, step_size: float | None = None,
                  safety: float = 0.9, ifactor: float = 10.0, dfactor: float = 0.2, polish: str | None = "anderson",
-                 polish_below: float = 0.5, polish_guard: float = 10.0, polish_steps: int = 50,
+                 polish_below: float = 0.5, polish_guard: float = 10.0, polish_steps: int = 100,
                  polish_m: int = 5, polish_patience: int = 4):
         if ode_method not in ADAPTIVE and ode_method not in FIXED:
             raise ValueError(f"unknown ode_method {ode_method!r}; choose one of {sorted(ADAPTIVE) + sorted(FIXED)}")
