@@ -93,7 +93,7 @@ def _quiet(fn, *args, **kwargs):
 @pytest.mark.parametrize("w,x", [(-3.0, -1.0), (-3.0, 0.2), (0.0, 0.0), (0.8, 0.5), (3.0, 1.0), (2.5, 0.1)])
 def test_cobweb_panel_over_range(method, w, x):
     panel, warned = _quiet(fixed_point.cobweb_panel, w, x, method, 1e-10)
-    assert panel.figure.axes and "f'(z)" in panel.text
+    assert panel.figure.axes and "f'(z*) = " in panel.text
     for ax in panel.figure.axes:
         for line in ax.get_lines():
             assert np.isfinite(line.get_ydata()).all()

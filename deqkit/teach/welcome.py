@@ -138,7 +138,7 @@ def welcome_panel(scale: float = 0.8) -> Panel:
     _, _, stats = tiny_deq(scale)
     solved, _ = attempt(solve, f, torch.zeros_like(x), method="anderson", abstol=1e-12, reltol=0, max_steps=500,
                         strict=True)
-    fig, (ax1, ax2, ax3) = figure(3, width=3.5, height=3.2)
+    fig, (ax1, ax2, ax3) = figure(3, width=3.5, height=3.2, layout="fixed")
     ax1.semilogy(stats.history, marker=".", ms=3, label="plain iteration")
     ax1.axhline(TOL, color="gray", ls="--", lw=0.8)
     ax1.set(xlabel="iteration", ylabel="‖f(z) − z‖∞", title=f"z ← tanh(Wz + x), ‖W‖₂ = {scale:.2f}")

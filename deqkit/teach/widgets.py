@@ -51,8 +51,12 @@ class Panel:
     text: str = ""
 
 
+# Margins of the "fixed" layout, in inches: room for tick labels, an axis label and a title of normal size.
+FIXED_MARGINS = {"left": 0.75, "right": 0.15, "bottom": 0.55, "top": 0.35, "wspace": 0.8, "hspace": 0.8}
+
+
 def figure(ncols: int = 1, nrows: int = 1, *, width: float = 4.2, height: float = 3.2,
-           **kwargs: Any) -> tuple[Figure, Any]:
+           layout: str = "constrained", **kwargs: Any) -> tuple[Figure, Any]:
     """Return a pyplot-free figure (no global state, nothing shown twice) and its axes.
 
     Parameters
@@ -61,17 +65,37 @@ def figure(ncols: int = 1, nrows: int = 1, *, width: float = 4.2, height: float 
         Grid of axes.
     width, height : float
         Size of each axes' cell in inches; the figure is ``width · ncols`` by ``height · nrows``.
+    layout : {"constrained", "fixed"}
+        ``"constrained"``: matplotlib's constrained layout, which fits any labels, colorbars and outside
+        legends, but costs about as much as drawing the figure on every render. ``"fixed"``: the margins of
+        :data:`FIXED_MARGINS`, computed once — for widget panels that must redraw fast and keep their legends
+        inside the axes.
     **kwargs
         Passed to ``Figure.subplots`` (e.g. ``sharey=True``).
 
     Returns
     -------
     fig : matplotlib.figure.Figure
-        With the constrained layout.
     axes : Axes or numpy.ndarray of Axes
         One ``Axes`` for a 1×1 grid, else an array squeezed as by ``plt.subplots``.
+
+    Raises
+    ------
+    ValueError
+        If ``layout`` is neither.
     """
-    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    if layout not in ("constrained", "fixed"):
+        raise ValueError(f"layout must be 'constrained' or 'fixed', got {layout!r}")
+    fig_w, fig_h = width * ncols, height * nrows
+    fig = Figure(figsize=(fig_w, fig_h), layout="constrained" if layout == "constrained" else None)
+    if layout == "fixed":
+        m = FIXED_MARGINS
+        cell_w = (fig_w - m["left"] - m["right"] - m["wspace"] * (ncols - 1)) / ncols
+        cell_h = (fig_h - m["bottom"] - m["top"] - m["hspace"] * (nrows - 1)) / nrows
+        kwargs["gridspec_kw"] = {"left": m["left"] / fig_w, "right": 1 - m["right"] / fig_w,
+                                 "bottom": m["bottom"] / fig_h, "top": 1 - m["top"] / fig_h,
+                                 "wspace": m["wspace"] / cell_w, "hspace": m["hspace"] / cell_h,
+                                 **kwargs.get("gridspec_kw", {})}
     axes = fig.subplots(nrows, ncols, squeeze=True, **kwargs)
     return fig, axes
 
