@@ -5,9 +5,10 @@ stub, with a plausible wrong answer in its metadata ``deqkit.wrong``), a ``solut
 solution in a collapsed ``<details>``, one fenced ``python`` block) and a ``check``-tagged code cell.
 
 Each notebook runs in one kernel (fast mode), its cells executed once, in order, up to each exercise; ``test``-tagged
-cells (the widget sweeps, run by nbval) are skipped. At each exercise three tests run the check: on the stub as
-shipped (it says "not answered yet" and does not fail), on the wrong answer injected into the exercise cell (it
-raises ``ExerciseError``) and on the solution injected there (it passes).
+cells (the widget sweeps and claim checks, run by nbval) are skipped. At each exercise three tests run the check: on
+the stub as shipped (it says "not answered yet" and does not fail), on the wrong answer injected into the exercise
+cell (it raises ``ExerciseError``) and on the solution injected there (it passes). Finally the same kernel runs the
+rest of the notebook, still without its ``test`` cells: the learner's path must not depend on hidden cells.
 """
 
 from __future__ import annotations
@@ -126,12 +127,12 @@ def runners():
     """A kernel per notebook, started on first use; restarted if a test asks for an earlier exercise."""
     started: dict[Path, NotebookRunner] = {}
 
-    def get(ex: Exercise) -> NotebookRunner:
-        runner = started.get(ex.notebook)
-        if runner is None or runner.cursor > ex.cell:
+    def get(notebook: Path, cell: int) -> NotebookRunner:
+        runner = started.get(notebook)
+        if runner is None or runner.cursor > cell:
             if runner is not None:
                 runner.close()
-            runner = started[ex.notebook] = NotebookRunner(ex.notebook)
+            runner = started[notebook] = NotebookRunner(notebook)
         return runner
 
     yield get
@@ -145,7 +146,7 @@ def _text(cell) -> str:
 
 @pytest.mark.parametrize("ex,variant", CASES)
 def test_exercise(runners, ex: Exercise, variant: str):
-    runner = runners(ex)
+    runner = runners(ex.notebook, ex.cell)
     runner.advance_to(ex.cell)
     runner.run({"stub": ex.stub, "wrong": ex.wrong, "solution": ex.solution}[variant], ex.cell)
     check_source = runner.nb.cells[ex.check].source
@@ -159,3 +160,10 @@ def test_exercise(runners, ex: Exercise, variant: str):
         out = _text(runner.run(check_source, ex.check))
         expected = "not answered yet" if variant == "stub" else "correct"
         assert expected in out, f"{ex.id}: with the {variant} the check printed {out!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_learner_path_runs_without_the_test_cells(runners, path):
+    """Cells on the learner's path never depend on ``test``-tagged (hidden) cells: run to the end without them."""
+    runner = runners(path, len(nbformat.read(path, as_version=4).cells))
+    runner.advance_to(len(runner.nb.cells))
