@@ -187,6 +187,13 @@ def progress(iterable: Iterable[Any], *, total: int | None = None, desc: str | N
     return tqdm(iterable, total=total, desc=desc, delay=PROGRESS_DELAY_S, leave=False)
 
 
+def _in_kernel() -> bool:
+    """True inside a Jupyter kernel, where widget outputs are shown."""
+    from IPython import get_ipython
+
+    return getattr(get_ipython(), "kernel", None) is not None
+
+
 def _alert(kind: str, message: str) -> str:
     color = {"warning": "#8a6d00", "error": "#a40000"}[kind]
     return (f'<div class="deqkit-{kind}" style="color:{color};border-left:3px solid {color};padding-left:6px">'
@@ -291,7 +298,8 @@ class LiveFigure(widgets.VBox):
             except Exception as err:  # shown as the plot, never a stale image; sweep re-raises bugs
                 return None, err, caught
             finally:
-                self.progress_area.clear_output()
+                if _in_kernel():  # outside a kernel there is nothing to clear (and IPython would print escapes)
+                    self.progress_area.clear_output()
 
     def _set_busy(self, busy: bool) -> None:
         for w in (self, self.status):
