@@ -1,0 +1,128 @@
+"""Honest widgets: an error replaces the plot, one failing method does not hide the others, busy and progress."""
+
+import io
+
+import ipywidgets as widgets
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+import deqkit
+from deqkit.teach import widgets as teach_widgets
+from deqkit.teach.widgets import LiveFigure, Panel, attempt, error_figure, figure, progress, render_png, sweep
+
+
+def _line_panel(slope: float) -> Panel:
+    fig, ax = figure()
+    ax.plot([0, 1], [0, slope])
+    ax.set_ylim(-2, 2)
+    return Panel(fig, f"slope {slope}")
+
+
+def _failing_panel(slope: float) -> Panel:
+    if slope > 0.5:
+        raise deqkit.DivergenceError(f"f(z) − z became NaN at step 3 (slope {slope})")
+    return _line_panel(slope)
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    return imread(io.BytesIO(png), format="png")
+
+
+def test_an_error_replaces_the_plot_by_a_no_plot_image():
+    slider = widgets.FloatSlider(value=0.2, min=0.0, max=1.0)
+    app = LiveFigure(_failing_panel, {"slope": slider})
+    good = bytes(app.image.value)
+    slider.value = 0.9
+    failed = bytes(app.image.value)
+    assert failed != good and failed.startswith(b"\x89PNG")
+    assert failed == render_png(error_figure(app.last_error), app.dpi)  # the "no plot" image, not a stale one
+    assert isinstance(app.last_error, deqkit.DivergenceError)
+    assert "DivergenceError" in app.readout.value and "NaN at step 3" in app.readout.value
+    assert "slope 0.2" not in app.readout.value  # no readout of the previous settings either
+    slider.value = 0.2  # recovers
+    assert bytes(app.image.value) == good and app.last_error is None and "slope 0.2" in app.readout.value
+
+
+def test_error_figure_says_no_plot_and_why():
+    fig = error_figure(ValueError("w must be finite, got nan"))
+    texts = [t.get_text() for t in fig.texts]
+    assert texts[0] == "no plot:" and "ValueError: w must be finite, got nan" in texts[1]
+    img = _pixels(render_png(fig))
+    assert (img[..., :3] < 0.9).any()  # something is drawn
+
+
+def test_a_bug_in_a_callback_shows_as_no_plot_and_sweep_reraises_it():
+    def buggy(n: int) -> Panel:
+        if n == 3:
+            raise TypeError("unsupported operand")
+        return _line_panel(n / 3)
+
+    app = LiveFigure(buggy, {"n": widgets.IntSlider(value=0, min=0, max=3)})
+    app.controls["n"].value = 3
+    assert isinstance(app.last_error, TypeError) and app.image.value == render_png(error_figure(app.last_error))
+    assert "TypeError: unsupported operand" in app.readout.value
+    app.controls["n"].value = 0
+    with pytest.raises(TypeError, match="unsupported operand"):
+        sweep(app)
+
+
+def test_sweep_accepts_solve_errors_as_results():
+    app = LiveFigure(_failing_panel, {"slope": widgets.FloatSlider(value=0.2, min=0.0, max=1.0)})
+    assert sweep(app)["slope"] >= 3  # three plots and the "no plot" image
+
+
+def test_attempt_catches_solve_errors_only():
+    assert attempt(lambda v: 2 * v, 3) == (6, None)
+    result, err = attempt(_failing_panel, 0.9)
+    assert result is None and isinstance(err, deqkit.DivergenceError)
+
+    def strict_solve():
+        raise deqkit.ConvergenceError("not converged")
+
+    assert isinstance(attempt(strict_solve)[1], deqkit.ConvergenceError)
+    with pytest.raises(KeyError):  # a bug is not a result
+        attempt(lambda: {}["missing"])
+
+
+def test_busy_indicator_shows_while_the_callback_runs():
+    seen = []
+
+    def panel(slope: float) -> Panel:
+        seen.append((app.busy if seen else None, app.status.value if seen else None))
+        return _line_panel(slope)
+
+    app = None
+    seen.append(None)  # the constructor's render runs before ``app`` exists
+    app = LiveFigure(panel, {"slope": widgets.FloatSlider(value=0.2, min=0.0, max=1.0)})
+    assert not app.busy and app.status.value == ""
+    app.controls["slope"].value = 0.4
+    busy, status = seen[-1]
+    assert busy and "computing" in status
+    assert not app.busy and app.status.value == "" and "deqkit-busy" not in app.status._dom_classes
+
+
+def test_busy_indicator_is_cleared_after_an_error():
+    app = LiveFigure(_failing_panel, {"slope": widgets.FloatSlider(value=0.9, min=0.0, max=1.0)})
+    assert app.last_error is not None and not app.busy and app.status.value == ""
+
+
+def test_progress_bar_only_for_long_loops(monkeypatch, capsys):
+    monkeypatch.setattr(teach_widgets, "PROGRESS_DELAY_S", 0.0)
+    assert list(progress(range(3), desc="epochs")) == [0, 1, 2]
+    assert "epochs" in capsys.readouterr().err  # outside a notebook tqdm draws on stderr
+    monkeypatch.setattr(teach_widgets, "PROGRESS_DELAY_S", 60.0)
+    assert list(progress(range(3), desc="quick")) == [0, 1, 2]
+    assert "quick" not in capsys.readouterr().err
+
+
+def test_progress_in_a_callback_goes_to_the_progress_area_and_is_cleared(monkeypatch, capsys):
+    monkeypatch.setattr(teach_widgets, "PROGRESS_DELAY_S", 0.0)
+
+    def panel(n: int) -> Panel:
+        total = sum(progress(range(n), desc="training"))
+        return _line_panel(total / 10)
+
+    app = LiveFigure(panel, {"n": widgets.IntSlider(value=3, min=1, max=5)})
+    assert "training" in capsys.readouterr().err and app.progress_area.outputs == ()
+    assert app.last_error is None
