@@ -33,7 +33,7 @@ def test_cobweb_verdict_uses_the_true_fixed_point_when_the_iteration_fails():
 
 
 def test_cobweb_damped_verdict_is_about_the_damped_map():
-    panel = cobweb_panel(-1.5, 0.5, "damped picard", 1e-6)
+    panel = cobweb_panel(-1.5, 0.5, "picard(damping=0.5)", 1e-6)
     assert "converged" in panel.text and "1 − 0.5(1 − f') = -0.220" in panel.text
 
 
@@ -43,7 +43,7 @@ def _labels(panel):
 
 def test_only_plain_and_damped_iteration_walk_a_staircase():
     assert "iterates (cobweb)" in _labels(cobweb_panel(0.8, 0.5, "picard", 1e-6))
-    damped = _labels(cobweb_panel(0.8, 0.5, "damped picard", 1e-6))
+    damped = _labels(cobweb_panel(0.8, 0.5, "picard(damping=0.5)", 1e-6))
     assert "iterates (cobweb)" in damped and "z + 0.5(f(z) − z)" in damped
     for method in ("anderson", "broyden"):
         labels = _labels(cobweb_panel(-1.5, 0.5, method, 1e-6))
@@ -80,7 +80,7 @@ def test_iteration_panel_explains_input_scale_zero():
 def test_rate_exercise_check():
     w, x = random_map(0.95, 0.5)
     f = lambda z: torch.tanh(z @ w.T + x)  # noqa: E731
-    z, stats = deqkit.solve(f, torch.zeros_like(x), method="picard", abstol=1e-12, reltol=0, max_steps=2000)
+    z, stats = deqkit.solve(f, torch.zeros_like(x), solver="picard", abstol=1e-12, reltol=0, max_steps=2000)
     r = stats.history
     rho = deqkit.spectral_radius(f, z, iters=200).item()
     assert rate_exercise((r[-1] / r[-11]) ** 0.1, rho) is None

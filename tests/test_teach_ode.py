@@ -28,7 +28,7 @@ def test_stability_function_is_one_step_of_the_solver():
     """R(hμ) is the factor one fixed step of the real solver applies to de/dt = μ e."""
     from torchdiffeq._impl.rk_common import _runge_kutta_step
 
-    from deqkit.solvers.dynamic_ss import ADAPTIVE
+    from deqkit.solvers.torchdiffeq_adapter import ADAPTIVE
 
     mu, h = -0.8, 1.7
     y0 = torch.ones(1, dtype=torch.float64)

@@ -29,7 +29,7 @@ def test_tiny_problem_draws_w_then_x_from_one_generator():
 def test_jacobian_eigenvalues_match_autograd():
     w, x = tiny_problem(1.3)
     f = lambda z: torch.tanh(z @ w.T + x)  # noqa: E731
-    z, stats = deqkit.solve(f, torch.zeros_like(x), method="anderson", abstol=1e-12, reltol=0)
+    z, stats = deqkit.solve(f, torch.zeros_like(x), solver="anderson", abstol=1e-12, reltol=0)
     jac = torch.autograd.functional.jacobian(lambda v: f(v[None])[0], z[0])
     got = np.sort_complex(jacobian_eigenvalues(w, z[0]).numpy())
     assert np.allclose(got, np.sort_complex(torch.linalg.eigvals(jac).numpy()), atol=1e-9)
@@ -60,7 +60,7 @@ def test_welcome_panel_prediction_matches_iterations():
 def test_broyden_exercise_check():
     w, x = tiny_problem(0.8)
     f = lambda z: torch.tanh(z @ w.T + x)  # noqa: E731
-    z, stats = deqkit.solve(f, torch.zeros_like(x), method="broyden", abstol=1e-10, reltol=0)
+    z, stats = deqkit.solve(f, torch.zeros_like(x), solver="broyden", abstol=1e-10, reltol=0)
     assert broyden_exercise(z, stats.nfe) is None
     assert "not an equilibrium" in broyden_exercise(f(torch.zeros_like(x)), 1)
     assert "read the .nfe" in broyden_exercise(z, stats.steps)

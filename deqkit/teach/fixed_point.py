@@ -16,23 +16,17 @@ import torch
 
 from ..diagnostics import spectral_radius
 from ..errors import ConvergenceWarning
-from ..solvers import solve
+from ..solvers import Anderson, Broyden, Picard, Solver, solve
 from .widgets import Panel, attempt, figure
 
-# label -> (method, options): what the method dropdowns offer
-METHODS: dict[str, tuple[str, dict]] = {
-    "picard": ("picard", {}),
-    "damped picard": ("picard", {"damping": 0.5}),
-    "anderson": ("anderson", {}),
-    "broyden": ("broyden", {}),
-}
+#: What the method dropdowns offer: configured solvers, each under its own label.
+METHODS: dict[str, Solver] = {s.label: s for s in (Picard(), Picard(damping=0.5), Anderson(), Broyden())}
 MAX_STEPS = 200
 ZLIM = 2.5  # the cobweb's z range
 
 
 def _solve(f, z0: torch.Tensor, label: str, tol: float, max_steps: int = MAX_STEPS):
-    method, options = METHODS[label]
-    return solve(f, z0, method=method, abstol=tol, reltol=0.0, max_steps=max_steps, record=True, **options)
+    return solve(f, z0, solver=METHODS[label], abstol=tol, reltol=0.0, max_steps=max_steps, record=True)
 
 
 def fixed_points_1d(w: float, x: float) -> list[tuple[float, float]]:
@@ -61,7 +55,7 @@ def fixed_points_1d(w: float, x: float) -> list[tuple[float, float]]:
         return []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # such a start keeps its midpoint (see above)
-        z, stats = solve(lambda z: torch.tanh(w * z + x), starts, method="broyden", abstol=1e-13, reltol=0,
+        z, stats = solve(lambda z: torch.tanh(w * z + x), starts, solver="broyden", abstol=1e-13, reltol=0,
                          max_steps=50)
     z = torch.where(stats.converged[:, None], z, starts)[:, 0]
     points: list[float] = []
@@ -84,8 +78,8 @@ def _staircase(ax, g, traj: np.ndarray, color: str, label: str) -> None:
 def _draw_iterates(ax, method: str, w: float, x: float, traj: np.ndarray) -> None:
     """The cobweb a method really walks: plain and damped iteration walk a staircase, the others jump."""
     f = lambda z: np.tanh(w * z + x)  # noqa: E731
-    if method in ("picard", "damped picard"):
-        damping = METHODS[method][1].get("damping", 1.0)
+    if isinstance(METHODS[method], Picard):
+        damping = METHODS[method].damping
         g = lambda z: z + damping * (f(z) - z)  # noqa: E731
         if damping != 1:
             grid = np.linspace(-ZLIM, ZLIM, 400)
@@ -107,8 +101,8 @@ def _local_rate(method: str, slope: float) -> str:
         return "|f'| = 1: neither attracting nor repelling at first order; plain iteration creeps at best"
     if method == "picard":
         return f"|f'| {compare} 1: z* {side} plain iteration"
-    if method == "damped picard":
-        beta = METHODS[method][1]["damping"]
+    if isinstance(METHODS[method], Picard) and METHODS[method].damping != 1:
+        beta = METHODS[method].damping
         rate = 1 - beta * (1 - slope)
         return (f"Damped iteration's slope 1 − {beta:g}(1 − f') = {rate:+.3f}: "
                 f"{'|·| < 1, it attracts the damped iteration' if abs(rate) < 1 else '|·| ≥ 1, it repels it'}")
@@ -145,7 +139,7 @@ def cobweb_panel(w: float = 0.8, x: float = 0.5, method: str = "picard", tol: fl
     w, x : float
         Slope and offset inside the tanh.
     method : str
-        A label of :data:`METHODS` (``"picard"``, ``"damped picard"``, ``"anderson"``, ``"broyden"``); at most
+        A label of :data:`METHODS` (``"picard"``, ``"picard(damping=0.5)"``, ``"anderson"``, ``"broyden"``); at most
         200 steps.
     tol : float
         Absolute tolerance on ``|f(z) − z|`` (no relative one).
@@ -293,7 +287,7 @@ def rate_exercise(observed: float, rho: float) -> str | None:
     """
     w, x = random_map(0.95, 0.5)
     f = lambda z: torch.tanh(z @ w.T + x)  # noqa: E731
-    z_star, _ = solve(f, torch.zeros_like(x), method="anderson", abstol=1e-13, reltol=0, strict=True)
+    z_star, _ = solve(f, torch.zeros_like(x), solver="anderson", abstol=1e-13, reltol=0, strict=True)
     rho_ref = float(spectral_radius(f, z_star, iters=200)[0])
     rho_w = float(torch.linalg.eigvalsh(w).abs().max())
     if abs(float(rho) - rho_w) < 1e-3:

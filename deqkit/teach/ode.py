@@ -21,7 +21,7 @@ from matplotlib.patches import Circle, Rectangle
 
 from ..errors import ConvergenceWarning
 from ..solvers import solve
-from ..solvers.dynamic_ss import ADAPTIVE
+from ..solvers.torchdiffeq_adapter import ADAPTIVE
 from . import fast_mode
 from .widgets import Panel, attempt, figure, progress
 
@@ -117,7 +117,7 @@ def equilibria(system: str, a: float) -> list[tuple[np.ndarray, bool]]:
     grid = torch.cartesian_prod(g, g)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # starts that fail are simply not equilibria
-        z, stats = solve(f, grid, method="broyden", abstol=1e-10, reltol=0, max_steps=60)
+        z, stats = solve(f, grid, solver="broyden", abstol=1e-10, reltol=0, max_steps=60)
     found: list[tuple[np.ndarray, bool]] = []
     for zi in z[stats.converged]:
         if zi.abs().max() > 3 or any(np.abs(zi.numpy() - p).max() < 1e-4 for p, _ in found):
@@ -333,14 +333,14 @@ def phase_panel(system: str = "pitchfork", a: float = 1.2, ode_method: str = "ts
     max_steps = 80 if fast_mode() else 200
     fig, (ax, ax_dt, ax_res) = figure(3, width=3.6, height=3.4, layout="fixed")
     _portrait(ax, f)
-    z, stats = solve(f, starts(), method="dynamic_ss", ode_method=ode_method, polish=None, abstol=abstol,
+    z, stats = solve(f, starts(), solver="dynamic_ss", ode_method=ode_method, polish=None, abstol=abstol,
                      reltol=reltol, max_steps=max_steps, record=True)
     traj, times = torch.stack(stats.trajectory).numpy(), np.array(stats.times)
     _trajectories(ax, ax_res, f, traj, times, _freeze_index(traj, stats.converged.numpy()), abstol)
     ax_dt.semilogy(times[1:], np.diff(times), ".-", color="k", ms=3, lw=0.8, label="accepted steps")
     points = equilibria(system, a)
     h_star, re_mu = _limit(ax_dt, system, a, ode_method, points, traj[-1, 0])
-    broyden, err = attempt(solve, f, torch.tensor([NEAR_ORIGIN], dtype=torch.float64), method="broyden",
+    broyden, err = attempt(solve, f, torch.tensor([NEAR_ORIGIN], dtype=torch.float64), solver="broyden",
                            abstol=1e-10, reltol=0, max_steps=60, strict=True)
     zb, sb = (broyden[0][0].numpy(), True) if err is None else (f"{type(err).__name__}", False)
     if err is None:
@@ -441,7 +441,7 @@ def slowing_down(a_values, ode_tol: float = 1e-8, abstol: float = 1e-5, max_step
     """
     rows = []
     for a in progress(list(a_values), desc="spiral, a"):
-        _, stats = solve(vector_field("spiral", a), starts(), method="dynamic_ss", polish=None, abstol=abstol,
+        _, stats = solve(vector_field("spiral", a), starts(), solver="dynamic_ss", polish=None, abstol=abstol,
                          reltol=abstol, ode_atol=ode_tol, ode_rtol=ode_tol, max_steps=max_steps)
         rows.append((a, a * math.cos(1.2) - 1, stats.steps, stats.all_converged))
     return rows

@@ -64,7 +64,7 @@ def tiny_deq(scale: float = 0.8, d: int = 10, seed: int = 0) -> tuple[torch.Tens
     stats : SolverStats
     """
     w, x = tiny_problem(scale, d, seed)
-    z, stats = solve(lambda z: torch.tanh(z @ w.T + x), torch.zeros_like(x), method="picard",
+    z, stats = solve(lambda z: torch.tanh(z @ w.T + x), torch.zeros_like(x), solver="picard",
                      abstol=TOL, reltol=0, max_steps=MAX_STEPS)
     return x[0], z[0], stats
 
@@ -136,7 +136,7 @@ def welcome_panel(scale: float = 0.8) -> Panel:
     w, x = tiny_problem(scale)
     f = lambda z: torch.tanh(z @ w.T + x)  # noqa: E731
     _, _, stats = tiny_deq(scale)
-    solved, _ = attempt(solve, f, torch.zeros_like(x), method="anderson", abstol=1e-12, reltol=0, max_steps=500,
+    solved, _ = attempt(solve, f, torch.zeros_like(x), solver="anderson", abstol=1e-12, reltol=0, max_steps=500,
                         strict=True)
     fig, (ax1, ax2, ax3) = figure(3, width=3.5, height=3.2, layout="fixed")
     ax1.semilogy(stats.history, marker=".", ms=3, label="plain iteration")
@@ -191,8 +191,8 @@ def broyden_exercise(z_broyden: torch.Tensor, nfe_broyden: int) -> str | None:
     residual = float((f(z_broyden) - z_broyden).abs().max())
     if residual > 1e-9:
         return (f"z_broyden is not an equilibrium: ‖f(z) − z‖∞ = {residual:.2e}. One application of f is one layer "
-                "of the stack, not its fixed point: call deqkit.solve(f, torch.zeros_like(x), method='broyden', ...).")
-    _, stats = solve(f, torch.zeros_like(x), method="broyden", abstol=TOL, reltol=0)
+                "of the stack, not its fixed point: call deqkit.solve(f, torch.zeros_like(x), solver='broyden', ...).")
+    _, stats = solve(f, torch.zeros_like(x), solver="broyden", abstol=TOL, reltol=0)
     if nfe_broyden != stats.nfe:
         return (f"nfe_broyden = {nfe_broyden!r}, but Broyden from zeros with abstol=1e-10, reltol=0 evaluates f "
                 f"{stats.nfe} times: read the .nfe of the stats that deqkit.solve returns.")
