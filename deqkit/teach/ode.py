@@ -19,67 +19,17 @@ import numpy as np
 import torch
 from matplotlib.patches import Circle, Rectangle
 
+from .. import problems
 from ..errors import ConvergenceWarning
 from ..solvers import solve
 from ..solvers.torchdiffeq_adapter import ADAPTIVE
 from . import fast_mode
 from .widgets import Panel, attempt, figure, progress
 
-SYSTEMS = ("pitchfork", "spiral")
+# the notebook's two planar maps f(z) = tanh(a·M z), shared with tests and benchmarks; the flow is f(z) − z
+SYSTEMS, system_matrix, vector_field = problems.SYSTEMS, problems.system_matrix, problems.system_map
 ODE_METHODS = ("tsit5", "dopri5", "bosh3")
 NEAR_ORIGIN = (0.05, 0.02)  # a start next to the origin, which is an equilibrium of both systems
-
-
-def system_matrix(system: str, a: float) -> torch.Tensor:
-    """Return ``a·M``, the float64 2×2 matrix of ``f(z) = tanh(a·M z)``.
-
-    Parameters
-    ----------
-    system : {"pitchfork", "spiral"}
-        ``"pitchfork"``: ``M = [[1, 0.5], [0.5, 1]]``; ``"spiral"``: ``M`` the rotation by 1.2 rad.
-    a : float
-        Gain, the bifurcation parameter.
-
-    Returns
-    -------
-    torch.Tensor
-
-    Raises
-    ------
-    ValueError
-        If ``system`` is unknown.
-    """
-    if system == "pitchfork":
-        m = [[1.0, 0.5], [0.5, 1.0]]
-    elif system == "spiral":
-        c, s = math.cos(1.2), math.sin(1.2)
-        m = [[c, -s], [s, c]]
-    else:
-        raise ValueError(f"unknown system {system!r}; choose one of {SYSTEMS}")
-    return a * torch.tensor(m, dtype=torch.float64)
-
-
-def vector_field(system: str, a: float):
-    """Return the map ``f(z) = tanh(a·M z)`` whose steady state the notebook seeks (the flow is ``f(z) − z``).
-
-    Parameters
-    ----------
-    system : {"pitchfork", "spiral"}
-    a : float
-        See :func:`system_matrix`.
-
-    Returns
-    -------
-    callable
-        Maps float64 points of shape ``(batch, 2)`` to the same shape.
-
-    Raises
-    ------
-    ValueError
-        If ``system`` is unknown.
-    """
-    w = system_matrix(system, a)
-    return lambda z: torch.tanh(z @ w.T)
 
 
 def starts() -> torch.Tensor:
