@@ -22,13 +22,14 @@ from matplotlib.patches import Circle, Rectangle
 from .. import problems
 from ..errors import ConvergenceWarning
 from ..solvers import solve
-from ..solvers.torchdiffeq_adapter import ADAPTIVE
+from ..solvers.torchdiffeq_adapter import ADAPTIVE, is_fsal
 from . import fast_mode
 from .widgets import Panel, attempt, figure, progress
 
 # the notebook's two planar maps f(z) = tanh(a·M z), shared with tests and benchmarks; the flow is f(z) − z
 SYSTEMS, system_matrix, vector_field = problems.SYSTEMS, problems.system_matrix, problems.system_map
-ODE_METHODS = ("tsit5", "dopri5", "bosh3")
+# the dropdown's ODE methods: the registry's first-same-as-last ones (one derivative per step comes free), Tsit5 first
+ODE_METHODS = tuple(sorted((k for k, cls in ADAPTIVE.items() if is_fsal(cls)), key=lambda k: (k != "tsit5", k)))
 NEAR_ORIGIN = (0.05, 0.02)  # a start next to the origin, which is an equilibrium of both systems
 
 
