@@ -46,8 +46,8 @@ def _mnist_unavailable() -> str | None:
     try:
         for train in (True, False):
             load_mnist(train=train)
-    except MNISTError as err:
-        return str(err).splitlines()[0]
+    except MNISTError as err:  # the first line, and the first mirror's answer when it is a download error
+        return " ".join(line.strip(" -") for line in str(err).splitlines()[:2])
     return None
 
 
