@@ -4,7 +4,7 @@ Why these tools: Sphinx is the Python ecosystem's documentation builder (autodoc
 code, so the API reference cannot drift from it); MyST-NB executes the notebooks at build time and renders their
 outputs, and reads Markdown pages; numpydoc renders the NumPy-style docstrings as NumPy, SciPy and scikit-learn
 do; pydata-sphinx-theme is the maintained theme of those projects. Jupyter Book 2 was the alternative: it builds on
-a Node.js toolchain (mystmd) and has no autodoc, which would add a second ecosystem for a worse API page.
+a Node.js toolchain (mystmd) without Sphinx's autodoc, a second ecosystem for a weaker API page.
 
 Notebooks run in their fast mode (``DEQKIT_FAST=1``). A notebook whose metadata says
 ``{"deqkit": {"requires": ["mnist"]}}`` is executed only when MNIST can be loaded (found or downloaded); otherwise
@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))  # document this checkout's deqkit, also without a
 # ... and run the notebooks on it (the kernels inherit the environment)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("DEQKIT_FAST", "1")
-os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+# notebooks draw with the inline backend (a CI-wide MPLBACKEND=Agg would leave the pages without figures)
+os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
 
 import deqkit  # noqa: E402
 
@@ -49,7 +50,7 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx.ext.intersphinx",
 ]
-exclude_patterns = ["_build", "jupyter_execute", "**.ipynb_checkpoints", "README.md"]
+exclude_patterns = ["_build", "jupyter_execute", "**.ipynb_checkpoints"]
 root_doc = "index"
 
 # --- notebooks -------------------------------------------------------------------------------------------------
