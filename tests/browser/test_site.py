@@ -121,7 +121,7 @@ def _open(page, url: str) -> tuple[dict, list[str]]:
 
 def _broken_links(page_path: str, links: list[str], base: str) -> list[str]:
     broken = []
-    for href in links:
+    for href in dict.fromkeys(links):  # each target once, however often the page links it
         if not href.startswith(base + "/"):
             continue
         parts = urlsplit(href)
