@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..models.regression import X_TRAIN, Y_TRAIN, fit_regression, seed_regression_model
-from .widgets import Panel, figure
+from .widgets import Panel, StaticFallback, figure
 
 BACKWARD_MODES = ("implicit", "unrolled", "one_step")
 # label -> (method, options); "pure ODE" is the blog's DynamicSS(Tsit5()) without deqkit's Anderson polish
@@ -214,7 +214,7 @@ def compare_backward_modes(lr: float = 0.05, epochs: int = 100, solver: str = "d
     return [best[m] for m in modes]
 
 
-class ComparisonTable(widgets.VBox):
+class ComparisonTable(StaticFallback, widgets.VBox):
     """A button that trains every backward mode with the given controls' settings and adds rows to a table.
 
     Parameters
@@ -244,3 +244,9 @@ class ComparisonTable(widgets.VBox):
         finally:
             self.button.disabled = False
             self.button.description = "Run all backward modes"
+
+    def static_bundle(self) -> dict[str, str]:
+        """The table so far and what the button does, as ``text/html`` (for pages that cannot run widgets)."""
+        note = (f"<p><em>Static view: in a running notebook the button \u201c{html.escape(self.button.description)}"
+                "\u201d trains every backward mode and adds a row per mode to the table.</em></p>")
+        return {"text/html": f'<div class="deqkit-static">{self.table.value}{note}</div>'}

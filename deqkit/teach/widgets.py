@@ -15,6 +15,7 @@ sees exactly what a user of the library would see. The widgets are honest about 
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 import textwrap
@@ -200,7 +201,27 @@ def _alert(kind: str, message: str) -> str:
             f"<b>{html.escape(kind)}:</b> {html.escape(message)}</div>")
 
 
-class LiveFigure(widgets.VBox):
+class StaticFallback:
+    """Mixin for an ipywidgets widget: beside the live view, a static picture of it for front ends without widgets.
+
+    JupyterLab renders the widget view and ignores the rest of the bundle. A static page (the documentation site,
+    a notebook viewer, a notebook reopened without its kernel) cannot run widgets and shows what
+    :meth:`static_bundle` returns instead of the widget's ``repr`` text. Put it first among the base classes:
+    ``class MyWidget(StaticFallback, widgets.VBox)``.
+    """
+
+    def static_bundle(self) -> dict[str, str]:
+        """Return mimetype -> data of the widget as it looks now (e.g. ``text/html``); empty for none."""
+        raise NotImplementedError
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is not None:
+            bundle.update(self.static_bundle())
+        return bundle
+
+
+class LiveFigure(StaticFallback, widgets.VBox):
     """Controls, a plot and a readout; the plot is ``fn(**values)`` and is redrawn whenever a value changes.
 
     Parameters
@@ -305,6 +326,30 @@ class LiveFigure(widgets.VBox):
         for w in (self, self.status):
             (w.add_class if busy else w.remove_class)(BUSY_CLASS)
         self.status.value = '<span title="the plot is being recomputed">⏳ computing …</span>' if busy else ""
+
+    def static_bundle(self) -> dict[str, str]:
+        """The current plot, its readout and the controls' values, as ``text/html`` and ``image/png``."""
+        if not self.image.value:
+            return {}
+        png = base64.b64encode(bytes(self.image.value)).decode()
+        values = ", ".join(f"{html.escape(str(c.description or name))} = {html.escape(_shown(c.value))}"
+                           for name, c in self.controls.items())
+        return {
+            "text/html": f'<div class="deqkit-static"><img src="data:image/png;base64,{png}" alt="plot at {values}"/>'
+                         f"<div>{self.readout.value}</div>"
+                         f"<p><em>Static view at {values}: run the notebook to move the controls.</em></p></div>",
+            "image/png": png,
+        }
+
+
+
+def _shown(value: Any) -> str:
+    """A control's value as a reader would write it (floats to 4 significant digits)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_shown(v) for v in value) + ")"
+    return str(value)
 
 
 def control_values(control: widgets.ValueWidget, points: int = 5) -> list[Any]:
