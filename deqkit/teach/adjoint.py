@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from torch import nn
 
@@ -124,6 +125,19 @@ def peak_memory(fn: Callable[[], object]) -> tuple[object, int]:
     events.sort(key=lambda e: e[0])
     start = events[0][2] - events[0][1]
     return result, max(0, max(total for _, _, total in events) - start)
+
+
+def _quick_figure(ncols: int = 1, *, width: float = 4.2, height: float = 3.2, left: float, right: float,
+                  bottom: float, top: float, wspace: float = 0.3) -> tuple[Figure, Any]:
+    """:func:`~deqkit.teach.widgets.figure` with fixed margins instead of the constrained layout.
+
+    The widgets of notebook 05 redraw on every move; the constrained layout measures every tick label twice and
+    took about half of each redraw. The margins are chosen per panel (fractions of the figure).
+    """
+    fig = Figure(figsize=(width * ncols, height))
+    axes = fig.subplots(1, ncols)
+    fig.subplots_adjust(left=left, right=right, bottom=bottom, top=top, wspace=wspace)
+    return fig, axes
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -307,7 +321,7 @@ def accuracy_panel(tol: float = 1e-4, norm: float = 0.9) -> Panel:
     tol = min(grid, key=lambda t: abs(math.log10(t) - math.log10(tol)))
     rows = [gradient_accuracy(t, norm) for t in grid]
     here = gradient_accuracy(tol, norm)
-    fig, (ax, ax2) = figure(2)
+    fig, (ax, ax2) = _quick_figure(2, left=0.09, right=0.99, bottom=0.15, top=0.91, wspace=0.32)
     for mode in MODES:
         c = MODE_COLORS[mode]
         ax.loglog(grid, [max(r.relative_error[mode], 1e-16) for r in rows], "o-", color=c, label=mode, ms=3)
@@ -475,7 +489,7 @@ def cost_panel(iterations: int = 50, mode: str = "implicit") -> Panel:
     """
     grid = iterations_grid()
     iterations = min(grid, key=lambda n: abs(n - iterations))
-    fig, (ax, ax2) = figure(2)
+    fig, (ax, ax2) = _quick_figure(2, left=0.08, right=0.99, bottom=0.15, top=0.91, wspace=0.22)
     for m in ("implicit", "unrolled"):
         rows = [step_cost(m, n) for n in grid]
         c = MODE_COLORS[m]
@@ -689,7 +703,7 @@ def backward_panel(solver: str = "gmres", norm: float = 0.9) -> Panel:
     Panel
         The text gives the chosen solver's products, final residual and time, or its divergence message.
     """
-    fig, ax = figure(width=6.4)
+    fig, ax = _quick_figure(width=6.4, left=0.13, right=0.98, bottom=0.15, top=0.91)
     runs = {name: backward_run(name, norm) for name in BACKWARD_SOLVERS}
     for name, r in runs.items():
         bold = name == solver
@@ -958,7 +972,8 @@ def rho_panel(norm: float = 0.9) -> Panel:
     rows = [near_one(n) for n in grid]
     here = near_one(norm)
     _replay(here.warnings)
-    fig, (ax, ax2, ax3) = figure(3, width=4.1, height=3.5)
+    fig, (ax, ax2, ax3) = _quick_figure(3, width=4.1, height=3.5, left=0.055, right=0.99, bottom=0.14, top=0.92,
+                                        wspace=0.42)
     _scaling_axes(ax, rows, here)
     below = [r for r in rows if r.rho < 1]
     ax2.semilogx([1 / (1 - r.rho) for r in below], [r.one_step_cosine for r in below], "o-",
