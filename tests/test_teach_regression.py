@@ -1,6 +1,9 @@
 """Notebook 03's callbacks and helpers: every mode and solver, the blow-up shown (not a stale plot), repeated
 timings with their spread, and the exercise's check (right answers pass, wrong ones say why)."""
 
+import dataclasses
+import warnings
+
 import ipywidgets as widgets
 import numpy as np
 import pytest
@@ -98,3 +101,24 @@ def test_exercise_check(w2, b2, message):
         assert problem is None
     else:
         assert message in problem
+
+
+def test_a_cached_run_shows_its_warnings_every_time(monkeypatch):
+    r = regression.train(0.05, 10, "implicit", "dynamic_ss")
+    noisy = dataclasses.replace(r, warnings=((deqkit.ConvergenceWarning, "a solve missed its tolerance"),))
+    monkeypatch.setattr(regression, "train", lambda *args, **kwargs: noisy)
+    for _ in range(2):  # the first draw and a cached one alike
+        with pytest.warns(deqkit.ConvergenceWarning, match="missed its tolerance"):
+            regression.training_panel(0.05, 10)
+
+
+def test_training_records_the_warnings_it_raised(monkeypatch):
+    original = regression.fit_regression
+
+    def fit_and_warn(*args, **kwargs):
+        warnings.warn("probe", deqkit.ConvergenceWarning, stacklevel=1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(regression, "fit_regression", fit_and_warn)
+    r = regression._fit(0.05, 1, "implicit", "anderson", 0)
+    assert r.warnings == ((deqkit.ConvergenceWarning, "probe"),)

@@ -59,6 +59,9 @@ class RunResult:
         The :class:`~deqkit.DivergenceError`'s message when a solve blew up during training, else empty.
     times : tuple of float
         Wall time of every repeat of this run (see :func:`compare_backward_modes`); one entry for a single run.
+    warnings : tuple
+        ``(category, message)`` of every warning the training raised (e.g. a solve that missed its tolerance), kept
+        with the run and shown whenever it is drawn, also from the cache.
     model : torch.nn.Module
         The trained DEQ.
     """
@@ -78,7 +81,13 @@ class RunResult:
     a_history: tuple[float, ...] = ()
     error: str = ""
     times: tuple[float, ...] = ()
+    warnings: tuple[tuple[type, str], ...] = ()
     model: torch.nn.Module = field(repr=False, compare=False, default=None)
+
+    def warn(self) -> None:
+        """Warn again with the warnings this run raised while it trained."""
+        for category, message in dict.fromkeys(self.warnings):
+            warnings.warn(message, category, stacklevel=3)
 
     def first_epoch_below(self, loss: float) -> int | None:
         """The first epoch (counted from 1) whose mean loss is below ``loss``; None if none is."""
@@ -129,7 +138,7 @@ def train(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solve
 
 
 def _fit(lr: float, epochs: int, backward: str, solver: str, seed: int, *, progress: bool = False) -> RunResult:
-    """Train one fresh model (no cache); record ``a`` before every step and catch a blow-up."""
+    """Train one fresh model (no cache); record ``a`` before every step, the warnings, and catch a blow-up."""
     method, options = SOLVERS[solver]
     model = seed_regression_model(seed, backward=backward, solver=method, **options)
     a_history: list[float] = []
@@ -137,19 +146,24 @@ def _fit(lr: float, epochs: int, backward: str, solver: str, seed: int, *, progr
     hook = model.register_forward_pre_hook(
         lambda m, _: a_history.append(m.f.affine()[0]) if torch.is_grad_enabled() else None)
     start = time.perf_counter()
-    try:
-        run = fit_regression(model, epochs=epochs, lr=lr, seed=seed, progress=progress)
-    except DivergenceError as err:
-        a, b = model.f.affine()
-        nan = float("nan")
-        return RunResult(backward, solver, lr, epochs, time.perf_counter() - start, nan, nan, nan, nan, (), a, b,
-                         tuple(a_history), str(err), (time.perf_counter() - start,), model)
-    finally:
-        hook.remove()
+    error = ""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            run = fit_regression(model, epochs=epochs, lr=lr, seed=seed, progress=progress)
+        except DivergenceError as err:
+            error = str(err)
+        finally:
+            hook.remove()
+    recorded = tuple((w.category, str(w.message)) for w in caught)
     a, b = model.f.affine()
+    if error:
+        nan, seconds = float("nan"), time.perf_counter() - start
+        return RunResult(backward, solver, lr, epochs, seconds, nan, nan, nan, nan, (), a, b, tuple(a_history), error,
+                         (seconds,), recorded, model)
     return RunResult(backward, solver, lr, epochs, run.seconds, float(np.mean(run.forward_nfe)),
                      float(np.mean(run.backward_nfe)), run.prediction, run.losses[-1], tuple(run.losses), a, b,
-                     (*a_history, a), "", (run.seconds,), model)
+                     (*a_history, a), "", (run.seconds,), recorded, model)
 
 
 def _plot_a(ax: Any, r: RunResult) -> None:
@@ -182,6 +196,7 @@ def training_panel(lr: float = 0.05, epochs: int = 100, backward: str = "implici
         evaluations per step — or, when the training blew up, where ``a`` was and the solver's message.
     """
     r = train(lr, epochs, backward, solver, progress=progress)
+    r.warn()
     fig, (ax, ax_a, ax2) = figure(3, width=3.6)
     if r.losses:
         ax.semilogy(np.arange(1, len(r.losses) + 1), r.losses)
@@ -323,6 +338,7 @@ def compare_backward_modes(lr: float = 0.05, epochs: int = 100, solver: str = "d
             raise RuntimeError(f"repeats of the {mode} run trained differently: training is not deterministic")
         times = tuple(r.seconds for r in runs[mode])
         out.append(replace(first, seconds=statistics.median(times), times=times))
+        first.warn()  # once per mode: the repeats train identically
     return out
 
 
