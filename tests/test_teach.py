@@ -76,7 +76,7 @@ def test_control_values():
 
 
 # --- notebook 01: fixed-point iteration -------------------------------------------------------------------------
-from deqkit.teach import fixed_point, ode, regression  # noqa: E402
+from deqkit.teach import fixed_point, ode  # noqa: E402
 
 
 def _quiet(fn, *args, **kwargs):
@@ -159,44 +159,6 @@ def test_bistable_pitchfork_broyden_saddle_vs_ode_stable():
 def test_ode_unknown_system():
     with pytest.raises(ValueError, match="unknown system"):
         ode.system_matrix("saddle", 1.0)
-
-
-# --- notebook 03: regression -------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("backward", regression.BACKWARD_MODES)
-@pytest.mark.parametrize("solver", regression.SOLVERS)
-def test_training_panel_every_mode_and_solver(backward, solver):
-    panel = regression.training_panel(0.05, 10, backward, solver)
-    r = regression.train(0.05, 10, backward, solver)
-    assert np.isfinite(r.losses).all() and np.isfinite(r.prediction) and r.forward_nfe > 0
-    assert (r.backward_nfe > 0) == (backward == "implicit")
-    assert "prediction at −5" in panel.text
-
-
-def test_training_panel_learning_rate_extremes():
-    panel = regression.training_panel(1e-3, 10, "implicit", "dynamic_ss")
-    assert np.isfinite(regression.train(1e-3, 10, "implicit", "dynamic_ss").losses).all() and panel.figure.axes
-    # too large a step throws a = W2·W1 past 1: dz/dt = (a − 1)z + ... has no stable equilibrium left
-    with pytest.raises(deqkit.DivergenceError, match="blowing up"):
-        regression.training_panel(0.3, 10, "implicit", "dynamic_ss")
-
-
-@pytest.mark.parametrize("x", [-10.0, -5.0, 12.0])
-def test_prediction_panel_matches_closed_form(x):
-    panel = regression.prediction_panel(x, 0.05, 20, "implicit", "dynamic_ss")
-    r = regression.train(0.05, 20, "implicit", "dynamic_ss")
-    closed = (r.a * x + r.b) / (1 - r.a)
-    assert f"{closed:+.3f}"[:-1] in panel.figure.axes[0].get_title()
-
-
-def test_comparison_table_button_adds_rows():
-    lr = widgets.FloatLogSlider(value=0.05, min=-3, max=-0.5)
-    epochs = widgets.IntSlider(value=10, min=10, max=20)
-    solver = widgets.Dropdown(options=list(regression.SOLVERS), value="anderson")
-    table = regression.ComparisonTable(lr, epochs, solver)
-    table.button.click()
-    assert [r.backward for r in table.results] == list(regression.BACKWARD_MODES)
-    assert table.table.value.count("<tr>") == 1 + 3 and not table.button.disabled
 
 
 def test_control_values_needs_both_ends():
