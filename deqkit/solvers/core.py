@@ -331,17 +331,22 @@ class Solver(abc.ABC):
 
     @property
     def label(self) -> str:
-        """A short description of the configured method for statistics and plots (default: ``name``)."""
-        return self.name
+        """A short description for statistics, plots and menus: ``name`` with the options that differ from their
+        defaults, e.g. ``"anderson"`` or ``"picard(damping=0.5)"``."""
+        changed = self._changed_options()
+        return self.name + (f"({', '.join(changed)})" if changed else "")
 
     def __repr__(self) -> str:
         """``Anderson(m=6)``: the class and the options that differ from their defaults."""
+        return f"{type(self).__name__}({', '.join(self._changed_options())})"
+
+    def _changed_options(self) -> list[str]:
         shown = []
         for param in inspect.signature(type(self)).parameters.values():
             value = getattr(self, param.name, param.default)
             if value is not param.default and value != param.default:
                 shown.append(f"{param.name}={value!r}")
-        return f"{type(self).__name__}({', '.join(shown)})"
+        return shown
 
     @abc.abstractmethod
     def run(self, f: Map, z0: torch.Tensor, monitor: Monitor) -> tuple[int, int]:

@@ -25,11 +25,6 @@ class Picard(IterativeSolver):
     def __init__(self, damping: float = 1.0):
         self.damping = check_real("damping", damping, 0.0, 1.0, low_open=True)
 
-    @property
-    def label(self) -> str:
-        """``"picard"``, or ``"picard(damping=0.5)"`` for damped iteration."""
-        return self.name if self.damping == 1 else f"{self.name}(damping={self.damping:g})"
-
     def update(self, z: torch.Tensor, fz: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
         if self.damping == 1:
             return fz, None
