@@ -2,7 +2,6 @@
 and the measurements show what the notebook claims (checked, not assumed)."""
 
 import math
-import os
 
 import ipywidgets as widgets
 import numpy as np
@@ -20,32 +19,6 @@ def _finite_lines(panel: Panel) -> None:
         for line in ax.get_lines():
             y = np.asarray(line.get_ydata(), dtype=float)
             assert y.size and np.isfinite(y).any()
-
-
-# --- peak memory ---------------------------------------------------------------------------------------------------
-
-def test_peak_memory_sees_one_allocation_and_reuse():
-    n = 1_000_000
-    _, one = adjoint.peak_memory(lambda: torch.ones(n).sum())
-    assert 4 * n <= one < 4 * n + 64 * 1024
-
-    def two_at_once():
-        a, b = torch.ones(n), torch.ones(n)
-        return (a + b).sum()  # a, b and a + b live together: three blocks
-
-    def one_after_another():
-        for _ in range(3):
-            torch.ones(n).sum()  # each freed before the next: one block at a time
-
-    _, three = adjoint.peak_memory(two_at_once)
-    _, sequential = adjoint.peak_memory(one_after_another)
-    assert 12 * n <= three < 12 * n + 64 * 1024
-    assert 4 * n <= sequential < 4 * n + 64 * 1024
-
-
-def test_peak_memory_returns_the_result():
-    result, peak = adjoint.peak_memory(lambda: 42)
-    assert result == 42 and peak == 0
 
 
 # --- 1: accuracy -----------------------------------------------------------------------------------------------------
@@ -143,7 +116,7 @@ def test_full_gmres_converges_everywhere_and_picard_not_near_or_past_one():
     grid = adjoint.norms_grid()
     d = adjoint.near_one_deq(0.5)[1].shape[1]
     for s in grid:
-        full = adjoint.backward_run("gmres, no restart", s)
+        full = adjoint.backward_run("gmres(full)", s)
         assert full.converged and full.nfe <= d + 3
     easy, hard = adjoint.backward_run("picard", grid[0]), adjoint.backward_run("picard", grid[-1])
     assert easy.converged and not hard.converged
@@ -152,14 +125,13 @@ def test_full_gmres_converges_everywhere_and_picard_not_near_or_past_one():
         adjoint.backward_run("newton", 0.5)
 
 
-def test_broyden_memory_truncation_blows_up_where_full_memory_converges():
-    # deqkit's limited-memory Broyden drops its oldest secant update once m are stored (library defect, reported)
+def test_broyden_restarts_when_its_memory_is_full_and_converges_like_full_memory():
+    # deqkit's Broyden once dropped its oldest secant update once m were stored and blew up here; it now restarts
     default, roomy = adjoint.broyden_backward(0.95, 20), adjoint.broyden_backward(0.95, 300)
-    assert default.error and "NaN or infinite" in default.error and len(default.residuals) > 20
-    assert min(default.residuals[:40]) < 1e-2  # it was converging until its memory was full
+    assert not default.error and default.converged and len(default.residuals) > 20  # past a restart
     assert roomy.converged and not roomy.error and roomy.residuals[-1] <= 1e-6
     panel = adjoint.broyden_memory_panel(0.95)
-    assert "m = 20</b>: blew up" in panel.text and "m = 300</b>: converged" in panel.text
+    assert "m = 20</b>: converged" in panel.text and "m = 300</b>: converged" in panel.text
 
 
 def test_warnings_of_a_cached_run_are_shown_each_time_it_is_drawn(monkeypatch):
@@ -185,7 +157,7 @@ def test_rho_panel_over_range():
     assert all(b < a for a, b in zip(cosines, cosines[1:]))  # the one-step direction degrades as ρ → 1
     assert not any(r.warnings for r in rows)
     past = [r for r in rows if r.rho > 1]
-    assert past and all(not r.backward_converged["picard"] and r.backward_converged["gmres, no restart"]
+    assert past and all(not r.backward_converged["picard"] and r.backward_converged["gmres(full)"]
                         for r in past)
 
 
@@ -215,17 +187,6 @@ def test_live_figures_sweep():
     assert sweep(acc)["tol"] >= 2 and "deqkit-browser-slider" in tol._dom_classes
 
 
-def test_profiler_chatter_is_dropped_and_other_stderr_kept(capfd):
-    with adjoint._profiler_chatter_dropped():
-        os.write(2, b"USDT:2026 1:1 SyncActivityProfilerHandler.cpp:52] profiler_start\n")
-        os.write(2, b"[W1201 CPUAllocator.cpp:245] Memory block of unknown size was allocated before\n")
-        os.write(2, b"something else went wrong\n")
-    err = capfd.readouterr().err
-    assert "something else went wrong" in err and "USDT" not in err and "CPUAllocator" not in err
-    adjoint.peak_memory(lambda: torch.ones(10).sum())
-    assert "profiler_start" not in capfd.readouterr().err
-
-
 def test_cost_keeps_every_timed_step():
     c = adjoint.step_cost("implicit", adjoint.iterations_grid()[0])
     assert len(c.times) >= 3 and min(c.times) <= c.seconds <= max(c.times)
@@ -242,11 +203,3 @@ def test_exercise_check():
     assert "shape" in adjoint.check_gradient(w)
     assert "torch.Tensor" in adjoint.check_gradient([1, 2])
     assert "not dL/dx yet" in adjoint.check_gradient(2 * by_hand)
-
-
-def test_tanh_block_norms():
-    for kind in ("orthogonal", "symmetric"):
-        block = adjoint.TanhBlock(12, 0.7, kind=kind, dtype=torch.float64)
-        assert abs(float(torch.linalg.matrix_norm(block.weight.detach(), 2)) - 0.7) < 1e-9
-    with pytest.raises(ValueError, match="kind"):
-        adjoint.TanhBlock(4, 0.5, kind="random")

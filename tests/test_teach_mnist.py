@@ -111,12 +111,11 @@ def test_digit_effort_equals_solving_each_digit_alone(models, digits, solver):
     model = models[1]
     x = digits.tensors[0][:12]
     effort = digit_effort(model, x, solver, 1e-4)
-    method, options = SOLVERS[solver]
     for i in range(12):
         xi = model.features(x[i:i + 1])
         with torch.no_grad():
-            _, stats = deqkit.solve(lambda z, xi=xi: model.deq.f(z, xi), model.deq.initial_state(xi), method=method,
-                                    abstol=1e-4, reltol=1e-4, max_steps=300, **options)
+            _, stats = deqkit.solve(lambda z, xi=xi: model.deq.f(z, xi), model.deq.initial_state(xi),
+                                    solver=SOLVERS[solver], abstol=1e-4, reltol=1e-4, max_steps=300)
         assert int(effort.nfe[i]) == stats.nfe, i
     assert bool(effort.converged.all()) and int(effort.nfe.max()) == effort.total_nfe
 
@@ -130,7 +129,7 @@ def test_digit_effort_for_the_ode_shares_steps_over_the_batch(models, digits):
 
 
 def test_digit_effort_flags_digits_that_never_converge(models, digits):
-    effort = digit_effort(models[0], digits.tensors[0][:8], "picard (plain iteration)", 1e-12, max_steps=3)
+    effort = digit_effort(models[0], digits.tensors[0][:8], "picard", 1e-12, max_steps=3)
     assert not bool(effort.converged.any()) and bool((effort.nfe == effort.total_nfe).all())
 
 
@@ -149,7 +148,7 @@ def test_digit_panel_shows_the_solve(models, digits):
 
 def test_digit_panel_lets_a_failing_solver_warn(models, digits):
     with pytest.warns(deqkit.ConvergenceWarning):
-        panel = digit_panel(models[0], digits, index=0, solver="picard (plain iteration)", tol=1e-30)
+        panel = digit_panel(models[0], digits, index=0, solver="picard", tol=1e-30)
     assert "did NOT converge" in panel.text
 
 
@@ -193,13 +192,13 @@ def test_ranked_breaks_nfe_ties_by_the_residual_before(models, digits, solver):
 
 
 def test_nonconverged_counts(models, digits):
-    counts = nonconverged_counts(models[1], digits, (1e-2, 1e-12), ("anderson", "picard (plain iteration)"),
+    counts = nonconverged_counts(models[1], digits, (1e-2, 1e-12), ("anderson", "picard"),
                                  max_steps=3)
-    assert counts["picard (plain iteration)"] == [
-        int((~digit_effort(models[1], digits.tensors[0], "picard (plain iteration)", t, max_steps=3).converged).sum())
+    assert counts["picard"] == [
+        int((~digit_effort(models[1], digits.tensors[0], "picard", t, max_steps=3).converged).sum())
         for t in (1e-2, 1e-12)]
-    assert counts["picard (plain iteration)"][1] == len(digits)  # 1e-12 in three steps: none
-    titles = _titles(gallery_panel(models[1], digits, "not converged", "picard (plain iteration)", 1e-12, max_steps=3))
+    assert counts["picard"][1] == len(digits)  # 1e-12 in three steps: none
+    titles = _titles(gallery_panel(models[1], digits, "not converged", "picard", 1e-12, max_steps=3))
     assert titles and all(t.endswith("not conv.") for t in titles[1:])
 
 
@@ -222,12 +221,12 @@ def test_effort_panel_text_matches_the_measurement(models, digits):
 
 
 def test_digits_that_never_converge_are_not_reported_as_converged(models, digits):
-    effort = digit_effort(models[1], digits.tensors[0], "picard (plain iteration)", 1e-6, max_steps=2)
+    effort = digit_effort(models[1], digits.tensors[0], "picard", 1e-6, max_steps=2)
     assert not effort.converged.any()
-    panel = effort_panel(models[1], digits, "picard (plain iteration)", 1e-6, max_steps=2)
+    panel = effort_panel(models[1], digits, "picard", 1e-6, max_steps=2)
     assert f"Not converged within the step limit: {len(digits)} (hatched" in panel.text
     assert "NFE per converged digit: mean n/a" in panel.text
-    titles = _titles(gallery_panel(models[1], digits, "most effortful", "picard (plain iteration)", 1e-6, max_steps=2))
+    titles = _titles(gallery_panel(models[1], digits, "most effortful", "picard", 1e-6, max_steps=2))
     assert titles and all(t.endswith("not conv.") for t in titles if t)
 
 

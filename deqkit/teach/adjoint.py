@@ -7,14 +7,8 @@ slider back is instant; the slider values the notebook offers are exactly the ca
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import os
-import re
-import statistics
-import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -25,29 +19,28 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
-from torch import nn
 
+from ..adjoint import GRADIENTS, Implicit
 from ..diagnostics import compare_gradients, spectral_radius
 from ..errors import ConvergenceWarning, DivergenceError
 from ..layer import DEQ
-from ..solvers import solve
+from ..measure import StepCost, measure_step
+from ..problems import tanh_problem
+from ..solvers import BACKWARD_SOLVERS as REGISTRY
+from ..solvers import GMRES, Broyden, Solver, solve
 from . import fast_mode
 from .widgets import Panel, figure
 
-MODES = ("implicit", "unrolled", "one_step")
-#: Backward solvers of panels 3 and 4: label -> (deqkit backward solver, options; None = the dimension d).
-BACKWARD_SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "gmres": ("gmres", {}),  # deqkit's default, GMRES(20): restarts every 20 products
-    "gmres, no restart": ("gmres", {"restart": None}),  # full GMRES: d Krylov vectors
-    "anderson": ("anderson", {}),
-    "picard": ("picard", {}),
-    "dynamic_ss": ("dynamic_ss", {}),
-    "broyden": ("broyden", {}),
-}
-_SOLVER_LABELS = BACKWARD_SOLVERS | {"broyden, m = 300": ("broyden", {"m": 300})}
+#: The gradient methods compared here (notebook 06 teaches the phantom gradient).
+MODES = tuple(name for name in GRADIENTS if name != "phantom")
+#: Backward solvers of panels 3 and 4: every registered one with its defaults (GMRES(20) restarts every 20
+#: products), and full GMRES (``gmres(full)``: as many Krylov vectors as the dimension).
+BACKWARD_SOLVERS: dict[str, Solver] = {name: cls() for name, cls in REGISTRY.items()} | {
+    GMRES(restart=None).label: GMRES(restart=None)}
+_SOLVER_LABELS = BACKWARD_SOLVERS | {Broyden(m=300).label: Broyden(m=300)}
 MODE_COLORS = {"implicit": "tab:blue", "unrolled": "tab:orange", "one_step": "tab:green"}
-SOLVER_COLORS = {"gmres": "tab:purple", "gmres, no restart": "tab:pink", "anderson": "tab:blue", "picard": "tab:red",
-                 "dynamic_ss": "tab:green", "broyden": "tab:brown", "broyden, m = 300": "tab:olive"}
+SOLVER_COLORS = {"gmres": "tab:purple", "gmres(full)": "tab:pink", "anderson": "tab:blue", "picard": "tab:red",
+                 "dynamic_ss": "tab:green", "broyden": "tab:brown", "broyden(m=300)": "tab:olive"}
 TOLERANCES = tuple(10.0 ** -k for k in range(2, 11))  # forward tolerances of the accuracy panel (fast: every other)
 FAST_TOLERANCES = TOLERANCES[::2]
 ITERATIONS = (10, 25, 50, 100, 150, 200)  # forward iterations of the cost panel (fast mode: FAST_ITERATIONS)
@@ -55,76 +48,6 @@ FAST_ITERATIONS = (10, 50, 100, 200)
 NORMS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998)  # ‖W‖₂ of panels 3 and 4 below 1 (fast mode: FAST_NORMS)
 FAST_NORMS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.995)
 PAST_ONE = (1.05, 1.2)  # ‖W‖₂ past 1, moved to keep 1 midway between two eigenvalues (see midway_norm)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Peak tensor memory on any device the profiler sees (the CPU included)
-
-
-# What torch's profiler writes straight to the process's stderr (below Python, so no warning filter sees it): a
-# start/stop line per run from Kineto, and c10's notice that a block allocated before the run was freed during it
-# (harmless here: the peak is read from the allocator's own running total, which counts every block).
-_PROFILER_CHATTER = re.compile(r"USDT:.*profiler_(start|stop)|CPUAllocator\.cpp.*Memory block of unknown size")
-
-
-@contextlib.contextmanager
-def _profiler_chatter_dropped():
-    """Send file descriptor 2 to a temporary file meanwhile; then pass on every line but the profiler's chatter."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            kept = [line for line in tmp.read().decode(errors="replace").splitlines()
-                    if not _PROFILER_CHATTER.search(line)]
-            if kept:
-                sys.stderr.write("\n".join(kept) + "\n")
-
-
-def peak_memory(fn: Callable[[], object]) -> tuple[object, int]:
-    """Run ``fn()``; return its result and the peak bytes of tensor memory allocated while it ran.
-
-    Method: ``torch.profiler`` with ``profile_memory=True`` records every allocation and free made through
-    PyTorch's allocators together with the allocator's running total of live bytes. The peak is the largest
-    running total during ``fn`` minus the total just before its first allocation, i.e. the most memory that
-    ``fn`` held at once beyond what was live when it started. Frees of blocks allocated before the call are not
-    reported by the profiler, so free such tensors (e.g. ``zero_grad(set_to_none=True)``) before calling.
-
-    Parameters
-    ----------
-    fn : callable
-        Called once, without arguments.
-
-    Returns
-    -------
-    result : object
-        What ``fn()`` returned.
-    peak : int
-        Peak bytes; 0 when ``fn`` allocated nothing.
-    """
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with _profiler_chatter_dropped(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = fn()
-    events = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        if node.tag == _EventType.Allocation:
-            extra = node.extra_fields
-            events.append((node.start_time_ns, extra.alloc_size, extra.total_allocated))
-        stack.extend(node.children)
-    if not events:
-        return result, 0
-    events.sort(key=lambda e: e[0])
-    start = events[0][2] - events[0][1]
-    return result, max(0, max(total for _, _, total in events) - start)
 
 
 def _quick_figure(ncols: int = 1, *, width: float = 4.2, height: float = 3.2, left: float, right: float,
@@ -144,86 +67,22 @@ def _quick_figure(ncols: int = 1, *, width: float = 4.2, height: float = 3.2, le
 # The model: z = tanh(W z + x + b)
 
 
-class TanhBlock(nn.Module):
-    """``f(z, x) = tanh(W z + x + b)`` with a random ``W`` of spectral norm ``‖W‖₂ = s``.
-
-    ``W`` is orthogonal·s (``kind='orthogonal'``) or symmetric with eigenvalues evenly spread over [−s, s]
-    (``kind='symmetric'``).
-
-    Parameters
-    ----------
-    d : int
-        Dimension of ``z`` and ``x``.
-    norm : float
-        ``s``.
-    kind : {"orthogonal", "symmetric"}
-    seed : int
-        Seed of ``W`` and ``b``.
-    bias_scale : float
-        Standard deviation of the entries of ``b``.
-    dtype : torch.dtype
-        Of the parameters (they are drawn in float64 and converted).
-
-    Raises
-    ------
-    ValueError
-        If ``kind`` is not one of the two.
-    """
-
-    def __init__(self, d: int, norm: float, *, kind: str = "orthogonal", seed: int = 0, bias_scale: float = 0.1,
-                 dtype: torch.dtype = torch.float32):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        q = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))[0]
-        if kind == "orthogonal":
-            w = norm * q
-        elif kind == "symmetric":
-            w = q @ torch.diag(torch.linspace(-norm, norm, d, dtype=torch.float64)) @ q.T
-        else:
-            raise ValueError(f"kind must be 'orthogonal' or 'symmetric', got {kind!r}")
-        self.weight = nn.Parameter(w.to(dtype))
-        self.bias = nn.Parameter((bias_scale * torch.randn(d, generator=gen, dtype=torch.float64)).to(dtype))
-
-    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Return ``tanh(W z + x + b)`` for ``z`` and ``x`` of shape ``(batch, d)``."""
-        return torch.tanh(z @ self.weight.T + x + self.bias)
-
-
 def tanh_deq(d: int = 32, norm: float = 0.9, *, batch: int = 8, kind: str = "orthogonal", x_scale: float = 1.0,
              bias_scale: float = 0.1, seed: int = 0, dtype: torch.dtype = torch.float32,
-             **deq_options) -> tuple[DEQ, torch.Tensor]:
-    """A DEQ over :class:`TanhBlock` and an input batch ``x`` (``x_scale``·N(0, 1)).
+             **deq_options: Any) -> tuple[DEQ, torch.Tensor]:
+    """A DEQ over :class:`deqkit.problems.TanhBlock` and its input batch (:func:`deqkit.problems.tanh_problem`).
 
-    Parameters
-    ----------
-    d, norm, kind, bias_scale, dtype
-        As for :class:`TanhBlock`.
-    batch : int
-        Rows of ``x``.
-    x_scale : float
-        Standard deviation of the entries of ``x``.
-    seed : int
-        Seed of the block; ``x`` is drawn with ``seed + 1``.
-    **deq_options
-        Any :class:`~deqkit.DEQ` keyword.
+    These panels measure, so the DEQ has no evaluation budget unless ``deq_options`` gives one.
 
     Returns
     -------
     model : DEQ
     x : torch.Tensor
         Shape ``(batch, d)``, in ``dtype``.
-
-    Raises
-    ------
-    ValueError
-        If ``kind`` is unknown, or a DEQ option is invalid.
-    TypeError
-        If a DEQ option is unknown.
     """
-    block = TanhBlock(d, norm, kind=kind, seed=seed, bias_scale=bias_scale, dtype=dtype)
-    gen = torch.Generator().manual_seed(seed + 1)
-    x = (x_scale * torch.randn(batch, d, generator=gen, dtype=torch.float64)).to(dtype)
-    return DEQ(block, **deq_options), x
+    block, x = tanh_problem(d, norm, batch=batch, kind=kind, x_scale=x_scale, bias_scale=bias_scale, seed=seed,
+                            dtype=dtype)
+    return DEQ(block, **({"max_nfe": None} | deq_options)), x
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -346,119 +205,8 @@ def accuracy_panel(tol: float = 1e-4, norm: float = 0.9) -> Panel:
 # 2. Cost of a training step against the number of forward iterations
 
 
-@dataclass(frozen=True)
-class StepCost:
-    """Cost of one training step (see :func:`measure_step`).
-
-    Attributes
-    ----------
-    mode : str
-        The backward mode.
-    iterations : int
-        The forward's ``max_steps``.
-    seconds : float
-        Median wall time of a step.
-    peak_bytes : int
-        Peak tensor memory of a step (see :func:`peak_memory`).
-    steps : int
-        Forward iterations actually taken.
-    times : tuple of float
-        Wall time of every timed step (``seconds`` is their median).
-    """
-
-    mode: str
-    iterations: int
-    seconds: float
-    peak_bytes: int
-    steps: int  # forward iterations actually taken
-    times: tuple[float, ...] = ()
-
-
 def _cost_sizes() -> dict[str, int]:
     return {"d": 64, "batch": 16, "repeats": 3} if fast_mode() else {"d": 256, "batch": 32, "repeats": 5}
-
-
-def training_step(model: DEQ, x: torch.Tensor, target: torch.Tensor) -> None:
-    """One forward + backward pass of a mean-squared-error loss (gradients accumulate in the parameters).
-
-    Parameters
-    ----------
-    model : DEQ
-    x, target : torch.Tensor
-        Input and target, both shaped like the model's output.
-    """
-    loss = (model(x) - target).pow(2).mean()
-    loss.backward()
-
-
-def make_cost_model(mode: str, iterations: int, d: int, batch: int, norm: float = 0.9,
-                    solver: str = "picard") -> tuple[DEQ, torch.Tensor, torch.Tensor]:
-    """A tanh DEQ whose forward takes exactly ``iterations`` steps (its tolerance is out of reach).
-
-    The backward solve runs to a relative tolerance of 1e-4.
-
-    Parameters
-    ----------
-    mode : {"implicit", "unrolled", "one_step"}
-        The backward mode.
-    iterations : int
-        The forward's ``max_steps``.
-    d, batch, norm
-        As for :func:`tanh_deq` (orthogonal ``W``, float32).
-    solver : str
-        The forward method.
-
-    Returns
-    -------
-    model : DEQ
-    x : torch.Tensor
-        Shape ``(batch, d)``.
-    target : torch.Tensor
-        Zeros shaped like ``x``.
-    """
-    model, x = tanh_deq(d, norm, batch=batch, solver=solver, backward=mode, abstol=1e-30, reltol=0,
-                        max_steps=iterations, backward_abstol=0.0, backward_reltol=1e-4)
-    target = torch.zeros_like(x)
-    return model, x, target
-
-
-def measure_step(mode: str, iterations: int, *, d: int, batch: int, repeats: int, norm: float = 0.9,
-                 solver: str = "picard") -> StepCost:
-    """Median wall time and peak tensor memory of one training step of :func:`make_cost_model`'s DEQ.
-
-    The forward's tolerance is unreachable, so it runs exactly ``iterations`` steps; the non-convergence warning
-    that follows is expected and silenced. One untimed warm-up step precedes the ``repeats`` timed ones; the
-    memory is measured on a further step.
-
-    Parameters
-    ----------
-    mode, iterations, d, batch, norm, solver
-        As for :func:`make_cost_model`.
-    repeats : int
-        Timed steps (≥ 1).
-
-    Returns
-    -------
-    StepCost
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    model, x, target = make_cost_model(mode, iterations, d, batch, norm, solver)
-    times = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for _ in range(repeats + 1):
-            model.zero_grad(set_to_none=True)
-            start = time.perf_counter()
-            training_step(model, x, target)
-            times.append(time.perf_counter() - start)
-        # free what the last step left behind (gradients, solver statistics) before measuring: a block allocated
-        # before the profiler starts and freed during the step would lower the running total it reads
-        model.zero_grad(set_to_none=True)
-        model.last_stats = None
-        _, peak = peak_memory(lambda: training_step(model, x, target))
-    return StepCost(mode, iterations, statistics.median(times[1:]), peak, model.last_stats.forward.steps,
-                    tuple(times[1:]))
 
 
 @functools.lru_cache(maxsize=64)
@@ -631,12 +379,11 @@ def norms_grid() -> tuple[float, ...]:
     return below + tuple(midway_norm(t, d) for t in PAST_ONE)
 
 
-def _solver_options(label: str, d: int) -> dict[str, Any]:
+def _backward(label: str, **settings: Any) -> Implicit:
+    """The implicit backward pass with the solver ``label`` names (see :data:`BACKWARD_SOLVERS`)."""
     if label not in _SOLVER_LABELS:
         raise ValueError(f"unknown backward solver {label!r}; choose one of {list(_SOLVER_LABELS)}")
-    name, options = _SOLVER_LABELS[label]
-    options = {k: (d if v is None else v) for k, v in options.items()}  # None: as large as the dimension
-    return {"backward_solver": name, **{f"backward_{k}": v for k, v in options.items()}}
+    return Implicit(_SOLVER_LABELS[label], **settings)
 
 
 @functools.lru_cache(maxsize=256)
@@ -648,7 +395,7 @@ def backward_run(solver: str, norm: float, tol: float = 1e-6) -> BackwardRun:
     Parameters
     ----------
     solver : str
-        A label of :data:`BACKWARD_SOLVERS` (or ``"broyden, m = 300"``).
+        A label of :data:`BACKWARD_SOLVERS` (or ``"broyden(m=300)"``).
     norm : float
         ``‖W‖₂`` = ρ(∂f/∂z) at z*.
     tol : float
@@ -664,9 +411,7 @@ def backward_run(solver: str, norm: float, tol: float = 1e-6) -> BackwardRun:
     ValueError
         If ``solver`` is not a known label.
     """
-    d = _backward_sizes()["d"]
-    model, x = near_one_deq(norm, backward_abstol=tol, backward_reltol=0.0, backward_max_steps=300,
-                            **_solver_options(solver, d))
+    model, x = near_one_deq(norm, backward=_backward(solver, abstol=tol, reltol=0.0, max_steps=300))
     xg = x.clone().requires_grad_()
 
     def run() -> tuple[float, str]:
@@ -674,7 +419,7 @@ def backward_run(solver: str, norm: float, tol: float = 1e-6) -> BackwardRun:
         start = time.perf_counter()
         try:
             out.sum().backward()
-        except DivergenceError as err:  # e.g. Broyden's secant updates blowing up: part of the lesson
+        except DivergenceError as err:  # a solver blowing up is part of the lesson: recorded, shown
             return time.perf_counter() - start, str(err)
         return time.perf_counter() - start, ""
 
@@ -761,7 +506,7 @@ def broyden_backward(norm: float, memory: int = 20, tol: float = 1e-6) -> Broyde
     norm : float
         ``‖W‖₂``.
     memory : int
-        Broyden's ``m``: the secant updates it keeps (deqkit's default is 20).
+        Broyden's ``m``: the secant updates it stores before restarting (deqkit's default is 20).
     tol : float
         Absolute tolerance; at most 300 steps.
 
@@ -781,7 +526,7 @@ def broyden_backward(norm: float, memory: int = 20, tol: float = 1e-6) -> Broyde
         return tu
 
     try:
-        _, stats = solve(backward_map, g, method="broyden", abstol=tol, reltol=0.0, max_steps=300, m=memory)
+        _, stats = solve(backward_map, g, solver=Broyden(m=memory), abstol=tol, reltol=0.0, max_steps=300)
     except DivergenceError as err:
         return BroydenRun(memory, tuple(residuals), False, str(err))
     return BroydenRun(memory, tuple(residuals), stats.all_converged, "")
@@ -852,11 +597,11 @@ class NearOne:
 def _input_gradients(norm: float) -> dict[str, torch.Tensor]:
     """Implicit (full GMRES: it converges whenever I − J is invertible) and one-step gradient of sum(z*) by x."""
     d = _backward_sizes()["d"]
-    model, x = near_one_deq(norm, backward_abstol=1e-10, backward_reltol=0.0, backward_max_steps=3 * d,
-                            **_solver_options("gmres, no restart", d))
+    implicit = _backward("gmres(full)", abstol=1e-10, reltol=0.0, max_steps=3 * d)
+    model, x = near_one_deq(norm, backward=implicit)
     grads = {}
     for mode in ("implicit", "one_step"):
-        model.backward = mode
+        model.backward = implicit if mode == "implicit" else mode
         xg = x.clone().requires_grad_()
         (g,) = torch.autograd.grad(model(xg).sum(), xg)
         grads[mode] = g.flatten()

@@ -21,7 +21,8 @@ from torch.utils.data import TensorDataset
 
 from ..data import MNIST_MEAN, MNIST_STD, mnist_datasets
 from ..errors import ConvergenceWarning
-from ..solvers import solve
+from ..solvers import SOLVERS as REGISTRY
+from ..solvers import DynamicSS, Solver, solve
 from ..train.callbacks import StepLog
 from . import fast_mode
 from .widgets import Panel, figure, render_png
@@ -30,14 +31,10 @@ __all__ = ["SOLVERS", "WHICH", "DigitEffort", "StepLog", "check_cap", "class_pan
            "effort_panel", "gallery_panel", "logit_diagnostics", "nonconverged_counts", "notebook_data", "ranked",
            "stall_panel", "static", "tanh_logit_floor", "training_panel"]
 
-#: Forward solvers a learner can pick: label -> (method, options).
-SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "dynamic_ss: Tsit5 to steady state (the blog)": ("dynamic_ss", {"polish": None}),
-    "dynamic_ss + Anderson polish (deqkit default)": ("dynamic_ss", {}),
-    "anderson": ("anderson", {}),
-    "broyden": ("broyden", {}),
-    "picard (plain iteration)": ("picard", {}),
-}
+#: Forward solvers a learner can pick: the blog's ``DynamicSS(Tsit5())`` (``dynamic_ss(tsit5)``, no polish), then
+#: every registered solver with its defaults (``dynamic_ss`` is deqkit's, polished by Anderson).
+SOLVERS: dict[str, Solver] = {DynamicSS(polish=None).label: DynamicSS(polish=None)} | {
+    name: cls() for name, cls in REGISTRY.items()}
 #: Gallery choices.
 WHICH = ("most effortful", "least effortful", "misclassified", "not converged")
 
@@ -376,7 +373,7 @@ class DigitEffort:
     residual_before: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
 
-def _solver(solver: str) -> tuple[str, dict[str, Any]]:
+def _solver(solver: str) -> Solver:
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
     return SOLVERS[solver]
@@ -413,7 +410,7 @@ def digit_effort(model: torch.nn.Module, images: torch.Tensor, solver: str, tol:
     ValueError
         If ``solver`` is not a label of :data:`SOLVERS`, or ``images`` is not shaped ``(n, 1, 28, 28)``.
     """
-    method, options = _solver(solver)
+    spec = _solver(solver)
     x = model.features(images)
     deq = model.deq
 
@@ -422,8 +419,8 @@ def digit_effort(model: torch.nn.Module, images: torch.Tensor, solver: str, tol:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported through ``converged``
-        z, stats = solve(f, deq.initial_state(x), method=method, abstol=tol, reltol=tol, max_steps=max_steps,
-                         record=True, **options)
+        z, stats = solve(f, deq.initial_state(x), solver=spec, abstol=tol, reltol=tol, max_steps=max_steps,
+                         record=True)
     res, meets = map(torch.stack, zip(*(_meets(f, zk, tol) for zk in stats.trajectory)))  # (records, batch)
     hit = meets.any(0)
     first = meets.to(torch.int8).argmax(0)
@@ -533,10 +530,10 @@ def digit_panel(model: torch.nn.Module, digits: TensorDataset, index: int = 0,
     images, labels = digits.tensors
     _check_index(index, len(labels))
     image, label = images[index:index + 1], int(labels[index])
-    method, options = _solver(solver)
+    spec = _solver(solver)
     x = model.features(image)
-    z, stats = solve(lambda z: model.deq.f(z, x), model.deq.initial_state(x), method=method, abstol=tol,
-                     reltol=tol, max_steps=300, **options)
+    z, stats = solve(lambda z: model.deq.f(z, x), model.deq.initial_state(x), solver=spec, abstol=tol,
+                     reltol=tol, max_steps=300)
     probs = model.head(model.deq.f(z, x)).softmax(1)[0]
     pred = int(probs.argmax())
     fig, (ax1, ax2, ax3) = figure(3, width=3.3, height=3.0)

@@ -16,19 +16,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..adjoint import GRADIENTS
 from ..errors import ConvergenceWarning, DivergenceError
 from ..models.regression import X_TRAIN, Y_TRAIN, fit_regression, seed_regression_model
+from ..solvers import SOLVERS as REGISTRY
+from ..solvers import DynamicSS, Solver
 from .widgets import Panel, StaticFallback, figure
 
-BACKWARD_MODES = ("implicit", "unrolled", "one_step")
-# label -> (method, options); "pure ODE" is the blog's DynamicSS(Tsit5()) without deqkit's Anderson polish
-SOLVERS: dict[str, tuple[str, dict]] = {
-    "dynamic_ss": ("dynamic_ss", {}),
-    "dynamic_ss, pure ODE": ("dynamic_ss", {"polish": None}),
-    "anderson": ("anderson", {}),
-    "broyden": ("broyden", {}),
-    "picard": ("picard", {}),
-}
+#: The gradient methods compared (notebook 06 teaches the phantom gradient).
+BACKWARD_MODES = tuple(name for name in GRADIENTS if name != "phantom")
+#: Forward solvers: every registered one with its defaults, and the blog's pure ODE ``DynamicSS(Tsit5())``
+#: without deqkit's Anderson polish (``dynamic_ss(tsit5)``).
+SOLVERS: dict[str, Solver] = {name: cls() for name, cls in REGISTRY.items()} | {
+    DynamicSS(polish=None).label: DynamicSS(polish=None)}
 
 
 @dataclass
@@ -139,8 +139,7 @@ def train(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solve
 
 def _fit(lr: float, epochs: int, backward: str, solver: str, seed: int, *, progress: bool = False) -> RunResult:
     """Train one fresh model (no cache); record ``a`` before every step, the warnings, and catch a blow-up."""
-    method, options = SOLVERS[solver]
-    model = seed_regression_model(seed, backward=backward, solver=method, **options)
+    model = seed_regression_model(seed, backward=backward, solver=SOLVERS[solver])
     a_history: list[float] = []
     # a training step's forward runs with autograd on; the final prediction at −5 does not
     hook = model.register_forward_pre_hook(
