@@ -3,6 +3,7 @@
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,3 +88,48 @@ def test_rate_exercise_check():
     assert "is ρ(W)" in rate_exercise((r[-1] / r[-11]) ** 0.1, 0.95)
     assert "per step" in rate_exercise(r[-1] / r[-11], rho)
     assert "spectral_radius" in rate_exercise((r[-1] / r[-11]) ** 0.1, 0.5)
+
+
+def _recorded(fn, *args, **kwargs):
+    """Call a callback that may legitimately warn (non-convergence is part of the lesson); return the warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn(*args, **kwargs)
+    return result, [w for w in caught if issubclass(w.category, deqkit.ConvergenceWarning)]
+
+
+@pytest.mark.parametrize("method", list(fixed_point.METHODS))
+@pytest.mark.parametrize("w,x", [(-3.0, -1.0), (-3.0, 0.2), (0.0, 0.0), (0.8, 0.5), (3.0, 1.0), (2.5, 0.1)])
+def test_cobweb_panel_over_range(method, w, x):
+    panel, warned = _recorded(fixed_point.cobweb_panel, w, x, method, 1e-10)
+    assert panel.figure.axes and "f'(z*) = " in panel.text
+    for ax in panel.figure.axes:
+        for line in ax.get_lines():
+            assert np.isfinite(line.get_ydata()).all()
+    if abs(w) < 1:  # contraction: must converge, silently
+        assert not warned and panel.text.startswith("<b>converged")
+    if warned:
+        assert "not converged" in panel.text
+
+
+def test_cobweb_shows_the_two_cycle_of_plain_iteration():
+    panel, warned = _recorded(fixed_point.cobweb_panel, -3.0, 0.2, "picard", 1e-6)
+    assert warned and "not converged" in panel.text and "repels" in panel.text
+    panel, warned = _recorded(fixed_point.cobweb_panel, -3.0, 0.2, "anderson", 1e-6)
+    assert not warned and panel.text.startswith("<b>converged")
+
+
+@pytest.mark.parametrize("scale,x_scale", [(0.1, 0.0), (0.9, 0.5), (0.99, 2.0), (2.5, 0.05), (2.5, 2.0)])
+def test_iteration_panel_over_range(scale, x_scale):
+    methods = tuple(fixed_point.METHODS)
+    panel, warned = _recorded(fixed_point.iteration_panel, scale, x_scale, methods, 1e-8)
+    assert panel.text.count("<tr>") == 1 + len(methods)
+    if scale < 1:  # a contraction: every method converges (damping only slows it down)
+        assert not warned and "<b>no</b>" not in panel.text, panel.text
+    if scale == 2.5 and x_scale < 0.1:  # ρ(∂f/∂z) > 1 near the origin: plain iteration cannot settle
+        assert warned and "<b>no</b>" in panel.text
+
+
+def test_random_map_has_the_requested_spectral_radius():
+    w, x = fixed_point.random_map(1.7, 0.3)
+    assert torch.allclose(w, w.T) and abs(torch.linalg.eigvalsh(w).abs().max().item() - 1.7) < 1e-9

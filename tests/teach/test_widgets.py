@@ -9,7 +9,18 @@ from matplotlib.image import imread
 
 import deqkit
 from deqkit.teach import widgets as teach_widgets
-from deqkit.teach.widgets import LiveFigure, Panel, attempt, error_figure, figure, progress, render_png, sweep
+from deqkit.teach.welcome import welcome_panel
+from deqkit.teach.widgets import (
+    LiveFigure,
+    Panel,
+    attempt,
+    control_values,
+    error_figure,
+    figure,
+    progress,
+    render_png,
+    sweep,
+)
 
 
 def _line_panel(slope: float) -> Panel:
@@ -126,3 +137,50 @@ def test_progress_in_a_callback_goes_to_the_progress_area_and_is_cleared(monkeyp
     app = LiveFigure(panel, {"n": widgets.IntSlider(value=3, min=1, max=5)})
     assert "training" in capsys.readouterr().err and app.progress_area.outputs == ()
     assert app.last_error is None
+
+
+def test_live_figure_redraws_and_shows_warnings():
+    slider = widgets.FloatSlider(value=0.5, min=0.1, max=3.0)
+    app = LiveFigure(welcome_panel, {"scale": slider}, primary="scale")
+    first = bytes(app.image.value)
+    assert first.startswith(b"\x89PNG") and "deqkit-browser-slider" in slider._dom_classes
+    assert "deqkit-browser-plot" in app.image._dom_classes
+    other = LiveFigure(welcome_panel, {"scale": widgets.FloatSlider(value=0.5, min=0.1, max=1.0)})
+    assert "deqkit-browser-plot" not in other.image._dom_classes
+    slider.value = 3.0
+    assert bytes(app.image.value) != first and "ConvergenceWarning" in app.readout.value
+    slider.value = 0.5
+    assert "warning" not in app.readout.value and bytes(app.image.value) == first
+    assert sweep(app)["scale"] >= 4
+
+
+def test_live_figure_shows_divergence_error_instead_of_crashing():
+    def panel(blow_up: bool) -> Panel:
+        if blow_up:
+            raise deqkit.DivergenceError("f(z) − z became NaN at step 3")
+        fig, ax = figure()
+        ax.plot([0, 1])
+        return Panel(fig, "ok")
+
+    app = LiveFigure(panel, {"blow_up": widgets.Checkbox(value=False)})
+    app.controls["blow_up"].value = True
+    assert isinstance(app.last_error, deqkit.DivergenceError) and "NaN at step 3" in app.readout.value
+
+
+def test_sweep_detects_a_dead_control():
+    app = LiveFigure(lambda a, b: welcome_panel(a), {"a": widgets.FloatSlider(value=0.5, min=0.1, max=0.9),
+                                                     "b": widgets.IntSlider(value=1, min=0, max=3)})
+    with pytest.raises(AssertionError, match="'b'"):
+        sweep(app)
+
+
+def test_control_values():
+    assert control_values(widgets.Dropdown(options=[("A", 1), ("B", 2)])) == [1, 2]
+    assert control_values(widgets.IntSlider(min=0, max=4)) == [0, 1, 2, 3, 4]
+    vals = control_values(widgets.FloatLogSlider(min=-6, max=-2, base=10), points=3)
+    assert np.allclose(vals, [1e-6, 1e-4, 1e-2])
+
+
+def test_control_values_needs_both_ends():
+    with pytest.raises(ValueError, match="points must be >= 2"):
+        control_values(widgets.FloatSlider(min=0, max=1), points=1)

@@ -15,6 +15,7 @@ from deqkit.teach.welcome import (
     tiny_problem,
     welcome_panel,
 )
+from deqkit.teach.widgets import Panel
 
 
 def test_tiny_problem_draws_w_then_x_from_one_generator():
@@ -65,3 +66,17 @@ def test_broyden_exercise_check():
     assert "not an equilibrium" in broyden_exercise(f(torch.zeros_like(x)), 1)
     assert "read the .nfe" in broyden_exercise(z, stats.steps)
     assert "shaped like x" in broyden_exercise(z[0], stats.nfe)
+
+
+@pytest.mark.parametrize("scale", [0.1, 0.5, 0.99, 3.0])
+def test_welcome_panel_over_range(scale):
+    if scale > 2:
+        with pytest.warns(deqkit.ConvergenceWarning):
+            panel = welcome_panel(scale)
+        assert panel.text.startswith("not converged") and "1e-10" in panel.text and "ρ(∂f/∂z*) = " in panel.text
+    else:
+        panel = welcome_panel(scale)
+        _, z, stats = tiny_deq(scale)
+        assert stats.all_converged and stats.history[-1] <= 1e-10 and np.isfinite(z.numpy()).all()
+        assert panel.text.startswith(f"{stats.steps} iterations to reach ‖f(z) − z‖∞ ≤ 1e-10.")
+    assert isinstance(panel, Panel) and panel.figure.axes

@@ -105,3 +105,44 @@ def test_critical_gain_exercise():
     assert "lost stability earlier" in ode.critical_gain_exercise(2.0)
     assert "still stable" in ode.critical_gain_exercise(0.5)
     assert "positive" in ode.critical_gain_exercise(-1.0)
+
+
+def _recorded(fn, *args, **kwargs):
+    """Call a callback that may legitimately warn (non-convergence is part of the lesson); return the warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn(*args, **kwargs)
+    return result, [w for w in caught if issubclass(w.category, deqkit.ConvergenceWarning)]
+
+
+@pytest.mark.parametrize("system", ode.SYSTEMS)
+@pytest.mark.parametrize("a", [0.2, 1.2, 3.0])
+def test_phase_panel_over_range(system, a):
+    panel, warned = _recorded(ode.phase_panel, system, a, "tsit5", 1e-6, 1e-6)
+    assert len(panel.figure.axes) >= 3 and "Broyden" in panel.text
+    eq = ode.equilibria(system, a)
+    assert eq and all(np.isfinite(p).all() for p, _ in eq)
+    stable_origin = [s for p, s in eq if np.abs(p).max() < 1e-6]
+    if system == "spiral" and a == 3.0:  # past the Hopf bifurcation: no steady state at all
+        assert warned and "still moving" in panel.text and stable_origin == [False]
+    else:
+        assert not warned and "settles" in panel.text
+
+
+@pytest.mark.parametrize("method", ode.ODE_METHODS)
+@pytest.mark.parametrize("abstol,reltol", [(1e-6, 1e-6), (1e-2, 1e-6), (1e-6, 1e-2), (1e-2, 1e-2)])
+def test_phase_panel_methods_and_tolerances(method, abstol, reltol):
+    panel, warned = _recorded(ode.phase_panel, "pitchfork", 1.2, method, abstol, reltol)
+    assert "trajectories reached" in panel.text
+    # only a 3rd-order method at tight tolerances may run out of steps
+    assert not warned or (method == "bosh3" and max(abstol, reltol) == 1e-6)
+
+
+def test_bistable_pitchfork_broyden_saddle_vs_ode_stable():
+    panel = ode.phase_panel("pitchfork", 1.2, "tsit5", 1e-6, 1e-6)
+    assert "settles at (+0.933, +0.933)" in panel.text and "lands on (+0.000, " in panel.text
+
+
+def test_ode_unknown_system():
+    with pytest.raises(ValueError, match="unknown system"):
+        ode.system_matrix("saddle", 1.0)
