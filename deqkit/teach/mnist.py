@@ -7,7 +7,6 @@ text, not raised as warnings, except in :func:`digit_panel`, which lets the lear
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 import warnings
@@ -25,11 +24,11 @@ from ..solvers import SOLVERS as REGISTRY
 from ..solvers import DynamicSS, Solver, solve
 from ..train.callbacks import StepLog
 from . import fast_mode
-from .widgets import Panel, figure, render_png
+from .widgets import Panel, figure
 
 __all__ = ["SOLVERS", "WHICH", "DigitEffort", "StepLog", "check_cap", "class_panel", "digit_effort", "digit_panel",
            "effort_panel", "gallery_panel", "logit_diagnostics", "nonconverged_counts", "notebook_data", "ranked",
-           "stall_panel", "static", "tanh_logit_floor", "training_panel"]
+           "stall_panel", "tanh_logit_floor", "training_panel"]
 
 #: Forward solvers a learner can pick: the blog's ``DynamicSS(Tsit5())`` (``dynamic_ss(tsit5)``, no polish), then
 #: every registered solver with its defaults (``dynamic_ss`` is deqkit's, polished by Anderson).
@@ -68,26 +67,6 @@ def notebook_data(fast: bool | None = None, *, widget_digits: int | None = None
     n = (500 if fast else 2000) if widget_digits is None else widget_digits
     x, y = test.tensors
     return train, test, TensorDataset(x[:n], y[:n])
-
-
-def static(panel: Panel, dpi: int = 80) -> Any:
-    """Show a :class:`Panel` once in a notebook (an inline PNG and its text), without pyplot.
-
-    Parameters
-    ----------
-    panel : Panel
-    dpi : int
-        Resolution of the PNG.
-
-    Returns
-    -------
-    IPython.display.HTML
-        Displayed when it is a cell's last value, or with ``display()``.
-    """
-    from IPython.display import HTML
-
-    data = base64.b64encode(render_png(panel.figure, dpi)).decode()
-    return HTML(f'<img src="data:image/png;base64,{data}"/><div>{panel.text}</div>')
 
 
 def _smooth(values: list[float], window: int) -> np.ndarray:

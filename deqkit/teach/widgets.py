@@ -120,6 +120,26 @@ def render_png(fig: Figure, dpi: int = 80) -> bytes:
     return buf.getvalue()
 
 
+def static(panel: Panel, dpi: int = 80) -> Any:
+    """Show a :class:`Panel` once in a notebook (an inline PNG and its text), without pyplot.
+
+    Parameters
+    ----------
+    panel : Panel
+    dpi : int
+        Resolution of the PNG.
+
+    Returns
+    -------
+    IPython.display.HTML
+        Displayed when it is a cell's last value, or with ``display()``.
+    """
+    from IPython.display import HTML
+
+    data = base64.b64encode(render_png(panel.figure, dpi)).decode()
+    return HTML(f'<img src="data:image/png;base64,{data}"/><div>{panel.text}</div>')
+
+
 def error_figure(err: BaseException, width: float = 6.0, height: float = 2.0) -> Figure:
     """Return a figure that says "no plot" and why: what replaces a plot whose callback raised.
 

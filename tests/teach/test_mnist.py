@@ -29,11 +29,10 @@ from deqkit.teach.mnist import (
     notebook_data,
     ranked,
     stall_panel,
-    static,
     tanh_logit_floor,
     training_panel,
 )
-from deqkit.teach.widgets import LiveFigure, Panel, sweep
+from deqkit.teach.widgets import LiveFigure, Panel, static, sweep
 from deqkit.train import TrainConfig, train
 
 
