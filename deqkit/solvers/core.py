@@ -298,6 +298,16 @@ def _diagnosis(drifting: torch.Tensor, scale: torch.Tensor, start_scale: torch.T
     return hint
 
 
+def named(spec: Any, registry: dict[str, type], what: str, example: str) -> type:
+    """The registry's class for the name ``spec``, or an error naming the choices (a name, or an object)."""
+    if not isinstance(spec, str):
+        raise TypeError(f"{what} must be a name ({sorted(registry)}) or a deqkit object such as {example}, "
+                        f"got {spec!r}")
+    if spec not in registry:
+        raise ValueError(f"unknown {what} {spec!r}; choose one of {sorted(registry)}")
+    return registry[spec]
+
+
 def make_options(cls: type, method: str, options: dict[str, Any]) -> Any:
     """Instantiate a solver class from keyword options, refusing unknown ones by name."""
     params = inspect.signature(cls).parameters

@@ -25,7 +25,7 @@ from ..diagnostics import compare_gradients, spectral_radius
 from ..errors import ConvergenceWarning, DivergenceError
 from ..layer import DEQ
 from ..measure import StepCost, measure_step
-from ..problems import tanh_problem
+from ..problems import linear_problem, tanh_problem
 from ..solvers import BACKWARD_SOLVERS as REGISTRY
 from ..solvers import GMRES, Broyden, Solver, solve
 from . import fast_mode
@@ -744,32 +744,8 @@ def rho_panel(norm: float = 0.9) -> Panel:
 # The exercise: the implicit gradient of a linear DEQ by hand
 
 
-def linear_deq(d: int = 5, norm: float = 0.8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(A, x, w)`` for the exercise: z* = A z* + x, loss = w · z*, float64.
-
-    Parameters
-    ----------
-    d : int
-        Dimension.
-    norm : float
-        ``‖A‖₂``; below 1, ``I − A`` is invertible and plain iteration converges.
-    seed : int
-
-    Returns
-    -------
-    a : torch.Tensor
-        Shape ``(d, d)``.
-    x : torch.Tensor
-        Shape ``(1, d)``.
-    w : torch.Tensor
-        Shape ``(d,)``.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    a = torch.randn(d, d, generator=gen, dtype=torch.float64)
-    a = norm * a / torch.linalg.matrix_norm(a, 2)
-    x = torch.randn(1, d, generator=gen, dtype=torch.float64)
-    w = torch.randn(d, generator=gen, dtype=torch.float64)
-    return a, x, w
+#: ``(A, x, w)`` of the exercise's linear DEQ ``z* = A z* + x`` with the loss ``w · z*`` (float64).
+linear_deq = linear_problem
 
 
 def deqkit_linear_gradient(a: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
