@@ -1,16 +1,18 @@
 """Smoke tests: every benchmark runs on a tiny case, prints its markdown table and writes its plot."""
 
+import json
+
 import pytest
 import torch
 
 from benchmarks import __main__ as dispatcher
-from benchmarks import forward, ode_baseline, peer_training, training_step
+from benchmarks import forward, jacobian_reg, ode_baseline, peer_training, training_step
 
 
 def test_dispatcher_lists_and_refuses(capsys):
     assert dispatcher.main([]) == 0
     out = capsys.readouterr().out
-    for name in ("forward", "ode_baseline", "training_step", "seed_regression", "peer_training"):
+    for name in ("forward", "ode_baseline", "training_step", "seed_regression", "peer_training", "jacobian_reg"):
         assert name in out
     assert dispatcher.main(["nope"]) == 2
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
@@ -153,3 +155,30 @@ def test_peer_training_refuses_unknown_runs(capsys):
     with pytest.raises(SystemExit):
         peer_training.main(["--runs", "deqkit magic"])
     assert "unknown run(s) 'deqkit magic'" in capsys.readouterr().err
+
+
+def test_jacobian_reg_fast_trains_saves_and_merges(tmp_path, capsys):
+    _mnist_or_skip()
+    out, png = tmp_path / "runs.json", tmp_path / "jr.png"
+    doc = jacobian_reg.main(["--fast", "--out", str(out), "--plot", str(png)])
+    text = capsys.readouterr().out
+    assert [r["name"] for r in doc["runs"]] == ["LayerNorm, γ = 0", "LayerNorm, γ = 1"]
+    assert "| LayerNorm, γ = 1 |" in text and "γ runs with ≤ 0.7×" in text and png.stat().st_size > 0
+    saved = json.loads(out.read_text())
+    assert saved["runs"] == doc["runs"] and saved["settings"]["epochs"] == 1
+    # two files trained apart merge into one, in the order of deqkit.teach.stable.RUNS
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(saved | {"runs": saved["runs"][1:]}))
+    second.write_text(json.dumps(saved | {"runs": saved["runs"][:1]}))
+    merged = jacobian_reg.main(["--from", str(first), str(second), "--out", "", "--plot", ""])
+    assert [r["name"] for r in merged["runs"]] == ["LayerNorm, γ = 0", "LayerNorm, γ = 1"]
+    other = tmp_path / "c.json"
+    other.write_text(json.dumps(saved | {"settings": saved["settings"] | {"epochs": 3}}))
+    with pytest.raises(SystemExit, match="different settings"):
+        jacobian_reg.main(["--from", str(first), str(other), "--out", "", "--plot", ""])
+
+
+def test_jacobian_reg_refuses_unknown_runs(capsys):
+    with pytest.raises(SystemExit):
+        jacobian_reg.main(["--only", "γ = 42"])
+    assert "unknown run(s)" in capsys.readouterr().err
