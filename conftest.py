@@ -4,17 +4,74 @@
   kernels and the browser test's JupyterLab inherit it.
 * MNIST is read from ``$DEQKIT_MNIST_DIR`` if set; else from a shared copy beside the checkout
   (``../shared/data/mnist``) if there is one; else the tests that need the real files skip with a reason.
+* A notebook whose metadata says ``{"deqkit": {"requires": ["mnist"]}}`` needs the real files too. When it is
+  collected (by nbval, or as the parameter of a browser test) and MNIST can be neither found nor downloaded, as
+  the notebook itself would do, its items skip with the unit tests' reason instead of failing cell by cell.
 """
 
+import json
 import os
 from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("DEQKIT_FAST", "1")
 _SHARED_MNIST = Path(__file__).resolve().parent.parent / "shared" / "data" / "mnist"
 if not os.environ.get("DEQKIT_MNIST_DIR") and (_SHARED_MNIST / "t10k-labels-idx1-ubyte.gz").is_file():
     os.environ["DEQKIT_MNIST_DIR"] = str(_SHARED_MNIST)
 
+NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
+# The reason tests/test_data.py and tests/test_teach_mnist.py give when the real files are missing.
+MNIST_SKIP_REASON = "set DEQKIT_MNIST_DIR to a folder holding the four MNIST .gz files to run this test"
+_mnist_problem: list[str] = []  # why MNIST could not be loaded, once checked
+
 
 def pytest_report_header(config):
     return [f"deqkit: DEQKIT_FAST={os.environ['DEQKIT_FAST']}, "
             f"DEQKIT_MNIST_DIR={os.environ.get('DEQKIT_MNIST_DIR') or '<unset: tests on the real files skip>'}"]
+
+
+def _needs_mnist(notebook: Path) -> bool:
+    try:
+        meta = json.loads(notebook.read_text()).get("metadata", {})
+    except (OSError, ValueError):
+        return False
+    return "mnist" in ((meta.get("deqkit") or {}).get("requires") or [])
+
+
+def _mnist_unavailable() -> str | None:
+    """Load both splits as notebook 04 does (from the folder, else by download); the error's first line, or None."""
+    from deqkit.data import MNISTError, load_mnist
+
+    try:
+        for train in (True, False):
+            load_mnist(train=train)
+    except MNISTError as err:  # the first line, and the first mirror's answer when it is a download error
+        return " ".join(line.strip(" -") for line in str(err).splitlines()[:2])
+    return None
+
+
+def _notebook_of(item) -> str | None:
+    """The notebook an item runs: nbval cells belong to an .ipynb file; a browser test gets its name as a parameter."""
+    if item.path.suffix == ".ipynb":
+        return item.path.name
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return next((v for v in params.values() if isinstance(v, str) and v.endswith(".ipynb")), None)
+
+
+def pytest_collection_modifyitems(config, items):
+    needing = {p.name for p in NOTEBOOKS.glob("*.ipynb") if _needs_mnist(p)}
+    chosen = [item for item in items if _notebook_of(item) in needing]
+    if not chosen:
+        return
+    why = _mnist_unavailable()
+    if why is None:
+        return
+    _mnist_problem.append(why)
+    for item in chosen:
+        item.add_marker(pytest.mark.skip(reason=MNIST_SKIP_REASON))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _mnist_problem:
+        terminalreporter.write_line(f"deqkit: notebooks that need MNIST were skipped: {_mnist_problem[0]}")

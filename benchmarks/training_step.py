@@ -9,7 +9,7 @@ exactly N = 10 … 200 iterations; the implicit backward is GMRES to relative re
 peak of tensor memory allocated during the step above what was live at its start, measured with
 ``torch.profiler`` (``profile_memory=True``): every allocation and free made through PyTorch's CPU allocator
 is recorded with the allocator's running total, whose maximum during the step is the peak
-(:func:`deqkit.teach.adjoint.peak_memory`). Times are medians over repeats (no profiler attached). Ratios are
+(:func:`deqkit.measure.peak_memory`). Times are medians over repeats (no profiler attached). Ratios are
 against the implicit step with N = 10, measured in the same process.
 
 Part 2 (backward vs forward): forward and backward to relative residual 1e-4 (abstol 0), median wall time of

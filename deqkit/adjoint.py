@@ -27,7 +27,7 @@ import torch
 
 from .errors import DivergenceError
 from .solvers import BACKWARD_SOLVERS, Solution, SolverSpec, as_solver, run
-from .solvers.core import Solver, Tolerances, check_int, check_real
+from .solvers.core import Solver, Tolerances, check_int, check_real, named
 from .stats import SolverStats
 
 Block = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -262,9 +262,4 @@ def as_gradient(spec: GradientSpec) -> Gradient:
     """
     if isinstance(spec, Gradient):
         return spec
-    if not isinstance(spec, str):
-        raise TypeError(f"backward must be a name ({sorted(GRADIENTS)}) or a deqkit gradient object such as "
-                        f"deqkit.Implicit(solver='gmres'), got {spec!r}")
-    if spec not in GRADIENTS:
-        raise ValueError(f"unknown backward {spec!r}; choose one of {sorted(GRADIENTS)}")
-    return GRADIENTS[spec]()
+    return named(spec, GRADIENTS, "backward", "deqkit.Implicit(solver='gmres')")()

@@ -5,10 +5,15 @@ Timings for learners and benchmarks are medians of repeats, after an untimed war
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import statistics
+import sys
+import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +26,31 @@ from .solvers import SolverSpec
 from .solvers.core import check_int
 
 __all__ = ["StepCost", "make_cost_model", "measure_step", "peak_memory", "training_step"]
+
+
+# What torch's profiler writes straight to the process's stderr (below Python, so no warning filter sees it): a
+# start/stop line per run from Kineto, and c10's notice that a block allocated before the run was freed during it
+# (harmless here: the peak is read from the allocator's own running total, which counts every block).
+_PROFILER_CHATTER = re.compile(r"USDT:.*profiler_(start|stop)|CPUAllocator\.cpp.*Memory block of unknown size")
+
+
+@contextlib.contextmanager
+def _profiler_chatter_dropped() -> Iterator[None]:
+    """Send file descriptor 2 to a temporary file meanwhile; then pass on every line but the profiler's chatter."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [line for line in tmp.read().decode(errors="replace").splitlines()
+                    if not _PROFILER_CHATTER.search(line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
 
 
 def peak_memory(fn: Callable[[], object]) -> tuple[object, int]:
@@ -49,7 +79,7 @@ def peak_memory(fn: Callable[[], object]) -> tuple[object, int]:
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _profiler_chatter_dropped(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()
     events = []
     stack = list(prof.profiler.kineto_results.experimental_event_tree())
@@ -82,6 +112,8 @@ class StepCost:
         Peak tensor memory of a step (see :func:`peak_memory`).
     steps : int
         Forward iterations actually taken.
+    times : tuple of float
+        Wall time of every timed step (``seconds`` is their median).
     """
 
     mode: str
@@ -89,6 +121,7 @@ class StepCost:
     seconds: float
     peak_bytes: int
     steps: int
+    times: tuple[float, ...] = ()
 
 
 def training_step(model: DEQ, x: torch.Tensor, target: torch.Tensor) -> None:
@@ -124,7 +157,7 @@ def make_cost_model(mode: GradientSpec, iterations: int, d: int, batch: int, nor
     """
     backward = Implicit(abstol=0.0, reltol=1e-4) if mode == "implicit" else as_gradient(mode)
     block, x = tanh_problem(d, norm, batch=batch)
-    model = DEQ(block, solver=solver, backward=backward, abstol=1e-30, reltol=0, max_steps=iterations)
+    model = DEQ(block, solver=solver, backward=backward, abstol=1e-30, reltol=0, max_steps=iterations, max_nfe=None)
     return model, x, torch.zeros_like(x)
 
 
@@ -157,7 +190,11 @@ def measure_step(mode: GradientSpec, iterations: int, *, d: int, batch: int, rep
             start = time.perf_counter()
             training_step(model, x, target)
             times.append(time.perf_counter() - start)
+        # free what the last step left behind (gradients, solver statistics, the equilibrium's graph) before
+        # measuring: a block allocated before the profiler starts and freed during the step would lower the
+        # running total it reads
         model.zero_grad(set_to_none=True)
+        model.last_stats = model.last_equilibrium = None
         _, peak = peak_memory(lambda: training_step(model, x, target))
     return StepCost(model.backward.name, iterations, statistics.median(times[1:]), peak,
-                    model.last_stats.forward.steps)
+                    model.last_stats.forward.steps, tuple(times[1:]))

@@ -56,7 +56,7 @@ CASES = [
     ("options with an object", lambda: deqkit.solve(torch.cos, Z, solver=deqkit.Anderson(), m=3), TypeError,
      "set them on the object"),
     ("solver of the wrong type", lambda: deqkit.solve(torch.cos, Z, solver=3), TypeError,
-     "a solver is a name"),
+     "solver must be a name"),
     ("backward-only solver forward", lambda: deqkit.solve(torch.cos, Z, solver=deqkit.GMRES()), ValueError,
      "GMRES cannot be used here"),
     # ---- tolerances, of any numeric library, refused when impossible

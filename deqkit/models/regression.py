@@ -71,7 +71,9 @@ def seed_regression_model(seed: int = 0, **deq_options: Any) -> DEQ:
         Maps ``(batch, 1)`` inputs to ``(batch, 1)`` outputs; ``model.f`` is the :class:`SeedBlock`.
     """
     torch.manual_seed(seed)
-    options: dict[str, Any] = {"abstol": 1e-5, "reltol": 1e-5, "z0": "f0"} | deq_options
+    # the blog's DynamicSS has no evaluation budget
+    options: dict[str, Any] = {"abstol": 1e-5, "reltol": 1e-5, "z0": "f0", "max_nfe": None,
+                               "eval_max_nfe": None} | deq_options
     return DEQ(SeedBlock(), **options)
 
 

@@ -15,7 +15,7 @@ import torch
 from ..stats import SolverStats
 from .anderson import Anderson
 from .broyden import Broyden
-from .core import IterativeSolver, Map, Monitor, Solver, Tolerances, make_options
+from .core import IterativeSolver, Map, Monitor, Solver, Tolerances, make_options, named
 from .dynamic_ss import DynamicSS
 from .krylov import GMRES
 from .picard import Picard
@@ -96,12 +96,7 @@ def as_solver(spec: SolverSpec, options: dict[str, Any] | None = None,
         if spec.name not in registry:
             raise ValueError(f"{type(spec).__name__} cannot be used here; choose one of {sorted(registry)}")
         return spec
-    if not isinstance(spec, str):
-        raise TypeError(f"a solver is a name ({sorted(registry)}) or a deqkit solver object such as "
-                        f"deqkit.Anderson(m=6), got {spec!r}")
-    if spec not in registry:
-        raise ValueError(f"unknown solver {spec!r}; choose one of {sorted(registry)}")
-    return make_options(registry[spec], spec, options)
+    return make_options(named(spec, registry, "solver", "deqkit.Anderson(m=6)"), spec, options)
 
 
 @dataclass

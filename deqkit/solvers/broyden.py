@@ -29,14 +29,14 @@ class Broyden(IterativeSolver):
     """Broyden's method with a low-rank inverse-Jacobian estimate ``B ≈ (∂g/∂z)⁻¹ = −I + Σ uᵢ vᵢᵀ``.
 
     Each step is ``z ← z − B g``; after it, the secant pair ``(Δz, Δg)`` updates ``B`` by Broyden's "good"
-    rule. Only the last ``m`` rank-one terms are kept. Like Newton's method it solves ``f(z) = z`` without
-    regard to stability, so it can land on an *unstable* equilibrium of ``dz/dt = f(z) − z``, one that plain
-    iteration and the ODE view never reach.
+    rule. Once ``m`` rank-one terms are stored, the method restarts from ``B = −I`` (a plain iteration step).
+    Like Newton's method it solves ``f(z) = z`` without regard to stability, so it can land on an *unstable*
+    equilibrium of ``dz/dt = f(z) − z``, one that plain iteration and the ODE view never reach.
 
     Parameters
     ----------
     m : int
-        Number of rank-one updates kept.
+        Number of rank-one updates stored before a restart.
     """
 
     name = "broyden"
@@ -50,7 +50,10 @@ class Broyden(IterativeSolver):
         dtype = z.dtype
         z, fz = z.to(torch.promote_types(dtype, torch.float32)), fz.to(torch.promote_types(dtype, torch.float32))
         g = fz - z
-        if mem is None:
+        if mem is None or len(mem.u) == self.m:
+            # start, or restart once the memory is full: each rank-one term was computed against the estimate
+            # that included the older ones, so dropping only the oldest would leave an inverse that no longer
+            # exists (measured: the linear backward problem then diverges to NaN from ‖W‖₂ ≥ 0.9)
             mem = _Memory(z, g)
         else:
             dz, dg = z - mem.z, g - mem.g
@@ -63,6 +66,5 @@ class Broyden(IterativeSolver):
             safe = torch.where(ok, denom, torch.ones_like(denom))
             mem.u.append(torch.where(ok, (dz - b_dg) / safe, torch.zeros_like(dz)))
             mem.v.append(vt)
-            del mem.u[: -self.m], mem.v[: -self.m]
             mem.z, mem.g = z, g
         return (z - _apply(g, mem.u, mem.v)).to(dtype), mem

@@ -298,6 +298,16 @@ def _diagnosis(drifting: torch.Tensor, scale: torch.Tensor, start_scale: torch.T
     return hint
 
 
+def named(spec: Any, registry: dict[str, type], what: str, example: str) -> type:
+    """The registry's class for the name ``spec``, or an error naming the choices (a name, or an object)."""
+    if not isinstance(spec, str):
+        raise TypeError(f"{what} must be a name ({sorted(registry)}) or a deqkit object such as {example}, "
+                        f"got {spec!r}")
+    if spec not in registry:
+        raise ValueError(f"unknown {what} {spec!r}; choose one of {sorted(registry)}")
+    return registry[spec]
+
+
 def make_options(cls: type, method: str, options: dict[str, Any]) -> Any:
     """Instantiate a solver class from keyword options, refusing unknown ones by name."""
     params = inspect.signature(cls).parameters
@@ -331,17 +341,22 @@ class Solver(abc.ABC):
 
     @property
     def label(self) -> str:
-        """A short description of the configured method for statistics and plots (default: ``name``)."""
-        return self.name
+        """A short description for statistics, plots and menus: ``name`` with the options that differ from their
+        defaults, e.g. ``"anderson"`` or ``"picard(damping=0.5)"``."""
+        changed = self._changed_options()
+        return self.name + (f"({', '.join(changed)})" if changed else "")
 
     def __repr__(self) -> str:
         """``Anderson(m=6)``: the class and the options that differ from their defaults."""
+        return f"{type(self).__name__}({', '.join(self._changed_options())})"
+
+    def _changed_options(self) -> list[str]:
         shown = []
         for param in inspect.signature(type(self)).parameters.values():
             value = getattr(self, param.name, param.default)
             if value is not param.default and value != param.default:
                 shown.append(f"{param.name}={value!r}")
-        return f"{type(self).__name__}({', '.join(shown)})"
+        return shown
 
     @abc.abstractmethod
     def run(self, f: Map, z0: torch.Tensor, monitor: Monitor) -> tuple[int, int]:

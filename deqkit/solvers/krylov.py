@@ -24,19 +24,21 @@ class GMRES(Solver):
 
     Parameters
     ----------
-    restart : int
-        Krylov vectors kept before a restart (memory: ``restart`` copies of the state).
+    restart : int or None
+        Krylov vectors kept before a restart (memory: ``restart`` copies of the state). None: no restart (full
+        GMRES, as many vectors as the state has entries), which converges in at most that many products for any
+        invertible system; restarted GMRES can stall when the eigenvalues of ``I − Jᵀ`` surround the origin.
     """
 
     name = "gmres"
     default_max_steps = 200
 
-    def __init__(self, restart: int = 20):
-        self.restart = check_int("restart", restart, 1)
+    def __init__(self, restart: int | None = 20):
+        self.restart = None if restart is None else check_int("restart", restart, 1)
 
     @property
     def label(self) -> str:
-        return f"gmres({self.restart})"
+        return f"gmres({'full' if self.restart is None else self.restart})"
 
     def run(self, T: Map, u0: torch.Tensor, monitor: Monitor) -> tuple[int, int]:
         shape, batch = u0.shape, u0.shape[0]
@@ -45,13 +47,14 @@ class GMRES(Solver):
         u, r = u0.flatten(1), (tu - u0).flatten(1)
         monitor.check(0, u0, r.view(shape), tu, nfe)
         tiny = torch.finfo(u.dtype).tiny
+        restart = u.shape[1] if self.restart is None else self.restart
         while not monitor.done and step < monitor.tol.max_steps and monitor.affords(nfe, 2):
             beta = r.norm(dim=1)
             # the Krylov basis as rows of one preallocated tensor (the backward solve records no graph)
-            basis = u.new_zeros(batch, self.restart + 1, u.shape[1])
+            basis = u.new_zeros(batch, restart + 1, u.shape[1])
             basis[:, 0] = r / beta.clamp_min(tiny)[:, None]
-            hess = u.new_zeros(batch, self.restart + 1, self.restart)
-            for j in range(self.restart):
+            hess = u.new_zeros(batch, restart + 1, restart)
+            for j in range(restart):
                 vj = basis[:, j]
                 w = r - (T((u + vj).view(shape)).flatten(1) - (u + vj))
                 nfe, step = nfe + 1, step + 1

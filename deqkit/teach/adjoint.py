@@ -9,165 +9,80 @@ from __future__ import annotations
 
 import functools
 import math
-import statistics
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
-from torch import nn
 
+from ..adjoint import GRADIENTS, Implicit
 from ..diagnostics import compare_gradients, spectral_radius
 from ..errors import ConvergenceWarning, DivergenceError
 from ..layer import DEQ
+from ..measure import StepCost, measure_step
+from ..problems import linear_problem, tanh_problem
+from ..solvers import BACKWARD_SOLVERS as REGISTRY
+from ..solvers import GMRES, Broyden, Solver, solve
 from . import fast_mode
 from .widgets import Panel, figure
 
-MODES = ("implicit", "unrolled", "one_step")
-BACKWARD_SOLVERS = ("gmres", "anderson", "picard", "dynamic_ss", "broyden")
+#: The gradient methods compared here (notebook 06 teaches the phantom gradient).
+MODES = tuple(name for name in GRADIENTS if name != "phantom")
+#: Backward solvers of panels 3 and 4: every registered one with its defaults (GMRES(20) restarts every 20
+#: products), and full GMRES (``gmres(full)``: as many Krylov vectors as the dimension).
+BACKWARD_SOLVERS: dict[str, Solver] = {name: cls() for name, cls in REGISTRY.items()} | {
+    GMRES(restart=None).label: GMRES(restart=None)}
+_SOLVER_LABELS = BACKWARD_SOLVERS | {Broyden(m=300).label: Broyden(m=300)}
 MODE_COLORS = {"implicit": "tab:blue", "unrolled": "tab:orange", "one_step": "tab:green"}
-SOLVER_COLORS = {"gmres": "tab:purple", "anderson": "tab:blue", "picard": "tab:red", "dynamic_ss": "tab:green",
-                 "broyden": "tab:brown"}
+SOLVER_COLORS = {"gmres": "tab:purple", "gmres(full)": "tab:pink", "anderson": "tab:blue", "picard": "tab:red",
+                 "dynamic_ss": "tab:green", "broyden": "tab:brown", "broyden(m=300)": "tab:olive"}
 TOLERANCES = tuple(10.0 ** -k for k in range(2, 11))  # forward tolerances of the accuracy panel (fast: every other)
 FAST_TOLERANCES = TOLERANCES[::2]
 ITERATIONS = (10, 25, 50, 100, 150, 200)  # forward iterations of the cost panel (fast mode: FAST_ITERATIONS)
 FAST_ITERATIONS = (10, 50, 100, 200)
-GAPS = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002)  # 1 − ‖W‖₂ of the ρ panel (fast mode: FAST_GAPS)
-FAST_GAPS = (0.5, 0.1, 0.02, 0.005)
+NORMS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998)  # ‖W‖₂ of panels 3 and 4 below 1 (fast mode: FAST_NORMS)
+FAST_NORMS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.995)
+PAST_ONE = (1.05, 1.2)  # ‖W‖₂ past 1, moved to keep 1 midway between two eigenvalues (see midway_norm)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Peak tensor memory on any device the profiler sees (the CPU included)
+def _quick_figure(ncols: int = 1, *, width: float = 4.2, height: float = 3.2, left: float, right: float,
+                  bottom: float, top: float, wspace: float = 0.3) -> tuple[Figure, Any]:
+    """:func:`~deqkit.teach.widgets.figure` with fixed margins instead of the constrained layout.
 
-
-def peak_memory(fn: Callable[[], object]) -> tuple[object, int]:
-    """Run ``fn()``; return its result and the peak bytes of tensor memory allocated while it ran.
-
-    Method: ``torch.profiler`` with ``profile_memory=True`` records every allocation and free made through
-    PyTorch's allocators together with the allocator's running total of live bytes. The peak is the largest
-    running total during ``fn`` minus the total just before its first allocation, i.e. the most memory that
-    ``fn`` held at once beyond what was live when it started. Frees of blocks allocated before the call are not
-    reported by the profiler, so free such tensors (e.g. ``zero_grad(set_to_none=True)``) before calling.
-
-    Parameters
-    ----------
-    fn : callable
-        Called once, without arguments.
-
-    Returns
-    -------
-    result : object
-        What ``fn()`` returned.
-    peak : int
-        Peak bytes; 0 when ``fn`` allocated nothing.
+    The widgets of notebook 05 redraw on every move; the constrained layout measures every tick label twice and
+    took about half of each redraw. The margins are chosen per panel (fractions of the figure).
     """
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        result = fn()
-    events = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        if node.tag == _EventType.Allocation:
-            extra = node.extra_fields
-            events.append((node.start_time_ns, extra.alloc_size, extra.total_allocated))
-        stack.extend(node.children)
-    if not events:
-        return result, 0
-    events.sort(key=lambda e: e[0])
-    start = events[0][2] - events[0][1]
-    return result, max(0, max(total for _, _, total in events) - start)
+    fig = Figure(figsize=(width * ncols, height))
+    axes = fig.subplots(1, ncols)
+    fig.subplots_adjust(left=left, right=right, bottom=bottom, top=top, wspace=wspace)
+    return fig, axes
 
 
 # --------------------------------------------------------------------------------------------------------------
 # The model: z = tanh(W z + x + b)
 
 
-class TanhBlock(nn.Module):
-    """``f(z, x) = tanh(W z + x + b)`` with a random ``W`` of spectral norm ``‖W‖₂ = s``.
-
-    ``W`` is orthogonal·s (``kind='orthogonal'``) or symmetric with eigenvalues evenly spread over [−s, s]
-    (``kind='symmetric'``).
-
-    Parameters
-    ----------
-    d : int
-        Dimension of ``z`` and ``x``.
-    norm : float
-        ``s``.
-    kind : {"orthogonal", "symmetric"}
-    seed : int
-        Seed of ``W`` and ``b``.
-    bias_scale : float
-        Standard deviation of the entries of ``b``.
-    dtype : torch.dtype
-        Of the parameters (they are drawn in float64 and converted).
-
-    Raises
-    ------
-    ValueError
-        If ``kind`` is not one of the two.
-    """
-
-    def __init__(self, d: int, norm: float, *, kind: str = "orthogonal", seed: int = 0, bias_scale: float = 0.1,
-                 dtype: torch.dtype = torch.float32):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        q = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))[0]
-        if kind == "orthogonal":
-            w = norm * q
-        elif kind == "symmetric":
-            w = q @ torch.diag(torch.linspace(-norm, norm, d, dtype=torch.float64)) @ q.T
-        else:
-            raise ValueError(f"kind must be 'orthogonal' or 'symmetric', got {kind!r}")
-        self.weight = nn.Parameter(w.to(dtype))
-        self.bias = nn.Parameter((bias_scale * torch.randn(d, generator=gen, dtype=torch.float64)).to(dtype))
-
-    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Return ``tanh(W z + x + b)`` for ``z`` and ``x`` of shape ``(batch, d)``."""
-        return torch.tanh(z @ self.weight.T + x + self.bias)
-
-
 def tanh_deq(d: int = 32, norm: float = 0.9, *, batch: int = 8, kind: str = "orthogonal", x_scale: float = 1.0,
              bias_scale: float = 0.1, seed: int = 0, dtype: torch.dtype = torch.float32,
-             **deq_options) -> tuple[DEQ, torch.Tensor]:
-    """A DEQ over :class:`TanhBlock` and an input batch ``x`` (``x_scale``·N(0, 1)).
+             **deq_options: Any) -> tuple[DEQ, torch.Tensor]:
+    """A DEQ over :class:`deqkit.problems.TanhBlock` and its input batch (:func:`deqkit.problems.tanh_problem`).
 
-    Parameters
-    ----------
-    d, norm, kind, bias_scale, dtype
-        As for :class:`TanhBlock`.
-    batch : int
-        Rows of ``x``.
-    x_scale : float
-        Standard deviation of the entries of ``x``.
-    seed : int
-        Seed of the block; ``x`` is drawn with ``seed + 1``.
-    **deq_options
-        Any :class:`~deqkit.DEQ` keyword.
+    These panels measure, so the DEQ has no evaluation budget unless ``deq_options`` gives one.
 
     Returns
     -------
     model : DEQ
     x : torch.Tensor
         Shape ``(batch, d)``, in ``dtype``.
-
-    Raises
-    ------
-    ValueError
-        If ``kind`` is unknown, or a DEQ option is invalid.
-    TypeError
-        If a DEQ option is unknown.
     """
-    block = TanhBlock(d, norm, kind=kind, seed=seed, bias_scale=bias_scale, dtype=dtype)
-    gen = torch.Generator().manual_seed(seed + 1)
-    x = (x_scale * torch.randn(batch, d, generator=gen, dtype=torch.float64)).to(dtype)
-    return DEQ(block, **deq_options), x
+    block, x = tanh_problem(d, norm, batch=batch, kind=kind, x_scale=x_scale, bias_scale=bias_scale, seed=seed,
+                            dtype=dtype)
+    return DEQ(block, **({"max_nfe": None} | deq_options)), x
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -265,7 +180,7 @@ def accuracy_panel(tol: float = 1e-4, norm: float = 0.9) -> Panel:
     tol = min(grid, key=lambda t: abs(math.log10(t) - math.log10(tol)))
     rows = [gradient_accuracy(t, norm) for t in grid]
     here = gradient_accuracy(tol, norm)
-    fig, (ax, ax2) = figure(2)
+    fig, (ax, ax2) = _quick_figure(2, left=0.09, right=0.99, bottom=0.15, top=0.91, wspace=0.32)
     for mode in MODES:
         c = MODE_COLORS[mode]
         ax.loglog(grid, [max(r.relative_error[mode], 1e-16) for r in rows], "o-", color=c, label=mode, ms=3)
@@ -290,112 +205,8 @@ def accuracy_panel(tol: float = 1e-4, norm: float = 0.9) -> Panel:
 # 2. Cost of a training step against the number of forward iterations
 
 
-@dataclass(frozen=True)
-class StepCost:
-    """Cost of one training step (see :func:`measure_step`).
-
-    Attributes
-    ----------
-    mode : str
-        The backward mode.
-    iterations : int
-        The forward's ``max_steps``.
-    seconds : float
-        Median wall time of a step.
-    peak_bytes : int
-        Peak tensor memory of a step (see :func:`peak_memory`).
-    steps : int
-        Forward iterations actually taken.
-    """
-
-    mode: str
-    iterations: int
-    seconds: float
-    peak_bytes: int
-    steps: int  # forward iterations actually taken
-
-
 def _cost_sizes() -> dict[str, int]:
-    return {"d": 64, "batch": 16, "repeats": 2} if fast_mode() else {"d": 256, "batch": 32, "repeats": 5}
-
-
-def training_step(model: DEQ, x: torch.Tensor, target: torch.Tensor) -> None:
-    """One forward + backward pass of a mean-squared-error loss (gradients accumulate in the parameters).
-
-    Parameters
-    ----------
-    model : DEQ
-    x, target : torch.Tensor
-        Input and target, both shaped like the model's output.
-    """
-    loss = (model(x) - target).pow(2).mean()
-    loss.backward()
-
-
-def make_cost_model(mode: str, iterations: int, d: int, batch: int, norm: float = 0.9,
-                    solver: str = "picard") -> tuple[DEQ, torch.Tensor, torch.Tensor]:
-    """A tanh DEQ whose forward takes exactly ``iterations`` steps (its tolerance is out of reach).
-
-    The backward solve runs to a relative tolerance of 1e-4.
-
-    Parameters
-    ----------
-    mode : {"implicit", "unrolled", "one_step"}
-        The backward mode.
-    iterations : int
-        The forward's ``max_steps``.
-    d, batch, norm
-        As for :func:`tanh_deq` (orthogonal ``W``, float32).
-    solver : str
-        The forward method.
-
-    Returns
-    -------
-    model : DEQ
-    x : torch.Tensor
-        Shape ``(batch, d)``.
-    target : torch.Tensor
-        Zeros shaped like ``x``.
-    """
-    model, x = tanh_deq(d, norm, batch=batch, solver=solver, backward=mode, abstol=1e-30, reltol=0,
-                        max_steps=iterations, backward_abstol=0.0, backward_reltol=1e-4)
-    target = torch.zeros_like(x)
-    return model, x, target
-
-
-def measure_step(mode: str, iterations: int, *, d: int, batch: int, repeats: int, norm: float = 0.9,
-                 solver: str = "picard") -> StepCost:
-    """Median wall time and peak tensor memory of one training step of :func:`make_cost_model`'s DEQ.
-
-    The forward's tolerance is unreachable, so it runs exactly ``iterations`` steps; the non-convergence warning
-    that follows is expected and silenced. One untimed warm-up step precedes the ``repeats`` timed ones; the
-    memory is measured on a further step.
-
-    Parameters
-    ----------
-    mode, iterations, d, batch, norm, solver
-        As for :func:`make_cost_model`.
-    repeats : int
-        Timed steps (≥ 1).
-
-    Returns
-    -------
-    StepCost
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    model, x, target = make_cost_model(mode, iterations, d, batch, norm, solver)
-    times = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for _ in range(repeats + 1):
-            model.zero_grad(set_to_none=True)
-            start = time.perf_counter()
-            training_step(model, x, target)
-            times.append(time.perf_counter() - start)
-        model.zero_grad(set_to_none=True)
-        _, peak = peak_memory(lambda: training_step(model, x, target))
-    return StepCost(mode, iterations, statistics.median(times[1:]), peak, model.last_stats.forward.steps)
+    return {"d": 64, "batch": 16, "repeats": 3} if fast_mode() else {"d": 256, "batch": 32, "repeats": 5}
 
 
 @functools.lru_cache(maxsize=64)
@@ -426,13 +237,14 @@ def cost_panel(iterations: int = 50, mode: str = "implicit") -> Panel:
     """
     grid = iterations_grid()
     iterations = min(grid, key=lambda n: abs(n - iterations))
-    fig, (ax, ax2) = figure(2)
+    fig, (ax, ax2) = _quick_figure(2, left=0.08, right=0.99, bottom=0.15, top=0.91, wspace=0.22)
     for m in ("implicit", "unrolled"):
         rows = [step_cost(m, n) for n in grid]
         c = MODE_COLORS[m]
         lw = 2.5 if m == mode else 1.0
         ax.plot(grid, [r.peak_bytes / 2**20 for r in rows], "o-", color=c, lw=lw, ms=3, label=m)
-        ax2.plot(grid, [r.seconds * 1e3 for r in rows], "o-", color=c, lw=lw, ms=3, label=m)
+        ms = np.array([[r.seconds, r.seconds - min(r.times), max(r.times) - r.seconds] for r in rows]) * 1e3
+        ax2.errorbar(grid, ms[:, 0], yerr=ms[:, 1:].T, fmt="o-", color=c, lw=lw, ms=3, capsize=2, label=m)
     here = step_cost(mode, iterations)
     c = MODE_COLORS[mode]
     ax.plot([iterations], [here.peak_bytes / 2**20], "o", color=c, ms=10, mfc="none", mew=2)
@@ -440,10 +252,12 @@ def cost_panel(iterations: int = 50, mode: str = "implicit") -> Panel:
     s = _cost_sizes()
     ax.set(xlabel="forward iterations", ylabel="peak tensor memory (MiB)", ylim=(0, None),
            title=f"training step, d = {s['d']}, batch {s['batch']}")
-    ax2.set(xlabel="forward iterations", ylabel="wall time (ms)", ylim=(0, None), title="time (median)")
+    ax2.set(xlabel="forward iterations", ylabel="wall time (ms)", ylim=(0, None),
+            title=f"time: median of {len(here.times)} steps (bars: min–max)")
     ax.legend(fontsize=7)
     imp, unr = step_cost("implicit", iterations), step_cost("unrolled", iterations)
-    text = (f"{iterations} forward iterations ({here.steps} taken): implicit {imp.peak_bytes / 2**20:.2f} MiB, "
+    text = (f"{iterations} forward iterations ({here.steps} taken), memory and median step time: implicit "
+            f"{imp.peak_bytes / 2**20:.2f} MiB, "
             f"{imp.seconds * 1e3:.1f} ms; unrolled {unr.peak_bytes / 2**20:.2f} MiB, {unr.seconds * 1e3:.1f} ms "
             f"(unrolled / implicit memory {unr.peak_bytes / max(imp.peak_bytes, 1):.1f}×). Highlighted: {mode}.")
     return Panel(fig, text)
@@ -453,6 +267,23 @@ def cost_panel(iterations: int = 50, mode: str = "implicit") -> Panel:
 # 3. The backward solver: u = g + u ∂f/∂z
 
 
+Warning = tuple[type, str]  # (category, message) of a warning recorded with a cached measurement
+
+
+def _recorded(fn: Callable[[], Any]) -> tuple[Any, tuple[Warning, ...]]:
+    """Run ``fn()``; return its result and the warnings it raised (all of them, recorded instead of shown)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn()
+    return result, tuple((w.category, str(w.message)) for w in caught)
+
+
+def _replay(recorded: tuple[Warning, ...]) -> None:
+    """Warn again with recorded warnings: a cached measurement shows its warnings every time it is drawn."""
+    for category, message in recorded:
+        warnings.warn(message, category, stacklevel=3)
+
+
 @dataclass(frozen=True)
 class BackwardRun:
     """One implicit backward solve (see :func:`backward_run`).
@@ -460,19 +291,22 @@ class BackwardRun:
     Attributes
     ----------
     solver : str
-        The backward solver.
+        The backward solver's label (see :data:`BACKWARD_SOLVERS`).
     nfe : int
-        Vector–Jacobian products (−1 when the solve diverged).
+        Vector–Jacobian products (−1 when the solve blew up).
     residual : float
-        Largest final residual over the batch (inf when the solve diverged).
+        Largest final residual over the batch (inf when the solve blew up).
     converged : bool
-        Every sample converged and no warning was recorded during the forward or the backward.
+        Every sample met the tolerance.
     seconds : float
         Wall time of ``backward()``.
     history, nfe_history : tuple
-        The residual history and the products at each entry (empty when the solve diverged).
+        The residual history and the products at each entry (empty when the solve blew up).
     error : str
-        The :class:`~deqkit.DivergenceError`'s message when the solve diverged, else empty.
+        The :class:`~deqkit.DivergenceError`'s message when the solve blew up, else empty.
+    warnings : tuple
+        ``(category, message)`` of every warning other than the solve's own non-convergence (which ``converged``
+        reports), shown again whenever this run is drawn.
     """
 
     solver: str
@@ -483,56 +317,87 @@ class BackwardRun:
     history: tuple[float, ...]
     nfe_history: tuple[int, ...]
     error: str = ""  # a DivergenceError's message, when the solve blew up
+    warnings: tuple[Warning, ...] = ()
 
 
 def _backward_sizes() -> dict[str, int]:
     return {"d": 32, "batch": 4} if fast_mode() else {"d": 128, "batch": 16}
 
 
-def near_one_deq(gap: float, **deq_options) -> tuple[DEQ, torch.Tensor]:
-    """The symmetric tanh DEQ of panels 3 and 4, with ‖W‖₂ = 1 − gap.
+def near_one_deq(norm: float, **deq_options) -> tuple[DEQ, torch.Tensor]:
+    """The symmetric tanh DEQ of panels 3 and 4, with ‖W‖₂ = ``norm``, and the input ``x = 0``.
 
-    A tiny input (1e-4·N(0, 1)) and no bias keep z* near 0, where tanh′ ≈ 1, so ρ(∂f/∂z) at z* ≈ ‖W‖₂ (it
-    would saturate below 1 for a larger input). Float64; the forward is Anderson to abstol 1e-12 or reltol
-    1e-10, at most 500 steps.
+    With ``x = 0`` and no bias, ``z* = 0`` exactly (``tanh(0) = 0``) and the forward, started there, is done at
+    once; ``∂f/∂z`` at ``z*`` is ``W`` itself, so ρ(∂f/∂z) = ‖W‖₂ exactly — also past 1, where ``z* = 0`` is still
+    the fixed point, only an unstable one. ``W`` has its eigenvalues evenly spread over [−norm, norm]. Float64.
 
     Parameters
     ----------
-    gap : float
-        ``1 − ‖W‖₂``.
+    norm : float
+        ``‖W‖₂``; above 1, use :func:`norms_grid`'s values, which keep 1 midway between two eigenvalues
+        (``I − J`` then stays well invertible).
     **deq_options
-        Further :class:`~deqkit.DEQ` keywords (e.g. the backward solver's); not the forward settings above.
+        Further :class:`~deqkit.DEQ` keywords (e.g. the backward solver's).
 
     Returns
     -------
     model : DEQ
     x : torch.Tensor
-        The input batch, shape ``(batch, d)`` (smaller in fast mode).
+        Zeros of shape ``(batch, d)`` (smaller in fast mode).
     """
     s = _backward_sizes()
-    return tanh_deq(s["d"], 1 - gap, batch=s["batch"], kind="symmetric", x_scale=1e-4, bias_scale=0.0,
+    return tanh_deq(s["d"], norm, batch=s["batch"], kind="symmetric", x_scale=0.0, bias_scale=0.0,
                     dtype=torch.float64, solver="anderson", abstol=1e-12, reltol=1e-10, max_steps=500,
                     **deq_options)
 
 
-def gaps_grid() -> tuple[float, ...]:
-    """Return the values of 1 − ‖W‖₂ the ρ panel measures (fewer in fast mode)."""
-    return FAST_GAPS if fast_mode() else GAPS
+def midway_norm(target: float, d: int) -> float:
+    """The ‖W‖₂ nearest ``target`` for which 1 lies midway between two eigenvalues of :func:`near_one_deq`'s ``W``.
+
+    The eigenvalues are ``norm · (−1 + 2k/(d − 1))``, ``k = 0 … d − 1``; 1 is midway between the ``k``-th and
+    the next when ``norm = (d − 1)/(2k + 2 − d)``.
+
+    Parameters
+    ----------
+    target : float
+        Above 1.
+    d : int
+        Dimension.
+
+    Returns
+    -------
+    float
+    """
+    k = min(d - 2, max(d // 2, round(((d - 1) / target + d - 2) / 2)))
+    return (d - 1) / (2 * k + 2 - d)
+
+
+def norms_grid() -> tuple[float, ...]:
+    """Return the values of ‖W‖₂ panels 3 and 4 measure: from 0.5 to 0.998, then two past 1 (fewer in fast mode)."""
+    d = _backward_sizes()["d"]
+    below = FAST_NORMS if fast_mode() else NORMS
+    return below + tuple(midway_norm(t, d) for t in PAST_ONE)
+
+
+def _backward(label: str, **settings: Any) -> Implicit:
+    """The implicit backward pass with the solver ``label`` names (see :data:`BACKWARD_SOLVERS`)."""
+    if label not in _SOLVER_LABELS:
+        raise ValueError(f"unknown backward solver {label!r}; choose one of {list(_SOLVER_LABELS)}")
+    return Implicit(_SOLVER_LABELS[label], **settings)
 
 
 @functools.lru_cache(maxsize=256)
-def backward_run(solver: str, gap: float, tol: float = 1e-6) -> BackwardRun:
-    """The implicit backward solve of a symmetric tanh DEQ with ‖W‖₂ = 1 − gap, with the given backward solver.
+def backward_run(solver: str, norm: float, tol: float = 1e-6) -> BackwardRun:
+    """The implicit backward solve of :func:`near_one_deq`'s DEQ with ‖W‖₂ = ``norm``, by the given solver.
 
-    The forward is Anderson to 1e-12 (float64); the backward solve runs to ``tol`` within 300 steps.
-    Cached per ``(solver, gap, tol)``.
+    The backward solve runs to ``tol`` within 300 products. Cached per ``(solver, norm, tol)``.
 
     Parameters
     ----------
     solver : str
-        A backward solver (see :data:`BACKWARD_SOLVERS`).
-    gap : float
-        ``1 − ‖W‖₂``.
+        A label of :data:`BACKWARD_SOLVERS` (or ``"broyden(m=300)"``).
+    norm : float
+        ``‖W‖₂`` = ρ(∂f/∂z) at z*.
     tol : float
         Absolute tolerance of the backward solve (no relative one).
 
@@ -540,56 +405,65 @@ def backward_run(solver: str, gap: float, tol: float = 1e-6) -> BackwardRun:
     -------
     BackwardRun
         A :class:`~deqkit.DivergenceError` is caught and recorded in ``error``.
+
+    Raises
+    ------
+    ValueError
+        If ``solver`` is not a known label.
     """
-    model, x = near_one_deq(gap, backward_solver=solver, backward_abstol=tol, backward_reltol=0.0,
-                            backward_max_steps=300)
+    model, x = near_one_deq(norm, backward=_backward(solver, abstol=tol, reltol=0.0, max_steps=300))
     xg = x.clone().requires_grad_()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
+
+    def run() -> tuple[float, str]:
         out = model(xg)
         start = time.perf_counter()
         try:
             out.sum().backward()
-        except DivergenceError as err:  # e.g. Broyden's secant updates blowing up as ρ → 1: part of the lesson
-            return BackwardRun(solver, -1, math.inf, False, time.perf_counter() - start, (), (), str(err))
-        seconds = time.perf_counter() - start
-    for w in caught:  # only deqkit's non-convergence warnings belong to the readout; pass any other warning on
-        if not issubclass(w.category, ConvergenceWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        except DivergenceError as err:  # a solver blowing up is part of the lesson: recorded, shown
+            return time.perf_counter() - start, str(err)
+        return time.perf_counter() - start, ""
+
+    (seconds, error), caught = _recorded(run)
+    # the solve's own non-convergence is what ``converged`` reports; any other warning stays with this run
+    others = tuple(w for w in caught if not issubclass(w[0], ConvergenceWarning))
+    if error:
+        return BackwardRun(solver, -1, math.inf, False, seconds, (), (), error, others)
     st = model.last_stats.backward
-    converged = st.all_converged
-    return BackwardRun(solver, st.nfe, float(st.residual.max()), converged, seconds, tuple(st.history),
-                       tuple(st.nfe_history))
+    return BackwardRun(solver, st.nfe, float(st.residual.max()), st.all_converged, seconds, tuple(st.history),
+                       tuple(st.nfe_history), "", others)
 
 
-def backward_panel(solver: str = "gmres", gap: float = 0.1) -> Panel:
+def backward_panel(solver: str = "gmres", norm: float = 0.9) -> Panel:
     """Residual of the backward solve against vector–Jacobian products, for each solver; the chosen one bold.
 
     Parameters
     ----------
     solver : str
         The solver to highlight, one of :data:`BACKWARD_SOLVERS`.
-    gap : float
-        ``1 − ‖W‖₂`` (see :func:`backward_run`).
+    norm : float
+        ``‖W‖₂`` (see :func:`backward_run`).
 
     Returns
     -------
     Panel
         The text gives the chosen solver's products, final residual and time, or its divergence message.
     """
-    fig, ax = figure(width=6)
-    for name in BACKWARD_SOLVERS:
-        r = backward_run(name, gap)
+    fig, ax = _quick_figure(width=6.4, left=0.13, right=0.98, bottom=0.15, top=0.91)
+    runs = {name: backward_run(name, norm) for name in BACKWARD_SOLVERS}
+    for name, r in runs.items():
         bold = name == solver
-        label = f"{name}: diverged" if r.error else f"{name}: {r.nfe}" + ("" if r.converged else " (not converged)")
+        label = f"{name}: blew up" if r.error else f"{name}: {r.nfe}" + ("" if r.converged else " (not converged)")
         ax.semilogy(r.nfe_history, np.maximum(r.history, 1e-17), "-", color=SOLVER_COLORS[name],
-                    lw=2.5 if bold else 0.8, alpha=1.0 if bold else 0.5, label=label)
+                    lw=2.5 if bold else 0.8, alpha=1.0 if bold else 0.6, label=label)
+        _replay(r.warnings)
     ax.axhline(1e-6, color="k", lw=0.8, ls=":")
-    longest = max(max(backward_run(n, gap).nfe_history, default=0) for n in BACKWARD_SOLVERS)
-    ax.set(xlabel="vector–Jacobian products", ylabel="max residual ‖u − g − u ∂f/∂z‖∞",
-           title=f"backward solve, ‖W‖₂ = {1 - gap:g} (symmetric W)", xlim=(0, longest + 5))
+    # the axes cover every converged run; runs that diverge or go on without converging are cut
+    longest = max([300] + [r.nfe for r in runs.values() if r.converged])
+    ax.set(xlabel="vector–Jacobian products", ylabel="max ‖u − g − uJ‖∞ (cut at 10⁴)",
+           title=f"backward solve, ‖W‖₂ = ρ(∂f/∂z) = {norm:.4g} (symmetric W)", xlim=(0, longest + 10),
+           ylim=(1e-12, 1e4))
     ax.legend(fontsize=7, title="solver: products", title_fontsize=7)
-    r = backward_run(solver, gap)
+    r = runs[solver]
     if r.error:
         text = f"<b>{solver}</b> blew up: {r.error}"
     else:
@@ -599,105 +473,269 @@ def backward_panel(solver: str = "gmres", gap: float = 0.1) -> Panel:
     return Panel(fig, text)
 
 
+@dataclass(frozen=True)
+class BroydenRun:
+    """Broyden on the backward problem of :func:`near_one_deq` (see :func:`broyden_backward`).
+
+    Attributes
+    ----------
+    memory : int
+        Secant updates kept.
+    residuals : tuple of float
+        ``‖T(u) − u‖∞`` at every evaluation, up to the last (finite or not).
+    converged : bool
+    error : str
+        The :class:`~deqkit.DivergenceError`'s message when the solve blew up, else empty.
+    """
+
+    memory: int
+    residuals: tuple[float, ...]
+    converged: bool
+    error: str
+
+
+@functools.lru_cache(maxsize=32)
+def broyden_backward(norm: float, memory: int = 20, tol: float = 1e-6) -> BroydenRun:
+    """Solve the backward problem ``u = g + u ∂f/∂z`` of :func:`near_one_deq`'s DEQ with Broyden, watching every step.
+
+    The map is the DEQ's own vector–Jacobian product at ``z* = 0`` (``g`` = ones, the gradient of ``sum(z*)``);
+    every evaluation's residual is recorded, so a run that blows up still shows how it got there.
+
+    Parameters
+    ----------
+    norm : float
+        ``‖W‖₂``.
+    memory : int
+        Broyden's ``m``: the secant updates it stores before restarting (deqkit's default is 20).
+    tol : float
+        Absolute tolerance; at most 300 steps.
+
+    Returns
+    -------
+    BroydenRun
+    """
+    model, x = near_one_deq(norm)
+    model.requires_grad_(False)  # only products with ∂f/∂z are needed, no parameter gradients
+    _, vjp = torch.func.vjp(lambda z: model.f(z, x), torch.zeros_like(x))
+    g = torch.ones_like(x)
+    residuals: list[float] = []
+
+    def backward_map(u: torch.Tensor) -> torch.Tensor:
+        tu = g + vjp(u)[0]
+        residuals.append(float((tu - u).abs().max()))
+        return tu
+
+    try:
+        _, stats = solve(backward_map, g, solver=Broyden(m=memory), abstol=tol, reltol=0.0, max_steps=300)
+    except DivergenceError as err:
+        return BroydenRun(memory, tuple(residuals), False, str(err))
+    return BroydenRun(memory, tuple(residuals), stats.all_converged, "")
+
+
+def broyden_memory_panel(norm: float = 0.95, memories: tuple[int, ...] = (20, 300)) -> Panel:
+    """Broyden's backward residual per evaluation with deqkit's default memory (20 updates) and with more.
+
+    Parameters
+    ----------
+    norm : float
+        ``‖W‖₂`` (see :func:`near_one_deq`).
+    memories : tuple of int
+        Values of ``m`` to compare.
+
+    Returns
+    -------
+    Panel
+        The text gives each run's outcome.
+    """
+    fig, ax = figure(width=5.6)
+    lines = []
+    for m in memories:
+        r = broyden_backward(norm, m)
+        outcome = (f"blew up after {len(r.residuals)} evaluations" if r.error else
+                   f"{'converged' if r.converged else 'did not converge'} after {len(r.residuals)} evaluations")
+        lines.append(f"<b>m = {m}</b>: {outcome}")
+        finite = np.array(r.residuals)
+        ax.semilogy(np.arange(1, len(finite) + 1), np.where(np.isfinite(finite), finite, np.nan), label=f"m = {m}")
+    ax.axvline(min(memories), color="k", lw=0.8, ls="--", label=f"{min(memories)} updates: memory full")
+    ax.axhline(1e-6, color="k", lw=0.8, ls=":")
+    ax.set(xlabel="evaluations (vector–Jacobian products)", ylabel="‖u − g − u ∂f/∂z‖∞", ylim=(1e-8, 1e6),
+           xlim=(0, 120), title=f"Broyden on the backward problem, ‖W‖₂ = {norm:.4g} (cut at 10⁶)")
+    ax.legend(fontsize=7)
+    return Panel(fig, "<br>".join(lines))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # 4. When ρ(∂f/∂z) nears 1
 
 
 @dataclass(frozen=True)
 class NearOne:
-    """What :func:`near_one` measures at one gap.
+    """What :func:`near_one` measures at one ‖W‖₂.
 
     Attributes
     ----------
-    gap : float
-        ``1 − ‖W‖₂``.
+    norm : float
+        ``‖W‖₂``.
     rho : float
-        Largest ρ(∂f/∂z) at z* over the batch.
+        Largest ρ(∂f/∂z) at z* over the batch (power iteration).
     backward_nfe, backward_converged : dict
-        Per backward solver: products, and whether it converged (see :class:`BackwardRun`).
+        Per backward solver: products, and whether it converged (see :class:`BackwardRun`); −1 when it blew up.
     one_step_cosine : float
-        Cosine between the one-step and the implicit input gradient.
+        Cosine between the one-step and the implicit input gradient (the latter by full GMRES).
+    warnings : tuple
+        ``(category, message)`` of the warnings raised while measuring, shown again whenever this is drawn.
     """
 
-    gap: float
+    norm: float
     rho: float
     backward_nfe: dict[str, int]
     backward_converged: dict[str, bool]
     one_step_cosine: float
+    warnings: tuple[Warning, ...] = ()
+
+
+def _input_gradients(norm: float) -> dict[str, torch.Tensor]:
+    """Implicit (full GMRES: it converges whenever I − J is invertible) and one-step gradient of sum(z*) by x."""
+    d = _backward_sizes()["d"]
+    implicit = _backward("gmres(full)", abstol=1e-10, reltol=0.0, max_steps=3 * d)
+    model, x = near_one_deq(norm, backward=implicit)
+    grads = {}
+    for mode in ("implicit", "one_step"):
+        model.backward = implicit if mode == "implicit" else mode
+        xg = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(model(xg).sum(), xg)
+        grads[mode] = g.flatten()
+    return grads
 
 
 @functools.lru_cache(maxsize=64)
-def near_one(gap: float) -> NearOne:
+def near_one(norm: float) -> NearOne:
     """ρ(∂f/∂z) at z*, each backward solver's products, and the one-step gradient's cosine with the implicit one.
 
     Parameters
     ----------
-    gap : float
-        ``1 − ‖W‖₂`` of :func:`near_one_deq`.
+    norm : float
+        ``‖W‖₂`` of :func:`near_one_deq`.
 
     Returns
     -------
     NearOne
-        Cached per ``gap``.
+        Cached per ``norm``.
     """
-    model, x = near_one_deq(gap)
+    model, x = near_one_deq(norm)
     with torch.no_grad():
         z = model(x)
-    rho = float(spectral_radius(model.f, z, x, iters=200).max())
-    runs = {name: backward_run(name, gap) for name in BACKWARD_SOLVERS}
-    grads = {}
-    model.backward_max_steps = 1000  # GMRES(20) needs restarts as ρ → 1
-    for mode in ("implicit", "one_step"):
-        model.backward = mode
-        xg = x.clone().requires_grad_()
-        (g,) = torch.autograd.grad(model(xg).sum(), xg)
-        grads[mode] = g.flatten()
+    rho = float(spectral_radius(model.f, z, x, iters=300).max())
+    runs = {name: backward_run(name, norm) for name in BACKWARD_SOLVERS}
+    grads, caught = _recorded(lambda: _input_gradients(norm))
     cos = float(torch.nn.functional.cosine_similarity(grads["implicit"], grads["one_step"], dim=0))
-    return NearOne(gap, rho, {k: r.nfe for k, r in runs.items()}, {k: r.converged for k, r in runs.items()}, cos)
+    caught += tuple(w for r in runs.values() for w in r.warnings)
+    return NearOne(norm, rho, {k: r.nfe for k, r in runs.items()}, {k: r.converged for k, r in runs.items()}, cos,
+                   caught)
 
 
-def rho_panel(gap: float = 0.1) -> Panel:
-    """Backward products of each solver and the one-step gradient's direction as ρ(∂f/∂z) → 1.
+def growth_exponent(solver: str, norms: tuple[float, ...]) -> float:
+    """The slope of log(products) against log(1/(1 − ρ)) over ``norms`` (all below 1), by least squares.
+
+    Products ∝ (1/(1 − ρ))^slope: 1 for plain iteration, 1/2 for the square-root rule.
 
     Parameters
     ----------
-    gap : float
-        ``1 − ‖W‖₂`` to highlight, snapped to the nearest of :func:`gaps_grid` (in log scale).
+    solver : str
+        A label of :data:`BACKWARD_SOLVERS`.
+    norms : tuple of float
+        At least two values of ‖W‖₂ below 1 at which ``solver`` converged.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        If fewer than two norms are given, one is not below 1, or the solver did not converge at one.
+    """
+    if len(norms) < 2 or max(norms) >= 1:
+        raise ValueError(f"need at least two norms below 1, got {norms}")
+    rows = [near_one(n) for n in norms]
+    failed = [r.norm for r in rows if not r.backward_converged[solver]]
+    if failed:
+        raise ValueError(f"{solver} did not converge at ‖W‖₂ = {failed}: no product count to fit")
+    x = np.log([1 / (1 - r.rho) for r in rows])
+    y = np.log([r.backward_nfe[solver] for r in rows])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def _scaling_axes(ax: Any, rows: list[NearOne], here: NearOne) -> None:
+    below = [r for r in rows if r.rho < 1]
+    inv = np.array([1 / (1 - r.rho) for r in below])
+    for name in BACKWARD_SOLVERS:
+        nfe = [r.backward_nfe[name] if r.backward_converged[name] else np.nan for r in below]
+        ax.loglog(inv, nfe, "o-", color=SOLVER_COLORS[name], ms=3, label=name)
+    first = below[0]
+    ax.loglog(inv, first.backward_nfe["picard"] * inv / inv[0], "k--", lw=0.6, label="∝ 1/(1 − ρ)")
+    ax.loglog(inv, first.backward_nfe["gmres"] * np.sqrt(inv / inv[0]), "k:", lw=0.8, label="∝ 1/√(1 − ρ)")
+    if here.rho < 1:
+        ax.axvline(1 / (1 - here.rho), color="k", lw=0.8, ls=":")
+    ax.set(xlabel="1/(1 − ρ(∂f/∂z))", ylabel="products to residual 1e-6 (converged runs)",
+           title="backward cost as ρ → 1")
+    ax.legend(fontsize=6, loc="upper left")
+
+
+def _outcome_axes(ax: Any, here: NearOne) -> None:
+    names = list(BACKWARD_SOLVERS)
+    for k, name in enumerate(names):
+        nfe, ok = here.backward_nfe[name], here.backward_converged[name]
+        ax.barh(k, min(nfe if nfe > 0 else 300, 400), color=SOLVER_COLORS[name] if ok else "white",
+                edgecolor=SOLVER_COLORS[name], hatch=None if ok else "///")
+        note = f"{nfe}" if ok else ("blew up" if nfe < 0 else f"not converged ({nfe})")
+        ax.text(min(nfe if nfe > 0 else 300, 400) + 8, k, note, va="center", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel="vector–Jacobian products (bars cut at 400)", xlim=(0, 650),
+           title=f"‖W‖₂ = {here.norm:.4g}: ρ = {here.rho:.4f}" + ("  (past 1)" if here.rho > 1 else ""))
+
+
+def rho_panel(norm: float = 0.9) -> Panel:
+    """Backward products of each solver and the one-step gradient's direction as ρ(∂f/∂z) → 1, and past it.
+
+    Left: products against 1/(1 − ρ) below ρ = 1; middle: the one-step gradient's cosine with the implicit one;
+    right: every solver's outcome at the chosen ‖W‖₂ (also past 1).
+
+    Parameters
+    ----------
+    norm : float
+        ``‖W‖₂`` to highlight, snapped to the nearest of :func:`norms_grid`.
 
     Returns
     -------
     Panel
-        The text gives ρ, the one-step cosine and each solver's products at the highlighted gap.
+        The text gives ρ, the one-step cosine and each solver's products at the highlighted ‖W‖₂.
     """
-    grid = gaps_grid()
-    gap = min(grid, key=lambda g: abs(math.log10(g) - math.log10(gap)))
-    rows = [near_one(g) for g in grid]
-    fig, (ax, ax2) = figure(2)
-    gaps = [1 - r.rho for r in rows]
-    for name in BACKWARD_SOLVERS:
-        nfe = [r.backward_nfe[name] if r.backward_converged[name] else np.nan for r in rows]
-        ax.loglog(gaps, nfe, "o-", color=SOLVER_COLORS[name], ms=3, label=name)
-    here = near_one(gap)
-    ax.axvline(1 - here.rho, color="k", lw=0.8, ls=":")
-    ref = np.array(gaps)
-    ax.loglog(ref, 14 / ref, "k--", lw=0.6, label="∝ 1/(1 − ρ)")
-    ax.set(xlabel="1 − ρ(∂f/∂z) at z*", ylabel="products to residual 1e-6 (converged runs)",
-           title="backward cost as ρ → 1", ylim=(None, 400))
-    ax.axhline(300, color="k", lw=0.6, ls=":")
-    ax.invert_xaxis()
-    ax.legend(fontsize=7)
-    ax2.semilogx(gaps, [r.one_step_cosine for r in rows], "o-", color=MODE_COLORS["one_step"], ms=3)
-    ax2.plot([1 - here.rho], [here.one_step_cosine], "o", color=MODE_COLORS["one_step"], ms=10, mfc="none", mew=2)
-    ax2.set(xlabel="1 − ρ(∂f/∂z) at z*", ylabel="cosine(one-step, implicit)", title="the Jacobian-free gradient",
-            ylim=(0, 1.05))
-    ax2.invert_xaxis()
+    grid = norms_grid()
+    norm = min(grid, key=lambda n: abs(n - norm))
+    rows = [near_one(n) for n in grid]
+    here = near_one(norm)
+    _replay(here.warnings)
+    fig, (ax, ax2, ax3) = _quick_figure(3, width=4.1, height=3.5, left=0.055, right=0.99, bottom=0.14, top=0.92,
+                                        wspace=0.42)
+    _scaling_axes(ax, rows, here)
+    below = [r for r in rows if r.rho < 1]
+    ax2.semilogx([1 / (1 - r.rho) for r in below], [r.one_step_cosine for r in below], "o-",
+                 color=MODE_COLORS["one_step"], ms=3)
+    if here.rho < 1:
+        ax2.plot([1 / (1 - here.rho)], [here.one_step_cosine], "o", color=MODE_COLORS["one_step"], ms=10,
+                 mfc="none", mew=2)
+    ax2.set(xlabel="1/(1 − ρ(∂f/∂z))", ylabel="cosine(one-step, implicit)", title="the Jacobian-free gradient",
+            ylim=(min(0.0, here.one_step_cosine), 1.05))
+    _outcome_axes(ax3, here)
     for a in (ax, ax2):
         a.xaxis.set_minor_formatter(NullFormatter())
         a.yaxis.set_minor_formatter(NullFormatter())
     cells = "".join(f"<td>{here.backward_nfe[n] if here.backward_converged[n] else 'not converged'}</td>"
                     for n in BACKWARD_SOLVERS)
     heads = "".join(f"<th>{n}</th>" for n in BACKWARD_SOLVERS)
-    text = (f"‖W‖₂ = {1 - gap:g}: ρ(∂f/∂z) = {here.rho:.4f}; one-step cosine {here.one_step_cosine:.3f}. "
+    text = (f"‖W‖₂ = {norm:.4g}: ρ(∂f/∂z) = {here.rho:.4f}; one-step cosine {here.one_step_cosine:.3f}. "
             f"Backward products: <table><tr>{heads}</tr><tr>{cells}</tr></table>")
     return Panel(fig, text)
 
@@ -706,32 +744,8 @@ def rho_panel(gap: float = 0.1) -> Panel:
 # The exercise: the implicit gradient of a linear DEQ by hand
 
 
-def linear_deq(d: int = 5, norm: float = 0.8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(A, x, w)`` for the exercise: z* = A z* + x, loss = w · z*, float64.
-
-    Parameters
-    ----------
-    d : int
-        Dimension.
-    norm : float
-        ``‖A‖₂``; below 1, ``I − A`` is invertible and plain iteration converges.
-    seed : int
-
-    Returns
-    -------
-    a : torch.Tensor
-        Shape ``(d, d)``.
-    x : torch.Tensor
-        Shape ``(1, d)``.
-    w : torch.Tensor
-        Shape ``(d,)``.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    a = torch.randn(d, d, generator=gen, dtype=torch.float64)
-    a = norm * a / torch.linalg.matrix_norm(a, 2)
-    x = torch.randn(1, d, generator=gen, dtype=torch.float64)
-    w = torch.randn(d, generator=gen, dtype=torch.float64)
-    return a, x, w
+#: ``(A, x, w)`` of the exercise's linear DEQ ``z* = A z* + x`` with the loss ``w · z*`` (float64).
+linear_deq = linear_problem
 
 
 def deqkit_linear_gradient(a: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -753,3 +767,34 @@ def deqkit_linear_gradient(a: torch.Tensor, x: torch.Tensor, w: torch.Tensor) ->
     xg = x.clone().requires_grad_()
     (g,) = torch.autograd.grad((model(xg) * w).sum(), xg)
     return g
+
+
+def check_gradient(grad_by_hand: Any) -> str | None:
+    """The check of notebook 05's exercise: is ``grad_by_hand`` dL/dx for :func:`linear_deq`'s problem?
+
+    It is compared with deqkit's implicit backward (:func:`deqkit_linear_gradient`), to 1e-8.
+
+    Parameters
+    ----------
+    grad_by_hand : torch.Tensor
+        Shape ``(1, d)``, like ``x``.
+
+    Returns
+    -------
+    str or None
+        None when right; else what is wrong and what to look at.
+    """
+    a, x, w = linear_deq()
+    if not isinstance(grad_by_hand, torch.Tensor):
+        return f"grad_by_hand must be a torch.Tensor, got {type(grad_by_hand).__name__}."
+    if grad_by_hand.shape != x.shape:
+        return f"grad_by_hand has shape {tuple(grad_by_hand.shape)}; dL/dx has the shape of x, {tuple(x.shape)}."
+    g = grad_by_hand.to(torch.float64)
+    if torch.allclose(g, deqkit_linear_gradient(a, x, w), atol=1e-8):
+        return None
+    eye = torch.eye(a.shape[0], dtype=a.dtype)
+    if torch.allclose(g, w.unsqueeze(0), atol=1e-8):
+        return "that is the one-step gradient (u = g): it leaves out the factor (I − A)⁻¹."
+    if torch.allclose(g, torch.linalg.solve(eye - a, w).unsqueeze(0), atol=1e-8):
+        return "you solved (I − A) u = w; u is a row vector with u = w + u A, i.e. (I − A)ᵀ uᵀ = wᵀ."
+    return "not dL/dx yet: it is u with u = w + u A (J = A, ∂f/∂x = I)."

@@ -6,43 +6,140 @@ radius of W and compares methods.
 
 from __future__ import annotations
 
+import html
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from ..diagnostics import spectral_radius
-from ..solvers import solve
-from .widgets import Panel, figure
+from ..errors import ConvergenceWarning
+from ..solvers import Anderson, Broyden, Picard, Solver, solve
+from .widgets import Panel, attempt, figure
 
-# label -> (method, options): what the method dropdowns offer
-METHODS: dict[str, tuple[str, dict]] = {
-    "picard": ("picard", {}),
-    "damped picard": ("picard", {"damping": 0.5}),
-    "anderson": ("anderson", {}),
-    "broyden": ("broyden", {}),
-}
+#: What the method dropdowns offer: configured solvers, each under its own label.
+METHODS: dict[str, Solver] = {s.label: s for s in (Picard(), Picard(damping=0.5), Anderson(), Broyden())}
 MAX_STEPS = 200
+ZLIM = 2.5  # the cobweb's z range
 
 
 def _solve(f, z0: torch.Tensor, label: str, tol: float, max_steps: int = MAX_STEPS):
-    method, options = METHODS[label]
-    return solve(f, z0, method=method, abstol=tol, reltol=0.0, max_steps=max_steps, record=True, **options)
+    return solve(f, z0, solver=METHODS[label], abstol=tol, reltol=0.0, max_steps=max_steps, record=True)
+
+
+def fixed_points_1d(w: float, x: float) -> list[tuple[float, float]]:
+    """Every fixed point of ``f(z) = tanh(w z + x)`` and the slope ``f'(z*)`` there, in increasing order.
+
+    They lie in (−1, 1) (tanh's range). Each sign change of ``f(z) − z`` on a grid of 2001 points brackets
+    one; Broyden's method (the 1-D secant method) started in the bracket refines it to ``|f(z) − z| ≤ 1e-13``
+    (where it does not, e.g. at a double root, the bracket's midpoint is kept, within 5e-4). Points closer
+    than the grid spacing are one fixed point.
+
+    Parameters
+    ----------
+    w, x : float
+        Slope and offset inside the tanh.
+
+    Returns
+    -------
+    list of (float, float)
+        ``(z*, f'(z*))`` with ``f'(z*) = w (1 − z*²)``.
+    """
+    grid = torch.linspace(-1.0, 1.0, 2001, dtype=torch.float64)
+    gap = torch.tanh(w * grid + x) - grid
+    left = torch.nonzero(torch.sign(gap[:-1]) * torch.sign(gap[1:]) <= 0).flatten()
+    starts = torch.where(gap[left] == 0, grid[left], 0.5 * (grid[left] + grid[left + 1]))[:, None]
+    if not len(starts):
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # such a start keeps its midpoint (see above)
+        z, stats = solve(lambda z: torch.tanh(w * z + x), starts, solver="broyden", abstol=1e-13, reltol=0,
+                         max_steps=50)
+    z = torch.where(stats.converged[:, None], z, starts)[:, 0]
+    points: list[float] = []
+    for zi in sorted(z.tolist(), key=lambda v: abs(math.tanh(w * v + x) - v)):  # most accurate first
+        if all(abs(zi - p) > 1e-3 for p in points):
+            points.append(zi)
+    return [(zi, w * (1 - zi * zi)) for zi in sorted(points)]
+
+
+def _staircase(ax, g, traj: np.ndarray, color: str, label: str) -> None:
+    """Cobweb of the 1-D map ``g``: (z_k, z_k) → (z_k, g(z_k)) → (z_{k+1}, z_{k+1}) for each step."""
+    nxt = g(traj)
+    xs, ys = [traj[0]], [traj[0]]
+    for zk, gk in zip(traj, nxt):
+        xs += [zk, gk]
+        ys += [gk, gk]
+    ax.plot(np.clip(xs, -ZLIM, ZLIM), np.clip(ys, -ZLIM, ZLIM), color=color, lw=0.9, alpha=0.8, label=label)
+
+
+def _draw_iterates(ax, method: str, w: float, x: float, traj: np.ndarray) -> None:
+    """The cobweb a method really walks: plain and damped iteration walk a staircase, the others jump."""
+    f = lambda z: np.tanh(w * z + x)  # noqa: E731
+    if isinstance(METHODS[method], Picard):
+        damping = METHODS[method].damping
+        g = lambda z: z + damping * (f(z) - z)  # noqa: E731
+        if damping != 1:
+            grid = np.linspace(-ZLIM, ZLIM, 400)
+            ax.plot(grid, g(grid), ":", color="tab:purple", lw=1, label=f"z + {damping:g}(f(z) − z)")
+        _staircase(ax, g, traj, "tab:red", "iterates (cobweb)")
+    else:  # Anderson and Broyden mix past iterates: they jump from point to point, no staircase
+        shown = np.clip(traj, -ZLIM, ZLIM)
+        ax.plot(shown, f(shown), ":", color="tab:red", lw=0.8)
+        ax.plot(shown, f(shown), "o", color="tab:red", ms=3, label="(z_k, f(z_k)): jumps, not a staircase")
+        for k, zk in enumerate(shown[:6]):
+            ax.annotate(str(k), (zk, f(zk)), textcoords="offset points", xytext=(3, 3), fontsize=6)
+    ax.plot(traj[0], traj[0], "o", color="tab:red", ms=4)
+
+
+def _local_rate(method: str, slope: float) -> str:
+    """What decides whether ``method`` is attracted to a fixed point with ``f'(z*) = slope``."""
+    side, compare = ("attracts", "<") if abs(slope) < 1 else ("repels", "≥")
+    if abs(abs(slope) - 1) < 1e-9:  # a double root: first order decides nothing
+        return "|f'| = 1: neither attracting nor repelling at first order; plain iteration creeps at best"
+    if method == "picard":
+        return f"|f'| {compare} 1: z* {side} plain iteration"
+    if isinstance(METHODS[method], Picard) and METHODS[method].damping != 1:
+        beta = METHODS[method].damping
+        rate = 1 - beta * (1 - slope)
+        return (f"Damped iteration's slope 1 − {beta:g}(1 − f') = {rate:+.3f}: "
+                f"{'|·| < 1, it attracts the damped iteration' if abs(rate) < 1 else '|·| ≥ 1, it repels it'}")
+    return f"|f'| {compare} 1: z* {side} plain iteration, but {method} does not iterate f"
+
+
+def _verdict(method: str, w: float, x: float, traj: np.ndarray, z_end: float, converged: bool) -> str:
+    """The readout: where the method ended, judged by f' at the true fixed point(s), not at its last iterate."""
+    points = fixed_points_1d(w, x)
+    steps = len(traj) - 1
+    listed = "; ".join(f"z* = {z:+.6f}, f'(z*) = {s:+.3f}" for z, s in points)
+    if converged:
+        z, s = min(points, key=lambda p: abs(p[0] - z_end))
+        text = f"<b>converged</b> after {steps} steps to z* = {z:+.6f}, f'(z*) = {s:+.3f}. {_local_rate(method, s)}."
+        if steps == 0:
+            text += " It started on it: f(0) = tanh(x) = 0 when x = 0, so z0 = 0 is an exact fixed point."
+        return text + (f" All fixed points: {listed}." if len(points) > 1 else "")
+    text = f"<b>not converged</b> after {steps} steps; the last two iterates are {traj[-2]:+.4f}, {traj[-1]:+.4f}"
+    if abs(traj[-1] - traj[-3]) < 1e-6 < abs(traj[-1] - traj[-2]):
+        text += " — a 2-cycle: each step jumps to the other side of z*"
+    return text + ". " + "; ".join(f"z* = {z:+.6f}, f'(z*) = {s:+.3f}: {_local_rate(method, s)}"
+                                   for z, s in points) + "."
 
 
 def cobweb_panel(w: float = 0.8, x: float = 0.5, method: str = "picard", tol: float = 1e-6) -> Panel:
-    """1-D ``f(z) = tanh(w z + x)`` from ``z0 = 0``: the cobweb of the iterates and the residual per step.
+    """1-D ``f(z) = tanh(w z + x)`` from ``z0 = 0``: the iterates on the graph of f, and the residual per step.
 
-    The slope ``f'(z*) = w (1 − tanh²(w z* + x))`` decides everything: ``|f'| < 1`` attracts plain iteration
-    (monotonically if positive, alternating if negative), ``|f'| > 1`` repels it.
+    Plain and damped iteration are drawn as the cobweb (staircase) of the map they iterate; Anderson and
+    Broyden, which combine past iterates, as the points ``(z_k, f(z_k))`` they visit. Every fixed point is
+    marked (● attracting, |f'(z*)| < 1; ○ repelling), and the readout gives ``f'`` at the true fixed points.
 
     Parameters
     ----------
     w, x : float
         Slope and offset inside the tanh.
     method : str
-        A label of :data:`METHODS` (``"picard"``, ``"damped picard"``, ``"anderson"``, ``"broyden"``); at most
+        A label of :data:`METHODS` (``"picard"``, ``"picard(damping=0.5)"``, ``"anderson"``, ``"broyden"``); at most
         200 steps.
     tol : float
         Absolute tolerance on ``|f(z) − z|`` (no relative one).
@@ -57,34 +154,22 @@ def cobweb_panel(w: float = 0.8, x: float = 0.5, method: str = "picard", tol: fl
         If ``method`` is not a label of :data:`METHODS`.
     """
     f = lambda z: torch.tanh(w * z + x)  # noqa: E731
-    z0 = torch.zeros(1, 1, dtype=torch.float64)
-    z, stats = _solve(f, z0, method, tol)
+    z, stats = _solve(f, torch.zeros(1, 1, dtype=torch.float64), method, tol)
     traj = np.array([float(t) for t in stats.trajectory])
-    fig, (ax, ax2) = figure(2)
-    grid = np.linspace(-2.5, 2.5, 400)
+    fig, (ax, ax2) = figure(2, layout="fixed")
+    grid = np.linspace(-ZLIM, ZLIM, 400)
     ax.plot(grid, np.tanh(w * grid + x), label=f"f(z) = tanh({w:.2f} z + {x:.2f})")
     ax.plot(grid, grid, "k--", lw=0.8, label="z")
-    # cobweb: (z_k, z_k) → (z_k, f(z_k)) → (z_{k+1}, z_{k+1}) draws each step of the map
-    fz = np.tanh(w * traj + x)
-    xs, ys = [traj[0]], [traj[0]]
-    for k in range(len(traj)):
-        xs += [traj[k], traj[k + 1] if k + 1 < len(traj) else fz[k]]
-        ys += [fz[k], traj[k + 1] if k + 1 < len(traj) else fz[k]]
-    ax.plot(np.clip(xs, -2.5, 2.5), np.clip(ys, -2.5, 2.5), color="tab:red", lw=0.9, alpha=0.8, label="iterates")
-    ax.plot(traj[0], traj[0], "o", color="tab:red", ms=4)
-    ax.set(xlim=(-2.5, 2.5), ylim=(-1.2, 1.2), xlabel="z", title=f"{method}: cobweb from z0 = 0")
-    ax.legend(fontsize=7, loc="upper left")
+    _draw_iterates(ax, method, w, x, traj)
+    for zs, slope in fixed_points_1d(w, x):
+        ax.plot(zs, zs, "o", ms=7, mec="k", mfc="k" if abs(slope) < 1 else "w", zorder=5)
+    ax.set(xlim=(-ZLIM, ZLIM), ylim=(-1.2, 1.2), xlabel="z", title=f"{method} from z0 = 0 (● attracts, ○ repels)")
+    ax.legend(fontsize=6, loc="upper left")
     ax2.semilogy(np.maximum(stats.history, 1e-17), marker=".")
     ax2.axhline(tol, color="gray", ls="--", lw=0.8, label="tolerance")
     ax2.set(xlabel="iteration", ylabel="|f(z) − z|", title="residual")
     ax2.legend(fontsize=7)
-    zs = float(z)
-    slope = w * (1 - math.tanh(w * zs + x) ** 2)
-    verdict = ("|f'(z*)| < 1: z* attracts the iteration" if abs(slope) < 1 else
-               "|f'(z*)| ≥ 1: z* repels plain iteration (Newton-type methods may still land on it)")
-    state = "converged" if stats.all_converged else "not converged (best iterate shown)"
-    text = f"<b>{state}</b> after {stats.steps} steps: z = {zs:.6f}, f'(z) = {slope:+.3f}. {verdict}."
-    return Panel(fig, text)
+    return Panel(fig, _verdict(method, w, x, traj, float(z), stats.all_converged))
 
 
 def random_map(scale: float, x_scale: float, d: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,19 +201,31 @@ def random_map(scale: float, x_scale: float, d: int = 40, seed: int = 0) -> tupl
     return w, x
 
 
+def _row(label: str, result, err: Exception | None, f) -> str:
+    """One row of the race's table: converged, steps, ρ(∂f/∂z) at the answer — or the method's error."""
+    if err is not None:
+        return (f"<tr><td>{label}</td><td colspan=3><b>failed</b>: {type(err).__name__}: "
+                f"{html.escape(str(err).split('. ')[0])}</td></tr>")
+    z, stats = result
+    rho = float(spectral_radius(f, z, iters=60)[0])
+    return (f"<tr><td>{label}</td><td>{'yes' if stats.all_converged else '<b>no</b>'}</td>"
+            f"<td>{stats.steps}</td><td>{rho:.3f}</td></tr>")
+
+
 def iteration_panel(scale: float = 0.9, x_scale: float = 0.5, methods: Sequence[str] = ("picard", "anderson"),
                     tol: float = 1e-6) -> Panel:
     """d-dimensional ``z ← tanh(W z + x)``: residual per iteration of each method, and ρ(∂f/∂z) at its answer.
 
     Also plots the first four coordinates of the first method's iterates. ``W`` and ``x`` come from
-    :func:`random_map` (``d = 40``); every solve starts from ``z = 0`` and takes at most 200 steps.
+    :func:`random_map` (``d = 40``); every solve starts from ``z = 0`` and takes at most 200 steps. A method
+    that raises (e.g. :class:`~deqkit.DivergenceError`) gets its error in its row; the others still plot.
 
     Parameters
     ----------
     scale : float
         ρ(W) = ‖W‖₂.
     x_scale : float
-        Standard deviation of the input's entries.
+        Standard deviation of the input's entries. At 0, ``z = 0`` is an exact fixed point and the start.
     methods : sequence of str
         Labels of :data:`METHODS`; an empty sequence means ``("picard",)``.
     tol : float
@@ -147,25 +244,59 @@ def iteration_panel(scale: float = 0.9, x_scale: float = 0.5, methods: Sequence[
     w, x = random_map(scale, x_scale)
     f = lambda z: torch.tanh(z @ w.T + x)  # noqa: E731
     z0 = torch.zeros_like(x)
-    fig, (ax, ax2) = figure(2)
-    rows = []
-    first = None
+    fig, (ax, ax2) = figure(2, layout="fixed")
+    rows, first = [], None
     for label in methods or ("picard",):
-        z, stats = _solve(f, z0, label, tol)
-        first = first or (label, stats)
-        ax.semilogy(np.maximum(stats.history, 1e-17), marker=".", ms=3, label=label)
-        rho = float(spectral_radius(lambda zz: torch.tanh(zz @ w.T + x), z, iters=60)[0])
-        rows.append(f"<tr><td>{label}</td><td>{'yes' if stats.all_converged else '<b>no</b>'}</td>"
-                    f"<td>{stats.steps}</td><td>{rho:.3f}</td></tr>")
+        result, err = attempt(_solve, f, z0, label, tol)
+        rows.append(_row(label, result, err, f))
+        if result is not None:
+            stats = result[1]
+            first = first or (label, stats)
+            ax.semilogy(np.maximum(stats.history, 1e-17), marker=".", ms=3, label=label)
     ax.axhline(tol, color="gray", ls="--", lw=0.8)
     ax.set(xlabel="iteration", ylabel="‖f(z) − z‖∞", title=f"ρ(W) = ‖W‖₂ = {scale:.2f}")
     ax.legend(fontsize=7)
-    label, stats = first
-    traj = torch.stack(stats.trajectory)[:, 0, :4].numpy()
-    ax2.plot(traj, marker=".", ms=3)
-    ax2.set(xlabel="iteration", ylabel="z_i", title=f"{label}: first 4 coordinates")
+    if first is not None:
+        label, stats = first
+        ax2.plot(torch.stack(stats.trajectory)[:, 0, :4].numpy(), marker=".", ms=3)
+        ax2.set(xlabel="iteration", ylabel="z_i", title=f"{label}: first 4 coordinates")
     text = ("<table><tr><th>method</th><th>converged</th><th>steps</th><th>ρ(∂f/∂z) at its answer</th></tr>"
             + "".join(rows) + "</table>"
             "ρ &lt; 1 at the answer: a contraction there, plain iteration converges at rate ≈ ρ per step. "
             "ρ &gt; 1: plain iteration is pushed away.")
+    if x_scale == 0:
+        text += (" <b>Input scale 0:</b> f(0) = tanh(0) = 0, so the start z = 0 is already an exact fixed point: "
+                 "every method stops at step 0, whatever ρ — stable or not, nothing pushes the iteration off it.")
     return Panel(fig, text)
+
+
+def rate_exercise(observed: float, rho: float) -> str | None:
+    """Check notebook 01's exercise: plain iteration's per-step factor on ``random_map(0.95, 0.5)`` and ρ there.
+
+    Parameters
+    ----------
+    observed : float
+        The learner's per-step shrink factor of the residual, from the last ten residuals.
+    rho : float
+        The learner's spectral radius of ``∂f/∂z`` at the fixed point.
+
+    Returns
+    -------
+    str or None
+        None when both are right; else what is wrong and what to look at.
+    """
+    w, x = random_map(0.95, 0.5)
+    f = lambda z: torch.tanh(z @ w.T + x)  # noqa: E731
+    z_star, _ = solve(f, torch.zeros_like(x), solver="anderson", abstol=1e-13, reltol=0, strict=True)
+    rho_ref = float(spectral_radius(f, z_star, iters=200)[0])
+    rho_w = float(torch.linalg.eigvalsh(w).abs().max())
+    if abs(float(rho) - rho_w) < 1e-3:
+        return (f"rho = {float(rho):.3f} is ρ(W). The rate is set by the Jacobian ∂f/∂z = diag(1 − tanh²(Wz + x)) W "
+                "at z*, which tanh's saturation shrinks: use deqkit.spectral_radius(f, z_star).")
+    if abs(float(rho) - rho_ref) > 0.01:
+        return (f"rho = {float(rho):.4f}, but ρ(∂f/∂z) at z* is not that: estimate it with "
+                "deqkit.spectral_radius(f, z_star).")
+    if abs(float(observed) - rho_ref) > 0.02:
+        return (f"observed = {float(observed):.4f} is not the residual's shrink factor per step: over the last ten "
+                "steps the residual shrinks by (r[-1] / r[-11]), so one step shrinks it by that to the power 1/10.")
+    return None

@@ -7,11 +7,10 @@ text, not raised as warnings, except in :func:`digit_panel`, which lets the lear
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,25 +20,22 @@ from torch.utils.data import TensorDataset
 
 from ..data import MNIST_MEAN, MNIST_STD, mnist_datasets
 from ..errors import ConvergenceWarning
-from ..solvers import solve
+from ..solvers import SOLVERS as REGISTRY
+from ..solvers import DynamicSS, Solver, solve
 from ..train.callbacks import StepLog
 from . import fast_mode
-from .widgets import Panel, figure, render_png
+from .widgets import Panel, figure
 
-__all__ = ["SOLVERS", "WHICH", "DigitEffort", "StepLog", "class_panel", "digit_effort", "digit_panel", "effort_panel",
-           "gallery_panel", "logit_diagnostics", "notebook_data", "stall_panel", "static", "tanh_logit_floor",
-           "training_panel"]
+__all__ = ["SOLVERS", "WHICH", "DigitEffort", "StepLog", "check_cap", "class_panel", "digit_effort", "digit_panel",
+           "effort_panel", "gallery_panel", "logit_diagnostics", "nonconverged_counts", "notebook_data", "ranked",
+           "stall_panel", "tanh_logit_floor", "training_panel"]
 
-#: Forward solvers a learner can pick: label -> (method, options).
-SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "dynamic_ss: Tsit5 to steady state (the blog)": ("dynamic_ss", {"polish": None}),
-    "dynamic_ss + Anderson polish (deqkit default)": ("dynamic_ss", {}),
-    "anderson": ("anderson", {}),
-    "broyden": ("broyden", {}),
-    "picard (plain iteration)": ("picard", {}),
-}
+#: Forward solvers a learner can pick: the blog's ``DynamicSS(Tsit5())`` (``dynamic_ss(tsit5)``, no polish), then
+#: every registered solver with its defaults (``dynamic_ss`` is deqkit's, polished by Anderson).
+SOLVERS: dict[str, Solver] = {DynamicSS(polish=None).label: DynamicSS(polish=None)} | {
+    name: cls() for name, cls in REGISTRY.items()}
 #: Gallery choices.
-WHICH = ("most effortful", "least effortful", "misclassified")
+WHICH = ("most effortful", "least effortful", "misclassified", "not converged")
 
 
 def notebook_data(fast: bool | None = None, *, widget_digits: int | None = None
@@ -71,26 +67,6 @@ def notebook_data(fast: bool | None = None, *, widget_digits: int | None = None
     n = (500 if fast else 2000) if widget_digits is None else widget_digits
     x, y = test.tensors
     return train, test, TensorDataset(x[:n], y[:n])
-
-
-def static(panel: Panel, dpi: int = 80) -> Any:
-    """Show a :class:`Panel` once in a notebook (an inline PNG and its text), without pyplot.
-
-    Parameters
-    ----------
-    panel : Panel
-    dpi : int
-        Resolution of the PNG.
-
-    Returns
-    -------
-    IPython.display.HTML
-        Displayed when it is a cell's last value, or with ``display()``.
-    """
-    from IPython.display import HTML
-
-    data = base64.b64encode(render_png(panel.figure, dpi)).decode()
-    return HTML(f'<img src="data:image/png;base64,{data}"/><div>{panel.text}</div>')
 
 
 def _smooth(values: list[float], window: int) -> np.ndarray:
@@ -145,20 +121,52 @@ def training_panel(logs: dict[str, StepLog], window: int = 10) -> Panel:
     return Panel(fig, "<br>".join(lines))
 
 
-def tanh_logit_floor(classes: int = 10) -> float:
-    """The smallest cross-entropy possible when every logit lies in ``[−1, 1]``: right class +1, the rest −1.
+def tanh_logit_floor(classes: int = 10, cap: float = 1.0) -> float:
+    """The smallest cross-entropy possible when every logit lies in ``[−cap, cap]``: right class +cap, the rest −cap.
 
     Parameters
     ----------
     classes : int
         Number of classes.
+    cap : float
+        Largest logit magnitude (1 for a head that ends in tanh).
 
     Returns
     -------
     float
-        ``−log(e / (e + (classes − 1)/e))``, about 0.80 for 10 classes.
+        ``−log(e^cap / (e^cap + (classes − 1) e^−cap))``, about 0.80 for 10 classes and ``cap = 1``.
     """
-    return -math.log(math.e / (math.e + (classes - 1) / math.e))
+    return -math.log(math.exp(cap) / (math.exp(cap) + (classes - 1) * math.exp(-cap)))
+
+
+def check_cap(p_max: Any, loss_floor: Any) -> str | None:
+    """The check of notebook 04's exercise: the top probability and the loss floor when logits lie in [−2, 2].
+
+    Parameters
+    ----------
+    p_max : float
+        The learner's largest softmax probability of the right class.
+    loss_floor : float
+        The learner's smallest cross-entropy.
+
+    Returns
+    -------
+    str or None
+        None when both are right (to 1e-3); else what is wrong and what to look at.
+    """
+    try:
+        p, floor = float(p_max), float(loss_floor)
+    except (TypeError, ValueError):
+        return "p_max and loss_floor must be numbers."
+    right = math.exp(-tanh_logit_floor(10, 2.0))
+    if abs(p - math.exp(-tanh_logit_floor(10, 1.0))) < 1e-3:
+        return "that is the cap for logits in [−1, 1]; with 2·tanh the right class reaches +2 and the nine others −2."
+    if abs(p - right) > 1e-3:
+        return (f"p_max = {p:.4f} is not the softmax of the best logits the head can reach: the right class at "
+                "+2, the nine others at −2.")
+    if abs(floor + math.log(right)) > 1e-3:
+        return f"p_max is right; the cross-entropy of the right class is −log p_max, not {floor:.4f}."
+    return None
 
 
 def logit_diagnostics(model: torch.nn.Module, dataset: TensorDataset, *, limit: int = 10_000) -> dict[str, float]:
@@ -330,6 +338,10 @@ class DigitEffort:
     total_nfe : int
     method : str
         The solver's label, e.g. ``"dynamic_ss(tsit5)"``.
+    residual_before : torch.Tensor
+        ``(n,)``: ``‖f(z) − z‖∞`` at the recorded iterate just before the one that met the tolerance (0 when the
+        start already met it); for a digit that never met it, its final residual. It breaks ties of ``nfe``:
+        of two digits done at the same evaluation, the one still farther from done a step earlier worked harder.
     """
 
     nfe: torch.Tensor
@@ -337,9 +349,10 @@ class DigitEffort:
     predicted: torch.Tensor
     total_nfe: int
     method: str
+    residual_before: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
 
-def _solver(solver: str) -> tuple[str, dict[str, Any]]:
+def _solver(solver: str) -> Solver:
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {list(SOLVERS)}")
     return SOLVERS[solver]
@@ -376,7 +389,7 @@ def digit_effort(model: torch.nn.Module, images: torch.Tensor, solver: str, tol:
     ValueError
         If ``solver`` is not a label of :data:`SOLVERS`, or ``images`` is not shaped ``(n, 1, 28, 28)``.
     """
-    method, options = _solver(solver)
+    spec = _solver(solver)
     x = model.features(images)
     deq = model.deq
 
@@ -385,23 +398,64 @@ def digit_effort(model: torch.nn.Module, images: torch.Tensor, solver: str, tol:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported through ``converged``
-        z, stats = solve(f, deq.initial_state(x), method=method, abstol=tol, reltol=tol, max_steps=max_steps,
-                         record=True, **options)
-    meets = torch.stack([_meets(f, zk, tol) for zk in stats.trajectory])  # (records, batch)
+        z, stats = solve(f, deq.initial_state(x), solver=spec, abstol=tol, reltol=tol, max_steps=max_steps,
+                         record=True)
+    res, meets = map(torch.stack, zip(*(_meets(f, zk, tol) for zk in stats.trajectory)))  # (records, batch)
     hit = meets.any(0)
     first = meets.to(torch.int8).argmax(0)
     nfe_at = torch.tensor(stats.nfe_history, dtype=torch.long)
     # A digit the solver reports as not converged gets the whole solve's count (a lower bound), even if one
     # recorded iterate met the rule on recomputation: the plots must not contradict ``converged``.
-    nfe = torch.where(hit & stats.converged, nfe_at[first], torch.full_like(first, stats.nfe, dtype=torch.long))
+    done = hit & stats.converged
+    nfe = torch.where(done, nfe_at[first], torch.full_like(first, stats.nfe, dtype=torch.long))
+    cols = torch.arange(len(first))
+    before = torch.where(first > 0, res[(first - 1).clamp_min(0), cols], torch.zeros_like(res[0]))
+    before = torch.where(done, before, res[-1])
     predicted = model.head(f(z)).argmax(1)
-    return DigitEffort(nfe, stats.converged.clone(), predicted, stats.nfe, stats.method)
+    return DigitEffort(nfe, stats.converged.clone(), predicted, stats.nfe, stats.method, before)
 
 
-def _meets(f: Any, z: torch.Tensor, tol: float) -> torch.Tensor:
+def _meets(f: Any, z: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's residual ``‖f(z) − z‖∞`` at ``z`` and whether it meets the termination rule."""
     fz = f(z)
     res = (fz - z).flatten(1).abs().amax(1)
-    return (res <= tol) | (res <= tol * fz.flatten(1).abs().amax(1))
+    return res, (res <= tol) | (res <= tol * fz.flatten(1).abs().amax(1))
+
+
+def ranked(effort: DigitEffort, which: str, labels: torch.Tensor) -> list[int]:
+    """Digit indices in the gallery's order for ``which`` (one of :data:`WHICH`).
+
+    Effort is ``nfe``, ties broken by ``residual_before`` (see :class:`DigitEffort`); only digits tied on both
+    keep their index order. "most effortful" and "misclassified" (the wrong digits only) go from most to least
+    effort, "least effortful" the other way, "not converged" lists the digits that never met the tolerance, most
+    effortful first.
+
+    Parameters
+    ----------
+    effort : DigitEffort
+    which : str
+    labels : torch.Tensor
+        The digits' true classes.
+
+    Returns
+    -------
+    list of int
+
+    Raises
+    ------
+    ValueError
+        If ``which`` is not one of :data:`WHICH`.
+    """
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    # lexsort sorts by the last key first and is stable: digits tied on both keys stay in index order
+    nfe, res = effort.nfe.numpy(), effort.residual_before.double().numpy()
+    sign = 1 if which == "least effortful" else -1
+    order = np.lexsort((sign * res, sign * nfe))
+    keep = {"misclassified": (effort.predicted != labels).numpy(), "not converged": (~effort.converged).numpy()}
+    if which in keep:
+        order = order[keep[which][order]]
+    return [int(i) for i in order]
 
 
 def _show_digit(ax: Any, image: torch.Tensor, title: str, color: str = "black") -> None:
@@ -455,10 +509,10 @@ def digit_panel(model: torch.nn.Module, digits: TensorDataset, index: int = 0,
     images, labels = digits.tensors
     _check_index(index, len(labels))
     image, label = images[index:index + 1], int(labels[index])
-    method, options = _solver(solver)
+    spec = _solver(solver)
     x = model.features(image)
-    z, stats = solve(lambda z: model.deq.f(z, x), model.deq.initial_state(x), method=method, abstol=tol,
-                     reltol=tol, max_steps=300, **options)
+    z, stats = solve(lambda z: model.deq.f(z, x), model.deq.initial_state(x), solver=spec, abstol=tol,
+                     reltol=tol, max_steps=300)
     probs = model.head(model.deq.f(z, x)).softmax(1)[0]
     pred = int(probs.argmax())
     fig, (ax1, ax2, ax3) = figure(3, width=3.3, height=3.0)
@@ -524,7 +578,8 @@ def effort_panel(model: torch.nn.Module, digits: TensorDataset, solver: str = ne
     text = (f"NFE per converged digit: mean {mean(done)}, median "
             f"{f'{np.median(nfe[done]):.0f}' if done.any() else 'n/a'}, max {nfe[done].max() if done.any() else 'n/a'} "
             f"(the whole batch took {effort.total_nfe}). Right digits {mean(right & done)} on average, wrong ones "
-            f"{mean(~right & done)}. Not converged within the step limit: {int((~done).sum())}"
+            f"{mean(~right & done)}. {len(np.unique(nfe))} distinct NFE values. Not converged within the step limit: "
+            f"{int((~done).sum())}"
             + (" (hatched; counted at the whole solve's NFE)." if (~done).any() else "."))
     return Panel(fig, text)
 
@@ -532,9 +587,11 @@ def effort_panel(model: torch.nn.Module, digits: TensorDataset, solver: str = ne
 def gallery_panel(model: torch.nn.Module, digits: TensorDataset, which: str = WHICH[0],
                   solver: str = next(iter(SOLVERS)), tol: float = 1e-2, count: int = 12, *,
                   max_steps: int = 300) -> Panel:
-    """A grid of digits: the most or least effortful for ``solver`` (by NFE), or the misclassified ones.
+    """A grid of digits: the most or least effortful for ``solver``, the misclassified or the non-converged ones.
 
-    Misclassified digits are shown most effortful first.
+    The order is :func:`ranked`'s: by NFE, ties broken by the residual one recorded step before the digit met the
+    tolerance. The text says how many distinct NFE values occurred (few for ``dynamic_ss``, whose batch shares its
+    steps), so a learner knows how much of the order the tie-break decides.
 
     Parameters
     ----------
@@ -561,15 +618,10 @@ def gallery_panel(model: torch.nn.Module, digits: TensorDataset, which: str = WH
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     images, labels = digits.tensors
     effort = digit_effort(model, images, solver, tol, max_steps=max_steps)
-    wrong = torch.nonzero(effort.predicted != labels).flatten()
-    order = torch.argsort(effort.nfe, descending=which != "least effortful", stable=True)
-    if which == "misclassified":
-        chosen = wrong[torch.argsort(effort.nfe[wrong], descending=True, stable=True)]
-    else:
-        chosen = order
-    chosen = chosen[:count].tolist()
+    matching = ranked(effort, which, labels)
+    chosen = matching[:count]
     cols = 6
-    fig, axes = figure(cols, max(1, math.ceil(count / cols)), width=1.25, height=1.45)
+    fig, axes = figure(cols, max(1, math.ceil(count / cols)), width=1.25, height=1.6)
     for k, ax in enumerate(np.ravel(axes)):
         if k >= len(chosen):
             ax.axis("off")
@@ -577,10 +629,42 @@ def gallery_panel(model: torch.nn.Module, digits: TensorDataset, which: str = WH
         i = chosen[k]
         ok = int(effort.predicted[i]) == int(labels[i])
         cost = f"{int(effort.nfe[i])} NFE" if bool(effort.converged[i]) else f"≥{int(effort.nfe[i])}, not conv."
-        _show_digit(ax, images[i], f"#{i}: {int(labels[i])}→{int(effort.predicted[i])}, {cost}",
+        _show_digit(ax, images[i], f"#{i}: {int(labels[i])}→{int(effort.predicted[i])}\n{cost}",
                     "black" if ok else "tab:red")
+    if not chosen:
+        fig.text(0.5, 0.5, f"no digit is {which} here", ha="center", va="center")
     fig.suptitle(f"{which} — {effort.method}, tolerance {tol:.0e}", fontsize=9)
-    text = (f"{len(wrong)} of {len(labels)} digits misclassified; showing {len(chosen)}. "
-            "Title: index: label→prediction, evaluations of f until the digit met the tolerance (\"not conv.\": it "
-            "never did within the step limit).")
+    n_wrong, n_failed = int((effort.predicted != labels).sum()), int((~effort.converged).sum())
+    distinct = len(torch.unique(effort.nfe))
+    text = (f"{n_wrong} of {len(labels)} digits misclassified, {n_failed} not converged; showing {len(chosen)} of the "
+            f"{len(matching)} {which}. Only {distinct} distinct NFE values occurred: digits with the same NFE are "
+            "ordered by their residual ‖f(z) − z‖∞ one recorded step before they met the tolerance (the larger, the "
+            "farther they still were). Title: index: label→prediction, evaluations of f until the digit met the "
+            "tolerance (\"not conv.\": it never did within the step limit).")
     return Panel(fig, text)
+
+
+def nonconverged_counts(model: torch.nn.Module, digits: TensorDataset, tols: tuple[float, ...] = (1e-2, 1e-6),
+                        solvers: tuple[str, ...] | None = None, *, max_steps: int = 300) -> dict[str, list[int]]:
+    """How many digits each solver leaves unconverged at each tolerance (one batched solve per pair).
+
+    Parameters
+    ----------
+    model : MNISTDEQ
+    digits : TensorDataset
+        ``(images, labels)``.
+    tols : tuple of float
+        Tolerances (abstol = reltol).
+    solvers : tuple of str, optional
+        Labels of :data:`SOLVERS`; default all.
+    max_steps : int
+        Step limit of each solve.
+
+    Returns
+    -------
+    dict of str to list of int
+        Solver label -> one count per tolerance.
+    """
+    images = digits.tensors[0]
+    return {name: [int((~digit_effort(model, images, name, tol, max_steps=max_steps).converged).sum()) for tol in tols]
+            for name in (solvers or tuple(SOLVERS))}

@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import functools
 import html
-from dataclasses import dataclass, field
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import ipywidgets as widgets
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from ..adjoint import GRADIENTS
+from ..errors import ConvergenceWarning, DivergenceError
 from ..models.regression import X_TRAIN, Y_TRAIN, fit_regression, seed_regression_model
-from .widgets import Panel, figure
+from ..solvers import SOLVERS as REGISTRY
+from ..solvers import DynamicSS, Solver
+from .widgets import Panel, StaticFallback, figure
 
-BACKWARD_MODES = ("implicit", "unrolled", "one_step")
-# label -> (method, options); "pure ODE" is the blog's DynamicSS(Tsit5()) without deqkit's Anderson polish
-SOLVERS: dict[str, tuple[str, dict]] = {
-    "dynamic_ss": ("dynamic_ss", {}),
-    "dynamic_ss, pure ODE": ("dynamic_ss", {"polish": None}),
-    "anderson": ("anderson", {}),
-    "broyden": ("broyden", {}),
-    "picard": ("picard", {}),
-}
+#: The gradient methods compared (notebook 06 teaches the phantom gradient).
+BACKWARD_MODES = tuple(name for name in GRADIENTS if name != "phantom")
+#: Forward solvers: every registered one with its defaults, and the blog's pure ODE ``DynamicSS(Tsit5())``
+#: without deqkit's Anderson polish (``dynamic_ss(tsit5)``).
+SOLVERS: dict[str, Solver] = {name: cls() for name, cls in REGISTRY.items()} | {
+    DynamicSS(polish=None).label: DynamicSS(polish=None)}
 
 
 @dataclass
@@ -35,17 +42,26 @@ class RunResult:
     lr : float
     epochs : int
     seconds : float
-        Wall time of the training loop.
+        Wall time of the training loop (the median of ``times``).
     forward_nfe, backward_nfe : float
-        Evaluations per training step, averaged over all epochs.
+        Evaluations per training step, averaged over all epochs (NaN when the run diverged).
     prediction : float
-        The trained DEQ's output at x = −5 (the target is −10).
+        The trained DEQ's output at x = −5 (the target is −10); NaN when the run diverged.
     final_loss : float
-        Mean loss of the last epoch.
+        Mean loss of the last epoch (NaN when the run diverged).
     losses : tuple of float
-        Mean loss per epoch.
+        Mean loss per epoch (empty when the run diverged).
     a, b : float
-        The trained ``net(v) = a v + b`` (the target is ``a = 2/3, b = 0``).
+        The trained ``net(v) = a v + b`` (the target is ``a = 2/3, b = 0``); after the last step taken.
+    a_history : tuple of float
+        ``a`` before every training step (ten per epoch), then after the last one.
+    error : str
+        The :class:`~deqkit.DivergenceError`'s message when a solve blew up during training, else empty.
+    times : tuple of float
+        Wall time of every repeat of this run (see :func:`compare_backward_modes`); one entry for a single run.
+    warnings : tuple
+        ``(category, message)`` of every warning the training raised (e.g. a solve that missed its tolerance), kept
+        with the run and shown whenever it is drawn, also from the cache.
     model : torch.nn.Module
         The trained DEQ.
     """
@@ -62,13 +78,32 @@ class RunResult:
     losses: tuple[float, ...]
     a: float
     b: float
+    a_history: tuple[float, ...] = ()
+    error: str = ""
+    times: tuple[float, ...] = ()
+    warnings: tuple[tuple[type, str], ...] = ()
     model: torch.nn.Module = field(repr=False, compare=False, default=None)
 
+    def warn(self) -> None:
+        """Warn again with the warnings this run raised while it trained."""
+        for category, message in dict.fromkeys(self.warnings):
+            warnings.warn(message, category, stacklevel=3)
 
-@functools.lru_cache(maxsize=64)
+    def first_epoch_below(self, loss: float) -> int | None:
+        """The first epoch (counted from 1) whose mean loss is below ``loss``; None if none is."""
+        return next((k + 1 for k, v in enumerate(self.losses) if v < loss), None)
+
+
+_RUNS: dict[tuple, RunResult] = {}  # train()'s cache: every setting is trained once per session
+
+
 def train(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solver: str = "dynamic_ss",
-          seed: int = 0) -> RunResult:
+          seed: int = 0, *, progress: bool = False) -> RunResult:
     """Train the blog's model with these settings (cached: the same settings are trained once).
+
+    A run whose solve blows up (a learning rate so large that an Adam step throws ``a`` past 1, where the ODE
+    has no stable equilibrium) is returned, not raised: its ``error`` holds the message and ``a_history``
+    shows how ``a`` got there.
 
     Parameters
     ----------
@@ -81,6 +116,8 @@ def train(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solve
         A label of :data:`SOLVERS`.
     seed : int
         Seed of the weights and of the shuffling.
+    progress : bool
+        Show a ``tqdm`` bar while training (not part of the cache key).
 
     Returns
     -------
@@ -94,43 +131,97 @@ def train(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solve
     ValueError
         If ``backward`` is not a backward mode.
     """
-    method, options = SOLVERS[solver]
-    model = seed_regression_model(seed, backward=backward, solver=method, **options)
-    run = fit_regression(model, epochs=epochs, lr=lr, seed=seed)
+    key = (float(lr), int(epochs), backward, solver, int(seed))
+    if key not in _RUNS:
+        _RUNS[key] = _fit(*key, progress=progress)
+    return _RUNS[key]
+
+
+def _fit(lr: float, epochs: int, backward: str, solver: str, seed: int, *, progress: bool = False) -> RunResult:
+    """Train one fresh model (no cache); record ``a`` before every step, the warnings, and catch a blow-up."""
+    model = seed_regression_model(seed, backward=backward, solver=SOLVERS[solver])
+    a_history: list[float] = []
+    # a training step's forward runs with autograd on; the final prediction at −5 does not
+    hook = model.register_forward_pre_hook(
+        lambda m, _: a_history.append(m.f.affine()[0]) if torch.is_grad_enabled() else None)
+    start = time.perf_counter()
+    error = ""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            run = fit_regression(model, epochs=epochs, lr=lr, seed=seed, progress=progress)
+        except DivergenceError as err:
+            error = str(err)
+        finally:
+            hook.remove()
+    recorded = tuple((w.category, str(w.message)) for w in caught)
     a, b = model.f.affine()
+    if error:
+        nan, seconds = float("nan"), time.perf_counter() - start
+        return RunResult(backward, solver, lr, epochs, seconds, nan, nan, nan, nan, (), a, b, tuple(a_history), error,
+                         (seconds,), recorded, model)
     return RunResult(backward, solver, lr, epochs, run.seconds, float(np.mean(run.forward_nfe)),
-                     float(np.mean(run.backward_nfe)), run.prediction, run.losses[-1], tuple(run.losses), a, b, model)
+                     float(np.mean(run.backward_nfe)), run.prediction, run.losses[-1], tuple(run.losses), a, b,
+                     (*a_history, a), "", (run.seconds,), recorded, model)
+
+
+def _plot_a(ax: Any, r: RunResult) -> None:
+    """``a`` per training step (in epochs), with the line a = 1 past which the ODE has no stable equilibrium."""
+    steps = np.arange(len(r.a_history)) / len(X_TRAIN)
+    ax.plot(steps, r.a_history, color="tab:purple", lw=1, marker="." if len(steps) < 50 else None)
+    ax.axhline(1.0, color="tab:red", lw=1, ls="--", label="a = 1: no stable equilibrium above")
+    ax.axhline(2 / 3, color="k", lw=0.8, ls=":", label="a = 2/3: the solution")
+    if r.error:
+        ax.plot(steps[-1], r.a_history[-1], "x", color="tab:red", ms=9, mew=2, label="the solve blew up")
+    ax.set(xlabel="epoch (ten steps each)", ylabel="a = W₂W₁", title="a, before every step")
+    ax.legend(fontsize=7)
 
 
 def training_panel(lr: float = 0.05, epochs: int = 100, backward: str = "implicit",
-                   solver: str = "dynamic_ss") -> Panel:
-    """Loss per epoch and the learned function against y = 2x, with the closed-form fixed point.
+                   solver: str = "dynamic_ss", *, progress: bool = False) -> Panel:
+    """Loss per epoch, ``a`` per step against the line a = 1, and the learned function against y = 2x.
 
     Parameters
     ----------
     lr, epochs, backward, solver
         The training settings, as for :func:`train` (seed 0; cached).
+    progress : bool
+        Show a ``tqdm`` bar while a new setting trains.
 
     Returns
     -------
     Panel
         The text gives the learned ``a`` and ``b``, the prediction at −5, the training time and the
-        evaluations per step.
+        evaluations per step — or, when the training blew up, where ``a`` was and the solver's message.
     """
-    r = train(lr, epochs, backward, solver)
-    fig, (ax, ax2) = figure(2)
-    ax.semilogy(np.arange(1, len(r.losses) + 1), r.losses)
+    r = train(lr, epochs, backward, solver, progress=progress)
+    r.warn()
+    fig, (ax, ax_a, ax2) = figure(3, width=3.6)
+    if r.losses:
+        ax.semilogy(np.arange(1, len(r.losses) + 1), r.losses)
+    else:
+        ax.text(0.5, 0.5, "no completed epoch:\nthe training blew up", ha="center", va="center",
+                transform=ax.transAxes, color="tab:red")
     ax.set(xlabel="epoch", ylabel="mean loss Σ(y − ŷ)²", title=f"{backward} gradient, {solver} forward")
+    _plot_a(ax_a, r)
     xs = np.linspace(-10, 12, 100)
     ax2.plot(xs, 2 * xs, "k--", lw=0.8, label="y = 2x")
-    ax2.plot(xs, (r.a * xs + r.b) / (1 - r.a), label="z* = (a x + b)/(1 − a)")
     ax2.plot(X_TRAIN.numpy(), Y_TRAIN.numpy(), "k.", label="training data")
-    ax2.plot([-5], [r.prediction], "o", color="tab:red", label=f"DEQ(−5) = {r.prediction:.3f}")
-    ax2.set(xlabel="x", title="what the DEQ learned")
+    if not r.error:
+        ax2.plot(xs, (r.a * xs + r.b) / (1 - r.a), label="z* = (a x + b)/(1 − a)")
+        ax2.plot([-5], [r.prediction], "o", color="tab:red", label=f"DEQ(−5) = {r.prediction:.3f}")
+    ax2.set(xlabel="x", ylim=(-25, 30), title="what the DEQ learned")
     ax2.legend(fontsize=7)
-    text = (f"a = {r.a:.4f}, b = {r.b:.4f} (the target is a = 2/3, b = 0); prediction at −5: {r.prediction:.4f}; "
-            f"{r.seconds:.2f} s, {r.forward_nfe:.1f} forward evaluations and {r.backward_nfe:.1f} backward "
-            "products per step.")
+    if r.error:
+        step = len(r.a_history)
+        text = (f"<b>The training blew up</b> at step {step} (epoch {(step - 1) // len(X_TRAIN) + 1}): the last "
+                f"Adam step took a to {r.a_history[-1]:.3f} (it was {r.a_history[0]:.3f} at the start). For a > 1 "
+                "dz/dt = (a − 1)z + ax + b has no stable equilibrium, and the solver says so: "
+                f"<i>{html.escape(r.error)}</i>")
+    else:
+        text = (f"a = {r.a:.4f}, b = {r.b:.4f} (the target is a = 2/3, b = 0); prediction at −5: "
+                f"{r.prediction:.4f}; {r.seconds:.2f} s, {r.forward_nfe:.1f} forward evaluations and "
+                f"{r.backward_nfe:.1f} backward products per step.")
     return Panel(fig, text)
 
 
@@ -149,8 +240,15 @@ def prediction_panel(x: float = -5.0, lr: float = 0.05, epochs: int = 100, backw
     -------
     Panel
         The text gives the prediction's error ``DEQ(x) − 2x``.
+
+    Raises
+    ------
+    DivergenceError
+        When the training with these settings blew up: there is no trained model to ask.
     """
     r = train(lr, epochs, backward, solver)
+    if r.error:
+        raise DivergenceError(f"no prediction: training with learning rate {lr:g} blew up ({r.error})")
     with torch.no_grad():
         pred = r.model(torch.tensor([[x]])).item()
     fig, ax = figure()
@@ -164,8 +262,16 @@ def prediction_panel(x: float = -5.0, lr: float = 0.05, epochs: int = 100, backw
     return Panel(fig, f"error {pred - 2 * x:+.4f}")
 
 
+def _seconds(r: RunResult) -> str:
+    if len(r.times) < 2:
+        return f"{r.seconds:.2f}"
+    return f"{r.seconds:.2f} ({min(r.times):.2f}–{max(r.times):.2f}, {len(r.times)} runs)"
+
+
 def results_table(results: list[RunResult]) -> str:
-    """Return an HTML table of runs: settings, time, NFE per step, prediction at −5 and final loss, one row each.
+    """Return an HTML table of runs: settings, time, NFE per step, first epoch below 1e-2, prediction, final loss.
+
+    The time is the median over the run's repeats, with the fastest and slowest in brackets.
 
     Parameters
     ----------
@@ -175,21 +281,25 @@ def results_table(results: list[RunResult]) -> str:
     -------
     str
     """
-    head = ("<tr><th>backward</th><th>forward solver</th><th>lr</th><th>epochs</th><th>seconds</th>"
-            "<th>forward NFE/step</th><th>backward NFE/step</th><th>prediction at −5</th><th>final loss</th></tr>")
+    head = ("<tr><th>backward</th><th>forward solver</th><th>lr</th><th>epochs</th><th>seconds: median (range)</th>"
+            "<th>forward NFE/step</th><th>backward NFE/step</th><th>first epoch with loss &lt; 1e-2</th>"
+            "<th>prediction at −5</th><th>final loss</th></tr>")
     rows = "".join(
         f"<tr><td>{html.escape(r.backward)}</td><td>{html.escape(r.solver)}</td><td>{r.lr:g}</td>"
-        f"<td>{r.epochs}</td><td>{r.seconds:.2f}</td><td>{r.forward_nfe:.1f}</td><td>{r.backward_nfe:.1f}</td>"
-        f"<td>{r.prediction:.4f}</td><td>{r.final_loss:.2e}</td></tr>" for r in results)
+        f"<td>{r.epochs}</td><td>{_seconds(r)}</td><td>{r.forward_nfe:.1f}</td><td>{r.backward_nfe:.1f}</td>"
+        f"<td>{r.first_epoch_below(1e-2) or '—'}</td><td>{r.prediction:.4f}</td><td>{r.final_loss:.2e}</td></tr>"
+        for r in results)
     return f"<table>{head}{rows}</table>"
 
 
 def compare_backward_modes(lr: float = 0.05, epochs: int = 100, solver: str = "dynamic_ss",
-                           modes: tuple[str, ...] = BACKWARD_MODES, repeats: int = 1) -> list[RunResult]:
-    """Train once per backward mode with otherwise identical settings (fresh runs, not cached).
+                           modes: tuple[str, ...] = BACKWARD_MODES, repeats: int = 3,
+                           progress: Callable[[Any], Any] | None = None) -> list[RunResult]:
+    """Train every backward mode ``repeats`` times with otherwise identical settings (fresh runs, not cached).
 
-    With ``repeats > 1`` the modes are trained in turns, ``repeats`` times each, and each keeps its fastest
-    time: other work on the machine then slows every mode alike instead of the unlucky one.
+    The modes are trained in turns, so that other work on the machine slows every mode alike. Training is
+    deterministic (same seed, same data order): the repeats differ only in wall time, and each result keeps all
+    its repeats' times in ``times`` and their median in ``seconds``.
 
     Parameters
     ----------
@@ -198,38 +308,61 @@ def compare_backward_modes(lr: float = 0.05, epochs: int = 100, solver: str = "d
     modes : tuple of str
         Backward modes to train.
     repeats : int
-        Runs per mode; each mode's fastest run is kept.
+        Runs per mode (≥ 1).
+    progress : callable, optional
+        Wraps the iterable of runs, e.g. ``tqdm.auto.tqdm`` for a progress bar.
 
     Returns
     -------
     list of RunResult
         One per mode, in the order of ``modes``.
+
+    Raises
+    ------
+    ValueError
+        If ``repeats`` < 1.
+    RuntimeError
+        If two repeats of a mode disagree on the outcome (training would not be deterministic).
     """
-    best: dict[str, RunResult] = {}
-    for _ in range(repeats):
-        for mode in modes:
-            r = train.__wrapped__(lr, epochs, mode, solver)
-            if mode not in best or r.seconds < best[mode].seconds:
-                best[mode] = r
-    return [best[m] for m in modes]
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    jobs = [mode for _ in range(repeats) for mode in modes]
+    runs: dict[str, list[RunResult]] = {m: [] for m in modes}
+    for mode in (progress or iter)(jobs):
+        runs[mode].append(_fit(lr, epochs, mode, solver, 0))
+    out = []
+    for mode in modes:
+        first = runs[mode][0]
+        if any(r.losses != first.losses for r in runs[mode]):
+            raise RuntimeError(f"repeats of the {mode} run trained differently: training is not deterministic")
+        times = tuple(r.seconds for r in runs[mode])
+        out.append(replace(first, seconds=statistics.median(times), times=times))
+        first.warn()  # once per mode: the repeats train identically
+    return out
 
 
-class ComparisonTable(widgets.VBox):
+class ComparisonTable(StaticFallback, widgets.VBox):
     """A button that trains every backward mode with the given controls' settings and adds rows to a table.
+
+    Each click trains each mode ``repeats`` times (a progress bar shows while it runs).
 
     Parameters
     ----------
     lr, epochs, solver : ipywidgets.ValueWidget
         The controls whose current values each click trains with (see :func:`compare_backward_modes`).
+    repeats : int
+        Runs per mode and click.
     """
 
-    def __init__(self, lr: widgets.ValueWidget, epochs: widgets.ValueWidget, solver: widgets.ValueWidget):
-        self.lr, self.epochs, self.solver = lr, epochs, solver
+    def __init__(self, lr: widgets.ValueWidget, epochs: widgets.ValueWidget, solver: widgets.ValueWidget,
+                 repeats: int = 3):
+        self.lr, self.epochs, self.solver, self.repeats = lr, epochs, solver, repeats
         self.button = widgets.Button(description="Run all backward modes", icon="play")
+        self.progress = widgets.Output()
         self.table = widgets.HTML()
         self.results: list[RunResult] = []
         self.button.on_click(self.run)
-        super().__init__([self.button, self.table])
+        super().__init__([self.button, self.progress, self.table])
 
     def run(self, _: object = None) -> None:
         """Train every backward mode with the controls' values and append the rows (the button's click handler).
@@ -239,8 +372,89 @@ class ComparisonTable(widgets.VBox):
         self.button.disabled = True
         self.button.description = "running..."
         try:
-            self.results += compare_backward_modes(self.lr.value, self.epochs.value, self.solver.value)
+            self.progress.clear_output()
+            with self.progress:
+                bar = functools.partial(tqdm, desc="runs", leave=False)
+                self.results += compare_backward_modes(self.lr.value, self.epochs.value, self.solver.value,
+                                                       repeats=self.repeats, progress=bar)
             self.table.value = results_table(self.results)
         finally:
             self.button.disabled = False
             self.button.description = "Run all backward modes"
+
+    def static_bundle(self) -> dict[str, str]:
+        """The table so far and what the button does, as ``text/html`` (for pages that cannot run widgets)."""
+        note = (f"<p><em>Static view: in a running notebook the button \u201c{html.escape(self.button.description)}"
+                "\u201d trains every backward mode and adds a row per mode to the table.</em></p>")
+        return {"text/html": f'<div class="deqkit-static">{self.table.value}{note}</div>'}
+
+def with_progress(panel: Callable[..., Panel], out: widgets.Output) -> Callable[..., Panel]:
+    """Wrap a panel function so that its progress bars show in ``out`` (a widget callback has no cell to print to).
+
+    Parameters
+    ----------
+    panel : callable
+        Called as ``panel(**values, progress=True)``.
+    out : ipywidgets.Output
+        Where the bars appear; cleared before each call.
+
+    Returns
+    -------
+    callable
+        ``(**values) -> Panel``.
+    """
+
+    def run(**values: Any) -> Panel:
+        out.clear_output(wait=True)
+        with out:
+            return panel(**values, progress=True)
+
+    return run
+
+
+def check_weights(w2: Any, b2: Any) -> str | None:
+    """The check of notebook 03's exercise: do ``W₂ = w2``, ``b₂ = b2`` (with ``W₁ = (1, 1)ᵀ``, ``b₁ = 0``) make the
+    untrained DEQ predict exactly ``2x``?
+
+    The DEQ itself is solved at x = −10, −5, 0, 5, 10; the closed form only explains what went wrong.
+
+    Parameters
+    ----------
+    w2 : sequence of two floats
+        The second layer's weights.
+    b2 : float
+        The second layer's bias.
+
+    Returns
+    -------
+    str or None
+        None when right; else what is wrong and what to look at.
+    """
+    try:
+        w = torch.as_tensor(w2, dtype=torch.float32).reshape(1, 2)
+        bias = torch.as_tensor(b2, dtype=torch.float32).reshape(1)
+    except (TypeError, ValueError, RuntimeError):
+        return "w2 must be two numbers (the weights from the two hidden units) and b2 one number."
+    model = seed_regression_model()
+    l1, l2 = model.f.net
+    with torch.no_grad():
+        l1.weight.fill_(1.0)
+        l1.bias.zero_()
+        l2.weight.copy_(w)
+        l2.bias.copy_(bias)
+    a, b = model.f.affine()
+    if a >= 1:
+        return (f"a = W₂W₁ = {a:.4g} ≥ 1: dz/dt = (a − 1)z + ax + b then has no stable equilibrium, and the "
+                "solver cannot find z*. a must be 2/3.")
+    xs = torch.linspace(-10, 10, 5).unsqueeze(1)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        try:
+            pred = model(xs)
+        except (ConvergenceWarning, DivergenceError) as err:
+            return f"the DEQ could not be solved with these weights ({err})."
+    if torch.allclose(pred, 2 * xs, atol=1e-3):
+        return None
+    return (f"the DEQ predicts {[round(v, 3) for v in pred.flatten().tolist()]} at x = −10, −5, 0, 5, 10 instead of "
+            f"2x. With your weights a = W₂W₁ = {a:.4g} and b = W₂b₁ + b₂ = {b:.4g}; z* = (ax + b)/(1 − a) is 2x "
+            "for every x only when a = 2/3 and b = 0.")

@@ -3,13 +3,22 @@
 A callback takes the widget values as keyword arguments and returns a :class:`Panel` (a matplotlib
 ``Figure`` built without pyplot, plus an HTML readout). :class:`LiveFigure` re-renders it into an
 ``ipywidgets.Image`` on every change and shows any deqkit warning or error the callback raised, so a learner
-sees exactly what a user of the library would see.
+sees exactly what a user of the library would see. The widgets are honest about what they show:
+
+* a callback that raises replaces the plot by a "no plot: <error>" image (:func:`error_figure`), never leaving
+  the previous plot on screen as if it belonged to the new settings;
+* a panel comparing several methods runs each through :func:`attempt`, so one failing method is reported
+  while the others still plot;
+* a busy indicator shows while a callback runs, and loops wrapped in :func:`progress` show a tqdm bar once
+  they have run for :data:`PROGRESS_DELAY_S` seconds.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import io
+import textwrap
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,11 +26,15 @@ from typing import Any
 
 import ipywidgets as widgets
 from matplotlib.figure import Figure
+from tqdm.auto import tqdm
 
 from ..errors import ConvergenceError, DivergenceError
 
 BROWSER_SLIDER_CLASS = "deqkit-browser-slider"  # the slider the real-browser test moves
 BROWSER_PLOT_CLASS = "deqkit-browser-plot"  # the image it watches
+BUSY_CLASS = "deqkit-busy"  # on a LiveFigure (and its status line) while its callback runs
+PROGRESS_DELAY_S = 2.0  # a progress bar appears only for loops that run longer than this
+SOLVE_ERRORS = (ConvergenceError, DivergenceError)  # how a solve fails: shown to the learner as a result
 
 
 @dataclass
@@ -39,8 +52,12 @@ class Panel:
     text: str = ""
 
 
+# Margins of the "fixed" layout, in inches: room for tick labels, an axis label and a title of normal size.
+FIXED_MARGINS = {"left": 0.75, "right": 0.15, "bottom": 0.55, "top": 0.35, "wspace": 0.8, "hspace": 0.8}
+
+
 def figure(ncols: int = 1, nrows: int = 1, *, width: float = 4.2, height: float = 3.2,
-           **kwargs: Any) -> tuple[Figure, Any]:
+           layout: str = "constrained", **kwargs: Any) -> tuple[Figure, Any]:
     """Return a pyplot-free figure (no global state, nothing shown twice) and its axes.
 
     Parameters
@@ -49,17 +66,37 @@ def figure(ncols: int = 1, nrows: int = 1, *, width: float = 4.2, height: float 
         Grid of axes.
     width, height : float
         Size of each axes' cell in inches; the figure is ``width · ncols`` by ``height · nrows``.
+    layout : {"constrained", "fixed"}
+        ``"constrained"``: matplotlib's constrained layout, which fits any labels, colorbars and outside
+        legends, but costs about as much as drawing the figure on every render. ``"fixed"``: the margins of
+        :data:`FIXED_MARGINS`, computed once — for widget panels that must redraw fast and keep their legends
+        inside the axes.
     **kwargs
         Passed to ``Figure.subplots`` (e.g. ``sharey=True``).
 
     Returns
     -------
     fig : matplotlib.figure.Figure
-        With the constrained layout.
     axes : Axes or numpy.ndarray of Axes
         One ``Axes`` for a 1×1 grid, else an array squeezed as by ``plt.subplots``.
+
+    Raises
+    ------
+    ValueError
+        If ``layout`` is neither.
     """
-    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    if layout not in ("constrained", "fixed"):
+        raise ValueError(f"layout must be 'constrained' or 'fixed', got {layout!r}")
+    fig_w, fig_h = width * ncols, height * nrows
+    fig = Figure(figsize=(fig_w, fig_h), layout="constrained" if layout == "constrained" else None)
+    if layout == "fixed":
+        m = FIXED_MARGINS
+        cell_w = (fig_w - m["left"] - m["right"] - m["wspace"] * (ncols - 1)) / ncols
+        cell_h = (fig_h - m["bottom"] - m["top"] - m["hspace"] * (nrows - 1)) / nrows
+        kwargs["gridspec_kw"] = {"left": m["left"] / fig_w, "right": 1 - m["right"] / fig_w,
+                                 "bottom": m["bottom"] / fig_h, "top": 1 - m["top"] / fig_h,
+                                 "wspace": m["wspace"] / cell_w, "hspace": m["hspace"] / cell_h,
+                                 **kwargs.get("gridspec_kw", {})}
     axes = fig.subplots(nrows, ncols, squeeze=True, **kwargs)
     return fig, axes
 
@@ -83,13 +120,128 @@ def render_png(fig: Figure, dpi: int = 80) -> bytes:
     return buf.getvalue()
 
 
+def static(panel: Panel, dpi: int = 80) -> Any:
+    """Show a :class:`Panel` once in a notebook (an inline PNG and its text), without pyplot.
+
+    Parameters
+    ----------
+    panel : Panel
+    dpi : int
+        Resolution of the PNG.
+
+    Returns
+    -------
+    IPython.display.HTML
+        Displayed when it is a cell's last value, or with ``display()``.
+    """
+    from IPython.display import HTML
+
+    data = base64.b64encode(render_png(panel.figure, dpi)).decode()
+    return HTML(f'<img src="data:image/png;base64,{data}"/><div>{panel.text}</div>')
+
+
+def error_figure(err: BaseException, width: float = 6.0, height: float = 2.0) -> Figure:
+    """Return a figure that says "no plot" and why: what replaces a plot whose callback raised.
+
+    Parameters
+    ----------
+    err : BaseException
+        The error; its type and message are printed, wrapped to the figure's width.
+    width, height : float
+        Size in inches.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig = Figure(figsize=(width, height))
+    message = textwrap.fill(f"{type(err).__name__}: {err}", width=int(width * 13), max_lines=8)
+    fig.text(0.02, 0.9, "no plot:", color="#a40000", fontsize=12, weight="bold", va="top")
+    fig.text(0.02, 0.72, message, color="#a40000", fontsize=8, va="top", family="monospace")
+    return fig
+
+
+def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Exception | None]:
+    """Call ``fn``; return ``(result, None)``, or ``(None, error)`` when it fails the way a solve fails.
+
+    Panels that compare several methods call each through this, so that one method raising
+    :class:`~deqkit.DivergenceError` or :class:`~deqkit.ConvergenceError` is reported in its row of the
+    readout while the others still plot. Any other exception (a bug, a bad argument) propagates.
+
+    Parameters
+    ----------
+    fn : callable
+    *args, **kwargs
+        Passed to ``fn``.
+
+    Returns
+    -------
+    result : object or None
+    error : Exception or None
+    """
+    try:
+        return fn(*args, **kwargs), None
+    except SOLVE_ERRORS as err:
+        return None, err
+
+
+def progress(iterable: Iterable[Any], *, total: int | None = None, desc: str | None = None) -> tqdm:
+    """Wrap a loop of a widget callback or a notebook cell in a tqdm bar shown once it runs past ~2 s.
+
+    In a notebook this is a widget bar (``tqdm.auto``); inside a :class:`LiveFigure` callback it appears under
+    the controls and is cleared when the callback returns. Loops shorter than :data:`PROGRESS_DELAY_S` show
+    nothing.
+
+    Parameters
+    ----------
+    iterable : iterable
+    total : int, optional
+        Number of items, when ``len(iterable)`` is not defined.
+    desc : str, optional
+        Label in front of the bar.
+
+    Returns
+    -------
+    tqdm.auto.tqdm
+        Iterate over it as over ``iterable``.
+    """
+    return tqdm(iterable, total=total, desc=desc, delay=PROGRESS_DELAY_S, leave=False)
+
+
+def _in_kernel() -> bool:
+    """True inside a Jupyter kernel, where widget outputs are shown."""
+    from IPython import get_ipython
+
+    return getattr(get_ipython(), "kernel", None) is not None
+
+
 def _alert(kind: str, message: str) -> str:
     color = {"warning": "#8a6d00", "error": "#a40000"}[kind]
     return (f'<div class="deqkit-{kind}" style="color:{color};border-left:3px solid {color};padding-left:6px">'
             f"<b>{html.escape(kind)}:</b> {html.escape(message)}</div>")
 
 
-class LiveFigure(widgets.VBox):
+class StaticFallback:
+    """Mixin for an ipywidgets widget: beside the live view, a static picture of it for front ends without widgets.
+
+    JupyterLab renders the widget view and ignores the rest of the bundle. A static page (the documentation site,
+    a notebook viewer, a notebook reopened without its kernel) cannot run widgets and shows what
+    :meth:`static_bundle` returns instead of the widget's ``repr`` text. Put it first among the base classes:
+    ``class MyWidget(StaticFallback, widgets.VBox)``.
+    """
+
+    def static_bundle(self) -> dict[str, str]:
+        """Return mimetype -> data of the widget as it looks now (e.g. ``text/html``); empty for none."""
+        raise NotImplementedError
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is not None:
+            bundle.update(self.static_bundle())
+        return bundle
+
+
+class LiveFigure(StaticFallback, widgets.VBox):
     """Controls, a plot and a readout; the plot is ``fn(**values)`` and is redrawn whenever a value changes.
 
     Parameters
@@ -107,13 +259,18 @@ class LiveFigure(widgets.VBox):
     Attributes
     ----------
     image : ipywidgets.Image
-        The last rendered plot (kept when a render fails).
+        The plot of the current values, or the "no plot: <error>" image of :func:`error_figure` when the last
+        render raised.
     readout : ipywidgets.HTML
-        The panel's text, then any deqkit error and any warning the last render raised.
+        The panel's text, then any error and any warning the last render raised.
+    status : ipywidgets.HTML
+        The busy indicator: "computing …" while the callback runs, empty otherwise.
+    progress_area : ipywidgets.Output
+        Where the callback's :func:`progress` bars appear while it runs.
     renders : int
         Number of renders so far (the first one runs in the constructor).
     last_error : Exception or None
-        The :class:`~deqkit.DivergenceError` or :class:`~deqkit.ConvergenceError` of the last render, if any.
+        The exception the last render raised, if any.
     """
 
     def __init__(self, fn: Callable[..., Panel], controls: dict[str, widgets.ValueWidget], *,
@@ -121,6 +278,8 @@ class LiveFigure(widgets.VBox):
         self.fn, self.controls, self.dpi = fn, controls, dpi
         self.image = widgets.Image(format="png")
         self.readout = widgets.HTML()
+        self.status = widgets.HTML()
+        self.progress_area = widgets.Output()
         self.renders = 0
         self.last_error: Exception | None = None
         if primary is not None:  # the browser test moves this control and watches this image
@@ -128,8 +287,8 @@ class LiveFigure(widgets.VBox):
             self.image.add_class(BROWSER_PLOT_CLASS)
         for control in controls.values():
             control.observe(self.update, names="value")
-        box = widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap"))
-        super().__init__([box, self.image, self.readout])
+        box = widgets.HBox(list(controls.values()) + [self.status], layout=widgets.Layout(flex_flow="row wrap"))
+        super().__init__([box, self.progress_area, self.image, self.readout])
         self.update()
 
     @property
@@ -137,34 +296,80 @@ class LiveFigure(widgets.VBox):
         """The controls' current values, by keyword name."""
         return {name: c.value for name, c in self.controls.items()}
 
-    def update(self, change: Any = None) -> None:
-        """Recompute and redraw; deqkit warnings and errors are shown to the learner, not swallowed.
+    @property
+    def busy(self) -> bool:
+        """True while the callback runs."""
+        return BUSY_CLASS in self._dom_classes
 
-        A :class:`~deqkit.DivergenceError` or :class:`~deqkit.ConvergenceError` keeps the previous image and is
-        shown in the readout (and kept in ``last_error``); every warning is shown there too. Any other
-        exception propagates.
+    def update(self, change: Any = None) -> None:
+        """Recompute and redraw; errors and warnings are shown to the learner, not swallowed.
+
+        While the callback runs, :attr:`status` says so and its :func:`progress` bars show in
+        :attr:`progress_area`. When it raises, the image becomes the "no plot: <error>" figure, the error is
+        shown in the readout and kept in :attr:`last_error` (:func:`sweep` re-raises any that is not a solve
+        error). Every warning is shown too.
 
         Parameters
         ----------
         change : object, optional
             The ``traitlets`` change notification when called by an observer; unused.
         """
-        notes = []
-        self.last_error = None
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                panel = self.fn(**self.values)
-            except (DivergenceError, ConvergenceError) as err:
-                self.last_error = err
-                panel = None
-                notes.append(_alert("error", f"{type(err).__name__}: {err}"))
-        notes += [_alert("warning", f"{w.category.__name__}: {w.message}") for w in caught]
-        if panel is not None:
+        self._set_busy(True)
+        try:
+            panel, self.last_error, caught = self._call()
+        finally:
+            self._set_busy(False)
+        notes = [_alert("warning", f"{w.category.__name__}: {w.message}") for w in caught]
+        if panel is None:
+            err = self.last_error
+            self.image.value = render_png(error_figure(err), self.dpi)
+            notes.insert(0, _alert("error", f"{type(err).__name__}: {err}"))
+        else:
             self.image.value = render_png(panel.figure, self.dpi)
             notes.insert(0, panel.text)
         self.readout.value = "".join(notes)
         self.renders += 1
+
+    def _call(self) -> tuple[Panel | None, Exception | None, list[warnings.WarningMessage]]:
+        """Run the callback inside the progress area, recording its warnings and catching its error."""
+        with warnings.catch_warnings(record=True) as caught, self.progress_area:
+            warnings.simplefilter("always")
+            try:
+                return self.fn(**self.values), None, caught
+            except Exception as err:  # shown as the plot, never a stale image; sweep re-raises bugs
+                return None, err, caught
+            finally:
+                if _in_kernel():  # outside a kernel there is nothing to clear (and IPython would print escapes)
+                    self.progress_area.clear_output()
+
+    def _set_busy(self, busy: bool) -> None:
+        for w in (self, self.status):
+            (w.add_class if busy else w.remove_class)(BUSY_CLASS)
+        self.status.value = '<span title="the plot is being recomputed">⏳ computing …</span>' if busy else ""
+
+    def static_bundle(self) -> dict[str, str]:
+        """The current plot, its readout and the controls' values, as ``text/html`` and ``image/png``."""
+        if not self.image.value:
+            return {}
+        png = base64.b64encode(bytes(self.image.value)).decode()
+        values = ", ".join(f"{html.escape(str(c.description or name))} = {html.escape(_shown(c.value))}"
+                           for name, c in self.controls.items())
+        return {
+            "text/html": f'<div class="deqkit-static"><img src="data:image/png;base64,{png}" alt="plot at {values}"/>'
+                         f"<div>{self.readout.value}</div>"
+                         f"<p><em>Static view at {values}: run the notebook to move the controls.</em></p></div>",
+            "image/png": png,
+        }
+
+
+
+def _shown(value: Any) -> str:
+    """A control's value as a reader would write it (floats to 4 significant digits)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_shown(v) for v in value) + ")"
+    return str(value)
 
 
 def control_values(control: widgets.ValueWidget, points: int = 5) -> list[Any]:
@@ -225,7 +430,8 @@ def sweep(app: LiveFigure, points: int = 5, names: Iterable[str] | None = None) 
     AssertionError
         When moving a control never changes the image.
     Exception
-        Whatever the callback raises other than deqkit's convergence and divergence errors.
+        Whatever the callback raises other than deqkit's convergence and divergence errors (those are a
+        result the learner should see; anything else is a bug).
     """
     seen: dict[str, int] = {}
     for name in names or list(app.controls):
@@ -234,6 +440,8 @@ def sweep(app: LiveFigure, points: int = 5, names: Iterable[str] | None = None) 
         images = set()
         for value in control_values(control, points):
             control.value = value
+            if app.last_error is not None and not isinstance(app.last_error, SOLVE_ERRORS):
+                raise app.last_error
             images.add(bytes(app.image.value))
         control.value = start
         seen[name] = len(images)

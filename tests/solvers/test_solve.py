@@ -205,3 +205,35 @@ def test_stats_report(tanh_problem):
     assert stats.history[0] >= stats.history[-1] and len(stats.trajectory) == len(stats.history)
     assert len(stats.times) == len(stats.history) and stats.times[0] == 0.0
     assert stats.wall_time > 0 and "converged" in str(stats)
+
+
+def test_broyden_restarts_when_its_memory_is_full_instead_of_diverging():
+    # The linear backward problem u = g + u W at ‖W‖₂ near 1 needs more than m = 20 secant updates; dropping the
+    # oldest update (as deqkit once did) made the estimate inconsistent and the iteration blew up to NaN.
+    from deqkit.problems import tanh_weight
+
+    gen = torch.Generator().manual_seed(0)
+    w = tanh_weight(128, 0.98, "symmetric", generator=gen)
+    g = torch.randn(4, 128, generator=gen, dtype=torch.float64)
+    z, stats = deqkit.solve(lambda u: g + u @ w, torch.zeros_like(g), solver="broyden", abstol=1e-8, reltol=0,
+                            max_steps=400)
+    assert stats.all_converged and stats.steps > 2 * 20  # past at least two restarts
+    assert torch.allclose(z, torch.linalg.solve(torch.eye(128, dtype=torch.float64) - w.T, g.T).T, atol=1e-6)
+
+
+def test_labels_name_the_options_that_differ_from_the_defaults():
+    assert deqkit.Anderson().label == "anderson" and deqkit.Picard(damping=0.5).label == "picard(damping=0.5)"
+    assert deqkit.Broyden(m=300).label == "broyden(m=300)" and repr(deqkit.Broyden(m=300)) == "Broyden(m=300)"
+    assert deqkit.GMRES().label == "gmres(20)" and deqkit.GMRES(restart=None).label == "gmres(full)"
+
+
+def test_full_gmres_converges_where_restarted_gmres_may_not():
+    from deqkit.problems import tanh_weight
+    from deqkit.solvers import run
+
+    gen = torch.Generator().manual_seed(1)
+    w = tanh_weight(48, 1.2, "symmetric", generator=gen)  # ρ > 1: plain iteration diverges
+    g = torch.randn(3, 48, generator=gen, dtype=torch.float64)
+    sol = run(deqkit.GMRES(restart=None), lambda u: g + u @ w, torch.zeros_like(g), abstol=1e-10, reltol=0,
+              max_steps=200)
+    assert sol.stats.all_converged and sol.stats.nfe <= 48 + 3

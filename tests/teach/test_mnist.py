@@ -18,19 +18,21 @@ from deqkit.teach.mnist import (
     SOLVERS,
     WHICH,
     StepLog,
+    check_cap,
     class_panel,
     digit_effort,
     digit_panel,
     effort_panel,
     gallery_panel,
     logit_diagnostics,
+    nonconverged_counts,
     notebook_data,
+    ranked,
     stall_panel,
-    static,
     tanh_logit_floor,
     training_panel,
 )
-from deqkit.teach.widgets import LiveFigure, Panel, sweep
+from deqkit.teach.widgets import LiveFigure, Panel, static, sweep
 from deqkit.train import TrainConfig, train
 
 
@@ -108,12 +110,11 @@ def test_digit_effort_equals_solving_each_digit_alone(models, digits, solver):
     model = models[1]
     x = digits.tensors[0][:12]
     effort = digit_effort(model, x, solver, 1e-4)
-    method, options = SOLVERS[solver]
     for i in range(12):
         xi = model.features(x[i:i + 1])
         with torch.no_grad():
-            _, stats = deqkit.solve(lambda z, xi=xi: model.deq.f(z, xi), model.deq.initial_state(xi), method=method,
-                                    abstol=1e-4, reltol=1e-4, max_steps=300, **options)
+            _, stats = deqkit.solve(lambda z, xi=xi: model.deq.f(z, xi), model.deq.initial_state(xi),
+                                    solver=SOLVERS[solver], abstol=1e-4, reltol=1e-4, max_steps=300)
         assert int(effort.nfe[i]) == stats.nfe, i
     assert bool(effort.converged.all()) and int(effort.nfe.max()) == effort.total_nfe
 
@@ -127,7 +128,7 @@ def test_digit_effort_for_the_ode_shares_steps_over_the_batch(models, digits):
 
 
 def test_digit_effort_flags_digits_that_never_converge(models, digits):
-    effort = digit_effort(models[0], digits.tensors[0][:8], "picard (plain iteration)", 1e-12, max_steps=3)
+    effort = digit_effort(models[0], digits.tensors[0][:8], "picard", 1e-12, max_steps=3)
     assert not bool(effort.converged.any()) and bool((effort.nfe == effort.total_nfe).all())
 
 
@@ -146,15 +147,15 @@ def test_digit_panel_shows_the_solve(models, digits):
 
 def test_digit_panel_lets_a_failing_solver_warn(models, digits):
     with pytest.warns(deqkit.ConvergenceWarning):
-        panel = digit_panel(models[0], digits, index=0, solver="picard (plain iteration)", tol=1e-30)
+        panel = digit_panel(models[0], digits, index=0, solver="picard", tol=1e-30)
     assert "did NOT converge" in panel.text
 
 
 def test_gallery_orders_and_filters(models, digits):
     model = models[0]
-    nfe_of = re.compile(r"#(\d+): (\d)→(\d), (\d+) NFE")
+    nfe_of = re.compile(r"#(\d+): (\d)→(\d)\n(\d+) NFE")
     parsed = {}
-    for which in WHICH:
+    for which in WHICH[:3]:
         titles = [nfe_of.match(t) for t in _titles(gallery_panel(model, digits, which, "anderson", count=12))]
         parsed[which] = [(int(m[1]), int(m[2]), int(m[3]), int(m[4])) for m in titles if m]
     most, least = [p[3] for p in parsed["most effortful"]], [p[3] for p in parsed["least effortful"]]
@@ -163,6 +164,51 @@ def test_gallery_orders_and_filters(models, digits):
     assert parsed["misclassified"] and all(label != pred for _, label, pred, _ in parsed["misclassified"])
     effort = digit_effort(model, digits.tensors[0], "anderson", 1e-2)
     assert max(most) == int(effort.nfe.max()) and min(least) == int(effort.nfe.min())
+    panel = gallery_panel(model, digits, "not converged", "anderson")
+    assert "showing 0 of the 0 not converged" in panel.text
+
+
+@pytest.mark.parametrize("solver", list(SOLVERS))
+def test_ranked_breaks_nfe_ties_by_the_residual_before(models, digits, solver):
+    labels = digits.tensors[1]
+    effort = digit_effort(models[1], digits.tensors[0], solver, 1e-3)
+    keys = [(int(effort.nfe[i]), float(effort.residual_before[i])) for i in range(len(labels))]
+    most = ranked(effort, "most effortful", labels)
+    assert sorted(most) == list(range(len(labels)))
+    assert [keys[i] for i in most] == sorted(keys, reverse=True)
+    assert [keys[i] for i in ranked(effort, "least effortful", labels)] == sorted(keys)
+    # the residual one step before meeting the tolerance is above it (else the digit would have met it then)
+    before = effort.residual_before[effort.nfe > int(effort.nfe.min())]
+    assert bool((before > 1e-3 * 0.999).all()) or solver.startswith("dynamic_ss")
+    if solver.startswith("dynamic_ss"):  # the batch shares its steps: few NFE values, ties broken by the residual
+        assert len(torch.unique(effort.nfe)) < len(labels) / 4
+        assert most != sorted(most), "ties must not fall back to index order"
+    wrong = ranked(effort, "misclassified", labels)
+    assert set(wrong) == set(torch.nonzero(effort.predicted != labels).flatten().tolist())
+    assert ranked(effort, "not converged", labels) == []
+    with pytest.raises(ValueError, match="which must be one of"):
+        ranked(effort, "hardest", labels)
+
+
+def test_nonconverged_counts(models, digits):
+    counts = nonconverged_counts(models[1], digits, (1e-2, 1e-12), ("anderson", "picard"),
+                                 max_steps=3)
+    assert counts["picard"] == [
+        int((~digit_effort(models[1], digits.tensors[0], "picard", t, max_steps=3).converged).sum())
+        for t in (1e-2, 1e-12)]
+    assert counts["picard"][1] == len(digits)  # 1e-12 in three steps: none
+    titles = _titles(gallery_panel(models[1], digits, "not converged", "picard", 1e-12, max_steps=3))
+    assert titles and all(t.endswith("not conv.") for t in titles[1:])
+
+
+def test_exercise_check_cap():
+    p = math.e**2 / (math.e**2 + 9 * math.e**-2)
+    assert check_cap(p, -math.log(p)) is None
+    assert abs(-math.log(p) - tanh_logit_floor(10, 2.0)) < 1e-12
+    assert "[−1, 1]" in check_cap(math.exp(-tanh_logit_floor()), tanh_logit_floor())
+    assert "not the softmax" in check_cap(math.e**2 / (math.e**2 + 9 * math.e**-1), 0.3)
+    assert "−log p_max" in check_cap(p, 0.5)
+    assert "numbers" in check_cap("high", 0.5)
 
 
 def test_effort_panel_text_matches_the_measurement(models, digits):
@@ -174,12 +220,12 @@ def test_effort_panel_text_matches_the_measurement(models, digits):
 
 
 def test_digits_that_never_converge_are_not_reported_as_converged(models, digits):
-    effort = digit_effort(models[1], digits.tensors[0], "picard (plain iteration)", 1e-6, max_steps=2)
+    effort = digit_effort(models[1], digits.tensors[0], "picard", 1e-6, max_steps=2)
     assert not effort.converged.any()
-    panel = effort_panel(models[1], digits, "picard (plain iteration)", 1e-6, max_steps=2)
+    panel = effort_panel(models[1], digits, "picard", 1e-6, max_steps=2)
     assert f"Not converged within the step limit: {len(digits)} (hatched" in panel.text
     assert "NFE per converged digit: mean n/a" in panel.text
-    titles = _titles(gallery_panel(models[1], digits, "most effortful", "picard (plain iteration)", 1e-6, max_steps=2))
+    titles = _titles(gallery_panel(models[1], digits, "most effortful", "picard", 1e-6, max_steps=2))
     assert titles and all(t.endswith("not conv.") for t in titles if t)
 
 
