@@ -140,7 +140,7 @@ def test_cli_trains_the_regularized_layernorm_model_on_mnist(tmp_path, capsys):
     root = mnist_dir()
     out = tmp_path / "run"
     code = main(["mnist", "--model", "mlp-ln", "--deq", "weight_norm=spectral", "--deq", "width=32", "--deq",
-                 "solver=anderson", "--deq", "max_nfe=None", "--jac-reg", "1",
+                 "solver=anderson", "--deq", "max_nfe=None", "--deq", "max_steps=1000", "--jac-reg", "1",
                  "--data", root, "--subset", "256", "--batch-size", "64", "--epochs", "1", "--lr", "1e-3",
                  "--eval-batch-size", "500", "--threads", "1", "--out", str(out), "--no-progress"])
     assert code == 0, capsys.readouterr().err
