@@ -161,7 +161,7 @@ class Implicit(Gradient):
         layer's ``max_nfe`` in training (:data:`deqkit.layer.TRAIN_NFE` unless set) or ``eval_max_nfe`` in
         ``eval()`` mode; no budget beyond ``max_steps`` where that is None: the backward may cost what the
         forward may. Measured on the LayerNorm MLP-DEQ
-        of :func:`deqkit.models.mlp_deq` (batch 128, docs/results.md, "peer_training"): 20 GMRES products give
+        of :func:`deqkit.models.mlp_deq` (batch 128; docs/results.md, section 10): 20 GMRES products give
         parameter gradients with cosine similarity ≥ 0.9997 to the converged ones at initialisation and
         ≥ 0.99999 after 10 training steps, while without a budget the first steps took up to 211 products.
     **options

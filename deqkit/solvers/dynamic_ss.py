@@ -118,7 +118,7 @@ class DynamicSS(Solver):
         flow, so the switch waits until the flow has left it and is settling towards a stable one. The default
         0.7 lets a sample that simply contracts switch after the first step: along ``dz/dt = f(z) − z`` near a
         contraction the residual falls like ``e^(−t)``, to 0.61 after the first step (``t = 0.5``); 0.5 needed a
-        second step (6 more evaluations with Tsit5). Measured (docs/results.md, "peer_training"): 4–6 fewer
+        second step (6 more evaluations with Tsit5). Measured (docs/results.md, section 10): 4–6 fewer
         evaluations on every case of the forward benchmark (e.g. 22 → 17, 36 → 31), and on the LayerNorm
         MLP-DEQ during training 28–29 evaluations to converge every sample instead of 32.
     polish_guard : float
