@@ -22,7 +22,7 @@ EAGER = ("deqkit: a DEQ runs its solve eagerly: the solver loop stops on data-de
 
 #: Default forward budget per call in training mode (evaluations of f; the implicit backward gets the same number of
 #: vector–Jacobian products). Measured on the LayerNorm MLP-DEQ of ``deqkit.models.mlp_deq`` (docs/results.md,
-#: "peer_training": one MNIST epoch, batch 128, against TorchDEQ's 30 Anderson iterations): the default
+#: section 10: one MNIST epoch, batch 128, against TorchDEQ's 30 Anderson iterations): the default
 #: ``dynamic_ss`` forward needs 28–29 evaluations to converge every sample once training is under way, so with 30
 #: it converges all but 1.2 % of the training samples (731 of 60,000 over the epoch) and trains as accurately as
 #: with 40 (95.29 % against 95.02 %) in 0.99–1.04× TorchDEQ's wall time, where 40 took 1.09× (and 20: 0.86×,
