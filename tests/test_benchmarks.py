@@ -1,16 +1,18 @@
 """Smoke tests: every benchmark runs on a tiny case, prints its markdown table and writes its plot."""
 
+import json
+
 import pytest
 import torch
 
 from benchmarks import __main__ as dispatcher
-from benchmarks import forward, ode_baseline, training_step
+from benchmarks import forward, jacobian_reg, ode_baseline, peer_training, training_step
 
 
 def test_dispatcher_lists_and_refuses(capsys):
     assert dispatcher.main([]) == 0
     out = capsys.readouterr().out
-    for name in ("forward", "ode_baseline", "training_step", "seed_regression"):
+    for name in ("forward", "ode_baseline", "training_step", "seed_regression", "peer_training", "jacobian_reg"):
         assert name in out
     assert dispatcher.main(["nope"]) == 2
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
@@ -85,3 +87,98 @@ def test_training_step_tiny(tmp_path, capsys):
 def test_seed_regression_through_the_dispatcher(capsys):
     assert dispatcher.main(["seed_regression", "--epochs", "1"]) == 0
     assert "| deqkit defaults" in capsys.readouterr().out
+
+
+def _mnist_or_skip():
+    import os
+    import pathlib
+
+    folder = os.environ.get("DEQKIT_MNIST_DIR")
+    if not folder or not (pathlib.Path(folder) / "t10k-labels-idx1-ubyte.gz").is_file():
+        pytest.skip("set DEQKIT_MNIST_DIR to a folder holding the four MNIST .gz files to run this benchmark")
+
+
+def test_peer_training_fast_deqkit_runs(tmp_path, capsys, monkeypatch):
+    """deqkit's runs in --fast mode, also where TorchDEQ is installed (its rows are tested below)."""
+    _mnist_or_skip()
+    monkeypatch.setattr(peer_training, "torchdeq_available", lambda: False)
+    png = tmp_path / "peer.png"
+    results = peer_training.main(["--fast", "--blocks", "mlp-ln", "--plot", str(png)])
+    out = capsys.readouterr().out
+    assert "TorchDEQ is not installed" in out and "ratios against deqkit anderson + implicit" in out
+    assert "### LayerNorm block (mlp-ln): 8 training steps (--fast)" in out and png.stat().st_size > 0
+    by = results[0].by_name()
+    assert set(by) == set(peer_training.DEQKIT_RUNS)
+    for t in by.values():
+        assert len(t.seconds) == 8 and all(s > 0 for s in t.seconds) and 0 <= t.test_acc <= 100
+        assert min(t.forward_calls) >= 2 and t.test_calls > 0
+    # the budgets hold: the solver's evaluations plus the re-attached one (and 4 more phantom steps)
+    budget = by["deqkit defaults"].model.deq.max_nfe
+    assert max(by["deqkit defaults"].forward_calls) <= budget + 1
+    assert max(by["deqkit phantom"].forward_calls) <= budget + 5
+    assert min(by["deqkit defaults"].products) > 0 and max(by["deqkit phantom"].products) == 0
+
+
+def test_peer_training_runs_start_from_the_same_weights():
+    from deqkit.models import mnist_model
+
+    reference = mnist_model("mlp-ln", seed=3)
+    names = [n for n in peer_training.RUNS if forward.torchdeq_available() or n in peer_training.DEQKIT_RUNS]
+    for name in names:
+        model = peer_training.build(name, "mlp-ln", reference).model
+        parts = ((model.encoder, reference.encoder), (model.head, reference.head),
+                 (getattr(model, "block", None) or model.deq.f, reference.deq.f))
+        for mine, theirs in parts:
+            a, b = mine.state_dict(), theirs.state_dict()
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+            assert all(p.data_ptr() != q.data_ptr() for p, q in zip(mine.parameters(), theirs.parameters()))
+
+
+def test_peer_training_fast_against_torchdeq(capsys):
+    pytest.importorskip("torchdeq", reason="TorchDEQ is an optional benchmark-only dependency "
+                                           "(pip install torchdeq==0.1.0)")
+    _mnist_or_skip()
+    results = peer_training.main(["--fast", "--blocks", "mlp", "--runs", "TorchDEQ anderson + phantom",
+                                  "deqkit defaults", "--plot", ""])
+    out = capsys.readouterr().out
+    assert "Ratios against **TorchDEQ anderson + IFT**" in out
+    by = results[0].by_name()
+    assert list(by) == [peer_training.BASELINE, "TorchDEQ anderson + phantom", "deqkit defaults"]
+    ift, phantom = by[peer_training.BASELINE], by["TorchDEQ anderson + phantom"]
+    # TorchDEQ's Anderson evaluates f at most 30 times, plus once for IFT's own step or 5 times for phantom;
+    # its IFT backward re-evaluates f once and takes at most 30 products
+    assert max(ift.forward_calls) <= 31 and ift.backward_calls == [1] * 8 and 0 < max(ift.products) <= 30
+    assert max(phantom.forward_calls) <= 35 and max(phantom.products) == 0
+
+
+def test_peer_training_refuses_unknown_runs(capsys):
+    with pytest.raises(SystemExit):
+        peer_training.main(["--runs", "deqkit magic"])
+    assert "unknown run(s) 'deqkit magic'" in capsys.readouterr().err
+
+
+def test_jacobian_reg_fast_trains_saves_and_merges(tmp_path, capsys):
+    _mnist_or_skip()
+    out, png = tmp_path / "runs.json", tmp_path / "jr.png"
+    doc = jacobian_reg.main(["--fast", "--out", str(out), "--plot", str(png)])
+    text = capsys.readouterr().out
+    assert [r["name"] for r in doc["runs"]] == ["LayerNorm, γ = 0", "LayerNorm, γ = 1"]
+    assert "| LayerNorm, γ = 1 |" in text and "γ runs with ≤ 0.7×" in text and png.stat().st_size > 0
+    saved = json.loads(out.read_text())
+    assert saved["runs"] == doc["runs"] and saved["settings"]["epochs"] == 1
+    # two files trained apart merge into one, in the order of deqkit.teach.stable.RUNS
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(saved | {"runs": saved["runs"][1:]}))
+    second.write_text(json.dumps(saved | {"runs": saved["runs"][:1]}))
+    merged = jacobian_reg.main(["--from", str(first), str(second), "--out", "", "--plot", ""])
+    assert [r["name"] for r in merged["runs"]] == ["LayerNorm, γ = 0", "LayerNorm, γ = 1"]
+    other = tmp_path / "c.json"
+    other.write_text(json.dumps(saved | {"settings": saved["settings"] | {"epochs": 3}}))
+    with pytest.raises(SystemExit, match="different settings"):
+        jacobian_reg.main(["--from", str(first), str(other), "--out", "", "--plot", ""])
+
+
+def test_jacobian_reg_refuses_unknown_runs(capsys):
+    with pytest.raises(SystemExit):
+        jacobian_reg.main(["--only", "γ = 42"])
+    assert "unknown run(s)" in capsys.readouterr().err

@@ -15,6 +15,11 @@ class _History:
     g: torch.Tensor
     dg: list[torch.Tensor] = field(default_factory=list)  # ΔG: differences of residuals
     dm: list[torch.Tensor] = field(default_factory=list)  # ΔZ + β ΔG: what the step mixes (ΔF when β = 1)
+    # Without autograd the columns live in two preallocated (batch, m, dim) ring buffers instead: stacking the
+    # lists allocates two fresh batch × m × dim tensors per step, which on CPU cost more than the rest of the
+    # update (measured: 0.3 ms of 0.6 ms per step at batch 128, dim 128, m = 5).
+    ring: tuple[torch.Tensor, torch.Tensor] | None = None
+    count: int = 0  # columns written so far (the ring holds the last min(count, m))
 
 
 class Anderson(IterativeSolver):
@@ -48,15 +53,32 @@ class Anderson(IterativeSolver):
         plain = fz if self.beta == 1 else z + self.beta * g
         if h is None:
             return plain, _History(z, g)
-        # The history is kept as lists stacked once per step, not written in place into preallocated buffers:
-        # the unrolled backward mode backpropagates through this update, and autograd needs every tensor it
-        # saved unchanged.
         dg = g - h.g
-        h.dg.append(dg)
-        h.dm.append((z - h.z) + self.beta * dg)  # the step's (ΔZ + β ΔG), formed once per new column
-        del h.dg[: -self.m], h.dm[: -self.m]
+        dm = (z - h.z) + self.beta * dg  # the step's (ΔZ + β ΔG), formed once per new column
         h.z, h.g = z, g
-        dgs, dms = torch.stack(h.dg, 1), torch.stack(h.dm, 1)  # (batch, k, dim)
+        dgs, dms = self._columns(h, dg, dm)  # (batch, k, dim)
+        return self._mix(plain, g, dgs, dms), h
+
+    def _columns(self, h: _History, dg: torch.Tensor, dm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last ``m`` columns ΔG and ΔZ + βΔG as ``(batch, k, dim)`` tensors (the order does not matter: the
+        least-squares step is the same for any order of the columns)."""
+        if torch.is_grad_enabled() and (dg.requires_grad or dm.requires_grad):
+            # the unrolled backward mode backpropagates through this update, and autograd needs every tensor it
+            # saved unchanged: keep the columns as lists, stacked once per step
+            h.dg.append(dg)
+            h.dm.append(dm)
+            del h.dg[: -self.m], h.dm[: -self.m]
+            return torch.stack(h.dg, 1), torch.stack(h.dm, 1)
+        if h.ring is None:
+            h.ring = (dg.new_empty(dg.shape[0], self.m, dg.shape[1]), dm.new_empty(dm.shape[0], self.m, dm.shape[1]))
+        slot, h.count = h.count % self.m, h.count + 1
+        h.ring[0][:, slot] = dg
+        h.ring[1][:, slot] = dm
+        k = min(h.count, self.m)
+        return h.ring[0][:, :k], h.ring[1][:, :k]
+
+    def _mix(self, plain: torch.Tensor, g: torch.Tensor, dgs: torch.Tensor, dms: torch.Tensor) -> torch.Tensor:
+        """``plain − (ΔZ + βΔG) γ`` with ``γ = argmin ‖g − ΔG γ‖² + λ‖γ‖²`` per sample."""
         dgs_t = dgs.transpose(1, 2)
         # Products written as (batch, 1 or k, dim) @ (batch, dim, k): on CPU a (k, dim) @ (dim, 1) bmm is
         # several times slower than the same product in this orientation.
@@ -72,5 +94,4 @@ class Anderson(IterativeSolver):
         # a singular system or a non-finite γ: γ = 0 for that sample, which is the plain damped step
         ok = (info == 0) & torch.isfinite(gamma).all(1).squeeze(-1)
         gamma_t = torch.where(ok[:, None, None], gamma, 0).transpose(1, 2).to(dgs.dtype)  # (batch, 1, k)
-        step = torch.baddbmm(plain.unsqueeze(1), gamma_t, dms, alpha=-1).squeeze(1)  # plain − (ΔZ + βΔG) γ
-        return step, h
+        return torch.baddbmm(plain.unsqueeze(1), gamma_t, dms, alpha=-1).squeeze(1)  # plain − (ΔZ + βΔG) γ

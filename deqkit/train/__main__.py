@@ -1,4 +1,4 @@
-"""Command line: ``python -m deqkit.train mnist --model seed|seed-linear|wide|conv [options]``.
+"""Command line: ``python -m deqkit.train mnist --model seed|seed-linear|wide|conv|mlp|mlp-ln [options]``.
 
 Examples
 --------
@@ -7,6 +7,10 @@ The seed blog's run (batch 8, 10 epochs), then the fixed model, then resuming an
     python -m deqkit.train mnist --model seed --batch-size 8 --epochs 10
     python -m deqkit.train mnist --model seed-linear --epochs 10 --out runs/linear
     python -m deqkit.train mnist --model seed-linear --epochs 10 --out runs/linear --resume
+
+The LayerNorm MLP-DEQ with spectral normalization of W and Jacobian regularization (γ = 1)::
+
+    python -m deqkit.train mnist --model mlp-ln --deq weight_norm=spectral --jac-reg 1 --lr 1e-3
 
 The same with TensorBoard logs (``pip install "deqkit[tensorboard]"``), then viewed::
 
@@ -86,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p.add_argument("--model", choices=sorted(MNIST_MODELS), default=d.model,
                    help="seed: the blog's network exactly; seed-linear: with linear logits; wide: 128-d MLP-DEQ; "
-                        "conv: convolutional DEQ (default: %(default)s)")
+                        "conv: convolutional DEQ; mlp, mlp-ln: the MLP-DEQ tanh(Wz + x), without or with LayerNorm "
+                        "(default: %(default)s)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="samples per step over all processes (the blog used 8; default: %(default)s)")
@@ -99,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MNIST folder (default: $DEQKIT_MNIST_DIR, else ~/.cache/deqkit/mnist, downloaded once)")
     p.add_argument("--deq", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="model/DEQ option, repeatable: e.g. --deq solver=anderson --deq max_steps=30 "
-                        "--deq polish=None")
+                        "--deq polish=None --deq weight_norm=spectral (mlp, mlp-ln, conv)")
+    p.add_argument("--jac-reg", type=float, default=d.jac_reg, metavar="GAMMA",
+                   help="add GAMMA * deqkit.jacobian_penalty(model) to the loss (Jacobian regularization: keeps the "
+                        "equilibrium cheap to solve; logged as jac_penalty; default: %(default)s, none)")
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="default: %(default)s")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="run folder for checkpoint.pt, metrics.csv, metrics.json "
@@ -185,7 +193,7 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
                              subset=args.subset, data_dir=args.data, model_options=options,
-                             eval_batch_size=args.eval_batch_size)
+                             eval_batch_size=args.eval_batch_size, jac_reg=args.jac_reg)
         model = mnist_model(config.model, seed=config.seed, **options)
     except (ValueError, TypeError) as err:
         parser.error(str(err))

@@ -24,6 +24,8 @@ class StepLog:
         Forward and backward evaluations per step.
     unconverged : int
         Non-converged solves over all steps.
+    jac_penalty : list of float or None
+        The Jacobian penalty per step (None in runs without ``jac_reg``).
     """
 
     loss: list[float] = field(default_factory=list)
@@ -31,6 +33,7 @@ class StepLog:
     fwd_nfe: list[int] = field(default_factory=list)
     bwd_nfe: list[int] = field(default_factory=list)
     unconverged: int = 0
+    jac_penalty: list[float | None] = field(default_factory=list)
 
     def __call__(self, info: dict[str, Any]) -> None:
         """Record one step from the dict :func:`deqkit.train.train` passes its ``callback``."""
@@ -39,6 +42,7 @@ class StepLog:
         self.fwd_nfe.append(info["fwd_nfe"])
         self.bwd_nfe.append(info["bwd_nfe"])
         self.unconverged += info["unconverged"]
+        self.jac_penalty.append(info.get("jac_penalty"))
 
 
 def check_tensorboard() -> type:
@@ -86,7 +90,7 @@ class TensorBoardLog:
         If the ``tensorboard`` package is missing (see :func:`check_tensorboard`).
     """
 
-    STEP_KEYS = ("loss", "acc", "fwd_nfe", "bwd_nfe", "unconverged", "lr")
+    STEP_KEYS = ("loss", "acc", "fwd_nfe", "bwd_nfe", "unconverged", "lr", "jac_penalty")
     EPOCH_KEYS = tuple(f for f in METRIC_FIELDS if f != "epoch")
 
     def __init__(self, folder: str | os.PathLike, *, continue_after: int | None = None) -> None:
@@ -102,12 +106,14 @@ class TensorBoardLog:
     def __call__(self, info: dict[str, Any]) -> None:
         """Log one step from the dict :func:`deqkit.train.train` passes its ``callback``."""
         for key in self.STEP_KEYS:
-            self.writer.add_scalar(f"step/{key}", info[key], info["global_step"] + 1)
+            if info.get(key) is not None:  # jac_penalty only in runs that compute it
+                self.writer.add_scalar(f"step/{key}", info[key], info["global_step"] + 1)
 
     def epoch(self, row: dict[str, float], steps_done: int) -> None:
         """Log an epoch's row of :data:`~deqkit.train.METRIC_FIELDS` at ``steps_done`` optimiser steps."""
         for key in self.EPOCH_KEYS:
-            self.writer.add_scalar(f"epoch/{key}", row[key], steps_done)
+            if row.get(key) is not None:
+                self.writer.add_scalar(f"epoch/{key}", row[key], steps_done)
 
     def flush(self) -> None:
         """Write what is queued to the event file (:func:`~deqkit.train.train` does before each checkpoint)."""

@@ -22,6 +22,7 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, ConvergenceWarning
+from ..regularization import jacobian_penalty
 from .callbacks import TensorBoardLog, check_tensorboard
 from .checkpoint import check_writable, load_checkpoint, save_checkpoint
 from .config import SCHEDULES, TrainConfig
@@ -118,14 +119,16 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
           out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
           device: str = "auto", checkpoint_every: int = 0, progress: bool = True,
           callback: Callable[[dict[str, Any]], None] | None = None, tensorboard: bool = False) -> TrainResult:
-    """Train ``model`` with Adam and cross-entropy; evaluate, record and checkpoint after every epoch.
+    """Train ``model`` with Adam and cross-entropy (plus ``config.jac_reg`` times the Jacobian penalty of its DEQs,
+    :func:`deqkit.jacobian_penalty`, when that is not 0); evaluate, record and checkpoint after every epoch.
 
     Every step shows a ``tqdm.auto`` bar with the running loss and accuracy, the last forward and backward
     NFE and the samples whose solve did not converge so far. After each epoch: the metrics of
     :data:`METRIC_FIELDS` (train loss and accuracy, test loss and accuracy, mean and max forward NFE per step,
-    backward NFE, seconds, ...). Solves that miss their tolerance do not warn batch by batch: they are counted
-    (``fwd_unconverged``, ``bwd_unconverged``, ``test_unconverged``), shown in the bar, and summarised by one
-    :class:`~deqkit.ConvergenceWarning` per epoch in which any occurred.
+    backward NFE, seconds, the mean Jacobian penalty ``jac_penalty`` when it is computed, ...). Solves that miss
+    their tolerance do not warn batch by batch: they are counted (``fwd_unconverged``, ``bwd_unconverged``,
+    ``test_unconverged``), shown in the bar, and summarised by one :class:`~deqkit.ConvergenceWarning` per epoch
+    in which any occurred.
 
     Under ``torchrun`` (several processes) the model is wrapped in ``DistributedDataParallel`` (gloo on CPU,
     nccl on CUDA); each process takes its share of every batch and the loss is scaled so that the averaged
@@ -317,18 +320,24 @@ def _train_step(run: _Run, batch: torch.Tensor, tally: Tally) -> dict[str, float
         logits = run.net(x)
         loss_sum = F.cross_entropy(logits, y, reduction="sum")
         # DDP averages gradients over processes: scale so that the result is the whole batch's mean
+        objective = loss_sum * (ctx.world_size / len(batch))
+        # the penalty is this process's mean over its share; DDP's average makes it the mean over processes
+        penalty = jacobian_penalty(run.model) if run.config.jac_reg else None
+        if penalty is not None:
+            objective = objective + run.config.jac_reg * penalty
         run.optimizer.zero_grad(set_to_none=True)
-        (loss_sum * (ctx.world_size / len(batch))).backward()
+        objective.backward()
     run.optimizer.step()
     if run.scheduler is not None:
         run.scheduler.step()
     fnfe, bnfe, fbad, bbad = solver_counts(run.model)
     batch_loss, batch_correct = float(loss_sum.detach()), int((logits.argmax(1) == y).sum())
+    jac = None if penalty is None else float(penalty.detach())
     tally.add(loss=batch_loss, correct=batch_correct, count=len(mine), steps=1, fwd_nfe=fnfe, bwd_nfe=bnfe,
-              fwd_unconverged=fbad, bwd_unconverged=bbad, seconds=time.perf_counter() - t0)
+              fwd_unconverged=fbad, bwd_unconverged=bbad, seconds=time.perf_counter() - t0, jac_penalty=jac or 0.0)
     tally.top(fwd_nfe_max=fnfe, bwd_nfe_max=bnfe)
     return {"loss": batch_loss / len(mine), "acc": 100.0 * batch_correct / len(mine), "fwd_nfe": fnfe,
-            "bwd_nfe": bnfe, "unconverged": fbad + bbad}
+            "bwd_nfe": bnfe, "unconverged": fbad + bbad, "jac_penalty": jac}
 
 
 def _run_epoch(run: _Run, epoch: int, first: int, tally: Tally, checkpoint_every: int, show: bool,
@@ -345,10 +354,11 @@ def _run_epoch(run: _Run, epoch: int, first: int, tally: Tally, checkpoint_every
         info = _train_step(run, order[step * config.batch_size:(step + 1) * config.batch_size], tally)
         bar.update(1)
         if show:
+            extra = {} if info["jac_penalty"] is None else {"jac": f"{info['jac_penalty']:.3g}"}
             bar.set_postfix(loss=f"{tally['loss'] / tally['count']:.4f}",
                             acc=f"{100 * tally['correct'] / tally['count']:.2f}", nfe=info["fwd_nfe"],
                             bnfe=info["bwd_nfe"], unconv=int(tally["fwd_unconverged"] + tally["bwd_unconverged"]),
-                            refresh=False)
+                            **extra, refresh=False)
         for callback in callbacks:
             callback({"epoch": epoch, "step": step, "global_step": epoch * spe + step, "lr": lr} | info)
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < spe:
@@ -362,7 +372,7 @@ def _evaluate_epoch(run: _Run, epoch: int, tally: Tally, test_set: TensorDataset
     t0 = time.perf_counter()
     test = evaluate(run.model, test_set, batch_size=run.config.eval_batch_size, device=run.ctx.device, ctx=run.ctx)
     eval_seconds = time.perf_counter() - t0
-    return epoch_row(epoch, tally.reduced(run.ctx), test, eval_seconds, lr)
+    return epoch_row(epoch, tally.reduced(run.ctx), test, eval_seconds, lr, jac_reg=run.config.jac_reg)
 
 
 def _start(run: _Run, opts: _Options) -> tuple[int, int, dict[str, float] | None]:

@@ -26,13 +26,15 @@ METRIC_FIELDS = (
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
     "fwd_nfe_mean", "fwd_nfe_max", "bwd_nfe_mean", "bwd_nfe_max", "fwd_unconverged", "bwd_unconverged",
     "test_nfe_mean", "test_nfe_max", "test_unconverged", "seconds", "eval_seconds", "lr", "samples", "loadavg",
+    "jac_penalty",
 )
 
 
 class Tally:
     """Sums over one epoch's steps (this process's share); reduced over processes at the end."""
 
-    SUMS = ("loss", "correct", "count", "steps", "fwd_nfe", "bwd_nfe", "fwd_unconverged", "bwd_unconverged")
+    SUMS = ("loss", "correct", "count", "steps", "fwd_nfe", "bwd_nfe", "fwd_unconverged", "bwd_unconverged",
+            "jac_penalty")
     MAXES = ("fwd_nfe_max", "bwd_nfe_max", "seconds")
 
     def __init__(self, saved: dict[str, float] | None = None):
@@ -74,8 +76,11 @@ def solver_counts(model: nn.Module) -> tuple[int, int, int, int]:
 
 
 def epoch_row(epoch: int, tot: dict[str, float], test: dict[str, float], eval_seconds: float,
-              lr: float) -> dict[str, float]:
-    """One row of :data:`METRIC_FIELDS`: epoch ``epoch`` (from 0) from its reduced tallies and its evaluation."""
+              lr: float, jac_reg: float = 0.0) -> dict[str, float | None]:
+    """One row of :data:`METRIC_FIELDS`: epoch ``epoch`` (from 0) from its reduced tallies and its evaluation.
+
+    ``jac_penalty`` is the mean Jacobian penalty per step, None when the run does not compute it (``jac_reg`` 0).
+    """
     return {
         "epoch": epoch + 1, "train_loss": tot["loss"] / tot["count"],
         "train_acc": 100.0 * tot["correct"] / tot["count"], "test_loss": test["loss"], "test_acc": test["acc"],
@@ -85,6 +90,7 @@ def epoch_row(epoch: int, tot: dict[str, float], test: dict[str, float], eval_se
         "test_nfe_mean": test["nfe_mean"], "test_nfe_max": test["nfe_max"],
         "test_unconverged": int(test["unconverged"]), "seconds": tot["seconds"], "eval_seconds": eval_seconds,
         "lr": lr, "samples": int(tot["count"]), "loadavg": os.getloadavg()[0],
+        "jac_penalty": tot.get("jac_penalty", 0.0) / tot["steps"] if jac_reg else None,
     }
 
 
@@ -112,7 +118,9 @@ def report_epoch(row: dict[str, float], show: bool, stacklevel: int) -> None:
         tqdm.write(
             f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | test loss "
             f"{row['test_loss']:.4f} acc {row['test_acc']:.2f}% | NFE fwd {row['fwd_nfe_mean']:.1f} (max "
-            f"{row['fwd_nfe_max']:.0f}) bwd {row['bwd_nfe_mean']:.1f} | {row['seconds']:.1f} s")
+            f"{row['fwd_nfe_max']:.0f}) bwd {row['bwd_nfe_mean']:.1f}"
+            + ("" if row.get("jac_penalty") is None else f" | jac penalty {row['jac_penalty']:.4g}")
+            + f" | {row['seconds']:.1f} s")
     if row["fwd_unconverged"] + row["bwd_unconverged"] + row["test_unconverged"]:
         warnings.warn(
             f"epoch {row['epoch']}: {row['fwd_unconverged']} training samples (forward), "

@@ -60,9 +60,10 @@ def check_resumable(state: dict[str, Any], config: TrainConfig, path: pathlib.Pa
 
 def _check_settings(old: dict[str, Any], config: TrainConfig, path: pathlib.Path) -> None:
     """Refuse settings that would change the run's numbers (more epochs are allowed with a constant rate)."""
-    new = config.to_dict()
+    new, default = config.to_dict(), TrainConfig().to_dict()
     ignore = {"epochs", "data_dir"} if config.schedule == "constant" else {"data_dir"}
-    differ = [k for k in new if k not in ignore and old.get(k) != new[k]]
+    # a setting added after the checkpoint was written (e.g. jac_reg) had its default value there
+    differ = [k for k in new if k not in ignore and old.get(k, default[k]) != new[k]]
     if differ:
         pairs = ", ".join(f"{k}: checkpoint {old.get(k)!r} vs now {new[k]!r}" for k in differ)
         raise CheckpointError(f"cannot resume from {path}: the run's settings differ ({pairs}). Resume with the "
