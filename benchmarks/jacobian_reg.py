@@ -7,7 +7,7 @@ Every run: :func:`deqkit.models.mlp_deq` (``mlp-ln``, or ``mlp`` without LayerNo
 Adam 1e-3, batch 128, ``--epochs`` epochs of the 60,000 training images; ``--jac-reg γ`` adds
 ``γ · deqkit.jacobian_penalty(model)`` to the loss. After every epoch a fixed probe batch (the first 256 test
 images) measures ρ(∂f/∂z) at z* (``deqkit.spectral_radius``), ‖∂f/∂z‖²_F / d, the evaluations Anderson needs there
-without a budget, and the cosine of the run's gradient with the implicit one (:func:`deqkit.teach.stable.probe`).
+without a budget, and the cosine of the run's gradient with the implicit one (:func:`deqkit.train.jacobian_reg.probe`).
 The runs are saved as JSON (``--out``; notebook 06 reads ``docs/data/jacobian_reg.json``) and plotted.
 
     python -m benchmarks jacobian_reg [--epochs 10] [--only NAME ...] [--threads 1] [--out FILE] [--plot FILE]
@@ -23,13 +23,13 @@ import time
 
 import torch
 
-from deqkit.teach import stable
+from deqkit.train import jacobian_reg as stable
 
 from .forward import environment, fmt_ratio, load, save
 
 
 def merge(paths: list[str]) -> dict:
-    """One document from several (runs in :data:`~deqkit.teach.stable.RUNS` order; settings must agree)."""
+    """One document from several (runs in :data:`~deqkit.train.jacobian_reg.RUNS` order; settings must agree)."""
     docs = [json.loads(pathlib.Path(p).read_text()) for p in paths]
     settings = {json.dumps(d["settings"], sort_keys=True) for d in docs}
     if len(settings) > 1:
@@ -70,7 +70,8 @@ def print_table(doc: dict, threads: int) -> None:
 
 
 def plot(doc: dict, path: str | None) -> str | None:
-    """The four curves of :func:`deqkit.teach.stable.curves_panel` for every γ run, and the trade-off."""
+    """The curves notebook 06 draws (forward evaluations, probe cost, ρ, accuracy, gradient cosine) for every run,
+    and the trade-off."""
     if not path:
         return None
     from matplotlib.figure import Figure

@@ -1,8 +1,6 @@
 """Notebook 06's runs and panels (deqkit.teach.stable): the probe's measurements, the panels' numbers, the exercise."""
 
 import json
-import os
-import pathlib
 
 import ipywidgets as widgets
 import pytest
@@ -87,35 +85,6 @@ def small():
     return model, images, labels
 
 
-def test_frobenius_is_exact(small):
-    model, images, _ = small
-    with torch.no_grad():
-        x = model.features(images)
-        z, _ = deqkit.solve(lambda z: model.deq.f(z, x), torch.zeros_like(x), solver="anderson", max_nfe=None)
-    jac = torch.stack([torch.autograd.functional.jacobian(lambda v, i=i: model.deq.f(v[None], x[i:i + 1])[0], z[i])
-                       for i in range(len(z))])
-    expected = jac.pow(2).sum((1, 2)) / z.shape[1]
-    torch.testing.assert_close(stable._frobenius(model.deq.f, z, x), expected, rtol=1e-5, atol=1e-7)
-
-
-def test_probe_measures_the_equilibrium_and_keeps_the_model(small):
-    model, images, labels = small
-    model.eval()
-    out = stable.probe(model, images, labels)
-    assert not model.training and model.deq.backward.name == "implicit"
-    assert all(p.grad is None for p in model.parameters())
-    assert out["probe_converged"] == 1.0 and 2 <= out["probe_nfe"] <= 500
-    rho = deqkit.spectral_radius(model.deq.f, *_equilibrium(model, images))
-    assert out["rho_mean"] == pytest.approx(float(rho.mean()), rel=1e-4) and out["rho_max"] >= out["rho_mean"]
-    assert 0 < out["frobenius"] and out["grad_cos"] == pytest.approx(1.0, abs=1e-4)  # its own gradient is implicit
-    model.deq.backward = "one_step"
-    try:
-        assert stable.probe(model, images, labels)["grad_cos"] < 0.999  # the one-step gradient is not the gradient
-    finally:
-        model.deq.backward = "implicit"
-    model.train()
-
-
 def _equilibrium(model, images):
     with torch.no_grad():
         x = model.features(images)
@@ -179,15 +148,3 @@ def test_the_saved_runs_hold_every_run_and_epoch():
             assert (row["jac_penalty"] is not None) == (run["jac_reg"] > 0)
 
 
-def test_regenerate_trains_and_probes_every_epoch():
-    folder = os.environ.get("DEQKIT_MNIST_DIR")
-    if not folder or not (pathlib.Path(folder) / "t10k-labels-idx1-ubyte.gz").is_file():
-        pytest.skip("set DEQKIT_MNIST_DIR to a folder holding the four MNIST .gz files")
-    lines = []
-    doc = stable.regenerate(epochs=2, subset=256, only=["LayerNorm, γ = 1"], log=lines.append)
-    (run,) = doc["runs"]
-    assert run["jac_reg"] == 1.0 and [r["epoch"] for r in run["epochs"]] == [0, 1, 2]
-    assert all(r["jac_penalty"] > 0 and "rho_mean" in r and "grad_cos" in r for r in run["epochs"][1:])
-    assert len(lines) == 1 and lines[0].startswith("LayerNorm, γ = 1:")
-    with pytest.raises(ValueError, match="unknown run"):
-        stable.regenerate(only=["γ = 42"])
