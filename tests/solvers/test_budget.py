@@ -61,10 +61,12 @@ def test_gmres_keeps_its_budget(budget):
         calls.append(1)
         return g + u @ a.T
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", deqkit.ConvergenceWarning)  # a too-small budget is the point here
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", deqkit.ConvergenceWarning)
         sol = run(GMRES(restart=4), T, torch.zeros_like(g), abstol=1e-14, reltol=0, max_steps=1000, max_nfe=budget)
     assert len(calls) <= budget and sol.stats.nfe == len(calls)
+    # a budget too small to converge is said, never hidden
+    assert sol.stats.all_converged or any("max_nfe=" in str(w.message) for w in caught)
 
 
 def test_the_budget_is_checked():
