@@ -40,15 +40,10 @@ def _needs_mnist(notebook: Path) -> bool:
 
 
 def _mnist_unavailable() -> str | None:
-    """Load both splits as notebook 04 does (from the folder, else by download); the error's first line, or None."""
-    from deqkit.data import MNISTError, load_mnist
+    """Why MNIST cannot be loaded here (found or downloaded as the notebooks would), or None."""
+    from deqkit.data import mnist_unavailable
 
-    try:
-        for train in (True, False):
-            load_mnist(train=train)
-    except MNISTError as err:  # the first line, and the first mirror's answer when it is a download error
-        return " ".join(line.strip(" -") for line in str(err).splitlines()[:2])
-    return None
+    return mnist_unavailable()
 
 
 def _notebook_of(item) -> str | None:

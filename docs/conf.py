@@ -108,15 +108,10 @@ def _requires(path: Path) -> list[str]:
 
 
 def _mnist_missing() -> str | None:
-    """Why MNIST cannot be loaded here (found or downloaded as the notebook would), or None."""
-    from deqkit.data import MNISTError, load_mnist
+    """Why MNIST cannot be loaded here (found or downloaded as the notebooks would), or None."""
+    from deqkit.data import mnist_unavailable
 
-    try:
-        for train in (True, False):
-            load_mnist(train=train)
-    except MNISTError as err:  # the first line, and the first mirror's answer when it is a download error
-        return " ".join(line.strip(" -") for line in str(err).splitlines()[:2])
-    return None
+    return mnist_unavailable()
 
 
 NOT_EXECUTED: dict[str, str] = {}

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import deqkit
 from deqkit import problems
 
 torch.set_num_threads(1)  # also for module- and session-scoped fixtures, which run before the one below
@@ -29,3 +30,29 @@ def tanh_problem():
                                      seed=seed, dtype=dtype)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def small_mlp_deq():
+    """A 16-wide LayerNorm MLP-DEQ (no budget, Anderson) and 12 random 'images' with labels."""
+    from deqkit.models import mnist_model
+
+    torch.manual_seed(0)
+    model = mnist_model("mlp-ln", seed=0, width=16, solver="anderson", max_nfe=None)
+    images = torch.randn(12, 1, 28, 28)
+    labels = torch.arange(12) % 10
+    return model, images, labels
+
+
+@pytest.fixture
+def equilibrium_of():
+    """``(model, images) -> (z*, x)``: a model's equilibrium solved with Anderson to its own relative tolerance."""
+
+    def solve(model, images):
+        with torch.no_grad():
+            x = model.features(images)
+            z, _ = deqkit.solve(lambda z: model.deq.f(z, x), torch.zeros_like(x), solver="anderson", abstol=0.0,
+                                reltol=model.deq.reltol, max_steps=500)
+        return z, x
+
+    return solve

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from ..errors import MNISTError
 
-__all__ = ["MNISTError", "MNIST_MEAN", "MNIST_STD", "load_mnist", "mnist_datasets", "mnist_dir", "read_idx"]
+__all__ = ["MNISTError", "MNIST_MEAN", "MNIST_STD", "load_mnist", "mnist_datasets", "mnist_dir", "mnist_unavailable",
+           "read_idx"]
 
 ENV_VAR = "DEQKIT_MNIST_DIR"
 MIRRORS = [
@@ -294,3 +295,16 @@ def mnist_datasets(
         x = (images.unsqueeze(1).float() / 255.0 - MNIST_MEAN) / MNIST_STD
         sets.append(TensorDataset(x, labels))
     return sets[0], sets[1]
+
+
+def mnist_unavailable() -> str | None:
+    """Why MNIST cannot be loaded here (found or downloaded as the notebooks would), in one line; None if it can.
+
+    Used by the test suite and the site build to skip what needs MNIST with the reason.
+    """
+    try:
+        for train in (True, False):
+            load_mnist(train=train)
+    except MNISTError as err:  # the first line, and the first mirror's answer when it is a download error
+        return " ".join(line.strip(" -") for line in str(err).splitlines()[:2])
+    return None

@@ -4,10 +4,8 @@ import json
 
 import ipywidgets as widgets
 import pytest
-import torch
 
 import deqkit
-from deqkit.models import mnist_model
 from deqkit.teach import stable
 from deqkit.teach.widgets import LiveFigure, Panel, sweep
 
@@ -75,29 +73,11 @@ def test_widgets_on_the_saved_runs_sweep_every_control():
     assert penalty.last_error is None and method.last_error is None
 
 
-@pytest.fixture(scope="module")
-def small():
-    """A 16-wide LayerNorm MLP-DEQ and 12 random 'images' with labels."""
-    torch.manual_seed(0)
-    model = mnist_model("mlp-ln", seed=0, width=16, solver="anderson", max_nfe=None)
-    images = torch.randn(12, 1, 28, 28)
-    labels = torch.arange(12) % 10
-    return model, images, labels
-
-
-def _equilibrium(model, images):
-    with torch.no_grad():
-        x = model.features(images)
-        z, _ = deqkit.solve(lambda z: model.deq.f(z, x), torch.zeros_like(x), solver="anderson", abstol=0.0,
-                            reltol=model.deq.reltol, max_steps=500)
-    return z, x
-
-
-def test_phantom_gradients_approach_the_implicit_one(small):
-    model, images, labels = small
+def test_phantom_gradients_approach_the_implicit_one(small_mlp_deq, equilibrium_of):
+    model, images, labels = small_mlp_deq
     # here ρ(∂f/∂z) > 1 at most samples' z*: the undamped series diverges, the damped one (eigenvalues of
     # (1 − τ)I + τJ inside the unit disk) sums to the implicit gradient
-    assert float(deqkit.spectral_radius(model.deq.f, *_equilibrium(model, images)).max()) > 1
+    assert float(deqkit.spectral_radius(model.deq.f, *equilibrium_of(model, images)).max()) > 1
     cosines, seconds, exact = stable.phantom_gradients(model, images, labels, [1, 3, 30], damping=0.5)
     assert model.deq.backward.name == "implicit" and len(seconds) == 3 and all(s > 0 for s in seconds)
     assert cosines[2] >= 0.999 and cosines[0] < 0.9
@@ -107,8 +87,8 @@ def test_phantom_gradients_approach_the_implicit_one(small):
     assert "Phantom(steps=2, damping=0.5)" in panel.text and len(panel.figure.axes) == 2
 
 
-def test_phantom_widget_sweeps_every_control(small):
-    model, images, labels = small
+def test_phantom_widget_sweeps_every_control(small_mlp_deq):
+    model, images, labels = small_mlp_deq
     app = LiveFigure(lambda steps, damping: stable.phantom_panel(model, images, labels, steps, damping, max_steps=4),
                      {"steps": widgets.IntSlider(value=2, min=1, max=4),
                       "damping": widgets.FloatSlider(value=0.5, min=0.25, max=1.0, step=0.25)})

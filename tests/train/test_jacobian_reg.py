@@ -7,30 +7,11 @@ import pytest
 import torch
 
 import deqkit
-from deqkit.models import mnist_model
 from deqkit.train import jacobian_reg
 
 
-@pytest.fixture(scope="module")
-def small():
-    """A 16-wide LayerNorm MLP-DEQ and 12 random 'images' with labels."""
-    torch.manual_seed(0)
-    model = mnist_model("mlp-ln", seed=0, width=16, solver="anderson", max_nfe=None)
-    images = torch.randn(12, 1, 28, 28)
-    labels = torch.arange(12) % 10
-    return model, images, labels
-
-
-def _equilibrium(model, images):
-    with torch.no_grad():
-        x = model.features(images)
-        z, _ = deqkit.solve(lambda z: model.deq.f(z, x), torch.zeros_like(x), solver="anderson", abstol=0.0,
-                            reltol=model.deq.reltol, max_steps=500)
-    return z, x
-
-
-def test_frobenius_is_exact(small):
-    model, images, _ = small
+def test_frobenius_is_exact(small_mlp_deq):
+    model, images, _ = small_mlp_deq
     with torch.no_grad():
         x = model.features(images)
         z, _ = deqkit.solve(lambda z: model.deq.f(z, x), torch.zeros_like(x), solver="anderson", max_nfe=None)
@@ -40,14 +21,14 @@ def test_frobenius_is_exact(small):
     torch.testing.assert_close(jacobian_reg._frobenius(model.deq.f, z, x), expected, rtol=1e-5, atol=1e-7)
 
 
-def test_probe_measures_the_equilibrium_and_keeps_the_model(small):
-    model, images, labels = small
+def test_probe_measures_the_equilibrium_and_keeps_the_model(small_mlp_deq, equilibrium_of):
+    model, images, labels = small_mlp_deq
     model.eval()
     out = jacobian_reg.probe(model, images, labels)
     assert not model.training and model.deq.backward.name == "implicit"
     assert all(p.grad is None for p in model.parameters())
     assert out["probe_converged"] == 1.0 and 2 <= out["probe_nfe"] <= 500
-    rho = deqkit.spectral_radius(model.deq.f, *_equilibrium(model, images))
+    rho = deqkit.spectral_radius(model.deq.f, *equilibrium_of(model, images))
     assert out["rho_mean"] == pytest.approx(float(rho.mean()), rel=1e-4) and out["rho_max"] >= out["rho_mean"]
     assert 0 < out["frobenius"] and out["grad_cos"] == pytest.approx(1.0, abs=1e-4)  # its own gradient is implicit
     model.deq.backward = "one_step"
