@@ -388,30 +388,6 @@ class ComparisonTable(StaticFallback, widgets.VBox):
                 "\u201d trains every backward mode and adds a row per mode to the table.</em></p>")
         return {"text/html": f'<div class="deqkit-static">{self.table.value}{note}</div>'}
 
-def with_progress(panel: Callable[..., Panel], out: widgets.Output) -> Callable[..., Panel]:
-    """Wrap a panel function so that its progress bars show in ``out`` (a widget callback has no cell to print to).
-
-    Parameters
-    ----------
-    panel : callable
-        Called as ``panel(**values, progress=True)``.
-    out : ipywidgets.Output
-        Where the bars appear; cleared before each call.
-
-    Returns
-    -------
-    callable
-        ``(**values) -> Panel``.
-    """
-
-    def run(**values: Any) -> Panel:
-        out.clear_output(wait=True)
-        with out:
-            return panel(**values, progress=True)
-
-    return run
-
-
 def check_weights(w2: Any, b2: Any) -> str | None:
     """The check of notebook 03's exercise: do ``W₂ = w2``, ``b₂ = b2`` (with ``W₁ = (1, 1)ᵀ``, ``b₁ = 0``) make the
     untrained DEQ predict exactly ``2x``?

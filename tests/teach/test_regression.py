@@ -80,13 +80,6 @@ def test_comparison_table_button_adds_rows():
     assert table.table.value.count("<tr>") == 1 + 3 and not table.button.disabled
 
 
-def test_with_progress_passes_the_flag():
-    calls = []
-    out = widgets.Output()
-    wrapped = regression.with_progress(lambda **kw: calls.append(kw) or "panel", out)
-    assert wrapped(lr=0.1) == "panel" and calls == [{"lr": 0.1, "progress": True}]
-
-
 @pytest.mark.parametrize(("w2", "b2", "message"), [
     ((1 / 3, 1 / 3), 0.0, None),
     ((0.5, 1 / 6), 0.0, None),
