@@ -144,6 +144,7 @@ class Monitor:
         self.peak = torch.zeros_like(self.residual)  # largest residual so far
         self.fell = torch.zeros_like(self.converged)  # the residual fell to half its peak, above rounding level
         self.drifting = torch.zeros_like(self.converged)
+        self.all_fell = False  # every sample's residual has fallen (none can drift)
         self.below = self.any_converged = False
         self.ready = torch.zeros_like(self.converged)
         self.ready_count = 0
@@ -167,16 +168,20 @@ class Monitor:
         A sample whose ``‖f(z)‖∞`` has grown over :data:`DRIFT` times its start while its residual never fell to
         half its largest value (above the rounding level of ``f(z)``) is drifting, not converging: ``f(z) = z + 1``
         has no fixed point, yet its residual 1 is eventually small next to ``‖f(z)‖``, and in floating point
-        ``z + 1`` even rounds to ``z`` once ``z`` is large enough.
+        ``z + 1`` even rounds to ``z`` once ``z`` is large enough. Once every sample's residual has fallen, none
+        can drift any more, and the bookkeeping stops (it is most of a check's cost on small problems).
         """
         if self.start_scale is None:
             self.start_scale = scale
         self.last_scale = scale
+        meets = res <= (self.tol.reltol * scale).clamp_min(self.tol.abstol)
+        if self.all_fell:
+            return meets
         self.peak = torch.maximum(self.peak, res)
         rounding = 8 * torch.finfo(scale.dtype).eps * scale
         self.fell = self.fell | ((res < 0.5 * self.peak) & (res > rounding))
         self.drifting = (scale > DRIFT * self.start_scale) & ~self.fell
-        return ((res <= self.tol.abstol) | (res <= self.tol.reltol * scale)) & ~self.drifting
+        return meets & ~self.drifting
 
     def check(self, step: int, z: torch.Tensor, r: torch.Tensor, fz: torch.Tensor, nfe: int,
               t: float | None = None, below: torch.Tensor | None = None, settling: bool = False) -> torch.Tensor:
@@ -186,7 +191,8 @@ class Monitor:
         ``self.ready_count`` of them) and ``self.below``: every running sample is ready.
         ``settling``: a sample converges only if its residual has not grown since the previous check (the ODE
         route: a residual growing along the flow means an unstable equilibrium is near, however small it is).
-        One host synchronisation per call: the flags that decide whether to stop are read together.
+        Two host synchronisations per call: the numbers that decide whether to stop are read together. (The
+        operations are few on purpose: on small problems a check costs as much as an evaluation of ``f``.)
         """
         res = r.detach().flatten(1).abs().amax(1)
         scale = fz.detach().flatten(1).abs().amax(1)
@@ -195,26 +201,28 @@ class Monitor:
         if settling:
             meets = meets & (res <= self.current)
         better = running & ((res < self.residual) | meets)
+        worst = torch.where(running, res, self.residual).amax()  # NaN or Inf when a running sample blew up
         self.residual = torch.where(better, res, self.residual)
         self.scale = torch.where(better, scale, self.scale)
         self.converged = self.converged | meets
         self.current = res
-        bad = running & ~torch.isfinite(res)
-        worst = torch.where(running, res, self.residual).amax()
-        flags = [worst, self.converged.all(), bad.any(), better.all(), self.converged.any()]
+        masks = [self.converged, better, self.fell]
         if below is not None:
             self.ready = ~self.converged & (res <= below)
-            flags += [(self.converged | self.ready).all(), self.ready.sum()]
-        worst, all_done, any_bad, all_better, any_converged, *rest = torch.stack(
-            [flag.to(worst) for flag in flags]).tolist()
-        self.below, self.any_converged = bool(rest and rest[0]), bool(any_converged)
-        self.ready_count = int(rest[1]) if rest else 0
-        if all_better:  # the common case: this iterate is every sample's best, no batch-sized copy needed
+            masks.append(self.ready)
+        worst = worst.item()
+        n_converged, n_better, n_fell, *n_ready = torch.stack(masks).sum(1).tolist()
+        batch = res.shape[0]
+        self.any_converged, self.all_fell = n_converged > 0, n_fell == batch
+        self.ready_count = n_ready[0] if n_ready else 0
+        self.below = bool(n_ready) and n_converged + self.ready_count == batch
+        if n_better == batch:  # the common case: this iterate is every sample's best, no batch-sized copy needed
             self.best_z, self.best_fz = z, fz
         else:
             self.best_z = torch.where(batch_view(better, z), z, self.best_z)
             self.best_fz = torch.where(batch_view(better, fz), fz, self.best_fz)
-        if any_bad:
+        if not math.isfinite(worst):
+            bad = running & ~torch.isfinite(res)
             raise DivergenceError(
                 f"{self.method}: f(z) − z became NaN or infinite at step {step} for {int(bad.sum())} of "
                 f"{bad.numel()} samples. "
@@ -226,7 +234,7 @@ class Monitor:
             self.stats.times.append(t)
         if self.record:
             self.stats.trajectory.append(z.detach().clone())
-        self.done = bool(all_done)
+        self.done = n_converged == batch
         return ~self.converged
 
     def verify(self, z: torch.Tensor, r: torch.Tensor, fz: torch.Tensor) -> None:

@@ -34,9 +34,10 @@ from .widgets import Panel, figure
 #: The gradient methods compared here (notebook 06 teaches the phantom gradient).
 MODES = tuple(name for name in GRADIENTS if name != "phantom")
 #: Backward solvers of panels 3 and 4: every registered one with its defaults (GMRES(20) restarts every 20
-#: products), and full GMRES (``gmres(full)``: as many Krylov vectors as the dimension).
+#: products), and full GMRES (``gmres(full)``: as many Krylov vectors as the dimension). Both GMRES check every
+#: product (``trace=True``), so that their residual curves have a point per product like the others'.
 BACKWARD_SOLVERS: dict[str, Solver] = {name: cls() for name, cls in REGISTRY.items()} | {
-    GMRES(restart=None).label: GMRES(restart=None)}
+    "gmres": GMRES(trace=True), GMRES(restart=None).label: GMRES(restart=None, trace=True)}
 _SOLVER_LABELS = BACKWARD_SOLVERS | {Broyden(m=300).label: Broyden(m=300)}
 MODE_COLORS = {"implicit": "tab:blue", "unrolled": "tab:orange", "one_step": "tab:green"}
 SOLVER_COLORS = {"gmres": "tab:purple", "gmres(full)": "tab:pink", "anderson": "tab:blue", "picard": "tab:red",

@@ -237,3 +237,50 @@ def test_full_gmres_converges_where_restarted_gmres_may_not():
     sol = run(deqkit.GMRES(restart=None), lambda u: g + u @ w, torch.zeros_like(g), abstol=1e-10, reltol=0,
               max_steps=200)
     assert sol.stats.all_converged and sol.stats.nfe <= 48 + 3
+
+
+@pytest.mark.parametrize("restart", [5, 20, None])
+@pytest.mark.parametrize("reltol", [1e-4, 1e-9])
+def test_gmres_checks_lazily_with_the_answer_and_products_of_tracing(restart, reltol):
+    # the default checks the ∞-norm rule only when the 2-norm residual of the Givens QR predicts success;
+    # trace=True checks after every product: same answers, the same products give or take one, a full history
+    from deqkit.problems import tanh_weight
+    from deqkit.solvers import run
+
+    gen = torch.Generator().manual_seed(2)
+    w = tanh_weight(40, 0.9, "symmetric", generator=gen)
+    g = torch.randn(6, 40, generator=gen, dtype=torch.float64) * torch.logspace(-3, 3, 6, dtype=torch.float64)[:, None]
+    g[2] = 0.0  # a sample whose gradient is zero: its Krylov space is empty from the start
+    exact = torch.linalg.solve(torch.eye(40, dtype=torch.float64) - w.T, g.T).T
+    sols = {trace: run(deqkit.GMRES(restart=restart, trace=trace), lambda u: g + u @ w, torch.zeros_like(g),
+                       abstol=0, reltol=reltol, max_steps=400) for trace in (False, True)}
+    for sol in sols.values():
+        assert sol.stats.all_converged
+        err = (sol.z - exact).abs().amax(1)
+        assert (err <= 50 * reltol * exact.abs().amax(1)).all() and err[2] == 0
+    lazy, traced = sols[False].stats, sols[True].stats
+    assert traced.nfe <= lazy.nfe <= traced.nfe + 2  # (on this problem: equal in all six cases)
+    # tracing: one check per product (the true residual of each restart is not a step); lazily, far fewer
+    assert len(traced.history) == traced.steps + 1 > len(lazy.history) + 5
+
+
+def test_gmres_reports_a_product_that_blows_up_without_waiting_for_the_restart():
+    from deqkit.solvers import run
+
+    g = torch.ones(2, 8, dtype=torch.float64)
+    a = 0.3 * torch.randn(8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    calls = []
+
+    def T(u):
+        calls.append(1)
+        return g + u @ a if len(calls) < 4 else u * float("nan")
+
+    with pytest.raises(deqkit.DivergenceError, match="NaN or infinite"):
+        run(deqkit.GMRES(restart=20), T, torch.zeros_like(g), abstol=1e-12, reltol=0, max_steps=100)
+    assert len(calls) == 4  # the NaN product is checked at once, not after 20 products
+
+
+def test_gmres_trace_must_be_a_bool():
+    with pytest.raises(TypeError, match="trace must be True or False"):
+        deqkit.GMRES(trace="yes")
+    assert deqkit.GMRES(trace=True).label == "gmres(20)"
