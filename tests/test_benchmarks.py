@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks import __main__ as dispatcher
-from benchmarks import forward, jacobian_reg, ode_baseline, peer_training, training_step
+from benchmarks import forward, jacobian_reg, ode_baseline, peer_training, solve_cost, training_step
 
 
 def test_dispatcher_lists_and_refuses(capsys):
@@ -182,3 +182,12 @@ def test_jacobian_reg_refuses_unknown_runs(capsys):
     with pytest.raises(SystemExit):
         jacobian_reg.main(["--only", "γ = 42"])
     assert "unknown run(s)" in capsys.readouterr().err
+
+
+def test_solve_cost_fast(capsys):
+    _mnist_or_skip()
+    result = solve_cost.main(["--fast", "--solver", "default"])
+    out = capsys.readouterr().out
+    assert "### Solve cost: mlp-ln, forward default, batch 128, 3 steps after 2" in out and "| check µs |" in out
+    assert 2 <= result["evaluations"] <= 30 and 2 <= result["products"] <= 30  # the training budget of 30
+    assert all(result[k] > 0 for k in ("forward ms", "backward ms", "check us"))
