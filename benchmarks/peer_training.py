@@ -27,7 +27,10 @@ gradient has no solve (its backward runs through its 5 steps). Test accuracy is 
 10,000 test images (batches of 1000): TorchDEQ with its evaluation budget ``f_max_iter · eval_factor`` (= 30),
 deqkit with ``eval_max_nfe``.
 
-    python -m benchmarks peer_training [--blocks mlp-ln mlp] [--threads 1] [--fast] [--runs ...]
+    python -m benchmarks peer_training [--blocks mlp-ln mlp] [--threads 1] [--fast] [--runs ...] [--device cuda]
+
+On a CUDA device every model and the data live there and each timed interval ends with
+``torch.cuda.synchronize()``, so the times are those of the finished kernels.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ DEQKIT_RUNS: dict[str, Callable[[], dict[str, Any]]] = {
     "deqkit phantom": lambda: {"backward": deqkit.Phantom(steps=5, damping=0.5)},
 }
 RUNS = (*TORCHDEQ_RUNS, *DEQKIT_RUNS)
+CPU = torch.device("cpu")
 
 
 class Tally:
@@ -124,6 +128,7 @@ class Trainee:
     name: str
     model: nn.Module
     tally: Tally
+    device: torch.device = CPU
     optimizer: torch.optim.Optimizer = field(init=False)
     seconds: list[float] = field(default_factory=list)
     forward_seconds: list[float] = field(default_factory=list)
@@ -146,14 +151,14 @@ class Trainee:
         self.tally.reset("forward")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", deqkit.ConvergenceWarning)
-            start = time.perf_counter()
+            start = self._clock()
             self.optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(self.model(images), labels)
-            mid = time.perf_counter()
+            mid = self._clock()
             self.tally.phase = "backward"
             loss.backward()
             self.optimizer.step()
-            end = time.perf_counter()
+            end = self._clock()
         self.warned += sum(issubclass(w.category, deqkit.ConvergenceWarning) for w in caught)
         self.seconds.append(end - start)
         self.forward_seconds.append(mid - start)
@@ -165,6 +170,12 @@ class Trainee:
         self.unconverged.append(self._unconverged())
         self.backward_unconverged.append(int((~backward.converged).sum()) if backward is not None
                                          else self.tally.backward_unconverged)
+
+    def _clock(self) -> float:
+        """``time.perf_counter()`` once the device has finished the work queued so far."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def _unconverged(self) -> int:
         """Samples whose last forward solve did not meet its library's own tolerance."""
@@ -178,21 +189,21 @@ class Trainee:
         self.model.eval()
         self.tally.reset("eval")
         correct, batches = 0, 0
-        start = time.perf_counter()
+        start = self._clock()
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always", deqkit.ConvergenceWarning)
             for i in range(0, len(labels), batch):
                 correct += int((self.model(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum())
                 self.test_unconverged += self._unconverged()
                 batches += 1
-        self.test_seconds = time.perf_counter() - start
+        self.test_seconds = self._clock() - start
         self.test_acc = 100.0 * correct / len(labels)
         self.test_calls = self.tally.calls["eval"] / batches
         self.model.train()
 
 
-def build(name: str, block: str, reference: nn.Module) -> Trainee:
-    """The run ``name`` on ``block``, starting from ``reference``'s weights."""
+def build(name: str, block: str, reference: nn.Module, device: torch.device = CPU) -> Trainee:
+    """The run ``name`` on ``block``, starting from ``reference``'s weights, on ``device``."""
     tally = Tally()
     if name in TORCHDEQ_RUNS:
         model = TorchDEQMLP(copy.deepcopy(reference.encoder), copy.deepcopy(reference.deq.f),
@@ -203,7 +214,7 @@ def build(name: str, block: str, reference: nn.Module) -> Trainee:
         model.load_state_dict(reference.state_dict())
         hooked = model.deq.f
     hooked.register_forward_pre_hook(tally.hook)
-    return Trainee(name, model, tally)
+    return Trainee(name, model.to(device), tally, device)  # moved before Adam takes the parameters
 
 
 def train_epoch(trainees: list[Trainee], images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,
@@ -233,15 +244,16 @@ class BlockResult:
 
 
 def run_block(block: str, runs: list[str], train_set, test_set, *, seed: int, batch: int,
-              steps: int | None) -> BlockResult:
+              steps: int | None, device: torch.device = CPU) -> BlockResult:
     torch.manual_seed(seed)
-    reference = mnist_model(block, seed=seed)
-    trainees = [build(name, block, reference) for name in runs]
-    images, labels = train_set.tensors
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    reference = mnist_model(block, seed=seed)  # on the CPU, so every device starts from the same weights
+    trainees = [build(name, block, reference, device) for name in runs]
+    images, labels = (t.to(device) for t in train_set.tensors)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).to(device)
     train_epoch(trainees, images, labels, order, batch, steps)
+    test_images, test_labels = (t.to(device) for t in test_set.tensors)
     for t in trainees:
-        t.evaluate(*test_set.tensors)
+        t.evaluate(test_images, test_labels)
     return BlockResult(block, trainees, len(trainees[0].seconds))
 
 
@@ -249,10 +261,16 @@ def mean(xs: list[float]) -> float:
     return statistics.fmean(xs) if xs else float("nan")
 
 
-def print_table(result: BlockResult, threads: int, fast: bool) -> None:
+def device_name(device: torch.device) -> str:
+    """The card's name on CUDA, else "CPU"."""
+    return f"{torch.cuda.get_device_name(device)} ({device})" if device.type == "cuda" else "CPU"
+
+
+def print_table(result: BlockResult, threads: int, fast: bool, device: torch.device = CPU) -> None:
     base = result.baseline()
     title = {"mlp-ln": "LayerNorm block (mlp-ln)", "mlp": "plain block (mlp)"}[result.block]
-    print(f"\n### {title}: {result.steps} training steps{' (--fast)' if fast else ''}  ({environment(threads)})\n")
+    print(f"\n### {title}: {result.steps} training steps{' (--fast)' if fast else ''}  "
+          f"({device_name(device)}; {environment(threads)})\n")
     print(f"Ratios against **{base.name}** on the same batches, same process (steps interleaved).\n")
     print("| run | train s | time ratio | fwd s | bwd + Adam s | fwd evals/step (mean; last 10 % of steps) "
           "| bwd products/step | bwd f evals/step | samples not converged: fwd / bwd (all steps) | test acc. % "
@@ -297,6 +315,23 @@ def plot(results: list[BlockResult], path: str | None) -> str | None:
     return save(fig, path)
 
 
+def parse_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    """``--device`` as a torch device: a usage error for a malformed name, another device type or an absent GPU."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        parser.error(f"--device {name!r} is not a torch device ({err}); use cpu, cuda or cuda:N")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {name!r}: this benchmark runs on cpu or cuda")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            parser.error(f"--device {name!r}: this torch sees {count} CUDA device(s) "
+                         f"(CUDA build: {torch.version.cuda or 'no, a CPU-only wheel'}); run on cpu or install a "
+                         "CUDA build of torch")
+    return device
+
+
 def main(argv: list[str] | None = None) -> list[BlockResult]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks peer_training", description=__doc__.splitlines()[0],
                                      allow_abbrev=False)
@@ -309,7 +344,9 @@ def main(argv: list[str] | None = None) -> list[BlockResult]:
     parser.add_argument("--steps", type=int, default=None, help="stop the epoch after this many steps")
     parser.add_argument("--fast", action="store_true", help="8 steps on a 1024-image subset, 1000 test images")
     parser.add_argument("--plot", default="docs/img/peer_training.png", help="PNG path ('' for none)")
+    parser.add_argument("--device", default="cpu", help="torch device to train on: cpu (default), cuda or cuda:N")
     args = parser.parse_args(argv)
+    device = parse_device(parser, args.device)
     if args.threads < 1 or args.batch < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--threads, --batch and --steps must be >= 1")
     unknown = [r for r in args.runs if r not in RUNS]
@@ -327,10 +364,10 @@ def main(argv: list[str] | None = None) -> list[BlockResult]:
         runs.insert(0, BASELINE)
     train_set, test_set = mnist_datasets(subset=8 * args.batch if args.fast else None, seed=args.seed)
     start = time.perf_counter()
-    results = [run_block(b, runs, train_set, test_set, seed=args.seed, batch=args.batch, steps=args.steps)
-               for b in args.blocks]
+    results = [run_block(b, runs, train_set, test_set, seed=args.seed, batch=args.batch, steps=args.steps,
+                         device=device) for b in args.blocks]
     for res in results:
-        print_table(res, args.threads, args.fast)
+        print_table(res, args.threads, args.fast, device)
     saved = plot(results, args.plot)
     if saved:
         print(f"\nplot: {saved}")

@@ -103,10 +103,10 @@ def test_peer_training_fast_deqkit_runs(tmp_path, capsys, monkeypatch):
     _mnist_or_skip()
     monkeypatch.setattr(peer_training, "torchdeq_available", lambda: False)
     png = tmp_path / "peer.png"
-    results = peer_training.main(["--fast", "--blocks", "mlp-ln", "--plot", str(png)])
+    results = peer_training.main(["--fast", "--blocks", "mlp-ln", "--plot", str(png), "--device", "cpu"])
     out = capsys.readouterr().out
     assert "TorchDEQ is not installed" in out and "ratios against deqkit anderson + implicit" in out
-    assert "### LayerNorm block (mlp-ln): 8 training steps (--fast)" in out and png.stat().st_size > 0
+    assert "### LayerNorm block (mlp-ln): 8 training steps (--fast)  (CPU; torch " in out and png.stat().st_size > 0
     by = results[0].by_name()
     assert set(by) == set(peer_training.DEQKIT_RUNS)
     for t in by.values():
@@ -149,6 +149,17 @@ def test_peer_training_fast_against_torchdeq(capsys):
     # its IFT backward re-evaluates f once and takes at most 30 products
     assert max(ift.forward_calls) <= 31 and ift.backward_calls == [1] * 8 and 0 < max(ift.products) <= 30
     assert max(phantom.forward_calls) <= 35 and max(phantom.products) == 0
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("cuda:99", "this torch sees"),  # an absent card, also on a machine with a GPU
+    ("meta", "this benchmark runs on cpu or cuda"),
+    ("gpu0", "is not a torch device"),
+])
+def test_peer_training_refuses_a_device_it_cannot_use(device, message, capsys):
+    with pytest.raises(SystemExit):
+        peer_training.main(["--device", device])
+    assert message in capsys.readouterr().err
 
 
 def test_peer_training_refuses_unknown_runs(capsys):
