@@ -352,7 +352,9 @@ class LiveFigure(StaticFallback, widgets.VBox):
         if not self.image.value:
             return {}
         png = base64.b64encode(bytes(self.image.value)).decode()
-        values = ", ".join(f"{html.escape(str(c.description or name))} = {html.escape(_shown(c.value))}"
+        # a selection's label (what the reader sees on the control), not the value behind it
+        values = ", ".join(f"{html.escape(str(c.description or name))} = "
+                           f"{html.escape(_shown(getattr(c, 'label', c.value)))}"
                            for name, c in self.controls.items())
         return {
             "text/html": f'<div class="deqkit-static"><img src="data:image/png;base64,{png}" alt="plot at {values}"/>'

@@ -56,6 +56,24 @@ def test_tradeoff_panel_names_the_runs_in_the_target():
     assert "<b>none</b>" in stable.tradeoff_panel(runs, nfe_ratio=0.6).text
 
 
+def test_tradeoff_panel_frames_its_points():
+    runs = fake_runs()
+    ax = stable.tradeoff_panel(runs).figure.axes[0]
+    lo, hi = ax.get_ylim()
+    drops = [v["acc_drop"] for n, v in stable.summary(runs).items() if n != stable.BASELINE]
+    assert lo < min(drops) and hi > max(*drops, 0.3) and hi - lo < 3  # the target box does not set the scale
+    assert ax.get_xlim()[1] > 1.0
+    with pytest.raises(ValueError, match="at least one run"):
+        stable.tradeoff_panel(runs, [])
+
+
+def test_summary_accuracy_drop_has_no_float_residue():
+    runs = fake_runs()
+    runs["runs"][0]["epochs"][-1]["test_acc"] = 97.28
+    runs["runs"][1]["epochs"][-1]["test_acc"] = 96.98
+    assert stable.summary(runs)["LayerNorm, γ = 0.1"]["acc_drop"] == 0.3  # 97.28 - 96.98 is 0.29999999999999716
+
+
 def test_gradient_panel():
     panel = stable.gradient_panel(fake_runs(), "LayerNorm, one-step")
     assert "4.0 s per epoch" in panel.text and "0.7000" in panel.text and "96.50%" in panel.text
@@ -84,7 +102,12 @@ def test_phantom_gradients_approach_the_implicit_one(small_mlp_deq, equilibrium_
     undamped, _, _ = stable.phantom_gradients(model, images, labels, [30], damping=1.0)
     assert undamped[0] < 0.5
     panel = stable.phantom_panel(model, images, labels, steps=2, damping=0.5, max_steps=4)
+    products = stable.implicit_products(model, images, labels)
     assert "Phantom(steps=2, damping=0.5)" in panel.text and len(panel.figure.axes) == 2
+    assert 0 < products == model.deq.last_stats.backward.nfe and f"took {products} products" in panel.text
+    for steps in (0, 5):
+        with pytest.raises(ValueError, match="steps must be within 1 … max_steps = 4"):
+            stable.phantom_panel(model, images, labels, steps=steps, damping=0.5, max_steps=4)
 
 
 def test_phantom_widget_sweeps_every_control(small_mlp_deq):

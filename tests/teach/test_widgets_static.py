@@ -33,6 +33,12 @@ def test_live_figure_escapes_labels_and_rounds_values():
     assert "&lt;b&gt;s&lt;/b&gt; = 0.1235" in html and "<b>s</b>" not in html
 
 
+def test_a_selection_is_named_by_its_label_not_its_value():
+    chooser = widgets.SelectionSlider(options=[("0.8", 0.8), ("wide", 3.0)], value=3.0, description="scale")
+    html = LiveFigure(welcome_panel, {"scale": chooser})._repr_mimebundle_()["text/html"]
+    assert "Static view at scale = wide:" in html and "scale = 3" not in html
+
+
 def test_comparison_table_bundle_says_what_the_button_does():
     lr = widgets.FloatLogSlider(value=0.05, min=-3, max=-0.5)
     epochs = widgets.IntSlider(value=2, min=1, max=4)
