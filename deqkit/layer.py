@@ -59,7 +59,9 @@ class DEQ(nn.Module):
     ----------
     f : nn.Module or callable
         Called as ``f(z, x)``; returns a tensor shaped like ``z``. Its parameters, any tensor it captures, and
-        ``x`` get gradients.
+        ``x`` get gradients. Weights reparametrized by ``torch.nn.utils.parametrizations`` (weight or spectral
+        norm) inside an ``nn.Module`` f are computed once per call (the map stays one map during the solve); with a
+        plain function f they are recomputed at every evaluation.
     solver : str or Solver
         Forward solver: a configured object (``deqkit.Anderson(m=6)``, ``deqkit.DynamicSS(ode_method="dopri5")``)
         or the name of one: ``"dynamic_ss"`` (the ODE ``dz/dt = f(z, x) − z`` run to steady state, Tsit5 by
@@ -223,10 +225,24 @@ class DEQ(nn.Module):
             When a sample does not converge within ``max_steps`` (forward, or backward during ``backward()``).
         """
         self._check_input(x)
+        if not isinstance(self.f, nn.Module):  # its parametrized modules, if any, are out of reach: no cache
+            return self._forward(x, z0)
         # weights reparametrized with torch.nn.utils.parametrizations (weight or spectral norm) are computed once
         # per call, not once per evaluation of f: the map stays the same map during the solve
         with parametrize.cached():
+            if torch.is_grad_enabled():
+                self._cache_parametrizations()
             return self._forward(x, z0)
+
+    def _cache_parametrizations(self) -> None:
+        """Compute f's reparametrized weights now, with autograd on: the cache would otherwise be filled during
+        the solve, which runs without a graph, and the re-attached ``f(z*, x)`` would then use weights that carry
+        no gradient to the parameters behind them."""
+        with torch.enable_grad():
+            for module in self.modules():
+                if parametrize.is_parametrized(module):
+                    for name in module.parametrizations:
+                        getattr(module, name)
 
     def _forward(self, x: torch.Tensor, z0: InitialState | None) -> torch.Tensor:
         start = self.initial_state(x, z0)

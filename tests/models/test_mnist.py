@@ -1,8 +1,11 @@
 """The MNIST DEQ models: the seed's architecture exactly, the variants, and their solver settings."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import deqkit
 from deqkit.models import MNIST_MODELS, MNISTDEQ, conv_deq, mnist_model, seed_mnist_model, wide_mlp_deq
@@ -174,3 +177,41 @@ def test_a_parametrized_weight_is_computed_once_per_call():
     with torch.no_grad():
         model(_images(4))
     assert model.deq.last_stats.forward.nfe > 5 and len(calls) == 1  # the map does not change during the solve
+
+
+@pytest.mark.parametrize("model_name", ["mlp-ln", "conv"])
+@pytest.mark.parametrize("weight_norm", ["weight", "spectral"])
+@pytest.mark.parametrize("backward", ["implicit", "phantom", "one_step"])
+def test_a_parametrized_weight_trains(model_name, weight_norm, backward):
+    # the solve runs without a graph: the cached reparametrized weight must still carry the gradient to the
+    # parameters behind it (a regression: it once reached only the biases), for every gradient method
+    options = {"width": 16} if model_name == "mlp-ln" else {}
+    model = mnist_model(model_name, seed=0, weight_norm=weight_norm, backward=backward, **options)
+    layer = model.deq.f.linear if model_name == "mlp-ln" else model.deq.f.conv1
+    behind = dict(layer.parametrizations.weight.named_parameters())
+    before = {n: p.detach().clone() for n, p in behind.items()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", deqkit.ConvergenceWarning)
+        F.cross_entropy(model(_images(8)), torch.arange(8) % 10).backward()
+    assert all(p.grad is not None and float(p.grad.abs().max()) > 0 for p in behind.values())
+    optimizer.step()
+    assert all(not torch.equal(before[n], p) for n, p in behind.items())
+
+
+@pytest.mark.parametrize("norm", ["weight", "spectral"])
+def test_the_implicit_gradient_of_a_parametrized_weight_is_the_unrolled_one(norm):
+    # float64, eval mode (spectral norm then keeps its power-iteration vectors): implicit against unrolled backprop
+    grads = {}
+    for backward in (deqkit.Implicit(reltol=1e-12, max_nfe=None), "unrolled"):
+        model = mnist_model("mlp-ln", seed=0, weight_norm=norm, width=16, backward=backward, solver="anderson",
+                            reltol=1e-12, max_nfe=None, eval_max_nfe=None, max_steps=500).double().eval()
+        with torch.no_grad():
+            model.train()(_images(4).double())  # a few power iterations, then frozen in eval mode
+        model.eval()
+        loss = F.cross_entropy(model(_images(4).double()), torch.arange(4))
+        params = dict(model.deq.f.linear.parametrizations.weight.named_parameters())
+        grads[str(backward)] = torch.autograd.grad(loss, list(params.values()))
+    (implicit, unrolled) = grads.values()
+    for a, b in zip(implicit, unrolled):
+        assert float(a.abs().max()) > 0 and torch.allclose(a, b, rtol=1e-6, atol=1e-10)
