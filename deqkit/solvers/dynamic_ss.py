@@ -196,7 +196,10 @@ class DynamicSS(Solver):
                     or not monitor.affords(field.nfe, 1)):
                 return steps, field.nfe
             z, steps = self._polish(f, field, monitor, steps)
-            if monitor.done or steps >= monitor.tol.max_steps or monitor.out_of_budget:
+            # back to the ODE only if it can afford its first evaluation (polishing may stop on its own step limit
+            # or guard with the budget spent)
+            if (monitor.done or steps >= monitor.tol.max_steps or monitor.out_of_budget
+                    or not monitor.affords(field.nfe, 1)):
                 return steps, field.nfe
 
     def _polish(self, f: Map, field: _VectorField, monitor: Monitor, steps: int) -> tuple[torch.Tensor, int]:

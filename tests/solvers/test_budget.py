@@ -51,6 +51,26 @@ def test_no_solve_exceeds_its_budget_and_the_hard_sample_is_reported(solver, bud
         assert stats.converged[1:].all()  # the easy ones did not pay for the hard one's failure
 
 
+@pytest.mark.parametrize("solver", [deqkit.DynamicSS(polish_steps=1), deqkit.DynamicSS(polish_steps=3),
+                                    deqkit.DynamicSS(ode_method="bosh3", polish_steps=1)], ids=repr)
+def test_dynamic_ss_does_not_return_to_the_ode_with_the_budget_spent(solver):
+    # polishing that stops on its own step limit with the budget exactly spent must not evaluate f once more
+    w = torch.randn(4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w = 0.5 * w / torch.linalg.matrix_norm(w, 2)
+    for budget in range(2, 30):
+        calls = []
+
+        def f(z):
+            calls.append(1)
+            return torch.tanh(z @ w.T + 1)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", deqkit.ConvergenceWarning)
+            _, stats = deqkit.solve(f, torch.zeros(3, 4, dtype=torch.float64), solver=solver, abstol=1e-14,
+                                    reltol=1e-14, max_nfe=budget)
+        assert len(calls) <= budget and stats.nfe == len(calls), budget
+
+
 @pytest.mark.parametrize("budget", [2, 5, 23, 60])
 def test_gmres_keeps_its_budget(budget):
     a = 0.3 * torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
