@@ -1,5 +1,7 @@
 """The DEQ layer: implicit gradients against gradcheck, unrolled backprop and finite differences."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -282,3 +284,18 @@ def test_backward_divergence_is_loud(backward_solver):
     assert torch.allclose(out, 2 * x)
     with pytest.raises(deqkit.DivergenceError, match=r"became NaN or infinite at step \d+"):
         out.sum().backward()
+
+
+def test_convergence_warnings_point_at_the_users_line():
+    import inspect
+
+    lin = torch.nn.Linear(3, 3)
+    deq = deqkit.DEQ(lambda z, x: 0.99 * z + 0.01 * lin(z) + x, solver="anderson", max_nfe=3,
+                     backward=deqkit.Implicit(max_nfe=2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", deqkit.ConvergenceWarning)
+        forward_line = inspect.currentframe().f_lineno + 1
+        out = deq(torch.ones(2, 3))
+        backward_line = inspect.currentframe().f_lineno + 1
+        out.sum().backward()
+    assert [(w.filename, w.lineno) for w in caught] == [(__file__, forward_line), (__file__, backward_line)]

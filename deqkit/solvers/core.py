@@ -35,9 +35,11 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def user_stacklevel() -> int:
-    """The ``stacklevel`` that makes a warning point at the first frame outside deqkit and torch."""
+    """The ``stacklevel`` that makes a warning, issued by the caller of this function, point at the first frame
+    outside deqkit and torch (stacklevel 1 is that caller's own frame)."""
     level = 1
     frame = inspect.currentframe()
+    frame = frame.f_back if frame is not None else None
     while frame is not None:
         name = frame.f_code.co_filename
         if not (name.startswith(_PACKAGE_DIR) or f"{os.sep}torch{os.sep}" in name):
