@@ -78,9 +78,11 @@ class DEQ(nn.Module):
     max_steps : int, optional
         Forward step limit (the solver's default when omitted).
     max_nfe, eval_max_nfe : int or None
-        Forward evaluation budgets of ``f`` per call, in training mode and in ``eval()`` mode; never exceeded. A
-        sample still running when the budget is spent stops at its best iterate, is counted as not converged in
-        ``last_stats`` and warned about. Defaults :data:`TRAIN_NFE` and :data:`EVAL_NFE` (see there how they were
+        Forward evaluation budgets of ``f`` per call, in training mode and in ``eval()`` mode: the solve never
+        exceeds them. Outside the solve, a call in grad mode evaluates ``f`` once more (the re-attached ``f(z*, x)``
+        that carries the graph), ``z0="f0"`` once more, and ``Phantom(steps=k)`` ``k − 1`` more. A sample still
+        running when the budget is spent stops at its best iterate, is counted as not converged in ``last_stats``
+        and warned about. Defaults :data:`TRAIN_NFE` and :data:`EVAL_NFE` (see there how they were
         chosen); None for no budget beyond ``max_steps``. The implicit backward solve gets the same budget (of
         vector–Jacobian products) unless its :class:`~deqkit.Implicit` sets its own ``max_nfe``.
     z0 : {"zeros", "f0"}, callable or tensor

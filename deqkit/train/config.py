@@ -74,8 +74,9 @@ class TrainConfig:
             raise ValueError(f"subset must be a positive integer or None, got {self.subset!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a non-negative number, got {self.weight_decay!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0
+                and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay must be a finite non-negative number, got {self.weight_decay!r}")
         if (isinstance(self.jac_reg, bool) or not isinstance(self.jac_reg, (int, float)) or self.jac_reg < 0
                 or not math.isfinite(self.jac_reg)):
             raise ValueError(f"jac_reg must be a finite number >= 0 (the weight of the Jacobian penalty; 0: none), "

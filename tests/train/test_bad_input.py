@@ -253,7 +253,8 @@ CASES: list[tuple[str, Callable[[Bench], Any], type[BaseException] | int, str]] 
     pytest.param("cli: --device cuda without a GPU", lambda b: b.cli("--device", "cuda"), 2, "use --device cpu",
                  marks=NO_GPU),
     ("cli: --lr -1e-3", lambda b: b.cli("--lr", "-1e-3"), 2, "lr must be a positive number, got -0.001"),
-    ("cli: --weight-decay -1", lambda b: b.cli("--weight-decay", "-1"), 2, "weight_decay must be a non-negative"),
+    ("cli: --weight-decay -1", lambda b: b.cli("--weight-decay", "-1"), 2, "weight_decay must be a finite non-neg"),
+    ("cli: --weight-decay inf", lambda b: b.cli("--weight-decay", "inf"), 2, "weight_decay must be a finite non-neg"),
     ("cli: --deq with an unknown key", lambda b: b.cli("--deq", "bogus=1"), 2, "unknown option(s) 'bogus'"),
     ("cli: --deq max_steps=0", lambda b: b.cli("--deq", "max_steps=0"), 2, "max_steps"),
     # --- MNIST
