@@ -3,6 +3,8 @@ cheap to solve as it trains."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -45,6 +47,12 @@ def jacobian_penalty(model: nn.Module, *, samples: int = 1, generator: torch.Gen
         ``torch.no_grad()`` there is no graph to differentiate).
     """
     samples = check_int("samples", samples, 1)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"jacobian_penalty needs the model (a deqkit.DEQ or a module containing one), got "
+                        f"{type(model).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}: e.g. "
+                        "torch.Generator(device).manual_seed(0)")
     deqs = [m for m in model.modules() if isinstance(m, DEQ)]
     if not deqs:
         raise ValueError("jacobian_penalty needs a deqkit.DEQ (or a module containing one)")
@@ -57,7 +65,26 @@ def jacobian_penalty(model: nn.Module, *, samples: int = 1, generator: torch.Gen
         per_sample = torch.zeros(z.shape[0], dtype=fz.dtype, device=fz.device)
         for _ in range(samples):
             v = torch.randn(fz.shape, generator=generator, dtype=fz.dtype, device=fz.device)
-            (vj,) = torch.autograd.grad(fz, z, v, create_graph=True, retain_graph=True)
-            per_sample = per_sample + vj.flatten(1).pow(2).sum(1)
+            per_sample = per_sample + _vjp(fz, z, v).flatten(1).pow(2).sum(1)
         terms.append((per_sample / (samples * z[0].numel())).mean())
     return torch.stack(terms).mean()
+
+
+def _vjp(fz: torch.Tensor, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``vᵀ ∂f/∂z`` with a graph, naming the cause when the equilibrium's graph cannot give it."""
+    if not fz.requires_grad:
+        raise ValueError("jacobian_penalty: f(z*, x) carries no graph to z* (does f detach z, or run under "
+                         "torch.no_grad()?); the penalty needs ∂f/∂z")
+    try:
+        (vj,) = torch.autograd.grad(fz, z, v, create_graph=True, retain_graph=True, allow_unused=True)
+    except RuntimeError as err:
+        if "backward through the graph a second time" in str(err):
+            raise RuntimeError("jacobian_penalty: the equilibrium's graph was freed by an earlier backward(); take "
+                               "the penalty before loss.backward(): (loss + gamma * jacobian_penalty(model))"
+                               ".backward()") from err
+        raise
+    if vj is None:
+        warnings.warn("jacobian_penalty: f(z*, x) does not depend on z* in its graph (f ignores z, or detaches it), "
+                      "so ∂f/∂z = 0 and the penalty is 0; if f should depend on z, do not detach it", stacklevel=3)
+        return torch.zeros_like(z)
+    return vj

@@ -60,6 +60,23 @@ def test_penalty_needs_a_graph():
         deqkit.jacobian_penalty(torch.nn.Linear(2, 2))
 
 
+def test_penalty_names_the_cause_of_a_bad_call():
+    block, x = tanh_problem(4, 0.5, batch=2)
+    deq = deqkit.DEQ(block)
+    deq(x).sum().backward()  # frees the graph the penalty needs
+    with pytest.raises(RuntimeError, match="take the penalty before loss.backward"):
+        deqkit.jacobian_penalty(deq)
+    with pytest.raises(TypeError, match="needs the model"):
+        deqkit.jacobian_penalty(None)
+    deq(x)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        deqkit.jacobian_penalty(deq, generator=42)
+    blind = deqkit.DEQ(lambda z, x: block(z.detach(), x))  # ∂f/∂z = 0 in the graph: said, not hidden
+    blind(x)
+    with pytest.warns(UserWarning, match="does not depend on z"):
+        assert deqkit.jacobian_penalty(blind).item() == 0.0
+
+
 def test_penalty_costs_no_extra_forward_evaluation():
     block, x = tanh_problem(8, 0.5, batch=4)
     calls = []

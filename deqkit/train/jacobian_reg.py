@@ -119,10 +119,11 @@ def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[
     -------
     dict
         ``probe_nfe``: evaluations Anderson needs for every sample to reach relative residual 1e-4, with no
-        evaluation budget but at most 500 steps; ``probe_converged``: the fraction it converged; ``rho_mean``, ``rho_max``: ρ(∂f/∂z) at that
-        z* over the batch (:func:`deqkit.spectral_radius`); ``frobenius``: the mean of ``‖∂f/∂z‖²_F / d`` there
-        (what :func:`deqkit.jacobian_penalty` estimates); ``grad_cos``: the cosine similarity of the model's own
-        parameter gradient (its backward method, in training mode) with the implicit one solved to 1e-6.
+        evaluation budget but at most 500 steps; ``probe_converged``: the fraction it converged; ``rho_mean``,
+        ``rho_max``: ρ(∂f/∂z) at that z* over the batch (:func:`deqkit.spectral_radius`); ``frobenius``: the mean
+        of ``‖∂f/∂z‖²_F / d`` there (what :func:`deqkit.jacobian_penalty` estimates); ``grad_cos``: the cosine
+        similarity of the model's own parameter gradient (its backward method, in training mode) with the
+        implicit one solved to 1e-6.
     """
     was_training = model.training
     deq = model.deq

@@ -60,7 +60,7 @@ def test_dynamic_ss_does_not_return_to_the_ode_with_the_budget_spent(solver):
     for budget in range(2, 30):
         calls = []
 
-        def f(z):
+        def f(z, calls=calls):
             calls.append(1)
             return torch.tanh(z @ w.T + 1)
 
