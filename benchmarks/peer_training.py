@@ -321,7 +321,7 @@ def parse_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError as err:
         parser.error(f"--device {name!r} is not a torch device ({err}); use cpu, cuda or cuda:N")
-    if device.type not in ("cpu", "cuda"):
+    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index not in (None, 0)):
         parser.error(f"--device {name!r}: this benchmark runs on cpu or cuda")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -342,11 +342,18 @@ def main(argv: list[str] | None = None) -> list[BlockResult]:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="stop the epoch after this many steps")
-    parser.add_argument("--fast", action="store_true", help="8 steps on a 1024-image subset, 1000 test images")
-    parser.add_argument("--plot", default="docs/img/peer_training.png", help="PNG path ('' for none)")
+    parser.add_argument("--fast", action="store_true",
+                        help="8 steps on a subset of 8 batches; the plot only where --plot names a path")
+    parser.add_argument("--plot", default=None,
+                        help="PNG path ('' for none; default docs/img/peer_training.png, none with --fast)")
     parser.add_argument("--device", default="cpu", help="torch device to train on: cpu (default), cuda or cuda:N")
     args = parser.parse_args(argv)
     device = parse_device(parser, args.device)
+    if args.plot is None:  # a --fast run must not overwrite the committed figure of the full epoch
+        args.plot = "" if args.fast else "docs/img/peer_training.png"
+    for option, values in (("--blocks", args.blocks), ("--runs", args.runs)):
+        if len(set(values)) < len(values):
+            parser.error(f"{option} names a value twice: {values}")
     if args.threads < 1 or args.batch < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--threads, --batch and --steps must be >= 1")
     unknown = [r for r in args.runs if r not in RUNS]

@@ -155,11 +155,27 @@ def test_peer_training_fast_against_torchdeq(capsys):
     ("cuda:99", "this torch sees"),  # an absent card, also on a machine with a GPU
     ("meta", "this benchmark runs on cpu or cuda"),
     ("gpu0", "is not a torch device"),
+    ("cpu:1", "this benchmark runs on cpu or cuda"),
 ])
 def test_peer_training_refuses_a_device_it_cannot_use(device, message, capsys):
     with pytest.raises(SystemExit):
         peer_training.main(["--device", device])
     assert message in capsys.readouterr().err
+
+
+def test_peer_training_fast_keeps_the_committed_plot(capsys, monkeypatch):
+    _mnist_or_skip()
+    monkeypatch.setattr(peer_training, "torchdeq_available", lambda: False)
+    monkeypatch.setattr(peer_training, "save", lambda fig, path: pytest.fail(f"--fast wrote {path}"))
+    peer_training.main(["--fast", "--blocks", "mlp", "--runs", "deqkit anderson + implicit", "--steps", "1"])
+    assert "plot:" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--blocks", "mlp", "mlp"], ["--runs", "deqkit defaults", "deqkit defaults"]])
+def test_peer_training_refuses_a_value_named_twice(argv, capsys):
+    with pytest.raises(SystemExit):
+        peer_training.main(argv)
+    assert "names a value twice" in capsys.readouterr().err
 
 
 def test_peer_training_refuses_unknown_runs(capsys):
