@@ -120,7 +120,7 @@ class DEQ(nn.Module):
         if stale:
             raise TypeError(f"DEQ no longer takes {', '.join(stale)}: configure the backward pass as one object, "
                             "e.g. DEQ(f, backward=deqkit.Implicit(solver='gmres', reltol=1e-6, max_steps=100))")
-        if isinstance(z0, str) and z0 not in ("zeros", "f0"):
+        if not (z0 in ("zeros", "f0") if isinstance(z0, str) else callable(z0) or isinstance(z0, torch.Tensor)):
             raise ValueError(f"z0 must be 'zeros', 'f0', a callable or a tensor, got {z0!r}")
         if not callable(f):
             raise TypeError(f"f must be an nn.Module or a callable f(z, x), got {type(f).__name__}")
@@ -128,7 +128,10 @@ class DEQ(nn.Module):
             raise TypeError(f"strict must be True or False, got {strict!r}")
         # checked now, not at the first call
         tol = Tolerances(abstol, reltol, 1 if max_steps is None else max_steps, max_nfe)
-        self.eval_max_nfe = Tolerances(abstol, reltol, 1, eval_max_nfe).max_nfe
+        try:
+            self.eval_max_nfe = Tolerances(abstol, reltol, 1, eval_max_nfe).max_nfe
+        except (TypeError, ValueError) as err:  # its message names max_nfe: say which budget
+            raise type(err)(str(err).replace("max_nfe", "eval_max_nfe", 1)) from err
         self.f = f
         self.z0, self.strict = z0, strict
         self.abstol, self.reltol, self.max_steps = tol.abstol, tol.reltol, None if max_steps is None else tol.max_steps

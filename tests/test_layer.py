@@ -299,3 +299,10 @@ def test_convergence_warnings_point_at_the_users_line():
         backward_line = inspect.currentframe().f_lineno + 1
         out.sum().backward()
     assert [(w.filename, w.lineno) for w in caught] == [(__file__, forward_line), (__file__, backward_line)]
+
+
+def test_settings_are_checked_at_construction():
+    with pytest.raises(ValueError, match="z0 must be 'zeros', 'f0', a callable or a tensor, got 3"):
+        deqkit.DEQ(lambda z, x: z, z0=3)
+    with pytest.raises(ValueError, match="^eval_max_nfe must be"):
+        deqkit.DEQ(lambda z, x: z, eval_max_nfe=0)

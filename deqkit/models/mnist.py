@@ -28,6 +28,7 @@ from torch.nn.utils import parametrizations
 
 from ..adjoint import Implicit
 from ..layer import DEQ
+from ..solvers.core import check_int
 
 __all__ = ["MNIST_MODELS", "WEIGHT_NORMS", "ConvBlock", "MLPBlock", "MNISTDEQ", "SeedMNISTBlock", "WideBlock",
            "conv_deq", "mlp_deq", "mnist_model", "normalize_weight", "seed_mnist_model", "wide_mlp_deq"]
@@ -203,6 +204,7 @@ class MLPBlock(nn.Module):
         super().__init__()
         if norm not in ("layer", None):
             raise ValueError(f"norm must be 'layer' or None, got {norm!r}")
+        width = check_int("width", width, 1)
         self.linear = normalize_weight(nn.Linear(width, width), weight_norm)
         self.norm = nn.LayerNorm(width) if norm == "layer" else nn.Identity()
 

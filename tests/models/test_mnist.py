@@ -215,3 +215,9 @@ def test_the_implicit_gradient_of_a_parametrized_weight_is_the_unrolled_one(norm
     (implicit, unrolled) = grads.values()
     for a, b in zip(implicit, unrolled):
         assert float(a.abs().max()) > 0 and torch.allclose(a, b, rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("width", [0, -3, 2.5])
+def test_a_bad_width_is_refused(width):
+    with pytest.raises((TypeError, ValueError), match="width must be an integer >= 1"):
+        mnist_model("mlp-ln", width=width)
