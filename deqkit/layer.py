@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -136,7 +137,10 @@ class DEQ(nn.Module):
         self.z0, self.strict = z0, strict
         self.abstol, self.reltol, self.max_steps = tol.abstol, tol.reltol, None if max_steps is None else tol.max_steps
         self.max_nfe = tol.max_nfe
-        self.solver = as_solver(solver, options)
+        try:
+            self.solver = as_solver(solver, options)
+        except TypeError as err:  # an option of a gradient method, given to the DEQ: say where it belongs
+            raise TypeError(f"{err}{_gradient_hint(options)}") from err
         self.backward = backward
         self.last_stats: DEQStats | None = None
         self.last_equilibrium: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -308,6 +312,19 @@ class DEQ(nn.Module):
         if not torch.isfinite(x).all():
             raise ValueError(f"the input x contains NaN or Inf ({int((~torch.isfinite(x)).sum())} entries): a "
                              "fixed point of f(z, x) is undefined there; clean the data or check the layer below")
+
+
+def _gradient_hint(options: dict[str, Any]) -> str:
+    """``". 'steps' is an option of the gradient: backward=deqkit.Phantom(steps=...)"``, or ``""``."""
+    from .adjoint import GRADIENTS
+
+    for cls in GRADIENTS.values():
+        mine = [k for k in options if k in inspect.signature(cls).parameters]
+        if mine:
+            settings = ", ".join(f"{k}=..." for k in mine)
+            return f". {', '.join(map(repr, mine))}: an option of the gradient, pass backward=deqkit.{cls.__name__}" \
+                   f"({settings})"
+    return ""
 
 
 def _functorch_wrapped(x: torch.Tensor) -> bool:

@@ -306,3 +306,8 @@ def test_settings_are_checked_at_construction():
         deqkit.DEQ(lambda z, x: z, z0=3)
     with pytest.raises(ValueError, match="^eval_max_nfe must be"):
         deqkit.DEQ(lambda z, x: z, eval_max_nfe=0)
+
+
+def test_a_gradient_option_given_to_the_deq_says_where_it_belongs():
+    with pytest.raises(TypeError, match=r"'steps': an option of the gradient, pass backward=deqkit.Phantom\(steps="):
+        deqkit.DEQ(lambda z, x: z, backward="phantom", steps=3)

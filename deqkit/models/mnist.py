@@ -18,6 +18,7 @@ Every model is an :class:`MNISTDEQ`: ``logits = head(deq(encoder(images)))``, wh
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -423,20 +424,21 @@ def mlp_deq(*, width: int = 128, norm: str | None = "layer", weight_norm: str | 
 
 
 #: Model name -> constructor (keyword arguments: ``seed`` and :class:`~deqkit.DEQ` overrides).
-def _no_override(options: dict[str, Any], key: str, name: str) -> dict[str, Any]:
+def _no_override(options: dict[str, Any], key: str, name: str, instead: str) -> dict[str, Any]:
     if key in options:
-        raise TypeError(f"the {name!r} model fixes {key}; do not pass it (use 'seed' with {key}=... instead)")
+        raise TypeError(f"the {name!r} model fixes {key}; do not pass it ({instead})")
     return options
 
 
 MNIST_MODELS: dict[str, Callable[..., MNISTDEQ]] = {
     "seed": seed_mnist_model,
-    "seed-linear": lambda **kw: seed_mnist_model(**_no_override(kw, "linear_logits", "seed-linear"),
-                                                 linear_logits=True),
+    "seed-linear": lambda **kw: seed_mnist_model(
+        **_no_override(kw, "linear_logits", "seed-linear", "use 'seed' with linear_logits=... instead"),
+        linear_logits=True),
     "wide": wide_mlp_deq,
     "conv": conv_deq,
-    "mlp": lambda **kw: mlp_deq(**_no_override(kw, "norm", "mlp"), norm=None),
-    "mlp-ln": lambda **kw: mlp_deq(**_no_override(kw, "norm", "mlp-ln"), norm="layer"),
+    "mlp": lambda **kw: mlp_deq(**_no_override(kw, "norm", "mlp", "'mlp-ln' is the LayerNorm one"), norm=None),
+    "mlp-ln": lambda **kw: mlp_deq(**_no_override(kw, "norm", "mlp-ln", "'mlp' has no normalization"), norm="layer"),
 }
 
 
@@ -463,4 +465,17 @@ def mnist_model(name: str, **options: Any) -> MNISTDEQ:
     """
     if name not in MNIST_MODELS:
         raise ValueError(f"unknown MNIST model {name!r}; choose one of {sorted(MNIST_MODELS)}")
+    _refuse_other_models_options(name, options)
     return MNIST_MODELS[name](**options)
+
+
+def _refuse_other_models_options(name: str, options: dict[str, Any]) -> None:
+    """An option another model's constructor takes (``weight_norm`` for ``seed``) named as such: it would
+    otherwise reach the DEQ and be reported as an unknown option of its solver."""
+    builders = {"seed": seed_mnist_model, "seed-linear": seed_mnist_model, "wide": wide_mlp_deq, "conv": conv_deq,
+                "mlp": mlp_deq, "mlp-ln": mlp_deq}
+    takes = {m: set(inspect.signature(make).parameters) - {"deq_options"} for m, make in builders.items()}
+    for key in options:
+        takers = [m for m in MNIST_MODELS if key in takes[m]]
+        if key not in takes[name] and takers:
+            raise TypeError(f"the {name!r} model takes no {key!r}; the models that do: {takers}")

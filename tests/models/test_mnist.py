@@ -221,3 +221,13 @@ def test_the_implicit_gradient_of_a_parametrized_weight_is_the_unrolled_one(norm
 def test_a_bad_width_is_refused(width):
     with pytest.raises((TypeError, ValueError), match="width must be an integer >= 1"):
         mnist_model("mlp-ln", width=width)
+
+
+@pytest.mark.parametrize(("name", "options", "message"), [
+    ("seed", {"weight_norm": "spectral"}, r"the 'seed' model takes no 'weight_norm'; the models that do: \['conv'"),
+    ("wide", {"channels": 8}, r"the 'wide' model takes no 'channels'; the models that do: \['conv'\]"),
+    ("mlp", {"norm": "layer"}, "the 'mlp' model fixes norm; do not pass it \\('mlp-ln' is the LayerNorm one\\)"),
+])
+def test_another_models_option_is_named_as_such(name, options, message):
+    with pytest.raises(TypeError, match=message):
+        mnist_model(name, **options)
