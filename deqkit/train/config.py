@@ -85,6 +85,9 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not isinstance(self.model_options, dict):
             raise TypeError(f"model_options must be a dict of keyword arguments, got {type(self.model_options)}")
+        if "seed" in self.model_options:
+            raise ValueError("model_options must not set the seed: training sets the model's seed from "
+                             "TrainConfig.seed (--seed on the command line)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -257,6 +257,7 @@ CASES: list[tuple[str, Callable[[Bench], Any], type[BaseException] | int, str]] 
     ("cli: --weight-decay inf", lambda b: b.cli("--weight-decay", "inf"), 2, "weight_decay must be a finite non-neg"),
     ("cli: --deq with an unknown key", lambda b: b.cli("--deq", "bogus=1"), 2, "unknown option(s) 'bogus'"),
     ("cli: --deq max_steps=0", lambda b: b.cli("--deq", "max_steps=0"), 2, "max_steps"),
+    ("cli: --deq seed=3", lambda b: b.cli("--deq", "seed=3"), 2, "(--seed on the command line)"),
     # --- MNIST
     ("mnist: a folder where a file should be", lambda b: _dir_where_a_file_should_be(b, download=False),
      MNISTError, "is a directory"),
