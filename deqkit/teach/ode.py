@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 import torch
 from matplotlib.patches import Circle, Rectangle
+from matplotlib.ticker import NullLocator
 
 from .. import problems
 from ..errors import ConvergenceWarning
@@ -305,6 +306,8 @@ def phase_panel(system: str = "pitchfork", a: float = 1.2, ode_method: str = "ts
     ax_dt.set(xlabel="t", ylabel="step size h", title=f"{ode_method}: the batch's accepted steps")
     ax_res.set(xlabel="t", ylabel="‖f(z) − z‖∞", title="residual (● = termination rule fires)")
     ax_res.legend(fontsize=7, loc="lower left")
+    for log_axis in (ax_dt.yaxis, ax_res.yaxis):  # the log axes' minor ticks were a third of each redraw
+        log_axis.set_minor_locator(NullLocator())
     return Panel(fig, _readout(stats, abstol, reltol, max_steps, traj[-1, 0], zb, sb, h_star, re_mu))
 
 
