@@ -27,7 +27,7 @@ import torch
 
 from .errors import DivergenceError
 from .solvers import BACKWARD_SOLVERS, Solution, SolverSpec, as_solver, run
-from .solvers.core import Solver, Tolerances, check_int, check_real, named
+from .solvers.core import Configured, Solver, Tolerances, check_int, check_real, named
 from .stats import SolverStats
 
 Block = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -48,7 +48,7 @@ class Context:
     max_nfe: int | None = None  # the forward solve's budget: the backward's default budget
 
 
-class Gradient(abc.ABC):
+class Gradient(Configured, abc.ABC):
     """How the layer's output gets its gradient; one object per method.
 
     Attributes

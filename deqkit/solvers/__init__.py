@@ -176,6 +176,8 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
         When a sample does not converge within ``max_steps`` and ``strict`` is False.
     """
     check_start(z0)
+    if not isinstance(strict, bool):  # checked here too: DEQ.strict may be reassigned after construction
+        raise TypeError(f"strict must be True or False, got {strict!r}")
     tol = Tolerances(abstol, reltol, solver.default_max_steps if max_steps is None else max_steps, max_nfe)
     z0 = z0.detach().clone()  # the solver's own copy: the caller's z0 is never touched or handed back
     monitor = Monitor(solver.label, z0, tol, strict=strict, record=record)
@@ -208,6 +210,7 @@ def solve(f: Map, z0: torch.Tensor, *, solver: SolverSpec = "dynamic_ss", abstol
     max_nfe : int, optional
         Most evaluations of ``f`` (≥ 2, the first included); never exceeded. Samples still running when it is
         spent stop with their best iterate and are warned about. No budget beyond ``max_steps`` when omitted.
+        ``"dynamic_ss"`` needs at least its first evaluation and one ODE step (7 with Tsit5), else ``ValueError``.
     strict : bool
         Raise :class:`~deqkit.ConvergenceError` instead of warning when a sample does not converge.
     record : bool
@@ -224,6 +227,8 @@ def solve(f: Map, z0: torch.Tensor, *, solver: SolverSpec = "dynamic_ss", abstol
 
     Raises
     ------
+    ValueError
+        If an option is invalid, or ``max_nfe`` cannot pay for one step of the method.
     deqkit.DivergenceError
         At once, when an iterate becomes NaN or infinite.
     deqkit.ConvergenceError

@@ -12,6 +12,7 @@ changing while the rest of the batch goes on.
 from __future__ import annotations
 
 import abc
+import functools
 import inspect
 import math
 import numbers
@@ -329,7 +330,41 @@ def make_options(cls: type, method: str, options: dict[str, Any]) -> Any:
     return cls(**options)
 
 
-class Solver(abc.ABC):
+class Configured:
+    """Base of the configured objects (solvers, gradient methods): their settings are fixed once built.
+
+    A constructor checks its arguments and may derive state from them (e.g. :class:`DynamicSS`'s polishing
+    solver and step-size controller), so assigning a setting later would skip the check or be silently ignored.
+    It raises instead; other attributes (a subclass's own caches) stay assignable.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _settling(cls.__dict__["__init__"])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_settled") and name in inspect.signature(type(self)).parameters:
+            kind = type(self).__name__
+            raise AttributeError(
+                f"{kind}.{name} cannot be changed after construction (settings are checked, and what depends on "
+                f"them is built, once): make a new one, e.g. {kind}({name}={value!r}), and use it instead")
+        super().__setattr__(name, value)
+
+
+def _settling(init: Callable[..., None]) -> Callable[..., None]:
+    """``init``, then mark the object built, unless a subclass's constructor is still running around it."""
+
+    @functools.wraps(init)  # keeps the signature, which names the settings
+    def wrapper(self: Configured, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if type(self).__init__ is wrapper:
+            self.__dict__["_settled"] = True
+
+    return wrapper
+
+
+class Solver(Configured, abc.ABC):
     """The one interface of every fixed-point method, forward (Picard, Anderson, Broyden, DynamicSS) or
     backward-only (GMRES).
 

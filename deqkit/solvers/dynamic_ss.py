@@ -244,6 +244,10 @@ class DynamicSS(Solver):
         if steps == 0:
             monitor.check(0, ode.y, ode.f, ode.f + ode.y, field.nfe, t=0.0, settling=True)
             field.observe(monitor, ode.y, ode.f + ode.y)
+            if not monitor.done and not monitor.affords(field.nfe, ode.cost):
+                raise ValueError(f"max_nfe={monitor.tol.max_nfe} cannot pay for one step of {self.ode_method}: "
+                                 f"{field.nfe} evaluation{'s' * (field.nfe > 1)} at the start and {ode.cost} per step; "
+                                 "raise max_nfe")
         accepted = 0
         while not monitor.done and steps < monitor.tol.max_steps and monitor.affords(field.nfe, ode.cost):
             try:

@@ -1,0 +1,67 @@
+"""Solvers and gradient methods keep the settings they were built with: a later assignment raises.
+
+Before, ``Phantom(steps=5).steps = 0`` gave zero gradients without a word, and ``DynamicSS().polish_m = 9`` was
+ignored (its polishing solver is built in the constructor).
+"""
+
+import copy
+import inspect
+import pickle
+
+import pytest
+import torch
+
+import deqkit
+from deqkit.adjoint import GRADIENTS
+from deqkit.solvers import BACKWARD_SOLVERS
+
+CLASSES = list(BACKWARD_SOLVERS.values()) + list(GRADIENTS.values())
+SETTINGS = [(cls, name) for cls in CLASSES for name, p in inspect.signature(cls).parameters.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+
+def test_every_class_has_settings_to_check():
+    assert {cls for cls, _ in SETTINGS} == set(CLASSES) - {deqkit.Unrolled, deqkit.OneStep}  # these take none
+
+
+@pytest.mark.parametrize("cls, name", SETTINGS, ids=lambda v: getattr(v, "__name__", v))
+def test_a_setting_cannot_be_reassigned(cls, name):
+    obj = cls()
+    before = repr(obj), getattr(obj, name)
+    with pytest.raises(AttributeError, match=rf"{cls.__name__}\.{name} cannot be changed after construction.*"
+                                             rf"make a new one, e\.g\. {cls.__name__}\({name}="):
+        setattr(obj, name, getattr(obj, name))
+    assert (repr(obj), getattr(obj, name)) == before
+
+
+def test_phantom_with_zero_steps_is_refused_however_it_is_written():
+    phantom = deqkit.Phantom(steps=5)
+    with pytest.raises(AttributeError, match=r"Phantom\(steps=0\)"):
+        phantom.steps = 0
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        deqkit.Phantom(steps=0)
+    assert phantom.steps == 5
+
+
+def test_other_attributes_stay_assignable_and_copies_keep_the_rule():
+    class Counting(deqkit.Picard):  # a user's solver with its own bookkeeping
+        def run(self, f, z0, monitor):
+            self.calls = getattr(self, "calls", 0) + 1
+            return super().run(f, z0, monitor)
+
+    solver = Counting(damping=0.5)
+    deqkit.solve(lambda z: 0.5 * z + 1, torch.zeros(2, 3), solver=solver)
+    assert solver.calls == 1
+    for other in (copy.deepcopy(deqkit.Anderson(m=3)), pickle.loads(pickle.dumps(deqkit.Anderson(m=3)))):
+        assert other.m == 3
+        with pytest.raises(AttributeError, match="cannot be changed"):
+            other.m = 4
+
+
+def test_a_deq_with_strict_reassigned_to_a_non_bool_is_refused_at_the_call():
+    deq = deqkit.DEQ(lambda z, x: torch.tanh(0.5 * z + x), solver="anderson")
+    deq.strict = "yes"
+    with pytest.raises(TypeError, match="strict must be True or False, got 'yes'"):
+        deq(torch.zeros(2, 3))
+    deq.strict, deq.solver = True, deqkit.Anderson(m=3)  # the layer's own settings stay assignable
+    assert deq(torch.zeros(2, 3)).shape == (2, 3) and deq.solver.m == 3
