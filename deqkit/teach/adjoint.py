@@ -29,7 +29,7 @@ from ..problems import linear_problem, tanh_problem
 from ..solvers import BACKWARD_SOLVERS as REGISTRY
 from ..solvers import GMRES, Broyden, Solver, solve
 from . import fast_mode
-from .widgets import Panel, figure
+from .widgets import Panel, figure, subplots
 
 #: The gradient methods compared here (notebook 06 teaches the phantom gradient).
 MODES = tuple(name for name in GRADIENTS if name != "phantom")
@@ -59,7 +59,7 @@ def _quick_figure(ncols: int = 1, *, width: float = 4.2, height: float = 3.2, le
     took about half of each redraw. The margins are chosen per panel (fractions of the figure).
     """
     fig = Figure(figsize=(width * ncols, height))
-    axes = fig.subplots(1, ncols)
+    axes = subplots(fig, 1, ncols)
     fig.subplots_adjust(left=left, right=right, bottom=bottom, top=top, wspace=wspace)
     return fig, axes
 
