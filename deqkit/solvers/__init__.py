@@ -210,7 +210,8 @@ def solve(f: Map, z0: torch.Tensor, *, solver: SolverSpec = "dynamic_ss", abstol
     max_nfe : int, optional
         Most evaluations of ``f`` (≥ 2, the first included); never exceeded. Samples still running when it is
         spent stop with their best iterate and are warned about. No budget beyond ``max_steps`` when omitted.
-        ``"dynamic_ss"`` needs at least its first evaluation and one ODE step (7 with Tsit5), else ``ValueError``.
+        ``"dynamic_ss"`` needs at least its start and one ODE step (7 with the default Tsit5 and polish; one more
+        without a ``first_step``, which the solver then chooses with an evaluation), else ``ValueError``.
     strict : bool
         Raise :class:`~deqkit.ConvergenceError` instead of warning when a sample does not converge.
     record : bool

@@ -343,8 +343,14 @@ class Configured:
         if "__init__" in cls.__dict__:
             cls.__init__ = _settling(cls.__dict__["__init__"])
 
+    @classmethod
+    def settings(cls) -> list[inspect.Parameter]:
+        """The constructor's parameters: the settings fixed once an object is built."""
+        variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        return [p for p in inspect.signature(cls).parameters.values() if p.kind not in variadic]
+
     def __setattr__(self, name: str, value: Any) -> None:
-        if self.__dict__.get("_settled") and name in inspect.signature(type(self)).parameters:
+        if self.__dict__.get("_settled") and name in {p.name for p in self.settings()}:
             kind = type(self).__name__
             raise AttributeError(
                 f"{kind}.{name} cannot be changed after construction (settings are checked, and what depends on "
@@ -397,7 +403,7 @@ class Solver(Configured, abc.ABC):
 
     def _changed_options(self) -> list[str]:
         shown = []
-        for param in inspect.signature(type(self)).parameters.values():
+        for param in self.settings():
             value = getattr(self, param.name, param.default)
             if value is not param.default and value != param.default:
                 shown.append(f"{param.name}={value!r}")

@@ -124,7 +124,7 @@ def young_garbage() -> Iterator[None]:
     collector, a redraw's figure is promoted to the oldest generation while it is drawn, so it is freed only by
     full collections, which traverse every object in the kernel (about 5·10⁵ with torch and IPython loaded): a
     pause of 0.3–0.5 s on this project's 2-core machine, once every nine or so redraws of notebook 01 (measured:
-    docs/results.md, section 9). Collected while still young, one redraw's garbage costs about 10 ms. Collection
+    docs/results.md, section 9). Collected while still young, one redraw's garbage costs 8–30 ms here. Collection
     is left off if it was off before.
     """
     enabled = gc.isenabled()

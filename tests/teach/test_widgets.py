@@ -1,6 +1,9 @@
 """Honest widgets: an error replaces the plot, one failing method does not hide the others, busy and progress."""
 
+import contextlib
+import gc
 import io
+import weakref
 
 import ipywidgets as widgets
 import numpy as np
@@ -189,9 +192,6 @@ def test_control_values_needs_both_ends():
 def test_a_redraw_frees_its_figure_at_once_and_leaves_the_collector_as_it_was(monkeypatch):
     # A figure lives in reference cycles: left to the automatic collector it reached the oldest generation and was
     # freed by a full collection, a 0.3-0.5 s pause every ninth or so redraw in the browser (docs/results.md §9).
-    import gc
-    import weakref
-
     figures = []
 
     def panel(slope):
@@ -222,7 +222,7 @@ def test_a_redraw_frees_its_figure_at_once_and_leaves_the_collector_as_it_was(mo
     finally:
         gc.enable()
     # the mechanism itself: without it the figures outlive their redraw
-    monkeypatch.setattr(teach_widgets, "young_garbage", __import__("contextlib").nullcontext)
+    monkeypatch.setattr(teach_widgets, "young_garbage", contextlib.nullcontext)
     app.controls["slope"].value = 0.3
     assert figures[-1]() is not None
 
@@ -236,6 +236,7 @@ def test_log_axes_are_labelled_in_plain_text_and_the_title_stays_put():
     assert [plain(x) for x in (1e-4, 1.0, 100.0, 2e-3)] == ["10⁻⁴", "10⁰", "10²", "2×10⁻³"]
     fig, ax = figure()
     ax.semilogy([0, 1, 2], [1e-6, 1e-3, 1.0])
+    ax.xaxis.tick_top()  # labels above the axes: a title left to matplotlib would be lifted over them
     ax.set(title="residual")
     render_png(fig)
     labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
