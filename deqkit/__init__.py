@@ -12,7 +12,7 @@ from .diagnostics import GradientReport, compare_gradients, spectral_radius
 from .errors import ConvergenceError, ConvergenceWarning, DivergenceError
 from .layer import DEQ, DEQStats
 from .regularization import jacobian_penalty
-from .solvers import GMRES, SOLVERS, Anderson, Broyden, DynamicSS, Picard, Solver, solve
+from .solvers import GMRES, SOLVERS, Anderson, Broyden, DynamicSS, Picard, Solver, StepSizeController, solve
 from .stats import SolverStats
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "ConvergenceWarning",
     "DivergenceError",
     "DynamicSS",
+    "StepSizeController",
     "GMRES",
     "Gradient",
     "GradientReport",

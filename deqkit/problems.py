@@ -12,8 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["KINDS", "SYSTEMS", "TanhBlock", "linear_problem", "system_map", "system_matrix", "tanh_problem",
-           "tanh_weight"]
+__all__ = ["FAMILIES", "KINDS", "SYSTEMS", "ConvGNFamily", "MDEQFamily", "MLPFamily", "TanhBlock", "block_problem",
+           "linear_problem", "system_map", "system_matrix", "tanh_problem", "tanh_weight"]
 
 KINDS = ("orthogonal", "symmetric", "gaussian", "psd")
 SYSTEMS = ("pitchfork", "spiral")
@@ -175,3 +175,91 @@ def system_map(system: str, a: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """
     w = system_matrix(system, a)
     return lambda z: torch.tanh(z @ w.T)
+
+
+#: The block families people train, as shared test problems (see :func:`block_problem`).
+FAMILIES = ("mlp", "layernorm", "conv_gn", "mdeq")
+
+
+class MLPFamily(nn.Module):
+    """``f(z, x) = norm(tanh(W z + b + x))``: the MLP-DEQ block, plain (``norm=False``) or with LayerNorm."""
+
+    def __init__(self, d: int, *, norm: bool):
+        super().__init__()
+        self.linear = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d) if norm else nn.Identity()
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(torch.tanh(self.linear(z) + x))
+
+
+class ConvGNFamily(nn.Module):
+    """``f(z, x) = GN(relu(z + GN(x + conv₂(GN(relu(conv₁ z))))))``: the implicit-layers tutorial's residual block."""
+
+    def __init__(self, channels: int, hidden: int, groups: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, hidden, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(hidden, channels, 3, padding=1, bias=False)
+        self.norm1, self.norm2 = nn.GroupNorm(groups, hidden), nn.GroupNorm(groups, channels)
+        self.norm3 = nn.GroupNorm(groups, channels)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(torch.relu(self.conv1(z)))
+        return self.norm3(torch.relu(z + self.norm2(x + self.conv2(y))))
+
+
+class MDEQFamily(nn.Module):
+    """``f(z, x) = GN(relu(x + conv₂(GN(relu(conv₁ z)))))``: MDEQ's residual block at one resolution."""
+
+    def __init__(self, channels: int, hidden: int, groups: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, hidden, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(hidden, channels, 3, padding=1, bias=False)
+        self.norm1, self.norm2 = nn.GroupNorm(groups, hidden), nn.GroupNorm(groups, channels)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.norm2(torch.relu(x + self.conv2(self.norm1(torch.relu(self.conv1(z))))))
+
+
+def block_problem(family: str, *, batch: int = 8, size: int = 32, seed: int = 0,
+                  dtype: torch.dtype = torch.float64) -> tuple[nn.Module, torch.Tensor]:
+    """A block of one family, initialised as PyTorch initialises it, and an input batch ``x``.
+
+    Parameters
+    ----------
+    family : {"mlp", "layernorm", "conv_gn", "mdeq"}
+        ``"mlp"``: ``tanh(W z + b + x)``; ``"layernorm"``: ``LayerNorm(tanh(W z + b + x))`` (both ``size``-d);
+        ``"conv_gn"``: :class:`ConvGNFamily`; ``"mdeq"``: :class:`MDEQFamily` (both with ``size`` channels on
+        8×8 maps, ``2·size`` hidden channels, 8 groups).
+    batch : int
+    size : int
+        Width of the MLPs, channels of the conv blocks (a multiple of 8 for those).
+    seed : int
+        Seeds the weights, then ``x`` (entries ``N(0, 1)``).
+    dtype : torch.dtype
+
+    Returns
+    -------
+    block : nn.Module
+        Called as ``block(z, x)``; ``z`` is shaped like ``x``.
+    x : torch.Tensor
+
+    Raises
+    ------
+    ValueError
+        If ``family`` is unknown, or a conv family's ``size`` is not a multiple of 8.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown block family {family!r}; choose one of {FAMILIES}")
+    if family in ("conv_gn", "mdeq") and size % 8:
+        raise ValueError(f"the conv families use 8 groups: size must be a multiple of 8, got {size}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if family in ("mlp", "layernorm"):
+            block: nn.Module = MLPFamily(size, norm=family == "layernorm")
+            shape: tuple[int, ...] = (batch, size)
+        else:
+            block = (ConvGNFamily if family == "conv_gn" else MDEQFamily)(size, 2 * size, 8)
+            shape = (batch, size, 8, 8)
+        x = torch.randn(shape, dtype=torch.float64)
+    return block.to(dtype), x.to(dtype)

@@ -38,6 +38,9 @@ class SolverStats:
         ODE methods only: steps the error control rejected.
     times : list of float
         ODE methods only: the integration time ``t`` of each ``history`` entry.
+    converged_step, converged_nfe : torch.Tensor
+        Long tensors, shape ``(batch,)``: the step and the evaluation count at which each sample met the termination
+        rule; −1 for a sample that did not converge.
     trajectory : list of torch.Tensor
         The iterates, one per ``history`` entry, when the solve ran with ``record=True``.
     """
@@ -54,6 +57,8 @@ class SolverStats:
     rejected_steps: int = 0
     times: list[float] = field(default_factory=list)
     trajectory: list[torch.Tensor] = field(default_factory=list, repr=False)
+    converged_step: torch.Tensor | None = None
+    converged_nfe: torch.Tensor | None = None
 
     @property
     def all_converged(self) -> bool:

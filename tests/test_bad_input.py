@@ -47,8 +47,17 @@ CASES = [
      r"step_size must be in \(0"),
     ("Euler step_size<0", lambda: deqkit.DynamicSS(ode_method="euler", step_size=-0.5), ValueError,
      r"step_size must be in \(0"),
-    ("first_step=-1", lambda: deqkit.DynamicSS(first_step=-1), ValueError, r"first_step must be in \(0"),
-    ("ode_rtol=-1", lambda: deqkit.DynamicSS(ode_rtol=-1), ValueError, r"ode_rtol must be in \(0"),
+    ("first_step=-1", lambda: deqkit.StepSizeController(first_step=-1), ValueError, r"first_step must be in \(0"),
+    ("rtol=-1", lambda: deqkit.StepSizeController(rtol=-1), ValueError, r"rtol must be in \(0"),
+    ("a moved DynamicSS option", lambda: deqkit.DynamicSS(first_step=0.1, polish_m=3), TypeError,
+     r"first_step: use controller=deqkit.StepSizeController\(first_step=...\); polish_m: use "
+     r"polish=deqkit.Anderson\(m=...\)"),
+    ("a moved option by name", lambda: deqkit.solve(torch.cos, Z, ode_rtol=1e-3), TypeError,
+     r"'ode_rtol'.*ode_rtol moved: use controller=deqkit.StepSizeController\(rtol=...\)"),
+    ("controller of the wrong type", lambda: deqkit.DynamicSS(controller={"rtol": 1e-3}), TypeError,
+     "controller must be a deqkit.StepSizeController"),
+    ("polisher of the wrong kind", lambda: deqkit.DynamicSS(polish=deqkit.Picard()), ValueError,
+     r"polish must be 'anderson', a deqkit.Anderson\(...\) or None"),
     ("unknown ode_method", lambda: deqkit.DynamicSS(ode_method="rk45"), ValueError, "unknown ode_method 'rk45'"),
     ("GMRES restart=0", lambda: deqkit.GMRES(restart=0), ValueError, "restart must be an integer >= 1"),
     ("unknown option", lambda: deqkit.solve(torch.cos, Z, solver="anderson", memory=5), TypeError,
@@ -115,7 +124,7 @@ def test_numpy_numbers_are_numbers():
     z, stats = deqkit.solve(lambda z: 0.5 * z + 1, torch.zeros(2, 3, dtype=torch.float64), solver="anderson",
                             abstol=np.float32(1e-8), reltol=np.float64(0), max_steps=np.int64(20), m=np.int32(3))
     assert stats.all_converged and torch.allclose(z, torch.full_like(z, 2.0))
-    assert deqkit.DynamicSS(ode_rtol=np.float32(1e-6)).ode_rtol == pytest.approx(1e-6)
+    assert deqkit.StepSizeController(rtol=np.float32(1e-6)).rtol == pytest.approx(1e-6)
 
 
 def test_the_callers_z0_is_never_touched_by_an_in_place_map():
@@ -140,9 +149,12 @@ def test_a_map_without_fixed_point_is_never_reported_converged(solver):
 
 
 def test_polish_off_and_on_both_refuse_the_drift():
-    for polish in (None, "anderson"):
-        with pytest.raises(deqkit.DivergenceError, match="drift away"):
-            deqkit.solve(lambda z: z + 1, torch.zeros(4, 8), solver=deqkit.DynamicSS(polish=polish))
+    # the flow alone fails loudly; polished, the iterates run away until z + 1 rounds to z, and none is accepted
+    with pytest.raises(deqkit.DivergenceError, match="drift away"):
+        deqkit.solve(lambda z: z + 1, torch.zeros(4, 8), solver=deqkit.DynamicSS(polish=None))
+    with pytest.warns(deqkit.ConvergenceWarning, match="4 of them drift away"):
+        _, stats = deqkit.solve(lambda z: z + 1, torch.zeros(4, 8), solver=deqkit.DynamicSS())
+    assert not stats.converged.any()
 
 
 def test_a_genuine_far_fixed_point_is_still_found():

@@ -16,7 +16,7 @@ from ..stats import SolverStats
 from .anderson import Anderson
 from .broyden import Broyden
 from .core import IterativeSolver, Map, Monitor, Solver, Tolerances, make_options, named
-from .dynamic_ss import DynamicSS
+from .dynamic_ss import DynamicSS, StepSizeController
 from .krylov import GMRES
 from .picard import Picard
 
@@ -28,7 +28,7 @@ BACKWARD_SOLVERS: dict[str, type[Solver]] = SOLVERS | {GMRES.name: GMRES}
 SolverSpec = str | Solver
 
 __all__ = ["SOLVERS", "BACKWARD_SOLVERS", "Solution", "Solver", "SolverSpec", "IterativeSolver", "as_solver",
-           "register", "run", "solve", "Picard", "Anderson", "Broyden", "DynamicSS", "GMRES"]
+           "register", "run", "solve", "Picard", "Anderson", "Broyden", "DynamicSS", "GMRES", "StepSizeController"]
 
 
 def register(cls: type[Solver], *, backward_only: bool = False) -> type[Solver]:

@@ -151,6 +151,9 @@ class Monitor:
         self.below = self.any_converged = False
         self.ready = torch.zeros_like(self.converged)
         self.ready_count = 0
+        self.n_converged = 0  # samples converged so far (read at each check with the other counts)
+        self.converged_step = torch.full((batch,), -1, dtype=torch.long, device=z0.device)
+        self.converged_nfe = torch.full_like(self.converged_step, -1)
         self.best_z = z0
         self.best_fz = z0
         self.done = False
@@ -208,6 +211,8 @@ class Monitor:
         self.residual = torch.where(better, res, self.residual)
         self.scale = torch.where(better, scale, self.scale)
         self.converged = self.converged | meets
+        self.converged_step = torch.where(meets, step, self.converged_step)
+        self.converged_nfe = torch.where(meets, nfe, self.converged_nfe)
         self.current = res
         masks = [self.converged, better, self.fell]
         if below is not None:
@@ -217,6 +222,7 @@ class Monitor:
         n_converged, n_better, n_fell, *n_ready = torch.stack(masks).sum(1).tolist()
         batch = res.shape[0]
         self.any_converged, self.all_fell = n_converged > 0, n_fell == batch
+        self.n_converged = n_converged
         self.ready_count = n_ready[0] if n_ready else 0
         self.below = bool(n_ready) and n_converged + self.ready_count == batch
         if n_better == batch:  # the common case: this iterate is every sample's best, no batch-sized copy needed
@@ -240,6 +246,15 @@ class Monitor:
         self.done = n_converged == batch
         return ~self.converged
 
+    def reject(self, mask: torch.Tensor) -> None:
+        """Un-mark samples judged converged (e.g. at an unstable equilibrium): they are running again."""
+        self.converged = self.converged & ~mask
+        self.converged_step = torch.where(mask, -1, self.converged_step)
+        self.converged_nfe = torch.where(mask, -1, self.converged_nfe)
+        self.n_converged = int(self.converged.sum())
+        self.any_converged = self.n_converged > 0
+        self.done = self.n_converged == self.converged.numel()
+
     def verify(self, z: torch.Tensor, r: torch.Tensor, fz: torch.Tensor) -> None:
         """Re-judge every sample on a freshly evaluated residual ``r = f(z) − z`` at ``z`` (one per sample).
 
@@ -258,6 +273,7 @@ class Monitor:
         s = self.stats
         s.steps, s.nfe = steps, nfe
         s.converged, s.residual = self.converged, self.residual
+        s.converged_step, s.converged_nfe = self.converged_step, self.converged_nfe
         s.relative_residual = self.residual / self.scale.clamp_min(torch.finfo(self.scale.dtype).tiny)
         s.wall_time = time.perf_counter() - self._start
         if not self.done:
@@ -321,12 +337,14 @@ def named(spec: Any, registry: dict[str, type], what: str, example: str) -> type
 
 def make_options(cls: type, method: str, options: dict[str, Any]) -> Any:
     """Instantiate a solver class from keyword options, refusing unknown ones by name."""
-    params = inspect.signature(cls).parameters
-    unknown = sorted(set(options) - set(params))
+    params = {p.name for p in cls.settings()} if issubclass(cls, Configured) else set(inspect.signature(cls).parameters)
+    unknown = sorted(set(options) - params)
     if unknown:
-        valid = ", ".join(params) or "none"
+        valid = ", ".join(p for p in inspect.signature(cls).parameters if p in params) or "none"
+        moved = getattr(cls, "MOVED", {})
+        hint = "".join(f"; {k} moved: use {moved[k]}" for k in unknown if k in moved)
         raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for solver {method!r}; "
-                        f"its options are: {valid}")
+                        f"its options are: {valid}{hint}")
     return cls(**options)
 
 
@@ -348,6 +366,28 @@ class Configured:
         """The constructor's parameters: the settings fixed once an object is built."""
         variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
         return [p for p in inspect.signature(cls).parameters.values() if p.kind not in variadic]
+
+    def _changed_options(self) -> list[str]:
+        """``name=value`` for each setting that differs from its default."""
+        shown = []
+        for param in self.settings():
+            value = getattr(self, param.name, param.default)
+            if value is not param.default and value != param.default:
+                shown.append(f"{param.name}={value!r}")
+        return shown
+
+    def __repr__(self) -> str:
+        """``Anderson(m=6)``: the class and the settings that differ from their defaults."""
+        return f"{type(self).__name__}({', '.join(self._changed_options())})"
+
+    def __eq__(self, other: object) -> bool:
+        """Same class and same settings (two ``Anderson(m=6)`` are interchangeable)."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, p.name, None) == getattr(other, p.name, None) for p in self.settings())
+
+    def __hash__(self) -> int:
+        return hash((type(self), repr(self)))
 
     def __setattr__(self, name: str, value: Any) -> None:
         if self.__dict__.get("_settled") and name in {p.name for p in self.settings()}:
@@ -396,18 +436,6 @@ class Solver(Configured, abc.ABC):
         defaults, e.g. ``"anderson"`` or ``"picard(damping=0.5)"``."""
         changed = self._changed_options()
         return self.name + (f"({', '.join(changed)})" if changed else "")
-
-    def __repr__(self) -> str:
-        """``Anderson(m=6)``: the class and the options that differ from their defaults."""
-        return f"{type(self).__name__}({', '.join(self._changed_options())})"
-
-    def _changed_options(self) -> list[str]:
-        shown = []
-        for param in self.settings():
-            value = getattr(self, param.name, param.default)
-            if value is not param.default and value != param.default:
-                shown.append(f"{param.name}={value!r}")
-        return shown
 
     @abc.abstractmethod
     def run(self, f: Map, z0: torch.Tensor, monitor: Monitor) -> tuple[int, int]:

@@ -11,22 +11,82 @@ A sample is judged on the ODE's steps only once its residual is settling: it mus
 grown since the previous check. Near an unstable equilibrium (a saddle) the residual grows along the flow however
 small it is, so a start next to one is carried away from it instead of being declared converged there.
 
+With a polisher (the default), each sample is first solved by Anderson acceleration of the flow's explicit Euler
+discretisation with step 1 (which is Anderson's iteration ``z ← f(z)``, accelerated), and handed to the adaptive
+flow only where that fails: its residual grows past ``polish_guard`` times its best, it stalls, or it converges to
+an equilibrium the flow leaves (an unstable one). There the flow carries it on until its residual has fallen again,
+and the polisher takes over once more. Every decision is per sample.
+
 torchdiffeq is reached only through :mod:`deqkit.solvers.torchdiffeq_adapter`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..errors import DivergenceError
 from .anderson import Anderson
-from .core import Map, Monitor, Solver, batch_view, check_int, check_real, first_evaluation
-from .torchdiffeq_adapter import ADAPTIVE, FIXED, AdaptiveStepper, FixedStepper, StepFailure
+from .core import (Configured, Map, Monitor, Solver, batch_view, check_int, check_real, first_evaluation)
+from .torchdiffeq_adapter import ADAPTIVE, FIXED, AdaptiveStepper, FixedStepper, StepFailure, step_cost
+
+#: Growth rate (largest real part of an eigenvalue of ∂f/∂z − I, as the polisher's secant history sees it) above
+#: which a polished equilibrium is judged unstable for the flow and the sample goes back to the ODE.
+UNSTABLE_RATE = 0.05
+#: Size of the push along the unstable direction, relative to ``max(1, ‖z‖∞)``, from which the flow leaves an
+#: unstable equilibrium the polisher found (started exactly there, the flow would stay).
+KICK = 1e-2
 
 
 def per_sample_rms_max(x: torch.Tensor) -> torch.Tensor:
     """Error norm: RMS within each sample, maximum over the batch (each sample gets its own accuracy)."""
     return x.flatten(1).pow(2).mean(1).sqrt().amax()
+
+
+class StepSizeController(Configured):
+    """How the adaptive ODE methods choose their steps: local error tolerances and the step-size update.
+
+    Parameters
+    ----------
+    rtol, atol : float, optional
+        Local error tolerances. With ``s = max(‖z‖∞, ‖f(z)‖∞)`` over the batch at the start of an integration,
+        they default to ``reltol / 10`` and ``max(abstol, reltol · s) / 10`` when the ODE must reach the target by
+        itself (tighter than the termination rule: near the steady state the step size sits at the method's
+        stability limit and the residual levels off near the ODE tolerance), and to ``1e-3`` and ``1e-3 · s``
+        while a polisher will finish the solve (the flow only has to reach the basin).
+    first_step : float, optional
+        The first step size. Default: chosen from the data by torchdiffeq (Hairer–Nørsett–Wanner; one evaluation).
+    max_step : float, optional
+        Largest step size.
+    safety, ifactor, dfactor : float
+        The step-size update ``h ← h · clip(safety · err^(−1/order), dfactor, ifactor)``.
+    """
+
+    def __init__(self, rtol: float | None = None, atol: float | None = None, first_step: float | None = None,
+                 max_step: float | None = None, safety: float = 0.9, ifactor: float = 10.0, dfactor: float = 0.2):
+        for name, value in {"rtol": rtol, "atol": atol, "first_step": first_step, "max_step": max_step}.items():
+            setattr(self, name, None if value is None else check_real(name, value, 0.0, low_open=True))
+        self.safety = check_real("safety", safety, 0.0, 1.0, low_open=True)
+        self.ifactor = check_real("ifactor", ifactor, 1.0)
+        self.dfactor = check_real("dfactor", dfactor, 0.0, 1.0, low_open=True)
+
+    def options(self) -> dict[str, float]:
+        """The keyword options of torchdiffeq's adaptive solvers."""
+        opts = {"safety": self.safety, "ifactor": self.ifactor, "dfactor": self.dfactor}
+        opts.update({k: getattr(self, k) for k in ("first_step", "max_step") if getattr(self, k) is not None})
+        return opts
+
+    def tolerances(self, z0: torch.Tensor, r0: torch.Tensor, abstol: float, reltol: float,
+                   polishing: bool) -> tuple[float, float]:
+        """``(rtol, atol)`` for an integration from ``z0`` with derivative ``r0`` (see the class docstring)."""
+        scale = float(torch.maximum(z0.detach().abs().amax(), (r0 + z0).detach().abs().amax()))
+        scale = scale if scale > 0 else 1.0
+        if polishing:
+            rtol, atol = 1e-3, 1e-3 * scale
+        else:
+            rtol, atol = reltol / 10, max(abstol, reltol * scale) / 10
+        return (rtol if self.rtol is None else self.rtol, atol if self.atol is None else self.atol)
 
 
 class _VectorField:
@@ -37,28 +97,6 @@ class _VectorField:
         self.running = torch.ones(z0.shape[0], dtype=z0.dtype, device=z0.device)
         self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, f(z)) at the last check
-        self.peak: torch.Tensor | None = None  # each sample's largest residual along the flow
-        self.polishable = torch.ones(z0.shape[0], dtype=torch.bool, device=z0.device)  # not polished in vain yet
-        self.ready_count, self.waited = 0, 0  # samples ready for polishing, and checks since that number last grew
-
-    def observe(self, monitor: Monitor, z: torch.Tensor, fz: torch.Tensor) -> None:
-        """Remember the state just checked, and each sample's largest residual along the flow."""
-        self.last = (z, fz)
-        self.peak = monitor.current if self.peak is None else torch.maximum(self.peak, monitor.current)
-
-    def time_to_polish(self, monitor: Monitor, patience: int) -> bool:
-        """Every running sample is ready, or some are and no more became ready in ``patience`` checks."""
-        if monitor.ready_count > self.ready_count:
-            self.ready_count, self.waited = monitor.ready_count, 0
-        elif monitor.ready_count > 0:
-            self.waited += 1
-        return monitor.below or (monitor.ready_count > 0 and self.waited >= patience)
-
-    def target(self, below: float) -> torch.Tensor | None:
-        """Residual under which a sample is ready for polishing (never, for a sample polished in vain)."""
-        if self.peak is None:
-            return None
-        return torch.where(self.polishable, below * self.peak, torch.full_like(self.peak, -1.0))
 
     def __call__(self, t: torch.Tensor, z: torch.Tensor, perturb: object = None) -> torch.Tensor:
         if self.cached is not None and z is self.cached[0]:  # the value computed just before, reused once
@@ -76,19 +114,68 @@ class _VectorField:
     def callback_reject_step(self, t0, y0, dt) -> None: ...
 
 
+@dataclass
+class _Handover:
+    """Per sample: when the flow hands a sample (back) to the polisher.
+
+    A sample is ready once its residual has fallen to ``below`` times the largest value it had on its current leg of
+    the flow. After a polish that converged to an unstable equilibrium the sample is not ready again until its
+    residual has doubled along the flow (it has left that equilibrium) and fallen again.
+    """
+
+    peak: torch.Tensor
+    floor: torch.Tensor  # residual where an unstable answer was rejected (0: none)
+    ready_count: int = 0
+    waited: int = 0  # checks since ready_count last grew
+
+    @classmethod
+    def start(cls, res: torch.Tensor) -> _Handover:
+        return cls(res.clone(), torch.zeros_like(res))
+
+    def restart(self, res: torch.Tensor, legs: torch.Tensor, unstable: torch.Tensor) -> None:
+        """A new leg of the flow for the samples ``legs`` from residual ``res``; ``unstable`` ones must leave first."""
+        self.peak = torch.where(legs, res, self.peak)
+        self.floor = torch.where(unstable, res, torch.where(legs, 0.0, self.floor))
+        self.ready_count = self.waited = 0
+
+    def observe(self, res: torch.Tensor) -> None:
+        self.floor = torch.where(res > 2 * self.floor, 0.0, self.floor)  # left the unstable equilibrium
+        self.peak = torch.where(self.floor > 0, res, torch.maximum(self.peak, res))
+
+    def target(self, below: float) -> torch.Tensor:
+        return torch.where(self.floor > 0, -1.0, below * self.peak)
+
+    def time_to_polish(self, monitor: Monitor, patience: int) -> bool:
+        """Every running sample is ready, or some are and no more became ready in ``patience`` checks."""
+        if monitor.ready_count > self.ready_count:
+            self.ready_count, self.waited = monitor.ready_count, 0
+        elif monitor.ready_count > 0:
+            self.waited += 1
+        return monitor.below or (monitor.ready_count > 0 and self.waited >= patience)
+
+
+def moved_options(options: dict[str, object]) -> str:
+    """The error for options of earlier versions of :class:`DynamicSS`, saying where each one lives now."""
+    hints = [f"{k}: use {DynamicSS.MOVED[k]}" if k in DynamicSS.MOVED else f"{k}: not an option" for k in options]
+    return "DynamicSS got option(s) it does not take; " + "; ".join(hints)
+
+
 class DynamicSS(Solver):
     """Integrate the ODE ``dz/dt = f(z) − z`` to steady state with an explicit Runge–Kutta method.
 
     Unlike plain iteration it follows the continuous flow, so it converges to *stable* equilibria even where
     ``f`` is not a contraction (e.g. ∂f/∂z with eigenvalues below −1), and never to unstable ones.
 
-    Polishing (default): the flow is followed only until every sample's residual has fallen to
-    ``polish_below`` times the largest value it had along the flow — by then the state is well inside the basin of
-    the stable equilibrium the flow is heading to — and Anderson acceleration (``polish="anderson"``) finishes the
-    solve, as steady-state solvers switch from time stepping to a Newton-type method near the answer. A sample
-    whose residual grows past ``polish_guard`` times its value at the switch, or that has not converged after
-    ``polish_steps`` iterations, goes back to the ODE from where it switched, which then runs to the end without
-    polishing. ``polish=None`` is the pure ``DynamicSS`` of SteadyStateDiffEq.
+    Polishing (default, ``polish=deqkit.Anderson()``): each sample starts with the polisher, Anderson acceleration of
+    the flow's explicit Euler step of size 1 (``z ← f(z)``), which on the maps DEQs train converges in far fewer
+    evaluations than the adaptive flow. A sample goes to the adaptive flow, from where its polishing began, when its
+    residual grows past ``polish_guard`` times its best, when its best residual has not improved for
+    ``polish_stall`` iterations, or when it converges to an equilibrium that the flow leaves (the polisher's secant
+    history shows ``∂f/∂z − I`` with an eigenvalue of real part above :data:`UNSTABLE_RATE`: a saddle, say). The flow
+    hands it back once its residual has fallen to ``polish_below`` times the largest value it had along the flow
+    (after an unstable answer: once it has doubled, then fallen). Each decision is per sample, so a sample's
+    equilibrium does not depend on the rest of its batch. ``polish=None`` is the pure ``DynamicSS`` of
+    SteadyStateDiffEq (the flow alone).
 
     Parameters
     ----------
@@ -96,158 +183,184 @@ class DynamicSS(Solver):
         ``"tsit5"`` (default), any adaptive Runge–Kutta method of torchdiffeq (``"dopri5"``, ``"bosh3"``,
         ``"dopri8"``, ``"fehlberg2"``, ``"adaptive_heun"``) or a fixed-step one (``"euler"``, ``"midpoint"``,
         ``"heun2"``, ``"heun3"``, ``"rk4"``, which need ``step_size``).
-    ode_rtol, ode_atol : float, optional
-        The ODE solver's local error tolerances. With ``s = max(‖z0‖∞, ‖f(z0)‖∞)`` over the batch (the scale of
-        the problem, read off the first evaluation), they default to ``reltol / 10`` and
-        ``max(abstol, reltol · s) / 10`` when the ODE must reach the target by itself: tighter than the
-        termination rule, because near the steady state the step size sits at the method's stability limit
-        and the residual levels off near the ODE tolerance. While polishing is pending the flow only has to
-        reach the basin: ``1e-3`` and ``1e-3 · s``.
-    first_step, max_step : float, optional
-        Initial and largest step size (adaptive methods). Default first step: 0.5 with polishing (half the
-        time scale of the ``−z`` term), else chosen automatically (Hairer–Nørsett–Wanner).
+    controller : StepSizeController, optional
+        Tolerances and step-size rule of the adaptive methods (default ``StepSizeController()``).
     step_size : float, optional
         Step size of a fixed-step method.
-    safety, ifactor, dfactor : float
-        Step-size controller settings passed to torchdiffeq.
-    polish : {"anderson", None}
-        The method that finishes the solve near the equilibrium, or None for the ODE alone.
+    polish : Anderson, "anderson" or None
+        The polisher (``"anderson"`` means ``Anderson()``), or None for the flow alone.
     polish_below : float
-        Switch once every running sample's residual is at most this fraction of the largest residual it had
-        along the flow. A start near an unstable equilibrium has a small residual that first *grows* along the
-        flow, so the switch waits until the flow has left it and is settling towards a stable one. The default
-        0.7 lets a sample that simply contracts switch after the first step: along ``dz/dt = f(z) − z`` near a
-        contraction the residual falls like ``e^(−t)``, to 0.61 after the first step (``t = 0.5``); 0.5 needed a
-        second step (6 more evaluations with Tsit5). Measured (docs/results.md, section 10): 4–6 fewer
-        evaluations on every case of the forward benchmark (e.g. 22 → 17, 36 → 31), and on the LayerNorm
-        MLP-DEQ during training 28–29 evaluations to converge every sample instead of 32.
+        In (0, 1): how far a sample's residual must fall along the flow before it is polished again.
     polish_guard : float
-        A polished sample whose residual exceeds this multiple of its residual at the switch goes back.
-    polish_steps : int
-        Most polishing iterations before the remaining samples go back to the ODE.
-    polish_m : int
-        Memory of the polishing Anderson solver.
+        A polished sample whose residual exceeds this multiple of its best goes to the flow.
+    polish_stall : int
+        Polishing iterations without a new best residual after which a sample goes to the flow.
     polish_patience : int
-        Polishing starts once every running sample is ready, or once some are and no more became ready during this
-        many accepted ODE steps: then the ready ones are polished while the others wait, and those go on with the
-        ODE afterwards (and are polished in turn when ready). A few hard samples do not keep the whole batch on
-        the slow flow.
+        While on the flow, polishing starts once every running sample is ready, or once some are and no more became
+        ready during this many accepted ODE steps (the others wait, then go on with the flow).
 
     Notes
     -----
-    ``max_steps`` counts attempted ODE steps (accepted and rejected) plus polishing iterations.
-    ``stats.times`` holds NaN for polishing iterations; if samples go back to the ODE after polishing, that second
-    integration starts again from ``t = 0``.
+    ``max_steps`` counts polishing iterations plus attempted ODE steps (accepted and rejected).
+    ``stats.times`` holds NaN for polishing iterations; every leg of the flow starts again from ``t = 0``.
     """
 
     name = "dynamic_ss"
     default_max_steps = 500
+    #: Options of earlier versions, and where each setting lives now.
+    MOVED = {name: f"controller=deqkit.StepSizeController({name}=...)" for name in
+             ("first_step", "max_step", "safety", "ifactor", "dfactor")} | {
+        "ode_rtol": "controller=deqkit.StepSizeController(rtol=...)",
+        "ode_atol": "controller=deqkit.StepSizeController(atol=...)",
+        "polish_m": "polish=deqkit.Anderson(m=...)",
+        "polish_steps": "polish_stall=... (polishing now stops when it stalls, not after a fixed count)"}
 
-    def __init__(self, ode_method: str = "tsit5", ode_rtol: float | None = None, ode_atol: float | None = None,
-                 first_step: float | None = None, max_step: float | None = None, step_size: float | None = None,
-                 safety: float = 0.9, ifactor: float = 10.0, dfactor: float = 0.2, polish: str | None = "anderson",
-                 polish_below: float = 0.7, polish_guard: float = 10.0, polish_steps: int = 100,
-                 polish_m: int = 5, polish_patience: int = 4):
+    def __init__(self, ode_method: str = "tsit5", controller: StepSizeController | None = None,
+                 step_size: float | None = None, polish: Anderson | str | None = "anderson",
+                 polish_below: float = 0.7, polish_guard: float = 10.0, polish_stall: int = 10,
+                 polish_patience: int = 4, **moved: object):
+        if moved:
+            raise TypeError(moved_options(moved))
         if ode_method not in ADAPTIVE and ode_method not in FIXED:
             raise ValueError(f"unknown ode_method {ode_method!r}; choose one of {sorted(ADAPTIVE) + sorted(FIXED)}")
         if ode_method in FIXED and step_size is None:
             raise ValueError(f"ode_method={ode_method!r} takes fixed steps: give step_size (e.g. 0.5)")
         if ode_method in ADAPTIVE and step_size is not None:
             raise ValueError(f"step_size is for fixed-step methods; {ode_method!r} adapts its steps "
-                             "(use first_step / max_step)")
-        if polish not in ("anderson", None):
-            raise ValueError(f"polish must be 'anderson' or None, got {polish!r}")
-        positive = {"ode_rtol": ode_rtol, "ode_atol": ode_atol, "first_step": first_step, "max_step": max_step,
-                    "step_size": step_size}
-        for name, value in positive.items():
-            if value is not None:
-                setattr(self, name, check_real(name, value, 0.0, low_open=True))
-            else:
-                setattr(self, name, None)
+                             "(use controller=deqkit.StepSizeController(first_step=..., max_step=...))")
+        if controller is not None and not isinstance(controller, StepSizeController):
+            raise TypeError(f"controller must be a deqkit.StepSizeController, got {controller!r}")
+        if polish == "anderson":
+            polish = Anderson()
+        if polish is not None and not isinstance(polish, Anderson):
+            raise ValueError(f"polish must be 'anderson', a deqkit.Anderson(...) or None, got {polish!r}")
         self.ode_method, self.polish = ode_method, polish
-        self.safety = check_real("safety", safety, 0.0, 1.0, low_open=True)
-        self.ifactor = check_real("ifactor", ifactor, 1.0)
-        self.dfactor = check_real("dfactor", dfactor, 0.0, 1.0, low_open=True)
+        self.controller = StepSizeController() if controller is None else controller
+        self.step_size = None if step_size is None else check_real("step_size", step_size, 0.0, low_open=True)
         self.polish_below = check_real("polish_below", polish_below, 0.0, 1.0, low_open=True, high_open=True)
         self.polish_guard = check_real("polish_guard", polish_guard, 1.0, low_open=True)
-        self.polish_steps = check_int("polish_steps", polish_steps, 1)
-        self.polish_m = check_int("polish_m", polish_m, 1)
+        self.polish_stall = check_int("polish_stall", polish_stall, 1)
         self.polish_patience = check_int("polish_patience", polish_patience, 1)
-        self.controller = {"safety": self.safety, "ifactor": self.ifactor, "dfactor": self.dfactor}
-        if polish and first_step is None and ode_method in ADAPTIVE:
-            self.controller["first_step"] = 0.5  # half the time scale of the −z term
-        for name in ("first_step", "max_step"):
-            if getattr(self, name) is not None:
-                self.controller[name] = getattr(self, name)
-        self.polisher = Anderson(m=self.polish_m) if polish else None
+
+    def _changed_options(self) -> list[str]:
+        shown = super()._changed_options()
+        return [s for s in shown if not (s.startswith("polish=") and self.polish == Anderson())
+                and not (s.startswith("controller=") and self.controller == StepSizeController())]
 
     @property
     def label(self) -> str:
-        return f"dynamic_ss({self.ode_method}{'+' + self.polish if self.polish else ''})"
+        polish = "" if self.polish is None else "+" + self.polish.label
+        return f"dynamic_ss({self.ode_method}{polish})"
 
     def run(self, f: Map, z0: torch.Tensor, monitor: Monitor) -> tuple[int, int]:
         field = _VectorField(f, z0)
         integrate = self._fixed if self.ode_method in FIXED else self._adaptive
-        steps, z = 0, z0
+        if self.polish is None:
+            return integrate(field, z0, None, monitor, 0, None), field.nfe
+        fz = first_evaluation(f, z0)
+        field.nfe = 1
+        monitor.check(0, z0, fz - z0, fz, 1, t=0.0, settling=True)
+        handover = _Handover.start(monitor.current)
+        z, moving, steps = z0, ~monitor.converged, 0
         while True:
-            switch = self.polisher is not None and bool((field.polishable & ~monitor.converged).any())
-            steps = integrate(field, z, monitor, steps, switch=switch)
-            if (monitor.done or steps >= monitor.tol.max_steps or not switch or monitor.out_of_budget
-                    or not monitor.affords(field.nfe, 1)):
+            steps, failed, left = self._polish(f, field, z, fz, monitor, steps, moving)
+            if self._stop(monitor, steps, field.nfe):
                 return steps, field.nfe
-            z, steps = self._polish(f, field, monitor, steps)
-            # back to the ODE only if it can afford its first evaluation (polishing may stop on its own step limit
-            # or guard with the budget spent)
-            if (monitor.done or steps >= monitor.tol.max_steps or monitor.out_of_budget
-                    or not monitor.affords(field.nfe, 1)):
+            # every running sample goes on with the flow: from where this polish began (on a new leg if it failed,
+            # else on the leg it was on), or pushed off the unstable equilibrium it found
+            unstable = torch.zeros_like(failed) if left is None else left[0]
+            handover.restart(monitor.current, failed, unstable)
+            if left is not None:
+                z, fz = torch.where(batch_view(unstable, z), left[1], z), None
+            field.freeze(~monitor.converged)
+            steps = integrate(field, z, fz, monitor, steps, handover)
+            if self._stop(monitor, steps, field.nfe):
                 return steps, field.nfe
+            (z, fz), moving = field.last, monitor.ready
 
-    def _polish(self, f: Map, field: _VectorField, monitor: Monitor, steps: int) -> tuple[torch.Tensor, int]:
-        """Anderson on the samples ready for it; return where the rest go on with the ODE, and the step count.
+    def _stop(self, monitor: Monitor, steps: int, nfe: int) -> bool:
+        return (monitor.done or steps >= monitor.tol.max_steps or monitor.out_of_budget
+                or not monitor.affords(nfe, 1))
 
-        Polishing starts from the iterate just checked (its f(z) is known; not the best one, which may be a start
-        next to an unstable equilibrium). Samples not ready are held where they are; a polished sample that blows
-        up is held too. Whatever did not converge goes back to the ODE from where it switched, and a sample
-        polished in vain is not polished again.
+    def _polish(self, f: Map, field: _VectorField, z: torch.Tensor, fz: torch.Tensor, monitor: Monitor, steps: int,
+                moving: torch.Tensor) -> tuple[int, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Polish the samples ``moving`` from ``z`` (``fz = f(z)``, checked already); hold the others there.
+
+        Returns the step count, the mask of samples that failed (diverged, stalled, or converged to an unstable
+        equilibrium), and for the unstable ones (None if there are none) their mask and the points pushed off
+        their equilibrium along its unstable direction. On return ``monitor.current`` holds each sample's residual
+        where the flow goes on: at ``z``, or at the unstable equilibrium.
         """
-        z_switch, fz_switch = field.last
-        ready, guard = monitor.ready, self.polish_guard * monitor.current
-        steps, field.nfe = self.polisher.iterate(
-            f, z_switch, fz_switch, monitor, step=steps, nfe=field.nfe,
-            limit=min(monitor.tol.max_steps, steps + self.polish_steps), hold=lambda res: res > guard,
-            t=float("nan"), moving=ready)
-        field.polishable = field.polishable & ~ready
-        field.ready_count = field.waited = 0
-        field.freeze(~monitor.converged)
-        # converged samples stay at their answers (frozen); the others resume from their switch state
-        return torch.where(batch_view(monitor.converged, z_switch), monitor.best_z, z_switch), steps
+        polisher, start = self.polish, monitor.current.clone()
+        kicked: torch.Tensor | None = None
+        origin = z
+        state = polisher.init_state(z.flatten(1), fz.flatten(1))
+        best, since = start.clone(), torch.zeros_like(start, dtype=torch.long)
+        failed = unstable = torch.zeros_like(monitor.converged)
+        moving = moving & ~monitor.converged
+        while not monitor.done and steps < monitor.tol.max_steps and monitor.affords(field.nfe, 1):
+            z_next, state = polisher.update(z.flatten(1), fz.flatten(1), state)
+            z = torch.where(batch_view(moving, z), z_next.view_as(z), z)
+            fz, field.nfe, steps = f(z), field.nfe + 1, steps + 1
+            before = monitor.n_converged
+            monitor.check(steps, z, fz - z, fz, field.nfe, t=float("nan"))
+            res = monitor.current
+            if monitor.n_converged > before:
+                if bool(unstable.any()):  # held at the rejected equilibrium, they meet the rule again: not accepted
+                    monitor.reject(unstable & monitor.converged)
+                bad, push = self._unstable(polisher, state, monitor, moving, z, fz, origin)
+                if push is not None:
+                    kicked = push if kicked is None else torch.where(batch_view(bad, z), push, kicked)
+                    start = torch.where(bad, res, start)
+                    unstable = unstable | bad
+            since = torch.where(res < best, 0, since + 1)
+            best = torch.minimum(best, res)
+            stop = moving & ~monitor.converged & ((res > self.polish_guard * best) | (since >= self.polish_stall)
+                                                  | unstable)
+            failed = failed | stop
+            moving = moving & ~monitor.converged & ~stop
+            if not bool(moving.any()):
+                break
+        monitor.current = start
+        return steps, failed, None if kicked is None else (unstable, kicked)
 
-    def _tolerances(self, z0: torch.Tensor, r0: torch.Tensor, monitor: Monitor, switch: bool) -> tuple[float, float]:
-        """The ODE's local error tolerances (see the class docstring)."""
-        tol = monitor.tol
-        scale = float(torch.maximum(z0.detach().abs().amax(), (r0 + z0).detach().abs().amax()))
-        scale = scale if scale > 0 else 1.0
-        if switch:  # polishing will finish the job: the flow only has to reach the basin
-            rtol, atol = 1e-3, 1e-3 * scale
-        else:
-            rtol, atol = tol.reltol / 10, max(tol.abstol, tol.reltol * scale) / 10
-        return (rtol if self.ode_rtol is None else self.ode_rtol,
-                atol if self.ode_atol is None else self.ode_atol)
+    @staticmethod
+    def _unstable(polisher: Anderson, state: object, monitor: Monitor, moving: torch.Tensor,
+                  z: torch.Tensor, fz: torch.Tensor, origin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Reject the samples that just converged to an equilibrium the flow leaves: their mask, and the points
+        pushed off it along the unstable direction, to the side the sample came from (None if none)."""
+        rows = (monitor.converged & moving).nonzero().squeeze(1)
+        rates, directions = polisher.growth_rates(state, rows, z, fz)
+        bad = torch.zeros_like(moving)
+        bad[rows] = rates > UNSTABLE_RATE
+        if directions is None or not bool(bad.any()):
+            return bad, None
+        monitor.reject(bad)
+        push = torch.zeros_like(z.flatten(1))
+        here = z.flatten(1)[rows]
+        size = KICK * here.abs().amax(1, keepdim=True).clamp_min(1.0)
+        side = torch.where(((origin.flatten(1)[rows] - here) * directions).sum(1, keepdim=True) < 0, -1.0, 1.0)
+        push[rows] = (size * side * directions).to(push.dtype)
+        return bad, (z.flatten(1) + push).view_as(z)
 
-    def _adaptive(self, field: _VectorField, z0: torch.Tensor, monitor: Monitor, steps: int, *,
-                  switch: bool) -> int:
-        r0 = field(torch.zeros((), dtype=torch.float64), z0)
+    def _adaptive(self, field: _VectorField, z0: torch.Tensor, fz0: torch.Tensor | None, monitor: Monitor,
+                  steps: int, handover: _Handover | None) -> int:
+        """Follow the flow from ``z0`` (``fz0 = f(z0)`` if known) until done, out of steps or budget, or (with a
+        ``handover``) until it is time to polish; return the step count."""
+        cost = step_cost(self.ode_method) + (self.controller.first_step is None)  # + choosing the first step
+        if handover is not None and not monitor.affords(field.nfe, cost):
+            return steps
+        t0 = torch.zeros((), dtype=torch.float64)
+        r0 = field(t0, z0) if fz0 is None else (fz0 - z0) * batch_view(field.running, z0)
         field.cached = (z0, r0)  # torchdiffeq's own first evaluation at z0 reuses it
-        rtol, atol = self._tolerances(z0, r0, monitor, switch)
+        if handover is None and not monitor.affords(field.nfe, cost):
+            raise ValueError(f"max_nfe={monitor.tol.max_nfe} cannot pay for one step of {self.ode_method}: "
+                             f"{field.nfe} evaluation at the start and {cost} for the first step; raise max_nfe")
+        rtol, atol = self.controller.tolerances(z0, r0, monitor.tol.abstol, monitor.tol.reltol, handover is not None)
         ode = AdaptiveStepper(self.ode_method, field, z0, rtol=rtol, atol=atol, norm=per_sample_rms_max,
-                              **self.controller)
-        if steps == 0:
+                              **self.controller.options())
+        if handover is None:
             monitor.check(0, ode.y, ode.f, ode.f + ode.y, field.nfe, t=0.0, settling=True)
-            field.observe(monitor, ode.y, ode.f + ode.y)
-            if not monitor.done and not monitor.affords(field.nfe, ode.cost):
-                raise ValueError(f"max_nfe={monitor.tol.max_nfe} cannot pay for one step of {self.ode_method}: "
-                                 f"{field.nfe} evaluation{'s' * (field.nfe > 1)} at the start and {ode.cost} per step; "
-                                 "raise max_nfe")
         accepted = 0
         while not monitor.done and steps < monitor.tol.max_steps and monitor.affords(field.nfe, ode.cost):
             try:
@@ -259,14 +372,22 @@ class DynamicSS(Solver):
                 monitor.stats.rejected_steps += 1
                 continue
             accepted += 1
-            target = field.target(self.polish_below) if switch else None
-            running = monitor.check(steps, y1, f1, f1 + y1, field.nfe, t=t1, below=target, settling=True)
-            field.observe(monitor, y1, f1 + y1)
-            field.freeze(running)
-            ode.set_derivative(f1 * batch_view(field.running, f1))
-            if switch and not monitor.done and field.time_to_polish(monitor, self.polish_patience):
+            if self._checked(field, monitor, steps, y1, f1, t1, handover):
                 break
+            ode.set_derivative(f1 * batch_view(field.running, f1))
         return steps
+
+    def _checked(self, field: _VectorField, monitor: Monitor, steps: int, z: torch.Tensor, dz: torch.Tensor,
+                 t: float, handover: _Handover | None) -> bool:
+        """Check a state of the flow (``dz = f(z) − z``), freeze what converged; True when it is time to polish."""
+        target = None if handover is None else handover.target(self.polish_below)
+        running = monitor.check(steps, z, dz, dz + z, field.nfe, t=t, below=target, settling=True)
+        field.last = (z, dz + z)
+        field.freeze(running)
+        if handover is None:
+            return False
+        handover.observe(monitor.current)
+        return not monitor.done and handover.time_to_polish(monitor, self.polish_patience)
 
     def _failure(self, err: StepFailure, t: float, accepted: int, monitor: Monitor) -> DivergenceError:
         """The error for a step torchdiffeq refused, naming a drift when the monitor saw one."""
@@ -281,20 +402,21 @@ class DynamicSS(Solver):
             "or constrain f."
         )
 
-    def _fixed(self, field: _VectorField, z0: torch.Tensor, monitor: Monitor, steps: int, *, switch: bool) -> int:
+    def _fixed(self, field: _VectorField, z0: torch.Tensor, fz0: torch.Tensor | None, monitor: Monitor, steps: int,
+               handover: _Handover | None) -> int:
         ode = FixedStepper(self.ode_method, field, z0, self.step_size)
         if not monitor.affords(field.nfe, ode.cost):
+            if handover is not None:
+                return steps
             raise ValueError(f"max_nfe={monitor.tol.max_nfe} is less than one step of {self.ode_method} "
                              f"({ode.cost} evaluations): raise max_nfe")
+        if fz0 is not None:
+            field.cached = (z0, (fz0 - z0) * batch_view(field.running, z0))
         t, z = torch.zeros((), dtype=torch.float64, device=z0.device), z0
         while True:
             # The step function evaluates f at z first: that derivative is what the rule checks.
-            dz, f0 = ode.step(t, z)
-            target = field.target(self.polish_below) if switch else None
-            running = monitor.check(steps, z, f0, f0 + z, field.nfe, t=float(t), below=target, settling=True)
-            field.observe(monitor, z, f0 + z)
-            polish = switch and target is not None and field.time_to_polish(monitor, self.polish_patience)
+            dz, r = ode.step(t, z)
+            polish = self._checked(field, monitor, steps, z, r, float(t), handover)
             if monitor.done or steps >= monitor.tol.max_steps or polish or not monitor.affords(field.nfe, ode.cost):
                 return steps
-            field.freeze(running)
             z, t, steps = z + dz * batch_view(field.running, dz), t + ode.dt, steps + 1

@@ -59,6 +59,12 @@ def is_fsal(cls: type) -> bool:
     return bool(tab.alpha[-1] == 1 and tab.c_sol[-1] == 0 and torch.equal(tab.beta[-1], tab.c_sol[:-1]))
 
 
+def step_cost(method: str) -> int:
+    """Evaluations of the field per attempted step of the adaptive ``method`` (FSAL methods reuse the last)."""
+    cls = ADAPTIVE[method]
+    return len(cls.tableau.alpha) + (0 if is_fsal(cls) else 1)
+
+
 class AdaptiveStepper:
     """One adaptive Runge–Kutta integration of ``dy/dt = field(t, y)`` from ``t = 0``, a step at a time.
 
@@ -80,7 +86,7 @@ class AdaptiveStepper:
                  norm: Callable[[torch.Tensor], torch.Tensor], **controller: float):
         cls = ADAPTIVE[method]
         self.fsal = is_fsal(cls)
-        self.cost = len(cls.tableau.alpha) + (0 if self.fsal else 1)  # evaluations of field per attempted step
+        self.cost = step_cost(method)  # evaluations of field per attempted step
         self._field = field
         self._ode = cls(func=field, y0=y0, rtol=rtol, atol=atol, norm=norm, **controller)
         self._ode._before_integrate(torch.zeros(1, dtype=torch.float64, device=y0.device))

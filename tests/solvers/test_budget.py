@@ -54,10 +54,10 @@ def test_no_solve_exceeds_its_budget_and_the_hard_sample_is_reported(solver, bud
         assert stats.converged[1:].all()  # the easy ones did not pay for the hard one's failure
 
 
-@pytest.mark.parametrize("solver", [deqkit.DynamicSS(polish_steps=1), deqkit.DynamicSS(polish_steps=3),
-                                    deqkit.DynamicSS(ode_method="bosh3", polish_steps=1)], ids=repr)
+@pytest.mark.parametrize("solver", [deqkit.DynamicSS(polish_stall=1), deqkit.DynamicSS(polish_stall=3),
+                                    deqkit.DynamicSS(ode_method="bosh3", polish_stall=1)], ids=repr)
 def test_dynamic_ss_does_not_return_to_the_ode_with_the_budget_spent(solver):
-    # polishing that stops on its own step limit with the budget exactly spent must not evaluate f once more
+    # polishing that stops (stalls) with the budget exactly spent must not evaluate f once more
     w = torch.randn(4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     w = 0.5 * w / torch.linalg.matrix_norm(w, 2)
     for budget in range(2, 30):
@@ -101,16 +101,27 @@ def test_the_budget_is_checked():
         deqkit.solve(torch.tanh, torch.zeros(2, 2), max_nfe=1)
 
 
+@pytest.mark.parametrize("first_step", [None, 0.1])
 @pytest.mark.parametrize("method, cost", [("tsit5", 6), ("bosh3", 3), ("dopri5", 6)])
-def test_an_adaptive_ode_refuses_a_budget_below_its_first_step(method, cost):
+def test_the_pure_ode_refuses_a_budget_below_its_first_step(method, cost, first_step):
     # it used to return f(z0) with the generic "did not converge" warning, as if it had tried
+    cost += first_step is None  # choosing the first step from the data costs one evaluation
+    solver = deqkit.DynamicSS(ode_method=method, polish=None,
+                              controller=deqkit.StepSizeController(first_step=first_step))
     f = Counted()
     z0 = torch.zeros(4, 6, dtype=torch.float64)
     with pytest.raises(ValueError, match=rf"max_nfe={cost} cannot pay for one step of {method}: 1 evaluation at "
-                                         rf"the start and {cost} per step; raise max_nfe"):
-        deqkit.solve(f, z0, solver=deqkit.DynamicSS(ode_method=method), max_nfe=cost)
+                                         rf"the start and {cost} for the first step; raise max_nfe"):
+        deqkit.solve(f, z0, solver=solver, max_nfe=cost)
     assert f.calls == 1
     with pytest.warns(deqkit.ConvergenceWarning, match="max_nfe="):  # one step more is a (short) solve
-        _, stats = deqkit.solve(Counted(), z0, solver=deqkit.DynamicSS(ode_method=method), max_nfe=cost + 1)
+        _, stats = deqkit.solve(Counted(), z0, solver=solver, max_nfe=cost + 1)
     assert stats.nfe == cost + 1
+
+
+def test_polishing_first_needs_only_one_step_of_budget():
+    # the default starts with its polisher: the least budget is z0 and one iteration, like Anderson's
+    with pytest.warns(deqkit.ConvergenceWarning, match="max_nfe=2"):
+        _, stats = deqkit.solve(Counted(), torch.zeros(4, 6, dtype=torch.float64), max_nfe=2)
+    assert stats.nfe == 2
 

@@ -56,7 +56,7 @@ def test_tableau_is_consistent():
 def test_fsal_six_evaluations_per_step():
     f = lambda z: 0.5 * torch.tanh(z) + 0.3  # noqa: E731
     z, stats = deqkit.solve(f, torch.zeros(3, 2, dtype=torch.float64), solver="dynamic_ss", polish=None,
-                            first_step=0.1, abstol=1e-10, reltol=0)
+                            controller=deqkit.StepSizeController(first_step=0.1), abstol=1e-10, reltol=0)
     assert stats.all_converged and stats.steps > 5
     assert stats.nfe == 1 + 6 * stats.steps  # one evaluation at z0, then 6 per attempted step
 
