@@ -138,13 +138,16 @@ def run_case(d: int, norm: float | str, *, batch: int = 32, repeats: int = 9, re
             pure = None
             for tol in ODE_TOLS:  # the pure ODE's cheapest converging tolerance (untimed)
                 c = Counted(f)
-                _, ok = dynamic(c, x, reltol, ode_method=method, polish=None, ode_rtol=tol, ode_atol=tol)()
+                _, ok = dynamic(c, x, reltol, ode_method=method, polish=None,
+                                controller=deqkit.StepSizeController(rtol=tol, atol=tol))()
                 if ok and (pure is None or c.calls < pure[0]):
                     pure = (c.calls, tol)
             if pure is not None:
                 candidates[f"dynamic_ss {method}, no polish"] = (
-                    lambda g, m=method, tol=pure[1]: dynamic(g, x, reltol, ode_method=m, polish=None, ode_rtol=tol,
-                                                             ode_atol=tol), f"ode_rtol=ode_atol={pure[1]:g}")
+                    lambda g, m=method, tol=pure[1]: dynamic(
+                        g, x, reltol, ode_method=m, polish=None,
+                        controller=deqkit.StepSizeController(rtol=tol, atol=tol)),
+                    f"ODE rtol=atol={pure[1]:g}")
 
         counters = {name: Counted(f) for name in candidates}
         runs = {name: make(counters[name]) for name, (make, _) in candidates.items()}

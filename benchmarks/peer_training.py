@@ -1,10 +1,12 @@
-"""One MNIST epoch of the same MLP-DEQ trained with TorchDEQ 0.1.0 and with deqkit: wall time, evaluations per step,
+"""One MNIST epoch of the same DEQ trained with TorchDEQ 0.1.0 and with deqkit: wall time, evaluations per step,
 test accuracy, as ratios against TorchDEQ's anderson + IFT in the same process.
 
-Model: ``Linear(784→128)`` gives ``x``; ``f(z, x) = norm(tanh(W z + b + x))`` with ``norm`` LayerNorm (``mlp-ln``) or
-nothing (``mlp``); ``Linear(128→10)`` reads the logits off ``z*``: :func:`deqkit.models.mlp_deq`. Every run starts
-from the same weights (one deqkit model's ``state_dict``, copied into each run, TorchDEQ's included) and sees the
-same batches (one seeded permutation of the 60,000 training images, batch 128, Adam 1e-3, cross-entropy).
+Models: ``Linear(784→128)`` gives ``x``; ``f(z, x) = norm(tanh(W z + b + x))`` with ``norm`` LayerNorm
+(``mlp-ln``) or nothing (``mlp``); ``Linear(128→10)`` reads the logits off ``z*``: :func:`deqkit.models.mlp_deq`.
+``mdeq``: a conv stem to 7×7 gives ``x``, ``f`` is the MDEQ-style conv + GroupNorm block (:func:`mdeq_model`), a
+linear head reads the logits. Every run starts from the same weights (one deqkit model's ``state_dict``, copied into
+each run, TorchDEQ's included) and sees the same batches (one seeded permutation of the 60,000 training images,
+batch 128, Adam 1e-3, cross-entropy).
 
 Runs (per block):
 
@@ -27,7 +29,7 @@ gradient has no solve (its backward runs through its 5 steps). Test accuracy is 
 10,000 test images (batches of 1000): TorchDEQ with its evaluation budget ``f_max_iter · eval_factor`` (= 30),
 deqkit with ``eval_max_nfe``.
 
-    python -m benchmarks peer_training [--blocks mlp-ln mlp] [--threads 1] [--fast] [--runs ...] [--device cuda]
+    python -m benchmarks peer_training [--blocks mlp-ln mlp mdeq] [--threads 1] [--fast] [--runs ...] [--device cuda]
 
 On a CUDA device every model and the data live there and each timed interval ends with
 ``torch.cuda.synchronize()``, so the times are those of the finished kernels.
@@ -51,6 +53,8 @@ from torch.nn import functional as F
 import deqkit
 from deqkit.data import mnist_datasets
 from deqkit.models import mnist_model
+from deqkit.models.mnist import MNISTDEQ
+from deqkit.problems import MDEQFamily
 
 from .forward import environment, fmt_ratio, load, save, torchdeq_available
 
@@ -67,6 +71,7 @@ DEQKIT_RUNS: dict[str, Callable[[], dict[str, Any]]] = {
     "deqkit phantom": lambda: {"backward": deqkit.Phantom(steps=5, damping=0.5)},
 }
 RUNS = (*TORCHDEQ_RUNS, *DEQKIT_RUNS)
+BLOCKS = ("mlp-ln", "mlp", "mdeq")
 CPU = torch.device("cpu")
 
 
@@ -202,6 +207,24 @@ class Trainee:
         self.model.train()
 
 
+def mdeq_model(seed: int | None = None, **deq_options: Any) -> MNISTDEQ:
+    """The conv + GroupNorm block (``"mdeq"``): a conv stem to 7×7 with 16 channels gives ``x``; ``f`` is
+    :class:`deqkit.problems.MDEQFamily` ``GN(relu(x + conv₂(GN(relu(conv₁ z)))))`` (16 → 32 → 16 channels); a linear
+    head. The DEQ's defaults, with reltol 1e-4 forward and backward as in ``mlp_deq``."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    stem = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.GroupNorm(4, 16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.GroupNorm(4, 16), nn.ReLU(), nn.MaxPool2d(2))
+    options = {"abstol": 0.0, "reltol": 1e-4, "backward": deqkit.Implicit("gmres", abstol=0.0, reltol=1e-4)}
+    deq = deqkit.DEQ(MDEQFamily(16, 32, 8), **(options | deq_options))
+    return MNISTDEQ(stem, deq, nn.Sequential(nn.Flatten(), nn.Linear(16 * 49, 10)), name="mdeq")
+
+
+def make_model(block: str, **options: Any) -> nn.Module:
+    return mdeq_model(**options) if block == "mdeq" else mnist_model(block, **options)
+
+
 def build(name: str, block: str, reference: nn.Module, device: torch.device = CPU) -> Trainee:
     """The run ``name`` on ``block``, starting from ``reference``'s weights, on ``device``."""
     tally = Tally()
@@ -210,7 +233,7 @@ def build(name: str, block: str, reference: nn.Module, device: torch.device = CP
                             copy.deepcopy(reference.head), tally, **TORCHDEQ_COMMON, **TORCHDEQ_RUNS[name])
         hooked = model.block
     else:
-        model = mnist_model(block, **DEQKIT_RUNS[name]())
+        model = make_model(block, **DEQKIT_RUNS[name]())
         model.load_state_dict(reference.state_dict())
         hooked = model.deq.f
     hooked.register_forward_pre_hook(tally.hook)
@@ -246,7 +269,7 @@ class BlockResult:
 def run_block(block: str, runs: list[str], train_set, test_set, *, seed: int, batch: int,
               steps: int | None, device: torch.device = CPU) -> BlockResult:
     torch.manual_seed(seed)
-    reference = mnist_model(block, seed=seed)  # on the CPU, so every device starts from the same weights
+    reference = make_model(block, seed=seed)  # on the CPU, so every device starts from the same weights
     trainees = [build(name, block, reference, device) for name in runs]
     images, labels = (t.to(device) for t in train_set.tensors)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).to(device)
@@ -268,7 +291,8 @@ def device_name(device: torch.device) -> str:
 
 def print_table(result: BlockResult, threads: int, fast: bool, device: torch.device = CPU) -> None:
     base = result.baseline()
-    title = {"mlp-ln": "LayerNorm block (mlp-ln)", "mlp": "plain block (mlp)"}[result.block]
+    title = {"mlp-ln": "LayerNorm block (mlp-ln)", "mlp": "plain block (mlp)",
+             "mdeq": "conv + GroupNorm block (mdeq)"}[result.block]
     print(f"\n### {title}: {result.steps} training steps{' (--fast)' if fast else ''}  "
           f"({device_name(device)}; {environment(threads)})\n")
     print(f"Ratios against **{base.name}** on the same batches, same process (steps interleaved).\n")
@@ -335,7 +359,7 @@ def parse_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
 def main(argv: list[str] | None = None) -> list[BlockResult]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks peer_training", description=__doc__.splitlines()[0],
                                      allow_abbrev=False)
-    parser.add_argument("--blocks", nargs="+", choices=("mlp-ln", "mlp"), default=["mlp-ln", "mlp"])
+    parser.add_argument("--blocks", nargs="+", choices=BLOCKS, default=list(BLOCKS))
     parser.add_argument("--runs", nargs="+", default=list(RUNS), metavar="RUN",
                         help=f"runs to compare (default: all): {', '.join(map(repr, RUNS))}")
     parser.add_argument("--threads", type=int, default=1)

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from .alerts import ConvergenceAlerts
 from .errors import DivergenceError
 from .solvers import BACKWARD_SOLVERS, Solution, SolverSpec, as_solver, run
 from .solvers.core import Configured, Solver, Tolerances, check_int, check_real, named
@@ -46,6 +47,7 @@ class Context:
     report: Callable[[SolverStats], None]
     equilibrium: tuple[torch.Tensor, torch.Tensor]  # (z*, f(z*, x)) of the layer's re-attached evaluation
     max_nfe: int | None = None  # the forward solve's budget: the backward's default budget
+    alerts: ConvergenceAlerts | None = None  # counts and summarises the backward's unconverged solves
 
 
 class Gradient(Configured, abc.ABC):
@@ -228,8 +230,11 @@ class _ImplicitFunction(torch.autograd.Function):
             return grad + (torch.zeros_like(u) if uj is None else uj)
 
         tol = method.tolerances(layer.abstol, layer.reltol, layer.max_nfe)
+        alerts = layer.alerts
         sol = run(method.solver, vjp_map, grad, abstol=tol.abstol, reltol=tol.reltol, max_steps=tol.max_steps,
-                  max_nfe=tol.max_nfe, strict=layer.strict)
+                  max_nfe=tol.max_nfe, strict=layer.strict, warn=None if alerts is None else alerts.warn)
+        if alerts is not None and sol.stats.all_converged:
+            alerts.observe(sol.stats)
         layer.report(sol.stats)
         return sol.z, None
 

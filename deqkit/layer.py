@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .adjoint import Context, Gradient, GradientSpec, as_gradient
+from .alerts import ConvergenceAlerts
 from .solvers import Solution, Solver, SolverSpec, as_solver, run
 from .solvers.core import Tolerances
 from .stats import SolverStats
@@ -21,19 +22,19 @@ EAGER = ("deqkit: a DEQ runs its solve eagerly: the solver loop stops on data-de
          "cannot express, so torch.compile(fullgraph=True) cannot capture it. Use torch.compile without fullgraph "
          "(the rest of the model compiles, with a graph break at the DEQ), or compile f itself.")
 
-#: Default forward budget per call in training mode (evaluations of f; the implicit backward gets the same number of
-#: vector–Jacobian products). Measured on the LayerNorm MLP-DEQ of ``deqkit.models.mlp_deq`` (docs/results.md,
-#: section 10: one MNIST epoch, batch 128, against TorchDEQ's 30 Anderson iterations): the default
-#: ``dynamic_ss`` forward needs 28–29 evaluations to converge every sample once training is under way, so with 30
-#: it converges all but 1.2 % of the training samples (731 of 60,000 over the epoch) and trains as accurately as
-#: with 40 (95.29 % against 95.02 %) in 0.99–1.04× TorchDEQ's wall time, where 40 took 1.09× (and 20: 0.86×,
-#: but 25 % of the samples did not converge). A training step tolerates an inexact z*; evaluation does not.
+#: Default forward budget per call in training mode: evaluations of f (the implicit backward gets the same number of
+#: vector–Jacobian products). A training step tolerates an inexact z*; TorchDEQ's usual setting is 30 iterations too.
+#: How accurate the gradient is at this budget, per block family: docs/results.md ("Accuracy at the training budget").
 TRAIN_NFE = 30
-#: Default forward budget per call in ``eval()`` mode: evaluation wants the converged answer. On the same model
-#: the 10,000 test digits (batches of 1000) took 33 evaluations per batch after one epoch, and Anderson needs 107
-#: to converge every sample of a batch at initialisation; 200 leaves room for harder models while a runaway sample
-#: still cannot cost more.
+#: Default forward budget per call in ``eval()`` mode: evaluation wants the converged answer, and a runaway sample
+#: still cannot cost more than this.
 EVAL_NFE = 200
+
+FORWARD_ADVICE = ("To converge more samples: raise the budget (DEQ(max_nfe=...) in training mode, eval_max_nfe=... in "
+                  "eval mode), loosen abstol/reltol, or make f easier to solve (deqkit.jacobian_penalty, spectral "
+                  "normalization). A training step tolerates an inexact equilibrium; evaluation should not.")
+BACKWARD_ADVICE = ("To converge more: give the gradient its own budget (backward=deqkit.Implicit(max_nfe=...)), a "
+                   "looser reltol, or another solver (deqkit.Implicit(solver=deqkit.GMRES(restart=...))).")
 
 InitialState = str | Callable[[torch.Tensor], torch.Tensor] | torch.Tensor
 
@@ -80,12 +81,14 @@ class DEQ(nn.Module):
         Forward step limit (the solver's default when omitted).
     max_nfe, eval_max_nfe : int or None
         Forward evaluation budgets of ``f`` per call, in training mode and in ``eval()`` mode: the solve never
-        exceeds them. Outside the solve, a call in grad mode evaluates ``f`` once more (the re-attached ``f(z*, x)``
-        that carries the graph), ``z0="f0"`` once more, and ``Phantom(steps=k)`` ``k − 1`` more. A sample still
-        running when the budget is spent stops at its best iterate, is counted as not converged in ``last_stats``
-        and warned about. Defaults :data:`TRAIN_NFE` and :data:`EVAL_NFE` (see there how they were
-        chosen); None for no budget beyond ``max_steps``. The implicit backward solve gets the same budget (of
-        vector–Jacobian products) unless its :class:`~deqkit.Implicit` sets its own ``max_nfe``.
+        exceeds them. Defaults :data:`TRAIN_NFE` (30) and :data:`EVAL_NFE` (200); None for no budget beyond
+        ``max_steps``. Outside the solve, a call in grad mode evaluates ``f`` once more (the re-attached
+        ``f(z*, x)`` that carries the graph), ``z0="f0"`` once more, and ``Phantom(steps=k)`` ``k − 1`` more. The
+        implicit backward solve gets the same budget (of vector–Jacobian products) unless its
+        :class:`~deqkit.Implicit` sets its own ``max_nfe``. A sample still running when the budget is spent stops at
+        its best iterate and is counted as not converged in ``last_stats``. Raise ``max_nfe`` when many samples
+        stop there during training (the warnings below count them) or when the gradient must be exact;
+        ``eval_max_nfe`` when evaluation does not converge.
     z0 : {"zeros", "f0"}, callable or tensor
         Starting point: zeros shaped like ``x``; ``"f0"``: ``f(0, x)`` (the seed blog's choice); a callable
         ``x -> z0``; or a tensor. ``forward(x, z0=...)`` overrides it for one call (warm starts).
@@ -106,6 +109,11 @@ class DEQ(nn.Module):
 
     Notes
     -----
+    Unconverged solves are warned about once, then summarised: the layer's first call that leaves samples
+    unconverged warns (:class:`~deqkit.ConvergenceWarning`) with the solver's message; later ones are counted, and a
+    warning with the counts follows after 10, 100, 1000, ... such calls (forward and backward separately). Warning
+    filters apply as usual (``"error"`` raises at the first); ``strict=True`` raises at every call.
+
     The returned tensor is ``f(z*, x)``, one application of ``f`` past the solver's ``z*`` (they differ by at
     most the residual); under ``torch.no_grad()`` it is the value the solver already computed, and no graph
     is kept. Double backward through ``"implicit"`` raises an error rather than returning a wrong answer.
@@ -142,6 +150,8 @@ class DEQ(nn.Module):
         except TypeError as err:  # an option of a gradient method, given to the DEQ: say where it belongs
             raise TypeError(f"{err}{_gradient_hint(options)}") from err
         self.backward = backward
+        self.alerts = {"forward": ConvergenceAlerts("forward", FORWARD_ADVICE),
+                       "backward": ConvergenceAlerts("backward", BACKWARD_ADVICE)}
         self.last_stats: DEQStats | None = None
         self.last_equilibrium: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -272,17 +282,21 @@ class DEQ(nn.Module):
         self.last_equilibrium = (z, out)
         budget = self.max_nfe if self.training else self.eval_max_nfe  # the forward's: the backward's default
         ctx = Context(self.f, self.abstol, self.reltol, self.strict, lambda s: setattr(stats, "backward", s), (z, out),
-                      budget)
+                      budget, self.alerts["backward"])
         return self.backward.attach(out, sol, x, ctx)
 
     @torch.compiler.disable(reason=EAGER)
     def _solve(self, x: torch.Tensor, start: torch.Tensor, record_graph: bool) -> Solution:
         """The forward solve, run eagerly under ``torch.compile``: its loop stops on data-dependent conditions,
         which a compiled graph cannot express (the code around the DEQ still compiles, with a graph break here)."""
+        alerts = self.alerts["forward"]
         with torch.set_grad_enabled(record_graph):
-            return run(self.solver, lambda z: self.f(z, x), start, abstol=self.abstol, reltol=self.reltol,
-                       max_steps=self.max_steps, max_nfe=self.max_nfe if self.training else self.eval_max_nfe,
-                       strict=self.strict)
+            sol = run(self.solver, lambda z: self.f(z, x), start, abstol=self.abstol, reltol=self.reltol,
+                      max_steps=self.max_steps, max_nfe=self.max_nfe if self.training else self.eval_max_nfe,
+                      strict=self.strict, warn=alerts.warn)
+        if sol.stats.all_converged:
+            alerts.observe(sol.stats)
+        return sol
 
     @torch.compiler.disable(reason=EAGER)
     def _check_input(self, x: torch.Tensor) -> None:

@@ -7,6 +7,7 @@ A solver is a configured :class:`Solver` object (``Anderson(m=6)``) or its name 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,7 +133,8 @@ def check_start(z0: Any, what: str = "z0") -> None:
 
 
 def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: float, max_steps: int | None,
-        max_nfe: int | None = None, strict: bool = False, record: bool = False) -> Solution:
+        max_nfe: int | None = None, strict: bool = False, record: bool = False,
+        warn: Callable[[str, SolverStats], None] | None = None) -> Solution:
     """Run a configured solver; the engine behind :func:`solve`, the DEQ layer and its backward pass.
 
     Parameters
@@ -153,6 +155,9 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
         Raise instead of warning when a sample does not converge.
     record : bool
         Keep every iterate in ``stats.trajectory``.
+    warn : callable, optional
+        ``warn(message, stats)`` receives the warning about unconverged samples instead of :func:`warnings.warn`
+        (the DEQ layer counts and summarises them).
 
     Returns
     -------
@@ -180,7 +185,7 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
         raise TypeError(f"strict must be True or False, got {strict!r}")
     tol = Tolerances(abstol, reltol, solver.default_max_steps if max_steps is None else max_steps, max_nfe)
     z0 = z0.detach().clone()  # the solver's own copy: the caller's z0 is never touched or handed back
-    monitor = Monitor(solver.label, z0, tol, strict=strict, record=record)
+    monitor = Monitor(solver.label, z0, tol, strict=strict, record=record, warn=warn)
     steps, nfe = solver.run(f, z0, monitor)
     stats = monitor.finish(steps, nfe)
     return Solution(monitor.best_z, monitor.best_fz, stats)

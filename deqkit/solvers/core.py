@@ -135,9 +135,10 @@ class Tolerances:
 class Monitor:
     """Per-sample termination, best iterate, residual history and NaN/Inf checks for one solve."""
 
-    def __init__(self, method: str, z0: torch.Tensor, tol: Tolerances, *, strict: bool, record: bool):
+    def __init__(self, method: str, z0: torch.Tensor, tol: Tolerances, *, strict: bool, record: bool,
+                 warn: Callable[[str, SolverStats], None] | None = None):
         batch = z0.shape[0]
-        self.method, self.tol, self.strict, self.record = method, tol, strict, record
+        self.method, self.tol, self.strict, self.record, self.warn = method, tol, strict, record, warn
         self.converged = torch.zeros(batch, dtype=torch.bool, device=z0.device)
         self.residual = torch.full((batch,), float("inf"), dtype=z0.dtype, device=z0.device)
         self.scale = torch.ones(batch, dtype=z0.dtype, device=z0.device)
@@ -289,7 +290,10 @@ class Monitor:
             )
             if self.strict:
                 raise ConvergenceError(message)
-            warnings.warn(message, ConvergenceWarning, stacklevel=user_stacklevel())
+            if self.warn is not None:  # the caller counts and summarises (a layer called in a training loop)
+                self.warn(message, s)
+            else:
+                warnings.warn(message, ConvergenceWarning, stacklevel=user_stacklevel())
         return s
 
 

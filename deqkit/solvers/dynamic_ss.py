@@ -28,7 +28,7 @@ import torch
 
 from ..errors import DivergenceError
 from .anderson import Anderson
-from .core import (Configured, Map, Monitor, Solver, batch_view, check_int, check_real, first_evaluation)
+from .core import Configured, Map, Monitor, Solver, batch_view, check_int, check_real, first_evaluation
 from .torchdiffeq_adapter import ADAPTIVE, FIXED, AdaptiveStepper, FixedStepper, StepFailure, step_cost
 
 #: Growth rate (largest real part of an eigenvalue of ∂f/∂z − I, as the polisher's secant history sees it) above

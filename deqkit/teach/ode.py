@@ -22,7 +22,7 @@ from matplotlib.ticker import NullLocator
 
 from .. import problems
 from ..errors import ConvergenceWarning
-from ..solvers import solve
+from ..solvers import StepSizeController, solve
 from ..solvers.torchdiffeq_adapter import ADAPTIVE, is_fsal
 from . import fast_mode
 from .widgets import Panel, attempt, figure, progress
@@ -241,7 +241,7 @@ def _readout(stats, abstol, reltol, max_steps, end, zb, sb, h_star, re_mu) -> st
     if len(dts) >= 10 and np.all(np.abs(dts[-10:] / h_star - 1) < 0.02):
         return text + (f" <b>The steps sit at the stability limit h* = {h_star:.3g}</b>: there |R(hμ)| = 1, the "
                        "numerical solution stops decaying, and a residual above abstol stays there (a tighter ODE "
-                       "tolerance, ode_atol, lowers that floor).")
+                       "tolerance, StepSizeController(atol=...), lowers that floor).")
     needed = math.log(max(stats.history[0], abstol) / abstol) / max(-re_mu, 1e-12)
     return text + (f" <b>Slow decay:</b> at the stable equilibrium the slowest eigenvalue of J − I has Re μ = "
                    f"{re_mu:+.3f}, so the residual shrinks like e^({re_mu:+.3f}·t): reaching abstol takes "
@@ -383,7 +383,8 @@ def slowing_down(a_values, ode_tol: float = 1e-8, abstol: float = 1e-5, max_step
     a_values : iterable of float
         Gains below ``1 / cos 1.2 ≈ 2.76``.
     ode_tol : float
-        ``ode_atol = ode_rtol``: tight, so that the residual does not stall at the ODE tolerance.
+        The ODE's local tolerances ``atol = rtol`` (:class:`~deqkit.StepSizeController`): tight, so that the
+        residual does not stall at the ODE tolerance.
     abstol : float
         Termination: ``‖dz/dt‖∞ ≤ abstol`` (reltol as abstol).
     max_steps : int
@@ -396,7 +397,7 @@ def slowing_down(a_values, ode_tol: float = 1e-8, abstol: float = 1e-5, max_step
     rows = []
     for a in progress(list(a_values), desc="spiral, a"):
         _, stats = solve(vector_field("spiral", a), starts(), solver="dynamic_ss", polish=None, abstol=abstol,
-                         reltol=abstol, ode_atol=ode_tol, ode_rtol=ode_tol, max_steps=max_steps)
+                         reltol=abstol, controller=StepSizeController(rtol=ode_tol, atol=ode_tol), max_steps=max_steps)
         rows.append((a, a * math.cos(1.2) - 1, stats.steps, stats.all_converged))
     return rows
 
