@@ -96,53 +96,72 @@ class Anderson(IterativeSolver):
         gamma_t = torch.where(ok[:, None, None], gamma, 0).transpose(1, 2).to(dgs.dtype)  # (batch, 1, k)
         return torch.baddbmm(plain.unsqueeze(1), gamma_t, dms, alpha=-1).squeeze(1)  # plain − (ΔZ + βΔG) γ
 
-    def growth_rates(self, h: _History | None, rows: torch.Tensor, z: torch.Tensor,
-                     fz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The fastest growth rate of the flow ``dz/dt = f(z) − z`` that the secant history sees, per sample.
-
-        The stored differences satisfy ``ΔG ≈ (J − I) ΔZ`` (``J = ∂f/∂z``); the small matrix ``B = (ΔZᵀΔZ)⁻¹ΔZᵀΔG``
-        is the Galerkin projection of ``J − I`` onto the directions the iteration explored, and its eigenvalues (Ritz
-        values) approximate the flow's growth rates along them. A positive real part means the flow leaves the point
-        along that direction: an unstable equilibrium. No evaluation of ``f`` is spent.
-
-        Parameters
-        ----------
-        h : the solver's state after some updates (None: no history yet)
-        rows : torch.Tensor
-            Long indices of the samples to look at.
-        z, fz : torch.Tensor
-            The iterate just evaluated and ``f(z)``: their difference from the last stored one is used too.
-
-        Returns
-        -------
-        rates : torch.Tensor
-            Shape ``(len(rows),)``, float64: the largest real part; ``-inf`` where no difference was stored yet.
-        directions : torch.Tensor or None
-            Shape ``(len(rows), dim)``: the Ritz vector of that rate (unit ∞-norm), in the dtype of the iterates;
-            None without history.
-        """
-        rates = torch.full((rows.numel(),), -torch.inf, dtype=torch.float64, device=rows.device)
-        if h is None:
-            return rates, None
+    def secants(self, h: _History | None, rows: torch.Tensor, z: torch.Tensor,
+                fz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The differences ``ΔZ`` and ``ΔG`` (residuals) the history holds for the samples ``rows``, with the step to
+        the iterate ``z`` just evaluated (``fz = f(z)``): float64, shape ``(len(rows), k, dim)`` (see
+        :func:`growth_rates`)."""
         z, g = z.detach().flatten(1)[rows].double(), (fz - z).detach().flatten(1)[rows].double()
-        dz, dg = (z - h.z[rows].double())[:, None], (g - h.g[rows].double())[:, None]  # the pending column
+        if h is None:
+            empty = z.new_zeros(rows.numel(), 0, z.shape[1])
+            return empty, empty
+        dz, dg = (z - h.z[rows].double())[:, None], (g - h.g[rows].double())[:, None]  # the newest step
         if h.ring is not None:
             k = min(h.count, self.m)
             old_g, old_m = h.ring[0][rows, :k].double(), h.ring[1][rows, :k].double()
+        elif h.dg:
+            old_g, old_m = torch.stack(h.dg, 1)[rows].detach().double(), torch.stack(h.dm, 1)[rows].detach().double()
         else:
-            old_g = torch.stack(h.dg, 1)[rows].detach().double() if h.dg else dg[:, :0]
-            old_m = torch.stack(h.dm, 1)[rows].detach().double() if h.dm else dg[:, :0]
-        dg, dz = torch.cat([old_g, dg], 1), torch.cat([old_m - self.beta * old_g, dz], 1)  # (n, k + 1, dim)
-        gram = dz @ dz.transpose(1, 2)
-        # relative regularisation: nearly parallel differences must not create spurious large Ritz values
-        reg = 1e-10 * gram.diagonal(dim1=1, dim2=2).amax(-1).clamp_min(torch.finfo(torch.float64).tiny)
-        eye = torch.eye(gram.shape[-1], dtype=torch.float64, device=gram.device)
-        b, info = torch.linalg.solve_ex(gram + reg[:, None, None] * eye, dz @ dg.transpose(1, 2))
-        ok = (info == 0) & torch.isfinite(b).flatten(1).all(1)
-        values, vectors = torch.linalg.eig(torch.where(ok[:, None, None], b, 0))
-        top = values.real.argmax(-1)
-        rates = torch.where(ok, values.real.gather(1, top[:, None]).squeeze(1), rates)
-        y = vectors.real.gather(2, top[:, None, None].expand(-1, vectors.shape[1], 1))  # (n, k, 1)
-        v = (dz.transpose(1, 2) @ y).squeeze(2)
-        v = v / v.abs().amax(1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-        return rates, v.to(h.z.dtype)
+            old_g = old_m = dg[:, :0]
+        return torch.cat([old_m - self.beta * old_g, dz], 1), torch.cat([old_g, dg], 1)
+
+
+def growth_rates(dz: torch.Tensor, dg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fastest growth rate of the flow ``dz/dt = f(z) − z`` that secant pairs see, per sample.
+
+    The differences satisfy ``ΔG ≈ (J − I) ΔZ`` (``J = ∂f/∂z``); the small matrix ``B = (ΔZᵀΔZ)⁻¹ΔZᵀΔG`` is the
+    Galerkin projection of ``J − I`` onto the directions the iteration explored, and its eigenvalues (Ritz values)
+    approximate the flow's growth rates along them. A positive real part means the flow leaves the point along that
+    direction: an unstable equilibrium. No evaluation of ``f`` is spent.
+
+    Parameters
+    ----------
+    dz, dg : torch.Tensor
+        ``ΔZ`` and ``ΔG`` as rows, shape ``(n, k, dim)`` (zero rows are ignored).
+
+    Returns
+    -------
+    rates : torch.Tensor
+        Shape ``(n,)``, float64: the largest real part where it may be positive; where a Gershgorin bound shows it
+        is not, that bound clipped at 0 (``-inf`` with no differences).
+    directions : torch.Tensor
+        Shape ``(n, dim)``, float64: the Ritz vector of that rate, scaled to unit ∞-norm.
+    """
+    n, k, dim = dz.shape
+    rates, directions = dz.new_full((n,), -torch.inf), dz.new_zeros(n, dim)
+    if k == 0:
+        return rates, directions
+    # each pair scaled to a unit step: B becomes S⁻¹BS, with the same eigenvalues and comparable entries
+    scale = dz.norm(dim=2, keepdim=True)
+    scale = torch.where(scale > 0, scale, 1.0)
+    dz, dg = dz / scale, dg / scale
+    gram, rhs = (dz @ torch.cat([dz, dg], 1).transpose(1, 2)).split(k, dim=2)  # ΔZᵀΔZ and ΔZᵀΔG in one product
+    # relative regularisation: nearly parallel differences must not create spurious large Ritz values
+    reg = 1e-10 * gram.diagonal(dim1=1, dim2=2).amax(-1).clamp_min(torch.finfo(torch.float64).tiny)
+    eye = torch.eye(k, dtype=torch.float64, device=gram.device)
+    b, info = torch.linalg.solve_ex(gram + reg[:, None, None] * eye, rhs)
+    ok = (info == 0) & torch.isfinite(b).flatten(1).all(1)
+    # Gershgorin: every eigenvalue's real part is at most max_i (B_ii + Σ_j≠i |B_ij|); only where that bound is
+    # positive is the (per-matrix, slow) eigenvalue problem solved
+    bound = (b.diagonal(dim1=1, dim2=2) + b.abs().sum(2) - b.diagonal(dim1=1, dim2=2).abs()).amax(-1)
+    rates = torch.where(ok, bound.clamp_max(0.0), rates)
+    rows = (ok & (bound > 0)).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return rates, directions
+    values, vectors = torch.linalg.eig(b[rows])
+    top = values.real.argmax(-1)
+    rates[rows] = values.real.gather(1, top[:, None]).squeeze(1)
+    y = vectors.real.gather(2, top[:, None, None].expand(-1, k, 1))  # (n, k, 1)
+    v = (dz[rows].transpose(1, 2) @ y).squeeze(2)
+    directions[rows] = v / v.abs().amax(1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    return rates, directions

@@ -212,8 +212,6 @@ class Monitor:
         self.residual = torch.where(better, res, self.residual)
         self.scale = torch.where(better, scale, self.scale)
         self.converged = self.converged | meets
-        self.converged_step = torch.where(meets, step, self.converged_step)
-        self.converged_nfe = torch.where(meets, nfe, self.converged_nfe)
         self.current = res
         masks = [self.converged, better, self.fell]
         if below is not None:
@@ -223,6 +221,9 @@ class Monitor:
         n_converged, n_better, n_fell, *n_ready = torch.stack(masks).sum(1).tolist()
         batch = res.shape[0]
         self.any_converged, self.all_fell = n_converged > 0, n_fell == batch
+        if n_converged > self.n_converged:  # only then: two fewer operations per check in the common case
+            self.converged_step = torch.where(meets, step, self.converged_step)
+            self.converged_nfe = torch.where(meets, nfe, self.converged_nfe)
         self.n_converged = n_converged
         self.ready_count = n_ready[0] if n_ready else 0
         self.below = bool(n_ready) and n_converged + self.ready_count == batch

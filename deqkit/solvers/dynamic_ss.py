@@ -25,9 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 
 from ..errors import DivergenceError
-from .anderson import Anderson
+from .anderson import Anderson, growth_rates
 from .core import Configured, Map, Monitor, Solver, batch_view, check_int, check_real, first_evaluation
 from .torchdiffeq_adapter import ADAPTIVE, FIXED, AdaptiveStepper, FixedStepper, StepFailure, step_cost
 
@@ -291,13 +292,12 @@ class DynamicSS(Solver):
         their equilibrium along its unstable direction. On return ``monitor.current`` holds each sample's residual
         where the flow goes on: at ``z``, or at the unstable equilibrium.
         """
-        polisher, start = self.polish, monitor.current.clone()
-        kicked: torch.Tensor | None = None
-        origin = z
+        polisher, start, origin = self.polish, monitor.current.clone(), z
         state = polisher.init_state(z.flatten(1), fz.flatten(1))
         best, since = start.clone(), torch.zeros_like(start, dtype=torch.long)
-        failed = unstable = torch.zeros_like(monitor.converged)
+        failed = torch.zeros_like(monitor.converged)
         moving = moving & ~monitor.converged
+        secants = []  # (rows, ΔZ, ΔG) of the samples that converged, taken when they did
         while not monitor.done and steps < monitor.tol.max_steps and monitor.affords(field.nfe, 1):
             z_next, state = polisher.update(z.flatten(1), fz.flatten(1), state)
             z = torch.where(batch_view(moving, z), z_next.view_as(z), z)
@@ -305,43 +305,44 @@ class DynamicSS(Solver):
             before = monitor.n_converged
             monitor.check(steps, z, fz - z, fz, field.nfe, t=float("nan"))
             res = monitor.current
-            if monitor.n_converged > before:
-                if bool(unstable.any()):  # held at the rejected equilibrium, they meet the rule again: not accepted
-                    monitor.reject(unstable & monitor.converged)
-                bad, push = self._unstable(polisher, state, monitor, moving, z, fz, origin)
-                if push is not None:
-                    kicked = push if kicked is None else torch.where(batch_view(bad, z), push, kicked)
-                    start = torch.where(bad, res, start)
-                    unstable = unstable | bad
-            since = torch.where(res < best, 0, since + 1)
-            best = torch.minimum(best, res)
-            stop = moving & ~monitor.converged & ((res > self.polish_guard * best) | (since >= self.polish_stall)
-                                                  | unstable)
+            if monitor.n_converged > before:  # read now: a converged sample's history is overwritten as it rests
+                rows = (monitor.converged & moving).nonzero().squeeze(1)
+                secants.append((rows, *polisher.secants(state, rows, z, fz)))
+            improved = res < best
+            best, since = torch.where(improved, res, best), torch.where(improved, 0, since + 1)
+            stop = moving & ~monitor.converged & ((res > self.polish_guard * best) | (since >= self.polish_stall))
             failed = failed | stop
             moving = moving & ~monitor.converged & ~stop
             if not bool(moving.any()):
                 break
+        left = self._unstable(secants, monitor, origin) if secants else None
+        if left is not None:
+            failed = failed | left[0]
+            start = torch.where(left[0], monitor.residual, start)
         monitor.current = start
-        return steps, failed, None if kicked is None else (unstable, kicked)
+        return steps, failed, left
 
     @staticmethod
-    def _unstable(polisher: Anderson, state: object, monitor: Monitor, moving: torch.Tensor,
-                  z: torch.Tensor, fz: torch.Tensor, origin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Reject the samples that just converged to an equilibrium the flow leaves: their mask, and the points
-        pushed off it along the unstable direction, to the side the sample came from (None if none)."""
-        rows = (monitor.converged & moving).nonzero().squeeze(1)
-        rates, directions = polisher.growth_rates(state, rows, z, fz)
-        bad = torch.zeros_like(moving)
+    def _unstable(secants: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], monitor: Monitor,
+                  origin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Reject the polished answers that are equilibria the flow leaves (one batched eigenvalue problem): their
+        mask and the points pushed off them along the unstable direction, to the side the sample came from (None if
+        every answer is stable)."""
+        rows = torch.cat([r for r, _, _ in secants])
+        k = max(dz.shape[1] for _, dz, _ in secants)
+        dz, dg = (torch.cat([F.pad(t[i], (0, 0, 0, k - t[i].shape[1])) for t in secants]) for i in (1, 2))
+        rates, directions = growth_rates(dz, dg)
+        bad = torch.zeros_like(monitor.converged)
         bad[rows] = rates > UNSTABLE_RATE
-        if directions is None or not bool(bad.any()):
-            return bad, None
+        if not bool(bad.any()):
+            return None
         monitor.reject(bad)
-        push = torch.zeros_like(z.flatten(1))
-        here = z.flatten(1)[rows]
+        here = monitor.best_z.flatten(1)[rows]
         size = KICK * here.abs().amax(1, keepdim=True).clamp_min(1.0)
         side = torch.where(((origin.flatten(1)[rows] - here) * directions).sum(1, keepdim=True) < 0, -1.0, 1.0)
-        push[rows] = (size * side * directions).to(push.dtype)
-        return bad, (z.flatten(1) + push).view_as(z)
+        push = torch.zeros_like(monitor.best_z.flatten(1))
+        push[rows] = torch.where((rates > UNSTABLE_RATE)[:, None], size * side * directions, 0.0).to(push.dtype)
+        return bad, (monitor.best_z.flatten(1) + push).view_as(monitor.best_z)
 
     def _adaptive(self, field: _VectorField, z0: torch.Tensor, fz0: torch.Tensor | None, monitor: Monitor,
                   steps: int, handover: _Handover | None) -> int:
