@@ -44,3 +44,20 @@ def test_pitchfork_and_spiral_maps():
     assert torch.allclose(torch.linalg.matrix_norm(spiral, 2), torch.tensor(2.0, dtype=torch.float64))
     with pytest.raises(ValueError, match="unknown system"):
         problems.system_matrix("saddle", 1.0)
+
+
+@pytest.mark.parametrize("family", problems.FAMILIES)
+def test_block_families_are_seeded_maps_of_their_input_shape(family):
+    block, x = problems.block_problem(family, batch=3, size=16, seed=4)
+    again, x2 = problems.block_problem(family, batch=3, size=16, seed=4)
+    z = torch.randn_like(x)
+    assert torch.equal(x, x2) and x.dtype == torch.float64 and block(z, x).shape == x.shape
+    assert torch.equal(block(z, x), again(z, x))
+    assert x.dim() == (2 if family in ("mlp", "layernorm") else 4)
+
+
+def test_block_problem_names_its_mistakes():
+    with pytest.raises(ValueError, match="unknown block family 'resnet'"):
+        problems.block_problem("resnet")
+    with pytest.raises(ValueError, match="size must be a multiple of 8, got 12"):
+        problems.block_problem("mdeq", size=12)
