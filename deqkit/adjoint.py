@@ -173,8 +173,10 @@ class Implicit(Gradient):
     def __init__(self, solver: SolverSpec = "gmres", *, abstol: float | None = None, reltol: float | None = None,
                  max_steps: int | None = None, max_nfe: int | None = None, **options: Any):
         self.solver: Solver = as_solver(solver, options, BACKWARD_SOLVERS)
-        self.abstol = None if abstol is None else check_real("abstol", abstol, 0.0)
-        self.reltol = None if reltol is None else check_real("reltol", reltol, 0.0)
+        # bounded as the forward's are: an infinite abstol or a reltol >= 1 would accept the first guess u = g,
+        # silently the one-step gradient
+        self.abstol = None if abstol is None else Tolerances.check("abstol", abstol)
+        self.reltol = None if reltol is None else Tolerances.check("reltol", reltol)
         if self.reltol == 0 and not self.abstol:  # abstol None means 0
             raise ValueError("the backward abstol and reltol are both 0: no backward solve could ever converge; set "
                              "reltol > 0 (the default follows the forward tolerances)")
@@ -196,6 +198,10 @@ class Implicit(Gradient):
         """The backward solve's tolerances and budget, given the forward ones (see the class docstring)."""
         abstol = 0.0 if self.abstol is None else self.abstol
         reltol = max(forward_abstol, forward_reltol) if self.reltol is None else self.reltol
+        if self.reltol is None and reltol >= 1:
+            raise ValueError(f"the backward reltol defaults to the larger forward tolerance, {reltol:g}, which is >= 1 "
+                             "and would accept the first guess (the one-step gradient): set the backward's own, "
+                             "e.g. backward=deqkit.Implicit(reltol=1e-5)")
         return Tolerances(abstol, reltol, self.solver.default_max_steps if self.max_steps is None else self.max_steps,
                           forward_max_nfe if self.max_nfe is None else self.max_nfe)
 

@@ -29,6 +29,21 @@ def _x(dtype=torch.float32):
     return _block(dtype)[1]
 
 
+def _writes_from_second_call():
+    """0.5 z + 1, which from its second call on also copies its answer into its argument: the residual the
+    solver then computes, f(z) − z, is exactly 0 (issue 22, cause 5: only the first call used to be checked)."""
+    calls = []
+
+    def f(z):
+        out = 0.5 * z + 1
+        calls.append(1)
+        if len(calls) >= 2:
+            z.copy_(out)
+        return out
+
+    return f
+
+
 # (case, call, exception, message fragment)
 CASES = [
     # ---- solve: the starting point
@@ -64,11 +79,27 @@ CASES = [
     ("both tolerances 0", lambda: deqkit.solve(torch.cos, Z, abstol=0, reltol=0), ValueError,
      "abstol and reltol are both 0"),
     ("max_steps=2.0", lambda: deqkit.solve(torch.cos, Z, max_steps=2.0), TypeError, "max_steps must be an integer"),
+    # bounded above too: an infinite abstol or a reltol >= 1 accepts every iterate (issue 22, cause 2)
+    ("abstol=inf", lambda: deqkit.solve(torch.cos, Z, abstol=float("inf")), ValueError,
+     r"abstol must be in \[0, inf\).*accepts any iterate"),
+    ("reltol=1", lambda: deqkit.solve(torch.cos, Z, reltol=1.0), ValueError,
+     r"reltol must be in \[0, 1\).*accepts any iterate"),
+    ("reltol=nan", lambda: deqkit.solve(torch.cos, Z, reltol=float("nan")), ValueError, r"reltol must be in \[0, 1\)"),
+    ("DEQ abstol=inf", lambda: _deq(abstol=float("inf")), ValueError, r"abstol must be in \[0, inf\)"),
+    ("DEQ reltol=1.5", lambda: _deq(reltol=1.5), ValueError, r"reltol must be in \[0, 1\)"),
+    ("Implicit(abstol=inf)", lambda: deqkit.Implicit(abstol=float("inf")), ValueError,
+     r"abstol must be in \[0, inf\).*accepts any iterate"),
+    ("Implicit(reltol=1.0)", lambda: deqkit.Implicit(reltol=1.0), ValueError, r"reltol must be in \[0, 1\)"),
+    ("backward reltol inherited from abstol=5", lambda: _deq(abstol=5.0)(_x().requires_grad_()).sum().backward(),
+     ValueError, r"backward reltol defaults to the larger forward tolerance, 5.*Implicit\(reltol="),
     # ---- the map
     ("f changes z in place", lambda: deqkit.solve(lambda z: z.mul_(0.5), torch.ones(2, 3), solver="picard"),
      ValueError, "changed its input in place.*returned its argument"),
     ("f writes into z", lambda: deqkit.solve(lambda z: z.add_(1).mul(0.5), torch.ones(2, 3), solver="anderson"),
      ValueError, "changed its input in place.*wrote into it"),
+    *[(f"f writes into z from its second call on, {name}", lambda name=name: deqkit.solve(
+        _writes_from_second_call(), torch.zeros(2, 3), solver=name), ValueError,
+       "changed its input in place at its evaluation 2.*wrote into it") for name in deqkit.SOLVERS],
     ("f changes the shape", lambda: deqkit.solve(lambda z: z[:, :2], Z), ValueError, "f\\(z\\) has shape"),
     ("f returns no tensor", lambda: deqkit.solve(lambda z: 1.0, Z, solver="picard"), TypeError,
      "must return a torch.Tensor"),
@@ -109,6 +140,32 @@ CASES = [
 def test_bad_input_is_refused_with_a_message_that_names_it(call, exception, message):
     with pytest.raises(exception, match=message):
         call()
+
+
+def _quiet(call):
+    """Run ``call`` with every warning an error: a right answer comes without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return call()
+
+
+# Cases once answered silently wrong, now answered right: (case, call, check of its result)
+RIGHT = [
+    # z0 = -2 is a root of f: ‖f(z0)‖ = 0, and Broyden's secant step lands on z* = 2 exactly (residual 0). The
+    # drift rule measured growth against ‖f(z0)‖ alone and called it a runaway (issue 22, cause 6).
+    *[(f"exact solution from a root of f, {name}", lambda name=name: _quiet(lambda: deqkit.solve(
+        lambda z: 0.5 * z + 1, torch.full((2, 3), -2.0, dtype=torch.float64), solver=name)),
+       lambda out: out[1].all_converged and torch.allclose(out[0], torch.full_like(out[0], 2.0), atol=1e-4))
+      for name in deqkit.SOLVERS],
+    ("exact solution from a near-root of f, broyden", lambda: _quiet(lambda: deqkit.solve(
+        lambda z: 0.5 * z + 1, torch.full((2, 3), -2.0 + 1e-7, dtype=torch.float64), solver="broyden")),
+     lambda out: out[1].all_converged),
+]
+
+
+@pytest.mark.parametrize("call, check", [c[1:] for c in RIGHT], ids=[c[0] for c in RIGHT])
+def test_cases_once_silently_wrong_are_right(call, check):
+    assert check(call())
 
 
 def test_numpy_numbers_are_numbers():

@@ -181,9 +181,35 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
     tol = Tolerances(abstol, reltol, solver.default_max_steps if max_steps is None else max_steps, max_nfe)
     z0 = z0.detach().clone()  # the solver's own copy: the caller's z0 is never touched or handed back
     monitor = Monitor(solver.label, z0, tol, strict=strict, record=record)
-    steps, nfe = solver.run(f, z0, monitor)
+    steps, nfe = solver.run(_out_of_place(f), z0, monitor)
     stats = monitor.finish(steps, nfe)
     return Solution(monitor.best_z, monitor.best_fz, stats)
+
+
+def _out_of_place(f: Map) -> Map:
+    """``f``, refusing every call that writes into its argument or returns it, not only the first one.
+
+    The solvers keep past iterates (the best one, Anderson's history, the ODE stages), often as views of one
+    another: a map that changes its input from its second call on would corrupt them and make a residual look
+    like zero. Reading the argument's version counter costs no host synchronisation and no tensor operation.
+    """
+    calls = 0
+
+    def checked(z: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        version = None if z.is_inference() else z._version  # inference tensors keep no version counter
+        fz = f(z)
+        if fz is z or (version is not None and z._version != version):
+            raise ValueError(
+                f"f changed its input in place at its evaluation {calls} (it "
+                f"{'returned its argument' if fz is z else 'wrote into it'}, e.g. z.mul_(...) or z += ...): the "
+                "solver keeps past iterates, which this corrupts, and would report a false residual. Write f out "
+                "of place (z * 0.5 instead of z.mul_(0.5)), or clone first: lambda z: g(z.clone())."
+            )
+        return fz
+
+    return checked
 
 
 def solve(f: Map, z0: torch.Tensor, *, solver: SolverSpec = "dynamic_ss", abstol: float = 1e-5,

@@ -119,13 +119,32 @@ class Tolerances:
     max_nfe: int | None = None  # evaluations of the map, the first one included
 
     def __post_init__(self) -> None:
-        self.abstol = check_real("abstol", self.abstol, 0.0)
-        self.reltol = check_real("reltol", self.reltol, 0.0)
+        self.abstol = self.check("abstol", self.abstol)
+        self.reltol = self.check("reltol", self.reltol)
         if self.abstol == 0 and self.reltol == 0:
             raise ValueError("abstol and reltol are both 0: no iterate could ever converge; set one > 0")
         self.max_steps = check_int("max_steps", self.max_steps, 1)
         if self.max_nfe is not None:
             self.max_nfe = check_int("max_nfe", self.max_nfe, 2)
+
+    @staticmethod
+    def check(name: str, value: Any) -> float:
+        """Return a tolerance as a ``float``: an ``abstol`` finite and ≥ 0, a ``reltol`` in ``[0, 1)``.
+
+        Bounded above as well as below: an infinite ``abstol`` or a ``reltol ≥ 1`` accepts every iterate
+        (``‖f(z) − z‖∞ ≤ ‖f(z)‖∞`` holds at ``z = 0``), so every start would be reported converged at once.
+        ``name`` ends in ``abstol`` or ``reltol`` (e.g. ``"backward reltol"``).
+        """
+        relative = name.endswith("reltol")
+        try:
+            return check_real(name, value, 0.0, 1.0 if relative else math.inf, high_open=True)
+        except ValueError as err:
+            if not (float(value) >= (1.0 if relative else math.inf)):  # NaN or negative: the interval says it all
+                raise
+            why = ("a relative tolerance of 1 or more accepts any iterate (‖f(z) − z‖∞ ≤ ‖f(z)‖∞ at z = 0)"
+                   if relative else "an infinite tolerance accepts any iterate")
+            raise ValueError(f"{err}: {why}, so every start would be reported converged at once. Use a small "
+                             f"value such as {name.split()[-1]}=1e-5.") from None
 
     def limits(self) -> str:
         """``max_steps=…`` (and ``max_nfe=…``), for messages."""
@@ -143,7 +162,10 @@ class Monitor:
         self.scale = torch.ones(batch, dtype=z0.dtype, device=z0.device)
         # residual of each sample at the last check; NaN before the first, so that no sample "settles" at step 0
         self.current = torch.full_like(self.residual, float("nan"))
-        self.start_scale: torch.Tensor | None = None  # ‖f(z0)‖∞ per sample
+        # the drift rule's reference, per sample: max(‖z0‖∞, ‖f(z0)‖∞). Not ‖f(z0)‖∞ alone: where it is 0 or tiny
+        # (z0 is nearly a root of f), any growth would look like a runaway, even onto an exact solution.
+        self.start_scale: torch.Tensor | None = None
+        self.start_size = z0.detach().flatten(1).abs().amax(1)
         self.peak = torch.zeros_like(self.residual)  # largest residual so far
         self.fell = torch.zeros_like(self.converged)  # the residual fell to half its peak, above rounding level
         self.drifting = torch.zeros_like(self.converged)
@@ -175,7 +197,7 @@ class Monitor:
         can drift any more, and the bookkeeping stops (it is most of a check's cost on small problems).
         """
         if self.start_scale is None:
-            self.start_scale = scale
+            self.start_scale = torch.maximum(scale, self.start_size)
         self.last_scale = scale
         meets = res <= (self.tol.reltol * scale).clamp_min(self.tol.abstol)
         if self.all_fell:
