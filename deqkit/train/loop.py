@@ -27,7 +27,7 @@ from .callbacks import TensorBoardLog, check_tensorboard
 from .checkpoint import check_writable, load_checkpoint, save_checkpoint
 from .config import SCHEDULES, TrainConfig
 from .distributed import DistContext, setup
-from .metrics import METRIC_FIELDS, Tally, epoch_row, report_epoch, solver_counts, write_metrics
+from .metrics import METRIC_FIELDS, SolverCalls, Tally, epoch_row, report_epoch, write_metrics
 from .resume import check_resumable, load_states, load_weights
 
 __all__ = ["METRIC_FIELDS", "SCHEDULES", "TrainConfig", "TrainResult", "evaluate", "load_model", "train", "train_mnist"]
@@ -99,12 +99,12 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 1000
     try:
         for chunk in mine.split(batch_size):
             x, y = images[chunk].to(device), labels[chunk].to(device)
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), SolverCalls(model) as calls:
                 warnings.simplefilter("ignore", ConvergenceWarning)  # counted below
                 logits = model(x)
             loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
-            fnfe, _, fbad, _ = solver_counts(model)
+            fnfe, _, fbad, _ = calls.counts()  # every call of every DEQ, not only the last
             nfe, batches, bad, nfe_max = nfe + fnfe, batches + 1, bad + fbad, max(nfe_max, fnfe)
     finally:
         model.train(was_training)
@@ -315,8 +315,8 @@ def _train_step(run: _Run, batch: torch.Tensor, tally: Tally) -> dict[str, float
     ctx, dev = run.ctx, run.ctx.device
     mine = batch.tensor_split(ctx.world_size)[ctx.rank]
     x, y = run.images[mine].to(dev), run.labels[mine].to(dev)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # counted and reported per epoch
+    with warnings.catch_warnings(), SolverCalls(run.model) as calls:
+        warnings.simplefilter("ignore", ConvergenceWarning)  # counted (every call of every DEQ) and reported per epoch
         logits = run.net(x)
         loss_sum = F.cross_entropy(logits, y, reduction="sum")
         # DDP averages gradients over processes: scale so that the result is the whole batch's mean
@@ -330,7 +330,7 @@ def _train_step(run: _Run, batch: torch.Tensor, tally: Tally) -> dict[str, float
     run.optimizer.step()
     if run.scheduler is not None:
         run.scheduler.step()
-    fnfe, bnfe, fbad, bbad = solver_counts(run.model)
+    fnfe, bnfe, fbad, bbad = calls.counts()
     batch_loss, batch_correct = float(loss_sum.detach()), int((logits.argmax(1) == y).sum())
     jac = None if penalty is None else float(penalty.detach())
     tally.add(loss=batch_loss, correct=batch_correct, count=len(mine), steps=1, fwd_nfe=fnfe, bwd_nfe=bnfe,

@@ -27,10 +27,11 @@ from typing import Any
 import pytest
 import torch
 
+from deqkit import DEQ, ConvergenceWarning
 from deqkit.data import MNISTError, load_mnist
 from deqkit.data import mnist as mnist_module
 from deqkit.errors import CheckpointError, RunFolderError
-from deqkit.train import TrainConfig, load_checkpoint, load_model, save_checkpoint
+from deqkit.train import TrainConfig, load_checkpoint, load_model, save_checkpoint, train
 from deqkit.train import __main__ as cli
 
 from .tiny import run
@@ -210,6 +211,27 @@ def _regular_file(b: Bench) -> pathlib.Path:
     return b.tmp / "a-file"
 
 
+class _TwoCalls(torch.nn.Module):
+    """Calls one DEQ twice per forward pass: first from a far start that its budget of 10 evaluations cannot
+    bring in (0.1^9 · 1e6 > 1e-5), then from zeros, where it converges."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.head = torch.nn.Linear(784, 16), torch.nn.Linear(16, 10)
+        self.deq = DEQ(lambda z, x: 0.1 * z + x, solver="picard", max_nfe=10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = torch.tanh(self.inp(x.flatten(1)))
+        far = self.deq(u, z0=torch.full_like(u, 1e6))
+        return self.head(0.5 * (far + self.deq(u)))
+
+
+def _two_calls_per_step(b: Bench) -> Any:
+    """Issue 22, cause 1: only the last call's statistics were counted, so 0 unconverged and no warning."""
+    config = TrainConfig(model="seed", epochs=1, batch_size=32, lr=3e-3, seed=0)
+    return train(_TwoCalls(), *b.data, config, progress=False)
+
+
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: --device cuda is valid here")
 
 #: (id, act, expected exception or exit status, fragment of the message)
@@ -258,6 +280,12 @@ CASES: list[tuple[str, Callable[[Bench], Any], type[BaseException] | int, str]] 
     ("cli: --deq with an unknown key", lambda b: b.cli("--deq", "bogus=1"), 2, "unknown option(s) 'bogus'"),
     ("cli: --deq max_steps=0", lambda b: b.cli("--deq", "max_steps=0"), 2, "max_steps"),
     ("cli: --deq seed=3", lambda b: b.cli("--deq", "seed=3"), 2, "(--seed on the command line)"),
+    ("cli: --deq abstol=1e999 (inf)", lambda b: b.cli("--model", "mlp", "--deq", "abstol=1e999"), 2,
+     "abstol must be in [0, inf), got inf"),
+    ("cli: --deq reltol=1", lambda b: b.cli("--model", "mlp", "--deq", "reltol=1"), 2, "reltol must be in [0, 1)"),
+    # --- what a run reports: every call of a DEQ is counted, not only the last
+    ("train: a DEQ called twice per step, the first call unconverged", _two_calls_per_step, ConvergenceWarning,
+     "epoch 1: 96 training samples (forward)"),
     # --- MNIST
     ("mnist: a folder where a file should be", lambda b: _dir_where_a_file_should_be(b, download=False),
      MNISTError, "is a directory"),
@@ -284,6 +312,10 @@ def test_bad_input(name, act, expected, fragment, data, finished, tmp_path, monk
         assert status == expected, err
         assert fragment in err
         assert "Traceback" not in err
+    elif issubclass(expected, Warning):
+        with pytest.warns(expected) as caught:
+            act(bench)
+        assert any(fragment in str(w.message) for w in caught), [str(w.message) for w in caught]
     else:
         with pytest.raises(expected) as info:
             act(bench)
