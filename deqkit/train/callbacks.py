@@ -82,22 +82,32 @@ class TensorBoardLog:
     continue_after : int, optional
         For a resumed run: the optimiser steps it had done. Whatever the interrupted run logged after that
         step is hidden (TensorBoard's own purge, ``purge_step``), so that the resumed steps are not shown
-        twice. None: a fresh run; event files already in ``folder`` (an earlier run's) are removed.
+        twice. None: a fresh run.
+    overwrite : bool
+        For a fresh run: remove the event files already in ``folder`` (an earlier run's). Without it, such
+        files are an error: they are not this log's to delete.
 
     Raises
     ------
     ImportError
         If the ``tensorboard`` package is missing (see :func:`check_tensorboard`).
+    FileExistsError
+        For a fresh run, if ``folder`` holds event files and ``overwrite`` is False.
     """
 
     STEP_KEYS = ("loss", "acc", "fwd_nfe", "bwd_nfe", "unconverged", "lr", "jac_penalty")
     EPOCH_KEYS = tuple(f for f in METRIC_FIELDS if f != "epoch")
 
-    def __init__(self, folder: str | os.PathLike, *, continue_after: int | None = None) -> None:
+    def __init__(self, folder: str | os.PathLike, *, continue_after: int | None = None,
+                 overwrite: bool = False) -> None:
         summary_writer = check_tensorboard()
         folder = pathlib.Path(folder)
         if continue_after is None:
-            for old in folder.glob("events.out.tfevents.*"):
+            earlier = sorted(folder.glob("events.out.tfevents.*"))
+            if earlier and not overwrite:
+                raise FileExistsError(f"{folder} holds {len(earlier)} event file(s) of an earlier run: pass "
+                                      "overwrite=True (--overwrite) to replace them, or log to another folder")
+            for old in earlier:
                 old.unlink()
         self.folder = folder
         self.writer = summary_writer(log_dir=str(folder),

@@ -193,14 +193,13 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
         check_tensorboard()  # a missing package fails now, not after loading and preparing
     out_dir = pathlib.Path(out) if out is not None else None
     ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
-    if ckpt_path is not None and ckpt_path.exists() and not (resume or overwrite):
-        raise FileExistsError(f"{ckpt_path} exists: pass resume=True (--resume) to continue that run, "
-                              "overwrite=True (--overwrite) to start afresh, or choose another out folder")
+    if out_dir is not None:
+        check_run_folder(out_dir, resume=resume, overwrite=overwrite, tensorboard=tensorboard)
 
     ctx = setup(device)
     finished = False
     try:
-        opts = _Options(out_dir, ckpt_path, resume, checkpoint_every, progress, callback, tensorboard)
+        opts = _Options(out_dir, ckpt_path, resume, checkpoint_every, progress, callback, tensorboard, overwrite)
         result = _train(model, train_set, test_set, config, ctx, opts)
         finished = True
         return result
@@ -209,6 +208,38 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
             gc.collect()  # free the DDP wrapper (it holds reference cycles) before its process group goes
         # after an error the other processes may be stuck in a collective: do not wait for them
         ctx.close(wait=finished)
+
+
+def check_run_folder(out: pathlib.Path, *, resume: bool, overwrite: bool, tensorboard: bool) -> None:
+    """Refuse to start a fresh run (neither ``resume`` nor ``overwrite``) where it would replace or delete files.
+
+    A fresh run writes ``checkpoint.pt``, ``metrics.csv`` and ``metrics.json``, and with ``tensorboard`` removes
+    the event files in ``out/tensorboard``: any of them already there belongs to another run (its checkpoint may
+    be gone while its metrics remain). Also refuses a ``checkpoint.pt`` that is not a regular file, whatever the
+    flags, since neither resuming nor overwriting can use it.
+
+    Raises
+    ------
+    FileExistsError
+        Naming the files and the three ways on: resume, overwrite, another folder.
+    """
+    ckpt = out / CHECKPOINT_NAME
+    if ckpt.exists() and not ckpt.is_file():
+        raise FileExistsError(f"{ckpt} exists but is not a file (a folder?): neither resuming nor overwriting can "
+                              "use it; move or delete it, or choose another out folder")
+    if resume or overwrite:
+        return
+    if ckpt.exists():
+        raise FileExistsError(f"{ckpt} exists: pass resume=True (--resume) to continue that run, "
+                              "overwrite=True (--overwrite) to start afresh, or choose another out folder")
+    found = [out / name for name in ("metrics.csv", "metrics.json") if (out / name).exists()]
+    if tensorboard:
+        found += sorted((out / "tensorboard").glob("events.out.tfevents.*"))
+    if found:
+        names = ", ".join(str(p.relative_to(out)) for p in found[:4]) + (" ..." if len(found) > 4 else "")
+        raise FileExistsError(f"{out} holds another run's files ({names}) and no checkpoint to resume from: a fresh "
+                              "run would replace them. Pass overwrite=True (--overwrite) to replace them, or choose "
+                              "another out folder")
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -228,6 +259,7 @@ class _Options:
     progress: bool
     callback: Callable[[dict[str, Any]], None] | None
     tensorboard: bool
+    overwrite: bool = False
 
 
 @dataclass
@@ -395,7 +427,8 @@ def _start(run: _Run, opts: _Options) -> tuple[int, int, dict[str, float] | None
     if opts.tensorboard and ctx.main:
         assert opts.out_dir is not None
         run.board = TensorBoardLog(opts.out_dir / "tensorboard",
-                                   continue_after=start_epoch * spe + start_step if opts.resume else None)
+                                   continue_after=start_epoch * spe + start_step if opts.resume else None,
+                                   overwrite=opts.overwrite)
     return start_epoch, start_step, saved_tally
 
 

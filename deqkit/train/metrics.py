@@ -128,13 +128,18 @@ def write_metrics(out: pathlib.Path, history: list[dict[str, float]], config: Tr
                   environment: dict[str, Any]) -> None:
     """Write ``metrics.csv`` (one row per epoch) and ``metrics.json`` (config, environment, rows) atomically."""
     out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / "metrics.csv", metrics_csv(history))
+    doc = {"config": config.to_dict(), "environment": environment, "epochs": history}
+    _write_text(out / "metrics.json", json.dumps(doc, indent=2) + "\n")
+
+
+def metrics_csv(history: list[dict[str, Any]]) -> str:
+    """The text of ``metrics.csv`` for these rows (what :func:`write_metrics` writes; a resume compares it)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS)
     writer.writeheader()
     writer.writerows(history)
-    _write_text(out / "metrics.csv", buf.getvalue())
-    doc = {"config": config.to_dict(), "environment": environment, "epochs": history}
-    _write_text(out / "metrics.json", json.dumps(doc, indent=2) + "\n")
+    return buf.getvalue()
 
 
 def _write_text(path: pathlib.Path, text: str) -> None:

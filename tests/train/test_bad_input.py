@@ -182,6 +182,42 @@ def _metrics_json_edited(b: Bench) -> Any:
     return b.resume(folder)
 
 
+def _metrics_csv_edited(b: Bench) -> Any:
+    """Issue 22, cause 7: only the epoch column of metrics.csv used to be compared."""
+    folder = b.copy()
+    lines = (folder / "metrics.csv").read_text().splitlines(keepends=True)
+    fields = lines[1].split(",")
+    fields[4] = "99.9"  # test_acc of epoch 1
+    lines[1] = ",".join(fields)
+    (folder / "metrics.csv").write_text("".join(lines))
+    return b.resume(folder)
+
+
+def _without_checkpoint(b: Bench) -> pathlib.Path:
+    """A copy of the finished run whose checkpoint.pt is gone: its metrics files and TensorBoard folder stay."""
+    folder = b.copy()
+    (folder / "checkpoint.pt").unlink()
+    (folder / "tensorboard").mkdir()
+    (folder / "tensorboard" / "events.out.tfevents.1.other").write_bytes(b"another run's log")
+    return folder
+
+
+def _fresh_tensorboard_run(b: Bench) -> Any:
+    """Issue 22, cause 3: a fresh --tensorboard run deleted another run's event files."""
+    folder = b.tmp / "board"
+    (folder / "tensorboard").mkdir(parents=True)
+    (folder / "tensorboard" / "events.out.tfevents.1.other").write_bytes(b"another run's log")
+    try:
+        return run(b.data, folder, tensorboard=True)
+    finally:
+        assert (folder / "tensorboard" / "events.out.tfevents.1.other").exists(), "another run's log was deleted"
+
+
+def _checkpoint_folder(b: Bench) -> pathlib.Path:
+    (b.tmp / "run" / "checkpoint.pt").mkdir(parents=True)
+    return b.tmp / "run"
+
+
 def _metrics_files_deleted(b: Bench) -> Any:
     folder = b.copy()
     (folder / "metrics.json").unlink()
@@ -258,6 +294,23 @@ CASES: list[tuple[str, Callable[[Bench], Any], type[BaseException] | int, str]] 
      "exp_avg_sq"),
     ("ckpt: metrics.json disagrees with the checkpoint", _metrics_json_edited, CheckpointError, "metrics.json"),
     ("ckpt: metrics.json deleted", _metrics_files_deleted, CheckpointError, "metrics.json"),
+    ("ckpt: metrics.csv edited (test_acc 99.9)", _metrics_csv_edited, CheckpointError,
+     "column 'test_acc': '99.9' in metrics.csv"),
+    # --- run folders: nothing of another run is replaced or deleted without overwrite
+    ("folder: fresh run over metrics files without a checkpoint", lambda b: run(b.data, _without_checkpoint(b)),
+     FileExistsError, "another run's files (metrics.csv, metrics.json)"),
+    ("folder: fresh --tensorboard run over another run's event files", _fresh_tensorboard_run, FileExistsError,
+     "tensorboard/events.out.tfevents.1.other"),
+    ("folder: checkpoint.pt is a folder (library, resume)", lambda b: run(b.data, _checkpoint_folder(b), resume=True),
+     FileExistsError, "is not a file"),
+    ("cli: fresh run over metrics files without a checkpoint",
+     lambda b: b.cli("--out", str(_without_checkpoint(b))), 1, "--overwrite"),
+    ("cli: fresh --tensorboard run over another run's event files",
+     lambda b: b.cli("--tensorboard", "--out", str(_without_checkpoint(b))), 1, "events.out.tfevents.1.other"),
+    ("cli: checkpoint.pt is a folder, --resume", lambda b: b.cli("--resume", "--out", str(_checkpoint_folder(b))), 1,
+     "is not a file (a folder?)"),
+    ("cli: checkpoint.pt is a folder, fresh", lambda b: b.cli("--out", str(_checkpoint_folder(b))), 1,
+     "is not a file (a folder?)"),
     # --- writing: the atomic write holds, and the error names the disk
     ("write: disk full in torch.save", lambda b: (b.full_disk_on_save(), save_checkpoint({"e": 1}, b.tmp / "c.pt")),
      RunFolderError, "MB free"),
