@@ -133,6 +133,22 @@ CASES = [
      "must be a tensor shaped like z"),
     ("compare_gradients, unknown mode", lambda: deqkit.compare_gradients(_deq(), _x(), modes=("implict",)),
      ValueError, "unknown backward mode"),
+    # issue 22: directions=0 reported relative error 0 for every mode; eps=0, nan and directions < 0 were raw errors
+    ("compare_gradients directions=0", lambda: deqkit.compare_gradients(_deq(), _x(), directions=0), ValueError,
+     "directions must be an integer >= 1.*None for the full gradient"),
+    ("compare_gradients directions=-3", lambda: deqkit.compare_gradients(_deq(), _x(), directions=-3), ValueError,
+     "directions must be an integer >= 1"),
+    ("compare_gradients eps=0", lambda: deqkit.compare_gradients(_deq(), _x(), eps=0.0), ValueError,
+     r"eps must be in \(0, inf\).*finite-difference step"),
+    ("compare_gradients eps=nan", lambda: deqkit.compare_gradients(_deq(), _x(), eps=float("nan")), ValueError,
+     r"eps must be in \(0, inf\)"),
+    ("spectral_radius at a NaN point (was NaN, no word)", lambda: deqkit.spectral_radius(
+        torch.tanh, torch.full((2, 3), float("nan"))), ValueError, "z contains NaN or Inf"),
+    ("spectral_radius where f(z) overflows", lambda: deqkit.spectral_radius(
+        lambda z: torch.exp(z), torch.full((2, 3), 100.0)), ValueError, r"f\(z\) contains NaN or Inf"),
+    # ---- configured objects: derived state is fixed with the settings it was built from
+    ("DynamicSS.polisher reassigned (polishing off, label still '+anderson')",
+     lambda: setattr(deqkit.DynamicSS(), "polisher", None), AttributeError, "built from the settings"),
 ]
 
 

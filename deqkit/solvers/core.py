@@ -356,8 +356,10 @@ class Configured:
     """Base of the configured objects (solvers, gradient methods): their settings are fixed once built.
 
     A constructor checks its arguments and may derive state from them (e.g. :class:`DynamicSS`'s polishing
-    solver and step-size controller), so assigning a setting later would skip the check or be silently ignored.
-    It raises instead; other attributes (a subclass's own caches) stay assignable.
+    solver and step-size controller), so assigning a setting later would skip the check or be silently ignored,
+    and assigning derived state would disagree with the settings (a ``polisher`` of None while ``polish`` and
+    the statistics still say "anderson"). Both raise instead: every public attribute the constructor set is
+    fixed. Attributes whose names start with ``_``, and those set after construction, stay assignable.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -377,6 +379,12 @@ class Configured:
             raise AttributeError(
                 f"{kind}.{name} cannot be changed after construction (settings are checked, and what depends on "
                 f"them is built, once): make a new one, e.g. {kind}({name}={value!r}), and use it instead")
+        if name in self.__dict__.get("_built", ()):
+            kind = type(self).__name__
+            raise AttributeError(
+                f"{kind}.{name} is built from the settings at construction and cannot be replaced (the settings "
+                f"and the statistics' label would no longer describe what runs): make a new {kind} with the "
+                f"settings you want, e.g. {kind}({', '.join(p.name + '=...' for p in self.settings()[:2])})")
         super().__setattr__(name, value)
 
 
@@ -388,6 +396,8 @@ def _settling(init: Callable[..., None]) -> Callable[..., None]:
         init(self, *args, **kwargs)
         if type(self).__init__ is wrapper:
             self.__dict__["_settled"] = True
+            settings = {p.name for p in self.settings()}
+            self.__dict__["_built"] = frozenset(k for k in self.__dict__ if not k.startswith("_") and k not in settings)
 
     return wrapper
 

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from deqkit import DEQ, ConvergenceWarning
-from deqkit.data import MNISTError, load_mnist
+from deqkit.data import MNISTError, load_mnist, mnist_datasets
 from deqkit.data import mnist as mnist_module
 from deqkit.errors import CheckpointError, RunFolderError
 from deqkit.train import TrainConfig, load_checkpoint, load_model, save_checkpoint, train
@@ -242,6 +242,23 @@ def _read_only_mnist_cache_cli(b: Bench) -> int:
     return b.cli_with_data("--data", str(folder))
 
 
+def _unreadable_mnist_file(b: Bench) -> Any:
+    """An MNIST file that cannot be read (EACCES when opened; simulated, since the tests may run as root)."""
+    folder = b.tmp / "mnist"
+    folder.mkdir()
+    target = folder / "train-images-idx3-ubyte.gz"
+    target.write_bytes(b"unreadable")
+    real_open = open
+
+    def guarded(path, *args, **kwargs):
+        if pathlib.Path(os.fsdecode(path)) == target:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+        return real_open(path, *args, **kwargs)
+
+    b.monkeypatch.setattr("builtins.open", guarded)
+    return load_mnist(folder, download=False)
+
+
 def _regular_file(b: Bench) -> pathlib.Path:
     (b.tmp / "a-file").write_text("not a folder\n")
     return b.tmp / "a-file"
@@ -345,6 +362,10 @@ CASES: list[tuple[str, Callable[[Bench], Any], type[BaseException] | int, str]] 
     ("mnist: a folder where a file should be (download)", lambda b: _dir_where_a_file_should_be(b, download=True),
      MNISTError, "is a directory"),
     ("mnist: read-only cache folder", _read_only_mnist_cache, MNISTError, "DEQKIT_MNIST_DIR"),
+    ("mnist: an unreadable file (was a raw PermissionError)", _unreadable_mnist_file, MNISTError, "chmod a+r"),
+    ("mnist: subset=True (was one sample)", lambda b: mnist_datasets(b.tmp, subset=True), TypeError,
+     "subset must be a positive integer"),
+    ("mnist: subset=2.5", lambda b: mnist_datasets(b.tmp, subset=2.5), TypeError, "subset must be a positive integer"),
     ("cli: read-only MNIST cache folder", _read_only_mnist_cache_cli, 1, "DEQKIT_MNIST_DIR"),
 ]
 
