@@ -19,6 +19,7 @@ To add a gradient method: subclass :class:`Gradient`, implement :meth:`Gradient.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -202,8 +203,11 @@ class Implicit(Gradient):
             raise ValueError(f"the backward reltol defaults to the larger forward tolerance, {reltol:g}, which is >= 1 "
                              "and would accept the first guess (the one-step gradient): set the backward's own, "
                              "e.g. backward=deqkit.Implicit(reltol=1e-5)")
+        inherited = self.max_nfe is None and forward_max_nfe is not None
+        note = ("inherited from the DEQ's forward budget, max_nfe in training or eval_max_nfe in eval() mode; give "
+                "the backward its own with backward=deqkit.Implicit(max_nfe=...)") if inherited else ""
         return Tolerances(abstol, reltol, self.solver.default_max_steps if self.max_steps is None else self.max_steps,
-                          forward_max_nfe if self.max_nfe is None else self.max_nfe)
+                          forward_max_nfe if self.max_nfe is None else self.max_nfe, note)
 
     def attach(self, out: torch.Tensor, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         return _ImplicitFunction.apply(out, (self, ctx))
@@ -228,16 +232,35 @@ class _ImplicitFunction(torch.autograd.Function):
         method, layer = ctx.config
         _check_incoming(grad)
         z, fz = layer.equilibrium  # the layer's own evaluation at z*: no extra forward evaluation here
+        # The solve is linear in grad: solve for grad / scale, a power of two (exact), where grad's size would make
+        # the solver's inner products overflow or underflow (a loss scaled by 1e20 or 1e-30 in float32)
+        scale = _gradient_scale(grad)
+        g = grad if scale == 1.0 else grad / scale
 
         def vjp_map(u: torch.Tensor) -> torch.Tensor:
             (uj,) = torch.autograd.grad(fz, z, u, retain_graph=True, allow_unused=True)
-            return grad + (torch.zeros_like(u) if uj is None else uj)
+            return g + (torch.zeros_like(u) if uj is None else uj)
 
         tol = method.tolerances(layer.abstol, layer.reltol, layer.max_nfe)
-        sol = run(method.solver, vjp_map, grad, abstol=tol.abstol, reltol=tol.reltol, max_steps=tol.max_steps,
-                  max_nfe=tol.max_nfe, strict=layer.strict)
+        sol = run(method.solver, vjp_map, g, abstol=min(tol.abstol / scale, torch.finfo(torch.float64).max),
+                  reltol=tol.reltol, max_steps=tol.max_steps, max_nfe=tol.max_nfe, strict=layer.strict,
+                  budget_note=tol.budget_note)
+        if scale != 1.0:  # the statistics in the gradient's own units
+            st = sol.stats
+            st.residual = st.residual * scale
+            st.history = [h * scale for h in st.history]
         layer.report(sol.stats)
-        return sol.z, None
+        return sol.z if scale == 1.0 else sol.z * scale, None
+
+
+def _gradient_scale(grad: torch.Tensor) -> float:
+    """1, or the power of two nearest ``max |grad|`` where that lies outside ``[2^-30, 2^30]``: there, squares of
+    the entries (norms, inner products of GMRES and Anderson) overflow or underflow in float32 and the backward
+    solve would fail with a message about an expansive map that is not the cause."""
+    peak = float(grad.detach().abs().max())
+    if peak == 0 or 2.0 ** -30 <= peak <= 2.0 ** 30:
+        return 1.0
+    return 2.0 ** round(math.log2(peak))
 
 
 def _check_incoming(grad: torch.Tensor) -> None:

@@ -29,6 +29,32 @@ def _x(dtype=torch.float32):
     return _block(dtype)[1]
 
 
+def _reassigned_eval_budget():
+    deq = _deq()
+    deq.eval_max_nfe = 1
+    return deq.eval()
+
+
+def _scaled_loss_gradient(scale):
+    """x's gradient of ``scale · sum(DEQ(x))`` (GMRES backward, float32), and the same at scale 1."""
+    grads = []
+    for s in (scale, 1.0):
+        deq, x = _deq(solver="anderson"), _x().requires_grad_()
+        (deq(x).sum() * s).backward()
+        assert deq.last_stats.backward.all_converged
+        grads.append(x.grad)
+    return grads
+
+
+def _copy_after_forward():
+    import copy
+
+    deq, x = _deq(), _x()
+    deq(x.requires_grad_())
+    twin = copy.deepcopy(deq)
+    return twin, deq, x
+
+
 def _writes_from_second_call():
     """0.5 z + 1, which from its second call on also copies its answer into its argument: the residual the
     solver then computes, f(z) − z, is exactly 0 (issue 22, cause 5: only the first call used to be checked)."""
@@ -101,6 +127,19 @@ CASES = [
         _writes_from_second_call(), torch.zeros(2, 3), solver=name), ValueError,
        "changed its input in place at its evaluation 2.*wrote into it") for name in deqkit.SOLVERS],
     ("f changes the shape", lambda: deqkit.solve(lambda z: z[:, :2], Z), ValueError, "f\\(z\\) has shape"),
+    # issue 22, "wrong cause": these were all blamed on an expansive map
+    ("float32 overflow of the problem's own scale, broyden", lambda: deqkit.solve(
+        lambda z: 0.5 * z + 1e30, torch.zeros(2, 3), solver="broyden"), deqkit.DivergenceError,
+     "already 1e\\+30 at the start.*overflow float32.*says nothing about f's stability"),
+    ("f returns NaN at a finite iterate", lambda: deqkit.solve(
+        lambda z: torch.where(z > 1.5, torch.sqrt(-z), 0.5 * z + 1), torch.zeros(2, 3), solver="anderson"),
+     deqkit.DivergenceError, "f returned NaN at a finite iterate.*no sign of an expansive map"),
+    # raw errors from deep inside torch, now named
+    ("meta-device z0 in solve", lambda: deqkit.solve(torch.cos, torch.zeros(2, 3, device="meta")), ValueError,
+     "z0 is on the meta device"),
+    ("z0 of the wrong feature size", lambda: _deq()(_x(), z0=torch.zeros(2, 5)), ValueError,
+     r"first evaluation, at the starting point of shape \(2, 5\).*check z0"),
+    ("z0=lambda x: 3.0", lambda: _deq()(_x(), z0=lambda x: 3.0), TypeError, "z0 returned a float, not a tensor"),
     ("f returns no tensor", lambda: deqkit.solve(lambda z: 1.0, Z, solver="picard"), TypeError,
      "must return a torch.Tensor"),
     # ---- the DEQ: checked at construction, not at the first call
@@ -112,6 +151,12 @@ CASES = [
      r"no longer takes backward_solver.*deqkit.Implicit"),
     ("DEQ strict='yes'", lambda: _deq(strict="yes"), TypeError, "strict must be True or False"),
     ("DEQ unknown backward", lambda: _deq(backward="adjoint"), ValueError, "unknown backward 'adjoint'"),
+    ("eval_max_nfe reassigned to 1 (was named max_nfe)", lambda: _reassigned_eval_budget()(_x()), ValueError,
+     r"eval_max_nfe must be an integer >= 2, got 1 \(the budget in eval\(\) mode\)"),
+    ("backward budget inherited from the DEQ (was unexplained)", lambda: _deq(
+        solver="anderson", max_nfe=6, strict=True, abstol=1e-3, reltol=1e-3, backward=deqkit.Implicit(reltol=1e-12))(
+        _x().requires_grad_()).sum().backward(),
+     deqkit.ConvergenceError, r"max_nfe=6 \(inherited from the DEQ's forward budget.*Implicit\(max_nfe=\.\.\.\)"),
     # ---- the DEQ's input
     ("0-d x", lambda: _deq()(torch.tensor(1.0)), ValueError, r"x must have shape \(batch, \.\.\.\).*x\[None\]"),
     ("empty x", lambda: _deq()(torch.zeros(0, 4)), ValueError, "non-empty batch"),
@@ -176,6 +221,12 @@ RIGHT = [
     ("exact solution from a near-root of f, broyden", lambda: _quiet(lambda: deqkit.solve(
         lambda z: 0.5 * z + 1, torch.full((2, 3), -2.0 + 1e-7, dtype=torch.float64), solver="broyden")),
      lambda out: out[1].all_converged),
+    # the implicit backward solves for grad / 2^k (exact): a loss scaled by 1e20 or 1e-30 overflowed GMRES in
+    # float32 and was blamed on an expansive map
+    *[(f"loss scaled by {s:g} into GMRES", lambda s=s: _quiet(lambda: _scaled_loss_gradient(s)),
+       lambda g, s=s: torch.allclose(g[0] / s, g[1], rtol=1e-5)) for s in (1e20, 1e-30)],
+    ("copy.deepcopy(deq) after a forward (was a raw RuntimeError)", _copy_after_forward,
+     lambda out: out[0].last_equilibrium is None and torch.equal(out[0](out[2]), out[1](out[2]))),
 ]
 
 

@@ -129,10 +129,13 @@ def check_start(z0: Any, what: str = "z0") -> None:
     if not z0.is_floating_point():
         raise ValueError(f"{what} must be a floating-point tensor, got dtype {z0.dtype}: convert it, e.g. "
                          f"{what}.float()")
+    if z0.device.type == "meta":
+        raise ValueError(f"{what} is on the meta device (shapes only, no values): a fixed point needs values; "
+                         f"create {what} on a real device, e.g. torch.zeros(shape, device='cpu')")
 
 
 def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: float, max_steps: int | None,
-        max_nfe: int | None = None, strict: bool = False, record: bool = False) -> Solution:
+        max_nfe: int | None = None, strict: bool = False, record: bool = False, budget_note: str = "") -> Solution:
     """Run a configured solver; the engine behind :func:`solve`, the DEQ layer and its backward pass.
 
     Parameters
@@ -153,6 +156,8 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
         Raise instead of warning when a sample does not converge.
     record : bool
         Keep every iterate in ``stats.trajectory``.
+    budget_note : str
+        Where ``max_nfe`` came from, shown with it in messages (e.g. a budget the backward inherited).
 
     Returns
     -------
@@ -178,7 +183,8 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
     check_start(z0)
     if not isinstance(strict, bool):  # checked here too: DEQ.strict may be reassigned after construction
         raise TypeError(f"strict must be True or False, got {strict!r}")
-    tol = Tolerances(abstol, reltol, solver.default_max_steps if max_steps is None else max_steps, max_nfe)
+    tol = Tolerances(abstol, reltol, solver.default_max_steps if max_steps is None else max_steps, max_nfe,
+                     budget_note)
     z0 = z0.detach().clone()  # the solver's own copy: the caller's z0 is never touched or handed back
     monitor = Monitor(solver.label, z0, tol, strict=strict, record=record)
     steps, nfe = solver.run(_out_of_place(f), z0, monitor)
@@ -199,7 +205,16 @@ def _out_of_place(f: Map) -> Map:
         nonlocal calls
         calls += 1
         version = None if z.is_inference() else z._version  # inference tensors keep no version counter
-        fz = f(z)
+        try:
+            fz = f(z)
+        except RuntimeError as err:
+            if calls == 1 and any(word in str(err) for word in ("shape", "size")):
+                raise ValueError(
+                    f"f failed at its first evaluation, at the starting point of shape {tuple(z.shape)} ({err}). "
+                    "The start must have the shape of f's state: check z0 (for a DEQ, z0='zeros' is shaped like "
+                    "x, so a state of another size needs z0=lambda x: x.new_zeros(batch, ...))."
+                ) from err
+            raise
         if fz is z or (version is not None and z._version != version):
             raise ValueError(
                 f"f changed its input in place at its evaluation {calls} (it "

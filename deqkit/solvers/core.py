@@ -117,6 +117,7 @@ class Tolerances:
     reltol: float
     max_steps: int
     max_nfe: int | None = None  # evaluations of the map, the first one included
+    budget_note: str = ""  # where max_nfe came from, when the user did not set it there (shown in messages)
 
     def __post_init__(self) -> None:
         self.abstol = self.check("abstol", self.abstol)
@@ -148,7 +149,8 @@ class Tolerances:
 
     def limits(self) -> str:
         """``max_steps=…`` (and ``max_nfe=…``), for messages."""
-        return f"max_steps={self.max_steps}" + ("" if self.max_nfe is None else f" / max_nfe={self.max_nfe}")
+        return (f"max_steps={self.max_steps}" + ("" if self.max_nfe is None else f" / max_nfe={self.max_nfe}")
+                + (f" ({self.budget_note})" if self.budget_note and self.max_nfe is not None else ""))
 
 
 class Monitor:
@@ -251,7 +253,7 @@ class Monitor:
             raise DivergenceError(
                 f"{self.method}: f(z) − z became NaN or infinite at step {step} for {int(bad.sum())} of "
                 f"{bad.numel()} samples. "
-                + _blow_up_hint(step, z.dtype)
+                + (_undefined_hint(z, fz, bad) or _blow_up_hint(step, z.dtype, self.start_scale))
             )
         self.stats.history.append(worst)
         self.stats.nfe_history.append(nfe)
@@ -299,10 +301,29 @@ class Monitor:
         return s
 
 
-def _blow_up_hint(step: int, dtype: torch.dtype) -> str:
-    """What to try, for the error about a NaN/Inf iterate."""
+def _undefined_hint(z: torch.Tensor, fz: torch.Tensor, bad: torch.Tensor) -> str:
+    """For a NaN that f returned at a finite, moderate iterate: f is undefined there, which is not a blow-up."""
+    zb, fb = z.detach()[bad].flatten(1), fz.detach()[bad].flatten(1)
+    if zb.numel() == 0 or not bool(torch.isfinite(zb).all()) or not bool(torch.isnan(fb).any()):
+        return ""
+    size = float(zb.abs().max())
+    if size > math.sqrt(torch.finfo(z.dtype).max):
+        return ""
+    return (f"f returned NaN at a finite iterate (largest |z| there {size:.3g}): f is undefined at that point "
+            "(e.g. log or sqrt of a negative number, 0/0, inf − inf), which is no sign of an expansive map. Find "
+            "where with torch.autograd.detect_anomaly(), or guard f (e.g. clamp its argument).")
+
+
+def _blow_up_hint(step: int, dtype: torch.dtype, start: torch.Tensor | None = None) -> str:
+    """What to try, for the error about a NaN/Inf iterate (``start``: max(‖z0‖∞, ‖f(z0)‖∞) per sample)."""
     if step == 0:
         return "The input or z0 is already non-finite, or f returns NaN at z0: check them."
+    size = 0.0 if start is None else float(torch.nan_to_num(start, nan=0.0, posinf=0.0).max())
+    if size > math.sqrt(torch.finfo(dtype).max):  # the problem's own scale, not its dynamics, overflows
+        return (f"f's values are already {size:.3g} at the start, so their squares and products (norms, inner "
+                f"products, step sizes) overflow {str(dtype).removeprefix('torch.')} (largest "
+                f"{torch.finfo(dtype).max:.3g}); this says nothing about f's stability. Rescale the problem so "
+                "that z is of order 1 (e.g. divide the input or bias by its size), or compute in float64.")
     if dtype in LOW_PRECISION:
         return (f"In {str(dtype).removeprefix('torch.')} (eps {torch.finfo(dtype).eps:.2g}, largest value "
                 f"{torch.finfo(dtype).max:.3g}) the residual cannot fall below the precision, and a solver's steps "

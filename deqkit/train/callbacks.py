@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import RunFolderError
 from .metrics import METRIC_FIELDS
 
 __all__ = ["StepLog", "TensorBoardLog", "check_tensorboard"]
@@ -115,20 +119,41 @@ class TensorBoardLog:
 
     def __call__(self, info: dict[str, Any]) -> None:
         """Log one step from the dict :func:`deqkit.train.train` passes its ``callback``."""
-        for key in self.STEP_KEYS:
-            if info.get(key) is not None:  # jac_penalty only in runs that compute it
-                self.writer.add_scalar(f"step/{key}", info[key], info["global_step"] + 1)
+        with self._writing():
+            for key in self.STEP_KEYS:
+                if info.get(key) is not None:  # jac_penalty only in runs that compute it
+                    self.writer.add_scalar(f"step/{key}", info[key], info["global_step"] + 1)
 
     def epoch(self, row: dict[str, float], steps_done: int) -> None:
         """Log an epoch's row of :data:`~deqkit.train.METRIC_FIELDS` at ``steps_done`` optimiser steps."""
-        for key in self.EPOCH_KEYS:
-            if row.get(key) is not None:
-                self.writer.add_scalar(f"epoch/{key}", row[key], steps_done)
+        with self._writing():
+            for key in self.EPOCH_KEYS:
+                if row.get(key) is not None:
+                    self.writer.add_scalar(f"epoch/{key}", row[key], steps_done)
 
     def flush(self) -> None:
         """Write what is queued to the event file (:func:`~deqkit.train.train` does before each checkpoint)."""
-        self.writer.flush()
+        with self._writing():
+            self.writer.flush()
 
     def close(self) -> None:
         """Flush and close the event file."""
-        self.writer.close()
+        with self._writing():
+            self.writer.close()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write of the event file (its writer thread's error, e.g. a full disk, surfaces at the next
+        call) is a :class:`~deqkit.RunFolderError` naming the folder and its free space, not a raw ``OSError``."""
+        try:
+            yield
+        except OSError as exc:
+            if isinstance(exc, RunFolderError):
+                raise
+            try:
+                free = f"{shutil.disk_usage(self.folder).free / 1e6:.1f} MB free"
+            except OSError:
+                free = "free space unknown"
+            raise RunFolderError(f"TensorBoard could not write its event file in {self.folder} ({type(exc).__name__}: "
+                                 f"{exc}); that disk has {free}. Free some space and resume the run (--resume), "
+                                 "or run without --tensorboard.") from exc

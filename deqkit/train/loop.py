@@ -102,7 +102,7 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 1000
             with warnings.catch_warnings(), SolverCalls(model) as calls:
                 warnings.simplefilter("ignore", ConvergenceWarning)  # counted below
                 logits = model(x)
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            loss += float(_cross_entropy(logits, y))
             correct += int((logits.argmax(1) == y).sum())
             fnfe, _, fbad, _ = calls.counts()  # every call of every DEQ, not only the last
             nfe, batches, bad, nfe_max = nfe + fnfe, batches + 1, bad + fbad, max(nfe_max, fnfe)
@@ -113,6 +113,21 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 1000
     n = len(labels)
     return {"loss": loss / n, "acc": 100.0 * correct / n, "nfe_mean": nfe / max(batches, 1), "nfe_max": nfe_max,
             "unconverged": bad, "samples": n}
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The summed cross-entropy; labels that are not class indices of the logits are named, not a raw error."""
+    try:
+        return F.cross_entropy(logits, labels, reduction="sum")
+    except (IndexError, RuntimeError) as err:
+        classes = logits.shape[-1]
+        if labels.is_floating_point() or labels.numel() == 0 or not (
+                0 <= int(labels.min()) and int(labels.max()) < classes):
+            raise ValueError(
+                f"the labels must be integer class indices in [0, {classes}) (the model outputs {classes} logits); "
+                f"this batch has dtype {labels.dtype}, values {int(labels.min())} to {int(labels.max())}: fix the "
+                "dataset's labels, or give the model as many outputs as there are classes") from err
+        raise
 
 
 def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, config: TrainConfig, *,
@@ -350,7 +365,7 @@ def _train_step(run: _Run, batch: torch.Tensor, tally: Tally) -> dict[str, float
     with warnings.catch_warnings(), SolverCalls(run.model) as calls:
         warnings.simplefilter("ignore", ConvergenceWarning)  # counted (every call of every DEQ) and reported per epoch
         logits = run.net(x)
-        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        loss_sum = _cross_entropy(logits, y)
         # DDP averages gradients over processes: scale so that the result is the whole batch's mean
         objective = loss_sum * (ctx.world_size / len(batch))
         # the penalty is this process's mean over its share; DDP's average makes it the mean over processes

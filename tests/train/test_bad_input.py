@@ -202,6 +202,24 @@ def _without_checkpoint(b: Bench) -> pathlib.Path:
     return folder
 
 
+def _label_out_of_range(b: Bench) -> Any:
+    train_set, test_set = b.data
+    labels = train_set.tensors[1].clone()
+    labels[5] = 12
+    return run((torch.utils.data.TensorDataset(train_set.tensors[0], labels), test_set))
+
+
+def _tensorboard_disk_full(b: Bench) -> Any:
+    """The event file's writes fail as on a full disk (the writer thread's OSError surfaces at the next call)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    def full(*_: Any, **__: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    b.monkeypatch.setattr(SummaryWriter, "add_scalar", full)
+    return run(b.data, b.tmp / "board", tensorboard=True)
+
+
 def _fresh_tensorboard_run(b: Bench) -> Any:
     """Issue 22, cause 3: a fresh --tensorboard run deleted another run's event files."""
     folder = b.tmp / "board"
@@ -353,6 +371,20 @@ CASES: list[tuple[str, Callable[[Bench], Any], type[BaseException] | int, str]] 
     ("cli: --deq abstol=1e999 (inf)", lambda b: b.cli("--model", "mlp", "--deq", "abstol=1e999"), 2,
      "abstol must be in [0, inf), got inf"),
     ("cli: --deq reltol=1", lambda b: b.cli("--model", "mlp", "--deq", "reltol=1"), 2, "reltol must be in [0, 1)"),
+    # issue 22: these ended in tracebacks
+    ("cli: --deq width=0 (wide)", lambda b: b.cli("--model", "wide", "--deq", "width=0"), 2,
+     "width must be an integer >= 1, got 0"),
+    ("cli: --deq width=-4 (wide)", lambda b: b.cli("--model", "wide", "--deq", "width=-4"), 2,
+     "width must be an integer >= 1, got -4"),
+    ("cli: --deq channels=0 (conv)", lambda b: b.cli("--model", "conv", "--deq", "channels=0"), 2,
+     "channels must be an integer >= 1"),
+    ("cli: --deq stem=-1 (conv)", lambda b: b.cli("--model", "conv", "--deq", "stem=-1"), 2,
+     "stem must be an integer >= 1"),
+    ("cli: --seed 2**70", lambda b: b.cli("--seed", str(2**70)), 2, "seed must be an integer in [0, 2**63)"),
+    ("train: a label out of range (was a raw IndexError)", _label_out_of_range, ValueError,
+     "class indices in [0, 10) (the model outputs 10 logits)"),
+    ("train: TensorBoard's disk full (was a raw OSError)", _tensorboard_disk_full, RunFolderError,
+     "TensorBoard could not write its event file"),
     # --- what a run reports: every call of a DEQ is counted, not only the last
     ("train: a DEQ called twice per step, the first call unconverged", _two_calls_per_step, ConvergenceWarning,
      "epoch 1: 96 training samples (forward)"),
