@@ -139,6 +139,9 @@ CASES = [
      "z0 is on the meta device"),
     ("z0 of the wrong feature size", lambda: _deq()(_x(), z0=torch.zeros(2, 5)), ValueError,
      r"first evaluation, at the starting point of shape \(2, 5\).*check z0"),
+    ("Anderson(m=10**9) on a large batch (was an allocator error naming no option)", lambda: deqkit.solve(
+        torch.cos, torch.zeros(2000, 300), solver=deqkit.Anderson(m=10**9)), RuntimeError,
+     r"ran out of memory with Anderson\(m=1000000000\).*lower m or the batch size"),
     ("z0=lambda x: 3.0", lambda: _deq()(_x(), z0=lambda x: 3.0), TypeError, "z0 returned a float, not a tensor"),
     ("f returns no tensor", lambda: deqkit.solve(lambda z: 1.0, Z, solver="picard"), TypeError,
      "must return a torch.Tensor"),

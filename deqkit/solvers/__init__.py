@@ -187,7 +187,14 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
                      budget_note)
     z0 = z0.detach().clone()  # the solver's own copy: the caller's z0 is never touched or handed back
     monitor = Monitor(solver.label, z0, tol, strict=strict, record=record)
-    steps, nfe = solver.run(_out_of_place(f), z0, monitor)
+    try:
+        steps, nfe = solver.run(_out_of_place(f), z0, monitor)
+    except RuntimeError as err:  # an allocator's message names bytes, not the setting that asked for them
+        if not any(word in str(err) for word in ("can't allocate", "out of memory")):
+            raise
+        raise type(err)(f"the solve ran out of memory with {solver!r} on a batch of shape {tuple(z0.shape)} "
+                        f"({' '.join(str(err).split())[:300]}): the solver's stored history (e.g. Anderson's or "
+                        "Broyden's m) or the batch is too large for this device; lower m or the batch size") from err
     stats = monitor.finish(steps, nfe)
     return Solution(monitor.best_z, monitor.best_fz, stats)
 
