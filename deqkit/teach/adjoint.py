@@ -257,6 +257,7 @@ def cost_panel(iterations: int = 50, mode: str = "implicit") -> Panel:
     Panel
         The text compares implicit and unrolled memory and time at ``iterations``.
     """
+    choice("mode", mode, MODE_COLORS)
     grid = iterations_grid()
     iterations = min(grid, key=lambda n: abs(n - iterations))
     fig, (ax, ax2) = _quick_figure(2, left=0.08, right=0.99, bottom=0.15, top=0.91, wspace=0.22)
@@ -687,6 +688,7 @@ def growth_exponent(solver: str, norms: tuple[float, ...]) -> float:
     ValueError
         If fewer than two norms are given, one is not below 1, or the solver did not converge at one.
     """
+    choice("solver", solver, BACKWARD_SOLVERS)
     if len(norms) < 2 or max(norms) >= 1:
         raise ValueError(f"need at least two norms below 1, got {norms}")
     rows = [near_one(n) for n in norms]

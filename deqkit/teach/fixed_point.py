@@ -250,8 +250,9 @@ def iteration_panel(scale: float = 0.9, x_scale: float = 0.5, methods: Sequence[
 
     Raises
     ------
-    KeyError
-        If a method is not a label of :data:`METHODS`.
+    ValueError
+        If a method is not a label of :data:`METHODS`, or ``scale``, ``x_scale`` or ``tol`` is outside the
+        sliders' ranges (``0.1 ≤ scale ≤ 2.5``, ``0 ≤ x_scale ≤ 2``, ``1e-12 ≤ tol ≤ 0.1``).
     """
     why = "the slider's range, where the panel's text was checked to describe what the methods do"
     scale, x_scale = within("scale", scale, 0.1, 2.5, why), within("x_scale", x_scale, 0.0, 2.0, why)

@@ -4,7 +4,7 @@ with a wrong picture, a bare ``KeyError``, "math domain error" or minutes of com
 
 import pytest
 
-from deqkit.teach import adjoint, fixed_point, regression, welcome
+from deqkit.teach import adjoint, fixed_point, regression, stable, welcome
 
 NAN = float("nan")
 
@@ -49,6 +49,10 @@ CASES = [
      r"norm=-1.0 is outside \[0.05, 1.5\]"),
     ("broyden_memory_panel(norm=5)", lambda: adjoint.broyden_memory_panel(norm=5.0), ValueError,
      r"norm=5.0 is outside"),
+    ("cost_panel(mode='phantom'): was a bare KeyError", lambda: adjoint.cost_panel(mode="phantom"), ValueError,
+     "unknown mode 'phantom'"),
+    ("growth_exponent('bogus'): was a bare KeyError", lambda: adjoint.growth_exponent("bogus", (0.5, 0.8)),
+     ValueError, "unknown solver 'bogus'"),
     ("rho_panel(norm=nan): was snapped silently", lambda: adjoint.rho_panel(norm=NAN), ValueError,
      "norm=nan is outside"),
 ]
@@ -62,3 +66,8 @@ def test_bad_argument_is_refused_with_its_range(call, exception, message):
 
 def test_predicted_iterations_at_rho_zero_is_one_step():
     assert welcome.predicted_iterations(0.0, 1.0) == 1.0  # was "math domain error"
+
+
+def test_an_exercise_checker_given_no_function_says_so():
+    # was "TypeError: 'NoneType' object is not callable" from inside the checker
+    assert "not a function" in stable.check_picard_steps(None)
