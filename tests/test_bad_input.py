@@ -131,6 +131,9 @@ CASES = [
     ("float32 overflow of the problem's own scale, broyden", lambda: deqkit.solve(
         lambda z: 0.5 * z + 1e30, torch.zeros(2, 3), solver="broyden"), deqkit.DivergenceError,
      "already 1e\\+30 at the start.*overflow float32.*says nothing about f's stability"),
+    ("float32 overflow of the problem's own scale, dynamic_ss", lambda: deqkit.solve(
+        lambda z: 0.5 * z + 1e38, torch.zeros(2, 3), solver="dynamic_ss"), deqkit.DivergenceError,
+     "dynamic_ss.*already 1e\\+38 at the start.*overflow float32.*The ODE solver's own report"),
     ("f returns NaN at a finite iterate", lambda: deqkit.solve(
         lambda z: torch.where(z > 1.5, torch.sqrt(-z), 0.5 * z + 1), torch.zeros(2, 3), solver="anderson"),
      deqkit.DivergenceError, "f returned NaN at a finite iterate.*no sign of an expansive map"),

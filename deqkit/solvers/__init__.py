@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
+from ..errors import DivergenceError, StepFailure
 from ..stats import SolverStats
 from .anderson import Anderson
 from .broyden import Broyden
-from .core import IterativeSolver, Map, Monitor, Solver, Tolerances, make_options, named
+from .core import IterativeSolver, Map, Monitor, Solver, Tolerances, make_options, named, overflow_hint
 from .dynamic_ss import DynamicSS
 from .krylov import GMRES
 from .picard import Picard
@@ -187,8 +188,16 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
                      budget_note)
     z0 = z0.detach().clone()  # the solver's own copy: the caller's z0 is never touched or handed back
     monitor = Monitor(solver.label, z0, tol, strict=strict, record=record)
+    checked = _out_of_place(f)
     try:
-        steps, nfe = solver.run(_out_of_place(f), z0, monitor)
+        steps, nfe = solver.run(checked, z0, monitor)
+    except DivergenceError as err:
+        # An ODE step that torchdiffeq refused is reported as a flow that blows up; where the problem's own scale
+        # overflows the dtype, that is the cause to name
+        cause = overflow_hint(z0.dtype, monitor.start_scale) if isinstance(err.__cause__, StepFailure) else ""
+        if not cause:
+            raise
+        raise DivergenceError(f"{solver.label}: {cause} (The ODE solver's own report: {err})") from err
     except RuntimeError as err:  # an allocator's message names bytes, not the setting that asked for them
         if not any(word in str(err) for word in ("can't allocate", "out of memory")):
             raise

@@ -314,16 +314,25 @@ def _undefined_hint(z: torch.Tensor, fz: torch.Tensor, bad: torch.Tensor) -> str
             "where with torch.autograd.detect_anomaly(), or guard f (e.g. clamp its argument).")
 
 
+def overflow_hint(dtype: torch.dtype, start: torch.Tensor | None) -> str:
+    """Why a solve overflowed, when the problem's own scale (``start``: max(‖z0‖∞, ‖f(z0)‖∞) per sample) is the
+    cause rather than its dynamics; "" otherwise."""
+    size = 0.0 if start is None else float(torch.nan_to_num(start, nan=0.0, posinf=0.0).max())
+    if size <= math.sqrt(torch.finfo(dtype).max):
+        return ""
+    return (f"f's values are already {size:.3g} at the start, so their squares and products (norms, inner "
+            f"products, step sizes) overflow {str(dtype).removeprefix('torch.')} (largest "
+            f"{torch.finfo(dtype).max:.3g}); this says nothing about f's stability. Rescale the problem so "
+            "that z is of order 1 (e.g. divide the input or bias by its size), or compute in float64.")
+
+
 def _blow_up_hint(step: int, dtype: torch.dtype, start: torch.Tensor | None = None) -> str:
     """What to try, for the error about a NaN/Inf iterate (``start``: max(‖z0‖∞, ‖f(z0)‖∞) per sample)."""
     if step == 0:
         return "The input or z0 is already non-finite, or f returns NaN at z0: check them."
-    size = 0.0 if start is None else float(torch.nan_to_num(start, nan=0.0, posinf=0.0).max())
-    if size > math.sqrt(torch.finfo(dtype).max):  # the problem's own scale, not its dynamics, overflows
-        return (f"f's values are already {size:.3g} at the start, so their squares and products (norms, inner "
-                f"products, step sizes) overflow {str(dtype).removeprefix('torch.')} (largest "
-                f"{torch.finfo(dtype).max:.3g}); this says nothing about f's stability. Rescale the problem so "
-                "that z is of order 1 (e.g. divide the input or bias by its size), or compute in float64.")
+    overflow = overflow_hint(dtype, start)
+    if overflow:
+        return overflow
     if dtype in LOW_PRECISION:
         return (f"In {str(dtype).removeprefix('torch.')} (eps {torch.finfo(dtype).eps:.2g}, largest value "
                 f"{torch.finfo(dtype).max:.3g}) the residual cannot fall below the precision, and a solver's steps "
