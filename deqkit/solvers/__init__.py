@@ -188,9 +188,15 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
                      budget_note)
     z0 = z0.detach().clone()  # the solver's own copy: the caller's z0 is never touched or handed back
     monitor = Monitor(solver.label, z0, tol, strict=strict, record=record)
-    checked = _out_of_place(f)
+    steps, nfe = _run_solver(solver, _out_of_place(f), z0, monitor)
+    stats = monitor.finish(steps, nfe)
+    return Solution(monitor.best_z, monitor.best_fz, stats)
+
+
+def _run_solver(solver: Solver, f: Map, z0: torch.Tensor, monitor: Monitor) -> tuple[int, int]:
+    """``solver.run``, with the real cause named where the solver's own error names a symptom."""
     try:
-        steps, nfe = solver.run(checked, z0, monitor)
+        return solver.run(f, z0, monitor)
     except DivergenceError as err:
         # An ODE step that torchdiffeq refused is reported as a flow that blows up; where the problem's own scale
         # overflows the dtype, that is the cause to name
@@ -204,8 +210,6 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
         raise type(err)(f"the solve ran out of memory with {solver!r} on a batch of shape {tuple(z0.shape)} "
                         f"({' '.join(str(err).split())[:300]}): the solver's stored history (e.g. Anderson's or "
                         "Broyden's m) or the batch is too large for this device; lower m or the batch size") from err
-    stats = monitor.finish(steps, nfe)
-    return Solution(monitor.best_z, monitor.best_fz, stats)
 
 
 def _out_of_place(f: Map) -> Map:
