@@ -164,7 +164,8 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
         partial epoch tallies, RNG state); the result equals that of an uninterrupted run. The checkpoint must
         pass its checksum and agree with itself, with ``config`` and with the folder's metrics files.
     overwrite : bool
-        Start afresh even if ``out`` already holds a checkpoint (otherwise that is an error).
+        Start afresh even if ``out`` already holds a run's files (a checkpoint, metrics files, or with
+        ``tensorboard`` its event files), replacing them; otherwise that is an error.
     device : {"auto", "cpu", "cuda"}
     checkpoint_every : int
         Also checkpoint every this many steps within an epoch (0: only at the end of each epoch).
@@ -186,7 +187,8 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
     Raises
     ------
     FileExistsError
-        If ``out`` holds a checkpoint and neither ``resume`` nor ``overwrite`` is given.
+        If ``out`` holds a checkpoint, ``metrics.csv``/``metrics.json`` or (with ``tensorboard``) TensorBoard
+        event files and neither ``resume`` nor ``overwrite`` is given; or if its ``checkpoint.pt`` is not a file.
     CheckpointError
         With ``resume``: the checkpoint is missing, unreadable, damaged (checksum), inconsistent, or belongs to
         a run with other settings; the message names the cause.
