@@ -133,7 +133,17 @@ CASES = [
      "already 1e\\+30 at the start.*overflow float32.*says nothing about f's stability"),
     ("float32 overflow of the problem's own scale, dynamic_ss", lambda: deqkit.solve(
         lambda z: 0.5 * z + 1e38, torch.zeros(2, 3), solver="dynamic_ss"), deqkit.DivergenceError,
-     "dynamic_ss.*already 1e\\+38 at the start.*overflow float32.*The ODE solver's own report"),
+     "dynamic_ss.*already 1e\\+38 at the start.*overflow float32.*The solver's own report"),
+    # absurd ODE settings, once reported as a flow that blows up
+    ("dynamic_ss ode_rtol = ode_atol = 1e-30", lambda: deqkit.solve(
+        lambda z: 0.5 * z + 1, torch.zeros(2, 3), solver=deqkit.DynamicSS(ode_rtol=1e-30, ode_atol=1e-30)),
+     deqkit.DivergenceError, "below float32's precision.*set them above eps"),
+    ("dynamic_ss first_step=1e10", lambda: deqkit.solve(
+        lambda z: 0.5 * z + 1, torch.zeros(2, 3), solver=deqkit.DynamicSS(first_step=1e10)),
+     deqkit.DivergenceError, "first_step=1e\\+10 is far beyond the flow's time scale"),
+    ("dynamic_ss euler step_size=1e6", lambda: deqkit.solve(
+        lambda z: 0.5 * z + 1, torch.zeros(2, 3), solver=deqkit.DynamicSS(ode_method="euler", step_size=1e6)),
+     deqkit.DivergenceError, "step_size=1e\\+06 is itself unstable.*lower step_size"),
     ("f returns NaN at a finite iterate", lambda: deqkit.solve(
         lambda z: torch.where(z > 1.5, torch.sqrt(-z), 0.5 * z + 1), torch.zeros(2, 3), solver="anderson"),
      deqkit.DivergenceError, "f returned NaN at a finite iterate.*no sign of an expansive map"),

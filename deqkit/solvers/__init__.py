@@ -200,16 +200,44 @@ def _run_solver(solver: Solver, f: Map, z0: torch.Tensor, monitor: Monitor) -> t
     except DivergenceError as err:
         # An ODE step that torchdiffeq refused is reported as a flow that blows up; where the problem's own scale
         # overflows the dtype, that is the cause to name
-        cause = overflow_hint(z0.dtype, monitor.start_scale) if isinstance(err.__cause__, StepFailure) else ""
+        refused = isinstance(err.__cause__, StepFailure)
+        cause = (overflow_hint(z0.dtype, monitor.start_scale) if refused else "") or _ode_settings_hint(
+            solver, z0.dtype, refused)
         if not cause:
             raise
-        raise DivergenceError(f"{solver.label}: {cause} (The ODE solver's own report: {err})") from err
+        raise DivergenceError(f"{solver.label}: {cause} (The solver's own report: {err})") from err
     except RuntimeError as err:  # an allocator's message names bytes, not the setting that asked for them
         if not any(word in str(err) for word in ("can't allocate", "out of memory")):
             raise
         raise type(err)(f"the solve ran out of memory with {solver!r} on a batch of shape {tuple(z0.shape)} "
                         f"({' '.join(str(err).split())[:300]}): the solver's stored history (e.g. Anderson's or "
                         "Broyden's m) or the batch is too large for this device; lower m or the batch size") from err
+
+
+def _ode_settings_hint(solver: Solver, dtype: torch.dtype, refused: bool) -> str:
+    """An ODE setting that explains a failed solve better than "the flow blows up"; "" if none does.
+
+    ``refused``: torchdiffeq refused a step (its step size underflowed), rather than an iterate becoming NaN/Inf.
+    Reads the settings by name, so that it applies to any solver that has them (:class:`DynamicSS`).
+    """
+    step, method = getattr(solver, "step_size", None), getattr(solver, "ode_method", "")
+    if step is not None and not refused:
+        return (f"{method} with the fixed step_size={step:g} is itself unstable when h·|1 − λ| > 2 for an eigenvalue "
+                "λ of ∂f/∂z (at λ = 0: h > 2), so the blow-up may be the step's, not f's: lower "
+                "step_size, or use an adaptive method (ode_method='tsit5')")
+    if not refused:
+        return ""
+    eps = torch.finfo(dtype).eps
+    rtol, atol = getattr(solver, "ode_rtol", None), getattr(solver, "ode_atol", None)
+    if rtol is not None and atol is not None and rtol < eps and atol < eps:
+        return (f"ode_rtol={rtol:g} and ode_atol={atol:g} are below {str(dtype).removeprefix('torch.')}'s precision "
+                f"(eps {eps:.2g}): no step can meet them, so the step size shrinks until it underflows; set them "
+                "above eps (or leave them unset for the defaults)")
+    first = getattr(solver, "first_step", None)
+    if first is not None and first > 1e3:
+        return (f"first_step={first:g} is far beyond the flow's time scale (about 1, that of the −z term): the first "
+                "trial steps overflow and the step size underflows; leave first_step unset, or choose it <= 1")
+    return ""
 
 
 def _out_of_place(f: Map) -> Map:
