@@ -19,6 +19,7 @@ To add a gradient method: subclass :class:`Gradient`, implement :meth:`Gradient.
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -175,8 +176,10 @@ class Implicit(Gradient):
     def __init__(self, solver: SolverSpec = "gmres", *, abstol: float | None = None, reltol: float | None = None,
                  max_steps: int | None = None, max_nfe: int | None = None, **options: Any):
         self.solver: Solver = as_solver(solver, options, BACKWARD_SOLVERS)
-        self.abstol = None if abstol is None else check_real("abstol", abstol, 0.0)
-        self.reltol = None if reltol is None else check_real("reltol", reltol, 0.0)
+        # bounded as the forward's are: an infinite abstol or a reltol >= 1 would accept the first guess u = g,
+        # silently the one-step gradient
+        self.abstol = None if abstol is None else Tolerances.check("abstol", abstol)
+        self.reltol = None if reltol is None else Tolerances.check("reltol", reltol)
         if self.reltol == 0 and not self.abstol:  # abstol None means 0
             raise ValueError("the backward abstol and reltol are both 0: no backward solve could ever converge; set "
                              "reltol > 0 (the default follows the forward tolerances)")
@@ -198,8 +201,15 @@ class Implicit(Gradient):
         """The backward solve's tolerances and budget, given the forward ones (see the class docstring)."""
         abstol = 0.0 if self.abstol is None else self.abstol
         reltol = max(forward_abstol, forward_reltol) if self.reltol is None else self.reltol
+        if self.reltol is None and reltol >= 1:
+            raise ValueError(f"the backward reltol defaults to the larger forward tolerance, {reltol:g}, which is >= 1 "
+                             "and would accept the first guess (the one-step gradient): set the backward's own, "
+                             "e.g. backward=deqkit.Implicit(reltol=1e-5)")
+        inherited = self.max_nfe is None and forward_max_nfe is not None
+        note = ("inherited from the DEQ's forward budget, max_nfe in training or eval_max_nfe in eval() mode; give "
+                "the backward its own with backward=deqkit.Implicit(max_nfe=...)") if inherited else ""
         return Tolerances(abstol, reltol, self.solver.default_max_steps if self.max_steps is None else self.max_steps,
-                          forward_max_nfe if self.max_nfe is None else self.max_nfe)
+                          forward_max_nfe if self.max_nfe is None else self.max_nfe, note)
 
     def attach(self, out: torch.Tensor, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         return _ImplicitFunction.apply(out, (self, ctx))
@@ -224,19 +234,38 @@ class _ImplicitFunction(torch.autograd.Function):
         method, layer = ctx.config
         _check_incoming(grad)
         z, fz = layer.equilibrium  # the layer's own evaluation at z*: no extra forward evaluation here
+        # The solve is linear in grad: solve for grad / scale, a power of two (exact), where grad's size would make
+        # the solver's inner products overflow or underflow (a loss scaled by 1e20 or 1e-30 in float32)
+        scale = _gradient_scale(grad)
+        g = grad if scale == 1.0 else grad / scale
 
         def vjp_map(u: torch.Tensor) -> torch.Tensor:
             (uj,) = torch.autograd.grad(fz, z, u, retain_graph=True, allow_unused=True)
-            return grad + (torch.zeros_like(u) if uj is None else uj)
+            return g + (torch.zeros_like(u) if uj is None else uj)
 
         tol = method.tolerances(layer.abstol, layer.reltol, layer.max_nfe)
         alerts = layer.alerts
-        sol = run(method.solver, vjp_map, grad, abstol=tol.abstol, reltol=tol.reltol, max_steps=tol.max_steps,
-                  max_nfe=tol.max_nfe, strict=layer.strict, warn=None if alerts is None else alerts.warn)
+        sol = run(method.solver, vjp_map, g, abstol=min(tol.abstol / scale, torch.finfo(torch.float64).max),
+                  reltol=tol.reltol, max_steps=tol.max_steps, max_nfe=tol.max_nfe, strict=layer.strict,
+                  budget_note=tol.budget_note, warn=None if alerts is None else alerts.warn)
         if alerts is not None and sol.stats.all_converged:
             alerts.observe(sol.stats)
+        if scale != 1.0:  # the statistics in the gradient's own units
+            st = sol.stats
+            st.residual = st.residual * scale
+            st.history = [h * scale for h in st.history]
         layer.report(sol.stats)
-        return sol.z, None
+        return sol.z if scale == 1.0 else sol.z * scale, None
+
+
+def _gradient_scale(grad: torch.Tensor) -> float:
+    """1, or the power of two nearest ``max |grad|`` where that lies outside ``[2^-30, 2^30]``: there, squares of
+    the entries (norms, inner products of GMRES and Anderson) overflow or underflow in float32 and the backward
+    solve would fail with a message about an expansive map that is not the cause."""
+    peak = float(grad.detach().abs().max())
+    if peak == 0 or 2.0 ** -30 <= peak <= 2.0 ** 30:
+        return 1.0
+    return 2.0 ** round(math.log2(peak))
 
 
 def _check_incoming(grad: torch.Tensor) -> None:

@@ -10,7 +10,7 @@ from torch import nn
 
 from .adjoint import GRADIENTS
 from .layer import DEQ
-from .solvers.core import check_int
+from .solvers.core import check_int, check_real
 
 
 def spectral_radius(f: Callable[..., torch.Tensor], z: torch.Tensor, x: torch.Tensor | None = None, *,
@@ -54,6 +54,10 @@ def spectral_radius(f: Callable[..., torch.Tensor], z: torch.Tensor, x: torch.Te
     if not isinstance(fz, torch.Tensor) or fz.shape != z.shape:
         raise ValueError(f"f(z) must be a tensor shaped like z {tuple(z.shape)}, got "
                          f"{tuple(getattr(fz, 'shape', ())) or type(fz).__name__}: ∂f/∂z must be square")
+    if not (torch.isfinite(z).all() and torch.isfinite(fz.detach()).all()):
+        what = "z" if not torch.isfinite(z).all() else "f(z)"
+        raise ValueError(f"{what} contains NaN or Inf: ∂f/∂z is undefined there and the estimate would be NaN. "
+                         "Linearise at a finite point, e.g. the z* a solver returned.")
     if not fz.requires_grad:
         raise ValueError("f(z) does not depend on z through autograd (f detaches it, runs under no_grad, or leaves "
                          "torch, e.g. through numpy): the Jacobian ∂f/∂z cannot be estimated. Write f in torch ops.")
@@ -67,7 +71,12 @@ def spectral_radius(f: Callable[..., torch.Tensor], z: torch.Tensor, x: torch.Te
         n = w.flatten(1).norm(dim=1).clamp_min(torch.finfo(z.dtype).tiny)
         logs.append(n.log())
         v = w / n.view(-1, *[1] * (z.dim() - 1))
-    return torch.stack(logs[iters // 2:]).mean(0).exp().detach()
+    rho = torch.stack(logs[iters // 2:]).mean(0).exp().detach()
+    if not torch.isfinite(rho).all():
+        raise ValueError(f"the spectral radius came out non-finite for {int((~torch.isfinite(rho)).sum())} samples: "
+                         "the vector–Jacobian products of f at z overflow or are NaN there (f is not differentiable "
+                         "at z, or its Jacobian is huge); check f at this z, or evaluate at a better-behaved point")
+    return rho
 
 
 @dataclass
@@ -112,17 +121,29 @@ def compare_gradients(model: nn.Module, x: torch.Tensor, *, loss: Callable[[torc
     modes : sequence of str
         Backward modes to test.
     eps : float
-        Finite-difference step.
+        Finite-difference step, finite and > 0.
     directions : int, optional
-        Compare directional derivatives along this many random directions (2 solves each) instead of the full
-        gradient (2 solves per entry of ``x`` and of every parameter).
+        Compare directional derivatives along this many random directions (≥ 1; 2 solves each) instead of the
+        full gradient (2 solves per entry of ``x`` and of every parameter).
     seed : int
         Seed of the random loss and directions.
 
     Returns
     -------
     GradientReport
+
+    Raises
+    ------
+    ValueError
+        If ``eps`` is not finite and > 0, ``directions`` < 1, a mode is unknown, no DEQ is inside, or the model
+        or ``x`` is not float64.
     """
+    try:
+        eps = check_real("eps", eps, 0.0, float("inf"), low_open=True, high_open=True)
+        directions = None if directions is None else check_int("directions", directions, 1)
+    except ValueError as err:
+        raise ValueError(f"{err}: eps is the finite-difference step (a finite number > 0, e.g. 1e-6) and "
+                         "directions the number of random directions (>= 1, or None for the full gradient)") from None
     unknown = [m for m in modes if m not in GRADIENTS]
     if unknown:
         raise ValueError(f"unknown backward mode(s) {unknown}; choose from {tuple(GRADIENTS)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -199,7 +200,11 @@ class DEQ(nn.Module):
             if isinstance(z0, torch.Tensor):
                 return z0.detach()
             if callable(z0):
-                return z0(x).detach()
+                start = z0(x)
+                if not isinstance(start, torch.Tensor):  # a number, a list, ...
+                    raise TypeError(f"z0 returned a {type(start).__name__}, not a tensor: a callable z0 must return "
+                                    "the starting state as a tensor, e.g. lambda x: torch.full_like(x, 3.0)")
+                return start.detach()
             if z0 not in ("zeros", "f0"):
                 raise ValueError(f"z0 must be 'zeros', 'f0', a callable or a tensor, got {z0!r}")
             zeros = torch.zeros_like(x)
@@ -265,7 +270,7 @@ class DEQ(nn.Module):
 
     def _forward(self, x: torch.Tensor, z0: InitialState | None) -> torch.Tensor:
         start = self.initial_state(x, z0)
-        if not isinstance(start, torch.Tensor) or start.dim() == 0 or start.shape[0] != x.shape[0]:
+        if start.dim() == 0 or start.shape[0] != x.shape[0]:
             raise ValueError(f"z0 has shape {tuple(getattr(start, 'shape', ()))} but x has batch size {x.shape[0]}: "
                              "the first dimension of z0 must be the batch of x")
         # In grad mode always re-attach: parameters that f captures by closure are invisible from here.
@@ -285,15 +290,28 @@ class DEQ(nn.Module):
                       budget, self.alerts["backward"])
         return self.backward.attach(out, sol, x, ctx)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Copied and pickled without ``last_equilibrium``: its tensors carry the last call's graph, which
+        ``copy.deepcopy`` refuses (the usual "keep the best model" after a forward) and a copy has no use for."""
+        state = self.__dict__.copy()
+        state["last_equilibrium"] = None
+        return state
+
     @torch.compiler.disable(reason=EAGER)
     def _solve(self, x: torch.Tensor, start: torch.Tensor, record_graph: bool) -> Solution:
         """The forward solve, run eagerly under ``torch.compile``: its loop stops on data-dependent conditions,
         which a compiled graph cannot express (the code around the DEQ still compiles, with a graph break here)."""
         alerts = self.alerts["forward"]
         with torch.set_grad_enabled(record_graph):
-            sol = run(self.solver, lambda z: self.f(z, x), start, abstol=self.abstol, reltol=self.reltol,
-                      max_steps=self.max_steps, max_nfe=self.max_nfe if self.training else self.eval_max_nfe,
-                      strict=self.strict, warn=alerts.warn)
+            try:
+                sol = run(self.solver, lambda z: self.f(z, x), start, abstol=self.abstol, reltol=self.reltol,
+                          max_steps=self.max_steps, max_nfe=self.max_nfe if self.training else self.eval_max_nfe,
+                          strict=self.strict, warn=alerts.warn)
+            except (TypeError, ValueError) as err:  # in eval() mode the budget is eval_max_nfe: name that one
+                if self.training or "max_nfe" not in str(err):
+                    raise
+                raise type(err)(re.sub(r"(?<!eval_)max_nfe", "eval_max_nfe", str(err))
+                                + " (the budget in eval() mode)") from err
         if sol.stats.all_converged:
             alerts.observe(sol.stats)
         return sol

@@ -29,6 +29,47 @@ def _x(dtype=torch.float32):
     return _block(dtype)[1]
 
 
+def _reassigned_eval_budget():
+    deq = _deq()
+    deq.eval_max_nfe = 1
+    return deq.eval()
+
+
+def _scaled_loss_gradient(scale):
+    """x's gradient of ``scale · sum(DEQ(x))`` (GMRES backward, float32), and the same at scale 1."""
+    grads = []
+    for s in (scale, 1.0):
+        deq, x = _deq(solver="anderson"), _x().requires_grad_()
+        (deq(x).sum() * s).backward()
+        assert deq.last_stats.backward.all_converged
+        grads.append(x.grad)
+    return grads
+
+
+def _copy_after_forward():
+    import copy
+
+    deq, x = _deq(), _x()
+    deq(x.requires_grad_())
+    twin = copy.deepcopy(deq)
+    return twin, deq, x
+
+
+def _writes_from_second_call():
+    """0.5 z + 1, which from its second call on also copies its answer into its argument: the residual the
+    solver then computes, f(z) − z, is exactly 0 (issue 22, cause 5: only the first call used to be checked)."""
+    calls = []
+
+    def f(z):
+        out = 0.5 * z + 1
+        calls.append(1)
+        if len(calls) >= 2:
+            z.copy_(out)
+        return out
+
+    return f
+
+
 # (case, call, exception, message fragment)
 CASES = [
     # ---- solve: the starting point
@@ -73,12 +114,60 @@ CASES = [
     ("both tolerances 0", lambda: deqkit.solve(torch.cos, Z, abstol=0, reltol=0), ValueError,
      "abstol and reltol are both 0"),
     ("max_steps=2.0", lambda: deqkit.solve(torch.cos, Z, max_steps=2.0), TypeError, "max_steps must be an integer"),
+    # bounded above too: an infinite abstol or a reltol >= 1 accepts every iterate (issue 22, cause 2)
+    ("abstol=inf", lambda: deqkit.solve(torch.cos, Z, abstol=float("inf")), ValueError,
+     r"abstol must be in \[0, inf\).*accepts any iterate"),
+    ("reltol=1", lambda: deqkit.solve(torch.cos, Z, reltol=1.0), ValueError,
+     r"reltol must be in \[0, 1\).*accepts any iterate"),
+    ("reltol=nan", lambda: deqkit.solve(torch.cos, Z, reltol=float("nan")), ValueError, r"reltol must be in \[0, 1\)"),
+    ("DEQ abstol=inf", lambda: _deq(abstol=float("inf")), ValueError, r"abstol must be in \[0, inf\)"),
+    ("DEQ reltol=1.5", lambda: _deq(reltol=1.5), ValueError, r"reltol must be in \[0, 1\)"),
+    ("Implicit(abstol=inf)", lambda: deqkit.Implicit(abstol=float("inf")), ValueError,
+     r"abstol must be in \[0, inf\).*accepts any iterate"),
+    ("Implicit(reltol=1.0)", lambda: deqkit.Implicit(reltol=1.0), ValueError, r"reltol must be in \[0, 1\)"),
+    ("backward reltol inherited from abstol=5", lambda: _deq(abstol=5.0)(_x().requires_grad_()).sum().backward(),
+     ValueError, r"backward reltol defaults to the larger forward tolerance, 5.*Implicit\(reltol="),
     # ---- the map
     ("f changes z in place", lambda: deqkit.solve(lambda z: z.mul_(0.5), torch.ones(2, 3), solver="picard"),
      ValueError, "changed its input in place.*returned its argument"),
     ("f writes into z", lambda: deqkit.solve(lambda z: z.add_(1).mul(0.5), torch.ones(2, 3), solver="anderson"),
      ValueError, "changed its input in place.*wrote into it"),
+    *[(f"f writes into z from its second call on, {name}", lambda name=name: deqkit.solve(
+        _writes_from_second_call(), torch.zeros(2, 3), solver=name), ValueError,
+       "changed its input in place at its evaluation 2.*wrote into it") for name in deqkit.SOLVERS],
     ("f changes the shape", lambda: deqkit.solve(lambda z: z[:, :2], Z), ValueError, "f\\(z\\) has shape"),
+    # issue 22, "wrong cause": these were all blamed on an expansive map
+    ("float32 overflow of the problem's own scale, broyden", lambda: deqkit.solve(
+        lambda z: 0.5 * z + 1e30, torch.zeros(2, 3), solver="broyden"), deqkit.DivergenceError,
+     "already 1e\\+30 at the start.*overflow float32.*says nothing about f's stability"),
+    ("float32 overflow of the problem's own scale, the flow alone", lambda: deqkit.solve(
+        lambda z: 0.5 * z + 1e38, torch.zeros(2, 3), solver=deqkit.DynamicSS(polish=None)), deqkit.DivergenceError,
+     "dynamic_ss.*already 1e\\+38 at the start.*overflow float32.*The solver's own report"),
+    # absurd ODE settings, once reported as a flow that blows up
+    ("dynamic_ss ODE rtol = atol = 1e-30", lambda: deqkit.solve(
+        lambda z: 0.5 * z + 1, torch.zeros(2, 3), solver=deqkit.DynamicSS(
+            polish=None, controller=deqkit.StepSizeController(rtol=1e-30, atol=1e-30))),
+     deqkit.DivergenceError, "below float32's precision.*set them above eps"),
+    ("dynamic_ss first_step=1e10", lambda: deqkit.solve(
+        lambda z: 0.5 * z + 1, torch.zeros(2, 3), solver=deqkit.DynamicSS(
+            polish=None, controller=deqkit.StepSizeController(first_step=1e10))),
+     deqkit.DivergenceError, "first_step=1e\\+10\\) is far beyond the flow's time scale"),
+    ("dynamic_ss euler step_size=1e6", lambda: deqkit.solve(
+        lambda z: 0.5 * z + 1, torch.zeros(2, 3), solver=deqkit.DynamicSS(ode_method="euler", step_size=1e6,
+                                                                            polish=None)),
+     deqkit.DivergenceError, "step_size=1e\\+06 is itself unstable.*lower step_size"),
+    ("f returns NaN at a finite iterate", lambda: deqkit.solve(
+        lambda z: torch.where(z > 1.5, torch.sqrt(-z), 0.5 * z + 1), torch.zeros(2, 3), solver="anderson"),
+     deqkit.DivergenceError, "f returned NaN at a finite iterate.*no sign of an expansive map"),
+    # raw errors from deep inside torch, now named
+    ("meta-device z0 in solve", lambda: deqkit.solve(torch.cos, torch.zeros(2, 3, device="meta")), ValueError,
+     "z0 is on the meta device"),
+    ("z0 of the wrong feature size", lambda: _deq()(_x(), z0=torch.zeros(2, 5)), ValueError,
+     r"first evaluation, at the starting point of shape \(2, 5\).*check z0"),
+    ("Anderson(m=10**9) on a large batch (was an allocator error naming no option)", lambda: deqkit.solve(
+        torch.cos, torch.zeros(2000, 300), solver=deqkit.Anderson(m=10**9)), RuntimeError,
+     r"ran out of memory with Anderson\(m=1000000000\).*lower m or the batch size"),
+    ("z0=lambda x: 3.0", lambda: _deq()(_x(), z0=lambda x: 3.0), TypeError, "z0 returned a float, not a tensor"),
     ("f returns no tensor", lambda: deqkit.solve(lambda z: 1.0, Z, solver="picard"), TypeError,
      "must return a torch.Tensor"),
     # ---- the DEQ: checked at construction, not at the first call
@@ -90,6 +179,12 @@ CASES = [
      r"no longer takes backward_solver.*deqkit.Implicit"),
     ("DEQ strict='yes'", lambda: _deq(strict="yes"), TypeError, "strict must be True or False"),
     ("DEQ unknown backward", lambda: _deq(backward="adjoint"), ValueError, "unknown backward 'adjoint'"),
+    ("eval_max_nfe reassigned to 1 (was named max_nfe)", lambda: _reassigned_eval_budget()(_x()), ValueError,
+     r"eval_max_nfe must be an integer >= 2, got 1 \(the budget in eval\(\) mode\)"),
+    ("backward budget inherited from the DEQ (was unexplained)", lambda: _deq(
+        solver="anderson", max_nfe=6, strict=True, abstol=1e-3, reltol=1e-3, backward=deqkit.Implicit(reltol=1e-12))(
+        _x().requires_grad_()).sum().backward(),
+     deqkit.ConvergenceError, r"max_nfe=6 \(inherited from the DEQ's forward budget.*Implicit\(max_nfe=\.\.\.\)"),
     # ---- the DEQ's input
     ("0-d x", lambda: _deq()(torch.tensor(1.0)), ValueError, r"x must have shape \(batch, \.\.\.\).*x\[None\]"),
     ("empty x", lambda: _deq()(torch.zeros(0, 4)), ValueError, "non-empty batch"),
@@ -111,6 +206,24 @@ CASES = [
      "must be a tensor shaped like z"),
     ("compare_gradients, unknown mode", lambda: deqkit.compare_gradients(_deq(), _x(), modes=("implict",)),
      ValueError, "unknown backward mode"),
+    # issue 22: directions=0 reported relative error 0 for every mode; eps=0, nan and directions < 0 were raw errors
+    ("compare_gradients directions=0", lambda: deqkit.compare_gradients(_deq(), _x(), directions=0), ValueError,
+     "directions must be an integer >= 1.*None for the full gradient"),
+    ("compare_gradients directions=-3", lambda: deqkit.compare_gradients(_deq(), _x(), directions=-3), ValueError,
+     "directions must be an integer >= 1"),
+    ("compare_gradients eps=0", lambda: deqkit.compare_gradients(_deq(), _x(), eps=0.0), ValueError,
+     r"eps must be in \(0, inf\).*finite-difference step"),
+    ("compare_gradients eps=nan", lambda: deqkit.compare_gradients(_deq(), _x(), eps=float("nan")), ValueError,
+     r"eps must be in \(0, inf\)"),
+    ("spectral_radius at a NaN point (was NaN, no word)", lambda: deqkit.spectral_radius(
+        torch.tanh, torch.full((2, 3), float("nan"))), ValueError, "z contains NaN or Inf"),
+    ("spectral_radius where f(z) overflows", lambda: deqkit.spectral_radius(
+        lambda z: torch.exp(z), torch.full((2, 3), 100.0)), ValueError, r"f\(z\) contains NaN or Inf"),
+    # ---- configured objects: derived state is fixed with the settings it was built from
+    ("DynamicSS.polish reassigned (polishing off, label still '+anderson')",
+     lambda: setattr(deqkit.DynamicSS(), "polish", None), AttributeError, "cannot be changed after construction"),
+    ("DynamicSS.controller reassigned", lambda: setattr(deqkit.DynamicSS(), "controller", None), AttributeError,
+     "cannot be changed after construction"),
 ]
 
 
@@ -118,6 +231,38 @@ CASES = [
 def test_bad_input_is_refused_with_a_message_that_names_it(call, exception, message):
     with pytest.raises(exception, match=message):
         call()
+
+
+def _quiet(call):
+    """Run ``call`` with every warning an error: a right answer comes without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return call()
+
+
+# Cases once answered silently wrong, now answered right: (case, call, check of its result)
+RIGHT = [
+    # z0 = -2 is a root of f: ‖f(z0)‖ = 0, and Broyden's secant step lands on z* = 2 exactly (residual 0). The
+    # drift rule measured growth against ‖f(z0)‖ alone and called it a runaway (issue 22, cause 6).
+    *[(f"exact solution from a root of f, {name}", lambda name=name: _quiet(lambda: deqkit.solve(
+        lambda z: 0.5 * z + 1, torch.full((2, 3), -2.0, dtype=torch.float64), solver=name)),
+       lambda out: out[1].all_converged and torch.allclose(out[0], torch.full_like(out[0], 2.0), atol=1e-4))
+      for name in deqkit.SOLVERS],
+    ("exact solution from a near-root of f, broyden", lambda: _quiet(lambda: deqkit.solve(
+        lambda z: 0.5 * z + 1, torch.full((2, 3), -2.0 + 1e-7, dtype=torch.float64), solver="broyden")),
+     lambda out: out[1].all_converged),
+    # the implicit backward solves for grad / 2^k (exact): a loss scaled by 1e20 or 1e-30 overflowed GMRES in
+    # float32 and was blamed on an expansive map
+    *[(f"loss scaled by {s:g} into GMRES", lambda s=s: _quiet(lambda: _scaled_loss_gradient(s)),
+       lambda g, s=s: torch.allclose(g[0] / s, g[1], rtol=1e-5)) for s in (1e20, 1e-30)],
+    ("copy.deepcopy(deq) after a forward (was a raw RuntimeError)", _copy_after_forward,
+     lambda out: out[0].last_equilibrium is None and torch.equal(out[0](out[2]), out[1](out[2]))),
+]
+
+
+@pytest.mark.parametrize("call, check", [c[1:] for c in RIGHT], ids=[c[0] for c in RIGHT])
+def test_cases_once_silently_wrong_are_right(call, check):
+    assert check(call())
 
 
 def test_numpy_numbers_are_numbers():

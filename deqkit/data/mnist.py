@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import numbers
 import os
 import pathlib
 import secrets
@@ -103,7 +104,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     except IsADirectoryError as exc:
         raise MNISTError(f"{path} is a directory, not an IDX file: pass the file's path.") from exc
     except OSError as exc:
-        raise MNISTError(f"cannot read {path} ({type(exc).__name__}: {exc}): check its permissions.") from exc
+        raise MNISTError(f"cannot read {path} ({type(exc).__name__}: {exc}): make it readable (e.g. chmod a+r "
+                         f"{path}), or {_FIX}.") from exc
     magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
     if magic not in _MAGICS:
         found = "missing (file shorter than 4 bytes)" if magic is None else f"0x{magic:08x}"
@@ -193,7 +195,11 @@ def _ensure(folder: pathlib.Path, name: str, download: bool, verify: bool) -> pa
             )
         _download(name, folder)
     elif verify:
-        actual, expected = _md5(path), MNIST_FILES[name][1]
+        try:
+            actual, expected = _md5(path), MNIST_FILES[name][1]
+        except OSError as exc:  # e.g. no read permission: name the file and the fix, not a raw PermissionError
+            raise MNISTError(f"cannot read {path} ({type(exc).__name__}: {exc.strerror or exc}): make it readable "
+                             f"(e.g. chmod a+r {path}), or {_FIX}.") from exc
         if actual != expected:
             raise MNISTError(
                 f"{path} has MD5 {actual}, expected {expected} for {name}: the file is corrupt or not "
@@ -277,11 +283,17 @@ def mnist_datasets(
 
     Raises
     ------
+    TypeError
+        If ``subset`` is not an integer (``True`` and ``2.5`` included).
     ValueError
         If ``subset`` is less than 1.
     MNISTError
         As for :func:`load_mnist`.
     """
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, numbers.Integral)):
+        # True would be 1 sample and 2.5 a slice error deep in torch: a count is an integer
+        raise TypeError(f"subset must be a positive integer (a number of training samples) or None, got "
+                        f"{subset!r} ({type(subset).__name__})")
     if subset is not None and subset < 1:
         raise ValueError(f"subset must be a positive number of training samples or None, got {subset}")
     generator = torch.Generator().manual_seed(seed)

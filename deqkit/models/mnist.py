@@ -328,6 +328,7 @@ def wide_mlp_deq(*, width: int = 128, seed: int | None = None, **deq_options: An
     MNISTDEQ
         Named ``"wide"``; the :class:`WideBlock`'s ``injection`` is applied to the encoder output.
     """
+    width = check_int("width", width, 1)  # else a traceback from deep inside nn.Linear
     if seed is not None:
         torch.manual_seed(seed)
     block = WideBlock(width)
@@ -369,6 +370,8 @@ def conv_deq(*, channels: int = 32, hidden: int = 64, stem: int = 16, weight_nor
     MNISTDEQ
         Named ``"conv"``.
     """
+    channels, hidden, stem = (check_int(k, v, 1) for k, v in (("channels", channels), ("hidden", hidden),
+                                                                 ("stem", stem)))
     if seed is not None:
         torch.manual_seed(seed)
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
+from ..errors import DivergenceError, StepFailure
 from ..stats import SolverStats
 from .anderson import Anderson
 from .broyden import Broyden
-from .core import IterativeSolver, Map, Monitor, Solver, Tolerances, make_options, named
+from .core import IterativeSolver, Map, Monitor, Solver, Tolerances, make_options, named, overflow_hint
 from .dynamic_ss import DynamicSS, StepSizeController
 from .krylov import GMRES
 from .picard import Picard
@@ -130,10 +131,13 @@ def check_start(z0: Any, what: str = "z0") -> None:
     if not z0.is_floating_point():
         raise ValueError(f"{what} must be a floating-point tensor, got dtype {z0.dtype}: convert it, e.g. "
                          f"{what}.float()")
+    if z0.device.type == "meta":
+        raise ValueError(f"{what} is on the meta device (shapes only, no values): a fixed point needs values; "
+                         f"create {what} on a real device, e.g. torch.zeros(shape, device='cpu')")
 
 
 def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: float, max_steps: int | None,
-        max_nfe: int | None = None, strict: bool = False, record: bool = False,
+        max_nfe: int | None = None, strict: bool = False, record: bool = False, budget_note: str = "",
         warn: Callable[[str, SolverStats], None] | None = None) -> Solution:
     """Run a configured solver; the engine behind :func:`solve`, the DEQ layer and its backward pass.
 
@@ -155,6 +159,8 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
         Raise instead of warning when a sample does not converge.
     record : bool
         Keep every iterate in ``stats.trajectory``.
+    budget_note : str
+        Where ``max_nfe`` came from, shown with it in messages (e.g. a budget the backward inherited).
     warn : callable, optional
         ``warn(message, stats)`` receives the warning about unconverged samples instead of :func:`warnings.warn`
         (the DEQ layer counts and summarises them).
@@ -183,12 +189,97 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
     check_start(z0)
     if not isinstance(strict, bool):  # checked here too: DEQ.strict may be reassigned after construction
         raise TypeError(f"strict must be True or False, got {strict!r}")
-    tol = Tolerances(abstol, reltol, solver.default_max_steps if max_steps is None else max_steps, max_nfe)
+    tol = Tolerances(abstol, reltol, solver.default_max_steps if max_steps is None else max_steps, max_nfe,
+                     budget_note)
     z0 = z0.detach().clone()  # the solver's own copy: the caller's z0 is never touched or handed back
     monitor = Monitor(solver.label, z0, tol, strict=strict, record=record, warn=warn)
-    steps, nfe = solver.run(f, z0, monitor)
+    steps, nfe = _run_solver(solver, _out_of_place(f), z0, monitor)
     stats = monitor.finish(steps, nfe)
     return Solution(monitor.best_z, monitor.best_fz, stats)
+
+
+def _run_solver(solver: Solver, f: Map, z0: torch.Tensor, monitor: Monitor) -> tuple[int, int]:
+    """``solver.run``, with the real cause named where the solver's own error names a symptom."""
+    try:
+        return solver.run(f, z0, monitor)
+    except DivergenceError as err:
+        # An ODE step that torchdiffeq refused is reported as a flow that blows up; where the problem's own scale
+        # overflows the dtype, that is the cause to name
+        refused = isinstance(err.__cause__, StepFailure)
+        cause = (overflow_hint(z0.dtype, monitor.start_scale) if refused else "") or _ode_settings_hint(
+            solver, z0.dtype, refused)
+        if not cause:
+            raise
+        raise DivergenceError(f"{solver.label}: {cause} (The solver's own report: {err})") from err
+    except RuntimeError as err:  # an allocator's message names bytes, not the setting that asked for them
+        if not any(word in str(err) for word in ("can't allocate", "out of memory")):
+            raise
+        raise type(err)(f"the solve ran out of memory with {solver!r} on a batch of shape {tuple(z0.shape)} "
+                        f"({' '.join(str(err).split())[:300]}): the solver's stored history (e.g. Anderson's or "
+                        "Broyden's m) or the batch is too large for this device; lower m or the batch size") from err
+
+
+def _ode_settings_hint(solver: Solver, dtype: torch.dtype, refused: bool) -> str:
+    """An ODE setting that explains a failed solve better than "the flow blows up"; "" if none does.
+
+    ``refused``: torchdiffeq refused a step (its step size underflowed), rather than an iterate becoming NaN/Inf.
+    Reads the settings by name, so that it applies to any solver that has them (:class:`DynamicSS`).
+    """
+    step, method = getattr(solver, "step_size", None), getattr(solver, "ode_method", "")
+    if step is not None and not refused:
+        return (f"{method} with the fixed step_size={step:g} is itself unstable when h·|1 − λ| > 2 for an eigenvalue "
+                "λ of ∂f/∂z (at λ = 0: h > 2), so the blow-up may be the step's, not f's: lower "
+                "step_size, or use an adaptive method (ode_method='tsit5')")
+    if not refused:
+        return ""
+    eps = torch.finfo(dtype).eps
+    controller = getattr(solver, "controller", None)
+    rtol, atol = getattr(controller, "rtol", None), getattr(controller, "atol", None)
+    if rtol is not None and atol is not None and rtol < eps and atol < eps:
+        return (f"the ODE tolerances StepSizeController(rtol={rtol:g}, atol={atol:g}) are below "
+                f"{str(dtype).removeprefix('torch.')}'s precision (eps {eps:.2g}): no step can meet them, so the step "
+                "size shrinks until it underflows; set them above eps (or leave them unset for the defaults)")
+    first = getattr(controller, "first_step", None)
+    if first is not None and first > 1e3:
+        return (f"StepSizeController(first_step={first:g}) is far beyond the flow's time scale (about 1, that of the "
+                "−z term): the first trial steps overflow and the step size underflows; leave first_step unset, or "
+                "choose it <= 1")
+    return ""
+
+
+def _out_of_place(f: Map) -> Map:
+    """``f``, refusing every call that writes into its argument or returns it, not only the first one.
+
+    The solvers keep past iterates (the best one, Anderson's history, the ODE stages), often as views of one
+    another: a map that changes its input from its second call on would corrupt them and make a residual look
+    like zero. Reading the argument's version counter costs no host synchronisation and no tensor operation.
+    """
+    calls = 0
+
+    def checked(z: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        version = None if z.is_inference() else z._version  # inference tensors keep no version counter
+        try:
+            fz = f(z)
+        except RuntimeError as err:
+            if calls == 1 and any(word in str(err) for word in ("shape", "size")):
+                raise ValueError(
+                    f"f failed at its first evaluation, at the starting point of shape {tuple(z.shape)} ({err}). "
+                    "The start must have the shape of f's state: check z0 (for a DEQ, z0='zeros' is shaped like "
+                    "x, so a state of another size needs z0=lambda x: x.new_zeros(batch, ...))."
+                ) from err
+            raise
+        if fz is z or (version is not None and z._version != version):
+            raise ValueError(
+                f"f changed its input in place at its evaluation {calls} (it "
+                f"{'returned its argument' if fz is z else 'wrote into it'}, e.g. z.mul_(...) or z += ...): the "
+                "solver keeps past iterates, which this corrupts, and would report a false residual. Write f out "
+                "of place (z * 0.5 instead of z.mul_(0.5)), or clone first: lambda z: g(z.clone())."
+            )
+        return fz
+
+    return checked
 
 
 def solve(f: Map, z0: torch.Tensor, *, solver: SolverSpec = "dynamic_ss", abstol: float = 1e-5,

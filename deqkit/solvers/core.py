@@ -117,19 +117,40 @@ class Tolerances:
     reltol: float
     max_steps: int
     max_nfe: int | None = None  # evaluations of the map, the first one included
+    budget_note: str = ""  # where max_nfe came from, when the user did not set it there (shown in messages)
 
     def __post_init__(self) -> None:
-        self.abstol = check_real("abstol", self.abstol, 0.0)
-        self.reltol = check_real("reltol", self.reltol, 0.0)
+        self.abstol = self.check("abstol", self.abstol)
+        self.reltol = self.check("reltol", self.reltol)
         if self.abstol == 0 and self.reltol == 0:
             raise ValueError("abstol and reltol are both 0: no iterate could ever converge; set one > 0")
         self.max_steps = check_int("max_steps", self.max_steps, 1)
         if self.max_nfe is not None:
             self.max_nfe = check_int("max_nfe", self.max_nfe, 2)
 
+    @staticmethod
+    def check(name: str, value: Any) -> float:
+        """Return a tolerance as a ``float``: an ``abstol`` finite and ≥ 0, a ``reltol`` in ``[0, 1)``.
+
+        Bounded above as well as below: an infinite ``abstol`` or a ``reltol ≥ 1`` accepts every iterate
+        (``‖f(z) − z‖∞ ≤ ‖f(z)‖∞`` holds at ``z = 0``), so every start would be reported converged at once.
+        ``name`` ends in ``abstol`` or ``reltol`` (e.g. ``"backward reltol"``).
+        """
+        relative = name.endswith("reltol")
+        try:
+            return check_real(name, value, 0.0, 1.0 if relative else math.inf, high_open=True)
+        except ValueError as err:
+            if not (float(value) >= (1.0 if relative else math.inf)):  # NaN or negative: the interval says it all
+                raise
+            why = ("a relative tolerance of 1 or more accepts any iterate (‖f(z) − z‖∞ ≤ ‖f(z)‖∞ at z = 0)"
+                   if relative else "an infinite tolerance accepts any iterate")
+            raise ValueError(f"{err}: {why}, so every start would be reported converged at once. Use a small "
+                             f"value such as {name.split()[-1]}=1e-5.") from None
+
     def limits(self) -> str:
         """``max_steps=…`` (and ``max_nfe=…``), for messages."""
-        return f"max_steps={self.max_steps}" + ("" if self.max_nfe is None else f" / max_nfe={self.max_nfe}")
+        return (f"max_steps={self.max_steps}" + ("" if self.max_nfe is None else f" / max_nfe={self.max_nfe}")
+                + (f" ({self.budget_note})" if self.budget_note and self.max_nfe is not None else ""))
 
 
 class Monitor:
@@ -144,7 +165,10 @@ class Monitor:
         self.scale = torch.ones(batch, dtype=z0.dtype, device=z0.device)
         # residual of each sample at the last check; NaN before the first, so that no sample "settles" at step 0
         self.current = torch.full_like(self.residual, float("nan"))
-        self.start_scale: torch.Tensor | None = None  # ‖f(z0)‖∞ per sample
+        # the drift rule's reference, per sample: max(‖z0‖∞, ‖f(z0)‖∞). Not ‖f(z0)‖∞ alone: where it is 0 or tiny
+        # (z0 is nearly a root of f), any growth would look like a runaway, even onto an exact solution.
+        self.start_scale: torch.Tensor | None = None
+        self.start_size = z0.detach().flatten(1).abs().amax(1)
         self.peak = torch.zeros_like(self.residual)  # largest residual so far
         self.fell = torch.zeros_like(self.converged)  # the residual fell to half its peak, above rounding level
         self.drifting = torch.zeros_like(self.converged)
@@ -179,7 +203,7 @@ class Monitor:
         can drift any more, and the bookkeeping stops (it is most of a check's cost on small problems).
         """
         if self.start_scale is None:
-            self.start_scale = scale
+            self.start_scale = torch.maximum(scale, self.start_size)
         self.last_scale = scale
         meets = res <= (self.tol.reltol * scale).clamp_min(self.tol.abstol)
         if self.all_fell:
@@ -237,7 +261,7 @@ class Monitor:
             raise DivergenceError(
                 f"{self.method}: f(z) − z became NaN or infinite at step {step} for {int(bad.sum())} of "
                 f"{bad.numel()} samples. "
-                + _blow_up_hint(step, z.dtype)
+                + (_undefined_hint(z, fz, bad) or _blow_up_hint(step, z.dtype, self.start_scale))
             )
         self.stats.history.append(worst)
         self.stats.nfe_history.append(nfe)
@@ -298,10 +322,38 @@ class Monitor:
         return s
 
 
-def _blow_up_hint(step: int, dtype: torch.dtype) -> str:
-    """What to try, for the error about a NaN/Inf iterate."""
+def _undefined_hint(z: torch.Tensor, fz: torch.Tensor, bad: torch.Tensor) -> str:
+    """For a NaN that f returned at a finite, moderate iterate: f is undefined there, which is not a blow-up."""
+    zb, fb = z.detach()[bad].flatten(1), fz.detach()[bad].flatten(1)
+    if zb.numel() == 0 or not bool(torch.isfinite(zb).all()) or not bool(torch.isnan(fb).any()):
+        return ""
+    size = float(zb.abs().max())
+    if size > math.sqrt(torch.finfo(z.dtype).max):
+        return ""
+    return (f"f returned NaN at a finite iterate (largest |z| there {size:.3g}): f is undefined at that point "
+            "(e.g. log or sqrt of a negative number, 0/0, inf − inf), which is no sign of an expansive map. Find "
+            "where with torch.autograd.detect_anomaly(), or guard f (e.g. clamp its argument).")
+
+
+def overflow_hint(dtype: torch.dtype, start: torch.Tensor | None) -> str:
+    """Why a solve overflowed, when the problem's own scale (``start``: max(‖z0‖∞, ‖f(z0)‖∞) per sample) is the
+    cause rather than its dynamics; "" otherwise."""
+    size = 0.0 if start is None else float(torch.nan_to_num(start, nan=0.0, posinf=0.0).max())
+    if size <= math.sqrt(torch.finfo(dtype).max):
+        return ""
+    return (f"f's values are already {size:.3g} at the start, so their squares and products (norms, inner "
+            f"products, step sizes) overflow {str(dtype).removeprefix('torch.')} (largest "
+            f"{torch.finfo(dtype).max:.3g}); this says nothing about f's stability. Rescale the problem so "
+            "that z is of order 1 (e.g. divide the input or bias by its size), or compute in float64.")
+
+
+def _blow_up_hint(step: int, dtype: torch.dtype, start: torch.Tensor | None = None) -> str:
+    """What to try, for the error about a NaN/Inf iterate (``start``: max(‖z0‖∞, ‖f(z0)‖∞) per sample)."""
     if step == 0:
         return "The input or z0 is already non-finite, or f returns NaN at z0: check them."
+    overflow = overflow_hint(dtype, start)
+    if overflow:
+        return overflow
     if dtype in LOW_PRECISION:
         return (f"In {str(dtype).removeprefix('torch.')} (eps {torch.finfo(dtype).eps:.2g}, largest value "
                 f"{torch.finfo(dtype).max:.3g}) the residual cannot fall below the precision, and a solver's steps "
@@ -357,8 +409,10 @@ class Configured:
     """Base of the configured objects (solvers, gradient methods): their settings are fixed once built.
 
     A constructor checks its arguments and may derive state from them (e.g. :class:`DynamicSS`'s polishing
-    solver and step-size controller), so assigning a setting later would skip the check or be silently ignored.
-    It raises instead; other attributes (a subclass's own caches) stay assignable.
+    solver and step-size controller), so assigning a setting later would skip the check or be silently ignored,
+    and assigning derived state would disagree with the settings (a ``polisher`` of None while ``polish`` and
+    the statistics still say "anderson"). Both raise instead: every public attribute the constructor set is
+    fixed. Attributes whose names start with ``_``, and those set after construction, stay assignable.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -400,6 +454,12 @@ class Configured:
             raise AttributeError(
                 f"{kind}.{name} cannot be changed after construction (settings are checked, and what depends on "
                 f"them is built, once): make a new one, e.g. {kind}({name}={value!r}), and use it instead")
+        if name in self.__dict__.get("_built", ()):
+            kind = type(self).__name__
+            raise AttributeError(
+                f"{kind}.{name} is built from the settings at construction and cannot be replaced (the settings "
+                f"and the statistics' label would no longer describe what runs): make a new {kind} with the "
+                f"settings you want, e.g. {kind}({', '.join(p.name + '=...' for p in self.settings()[:2])})")
         super().__setattr__(name, value)
 
 
@@ -411,6 +471,8 @@ def _settling(init: Callable[..., None]) -> Callable[..., None]:
         init(self, *args, **kwargs)
         if type(self).__init__ is wrapper:
             self.__dict__["_settled"] = True
+            settings = {p.name for p in self.settings()}
+            self.__dict__["_built"] = frozenset(k for k in self.__dict__ if not k.startswith("_") and k not in settings)
 
     return wrapper
 

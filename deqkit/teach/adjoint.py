@@ -29,6 +29,7 @@ from ..problems import linear_problem, tanh_problem
 from ..solvers import BACKWARD_SOLVERS as REGISTRY
 from ..solvers import GMRES, Broyden, Solver, solve
 from . import fast_mode
+from .limits import choice, within
 from .widgets import Panel, figure, subplots
 
 #: The gradient methods compared here (notebook 06 teaches the phantom gradient).
@@ -140,7 +141,13 @@ def gradient_accuracy(tol: float, norm: float = 0.9) -> Accuracy:
     Returns
     -------
     Accuracy
+
+    Raises
+    ------
+    ValueError
+        If ``tol`` is outside ``[1e-13, 0.1]`` or ``norm`` outside ``[0.05, 0.95]``.
     """
+    _check_accuracy(tol, norm)
     s = _sizes()
     ref = _reference(norm, s["d"], s["batch"], s["directions"])
     model, x = tanh_deq(s["d"], norm, batch=s["batch"], dtype=torch.float64, solver="anderson", abstol=tol,
@@ -153,6 +160,14 @@ def gradient_accuracy(tol: float, norm: float = 0.9) -> Accuracy:
         cos[mode] = float(torch.nn.functional.cosine_similarity(g, ref, dim=0))
         rel[mode] = float((g - ref).norm() / ref.norm())
     return Accuracy(tol, cos, rel, nfe)
+
+
+def _check_accuracy(tol: float, norm: float) -> None:
+    within("tol", tol, 1e-13, 0.1, "the exact reference is solved to 1e-13, and a looser forward tolerance says "
+           "nothing about a gradient")
+    within("norm", norm, 0.05, 0.95, "the reference and every tolerance are measured by solves that need a "
+           "contraction (at ‖W‖₂ ≥ 1 each may run its 500 steps without converging: minutes, then a meaningless "
+           "comparison)")
 
 
 def tolerances_grid() -> tuple[float, ...]:
@@ -176,7 +191,13 @@ def accuracy_panel(tol: float = 1e-4, norm: float = 0.9) -> Panel:
     -------
     Panel
         The text tabulates each mode's cosine and relative error at the highlighted tolerance.
+
+    Raises
+    ------
+    ValueError
+        If ``tol`` is outside ``[1e-13, 0.1]`` or ``norm`` outside ``[0.05, 0.95]`` (the slider offers 0.5, 0.9).
     """
+    _check_accuracy(tol, norm)
     grid = tolerances_grid()
     tol = min(grid, key=lambda t: abs(math.log10(t) - math.log10(tol)))
     rows = [gradient_accuracy(t, norm) for t in grid]
@@ -236,6 +257,7 @@ def cost_panel(iterations: int = 50, mode: str = "implicit") -> Panel:
     Panel
         The text compares implicit and unrolled memory and time at ``iterations``.
     """
+    choice("mode", mode, MODE_COLORS)
     grid = iterations_grid()
     iterations = min(grid, key=lambda n: abs(n - iterations))
     fig, (ax, ax2) = _quick_figure(2, left=0.08, right=0.99, bottom=0.15, top=0.91, wspace=0.22)
@@ -380,6 +402,12 @@ def norms_grid() -> tuple[float, ...]:
     return below + tuple(midway_norm(t, d) for t in PAST_ONE)
 
 
+def _check_norm(norm: float) -> float:
+    """‖W‖₂ of panels 3 and 4: from 0.05 to 1.5 (the grid's range: 0.5 to past 1)."""
+    return within("norm", norm, 0.05, 1.5, "the near-one DEQ's W is built for this range (its largest grid value is "
+                  "past 1 by a small margin); far past 1 every backward solver diverges and nothing is compared")
+
+
 def _backward(label: str, **settings: Any) -> Implicit:
     """The implicit backward pass with the solver ``label`` names (see :data:`BACKWARD_SOLVERS`)."""
     if label not in _SOLVER_LABELS:
@@ -412,6 +440,7 @@ def backward_run(solver: str, norm: float, tol: float = 1e-6) -> BackwardRun:
     ValueError
         If ``solver`` is not a known label.
     """
+    _check_norm(norm)
     model, x = near_one_deq(norm, backward=_backward(solver, abstol=tol, reltol=0.0, max_steps=300))
     xg = x.clone().requires_grad_()
 
@@ -449,6 +478,8 @@ def backward_panel(solver: str = "gmres", norm: float = 0.9) -> Panel:
     Panel
         The text gives the chosen solver's products, final residual and time, or its divergence message.
     """
+    choice("solver", solver, BACKWARD_SOLVERS)
+    _check_norm(norm)
     fig, ax = _quick_figure(width=6.4, left=0.13, right=0.98, bottom=0.15, top=0.91)
     runs = {name: backward_run(name, norm) for name in BACKWARD_SOLVERS}
     for name, r in runs.items():
@@ -548,6 +579,7 @@ def broyden_memory_panel(norm: float = 0.95, memories: tuple[int, ...] = (20, 30
     Panel
         The text gives each run's outcome.
     """
+    _check_norm(norm)
     fig, ax = figure(width=5.6)
     lines = []
     for m in memories:
@@ -656,6 +688,7 @@ def growth_exponent(solver: str, norms: tuple[float, ...]) -> float:
     ValueError
         If fewer than two norms are given, one is not below 1, or the solver did not converge at one.
     """
+    choice("solver", solver, BACKWARD_SOLVERS)
     if len(norms) < 2 or max(norms) >= 1:
         raise ValueError(f"need at least two norms below 1, got {norms}")
     rows = [near_one(n) for n in norms]
@@ -714,7 +747,7 @@ def rho_panel(norm: float = 0.9) -> Panel:
         The text gives ρ, the one-step cosine and each solver's products at the highlighted ‖W‖₂.
     """
     grid = norms_grid()
-    norm = min(grid, key=lambda n: abs(n - norm))
+    norm = min(grid, key=lambda n: abs(n - _check_norm(norm)))
     rows = [near_one(n) for n in grid]
     here = near_one(norm)
     _replay(here.warnings)

@@ -17,6 +17,7 @@ import torch
 from ..diagnostics import spectral_radius
 from ..errors import ConvergenceWarning
 from ..solvers import Anderson, Broyden, Picard, Solver, solve
+from .limits import choice, within
 from .widgets import Panel, attempt, figure
 
 #: What the method dropdowns offer: configured solvers, each under its own label.
@@ -150,9 +151,16 @@ def cobweb_panel(w: float = 0.8, x: float = 0.5, method: str = "picard", tol: fl
 
     Raises
     ------
-    KeyError
-        If ``method`` is not a label of :data:`METHODS`.
+    ValueError
+        If ``method`` is not a label of :data:`METHODS`, or ``w``, ``x`` or ``tol`` is outside the sliders'
+        ranges (``|w| ≤ 3``, ``|x| ≤ 1``, ``1e-12 ≤ tol ≤ 0.1``), where the fixed points marked and named are no
+        longer checked to be all of them.
     """
+    grid = "the fixed points are found on a grid checked for these values only, so others could be missed"
+    w, x = within("w", w, -3.0, 3.0, grid), within("x", x, -1.0, 1.0, grid)
+    tol = within("tol", tol, 1e-12, 0.1, "a float64 residual cannot go below ~1e-16, and above 0.1 any iterate "
+                 "near the curve would pass")
+    choice("method", method, METHODS)
     f = lambda z: torch.tanh(w * z + x)  # noqa: E731
     z, stats = _solve(f, torch.zeros(1, 1, dtype=torch.float64), method, tol)
     traj = np.array([float(t) for t in stats.trajectory])
@@ -175,6 +183,8 @@ def cobweb_panel(w: float = 0.8, x: float = 0.5, method: str = "picard", tol: fl
 def random_map(scale: float, x_scale: float, d: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A symmetric W with eigenvalues spread over [−scale, scale] (so ρ(W) = ‖W‖₂ = scale) and an input x.
 
+    ``scale`` and ``x_scale`` must be finite and ≥ 0 (else ``ValueError``): a NaN would fill W with NaN.
+
     Parameters
     ----------
     scale : float
@@ -193,6 +203,8 @@ def random_map(scale: float, x_scale: float, d: int = 40, seed: int = 0) -> tupl
     x : torch.Tensor
         float64, shape ``(1, d)``.
     """
+    within("scale", scale, 0.0, 1e3, "ρ(W) is a non-negative number")
+    within("x_scale", x_scale, 0.0, 1e3, "a standard deviation is a non-negative number")
     gen = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
     eig = torch.linspace(-1.0, 1.0, d, dtype=torch.float64)
@@ -238,9 +250,16 @@ def iteration_panel(scale: float = 0.9, x_scale: float = 0.5, methods: Sequence[
 
     Raises
     ------
-    KeyError
-        If a method is not a label of :data:`METHODS`.
+    ValueError
+        If a method is not a label of :data:`METHODS`, or ``scale``, ``x_scale`` or ``tol`` is outside the
+        sliders' ranges (``0.1 ≤ scale ≤ 2.5``, ``0 ≤ x_scale ≤ 2``, ``1e-12 ≤ tol ≤ 0.1``).
     """
+    why = "the slider's range, where the panel's text was checked to describe what the methods do"
+    scale, x_scale = within("scale", scale, 0.1, 2.5, why), within("x_scale", x_scale, 0.0, 2.0, why)
+    tol = within("tol", tol, 1e-12, 0.1, "a float64 residual cannot go below ~1e-16, and above 0.1 any iterate "
+                 "near the curve would pass")
+    for method in methods:
+        choice("method", method, METHODS)
     w, x = random_map(scale, x_scale)
     f = lambda z: torch.tanh(z @ w.T + x)  # noqa: E731
     z0 = torch.zeros_like(x)

@@ -21,6 +21,8 @@ from ..errors import ConvergenceWarning, DivergenceError
 from ..models.regression import X_TRAIN, Y_TRAIN, fit_regression, seed_regression_model
 from ..solvers import SOLVERS as REGISTRY
 from ..solvers import DynamicSS, Solver
+from ..solvers.core import check_int
+from .limits import choice, within
 from .widgets import Panel, StaticFallback, figure
 
 #: The gradient methods compared (notebook 06 teaches the phantom gradient).
@@ -126,11 +128,16 @@ def train(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solve
 
     Raises
     ------
-    KeyError
-        If ``solver`` is not a label of :data:`SOLVERS`.
     ValueError
-        If ``backward`` is not a backward mode.
+        If ``solver`` is not a label of :data:`SOLVERS`, ``backward`` is not a backward mode, ``lr`` is outside
+        ``(0, 1]`` or ``epochs`` < 1.
+    TypeError
+        If ``epochs`` is not an integer.
     """
+    choice("solver", solver, SOLVERS)
+    within("lr", lr, 1e-9, 1.0, "Adam's learning rate is a positive step size; above 1 this model's a is thrown "
+           "far past 1 at the first step")
+    check_int("epochs", epochs, 1)
     key = (float(lr), int(epochs), backward, solver, int(seed))
     if key not in _RUNS:
         _RUNS[key] = _fit(*key, progress=progress)

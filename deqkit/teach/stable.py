@@ -225,6 +225,9 @@ def phantom_panel(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
 def check_picard_steps(picard_steps: Callable[[float, float], int]) -> str | None:
     """The exercise's check: ``picard_steps(rho, shrink)`` must be the number of plain iterations that shrink the
     residual of a map with contraction factor ``rho`` by ``shrink``, as deqkit's Picard solver counts them."""
+    if not callable(picard_steps):
+        return (f"picard_steps is {picard_steps!r}, not a function: define it as def picard_steps(rho, shrink): ... "
+                "returning the number of steps, and run its cell first.")
     for rho in (0.5, 0.8, 0.9, 0.97):
         for shrink in (1e-2, 1e-4):
             def f(z: torch.Tensor, rho: float = rho) -> torch.Tensor:

@@ -8,7 +8,9 @@ import numpy as np
 import torch
 
 from ..solvers import solve
+from ..solvers.core import check_int
 from ..stats import SolverStats
+from .limits import within
 from .widgets import Panel, attempt, figure
 
 TOL = 1e-10  # the notebook's tolerance on ‖f(z) − z‖∞
@@ -37,6 +39,7 @@ def tiny_problem(scale: float = 0.8, d: int = 10, seed: int = 0) -> tuple[torch.
     x : torch.Tensor
         Shape ``(1, d)``.
     """
+    check_int("d", d, 1)
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(d, d, generator=gen, dtype=torch.float64)
     w *= scale / torch.linalg.matrix_norm(w, 2)
@@ -90,10 +93,16 @@ def jacobian_eigenvalues(w: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 def predicted_iterations(rho: float, r0: float, tol: float = TOL) -> float:
     """Iterations plain iteration needs if the residual shrinks by ``rho`` per step: ``ln(tol / r0) / ln ρ``.
 
-    Returns ``inf`` for ``rho ≥ 1`` (it does not shrink) and 0 when ``r0 ≤ tol``.
+    Returns ``inf`` for ``rho ≥ 1`` (it does not shrink), 0 when ``r0 ≤ tol``, and 1 for ``rho = 0`` (one step
+    lands on z*). A negative or NaN ``rho`` is a ``ValueError``: a spectral radius is a non-negative number.
     """
+    if not rho >= 0:
+        raise ValueError(f"rho = {rho!r} is not a spectral radius (a number >= 0): pass ρ(∂f/∂z*), e.g. from "
+                         "deqkit.spectral_radius(f, z_star)")
     if r0 <= tol:
         return 0.0
+    if rho == 0:
+        return 1.0
     return math.log(tol / r0) / math.log(rho) if rho < 1 else math.inf
 
 
@@ -133,6 +142,8 @@ def welcome_panel(scale: float = 0.8) -> Panel:
         The text gives the iterations taken and predicted, or why the solve did not converge (the solver's
         :class:`~deqkit.ConvergenceWarning` is not caught).
     """
+    scale = within("scale", scale, 0.1, 3.0, "the slider's range; at 0 the map is constant and ρ = 0 has no "
+                   "convergence rate to show")
     w, x = tiny_problem(scale)
     f = lambda z: torch.tanh(z @ w.T + x)  # noqa: E731
     _, _, stats = tiny_deq(scale)

@@ -42,7 +42,7 @@ from .callbacks import check_tensorboard
 from .checkpoint import check_writable, load_checkpoint
 from .config import SCHEDULES, TrainConfig
 from .distributed import resolve_device
-from .loop import train
+from .loop import check_run_folder, train
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -203,6 +203,9 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 def _check_run_folder(args: argparse.Namespace, out: pathlib.Path) -> None:
     """The run folder: an intact checkpoint to resume, none to overwrite by accident, and writable (rank 0)."""
     ckpt = out / "checkpoint.pt"
+    if ckpt.exists() and not ckpt.is_file():
+        raise FileExistsError(f"{ckpt} exists but is not a file (a folder?): neither --resume nor --overwrite can "
+                              "use it; move or delete it, or choose another --out")
     if args.resume and not ckpt.is_file():
         raise CheckpointError(f"--resume: no checkpoint at {ckpt}; run without --resume to start this run")
     if args.resume:
@@ -210,6 +213,8 @@ def _check_run_folder(args: argparse.Namespace, out: pathlib.Path) -> None:
     if ckpt.exists() and not (args.resume or args.overwrite):
         raise FileExistsError(f"{ckpt} exists: add --resume to continue that run, --overwrite to start afresh, or "
                               "choose another --out")
+    # metrics files or TensorBoard logs of another run, without its checkpoint: not to be replaced silently
+    check_run_folder(out, resume=args.resume, overwrite=args.overwrite, tensorboard=args.tensorboard)
     if os.environ.get("RANK", "0") == "0":
         check_writable(out)
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import RunFolderError
 from .metrics import METRIC_FIELDS
 
 __all__ = ["StepLog", "TensorBoardLog", "check_tensorboard"]
@@ -82,22 +86,32 @@ class TensorBoardLog:
     continue_after : int, optional
         For a resumed run: the optimiser steps it had done. Whatever the interrupted run logged after that
         step is hidden (TensorBoard's own purge, ``purge_step``), so that the resumed steps are not shown
-        twice. None: a fresh run; event files already in ``folder`` (an earlier run's) are removed.
+        twice. None: a fresh run.
+    overwrite : bool
+        For a fresh run: remove the event files already in ``folder`` (an earlier run's). Without it, such
+        files are an error: they are not this log's to delete.
 
     Raises
     ------
     ImportError
         If the ``tensorboard`` package is missing (see :func:`check_tensorboard`).
+    FileExistsError
+        For a fresh run, if ``folder`` holds event files and ``overwrite`` is False.
     """
 
     STEP_KEYS = ("loss", "acc", "fwd_nfe", "bwd_nfe", "unconverged", "lr", "jac_penalty")
     EPOCH_KEYS = tuple(f for f in METRIC_FIELDS if f != "epoch")
 
-    def __init__(self, folder: str | os.PathLike, *, continue_after: int | None = None) -> None:
+    def __init__(self, folder: str | os.PathLike, *, continue_after: int | None = None,
+                 overwrite: bool = False) -> None:
         summary_writer = check_tensorboard()
         folder = pathlib.Path(folder)
         if continue_after is None:
-            for old in folder.glob("events.out.tfevents.*"):
+            earlier = sorted(folder.glob("events.out.tfevents.*"))
+            if earlier and not overwrite:
+                raise FileExistsError(f"{folder} holds {len(earlier)} event file(s) of an earlier run: pass "
+                                      "overwrite=True (--overwrite) to replace them, or log to another folder")
+            for old in earlier:
                 old.unlink()
         self.folder = folder
         self.writer = summary_writer(log_dir=str(folder),
@@ -105,20 +119,41 @@ class TensorBoardLog:
 
     def __call__(self, info: dict[str, Any]) -> None:
         """Log one step from the dict :func:`deqkit.train.train` passes its ``callback``."""
-        for key in self.STEP_KEYS:
-            if info.get(key) is not None:  # jac_penalty only in runs that compute it
-                self.writer.add_scalar(f"step/{key}", info[key], info["global_step"] + 1)
+        with self._writing():
+            for key in self.STEP_KEYS:
+                if info.get(key) is not None:  # jac_penalty only in runs that compute it
+                    self.writer.add_scalar(f"step/{key}", info[key], info["global_step"] + 1)
 
     def epoch(self, row: dict[str, float], steps_done: int) -> None:
         """Log an epoch's row of :data:`~deqkit.train.METRIC_FIELDS` at ``steps_done`` optimiser steps."""
-        for key in self.EPOCH_KEYS:
-            if row.get(key) is not None:
-                self.writer.add_scalar(f"epoch/{key}", row[key], steps_done)
+        with self._writing():
+            for key in self.EPOCH_KEYS:
+                if row.get(key) is not None:
+                    self.writer.add_scalar(f"epoch/{key}", row[key], steps_done)
 
     def flush(self) -> None:
         """Write what is queued to the event file (:func:`~deqkit.train.train` does before each checkpoint)."""
-        self.writer.flush()
+        with self._writing():
+            self.writer.flush()
 
     def close(self) -> None:
         """Flush and close the event file."""
-        self.writer.close()
+        with self._writing():
+            self.writer.close()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write of the event file (its writer thread's error, e.g. a full disk, surfaces at the next
+        call) is a :class:`~deqkit.RunFolderError` naming the folder and its free space, not a raw ``OSError``."""
+        try:
+            yield
+        except OSError as exc:
+            if isinstance(exc, RunFolderError):
+                raise
+            try:
+                free = f"{shutil.disk_usage(self.folder).free / 1e6:.1f} MB free"
+            except OSError:
+                free = "free space unknown"
+            raise RunFolderError(f"TensorBoard could not write its event file in {self.folder} ({type(exc).__name__}: "
+                                 f"{exc}); that disk has {free}. Free some space and resume the run (--resume), "
+                                 "or run without --tensorboard.") from exc

@@ -81,6 +81,9 @@ class TrainConfig:
                 or not math.isfinite(self.jac_reg)):
             raise ValueError(f"jac_reg must be a finite number >= 0 (the weight of the Jacobian penalty; 0: none), "
                              f"got {self.jac_reg!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2**63) (torch's generators take 64-bit seeds), got "
+                             f"{self.seed!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not isinstance(self.model_options, dict):

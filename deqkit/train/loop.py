@@ -27,7 +27,7 @@ from .callbacks import TensorBoardLog, check_tensorboard
 from .checkpoint import check_writable, load_checkpoint, save_checkpoint
 from .config import SCHEDULES, TrainConfig
 from .distributed import DistContext, setup
-from .metrics import METRIC_FIELDS, Tally, epoch_row, report_epoch, solver_counts, write_metrics
+from .metrics import METRIC_FIELDS, SolverCalls, Tally, epoch_row, report_epoch, write_metrics
 from .resume import check_resumable, load_states, load_weights
 
 __all__ = ["METRIC_FIELDS", "SCHEDULES", "TrainConfig", "TrainResult", "evaluate", "load_model", "train", "train_mnist"]
@@ -99,12 +99,12 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 1000
     try:
         for chunk in mine.split(batch_size):
             x, y = images[chunk].to(device), labels[chunk].to(device)
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), SolverCalls(model) as calls:
                 warnings.simplefilter("ignore", ConvergenceWarning)  # counted below
                 logits = model(x)
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            loss += float(_cross_entropy(logits, y))
             correct += int((logits.argmax(1) == y).sum())
-            fnfe, _, fbad, _ = solver_counts(model)
+            fnfe, _, fbad, _ = calls.counts()  # every call of every DEQ, not only the last
             nfe, batches, bad, nfe_max = nfe + fnfe, batches + 1, bad + fbad, max(nfe_max, fnfe)
     finally:
         model.train(was_training)
@@ -113,6 +113,21 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 1000
     n = len(labels)
     return {"loss": loss / n, "acc": 100.0 * correct / n, "nfe_mean": nfe / max(batches, 1), "nfe_max": nfe_max,
             "unconverged": bad, "samples": n}
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The summed cross-entropy; labels that are not class indices of the logits are named, not a raw error."""
+    try:
+        return F.cross_entropy(logits, labels, reduction="sum")
+    except (IndexError, RuntimeError) as err:
+        classes = logits.shape[-1]
+        if labels.is_floating_point() or labels.numel() == 0 or not (
+                0 <= int(labels.min()) and int(labels.max()) < classes):
+            raise ValueError(
+                f"the labels must be integer class indices in [0, {classes}) (the model outputs {classes} logits); "
+                f"this batch has dtype {labels.dtype}, values {int(labels.min())} to {int(labels.max())}: fix the "
+                "dataset's labels, or give the model as many outputs as there are classes") from err
+        raise
 
 
 def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, config: TrainConfig, *,
@@ -149,7 +164,8 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
         partial epoch tallies, RNG state); the result equals that of an uninterrupted run. The checkpoint must
         pass its checksum and agree with itself, with ``config`` and with the folder's metrics files.
     overwrite : bool
-        Start afresh even if ``out`` already holds a checkpoint (otherwise that is an error).
+        Start afresh even if ``out`` already holds a run's files (a checkpoint, metrics files, or with
+        ``tensorboard`` its event files), replacing them; otherwise that is an error.
     device : {"auto", "cpu", "cuda"}
     checkpoint_every : int
         Also checkpoint every this many steps within an epoch (0: only at the end of each epoch).
@@ -171,7 +187,8 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
     Raises
     ------
     FileExistsError
-        If ``out`` holds a checkpoint and neither ``resume`` nor ``overwrite`` is given.
+        If ``out`` holds a checkpoint, ``metrics.csv``/``metrics.json`` or (with ``tensorboard``) TensorBoard
+        event files and neither ``resume`` nor ``overwrite`` is given; or if its ``checkpoint.pt`` is not a file.
     CheckpointError
         With ``resume``: the checkpoint is missing, unreadable, damaged (checksum), inconsistent, or belongs to
         a run with other settings; the message names the cause.
@@ -193,14 +210,13 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
         check_tensorboard()  # a missing package fails now, not after loading and preparing
     out_dir = pathlib.Path(out) if out is not None else None
     ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
-    if ckpt_path is not None and ckpt_path.exists() and not (resume or overwrite):
-        raise FileExistsError(f"{ckpt_path} exists: pass resume=True (--resume) to continue that run, "
-                              "overwrite=True (--overwrite) to start afresh, or choose another out folder")
+    if out_dir is not None:
+        check_run_folder(out_dir, resume=resume, overwrite=overwrite, tensorboard=tensorboard)
 
     ctx = setup(device)
     finished = False
     try:
-        opts = _Options(out_dir, ckpt_path, resume, checkpoint_every, progress, callback, tensorboard)
+        opts = _Options(out_dir, ckpt_path, resume, checkpoint_every, progress, callback, tensorboard, overwrite)
         result = _train(model, train_set, test_set, config, ctx, opts)
         finished = True
         return result
@@ -209,6 +225,38 @@ def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, c
             gc.collect()  # free the DDP wrapper (it holds reference cycles) before its process group goes
         # after an error the other processes may be stuck in a collective: do not wait for them
         ctx.close(wait=finished)
+
+
+def check_run_folder(out: pathlib.Path, *, resume: bool, overwrite: bool, tensorboard: bool) -> None:
+    """Refuse to start a fresh run (neither ``resume`` nor ``overwrite``) where it would replace or delete files.
+
+    A fresh run writes ``checkpoint.pt``, ``metrics.csv`` and ``metrics.json``, and with ``tensorboard`` removes
+    the event files in ``out/tensorboard``: any of them already there belongs to another run (its checkpoint may
+    be gone while its metrics remain). Also refuses a ``checkpoint.pt`` that is not a regular file, whatever the
+    flags, since neither resuming nor overwriting can use it.
+
+    Raises
+    ------
+    FileExistsError
+        Naming the files and the three ways on: resume, overwrite, another folder.
+    """
+    ckpt = out / CHECKPOINT_NAME
+    if ckpt.exists() and not ckpt.is_file():
+        raise FileExistsError(f"{ckpt} exists but is not a file (a folder?): neither resuming nor overwriting can "
+                              "use it; move or delete it, or choose another out folder")
+    if resume or overwrite:
+        return
+    if ckpt.exists():
+        raise FileExistsError(f"{ckpt} exists: pass resume=True (--resume) to continue that run, "
+                              "overwrite=True (--overwrite) to start afresh, or choose another out folder")
+    found = [out / name for name in ("metrics.csv", "metrics.json") if (out / name).exists()]
+    if tensorboard:
+        found += sorted((out / "tensorboard").glob("events.out.tfevents.*"))
+    if found:
+        names = ", ".join(str(p.relative_to(out)) for p in found[:4]) + (" ..." if len(found) > 4 else "")
+        raise FileExistsError(f"{out} holds another run's files ({names}) and no checkpoint to resume from: a fresh "
+                              "run would replace them. Pass overwrite=True (--overwrite) to replace them, or choose "
+                              "another out folder")
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -228,6 +276,7 @@ class _Options:
     progress: bool
     callback: Callable[[dict[str, Any]], None] | None
     tensorboard: bool
+    overwrite: bool = False
 
 
 @dataclass
@@ -315,10 +364,10 @@ def _train_step(run: _Run, batch: torch.Tensor, tally: Tally) -> dict[str, float
     ctx, dev = run.ctx, run.ctx.device
     mine = batch.tensor_split(ctx.world_size)[ctx.rank]
     x, y = run.images[mine].to(dev), run.labels[mine].to(dev)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # counted and reported per epoch
+    with warnings.catch_warnings(), SolverCalls(run.model) as calls:
+        warnings.simplefilter("ignore", ConvergenceWarning)  # counted (every call of every DEQ) and reported per epoch
         logits = run.net(x)
-        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        loss_sum = _cross_entropy(logits, y)
         # DDP averages gradients over processes: scale so that the result is the whole batch's mean
         objective = loss_sum * (ctx.world_size / len(batch))
         # the penalty is this process's mean over its share; DDP's average makes it the mean over processes
@@ -330,7 +379,7 @@ def _train_step(run: _Run, batch: torch.Tensor, tally: Tally) -> dict[str, float
     run.optimizer.step()
     if run.scheduler is not None:
         run.scheduler.step()
-    fnfe, bnfe, fbad, bbad = solver_counts(run.model)
+    fnfe, bnfe, fbad, bbad = calls.counts()
     batch_loss, batch_correct = float(loss_sum.detach()), int((logits.argmax(1) == y).sum())
     jac = None if penalty is None else float(penalty.detach())
     tally.add(loss=batch_loss, correct=batch_correct, count=len(mine), steps=1, fwd_nfe=fnfe, bwd_nfe=bnfe,
@@ -395,7 +444,8 @@ def _start(run: _Run, opts: _Options) -> tuple[int, int, dict[str, float] | None
     if opts.tensorboard and ctx.main:
         assert opts.out_dir is not None
         run.board = TensorBoardLog(opts.out_dir / "tensorboard",
-                                   continue_after=start_epoch * spe + start_step if opts.resume else None)
+                                   continue_after=start_epoch * spe + start_step if opts.resume else None,
+                                   overwrite=opts.overwrite)
     return start_epoch, start_step, saved_tally
 
 

@@ -14,12 +14,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConvergenceWarning
-from ..layer import DEQ
+from ..layer import DEQ, DEQStats
 from .checkpoint import atomic_write
 from .config import TrainConfig
 from .distributed import DistContext
 
-__all__ = ["METRIC_FIELDS", "Tally", "epoch_row", "report_epoch", "solver_counts", "write_metrics"]
+__all__ = ["METRIC_FIELDS", "SolverCalls", "Tally", "epoch_row", "report_epoch", "write_metrics"]
 
 #: Columns of ``metrics.csv``, one row per epoch.
 METRIC_FIELDS = (
@@ -60,19 +60,49 @@ class Tally:
         return sums | maxes
 
 
-def solver_counts(model: nn.Module) -> tuple[int, int, int, int]:
-    """(forward NFE, backward NFE, forward and backward non-converged samples) of the last call, over all DEQs."""
-    fnfe = bnfe = fbad = bbad = 0
-    for deq in (m for m in model.modules() if isinstance(m, DEQ)):
-        stats = deq.last_stats
-        if stats is None:
-            continue
-        fnfe += stats.forward.nfe
-        fbad += int((~stats.forward.converged).sum())
-        if stats.backward is not None:
-            bnfe += stats.backward.nfe
-            bbad += int((~stats.backward.converged).sum())
-    return fnfe, bnfe, fbad, bbad
+class SolverCalls:
+    """The statistics of every call of every :class:`~deqkit.DEQ` in a model while it is open, not only the last.
+
+    A model may call one DEQ several times per forward pass (a weight-tied second pass, a siamese model, a warm
+    start): ``deq.last_stats`` then holds only the last call's statistics, and counting from it alone would
+    report the other calls as free and converged. Used as a context manager around a step; forward hooks collect
+    each call's :class:`~deqkit.layer.DEQStats`, whose ``backward`` entry the implicit backward pass fills in
+    once ``backward()`` ran.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Every :class:`~deqkit.DEQ` among its modules is watched.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.calls: list[DEQStats] = []
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> SolverCalls:
+        self._handles = [m.register_forward_hook(self._record) for m in self.model.modules() if isinstance(m, DEQ)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _record(self, deq: nn.Module, args: Any, output: Any) -> None:
+        if deq.last_stats is not None:
+            self.calls.append(deq.last_stats)
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """(forward NFE, backward NFE, forward and backward non-converged samples), summed over every call."""
+        fnfe = bnfe = fbad = bbad = 0
+        for stats in self.calls:
+            fnfe += stats.forward.nfe
+            fbad += int((~stats.forward.converged).sum())
+            if stats.backward is not None:
+                bnfe += stats.backward.nfe
+                bbad += int((~stats.backward.converged).sum())
+        return fnfe, bnfe, fbad, bbad
 
 
 def epoch_row(epoch: int, tot: dict[str, float], test: dict[str, float], eval_seconds: float,
@@ -98,13 +128,18 @@ def write_metrics(out: pathlib.Path, history: list[dict[str, float]], config: Tr
                   environment: dict[str, Any]) -> None:
     """Write ``metrics.csv`` (one row per epoch) and ``metrics.json`` (config, environment, rows) atomically."""
     out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / "metrics.csv", metrics_csv(history))
+    doc = {"config": config.to_dict(), "environment": environment, "epochs": history}
+    _write_text(out / "metrics.json", json.dumps(doc, indent=2) + "\n")
+
+
+def metrics_csv(history: list[dict[str, Any]]) -> str:
+    """The text of ``metrics.csv`` for these rows (what :func:`write_metrics` writes; a resume compares it)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS)
     writer.writeheader()
     writer.writerows(history)
-    _write_text(out / "metrics.csv", buf.getvalue())
-    doc = {"config": config.to_dict(), "environment": environment, "epochs": history}
-    _write_text(out / "metrics.json", json.dumps(doc, indent=2) + "\n")
+    return buf.getvalue()
 
 
 def _write_text(path: pathlib.Path, text: str) -> None:

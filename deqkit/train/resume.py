@@ -106,15 +106,22 @@ def _check_metrics_files(metrics: list[dict[str, Any]], path: pathlib.Path) -> N
     try:
         rows = json.loads((folder / "metrics.json").read_text())["epochs"]
         with open(folder / "metrics.csv", newline="") as f:
-            csv_epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+            reader = csv.DictReader(f)
+            csv_rows, header = list(reader), reader.fieldnames or []
+        # every field as write_metrics wrote it (str() of the number; None as empty), in the file's own columns
+        expected = [{k: "" if r.get(k) is None else str(r.get(k)) for k in header} for r in rows]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path} has {done} finished epochs, but the run's metrics.json and metrics.csv "
                               f"cannot be read ({type(exc).__name__}: {exc}); {_FIX}") from exc
-    if (len(rows) not in (done, done + 1) or json.dumps(rows[:done]) != json.dumps(metrics)
-            or csv_epochs != [r.get("epoch") for r in rows]):
-        raise CheckpointError(f"{path} and the run's metrics.json / metrics.csv disagree on the {done} finished "
-                              f"epochs (the files hold {len(rows)} rows in metrics.json, {len(csv_epochs)} in "
-                              f"metrics.csv); one of them was edited or belongs to another run; {_FIX}")
+    if len(rows) not in (done, done + 1) or json.dumps(rows[:done]) != json.dumps(metrics):
+        raise CheckpointError(f"{path} and the run's metrics.json disagree on the {done} finished epochs (the file "
+                              f"holds {len(rows)} rows); it was edited or belongs to another run; {_FIX}")
+    if "epoch" not in header or csv_rows != expected:
+        where = next((f"epoch {i + 1}, column {k!r}: {a.get(k)!r} in metrics.csv, {b[k]!r} in metrics.json"
+                      for i, (a, b) in enumerate(zip(csv_rows, expected)) for k in b if a.get(k) != b[k]),
+                     f"{len(csv_rows)} rows and columns {header} in metrics.csv, {len(rows)} rows in metrics.json")
+        raise CheckpointError(f"{path}: the run's metrics.csv disagrees with metrics.json and the checkpoint "
+                              f"({where}); it was edited or belongs to another run; {_FIX}")
 
 
 def _check_finite(tensors: dict[str, Any], what: str, path: pathlib.Path) -> None:

@@ -27,10 +27,11 @@ from typing import Any
 import pytest
 import torch
 
-from deqkit.data import MNISTError, load_mnist
+from deqkit import DEQ, ConvergenceWarning
+from deqkit.data import MNISTError, load_mnist, mnist_datasets
 from deqkit.data import mnist as mnist_module
 from deqkit.errors import CheckpointError, RunFolderError
-from deqkit.train import TrainConfig, load_checkpoint, load_model, save_checkpoint
+from deqkit.train import TrainConfig, load_checkpoint, load_model, save_checkpoint, train
 from deqkit.train import __main__ as cli
 
 from .tiny import run
@@ -181,6 +182,60 @@ def _metrics_json_edited(b: Bench) -> Any:
     return b.resume(folder)
 
 
+def _metrics_csv_edited(b: Bench) -> Any:
+    """Issue 22, cause 7: only the epoch column of metrics.csv used to be compared."""
+    folder = b.copy()
+    lines = (folder / "metrics.csv").read_text().splitlines(keepends=True)
+    fields = lines[1].split(",")
+    fields[4] = "99.9"  # test_acc of epoch 1
+    lines[1] = ",".join(fields)
+    (folder / "metrics.csv").write_text("".join(lines))
+    return b.resume(folder)
+
+
+def _without_checkpoint(b: Bench) -> pathlib.Path:
+    """A copy of the finished run whose checkpoint.pt is gone: its metrics files and TensorBoard folder stay."""
+    folder = b.copy()
+    (folder / "checkpoint.pt").unlink()
+    (folder / "tensorboard").mkdir()
+    (folder / "tensorboard" / "events.out.tfevents.1.other").write_bytes(b"another run's log")
+    return folder
+
+
+def _label_out_of_range(b: Bench) -> Any:
+    train_set, test_set = b.data
+    labels = train_set.tensors[1].clone()
+    labels[5] = 12
+    return run((torch.utils.data.TensorDataset(train_set.tensors[0], labels), test_set))
+
+
+def _tensorboard_disk_full(b: Bench) -> Any:
+    """The event file's writes fail as on a full disk (the writer thread's OSError surfaces at the next call)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    def full(*_: Any, **__: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    b.monkeypatch.setattr(SummaryWriter, "add_scalar", full)
+    return run(b.data, b.tmp / "board", tensorboard=True)
+
+
+def _fresh_tensorboard_run(b: Bench) -> Any:
+    """Issue 22, cause 3: a fresh --tensorboard run deleted another run's event files."""
+    folder = b.tmp / "board"
+    (folder / "tensorboard").mkdir(parents=True)
+    (folder / "tensorboard" / "events.out.tfevents.1.other").write_bytes(b"another run's log")
+    try:
+        return run(b.data, folder, tensorboard=True)
+    finally:
+        assert (folder / "tensorboard" / "events.out.tfevents.1.other").exists(), "another run's log was deleted"
+
+
+def _checkpoint_folder(b: Bench) -> pathlib.Path:
+    (b.tmp / "run" / "checkpoint.pt").mkdir(parents=True)
+    return b.tmp / "run"
+
+
 def _metrics_files_deleted(b: Bench) -> Any:
     folder = b.copy()
     (folder / "metrics.json").unlink()
@@ -205,9 +260,47 @@ def _read_only_mnist_cache_cli(b: Bench) -> int:
     return b.cli_with_data("--data", str(folder))
 
 
+def _unreadable_mnist_file(b: Bench) -> Any:
+    """An MNIST file that cannot be read (EACCES when opened; simulated, since the tests may run as root)."""
+    folder = b.tmp / "mnist"
+    folder.mkdir()
+    target = folder / "train-images-idx3-ubyte.gz"
+    target.write_bytes(b"unreadable")
+    real_open = open
+
+    def guarded(path, *args, **kwargs):
+        if pathlib.Path(os.fsdecode(path)) == target:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+        return real_open(path, *args, **kwargs)
+
+    b.monkeypatch.setattr("builtins.open", guarded)
+    return load_mnist(folder, download=False)
+
+
 def _regular_file(b: Bench) -> pathlib.Path:
     (b.tmp / "a-file").write_text("not a folder\n")
     return b.tmp / "a-file"
+
+
+class _TwoCalls(torch.nn.Module):
+    """Calls one DEQ twice per forward pass: first from a far start that its budget of 10 evaluations cannot
+    bring in (0.1^9 · 1e6 > 1e-5), then from zeros, where it converges."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.head = torch.nn.Linear(784, 16), torch.nn.Linear(16, 10)
+        self.deq = DEQ(lambda z, x: 0.1 * z + x, solver="picard", max_nfe=10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = torch.tanh(self.inp(x.flatten(1)))
+        far = self.deq(u, z0=torch.full_like(u, 1e6))
+        return self.head(0.5 * (far + self.deq(u)))
+
+
+def _two_calls_per_step(b: Bench) -> Any:
+    """Issue 22, cause 1: only the last call's statistics were counted, so 0 unconverged and no warning."""
+    config = TrainConfig(model="seed", epochs=1, batch_size=32, lr=3e-3, seed=0)
+    return train(_TwoCalls(), *b.data, config, progress=False)
 
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: --device cuda is valid here")
@@ -236,6 +329,23 @@ CASES: list[tuple[str, Callable[[Bench], Any], type[BaseException] | int, str]] 
      "exp_avg_sq"),
     ("ckpt: metrics.json disagrees with the checkpoint", _metrics_json_edited, CheckpointError, "metrics.json"),
     ("ckpt: metrics.json deleted", _metrics_files_deleted, CheckpointError, "metrics.json"),
+    ("ckpt: metrics.csv edited (test_acc 99.9)", _metrics_csv_edited, CheckpointError,
+     "column 'test_acc': '99.9' in metrics.csv"),
+    # --- run folders: nothing of another run is replaced or deleted without overwrite
+    ("folder: fresh run over metrics files without a checkpoint", lambda b: run(b.data, _without_checkpoint(b)),
+     FileExistsError, "another run's files (metrics.csv, metrics.json)"),
+    ("folder: fresh --tensorboard run over another run's event files", _fresh_tensorboard_run, FileExistsError,
+     "tensorboard/events.out.tfevents.1.other"),
+    ("folder: checkpoint.pt is a folder (library, resume)", lambda b: run(b.data, _checkpoint_folder(b), resume=True),
+     FileExistsError, "is not a file"),
+    ("cli: fresh run over metrics files without a checkpoint",
+     lambda b: b.cli("--out", str(_without_checkpoint(b))), 1, "--overwrite"),
+    ("cli: fresh --tensorboard run over another run's event files",
+     lambda b: b.cli("--tensorboard", "--out", str(_without_checkpoint(b))), 1, "events.out.tfevents.1.other"),
+    ("cli: checkpoint.pt is a folder, --resume", lambda b: b.cli("--resume", "--out", str(_checkpoint_folder(b))), 1,
+     "is not a file (a folder?)"),
+    ("cli: checkpoint.pt is a folder, fresh", lambda b: b.cli("--out", str(_checkpoint_folder(b))), 1,
+     "is not a file (a folder?)"),
     # --- writing: the atomic write holds, and the error names the disk
     ("write: disk full in torch.save", lambda b: (b.full_disk_on_save(), save_checkpoint({"e": 1}, b.tmp / "c.pt")),
      RunFolderError, "MB free"),
@@ -258,12 +368,36 @@ CASES: list[tuple[str, Callable[[Bench], Any], type[BaseException] | int, str]] 
     ("cli: --deq with an unknown key", lambda b: b.cli("--deq", "bogus=1"), 2, "unknown option(s) 'bogus'"),
     ("cli: --deq max_steps=0", lambda b: b.cli("--deq", "max_steps=0"), 2, "max_steps"),
     ("cli: --deq seed=3", lambda b: b.cli("--deq", "seed=3"), 2, "(--seed on the command line)"),
+    ("cli: --deq abstol=1e999 (inf)", lambda b: b.cli("--model", "mlp", "--deq", "abstol=1e999"), 2,
+     "abstol must be in [0, inf), got inf"),
+    ("cli: --deq reltol=1", lambda b: b.cli("--model", "mlp", "--deq", "reltol=1"), 2, "reltol must be in [0, 1)"),
+    # issue 22: these ended in tracebacks
+    ("cli: --deq width=0 (wide)", lambda b: b.cli("--model", "wide", "--deq", "width=0"), 2,
+     "width must be an integer >= 1, got 0"),
+    ("cli: --deq width=-4 (wide)", lambda b: b.cli("--model", "wide", "--deq", "width=-4"), 2,
+     "width must be an integer >= 1, got -4"),
+    ("cli: --deq channels=0 (conv)", lambda b: b.cli("--model", "conv", "--deq", "channels=0"), 2,
+     "channels must be an integer >= 1"),
+    ("cli: --deq stem=-1 (conv)", lambda b: b.cli("--model", "conv", "--deq", "stem=-1"), 2,
+     "stem must be an integer >= 1"),
+    ("cli: --seed 2**70", lambda b: b.cli("--seed", str(2**70)), 2, "seed must be an integer in [0, 2**63)"),
+    ("train: a label out of range (was a raw IndexError)", _label_out_of_range, ValueError,
+     "class indices in [0, 10) (the model outputs 10 logits)"),
+    ("train: TensorBoard's disk full (was a raw OSError)", _tensorboard_disk_full, RunFolderError,
+     "TensorBoard could not write its event file"),
+    # --- what a run reports: every call of a DEQ is counted, not only the last
+    ("train: a DEQ called twice per step, the first call unconverged", _two_calls_per_step, ConvergenceWarning,
+     "epoch 1: 96 training samples (forward)"),
     # --- MNIST
     ("mnist: a folder where a file should be", lambda b: _dir_where_a_file_should_be(b, download=False),
      MNISTError, "is a directory"),
     ("mnist: a folder where a file should be (download)", lambda b: _dir_where_a_file_should_be(b, download=True),
      MNISTError, "is a directory"),
     ("mnist: read-only cache folder", _read_only_mnist_cache, MNISTError, "DEQKIT_MNIST_DIR"),
+    ("mnist: an unreadable file (was a raw PermissionError)", _unreadable_mnist_file, MNISTError, "chmod a+r"),
+    ("mnist: subset=True (was one sample)", lambda b: mnist_datasets(b.tmp, subset=True), TypeError,
+     "subset must be a positive integer"),
+    ("mnist: subset=2.5", lambda b: mnist_datasets(b.tmp, subset=2.5), TypeError, "subset must be a positive integer"),
     ("cli: read-only MNIST cache folder", _read_only_mnist_cache_cli, 1, "DEQKIT_MNIST_DIR"),
 ]
 
@@ -284,6 +418,10 @@ def test_bad_input(name, act, expected, fragment, data, finished, tmp_path, monk
         assert status == expected, err
         assert fragment in err
         assert "Traceback" not in err
+    elif issubclass(expected, Warning):
+        with pytest.warns(expected) as caught:
+            act(bench)
+        assert any(fragment in str(w.message) for w in caught), [str(w.message) for w in caught]
     else:
         with pytest.raises(expected) as info:
             act(bench)

@@ -1,0 +1,73 @@
+"""Bad arguments to the teaching functions, one row per case: what is called, what must be raised, what the
+message must say. Values outside a panel's sliders are refused with the range and the reason, never answered
+with a wrong picture, a bare ``KeyError``, "math domain error" or minutes of computation (issue 22)."""
+
+import pytest
+
+from deqkit.teach import adjoint, fixed_point, regression, stable, welcome
+
+NAN = float("nan")
+
+# (case, call, exception, message fragment)
+CASES = [
+    # ---- notebook 00
+    ("welcome_panel(scale=0): was 'math domain error'", lambda: welcome.welcome_panel(scale=0.0), ValueError,
+     r"scale=0.0 is outside \[0.1, 3\]"),
+    ("predicted_iterations(rho=nan)", lambda: welcome.predicted_iterations(NAN, 1.0), ValueError,
+     "not a spectral radius"),
+    ("tiny_problem(d=0): was an empty problem", lambda: welcome.tiny_problem(d=0), ValueError,
+     "d must be an integer >= 1"),
+    # ---- notebook 01
+    ("cobweb_panel(w=50): named the wrong fixed point", lambda: fixed_point.cobweb_panel(w=50.0), ValueError,
+     r"w=50.0 is outside \[-3, 3\].*could be missed"),
+    ("cobweb_panel(x=nan)", lambda: fixed_point.cobweb_panel(x=NAN), ValueError, r"x=nan is outside \[-1, 1\]"),
+    ("cobweb_panel(method='newton'): was a bare KeyError", lambda: fixed_point.cobweb_panel(method="newton"),
+     ValueError, "unknown method 'newton': choose one of 'picard'"),
+    ("iteration_panel(methods=('x',)): was a bare KeyError", lambda: fixed_point.iteration_panel(methods=("x",)),
+     ValueError, "unknown method 'x'"),
+    ("iteration_panel(scale=-1)", lambda: fixed_point.iteration_panel(scale=-1.0), ValueError,
+     r"scale=-1.0 is outside \[0.1, 2.5\]"),
+    ("random_map(scale=nan): was a W full of NaN", lambda: fixed_point.random_map(NAN, 0.5), ValueError,
+     "scale=nan is outside"),
+    # ---- notebook 03
+    ("regression.train(solver='x'): was a bare KeyError", lambda: regression.train(solver="x"), ValueError,
+     "unknown solver 'x'"),
+    ("regression training_panel(epochs=0): was an IndexError", lambda: regression.training_panel(epochs=0),
+     ValueError, "epochs must be an integer >= 1"),
+    ("regression training_panel(lr=-1)", lambda: regression.training_panel(lr=-1.0), ValueError,
+     r"lr=-1.0 is outside"),
+    # ---- notebook 05
+    ("accuracy_panel(tol=0): was 'math domain error'", lambda: adjoint.accuracy_panel(tol=0.0), ValueError,
+     r"tol=0.0 is outside \[1e-13, 0.1\]"),
+    ("accuracy_panel(norm=5): ran 12 minutes", lambda: adjoint.accuracy_panel(norm=5.0), ValueError,
+     r"norm=5.0 is outside \[0.05, 0.95\].*need a contraction"),
+    ("gradient_accuracy(tol=0): blamed both tolerances", lambda: adjoint.gradient_accuracy(0.0), ValueError,
+     r"tol=0.0 is outside"),
+    ("backward_panel(solver='bogus'): was a bare KeyError", lambda: adjoint.backward_panel(solver="bogus"),
+     ValueError, "unknown solver 'bogus': choose one of"),
+    ("backward_panel(norm=-1)", lambda: adjoint.backward_panel(norm=-1.0), ValueError,
+     r"norm=-1.0 is outside \[0.05, 1.5\]"),
+    ("broyden_memory_panel(norm=5)", lambda: adjoint.broyden_memory_panel(norm=5.0), ValueError,
+     r"norm=5.0 is outside"),
+    ("cost_panel(mode='phantom'): was a bare KeyError", lambda: adjoint.cost_panel(mode="phantom"), ValueError,
+     "unknown mode 'phantom'"),
+    ("growth_exponent('bogus'): was a bare KeyError", lambda: adjoint.growth_exponent("bogus", (0.5, 0.8)),
+     ValueError, "unknown solver 'bogus'"),
+    ("rho_panel(norm=nan): was snapped silently", lambda: adjoint.rho_panel(norm=NAN), ValueError,
+     "norm=nan is outside"),
+]
+
+
+@pytest.mark.parametrize("call, exception, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_argument_is_refused_with_its_range(call, exception, message):
+    with pytest.raises(exception, match=message):
+        call()
+
+
+def test_predicted_iterations_at_rho_zero_is_one_step():
+    assert welcome.predicted_iterations(0.0, 1.0) == 1.0  # was "math domain error"
+
+
+def test_an_exercise_checker_given_no_function_says_so():
+    # was "TypeError: 'NoneType' object is not callable" from inside the checker
+    assert "not a function" in stable.check_picard_steps(None)
