@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize
 from .adjoint import Context, Gradient, GradientSpec, as_gradient
 from .solvers import Solution, Solver, SolverSpec, as_solver, run
 from .solvers.core import Tolerances
+from .state import Structure, detach, is_structured
 from .stats import SolverStats
 
 # Shown by torch.compile(fullgraph=True), which cannot capture the solver loop.
@@ -35,7 +36,8 @@ TRAIN_NFE = 30
 #: still cannot cost more.
 EVAL_NFE = 200
 
-InitialState = str | Callable[[torch.Tensor], torch.Tensor] | torch.Tensor
+State = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]
+InitialState = str | Callable[[torch.Tensor], State] | State
 
 
 @dataclass
@@ -59,10 +61,12 @@ class DEQ(nn.Module):
     Parameters
     ----------
     f : nn.Module or callable
-        Called as ``f(z, x)``; returns a tensor shaped like ``z``. Its parameters, any tensor it captures, and
-        ``x`` get gradients. Weights reparametrized by ``torch.nn.utils.parametrizations`` (weight or spectral
-        norm) inside an ``nn.Module`` f are computed once per call (the map stays one map during the solve); with a
-        plain function f they are recomputed at every evaluation.
+        Called as ``f(z, x)``; returns a tensor shaped like ``z``, or, for a state of several tensors (a tuple or
+        list of tensors of different shapes, e.g. one feature map per resolution), the same structure. Its
+        parameters, any tensor it captures, and ``x`` get gradients. Weights reparametrized by
+        ``torch.nn.utils.parametrizations`` (weight or spectral norm; see :func:`deqkit.normalize`) inside an
+        ``nn.Module`` f are computed once per call (the map stays one map during the solve); with a plain function
+        f they are recomputed at every evaluation.
     solver : str or Solver
         Forward solver: a configured object (``deqkit.Anderson(m=6)``, ``deqkit.DynamicSS(ode_method="dopri5")``)
         or the name of one: ``"dynamic_ss"`` (the ODE ``dz/dt = f(z, x) − z`` run to steady state, Tsit5 by
@@ -86,9 +90,12 @@ class DEQ(nn.Module):
         and warned about. Defaults :data:`TRAIN_NFE` and :data:`EVAL_NFE` (see there how they were
         chosen); None for no budget beyond ``max_steps``. The implicit backward solve gets the same budget (of
         vector–Jacobian products) unless its :class:`~deqkit.Implicit` sets its own ``max_nfe``.
-    z0 : {"zeros", "f0"}, callable or tensor
-        Starting point: zeros shaped like ``x``; ``"f0"``: ``f(0, x)`` (the seed blog's choice); a callable
-        ``x -> z0``; or a tensor. ``forward(x, z0=...)`` overrides it for one call (warm starts).
+    z0 : {"zeros", "f0"}, callable, tensor, or tuple/list of tensors
+        Starting point: ``"zeros"``: ``zeros_like(x)`` (so only for a state shaped like ``x``); ``"f0"``:
+        ``f(zeros_like(x), x)`` (the seed blog's choice); a callable ``x -> z0`` (any state shape, e.g.
+        ``lambda x: x.new_zeros(x.shape[0], 64)``); a tensor; or a tuple/list of tensors, which makes the state a
+        multi-tensor one (``f`` then maps that structure to itself; a callable may return one too).
+        ``forward(x, z0=...)`` overrides it for one call (warm starts).
     strict : bool
         Raise :class:`~deqkit.ConvergenceError` (forward and backward) instead of warning.
     **options
@@ -102,7 +109,9 @@ class DEQ(nn.Module):
         Statistics of the last forward solve and of its backward solve.
     last_equilibrium : tuple of torch.Tensor, or None
         ``(z*, f(z*, x))`` of the last call in grad mode, with the graph of ``f`` at ``z*`` (what
-        :func:`deqkit.jacobian_penalty` differentiates); None after a call under ``torch.no_grad()``.
+        :func:`deqkit.jacobian_penalty` differentiates); None after a call under ``torch.no_grad()``. For a
+        state of several tensors, both are the flattened ``(batch, N)`` tensors the solver worked on (the tensors
+        of the state concatenated in order, each flattened per sample).
 
     Notes
     -----
@@ -121,8 +130,7 @@ class DEQ(nn.Module):
         if stale:
             raise TypeError(f"DEQ no longer takes {', '.join(stale)}: configure the backward pass as one object, "
                             "e.g. DEQ(f, backward=deqkit.Implicit(solver='gmres', reltol=1e-6, max_steps=100))")
-        if not (z0 in ("zeros", "f0") if isinstance(z0, str) else callable(z0) or isinstance(z0, torch.Tensor)):
-            raise ValueError(f"z0 must be 'zeros', 'f0', a callable or a tensor, got {z0!r}")
+        _check_z0(z0)
         if not callable(f):
             raise TypeError(f"f must be an nn.Module or a callable f(z, x), got {type(f).__name__}")
         if not isinstance(strict, bool):
@@ -168,32 +176,36 @@ class DEQ(nn.Module):
         return (f"solver={self.solver!r}, backward={self.backward!r}, abstol={self.abstol:g}, "
                 f"reltol={self.reltol:g}")
 
-    def initial_state(self, x: torch.Tensor, z0: InitialState | None = None) -> torch.Tensor:
+    def initial_state(self, x: torch.Tensor, z0: InitialState | None = None) -> State:
         """Return the solver's starting point for input ``x``, detached (the answer does not depend on it).
 
         Parameters
         ----------
         x : torch.Tensor
             The layer's input, shape ``(batch, ...)``.
-        z0 : {"zeros", "f0"}, callable or tensor, optional
+        z0 : {"zeros", "f0"}, callable, tensor or tuple/list of tensors, optional
             Overrides the constructor's ``z0``: ``"zeros"``: ``zeros_like(x)`` (so ``z`` must be shaped like
-            ``x``); ``"f0"``: ``f(zeros_like(x), x)``; a callable: ``z0(x)``; a tensor: itself.
+            ``x``); ``"f0"``: ``f(zeros_like(x), x)``; a callable: ``z0(x)``; a tensor or a tuple/list of
+            tensors: itself.
 
         Returns
         -------
-        torch.Tensor
+        torch.Tensor or tuple/list of torch.Tensor
             The starting point, computed under ``torch.no_grad()`` and detached.
         """
         z0 = self.z0 if z0 is None else z0
+        _check_z0(z0)
         with torch.no_grad():
-            if isinstance(z0, torch.Tensor):
-                return z0.detach()
+            if isinstance(z0, torch.Tensor) or is_structured(z0):
+                return detach(z0)
             if callable(z0):
-                return z0(x).detach()
-            if z0 not in ("zeros", "f0"):
-                raise ValueError(f"z0 must be 'zeros', 'f0', a callable or a tensor, got {z0!r}")
+                start = z0(x)
+                if not (isinstance(start, torch.Tensor) or is_structured(start)):
+                    raise TypeError(f"the callable z0 returned a {type(start).__name__}: it must return the "
+                                    "starting state, a tensor (batch, ...) or a tuple/list of them")
+                return detach(start)
             zeros = torch.zeros_like(x)
-            return zeros if z0 == "zeros" else self.f(zeros, x)
+            return zeros if z0 == "zeros" else detach(self.f(zeros, x))
 
     def forward(self, x: torch.Tensor, z0: InitialState | None = None) -> torch.Tensor:
         """Solve ``z* = f(z*, x)`` and return ``f(z*, x)``, with gradients by the layer's ``backward`` mode.
@@ -211,9 +223,9 @@ class DEQ(nn.Module):
 
         Returns
         -------
-        torch.Tensor
-            ``f(z*, x)``, shaped like ``z``. Under ``torch.no_grad()``, the ``f(z)`` the solver already computed
-            at its returned iterate.
+        torch.Tensor, or tuple/list of torch.Tensor
+            ``f(z*, x)``, shaped like ``z`` (in the structure of ``z`` for a state of several tensors). Under
+            ``torch.no_grad()``, the ``f(z)`` the solver already computed at its returned iterate.
 
         Raises
         ------
@@ -253,34 +265,39 @@ class DEQ(nn.Module):
                     for name in module.parametrizations:
                         getattr(module, name)
 
-    def _forward(self, x: torch.Tensor, z0: InitialState | None) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, z0: InitialState | None) -> State:
         start = self.initial_state(x, z0)
-        if not isinstance(start, torch.Tensor) or start.dim() == 0 or start.shape[0] != x.shape[0]:
-            raise ValueError(f"z0 has shape {tuple(getattr(start, 'shape', ()))} but x has batch size {x.shape[0]}: "
-                             "the first dimension of z0 must be the batch of x")
+        structure = Structure.of(start, "z0")
+        _check_batch(start, x)
+        # A multi-tensor state is one (batch, N) tensor for the solvers and the gradient methods, and a structure
+        # for f and the caller: `block` is f on flat states.
+        block = self.f if structure is None else structure.block(self.f)
+        flat = start if structure is None else structure.flatten(start, "z0")
         # In grad mode always re-attach: parameters that f captures by closure are invisible from here.
         needs_grad = torch.is_grad_enabled()
-        sol = self._solve(x, start, needs_grad and self.backward.records_graph)
+        sol = self._solve(block, x, flat, needs_grad and self.backward.records_graph)
         stats = DEQStats(sol.stats)
         self.last_stats, self.last_equilibrium = stats, None
         if not needs_grad:
-            return sol.fz
+            return sol.fz if structure is None else structure.unflatten(sol.fz)
         # Re-attach: f once more with autograd on, at z* as a fresh leaf (the solver's graph for Unrolled), which
         # carries the graph to x and to f's parameters, and ∂f/∂z at z* for deqkit.jacobian_penalty.
         z = sol.z if self.backward.records_graph else sol.z.detach().requires_grad_()
-        out = self.f(z, x)
+        out = block(z, x)
         self.last_equilibrium = (z, out)
         budget = self.max_nfe if self.training else self.eval_max_nfe  # the forward's: the backward's default
-        ctx = Context(self.f, self.abstol, self.reltol, self.strict, lambda s: setattr(stats, "backward", s), (z, out),
+        ctx = Context(block, self.abstol, self.reltol, self.strict, lambda s: setattr(stats, "backward", s), (z, out),
                       budget)
-        return self.backward.attach(out, sol, x, ctx)
+        result = self.backward.attach(out, sol, x, ctx)
+        return result if structure is None else structure.unflatten(result)
 
     @torch.compiler.disable(reason=EAGER)
-    def _solve(self, x: torch.Tensor, start: torch.Tensor, record_graph: bool) -> Solution:
+    def _solve(self, block: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+               start: torch.Tensor, record_graph: bool) -> Solution:
         """The forward solve, run eagerly under ``torch.compile``: its loop stops on data-dependent conditions,
         which a compiled graph cannot express (the code around the DEQ still compiles, with a graph break here)."""
         with torch.set_grad_enabled(record_graph):
-            return run(self.solver, lambda z: self.f(z, x), start, abstol=self.abstol, reltol=self.reltol,
+            return run(self.solver, lambda z: block(z, x), start, abstol=self.abstol, reltol=self.reltol,
                        max_steps=self.max_steps, max_nfe=self.max_nfe if self.training else self.eval_max_nfe,
                        strict=self.strict)
 
@@ -312,6 +329,26 @@ class DEQ(nn.Module):
         if not torch.isfinite(x).all():
             raise ValueError(f"the input x contains NaN or Inf ({int((~torch.isfinite(x)).sum())} entries): a "
                              "fixed point of f(z, x) is undefined there; clean the data or check the layer below")
+
+
+def _check_z0(z0: Any) -> None:
+    """Refuse a ``z0`` setting that is none of the accepted kinds."""
+    if isinstance(z0, str):
+        ok = z0 in ("zeros", "f0")
+    else:
+        ok = callable(z0) or isinstance(z0, torch.Tensor) or is_structured(z0)
+    if not ok:
+        raise ValueError(f"z0 must be 'zeros', 'f0', a callable or a tensor, got {z0!r} (for a state of several "
+                         "tensors: a tuple or list of tensors)")
+
+
+def _check_batch(start: State, x: torch.Tensor) -> None:
+    """The starting state's batch dimension must be x's."""
+    first = start[0] if is_structured(start) else start
+    if not isinstance(first, torch.Tensor) or first.dim() == 0 or first.shape[0] != x.shape[0]:
+        what = "z0[0]" if is_structured(start) else "z0"
+        raise ValueError(f"{what} has shape {tuple(getattr(first, 'shape', ()))} but x has batch size "
+                         f"{x.shape[0]}: the first dimension of z0 must be the batch of x")
 
 
 def _gradient_hint(options: dict[str, Any]) -> str:
