@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .adjoint import Context, Gradient, GradientSpec, as_gradient
+from .errors import ConvergenceError
 from .solvers import Solution, Solver, SolverSpec, as_solver, run
 from .solvers.core import Tolerances
 from .state import Structure, detach, is_structured
@@ -172,9 +174,21 @@ class DEQ(nn.Module):
         self._backward = as_gradient(spec)
 
     def extra_repr(self) -> str:
-        """The solver settings shown in ``repr(deq)``."""
+        """The settings shown in ``repr(deq)``: solver, gradient, tolerances, step limit and budgets."""
+        steps = "" if self.max_steps is None else f", max_steps={self.max_steps}"
         return (f"solver={self.solver!r}, backward={self.backward!r}, abstol={self.abstol:g}, "
-                f"reltol={self.reltol:g}")
+                f"reltol={self.reltol:g}{steps}, max_nfe={self.max_nfe}, eval_max_nfe={self.eval_max_nfe}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What ``copy.deepcopy`` and ``pickle`` (``torch.save(deq)``) copy: everything but ``last_equilibrium``.
+
+        That pair carries the autograd graph of the last call, which torch can neither copy nor pickle, and which
+        belongs to that call, not to the model; the copy has ``last_equilibrium = None`` (``last_stats``, plain
+        tensors, is kept).
+        """
+        state = self.__dict__.copy()
+        state["last_equilibrium"] = None
+        return state
 
     def initial_state(self, x: torch.Tensor, z0: InitialState | None = None) -> State:
         """Return the solver's starting point for input ``x``, detached (the answer does not depend on it).
@@ -232,8 +246,11 @@ class DEQ(nn.Module):
         TypeError
             If ``x`` is not a tensor, or ``f`` does not return one.
         ValueError
-            If ``x`` contains NaN or Inf; if the starting point is not a floating-point tensor whose first
-            dimension is ``x``'s batch size; or if ``f(z, x)`` differs from ``z`` in shape, dtype or device.
+            If ``x`` contains NaN or Inf; if the starting point is not a floating-point tensor (or tuple/list of
+            them) whose first dimension is ``x``'s batch size; or if ``f(z, x)`` differs from ``z`` in structure,
+            shape, dtype or device. With ``z0="zeros"`` or ``"f0"`` (``zeros_like(x)``), a shape error at the
+            first evaluation of ``f`` is re-raised as a ``ValueError`` that says so and how to give the state's
+            shape (``z0=lambda x: x.new_zeros(...)``).
         deqkit.DivergenceError
             At once, when an iterate becomes NaN or infinite.
         deqkit.ConvergenceError
@@ -266,7 +283,9 @@ class DEQ(nn.Module):
                         getattr(module, name)
 
     def _forward(self, x: torch.Tensor, z0: InitialState | None) -> State:
-        start = self.initial_state(x, z0)
+        mode = self.z0 if z0 is None else z0
+        with _explained_start(mode, x) as first:
+            start = self.initial_state(x, z0)
         structure = Structure.of(start, "z0")
         _check_batch(start, x)
         # A multi-tensor state is one (batch, N) tensor for the solvers and the gradient methods, and a structure
@@ -275,7 +294,8 @@ class DEQ(nn.Module):
         flat = start if structure is None else structure.flatten(start, "z0")
         # In grad mode always re-attach: parameters that f captures by closure are invisible from here.
         needs_grad = torch.is_grad_enabled()
-        sol = self._solve(block, x, flat, needs_grad and self.backward.records_graph)
+        with _explained_start(mode, x, first) as first:
+            sol = self._solve(first.watch(block), x, flat, needs_grad and self.backward.records_graph)
         stats = DEQStats(sol.stats)
         self.last_stats, self.last_equilibrium = stats, None
         if not needs_grad:
@@ -329,6 +349,46 @@ class DEQ(nn.Module):
         if not torch.isfinite(x).all():
             raise ValueError(f"the input x contains NaN or Inf ({int((~torch.isfinite(x)).sum())} entries): a "
                              "fixed point of f(z, x) is undefined there; clean the data or check the layer below")
+
+
+class _FirstCall:
+    """Counts the evaluations of a block and keeps the shape of its first output, for :func:`_explained_start`."""
+
+    def __init__(self) -> None:
+        self.calls, self.shape = 0, None
+
+    def watch(self, block: Callable[[Any, torch.Tensor], Any]) -> Callable[[Any, torch.Tensor], Any]:
+        def counted(z: Any, x: torch.Tensor) -> Any:
+            self.calls += 1
+            out = block(z, x)
+            if self.calls == 1:
+                self.shape = getattr(out, "shape", None)
+            return out
+
+        return counted
+
+
+@contextlib.contextmanager
+def _explained_start(mode: Any, x: torch.Tensor, first: _FirstCall | None = None) -> Iterator[_FirstCall]:
+    """Turn a shape error at the first evaluation of f from ``z0="zeros"`` / ``"f0"`` (which mean
+    ``zeros_like(x)``) into one that says so and how to give the state's own shape: otherwise the user sees torch's
+    ``mat1 and mat2 shapes cannot be multiplied`` from inside f, or a shape mismatch that names no cause."""
+    first = first or _FirstCall()
+    try:
+        yield first
+    except (RuntimeError, ValueError) as err:
+        shapes = any(word in str(err) for word in ("shape", "size", "channels", "dimension"))
+        if not (isinstance(mode, str) and first.calls <= 1 and shapes) or isinstance(
+                err, (ConvergenceError, torch.cuda.OutOfMemoryError)):
+            raise
+        start = "starts from" if mode == "zeros" else "evaluates f(z, x) at"
+        state = f"x.shape[0], {', '.join(map(str, first.shape[1:]))}" if first.shape is not None else "x.shape[0], ..."
+        raise ValueError(
+            f"f(z, x) does not fit the starting point: z0={mode!r} {start} zeros_like(x), shape "
+            f"{tuple(x.shape)}, and the first evaluation of f failed ({err}). If the state z is not shaped like x, "
+            f"give its shape with z0 as a callable of x, e.g. DEQ(f, z0=lambda x: x.new_zeros({state})), or as a "
+            "tensor (a tuple/list of tensors for a state of several)."
+        ) from err
 
 
 def _check_z0(z0: Any) -> None:

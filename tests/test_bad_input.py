@@ -5,6 +5,7 @@ deep inside torch and never a silently wrong result. (Checkpoints, the training 
 in tests/train/.)
 """
 
+import copy
 import warnings
 
 import numpy as np
@@ -27,6 +28,18 @@ def _deq(**kw):
 
 def _x(dtype=torch.float32):
     return _block(dtype)[1]
+
+
+def _wide_block():
+    """A block whose state is 8 wide while x is 4 wide (it needs z0=lambda x: x.new_zeros(len(x), 8))."""
+    linear = torch.nn.Linear(8, 8)
+    return lambda z, x: torch.tanh(linear(z)) + x.sum(1, keepdim=True)
+
+
+def _used_deq():
+    deq = _deq()
+    deq(_x()).sum().backward()
+    return deq
 
 
 # (case, call, exception, message fragment)
@@ -110,6 +123,16 @@ CASES = [
      "the state z is one tensor.*z0 a tuple/list of tensors, or a callable"),
     ("DEQ z0 tuple of another batch", lambda: _deq(z0=lambda x: (torch.zeros(3, 4),))(_x()), ValueError,
      r"z0\[0\] has shape \(3, 4\) but x has batch size 2"),
+    # ---- the state's shape against x's: z0="zeros" means zeros_like(x)
+    ("z0='zeros', f multiplies by a wider matrix", lambda: deqkit.DEQ(_wide_block())(_x()), ValueError,
+     r"z0='zeros' starts from zeros_like\(x\), shape \(2, 4\).*mat1 and mat2.*z0=lambda x: x.new_zeros"),
+    ("z0='zeros', f returns a wider state", lambda: deqkit.DEQ(lambda z, x: torch.cat([z, x], 1))(_x()), ValueError,
+     r"zeros_like\(x\), shape \(2, 4\).*f\(z\) has shape torch.Size\(\[2, 8\]\).*x.new_zeros\(x.shape\[0\], 8\)"),
+    ("z0='f0', f multiplies by a wider matrix", lambda: deqkit.DEQ(_wide_block(), z0="f0")(_x()), ValueError,
+     r"z0='f0' evaluates f\(z, x\) at zeros_like\(x\).*z0 as a callable of x"),
+    # ---- copies of a used DEQ: the graph of the last call stays with the original
+    ("jacobian_penalty of a deep copy", lambda: deqkit.jacobian_penalty(copy.deepcopy(_used_deq())), ValueError,
+     "no equilibrium with a graph; call it in grad mode first"),
     # ---- diagnostics
     ("spectral_radius iters=2.5", lambda: deqkit.spectral_radius(torch.tanh, Z, iters=2.5), TypeError,
      "iters must be an integer"),

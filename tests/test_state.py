@@ -1,6 +1,7 @@
 """States of several tensors (a tuple or list of tensors of different shapes, as in MDEQ): every solver, gradient
 method, budget, statistic and check works on them, and the user never sees the flattened form."""
 
+import copy
 import warnings
 
 import pytest
@@ -111,3 +112,12 @@ def test_budget_statistics_penalty_and_no_grad_work_on_a_tuple_state():
             deq(x, z0=tuple(t.detach() for t in out))  # warm start from the same structure
     assert deq.last_stats.forward.nfe < cold and deq.last_stats.forward.all_converged
 
+
+
+def test_a_used_tuple_state_deq_deep_copies():
+    deq = deqkit.DEQ(TwoScale(), solver="anderson", z0=_start)
+    hi, lo = deq(_x())
+    (hi.sum() + lo.sum()).backward()
+    twin = copy.deepcopy(deq)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(twin(_x()), deq(_x())))
