@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrizations
 
 from ..adjoint import Implicit
 from ..layer import DEQ
+from ..normalization import normalize
 from ..solvers.core import check_int
 
 __all__ = ["MNIST_MODELS", "WEIGHT_NORMS", "ConvBlock", "MLPBlock", "MNISTDEQ", "SeedMNISTBlock", "WideBlock",
@@ -116,12 +116,13 @@ WEIGHT_NORMS = (None, "weight", "spectral")
 
 
 def normalize_weight(module: nn.Module, kind: str | None) -> nn.Module:
-    """Reparametrize ``module.weight`` with torch's own weight or spectral normalization (or leave it).
+    """Reparametrize the weights of ``module``'s linear and conv layers with torch's own weight or spectral
+    normalization (or leave them): :func:`deqkit.normalize` for the models' ``weight_norm=`` option.
 
     Parameters
     ----------
     module : nn.Module
-        A layer with a ``weight`` (``nn.Linear``, ``nn.Conv2d``, ...).
+        A layer (``nn.Linear``, ``nn.Conv2d``, ...) or a block holding such layers.
     kind : {None, "weight", "spectral"}
         ``"weight"``: ``torch.nn.utils.parametrizations.weight_norm`` (direction and norm learned apart);
         ``"spectral"``: ``torch.nn.utils.parametrizations.spectral_norm`` (``‖W‖₂ ≈ 1`` by power iteration).
@@ -138,11 +139,7 @@ def normalize_weight(module: nn.Module, kind: str | None) -> nn.Module:
     """
     if kind not in WEIGHT_NORMS:
         raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {kind!r}")
-    if kind == "weight":
-        return parametrizations.weight_norm(module)
-    if kind == "spectral":
-        return parametrizations.spectral_norm(module)
-    return module
+    return module if kind is None else normalize(module, kind)
 
 
 class ConvBlock(nn.Module):
@@ -178,7 +175,7 @@ class ConvBlock(nn.Module):
         self.norm1 = nn.GroupNorm(groups, hidden)
         self.norm2 = nn.GroupNorm(groups, channels)
         self.norm3 = nn.GroupNorm(groups, channels)
-        for conv in (self.conv1, self.conv2):
+        for conv in (self.conv1, self.conv2):  # one after the other: spectral norm draws its start vectors here
             nn.init.normal_(conv.weight, 0.0, init_std)
             normalize_weight(conv, weight_norm)
 
@@ -206,8 +203,9 @@ class MLPBlock(nn.Module):
         if norm not in ("layer", None):
             raise ValueError(f"norm must be 'layer' or None, got {norm!r}")
         width = check_int("width", width, 1)
-        self.linear = normalize_weight(nn.Linear(width, width), weight_norm)
+        self.linear = nn.Linear(width, width)
         self.norm = nn.LayerNorm(width) if norm == "layer" else nn.Identity()
+        normalize_weight(self, weight_norm)
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Return ``norm(tanh(W z + b + x))``; ``z`` and ``x`` have shape ``(batch, width)``."""
