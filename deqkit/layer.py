@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,10 +13,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .adjoint import Context, Gradient, GradientSpec, as_gradient
+from .adjoint import Context, Gradient, GradientSpec, OneStep, Phantom, as_gradient
 from .errors import ConvergenceError
 from .solvers import Solution, Solver, SolverSpec, as_solver, run
-from .solvers.core import Tolerances
+from .solvers.core import Tolerances, check_int
 from .state import Structure, detach, is_structured
 from .stats import SolverStats
 
@@ -100,6 +101,11 @@ class DEQ(nn.Module):
         ``forward(x, z0=...)`` overrides it for one call (warm starts).
     strict : bool
         Raise :class:`~deqkit.ConvergenceError` (forward and backward) instead of warning.
+    correction : {"one_step", "phantom"}, OneStep or Phantom
+        How the intermediate states of ``deq(x, states=k)`` get their gradients (fixed-point correction, Bai et
+        al. 2022; TorchDEQ's ``n_states``/``grad``/``tau``): each sampled iterate ``zᵢ`` (detached) is returned as
+        ``f(zᵢ, x)`` (``"one_step"``, the default, TorchDEQ's ``grad=1``) or after ``Phantom(steps, damping)``
+        damped steps, which carry the gradient to ``x`` and ``f``'s parameters.
     **options
         With a solver name, options of the forward solver's class (e.g. ``m=5`` for Anderson,
         ``ode_method="dopri5"``). Unknown ones raise ``TypeError``. Every setting is checked here, not at the first
@@ -126,7 +132,8 @@ class DEQ(nn.Module):
                  solver: SolverSpec = "dynamic_ss", backward: GradientSpec = "implicit",
                  abstol: float = 1e-5, reltol: float = 1e-5, max_steps: int | None = None,
                  max_nfe: int | None = TRAIN_NFE, eval_max_nfe: int | None = EVAL_NFE,
-                 z0: InitialState = "zeros", strict: bool = False, **options: Any):
+                 z0: InitialState = "zeros", strict: bool = False, correction: GradientSpec = "one_step",
+                 **options: Any):
         super().__init__()
         stale = sorted(k for k in options if k.startswith("backward_"))
         if stale:
@@ -152,6 +159,7 @@ class DEQ(nn.Module):
         except TypeError as err:  # an option of a gradient method, given to the DEQ: say where it belongs
             raise TypeError(f"{err}{_gradient_hint(options)}") from err
         self.backward = backward
+        self.correction = correction
         self.last_stats: DEQStats | None = None
         self.last_equilibrium: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -172,6 +180,23 @@ class DEQ(nn.Module):
     @backward.setter
     def backward(self, spec: GradientSpec) -> None:
         self._backward = as_gradient(spec)
+
+    @property
+    def correction(self) -> Phantom:
+        """The gradient of the intermediate states of ``deq(x, states=k)``: a :class:`~deqkit.Phantom`
+        (``"one_step"`` / :class:`~deqkit.OneStep` is ``Phantom(steps=1, damping=1)``); settable like ``backward``."""
+        return self._correction
+
+    @correction.setter
+    def correction(self, spec: GradientSpec) -> None:
+        method = as_gradient(spec)
+        if isinstance(method, OneStep):
+            method = Phantom(steps=1, damping=1.0)
+        if not isinstance(method, Phantom):
+            raise ValueError(f"correction must be 'one_step', 'phantom', deqkit.OneStep() or deqkit.Phantom(...), got "
+                             f"{method!r}: an intermediate state is attached by a few steps of f from it, as in "
+                             "TorchDEQ's fixed-point correction (the last state, z*, uses the layer's backward)")
+        self._correction = method
 
     def extra_repr(self) -> str:
         """The settings shown in ``repr(deq)``: solver, gradient, tolerances, step limit and budgets."""
@@ -221,7 +246,7 @@ class DEQ(nn.Module):
             zeros = torch.zeros_like(x)
             return zeros if z0 == "zeros" else detach(self.f(zeros, x))
 
-    def forward(self, x: torch.Tensor, z0: InitialState | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, z0: InitialState | None = None, states: int | None = None) -> Any:
         """Solve ``z* = f(z*, x)`` and return ``f(z*, x)``, with gradients by the layer's ``backward`` mode.
 
         The solve builds no graph, except with ``backward="unrolled"`` in grad mode. Its statistics are stored in
@@ -234,12 +259,21 @@ class DEQ(nn.Module):
         z0 : {"zeros", "f0"}, callable or tensor, optional
             Starting point for this call only (e.g. the previous ``z*`` as a warm start); default the
             constructor's ``z0``. See :meth:`initial_state`.
+        states : int, optional
+            Also return intermediate states along the forward solve, for a fixed-point correction loss or deep
+            supervision (TorchDEQ's ``n_states``): a list of ``states`` outputs, the last being the usual output
+            ``f(z*, x)`` with the layer's ``backward`` gradient, the others taken from iterates evenly spaced along
+            the solve (after its start; the solve records its iterates for this), each passed through
+            ``self.correction`` (one step of ``f`` by default), whose graph carries their gradient. They cost
+            ``(states − 1) · correction.steps`` more evaluations of ``f``, outside the budget. With a solve of
+            fewer steps than ``states − 1``, iterates repeat.
 
         Returns
         -------
         torch.Tensor, or tuple/list of torch.Tensor
             ``f(z*, x)``, shaped like ``z`` (in the structure of ``z`` for a state of several tensors). Under
-            ``torch.no_grad()``, the ``f(z)`` the solver already computed at its returned iterate.
+            ``torch.no_grad()``, the ``f(z)`` the solver already computed at its returned iterate. With
+            ``states``: a list of ``states`` such outputs (see there), the last one ``f(z*, x)``.
 
         Raises
         ------
@@ -263,14 +297,16 @@ class DEQ(nn.Module):
             When a sample does not converge within ``max_steps`` (forward, or backward during ``backward()``).
         """
         self._check_input(x)
+        if states is not None:
+            states = check_int("states", states, 1)
         if not isinstance(self.f, nn.Module):  # its parametrized modules, if any, are out of reach: no cache
-            return self._forward(x, z0)
+            return self._forward(x, z0, states)
         # weights reparametrized with torch.nn.utils.parametrizations (weight or spectral norm) are computed once
         # per call, not once per evaluation of f: the map stays the same map during the solve
         with parametrize.cached():
             if torch.is_grad_enabled():
                 self._cache_parametrizations()
-            return self._forward(x, z0)
+            return self._forward(x, z0, states)
 
     def _cache_parametrizations(self) -> None:
         """Compute f's reparametrized weights now, with autograd on: the cache would otherwise be filled during
@@ -282,7 +318,7 @@ class DEQ(nn.Module):
                     for name in module.parametrizations:
                         getattr(module, name)
 
-    def _forward(self, x: torch.Tensor, z0: InitialState | None) -> State:
+    def _forward(self, x: torch.Tensor, z0: InitialState | None, states: int | None) -> Any:
         mode = self.z0 if z0 is None else z0
         with _explained_start(mode, x) as first:
             start = self.initial_state(x, z0)
@@ -295,11 +331,17 @@ class DEQ(nn.Module):
         # In grad mode always re-attach: parameters that f captures by closure are invisible from here.
         needs_grad = torch.is_grad_enabled()
         with _explained_start(mode, x, first) as first:
-            sol = self._solve(first.watch(block), x, flat, needs_grad and self.backward.records_graph)
+            sol = self._solve(first.watch(block), x, flat, needs_grad and self.backward.records_graph,
+                              record=states is not None and states > 1)
+        iterates = _evenly_spaced(sol.stats.trajectory, states or 1)
+        sol.stats.trajectory = []  # recorded only to sample the states: not kept
+        unflatten = (lambda z: z) if structure is None else structure.unflatten
+        corrected = [unflatten(self.correction.unroll(z, x, block)) for z in iterates]
         stats = DEQStats(sol.stats)
         self.last_stats, self.last_equilibrium = stats, None
         if not needs_grad:
-            return sol.fz if structure is None else structure.unflatten(sol.fz)
+            out = unflatten(sol.fz)
+            return out if states is None else [*corrected, out]
         # Re-attach: f once more with autograd on, at z* as a fresh leaf (the solver's graph for Unrolled), which
         # carries the graph to x and to f's parameters, and ∂f/∂z at z* for deqkit.jacobian_penalty.
         z = sol.z if self.backward.records_graph else sol.z.detach().requires_grad_()
@@ -308,18 +350,18 @@ class DEQ(nn.Module):
         budget = self.max_nfe if self.training else self.eval_max_nfe  # the forward's: the backward's default
         ctx = Context(block, self.abstol, self.reltol, self.strict, lambda s: setattr(stats, "backward", s), (z, out),
                       budget)
-        result = self.backward.attach(out, sol, x, ctx)
-        return result if structure is None else structure.unflatten(result)
+        result = unflatten(self.backward.attach(out, sol, x, ctx))
+        return result if states is None else [*corrected, result]
 
     @torch.compiler.disable(reason=EAGER)
     def _solve(self, block: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
-               start: torch.Tensor, record_graph: bool) -> Solution:
+               start: torch.Tensor, record_graph: bool, record: bool = False) -> Solution:
         """The forward solve, run eagerly under ``torch.compile``: its loop stops on data-dependent conditions,
         which a compiled graph cannot express (the code around the DEQ still compiles, with a graph break here)."""
         with torch.set_grad_enabled(record_graph):
             return run(self.solver, lambda z: block(z, x), start, abstol=self.abstol, reltol=self.reltol,
                        max_steps=self.max_steps, max_nfe=self.max_nfe if self.training else self.eval_max_nfe,
-                       strict=self.strict)
+                       strict=self.strict, record=record)
 
     @torch.compiler.disable(reason=EAGER)
     def _check_input(self, x: torch.Tensor) -> None:
@@ -389,6 +431,13 @@ def _explained_start(mode: Any, x: torch.Tensor, first: _FirstCall | None = None
             f"give its shape with z0 as a callable of x, e.g. DEQ(f, z0=lambda x: x.new_zeros({state})), or as a "
             "tensor (a tuple/list of tensors for a state of several)."
         ) from err
+
+
+def _evenly_spaced(trajectory: list[torch.Tensor], states: int) -> list[torch.Tensor]:
+    """The ``states − 1`` iterates that split a recorded solve of ``n`` steps evenly, ``z*`` being the last state:
+    steps ``⌈n·i / states⌉`` for ``i = 1 … states − 1`` (e.g. 10 and 20 of 30 for 3 states)."""
+    n = len(trajectory) - 1
+    return [trajectory[math.ceil(n * i / states)] for i in range(1, states)]
 
 
 def _check_z0(z0: Any) -> None:
