@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -137,10 +138,11 @@ def compare_gradients(model: nn.Module, x: torch.Tensor, *, loss: Callable[[torc
     if loss is None:
         with torch.no_grad():
             out = model(x)
-        weights = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
+        leaves = list(out) if isinstance(out, (tuple, list)) else [out]  # a state of several tensors, or one
+        weights = [torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for t in leaves]
 
-        def loss(y: torch.Tensor) -> torch.Tensor:
-            return (y * weights).sum()
+        def loss(y: Any) -> torch.Tensor:
+            return sum((t * w).sum() for t, w in zip(y if isinstance(y, (tuple, list)) else [y], weights))
 
     total = x.numel() + sum(p.numel() for p in params)
     dirs = None if directions is None else torch.randn(directions, total, generator=gen,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import deqkit
+import deqkit.models
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "torchdeq.md"
 TEXT = DOC.read_text()
@@ -35,7 +36,7 @@ def test_every_deqkit_name_the_tables_use_exists():
     assert {"normalize", "remove_normalization", "jacobian_penalty", "spectral_radius", "Phantom"} <= names
     missing = [n for n in names if not hasattr(deqkit, n) and n not in ("solvers", "models")]
     assert not missing, missing
-    assert hasattr(deqkit.solvers, "register")
+    assert hasattr(deqkit.solvers, "register") and hasattr(deqkit.models, "mdeq")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torchdeq") is None, reason="TorchDEQ is not installed here")

@@ -1,5 +1,6 @@
 """Models built on the DEQ layer."""
 
+from .mdeq import MDEQHead, MultiscaleBlock, mdeq
 from .mnist import (
     MNIST_MODELS,
     MNISTDEQ,
@@ -19,12 +20,15 @@ __all__ = [
     "MNIST_MODELS",
     "ConvBlock",
     "MLPBlock",
+    "MDEQHead",
     "MNISTDEQ",
+    "MultiscaleBlock",
     "SeedBlock",
     "SeedMNISTBlock",
     "WideBlock",
     "conv_deq",
     "fit_regression",
+    "mdeq",
     "mlp_deq",
     "mnist_model",
     "seed_mnist_model",

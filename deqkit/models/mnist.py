@@ -14,6 +14,8 @@ Every model is an :class:`MNISTDEQ`: ``logits = head(deq(encoder(images)))``, wh
   ``Dense(784→128, relu)``, ``f(z, x) = relu(W₁z + b₁) + relu(W₂x + b₂)``, ``Dense(128→10)``.
 * ``"conv"`` — a small convolutional DEQ in the spirit of the implicit-layers tutorial and MDEQ: a conv stem
   down to 7×7, a residual block with group normalisation as ``f`` (solved by Anderson), a linear head.
+* ``"mdeq"`` — MDEQ-style (:mod:`deqkit.models.mdeq`): a 14×14 and a 7×7 state coupled by strided and upsampling
+  convolutions, solved as one tuple state.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..adjoint import Implicit
 from ..layer import DEQ
 from ..normalization import normalize
 from ..solvers.core import check_int
+from .mdeq import mdeq
 
 __all__ = ["MNIST_MODELS", "WEIGHT_NORMS", "ConvBlock", "MLPBlock", "MNISTDEQ", "SeedMNISTBlock", "WideBlock",
            "conv_deq", "mlp_deq", "mnist_model", "normalize_weight", "seed_mnist_model", "wide_mlp_deq"]
@@ -437,6 +440,7 @@ MNIST_MODELS: dict[str, Callable[..., MNISTDEQ]] = {
     "conv": conv_deq,
     "mlp": lambda **kw: mlp_deq(**_no_override(kw, "norm", "mlp", "'mlp-ln' is the LayerNorm one"), norm=None),
     "mlp-ln": lambda **kw: mlp_deq(**_no_override(kw, "norm", "mlp-ln", "'mlp' has no normalization"), norm="layer"),
+    "mdeq": mdeq,
 }
 
 
@@ -445,10 +449,11 @@ def mnist_model(name: str, **options: Any) -> MNISTDEQ:
 
     Parameters
     ----------
-    name : {"seed", "seed-linear", "wide", "conv", "mlp", "mlp-ln"}
+    name : {"seed", "seed-linear", "wide", "conv", "mlp", "mlp-ln", "mdeq"}
     **options
         Keyword arguments of the constructor: ``seed``, its size arguments (see :func:`seed_mnist_model`,
-        :func:`wide_mlp_deq`, :func:`conv_deq`, :func:`mlp_deq`) and any :class:`~deqkit.DEQ` keyword.
+        :func:`wide_mlp_deq`, :func:`conv_deq`, :func:`mlp_deq`, :func:`deqkit.models.mdeq`) and any
+        :class:`~deqkit.DEQ` keyword.
 
     Returns
     -------
@@ -471,7 +476,7 @@ def _refuse_other_models_options(name: str, options: dict[str, Any]) -> None:
     """An option another model's constructor takes (``weight_norm`` for ``seed``) named as such: it would
     otherwise reach the DEQ and be reported as an unknown option of its solver."""
     builders = {"seed": seed_mnist_model, "seed-linear": seed_mnist_model, "wide": wide_mlp_deq, "conv": conv_deq,
-                "mlp": mlp_deq, "mlp-ln": mlp_deq}
+                "mlp": mlp_deq, "mlp-ln": mlp_deq, "mdeq": mdeq}
     takes = {m: set(inspect.signature(make).parameters) - {"deq_options"} for m, make in builders.items()}
     for key in options:
         takers = [m for m in MNIST_MODELS if key in takes[m]]
