@@ -12,6 +12,7 @@ from torch import nn
 from .adjoint import GRADIENTS
 from .layer import DEQ
 from .solvers.core import check_int
+from .state import Structure, detach
 
 
 def spectral_radius(f: Callable[..., torch.Tensor], z: torch.Tensor, x: torch.Tensor | None = None, *,
@@ -27,8 +28,9 @@ def spectral_radius(f: Callable[..., torch.Tensor], z: torch.Tensor, x: torch.Te
     ----------
     f : callable
         ``f(z, x)``, or ``f(z)`` when ``x`` is None.
-    z : torch.Tensor
-        Where to linearise, shape ``(batch, ...)``.
+    z : torch.Tensor, or tuple/list of torch.Tensor
+        Where to linearise, shape ``(batch, ...)``; for a state of several tensors, that structure (the Jacobian
+        is then that of the whole state, all tensors together).
     iters : int
         Power iterations (each one vector–Jacobian product).
     seed : int
@@ -46,6 +48,10 @@ def spectral_radius(f: Callable[..., torch.Tensor], z: torch.Tensor, x: torch.Te
         return a tensor shaped like ``z``, or ``f``'s output does not depend on ``z`` through autograd.
     """
     iters = check_int("iters", iters, 2)
+    structure = Structure.of(z, "z")
+    if structure is not None:  # one flat (batch, N) state: the Jacobian couples every tensor of it
+        flat_f = structure.block(f) if x is not None else structure.map(f)
+        return spectral_radius(flat_f, structure.flatten(detach(z), "z"), x, iters=iters, seed=seed)
     if not isinstance(z, torch.Tensor) or z.dim() < 2 or not z.is_floating_point():
         raise ValueError("z must be a floating-point tensor of shape (batch, ...), got "
                          f"{getattr(z, 'shape', type(z).__name__)}")

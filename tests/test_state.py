@@ -121,3 +121,16 @@ def test_a_used_tuple_state_deq_deep_copies():
     twin = copy.deepcopy(deq)
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(twin(_x()), deq(_x())))
+
+
+def test_spectral_radius_of_a_tuple_state_is_that_of_the_flat_map():
+    block, x = TwoScale(), _x()
+    z = tuple(torch.rand_like(t) for t in _start(x))
+
+    def flat_block(zf, x):
+        hi, lo = block((zf[:, :32].reshape(-1, 2, 4, 4), zf[:, 32:].reshape(-1, 3, 2, 2)), x)
+        return torch.cat([hi.flatten(1), lo.flatten(1)], 1)
+
+    rho = deqkit.spectral_radius(block, z, x)
+    flat = deqkit.spectral_radius(flat_block, torch.cat([t.flatten(1) for t in z], 1), x)
+    assert rho.shape == (2,) and torch.allclose(rho, flat) and bool((rho > 0).all())
