@@ -157,7 +157,7 @@ class DEQ(nn.Module):
         try:
             self.solver = as_solver(solver, options)
         except TypeError as err:  # an option of a gradient method, given to the DEQ: say where it belongs
-            raise TypeError(f"{err}{_gradient_hint(options)}") from err
+            raise TypeError(f"{err}{_gradient_hint(options)}{_torchdeq_hint(options)}") from err
         self.backward = backward
         self.correction = correction
         self.last_stats: DEQStats | None = None
@@ -458,6 +458,27 @@ def _check_batch(start: State, x: torch.Tensor) -> None:
         what = "z0[0]" if is_structured(start) else "z0"
         raise ValueError(f"{what} has shape {tuple(getattr(first, 'shape', ()))} but x has batch size "
                          f"{x.shape[0]}: the first dimension of z0 must be the batch of x")
+
+
+#: TorchDEQ's settings (get_deq / DEQBase / DEQIndexing) -> deqkit's, for the error about an unknown option
+#: (docs/torchdeq.md has the full table).
+TORCHDEQ_NAMES = {
+    "f_solver": "solver=...", "b_solver": "backward=deqkit.Implicit(solver=...)",
+    "f_max_iter": "max_steps=... / max_nfe=...", "b_max_iter": "backward=deqkit.Implicit(max_nfe=...)",
+    "f_tol": "abstol=... / reltol=...", "b_tol": "backward=deqkit.Implicit(reltol=...)",
+    "f_stop_mode": "abstol=... (abs) or reltol=... (rel)", "eval_factor": "eval_max_nfe=...",
+    "eval_f_max_iter": "eval_max_nfe=...", "ift": "backward='implicit' (the default)",
+    "hook_ift": "backward='implicit'", "grad": "backward=deqkit.Phantom(steps=...)",
+    "tau": "backward=deqkit.Phantom(damping=...)", "n_states": "deq(x, states=k) at the call",
+    "indexing": "deq(x, states=k) at the call", "record": "deq(x, states=k) at the call (iterates along the solve)",
+    "norm_type": "deqkit.normalize(f, 'weight' or 'spectral')", "core": "nothing: one graph, see docs/torchdeq.md",
+}
+
+
+def _torchdeq_hint(options: dict[str, Any]) -> str:
+    """``". TorchDEQ's 'f_max_iter' is max_steps=... / max_nfe=... here"``, or ``""``."""
+    known = [k for k in options if k in TORCHDEQ_NAMES]
+    return "".join(f". TorchDEQ's {k!r} is {TORCHDEQ_NAMES[k]} here" for k in known)
 
 
 def _gradient_hint(options: dict[str, Any]) -> str:

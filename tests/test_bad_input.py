@@ -94,6 +94,9 @@ CASES = [
      r"no longer takes backward_solver.*deqkit.Implicit"),
     ("DEQ strict='yes'", lambda: _deq(strict="yes"), TypeError, "strict must be True or False"),
     ("DEQ unknown backward", lambda: _deq(backward="adjoint"), ValueError, "unknown backward 'adjoint'"),
+    ("DEQ with TorchDEQ's names", lambda: _deq(f_max_iter=30, n_states=3), TypeError,
+     r"unknown option.*TorchDEQ's 'f_max_iter' is max_steps=\.\.\. / max_nfe=\.\.\. here.*'n_states' is "
+     r"deq\(x, states=k\)"),
     # ---- the DEQ's input
     ("0-d x", lambda: _deq()(torch.tensor(1.0)), ValueError, r"x must have shape \(batch, \.\.\.\).*x\[None\]"),
     ("empty x", lambda: _deq()(torch.zeros(0, 4)), ValueError, "non-empty batch"),
