@@ -470,7 +470,7 @@ TORCHDEQ_NAMES = {
     "eval_f_max_iter": "eval_max_nfe=...", "ift": "backward='implicit' (the default)",
     "hook_ift": "backward='implicit'", "grad": "backward=deqkit.Phantom(steps=...)",
     "tau": "backward=deqkit.Phantom(damping=...)", "n_states": "deq(x, states=k) at the call",
-    "indexing": "deq(x, states=k) at the call", "record": "deq(x, states=k) at the call (iterates along the solve)",
+    "indexing": "deq(x, states=k) at the call",
     "norm_type": "deqkit.normalize(f, 'weight' or 'spectral')", "core": "nothing: one graph, see docs/torchdeq.md",
 }
 
@@ -478,7 +478,11 @@ TORCHDEQ_NAMES = {
 def _torchdeq_hint(options: dict[str, Any]) -> str:
     """``". TorchDEQ's 'f_max_iter' is max_steps=... / max_nfe=... here"``, or ``""``."""
     known = [k for k in options if k in TORCHDEQ_NAMES]
-    return "".join(f". TorchDEQ's {k!r} is {TORCHDEQ_NAMES[k]} here" for k in known)
+    hint = "".join(f". TorchDEQ's {k!r} is {TORCHDEQ_NAMES[k]} here" for k in known)
+    if "record" in options:
+        hint += (". For iterates along the solve call deq(x, states=k); deqkit.solve(f, z0, record=True) keeps them "
+                 "all")
+    return hint
 
 
 def _gradient_hint(options: dict[str, Any]) -> str:
