@@ -3,14 +3,16 @@
 ``solve`` finds fixed points ``z = f(z)`` with a :class:`Solver` (``Picard``, ``Anderson``, ``Broyden``, or
 ``DynamicSS``: the ODE ``dz/dt = f(z) − z`` run to steady state with Tsit5); ``DEQ`` is the layer
 ``z* = f(z*, x)`` with a :class:`Gradient` (``Implicit``, ``Unrolled``, ``OneStep``, ``Phantom``);
-``spectral_radius`` and ``compare_gradients`` diagnose them, ``jacobian_penalty`` regularizes them. Solvers
-and gradients are objects; their names are shorthands.
+``spectral_radius`` and ``compare_gradients`` diagnose them, ``jacobian_penalty`` regularizes them,
+``normalize`` applies weight or spectral normalization to a block's layers. Solvers and gradients are objects;
+their names are shorthands.
 """
 
 from .adjoint import GRADIENTS, Gradient, Implicit, OneStep, Phantom, Unrolled
 from .diagnostics import GradientReport, compare_gradients, spectral_radius
 from .errors import ConvergenceError, ConvergenceWarning, DivergenceError
 from .layer import DEQ, DEQStats
+from .normalization import normalize, remove_normalization
 from .regularization import jacobian_penalty
 from .solvers import GMRES, SOLVERS, Anderson, Broyden, DynamicSS, Picard, Solver, StepSizeController, solve
 from .stats import SolverStats
@@ -39,6 +41,8 @@ __all__ = [
     "Unrolled",
     "compare_gradients",
     "jacobian_penalty",
+    "normalize",
+    "remove_normalization",
     "solve",
     "spectral_radius",
 ]

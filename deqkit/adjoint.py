@@ -134,9 +134,17 @@ class Phantom(Gradient):
         return f"Phantom(steps={self.steps}, damping={self.damping:g})"
 
     def attach(self, out: torch.Tensor, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        z = sol.z.detach()
+        return self.unroll(sol.z, x, ctx.f, out)  # the layer's own evaluation serves as the first step's
+
+    def unroll(self, z: torch.Tensor, x: torch.Tensor, f: Block, first: torch.Tensor | None = None) -> torch.Tensor:
+        """``steps`` damped steps of ``f`` from ``z`` (detached), with autograd: this gradient from any iterate.
+
+        ``first``, if given, is ``f(z, x)`` already evaluated with autograd on. Used by :meth:`attach` at ``z*``
+        and by the layer for the intermediate states of a fixed-point correction (``deq(x, states=k)``).
+        """
+        z = z.detach()
         for i in range(self.steps):
-            fz = out if i == 0 else ctx.f(z, x)  # the layer's own evaluation serves as the first step's
+            fz = first if i == 0 and first is not None else f(z, x)
             z = torch.lerp(z, fz, self.damping) if self.damping != 1 else fz
         return z
 

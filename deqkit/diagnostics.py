@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from torch import nn
 from .adjoint import GRADIENTS
 from .layer import DEQ
 from .solvers.core import check_int, check_real
+from .state import Structure, detach
 
 
 def spectral_radius(f: Callable[..., torch.Tensor], z: torch.Tensor, x: torch.Tensor | None = None, *,
@@ -26,8 +28,9 @@ def spectral_radius(f: Callable[..., torch.Tensor], z: torch.Tensor, x: torch.Te
     ----------
     f : callable
         ``f(z, x)``, or ``f(z)`` when ``x`` is None.
-    z : torch.Tensor
-        Where to linearise, shape ``(batch, ...)``.
+    z : torch.Tensor, or tuple/list of torch.Tensor
+        Where to linearise, shape ``(batch, ...)``; for a state of several tensors, that structure (the Jacobian
+        is then that of the whole state, all tensors together).
     iters : int
         Power iterations (each one vector–Jacobian product).
     seed : int
@@ -45,6 +48,10 @@ def spectral_radius(f: Callable[..., torch.Tensor], z: torch.Tensor, x: torch.Te
         return a tensor shaped like ``z``, or ``f``'s output does not depend on ``z`` through autograd.
     """
     iters = check_int("iters", iters, 2)
+    structure = Structure.of(z, "z")
+    if structure is not None:  # one flat (batch, N) state: the Jacobian couples every tensor of it
+        flat_f = structure.block(f) if x is not None else structure.map(f)
+        return spectral_radius(flat_f, structure.flatten(detach(z), "z"), x, iters=iters, seed=seed)
     if not isinstance(z, torch.Tensor) or z.dim() < 2 or not z.is_floating_point():
         raise ValueError("z must be a floating-point tensor of shape (batch, ...), got "
                          f"{getattr(z, 'shape', type(z).__name__)}")
@@ -158,10 +165,11 @@ def compare_gradients(model: nn.Module, x: torch.Tensor, *, loss: Callable[[torc
     if loss is None:
         with torch.no_grad():
             out = model(x)
-        weights = torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device)
+        leaves = list(out) if isinstance(out, (tuple, list)) else [out]  # a state of several tensors, or one
+        weights = [torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for t in leaves]
 
-        def loss(y: torch.Tensor) -> torch.Tensor:
-            return (y * weights).sum()
+        def loss(y: Any) -> torch.Tensor:
+            return sum((t * w).sum() for t, w in zip(y if isinstance(y, (tuple, list)) else [y], weights))
 
     total = x.numel() + sum(p.numel() for p in params)
     dirs = None if directions is None else torch.randn(directions, total, generator=gen,

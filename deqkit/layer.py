@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,10 +14,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .adjoint import Context, Gradient, GradientSpec, as_gradient
+from .adjoint import Context, Gradient, GradientSpec, OneStep, Phantom, as_gradient
 from .alerts import ConvergenceAlerts
+from .errors import ConvergenceError
 from .solvers import Solution, Solver, SolverSpec, as_solver, run
-from .solvers.core import Tolerances
+from .solvers.core import Tolerances, check_int
+from .state import Structure, detach, is_structured
 from .stats import SolverStats
 
 # Shown by torch.compile(fullgraph=True), which cannot capture the solver loop.
@@ -37,7 +41,8 @@ FORWARD_ADVICE = ("To converge more samples: raise the budget (DEQ(max_nfe=...) 
 BACKWARD_ADVICE = ("To converge more: give the gradient its own budget (backward=deqkit.Implicit(max_nfe=...)), a "
                    "looser reltol, or another solver (deqkit.Implicit(solver=deqkit.GMRES(restart=...))).")
 
-InitialState = str | Callable[[torch.Tensor], torch.Tensor] | torch.Tensor
+State = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]
+InitialState = str | Callable[[torch.Tensor], State] | State
 
 
 @dataclass
@@ -61,10 +66,12 @@ class DEQ(nn.Module):
     Parameters
     ----------
     f : nn.Module or callable
-        Called as ``f(z, x)``; returns a tensor shaped like ``z``. Its parameters, any tensor it captures, and
-        ``x`` get gradients. Weights reparametrized by ``torch.nn.utils.parametrizations`` (weight or spectral
-        norm) inside an ``nn.Module`` f are computed once per call (the map stays one map during the solve); with a
-        plain function f they are recomputed at every evaluation.
+        Called as ``f(z, x)``; returns a tensor shaped like ``z``, or, for a state of several tensors (a tuple or
+        list of tensors of different shapes, e.g. one feature map per resolution), the same structure. Its
+        parameters, any tensor it captures, and ``x`` get gradients. Weights reparametrized by
+        ``torch.nn.utils.parametrizations`` (weight or spectral norm; see :func:`deqkit.normalize`) inside an
+        ``nn.Module`` f are computed once per call (the map stays one map during the solve); with a plain function
+        f they are recomputed at every evaluation.
     solver : str or Solver
         Forward solver: a configured object (``deqkit.Anderson(m=6)``, ``deqkit.DynamicSS(ode_method="dopri5")``)
         or the name of one: ``"dynamic_ss"`` (the ODE ``dz/dt = f(z, x) − z`` run to steady state, Tsit5 by
@@ -90,11 +97,19 @@ class DEQ(nn.Module):
         its best iterate and is counted as not converged in ``last_stats``. Raise ``max_nfe`` when many samples
         stop there during training (the warnings below count them) or when the gradient must be exact;
         ``eval_max_nfe`` when evaluation does not converge.
-    z0 : {"zeros", "f0"}, callable or tensor
-        Starting point: zeros shaped like ``x``; ``"f0"``: ``f(0, x)`` (the seed blog's choice); a callable
-        ``x -> z0``; or a tensor. ``forward(x, z0=...)`` overrides it for one call (warm starts).
+    z0 : {"zeros", "f0"}, callable, tensor, or tuple/list of tensors
+        Starting point: ``"zeros"``: ``zeros_like(x)`` (so only for a state shaped like ``x``); ``"f0"``:
+        ``f(zeros_like(x), x)`` (the seed blog's choice); a callable ``x -> z0`` (any state shape, e.g.
+        ``lambda x: x.new_zeros(x.shape[0], 64)``); a tensor; or a tuple/list of tensors, which makes the state a
+        multi-tensor one (``f`` then maps that structure to itself; a callable may return one too).
+        ``forward(x, z0=...)`` overrides it for one call (warm starts).
     strict : bool
         Raise :class:`~deqkit.ConvergenceError` (forward and backward) instead of warning.
+    correction : {"one_step", "phantom"}, OneStep or Phantom
+        How the intermediate states of ``deq(x, states=k)`` get their gradients (fixed-point correction, Bai et
+        al. 2022; TorchDEQ's ``n_states``/``grad``/``tau``): each sampled iterate ``zᵢ`` (detached) is returned as
+        ``f(zᵢ, x)`` (``"one_step"``, the default, TorchDEQ's ``grad=1``) or after ``Phantom(steps, damping)``
+        damped steps, which carry the gradient to ``x`` and ``f``'s parameters.
     **options
         With a solver name, options of the forward solver's class (e.g. ``m=5`` for Anderson,
         ``ode_method="dopri5"``). Unknown ones raise ``TypeError``. Every setting is checked here, not at the first
@@ -106,7 +121,9 @@ class DEQ(nn.Module):
         Statistics of the last forward solve and of its backward solve.
     last_equilibrium : tuple of torch.Tensor, or None
         ``(z*, f(z*, x))`` of the last call in grad mode, with the graph of ``f`` at ``z*`` (what
-        :func:`deqkit.jacobian_penalty` differentiates); None after a call under ``torch.no_grad()``.
+        :func:`deqkit.jacobian_penalty` differentiates); None after a call under ``torch.no_grad()``. For a
+        state of several tensors, both are the flattened ``(batch, N)`` tensors the solver worked on (the tensors
+        of the state concatenated in order, each flattened per sample).
 
     Notes
     -----
@@ -124,14 +141,14 @@ class DEQ(nn.Module):
                  solver: SolverSpec = "dynamic_ss", backward: GradientSpec = "implicit",
                  abstol: float = 1e-5, reltol: float = 1e-5, max_steps: int | None = None,
                  max_nfe: int | None = TRAIN_NFE, eval_max_nfe: int | None = EVAL_NFE,
-                 z0: InitialState = "zeros", strict: bool = False, **options: Any):
+                 z0: InitialState = "zeros", strict: bool = False, correction: GradientSpec = "one_step",
+                 **options: Any):
         super().__init__()
         stale = sorted(k for k in options if k.startswith("backward_"))
         if stale:
             raise TypeError(f"DEQ no longer takes {', '.join(stale)}: configure the backward pass as one object, "
                             "e.g. DEQ(f, backward=deqkit.Implicit(solver='gmres', reltol=1e-6, max_steps=100))")
-        if not (z0 in ("zeros", "f0") if isinstance(z0, str) else callable(z0) or isinstance(z0, torch.Tensor)):
-            raise ValueError(f"z0 must be 'zeros', 'f0', a callable or a tensor, got {z0!r}")
+        _check_z0(z0)
         if not callable(f):
             raise TypeError(f"f must be an nn.Module or a callable f(z, x), got {type(f).__name__}")
         if not isinstance(strict, bool):
@@ -149,10 +166,11 @@ class DEQ(nn.Module):
         try:
             self.solver = as_solver(solver, options)
         except TypeError as err:  # an option of a gradient method, given to the DEQ: say where it belongs
-            raise TypeError(f"{err}{_gradient_hint(options)}") from err
+            raise TypeError(f"{err}{_gradient_hint(options)}{_torchdeq_hint(options)}") from err
         self.backward = backward
         self.alerts = {"forward": ConvergenceAlerts("forward", FORWARD_ADVICE),
                        "backward": ConvergenceAlerts("backward", BACKWARD_ADVICE)}
+        self.correction = correction
         self.last_stats: DEQStats | None = None
         self.last_equilibrium: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -174,43 +192,72 @@ class DEQ(nn.Module):
     def backward(self, spec: GradientSpec) -> None:
         self._backward = as_gradient(spec)
 
-    def extra_repr(self) -> str:
-        """The solver settings shown in ``repr(deq)``."""
-        return (f"solver={self.solver!r}, backward={self.backward!r}, abstol={self.abstol:g}, "
-                f"reltol={self.reltol:g}")
+    @property
+    def correction(self) -> Phantom:
+        """The gradient of the intermediate states of ``deq(x, states=k)``: a :class:`~deqkit.Phantom`
+        (``"one_step"`` / :class:`~deqkit.OneStep` is ``Phantom(steps=1, damping=1)``); settable like ``backward``."""
+        return self._correction
 
-    def initial_state(self, x: torch.Tensor, z0: InitialState | None = None) -> torch.Tensor:
+    @correction.setter
+    def correction(self, spec: GradientSpec) -> None:
+        method = as_gradient(spec)
+        if isinstance(method, OneStep):
+            method = Phantom(steps=1, damping=1.0)
+        if not isinstance(method, Phantom):
+            raise ValueError(f"correction must be 'one_step', 'phantom', deqkit.OneStep() or deqkit.Phantom(...), got "
+                             f"{method!r}: an intermediate state is attached by a few steps of f from it, as in "
+                             "TorchDEQ's fixed-point correction (the last state, z*, uses the layer's backward)")
+        self._correction = method
+
+    def extra_repr(self) -> str:
+        """The settings shown in ``repr(deq)``: solver, gradient, tolerances, step limit and budgets."""
+        steps = "" if self.max_steps is None else f", max_steps={self.max_steps}"
+        return (f"solver={self.solver!r}, backward={self.backward!r}, abstol={self.abstol:g}, "
+                f"reltol={self.reltol:g}{steps}, max_nfe={self.max_nfe}, eval_max_nfe={self.eval_max_nfe}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What ``copy.deepcopy`` and ``pickle`` (``torch.save(deq)``) copy: everything but ``last_equilibrium``.
+
+        That pair carries the autograd graph of the last call, which torch can neither copy nor pickle, and which
+        belongs to that call, not to the model; the copy has ``last_equilibrium = None`` (``last_stats``, plain
+        tensors, is kept).
+        """
+        state = self.__dict__.copy()
+        state["last_equilibrium"] = None
+        return state
+
+    def initial_state(self, x: torch.Tensor, z0: InitialState | None = None) -> State:
         """Return the solver's starting point for input ``x``, detached (the answer does not depend on it).
 
         Parameters
         ----------
         x : torch.Tensor
             The layer's input, shape ``(batch, ...)``.
-        z0 : {"zeros", "f0"}, callable or tensor, optional
+        z0 : {"zeros", "f0"}, callable, tensor or tuple/list of tensors, optional
             Overrides the constructor's ``z0``: ``"zeros"``: ``zeros_like(x)`` (so ``z`` must be shaped like
-            ``x``); ``"f0"``: ``f(zeros_like(x), x)``; a callable: ``z0(x)``; a tensor: itself.
+            ``x``); ``"f0"``: ``f(zeros_like(x), x)``; a callable: ``z0(x)``; a tensor or a tuple/list of
+            tensors: itself.
 
         Returns
         -------
-        torch.Tensor
+        torch.Tensor or tuple/list of torch.Tensor
             The starting point, computed under ``torch.no_grad()`` and detached.
         """
         z0 = self.z0 if z0 is None else z0
+        _check_z0(z0)
         with torch.no_grad():
-            if isinstance(z0, torch.Tensor):
-                return z0.detach()
+            if isinstance(z0, torch.Tensor) or is_structured(z0):
+                return detach(z0)
             if callable(z0):
                 start = z0(x)
-                if not isinstance(start, torch.Tensor):  # a number, a list, ...
-                    raise TypeError(f"z0 returned a {type(start).__name__}, not a tensor: a callable z0 must return "
-                                    "the starting state as a tensor, e.g. lambda x: torch.full_like(x, 3.0)")
-                return start.detach()
-            if z0 not in ("zeros", "f0"):
-                raise ValueError(f"z0 must be 'zeros', 'f0', a callable or a tensor, got {z0!r}")
+                if not (isinstance(start, torch.Tensor) or is_structured(start)):
+                    raise TypeError(f"the callable z0 returned a {type(start).__name__}: it must return the "
+                                    "starting state, a tensor (batch, ...) or a tuple/list of them")
+                return detach(start)
             zeros = torch.zeros_like(x)
-            return zeros if z0 == "zeros" else self.f(zeros, x)
+            return zeros if z0 == "zeros" else detach(self.f(zeros, x))
 
-    def forward(self, x: torch.Tensor, z0: InitialState | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, z0: InitialState | None = None, states: int | None = None) -> Any:
         """Solve ``z* = f(z*, x)`` and return ``f(z*, x)``, with gradients by the layer's ``backward`` mode.
 
         The solve builds no graph, except with ``backward="unrolled"`` in grad mode. Its statistics are stored in
@@ -223,20 +270,32 @@ class DEQ(nn.Module):
         z0 : {"zeros", "f0"}, callable or tensor, optional
             Starting point for this call only (e.g. the previous ``z*`` as a warm start); default the
             constructor's ``z0``. See :meth:`initial_state`.
+        states : int, optional
+            Also return intermediate states along the forward solve, for a fixed-point correction loss or deep
+            supervision (TorchDEQ's ``n_states``): a list of ``states`` outputs, the last being the usual output
+            ``f(z*, x)`` with the layer's ``backward`` gradient, the others taken from iterates evenly spaced along
+            the solve (after its start; the solve records its iterates for this), each passed through
+            ``self.correction`` (one step of ``f`` by default), whose graph carries their gradient. They cost
+            ``(states − 1) · correction.steps`` more evaluations of ``f``, outside the budget. With a solve of
+            fewer steps than ``states − 1``, iterates repeat.
 
         Returns
         -------
-        torch.Tensor
-            ``f(z*, x)``, shaped like ``z``. Under ``torch.no_grad()``, the ``f(z)`` the solver already computed
-            at its returned iterate.
+        torch.Tensor, or tuple/list of torch.Tensor
+            ``f(z*, x)``, shaped like ``z`` (in the structure of ``z`` for a state of several tensors). Under
+            ``torch.no_grad()``, the ``f(z)`` the solver already computed at its returned iterate. With
+            ``states``: a list of ``states`` such outputs (see there), the last one ``f(z*, x)``.
 
         Raises
         ------
         TypeError
             If ``x`` is not a tensor, or ``f`` does not return one.
         ValueError
-            If ``x`` contains NaN or Inf; if the starting point is not a floating-point tensor whose first
-            dimension is ``x``'s batch size; or if ``f(z, x)`` differs from ``z`` in shape, dtype or device.
+            If ``x`` contains NaN or Inf; if the starting point is not a floating-point tensor (or tuple/list of
+            them) whose first dimension is ``x``'s batch size; or if ``f(z, x)`` differs from ``z`` in structure,
+            shape, dtype or device. With ``z0="zeros"`` or ``"f0"`` (``zeros_like(x)``), a shape error at the
+            first evaluation of ``f`` is re-raised as a ``ValueError`` that says so and how to give the state's
+            shape (``z0=lambda x: x.new_zeros(...)``).
         deqkit.DivergenceError
             At once, when an iterate becomes NaN or infinite.
         deqkit.ConvergenceError
@@ -249,14 +308,16 @@ class DEQ(nn.Module):
             When a sample does not converge within ``max_steps`` (forward, or backward during ``backward()``).
         """
         self._check_input(x)
+        if states is not None:
+            states = check_int("states", states, 1)
         if not isinstance(self.f, nn.Module):  # its parametrized modules, if any, are out of reach: no cache
-            return self._forward(x, z0)
+            return self._forward(x, z0, states)
         # weights reparametrized with torch.nn.utils.parametrizations (weight or spectral norm) are computed once
         # per call, not once per evaluation of f: the map stays the same map during the solve
         with parametrize.cached():
             if torch.is_grad_enabled():
                 self._cache_parametrizations()
-            return self._forward(x, z0)
+            return self._forward(x, z0, states)
 
     def _cache_parametrizations(self) -> None:
         """Compute f's reparametrized weights now, with autograd on: the cache would otherwise be filled during
@@ -268,45 +329,52 @@ class DEQ(nn.Module):
                     for name in module.parametrizations:
                         getattr(module, name)
 
-    def _forward(self, x: torch.Tensor, z0: InitialState | None) -> torch.Tensor:
-        start = self.initial_state(x, z0)
-        if start.dim() == 0 or start.shape[0] != x.shape[0]:
-            raise ValueError(f"z0 has shape {tuple(getattr(start, 'shape', ()))} but x has batch size {x.shape[0]}: "
-                             "the first dimension of z0 must be the batch of x")
+    def _forward(self, x: torch.Tensor, z0: InitialState | None, states: int | None) -> Any:
+        mode = self.z0 if z0 is None else z0
+        with _explained_start(mode, x) as first:
+            start = self.initial_state(x, z0)
+        structure = Structure.of(start, "z0")
+        _check_batch(start, x)
+        # A multi-tensor state is one (batch, N) tensor for the solvers and the gradient methods, and a structure
+        # for f and the caller: `block` is f on flat states.
+        block = self.f if structure is None else structure.block(self.f)
+        flat = start if structure is None else structure.flatten(start, "z0")
         # In grad mode always re-attach: parameters that f captures by closure are invisible from here.
         needs_grad = torch.is_grad_enabled()
-        sol = self._solve(x, start, needs_grad and self.backward.records_graph)
+        with _explained_start(mode, x, first) as first:
+            sol = self._solve(first.watch(block), x, flat, needs_grad and self.backward.records_graph,
+                              record=states is not None and states > 1)
+        iterates = _evenly_spaced(sol.stats.trajectory, states or 1)
+        sol.stats.trajectory = []  # recorded only to sample the states: not kept
+        unflatten = (lambda z: z) if structure is None else structure.unflatten
+        corrected = [unflatten(self.correction.unroll(z, x, block)) for z in iterates]
         stats = DEQStats(sol.stats)
         self.last_stats, self.last_equilibrium = stats, None
         if not needs_grad:
-            return sol.fz
+            out = unflatten(sol.fz)
+            return out if states is None else [*corrected, out]
         # Re-attach: f once more with autograd on, at z* as a fresh leaf (the solver's graph for Unrolled), which
         # carries the graph to x and to f's parameters, and ∂f/∂z at z* for deqkit.jacobian_penalty.
         z = sol.z if self.backward.records_graph else sol.z.detach().requires_grad_()
-        out = self.f(z, x)
+        out = block(z, x)
         self.last_equilibrium = (z, out)
         budget = self.max_nfe if self.training else self.eval_max_nfe  # the forward's: the backward's default
-        ctx = Context(self.f, self.abstol, self.reltol, self.strict, lambda s: setattr(stats, "backward", s), (z, out),
+        ctx = Context(block, self.abstol, self.reltol, self.strict, lambda s: setattr(stats, "backward", s), (z, out),
                       budget, self.alerts["backward"])
-        return self.backward.attach(out, sol, x, ctx)
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Copied and pickled without ``last_equilibrium``: its tensors carry the last call's graph, which
-        ``copy.deepcopy`` refuses (the usual "keep the best model" after a forward) and a copy has no use for."""
-        state = self.__dict__.copy()
-        state["last_equilibrium"] = None
-        return state
+        result = unflatten(self.backward.attach(out, sol, x, ctx))
+        return result if states is None else [*corrected, result]
 
     @torch.compiler.disable(reason=EAGER)
-    def _solve(self, x: torch.Tensor, start: torch.Tensor, record_graph: bool) -> Solution:
+    def _solve(self, block: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+               start: torch.Tensor, record_graph: bool, record: bool = False) -> Solution:
         """The forward solve, run eagerly under ``torch.compile``: its loop stops on data-dependent conditions,
         which a compiled graph cannot express (the code around the DEQ still compiles, with a graph break here)."""
         alerts = self.alerts["forward"]
         with torch.set_grad_enabled(record_graph):
             try:
-                sol = run(self.solver, lambda z: self.f(z, x), start, abstol=self.abstol, reltol=self.reltol,
+                sol = run(self.solver, lambda z: block(z, x), start, abstol=self.abstol, reltol=self.reltol,
                           max_steps=self.max_steps, max_nfe=self.max_nfe if self.training else self.eval_max_nfe,
-                          strict=self.strict, warn=alerts.warn)
+                          strict=self.strict, record=record, warn=alerts.warn)
             except (TypeError, ValueError) as err:  # in eval() mode the budget is eval_max_nfe: name that one
                 if self.training or "max_nfe" not in str(err):
                     raise
@@ -344,6 +412,98 @@ class DEQ(nn.Module):
         if not torch.isfinite(x).all():
             raise ValueError(f"the input x contains NaN or Inf ({int((~torch.isfinite(x)).sum())} entries): a "
                              "fixed point of f(z, x) is undefined there; clean the data or check the layer below")
+
+
+class _FirstCall:
+    """Counts the evaluations of a block and keeps the shape of its first output, for :func:`_explained_start`."""
+
+    def __init__(self) -> None:
+        self.calls, self.shape = 0, None
+
+    def watch(self, block: Callable[[Any, torch.Tensor], Any]) -> Callable[[Any, torch.Tensor], Any]:
+        def counted(z: Any, x: torch.Tensor) -> Any:
+            self.calls += 1
+            out = block(z, x)
+            if self.calls == 1:
+                self.shape = getattr(out, "shape", None)
+            return out
+
+        return counted
+
+
+@contextlib.contextmanager
+def _explained_start(mode: Any, x: torch.Tensor, first: _FirstCall | None = None) -> Iterator[_FirstCall]:
+    """Turn a shape error at the first evaluation of f from ``z0="zeros"`` / ``"f0"`` (which mean
+    ``zeros_like(x)``) into one that says so and how to give the state's own shape: otherwise the user sees torch's
+    ``mat1 and mat2 shapes cannot be multiplied`` from inside f, or a shape mismatch that names no cause."""
+    first = first or _FirstCall()
+    try:
+        yield first
+    except (RuntimeError, ValueError) as err:
+        shapes = any(word in str(err) for word in ("shape", "size", "channels", "dimension"))
+        if not (isinstance(mode, str) and first.calls <= 1 and shapes) or isinstance(
+                err, (ConvergenceError, torch.cuda.OutOfMemoryError)):
+            raise
+        start = "starts from" if mode == "zeros" else "evaluates f(z, x) at"
+        state = f"x.shape[0], {', '.join(map(str, first.shape[1:]))}" if first.shape is not None else "x.shape[0], ..."
+        raise ValueError(
+            f"f(z, x) does not fit the starting point: z0={mode!r} {start} zeros_like(x), shape "
+            f"{tuple(x.shape)}, and the first evaluation of f failed ({err}). If the state z is not shaped like x, "
+            f"give its shape with z0 as a callable of x, e.g. DEQ(f, z0=lambda x: x.new_zeros({state})), or as a "
+            "tensor (a tuple/list of tensors for a state of several)."
+        ) from err
+
+
+def _evenly_spaced(trajectory: list[torch.Tensor], states: int) -> list[torch.Tensor]:
+    """The ``states − 1`` iterates that split a recorded solve of ``n`` steps evenly, ``z*`` being the last state:
+    steps ``⌈n·i / states⌉`` for ``i = 1 … states − 1`` (e.g. 10 and 20 of 30 for 3 states)."""
+    n = len(trajectory) - 1
+    return [trajectory[math.ceil(n * i / states)] for i in range(1, states)]
+
+
+def _check_z0(z0: Any) -> None:
+    """Refuse a ``z0`` setting that is none of the accepted kinds."""
+    if isinstance(z0, str):
+        ok = z0 in ("zeros", "f0")
+    else:
+        ok = callable(z0) or isinstance(z0, torch.Tensor) or is_structured(z0)
+    if not ok:
+        raise ValueError(f"z0 must be 'zeros', 'f0', a callable or a tensor, got {z0!r} (for a state of several "
+                         "tensors: a tuple or list of tensors)")
+
+
+def _check_batch(start: State, x: torch.Tensor) -> None:
+    """The starting state's batch dimension must be x's."""
+    first = start[0] if is_structured(start) else start
+    if not isinstance(first, torch.Tensor) or first.dim() == 0 or first.shape[0] != x.shape[0]:
+        what = "z0[0]" if is_structured(start) else "z0"
+        raise ValueError(f"{what} has shape {tuple(getattr(first, 'shape', ()))} but x has batch size "
+                         f"{x.shape[0]}: the first dimension of z0 must be the batch of x")
+
+
+#: TorchDEQ's settings (get_deq / DEQBase / DEQIndexing) -> deqkit's, for the error about an unknown option
+#: (docs/torchdeq.md has the full table).
+TORCHDEQ_NAMES = {
+    "f_solver": "solver=...", "b_solver": "backward=deqkit.Implicit(solver=...)",
+    "f_max_iter": "max_steps=... / max_nfe=...", "b_max_iter": "backward=deqkit.Implicit(max_nfe=...)",
+    "f_tol": "abstol=... / reltol=...", "b_tol": "backward=deqkit.Implicit(reltol=...)",
+    "f_stop_mode": "abstol=... (abs) or reltol=... (rel)", "eval_factor": "eval_max_nfe=...",
+    "eval_f_max_iter": "eval_max_nfe=...", "ift": "backward='implicit' (the default)",
+    "hook_ift": "backward='implicit'", "grad": "backward=deqkit.Phantom(steps=...)",
+    "tau": "backward=deqkit.Phantom(damping=...)", "n_states": "deq(x, states=k) at the call",
+    "indexing": "deq(x, states=k) at the call",
+    "norm_type": "deqkit.normalize(f, 'weight' or 'spectral')", "core": "nothing: one graph, see docs/torchdeq.md",
+}
+
+
+def _torchdeq_hint(options: dict[str, Any]) -> str:
+    """``". TorchDEQ's 'f_max_iter' is max_steps=... / max_nfe=... here"``, or ``""``."""
+    known = [k for k in options if k in TORCHDEQ_NAMES]
+    hint = "".join(f". TorchDEQ's {k!r} is {TORCHDEQ_NAMES[k]} here" for k in known)
+    if "record" in options:
+        hint += (". For iterates along the solve call deq(x, states=k); deqkit.solve(f, z0, record=True) keeps them "
+                 "all")
+    return hint
 
 
 def _gradient_hint(options: dict[str, Any]) -> str:

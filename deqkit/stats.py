@@ -68,6 +68,15 @@ class SolverStats:
     def num_converged(self) -> int:
         return int(self.converged.sum())
 
+    def __repr__(self) -> str:
+        """A summary: the counts and the worst residual, not the per-step lists (their lengths only)."""
+        batch = self.converged.numel()
+        extra = f", rejected_steps={self.rejected_steps}" if self.rejected_steps else ""
+        recorded = f", trajectory=[{len(self.trajectory)} iterates]" if self.trajectory else ""
+        return (f"SolverStats(method={self.method!r}, converged={self.num_converged}/{batch}, nfe={self.nfe}, "
+                f"steps={self.steps}{extra}, max_residual={float(self.residual.max()):.3g}, "
+                f"history=[{len(self.history)} entries]{recorded}, wall_time={self.wall_time * 1e3:.1f} ms)")
+
     def __str__(self) -> str:
         batch = self.converged.numel()
         return (

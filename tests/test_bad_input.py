@@ -5,6 +5,7 @@ deep inside torch and never a silently wrong result. (Checkpoints, the training 
 in tests/train/.)
 """
 
+import copy
 import warnings
 
 import numpy as np
@@ -68,6 +69,18 @@ def _writes_from_second_call():
         return out
 
     return f
+
+
+def _wide_block():
+    """A block whose state is 8 wide while x is 4 wide (it needs z0=lambda x: x.new_zeros(len(x), 8))."""
+    linear = torch.nn.Linear(8, 8)
+    return lambda z, x: torch.tanh(linear(z)) + x.sum(1, keepdim=True)
+
+
+def _used_deq():
+    deq = _deq()
+    deq(_x()).sum().backward()
+    return deq
 
 
 # (case, call, exception, message fragment)
@@ -167,7 +180,7 @@ CASES = [
     ("Anderson(m=10**9) on a large batch (was an allocator error naming no option)", lambda: deqkit.solve(
         torch.cos, torch.zeros(2000, 300), solver=deqkit.Anderson(m=10**9)), RuntimeError,
      r"ran out of memory with Anderson\(m=1000000000\).*lower m or the batch size"),
-    ("z0=lambda x: 3.0", lambda: _deq()(_x(), z0=lambda x: 3.0), TypeError, "z0 returned a float, not a tensor"),
+    ("z0=lambda x: 3.0", lambda: _deq()(_x(), z0=lambda x: 3.0), TypeError, "the callable z0 returned a float: it must return the starting state"),
     ("f returns no tensor", lambda: deqkit.solve(lambda z: 1.0, Z, solver="picard"), TypeError,
      "must return a torch.Tensor"),
     # ---- the DEQ: checked at construction, not at the first call
@@ -185,6 +198,9 @@ CASES = [
         solver="anderson", max_nfe=6, strict=True, abstol=1e-3, reltol=1e-3, backward=deqkit.Implicit(reltol=1e-12))(
         _x().requires_grad_()).sum().backward(),
      deqkit.ConvergenceError, r"max_nfe=6 \(inherited from the DEQ's forward budget.*Implicit\(max_nfe=\.\.\.\)"),
+    ("DEQ with TorchDEQ's names", lambda: _deq(f_max_iter=30, n_states=3), TypeError,
+     r"unknown option.*TorchDEQ's 'f_max_iter' is max_steps=\.\.\. / max_nfe=\.\.\. here.*'n_states' is "
+     r"deq\(x, states=k\)"),
     # ---- the DEQ's input
     ("0-d x", lambda: _deq()(torch.tensor(1.0)), ValueError, r"x must have shape \(batch, \.\.\.\).*x\[None\]"),
     ("empty x", lambda: _deq()(torch.zeros(0, 4)), ValueError, "non-empty batch"),
@@ -197,6 +213,33 @@ CASES = [
      "cannot run under torch.func transforms"),
     ("torch.func.grad over a DEQ", lambda: torch.func.grad(lambda x: _deq()(x).sum())(_x()), RuntimeError,
      "cannot run under torch.func transforms"),
+    # ---- states of several tensors (tuple/list): one structure throughout, shared batch, dtype and device
+    ("tuple z0, batch sizes differ", lambda: deqkit.solve(lambda z: z, (torch.zeros(2, 3), torch.zeros(3, 3))),
+     ValueError, r"z0\[1\] has batch size 3 but z0\[0\] has 2.*share the batch dimension"),
+    ("tuple z0, dtypes differ", lambda: deqkit.solve(lambda z: z, (Z, Z.double())), ValueError,
+     "z0\\[1\\] has dtype torch.float64 but z0\\[0\\] has torch.float32"),
+    ("empty tuple z0", lambda: deqkit.solve(lambda z: z, ()), ValueError, "empty tuple"),
+    ("f drops a tensor of the tuple", lambda: deqkit.solve(lambda z: (z[0] * 0.5,), (Z, torch.zeros(2, 5))),
+     ValueError, r"f\(z\) holds 1 tensors, but the state is a tuple of 2 tensors \(3,\), \(5,\)"),
+    ("f returns a tensor for a tuple state", lambda: deqkit.solve(lambda z: z[0] * 0.5, (Z, Z)), TypeError,
+     "f must return the same structure as z"),
+    ("f swaps the tuple's shapes",
+     lambda: deqkit.solve(lambda z: (z[1] * 0.5, z[0] * 0.5), (Z, torch.zeros(2, 5)), solver="picard"), ValueError,
+     r"f\(z\)\[0\] has shape \(2, 5\) but z\[0\] has shape \(2, 3\)"),
+    ("DEQ f returns a tuple for a tensor state", lambda: deqkit.DEQ(lambda z, x: (z, x))(_x()), TypeError,
+     "the state z is one tensor.*z0 a tuple/list of tensors, or a callable"),
+    ("DEQ z0 tuple of another batch", lambda: _deq(z0=lambda x: (torch.zeros(3, 4),))(_x()), ValueError,
+     r"z0\[0\] has shape \(3, 4\) but x has batch size 2"),
+    # ---- the state's shape against x's: z0="zeros" means zeros_like(x)
+    ("z0='zeros', f multiplies by a wider matrix", lambda: deqkit.DEQ(_wide_block())(_x()), ValueError,
+     r"z0='zeros' starts from zeros_like\(x\), shape \(2, 4\).*mat1 and mat2.*z0=lambda x: x.new_zeros"),
+    ("z0='zeros', f returns a wider state", lambda: deqkit.DEQ(lambda z, x: torch.cat([z, x], 1))(_x()), ValueError,
+     r"zeros_like\(x\), shape \(2, 4\).*f\(z\) has shape torch.Size\(\[2, 8\]\).*x.new_zeros\(x.shape\[0\], 8\)"),
+    ("z0='f0', f multiplies by a wider matrix", lambda: deqkit.DEQ(_wide_block(), z0="f0")(_x()), ValueError,
+     r"z0='f0' evaluates f\(z, x\) at zeros_like\(x\).*z0 as a callable of x"),
+    # ---- copies of a used DEQ: the graph of the last call stays with the original
+    ("jacobian_penalty of a deep copy", lambda: deqkit.jacobian_penalty(copy.deepcopy(_used_deq())), ValueError,
+     "no equilibrium with a graph; call it in grad mode first"),
     # ---- diagnostics
     ("spectral_radius iters=2.5", lambda: deqkit.spectral_radius(torch.tanh, Z, iters=2.5), TypeError,
      "iters must be an integer"),

@@ -14,6 +14,8 @@ Every model is an :class:`MNISTDEQ`: ``logits = head(deq(encoder(images)))``, wh
   ``Dense(784→128, relu)``, ``f(z, x) = relu(W₁z + b₁) + relu(W₂x + b₂)``, ``Dense(128→10)``.
 * ``"conv"`` — a small convolutional DEQ in the spirit of the implicit-layers tutorial and MDEQ: a conv stem
   down to 7×7, a residual block with group normalisation as ``f`` (solved by Anderson), a linear head.
+* ``"mdeq"`` — MDEQ-style (:mod:`deqkit.models.mdeq`): a 14×14 and a 7×7 state coupled by strided and upsampling
+  convolutions, solved as one tuple state.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrizations
 
 from ..adjoint import Implicit
 from ..layer import DEQ
+from ..normalization import normalize
 from ..solvers.core import check_int
+from .mdeq import mdeq
 
 __all__ = ["MNIST_MODELS", "WEIGHT_NORMS", "ConvBlock", "MLPBlock", "MNISTDEQ", "SeedMNISTBlock", "WideBlock",
            "conv_deq", "mlp_deq", "mnist_model", "normalize_weight", "seed_mnist_model", "wide_mlp_deq"]
@@ -116,12 +119,13 @@ WEIGHT_NORMS = (None, "weight", "spectral")
 
 
 def normalize_weight(module: nn.Module, kind: str | None) -> nn.Module:
-    """Reparametrize ``module.weight`` with torch's own weight or spectral normalization (or leave it).
+    """Reparametrize the weights of ``module``'s linear and conv layers with torch's own weight or spectral
+    normalization (or leave them): :func:`deqkit.normalize` for the models' ``weight_norm=`` option.
 
     Parameters
     ----------
     module : nn.Module
-        A layer with a ``weight`` (``nn.Linear``, ``nn.Conv2d``, ...).
+        A layer (``nn.Linear``, ``nn.Conv2d``, ...) or a block holding such layers.
     kind : {None, "weight", "spectral"}
         ``"weight"``: ``torch.nn.utils.parametrizations.weight_norm`` (direction and norm learned apart);
         ``"spectral"``: ``torch.nn.utils.parametrizations.spectral_norm`` (``‖W‖₂ ≈ 1`` by power iteration).
@@ -138,11 +142,7 @@ def normalize_weight(module: nn.Module, kind: str | None) -> nn.Module:
     """
     if kind not in WEIGHT_NORMS:
         raise ValueError(f"weight_norm must be one of {WEIGHT_NORMS}, got {kind!r}")
-    if kind == "weight":
-        return parametrizations.weight_norm(module)
-    if kind == "spectral":
-        return parametrizations.spectral_norm(module)
-    return module
+    return module if kind is None else normalize(module, kind)
 
 
 class ConvBlock(nn.Module):
@@ -178,7 +178,7 @@ class ConvBlock(nn.Module):
         self.norm1 = nn.GroupNorm(groups, hidden)
         self.norm2 = nn.GroupNorm(groups, channels)
         self.norm3 = nn.GroupNorm(groups, channels)
-        for conv in (self.conv1, self.conv2):
+        for conv in (self.conv1, self.conv2):  # one after the other: spectral norm draws its start vectors here
             nn.init.normal_(conv.weight, 0.0, init_std)
             normalize_weight(conv, weight_norm)
 
@@ -206,8 +206,9 @@ class MLPBlock(nn.Module):
         if norm not in ("layer", None):
             raise ValueError(f"norm must be 'layer' or None, got {norm!r}")
         width = check_int("width", width, 1)
-        self.linear = normalize_weight(nn.Linear(width, width), weight_norm)
+        self.linear = nn.Linear(width, width)
         self.norm = nn.LayerNorm(width) if norm == "layer" else nn.Identity()
+        normalize_weight(self, weight_norm)
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Return ``norm(tanh(W z + b + x))``; ``z`` and ``x`` have shape ``(batch, width)``."""
@@ -442,6 +443,7 @@ MNIST_MODELS: dict[str, Callable[..., MNISTDEQ]] = {
     "conv": conv_deq,
     "mlp": lambda **kw: mlp_deq(**_no_override(kw, "norm", "mlp", "'mlp-ln' is the LayerNorm one"), norm=None),
     "mlp-ln": lambda **kw: mlp_deq(**_no_override(kw, "norm", "mlp-ln", "'mlp' has no normalization"), norm="layer"),
+    "mdeq": mdeq,
 }
 
 
@@ -450,10 +452,11 @@ def mnist_model(name: str, **options: Any) -> MNISTDEQ:
 
     Parameters
     ----------
-    name : {"seed", "seed-linear", "wide", "conv", "mlp", "mlp-ln"}
+    name : {"seed", "seed-linear", "wide", "conv", "mlp", "mlp-ln", "mdeq"}
     **options
         Keyword arguments of the constructor: ``seed``, its size arguments (see :func:`seed_mnist_model`,
-        :func:`wide_mlp_deq`, :func:`conv_deq`, :func:`mlp_deq`) and any :class:`~deqkit.DEQ` keyword.
+        :func:`wide_mlp_deq`, :func:`conv_deq`, :func:`mlp_deq`, :func:`deqkit.models.mdeq`) and any
+        :class:`~deqkit.DEQ` keyword.
 
     Returns
     -------
@@ -476,7 +479,7 @@ def _refuse_other_models_options(name: str, options: dict[str, Any]) -> None:
     """An option another model's constructor takes (``weight_norm`` for ``seed``) named as such: it would
     otherwise reach the DEQ and be reported as an unknown option of its solver."""
     builders = {"seed": seed_mnist_model, "seed-linear": seed_mnist_model, "wide": wide_mlp_deq, "conv": conv_deq,
-                "mlp": mlp_deq, "mlp-ln": mlp_deq}
+                "mlp": mlp_deq, "mlp-ln": mlp_deq, "mdeq": mdeq}
     takes = {m: set(inspect.signature(make).parameters) - {"deq_options"} for m, make in builders.items()}
     for key in options:
         takers = [m for m in MNIST_MODELS if key in takes[m]]

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import DivergenceError, StepFailure
+from ..state import Structure
 from ..stats import SolverStats
 from .anderson import Anderson
 from .broyden import Broyden
@@ -107,15 +108,16 @@ class Solution:
 
     Attributes
     ----------
-    z : torch.Tensor
-        Per sample, the converged iterate, or the lowest-residual one for a sample that did not converge.
-    fz : torch.Tensor
+    z : torch.Tensor or tuple/list of torch.Tensor
+        Per sample, the converged iterate, or the lowest-residual one for a sample that did not converge (in the
+        structure of ``z0``).
+    fz : torch.Tensor or tuple/list of torch.Tensor
         ``f(z)``.
     stats : SolverStats
     """
 
-    z: torch.Tensor
-    fz: torch.Tensor
+    z: Any
+    fz: Any
     stats: SolverStats
 
 
@@ -136,7 +138,7 @@ def check_start(z0: Any, what: str = "z0") -> None:
                          f"create {what} on a real device, e.g. torch.zeros(shape, device='cpu')")
 
 
-def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: float, max_steps: int | None,
+def run(solver: Solver, f: Map, z0: Any, *, abstol: float, reltol: float, max_steps: int | None,
         max_nfe: int | None = None, strict: bool = False, record: bool = False, budget_note: str = "",
         warn: Callable[[str, SolverStats], None] | None = None) -> Solution:
     """Run a configured solver; the engine behind :func:`solve`, the DEQ layer and its backward pass.
@@ -146,8 +148,11 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
     solver : Solver
     f : callable
         The batched map; see :func:`solve`.
-    z0 : torch.Tensor
-        Floating-point starting point, shape ``(batch, ...)`` with ``batch ≥ 1``. Never modified or returned.
+    z0 : torch.Tensor, or tuple/list of torch.Tensor
+        Floating-point starting point, shape ``(batch, ...)`` with ``batch ≥ 1``; or a tuple/list of such tensors
+        of different shapes, sharing batch size, dtype and device (``f`` then maps such a structure to the same
+        structure; the solver sees them concatenated into one ``(batch, N)`` tensor, the returned ``z``,
+        ``fz`` and recorded trajectory have ``z0``'s structure). Never modified or returned.
     abstol, reltol : float
         The termination rule of :func:`solve`; both ≥ 0, not both 0.
     max_steps : int or None
@@ -172,8 +177,9 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
     Raises
     ------
     ValueError
-        If ``z0`` is not a floating-point ``(batch, ...)`` tensor, a tolerance or ``max_steps`` is invalid,
-        ``f(z)`` differs from ``z`` in shape, dtype or device, or ``f`` changes its input in place.
+        If ``z0`` is not a floating-point ``(batch, ...)`` tensor (or a tuple/list of them sharing batch size,
+        dtype and device), a tolerance or ``max_steps`` is invalid, ``f(z)`` differs from ``z`` in structure,
+        shape, dtype or device, or ``f`` changes its input in place.
     TypeError
         If ``f`` does not return a tensor.
     deqkit.DivergenceError
@@ -186,6 +192,13 @@ def run(solver: Solver, f: Map, z0: torch.Tensor, *, abstol: float, reltol: floa
     deqkit.ConvergenceWarning
         When a sample does not converge within ``max_steps`` and ``strict`` is False.
     """
+    structure = Structure.of(z0)
+    if structure is not None:  # the solver sees one (batch, N) tensor; the caller gets its own structure back
+        sol = run(solver, structure.map(f), structure.flatten(z0, "z0"), abstol=abstol, reltol=reltol,
+                  max_steps=max_steps, max_nfe=max_nfe, strict=strict, record=record, budget_note=budget_note,
+                  warn=warn)
+        sol.stats.trajectory = [structure.unflatten(z) for z in sol.stats.trajectory]
+        return Solution(structure.unflatten(sol.z), structure.unflatten(sol.fz), sol.stats)
     check_start(z0)
     if not isinstance(strict, bool):  # checked here too: DEQ.strict may be reassigned after construction
         raise TypeError(f"strict must be True or False, got {strict!r}")
@@ -282,7 +295,7 @@ def _out_of_place(f: Map) -> Map:
     return checked
 
 
-def solve(f: Map, z0: torch.Tensor, *, solver: SolverSpec = "dynamic_ss", abstol: float = 1e-5,
+def solve(f: Map, z0: Any, *, solver: SolverSpec = "dynamic_ss", abstol: float = 1e-5,
           reltol: float = 1e-5, max_steps: int | None = None, max_nfe: int | None = None, strict: bool = False,
           record: bool = False, **options: Any) -> tuple[torch.Tensor, SolverStats]:
     """Find the fixed point ``z* = f(z*)`` of a batched map.
@@ -292,8 +305,9 @@ def solve(f: Map, z0: torch.Tensor, *, solver: SolverSpec = "dynamic_ss", abstol
     f : callable
         Maps a tensor shaped like ``z0`` to one of the same shape, dtype and device, out of place. Samples
         (first dimension) are solved independently.
-    z0 : torch.Tensor
-        Starting point, shape ``(batch, ...)``.
+    z0 : torch.Tensor, or tuple/list of torch.Tensor
+        Starting point, shape ``(batch, ...)``; or a tuple/list of tensors of different shapes (one state of
+        several tensors, sharing batch size, dtype and device), which ``f`` maps to the same structure.
     solver : str or Solver
         A configured solver (``deqkit.Anderson(m=6)``, ``deqkit.DynamicSS(ode_method="dopri5")``) or the name
         of one with default settings: ``"dynamic_ss"`` (integrates ``dz/dt = f(z) − z`` to steady state, Tsit5
@@ -318,8 +332,9 @@ def solve(f: Map, z0: torch.Tensor, *, solver: SolverSpec = "dynamic_ss", abstol
 
     Returns
     -------
-    z_star : torch.Tensor
-        The converged iterate (for a sample that did not converge: its lowest-residual iterate).
+    z_star : torch.Tensor, or tuple/list of torch.Tensor
+        The converged iterate (for a sample that did not converge: its lowest-residual iterate), in ``z0``'s
+        structure.
     stats : SolverStats
 
     Raises

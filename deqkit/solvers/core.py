@@ -58,7 +58,10 @@ def batch_view(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def check_map_output(fz: torch.Tensor, z: torch.Tensor, what: str = "f") -> None:
     """Refuse a map whose output does not look like its input (shape, dtype, device)."""
     if not isinstance(fz, torch.Tensor):
-        raise TypeError(f"{what} must return a torch.Tensor, got {type(fz).__name__}")
+        hint = (": the state z is one tensor, so f must return one; for a state of several tensors, start from that "
+                "structure (z0 a tuple/list of tensors, or a callable of x returning one)"
+                if isinstance(fz, (tuple, list)) else "")
+        raise TypeError(f"{what} must return a torch.Tensor, got {type(fz).__name__}{hint}")
     for attr in ("shape", "dtype", "device"):
         if getattr(fz, attr) != getattr(z, attr):
             raise ValueError(

@@ -1,4 +1,4 @@
-"""Command line: ``python -m deqkit.train mnist --model seed|seed-linear|wide|conv|mlp|mlp-ln [options]``.
+"""Command line: ``python -m deqkit.train mnist --model seed|seed-linear|wide|conv|mlp|mlp-ln|mdeq [options]``.
 
 Examples
 --------
@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p.add_argument("--model", choices=sorted(MNIST_MODELS), default=d.model,
                    help="seed: the blog's network exactly; seed-linear: with linear logits; wide: 128-d MLP-DEQ; "
-                        "conv: convolutional DEQ; mlp, mlp-ln: the MLP-DEQ tanh(Wz + x), without or with LayerNorm "
-                        "(default: %(default)s)")
+                        "conv: convolutional DEQ; mlp, mlp-ln: the MLP-DEQ tanh(Wz + x), without or with LayerNorm; "
+                        "mdeq: MDEQ-style, a 14x14 and a 7x7 state solved together (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="samples per step over all processes (the blog used 8; default: %(default)s)")
@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MNIST folder (default: $DEQKIT_MNIST_DIR, else ~/.cache/deqkit/mnist, downloaded once)")
     p.add_argument("--deq", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="model/DEQ option, repeatable: e.g. --deq solver=anderson --deq max_steps=30 "
-                        "--deq polish=None --deq weight_norm=spectral (mlp, mlp-ln, conv)")
+                        "--deq polish=None --deq weight_norm=spectral (mlp, mlp-ln, conv, mdeq) "
+                        "--deq resolutions=1 (mdeq)")
     p.add_argument("--jac-reg", type=float, default=d.jac_reg, metavar="GAMMA",
                    help="add GAMMA * deqkit.jacobian_penalty(model) to the loss (Jacobian regularization: keeps the "
                         "equilibrium cheap to solve; logged as jac_penalty; default: %(default)s, none)")

@@ -19,8 +19,8 @@ class TrainConfig:
     Parameters
     ----------
     model : str
-        A name in :data:`deqkit.models.MNIST_MODELS` (``"seed"``, ``"seed-linear"``, ``"wide"``, ``"conv"``);
-        used by :func:`train_mnist` and recorded with the metrics.
+        A name in :data:`deqkit.models.MNIST_MODELS` (``"seed"``, ``"seed-linear"``, ``"wide"``, ``"conv"``,
+        ``"mdeq"``, ...); used by :func:`train_mnist` and recorded with the metrics.
     epochs : int
         Passes over the training set.
     batch_size : int

@@ -225,7 +225,7 @@ def test_a_bad_width_is_refused(width):
 
 @pytest.mark.parametrize(("name", "options", "message"), [
     ("seed", {"weight_norm": "spectral"}, r"the 'seed' model takes no 'weight_norm'; the models that do: \['conv'"),
-    ("wide", {"channels": 8}, r"the 'wide' model takes no 'channels'; the models that do: \['conv'\]"),
+    ("wide", {"channels": 8}, r"the 'wide' model takes no 'channels'; the models that do: \['conv', 'mdeq'\]"),
     ("mlp", {"norm": "layer"}, "the 'mlp' model fixes norm; do not pass it \\('mlp-ln' is the LayerNorm one\\)"),
 ])
 def test_another_models_option_is_named_as_such(name, options, message):
