@@ -99,20 +99,19 @@ class Anderson(IterativeSolver):
     def secants(self, h: _History | None, rows: torch.Tensor, z: torch.Tensor,
                 fz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The differences ``ΔZ`` and ``ΔG`` (residuals) the history holds for the samples ``rows``, with the step to
-        the iterate ``z`` just evaluated (``fz = f(z)``): float64, shape ``(len(rows), k, dim)`` (see
-        :func:`growth_rates`)."""
-        z, g = z.detach().flatten(1)[rows].double(), (fz - z).detach().flatten(1)[rows].double()
+        the iterate ``z`` just evaluated (``fz = f(z)``): shape ``(len(rows), k, dim)`` (see :func:`growth_rates`)."""
+        z, g = z.detach().flatten(1)[rows], (fz - z).detach().flatten(1)[rows]
         if h is None:
             empty = z.new_zeros(rows.numel(), 0, z.shape[1])
             return empty, empty
-        dz, dg = (z - h.z[rows].double())[:, None], (g - h.g[rows].double())[:, None]  # the newest step
+        dz, dg = (z - h.z[rows])[:, None], (g - h.g[rows])[:, None]  # the newest step
         if h.ring is not None:
             k = min(h.count, self.m)
-            old_g, old_m = h.ring[0][rows, :k].double(), h.ring[1][rows, :k].double()
+            old_g, old_m = h.ring[0][rows, :k], h.ring[1][rows, :k]
         elif h.dg:
-            old_g, old_m = torch.stack(h.dg, 1)[rows].detach().double(), torch.stack(h.dm, 1)[rows].detach().double()
+            old_g, old_m = torch.stack(h.dg, 1)[rows].detach(), torch.stack(h.dm, 1)[rows].detach()
         else:
-            old_g = old_m = dg[:, :0]
+            return dz, dg
         return torch.cat([old_m - self.beta * old_g, dz], 1), torch.cat([old_g, dg], 1)
 
 
@@ -132,11 +131,13 @@ def growth_rates(dz: torch.Tensor, dg: torch.Tensor) -> tuple[torch.Tensor, torc
     Returns
     -------
     rates : torch.Tensor
-        Shape ``(n,)``, float64: the largest real part where it may be positive; where a Gershgorin bound shows it
+        Shape ``(n,)``: the largest real part where it may be positive; where a Gershgorin bound shows it
         is not, that bound clipped at 0 (``-inf`` with no differences).
     directions : torch.Tensor
-        Shape ``(n, dim)``, float64: the Ritz vector of that rate, scaled to unit ∞-norm.
+        Shape ``(n, dim)``, in at least float32: the Ritz vector of that rate, scaled to unit ∞-norm.
     """
+    wide = torch.promote_types(dz.dtype, torch.float32)  # a sign test: float32 is plenty, float16 is not
+    dz, dg = dz.to(wide), dg.to(wide)
     n, k, dim = dz.shape
     rates, directions = dz.new_full((n,), -torch.inf), dz.new_zeros(n, dim)
     if k == 0:
@@ -147,8 +148,8 @@ def growth_rates(dz: torch.Tensor, dg: torch.Tensor) -> tuple[torch.Tensor, torc
     dz, dg = dz / scale, dg / scale
     gram, rhs = (dz @ torch.cat([dz, dg], 1).transpose(1, 2)).split(k, dim=2)  # ΔZᵀΔZ and ΔZᵀΔG in one product
     # relative regularisation: nearly parallel differences must not create spurious large Ritz values
-    reg = 1e-10 * gram.diagonal(dim1=1, dim2=2).amax(-1).clamp_min(torch.finfo(torch.float64).tiny)
-    eye = torch.eye(k, dtype=torch.float64, device=gram.device)
+    reg = 1e-6 * gram.diagonal(dim1=1, dim2=2).amax(-1).clamp_min(torch.finfo(wide).tiny)
+    eye = torch.eye(k, dtype=wide, device=gram.device)
     b, info = torch.linalg.solve_ex(gram + reg[:, None, None] * eye, rhs)
     ok = (info == 0) & torch.isfinite(b).flatten(1).all(1)
     # Gershgorin: every eigenvalue's real part is at most max_i (B_ii + Σ_j≠i |B_ij|); only where that bound is
@@ -163,5 +164,5 @@ def growth_rates(dz: torch.Tensor, dg: torch.Tensor) -> tuple[torch.Tensor, torc
     rates[rows] = values.real.gather(1, top[:, None]).squeeze(1)
     y = vectors.real.gather(2, top[:, None, None].expand(-1, k, 1))  # (n, k, 1)
     v = (dz[rows].transpose(1, 2) @ y).squeeze(2)
-    directions[rows] = v / v.abs().amax(1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    directions[rows] = v / v.abs().amax(1, keepdim=True).clamp_min(torch.finfo(wide).tiny)
     return rates, directions
