@@ -180,7 +180,8 @@ CASES = [
     ("Anderson(m=10**9) on a large batch (was an allocator error naming no option)", lambda: deqkit.solve(
         torch.cos, torch.zeros(2000, 300), solver=deqkit.Anderson(m=10**9)), RuntimeError,
      r"ran out of memory with Anderson\(m=1000000000\).*lower m or the batch size"),
-    ("z0=lambda x: 3.0", lambda: _deq()(_x(), z0=lambda x: 3.0), TypeError, "the callable z0 returned a float: it must return the starting state"),
+    ("z0=lambda x: 3.0", lambda: _deq()(_x(), z0=lambda x: 3.0), TypeError,
+     "the callable z0 returned a float: it must return the starting state"),
     ("f returns no tensor", lambda: deqkit.solve(lambda z: 1.0, Z, solver="picard"), TypeError,
      "must return a torch.Tensor"),
     # ---- the DEQ: checked at construction, not at the first call

@@ -218,3 +218,25 @@ def test_solve_cost_fast(capsys):
     assert "### Solve cost: mlp-ln, forward default, batch 128, 3 steps after 2" in out and "| check µs |" in out
     assert 2 <= result["evaluations"] <= 30 and 2 <= result["products"] <= 30  # the training budget of 30
     assert all(result[k] > 0 for k in ("forward ms", "backward ms", "check us"))
+
+
+def test_overhead_tiny(capsys):
+    from benchmarks import overhead
+
+    rows = overhead.main(["--cases", "16x4", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "| d=16, batch=4 | deqkit dynamic_ss |" in out and "implicit backward, GMRES" in out
+    assert all(r["nfe"] >= 2 and r["ratio"] > 0 for r in rows)
+    with pytest.raises(SystemExit):
+        overhead.main(["--cases", "big"])
+
+
+def test_gradient_quality_scores_every_configuration_against_the_reference(capsys):
+    from benchmarks import gradient_quality
+
+    result = gradient_quality.main(["--families", "mlp", "--train-steps", "2"])
+    rows = result["blocks"]
+    assert {r["stage"] for r in rows} == {"init", "after 2 steps"}
+    assert {"deqkit defaults", "deqkit anderson", "deqkit broyden"} <= {r["config"] for r in rows}
+    assert all(r["error"] < 1e-3 and r["cosine"] > 0.999 for r in rows)  # a tanh MLP converges within 30
+    assert "| mlp | init | deqkit defaults |" in capsys.readouterr().out

@@ -1,0 +1,146 @@
+"""The cost of a solve against its floor: (evaluations of f) × (time of one evaluation), per solver and size.
+
+Map ``z = tanh(W z + x + b)`` (``deqkit.problems.tanh_problem``, ‖W‖₂ = 0.9), float32, relative residual 1e-4
+(``abstol=0``), one torch thread. For each case: the median time of one evaluation of ``f`` (over 200 calls), then for
+each forward solver the median wall time of ``--repeats`` solves (runs interleaved), its evaluations, the floor
+``nfe × t_f`` and the ratio ``wall / floor``; TorchDEQ 0.1.0's Anderson and Broyden side by side (where installed,
+``stop_mode='rel'``, ``tol=1e-4``). The backward rows time the implicit backward's linear solve alone (``u = g + u J``
+at a converged ``z*``, GMRES and Anderson, relative tolerance 1e-4) against its floor: products × the time of one
+vector–Jacobian product.
+
+    python -m benchmarks overhead [--cases 128x128 512x32 32x8] [--repeats 15] [--layernorm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+import deqkit
+from deqkit.problems import tanh_problem
+from deqkit.solvers import GMRES, run
+
+from .forward import load, torchdeq_available
+
+SOLVERS = ("picard", "anderson", "broyden", "dynamic_ss")
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def case(d: int, batch: int, layernorm: bool) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    block, x = tanh_problem(d, 0.9, batch=batch, dtype=torch.float32)
+    w, b = block.weight.detach(), block.bias.detach()
+    if layernorm:
+        return lambda z: torch.nn.functional.layer_norm(torch.tanh(z @ w.T + x + b), (d,)), x
+    return lambda z: torch.tanh(z @ w.T + x + b), x
+
+
+def forward_rows(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> list[dict]:
+    z0 = torch.zeros_like(x)
+    t_f = median_time(lambda: f(z0), 200)
+    runs: dict[str, Callable[[], int]] = {}
+    for name in SOLVERS:
+        def go(name: str = name) -> int:
+            _, stats = deqkit.solve(f, z0, solver=name, abstol=0.0, reltol=1e-4, max_steps=500)
+            return stats.nfe
+        runs[f"deqkit {name}"] = go
+    if torchdeq_available():
+        from torchdeq.solver import get_solver
+
+        for name in ("anderson", "broyden"):
+            solver = get_solver(name)
+
+            def peer(solver: Callable = solver) -> int:
+                calls = []
+
+                def counted(z: torch.Tensor) -> torch.Tensor:
+                    calls.append(1)
+                    return f(z)
+
+                solver(counted, z0, max_iter=500, tol=1e-4, stop_mode="rel")
+                return len(calls)
+            runs[f"TorchDEQ {name}"] = peer
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    nfe = {k: fn() for k, fn in runs.items()}  # warm-up, and the (deterministic) evaluation counts
+    for _ in range(repeats):  # interleaved: other load slows every run alike
+        for k, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - start)
+    rows = []
+    for k in runs:
+        wall = statistics.median(times[k])
+        rows.append({"solver": k, "nfe": nfe[k], "t_f": t_f, "wall": wall, "ratio": wall / (nfe[k] * t_f)})
+    return rows
+
+
+def backward_rows(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> list[dict]:
+    with torch.no_grad():
+        z_star, _ = deqkit.solve(f, torch.zeros_like(x), solver="anderson", abstol=0.0, reltol=1e-6)
+    z = z_star.clone().requires_grad_()
+    fz = f(z)
+    g = torch.randn_like(x, generator=torch.Generator().manual_seed(0))
+
+    def vjp(u: torch.Tensor) -> torch.Tensor:
+        return g + torch.autograd.grad(fz, z, u, retain_graph=True)[0]
+
+    t_p = median_time(lambda: vjp(g), 200)
+    rows = []
+    for name, solver in (("GMRES", GMRES()), ("anderson", deqkit.Anderson())):
+        def go(solver: deqkit.Solver = solver) -> int:
+            return run(solver, vjp, g, abstol=0.0, reltol=1e-4, max_steps=500).stats.nfe
+        nfe = go()
+        wall = median_time(go, repeats)
+        rows.append({"solver": f"implicit backward, {name}", "nfe": nfe, "t_f": t_p, "wall": wall,
+                     "ratio": wall / (nfe * t_p)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks overhead", description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="+", default=["128x128", "512x32", "32x8"], help="d x batch")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--layernorm", action="store_true", help="also f = LayerNorm(tanh(W z + x + b))")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.threads < 1:
+        parser.error("--repeats and --threads must be >= 1")
+    try:
+        sizes = [tuple(int(v) for v in c.lower().split("x")) for c in args.cases]
+    except ValueError:
+        parser.error(f"--cases takes d x batch, e.g. 128x128; got {args.cases}")
+    torch.set_num_threads(args.threads)
+    print(f"overhead: torch {torch.__version__}, {args.threads} thread(s), {args.repeats} interleaved repeats; "
+          f"load average {load()}\n")
+    print("| case | solver | evaluations | time of f (µs) | wall (ms) | floor (ms) | wall / floor |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", deqkit.ConvergenceWarning)  # every timed solve converges, or this says so
+        for d, batch in sizes:
+            for norm in (False, True) if args.layernorm else (False,):
+                f, x = case(d, batch, norm)
+                label = f"d={d}, batch={batch}" + (", LayerNorm" if norm else "")
+                for r in forward_rows(f, x, args.repeats) + backward_rows(f, x, args.repeats):
+                    r["case"] = label
+                    rows.append(r)
+                    print(f"| {label} | {r['solver']} | {r['nfe']} | {r['t_f'] * 1e6:.0f} | {r['wall'] * 1e3:.2f} | "
+                          f"{r['nfe'] * r['t_f'] * 1e3:.2f} | {r['ratio']:.1f}× |", flush=True)
+    print(f"\nload average at the end: {load()}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
