@@ -170,8 +170,9 @@ class DynamicSS(Solver):
     Polishing (default, ``polish=deqkit.Anderson()``): each sample starts with the polisher, Anderson acceleration of
     the flow's explicit Euler step of size 1 (``z ← f(z)``), which on the maps DEQs train converges in far fewer
     evaluations than the adaptive flow. A sample goes to the adaptive flow, from where its polishing began, when its
-    residual grows past ``polish_guard`` times its best, when its best residual has not improved for
-    ``polish_stall`` iterations, or when it converges to an equilibrium that the flow leaves (the polisher's secant
+    residual grows past ``polish_guard`` times its best (at once), when its best residual has not improved for
+    ``polish_stall`` iterations (once every sample still polishing has stalled: until then the batch pays for its
+    evaluations anyway, so it goes on), or when it converges to an equilibrium that the flow leaves (the polisher's secant
     history shows ``∂f/∂z − I`` with an eigenvalue of real part above :data:`UNSTABLE_RATE`: a saddle, say). The flow
     hands it back once its residual has fallen to ``polish_below`` times the largest value it had along the flow
     (after an unstable answer: once it has doubled, then fallen). Each decision is per sample, so a sample's
@@ -195,7 +196,8 @@ class DynamicSS(Solver):
     polish_guard : float
         A polished sample whose residual exceeds this multiple of its best goes to the flow.
     polish_stall : int
-        Polishing iterations without a new best residual after which a sample goes to the flow.
+        Polishing iterations without a new best residual after which a sample counts as stalled; the stalled ones
+        go to the flow once every sample still polishing has stalled.
     polish_patience : int
         While on the flow, polishing starts once every running sample is ready, or once some are and no more became
         ready during this many accepted ODE steps (the others wait, then go on with the flow).
@@ -310,10 +312,13 @@ class DynamicSS(Solver):
                 secants.append((rows, *polisher.secants(state, rows, z, fz)))
             improved = res < best
             best, since = torch.where(improved, res, best), torch.where(improved, 0, since + 1)
-            stop = moving & ~monitor.converged & ((res > self.polish_guard * best) | (since >= self.polish_stall))
-            failed = failed | stop
-            moving = moving & ~monitor.converged & ~stop
-            if not bool(moving.any()):
+            diverged = moving & ~monitor.converged & (res > self.polish_guard * best)
+            failed = failed | diverged
+            moving = moving & ~monitor.converged & ~diverged
+            # A stalled sample goes on with the polisher while others still make progress (the batch pays for its
+            # evaluation anyway); once only stalled ones are left, they go to the flow.
+            if not bool((moving & (since < self.polish_stall)).any()):
+                failed = failed | moving
                 break
         left = self._unstable(secants, monitor, origin) if secants else None
         if left is not None:
