@@ -79,8 +79,12 @@ def layer(config: str, block: nn.Module) -> nn.Module:
     return deqkit.DEQ(block, max_nfe=BUDGET, **CONFIGS[config])
 
 
+SELECTED: list[str] | None = None  # --configs
+
+
 def configs() -> list[str]:
-    return [*CONFIGS, *([TORCHDEQ] if torchdeq_available() else [])]
+    every = [*CONFIGS, *([TORCHDEQ] if torchdeq_available() else [])]
+    return [c for c in every if SELECTED is None or c in SELECTED]
 
 
 def output_and_gradient(model: nn.Module, params: list[nn.Parameter], inputs: torch.Tensor,
@@ -232,11 +236,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--subset", type=int, default=None, help="train on this many MNIST digits (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--configs", nargs="+", choices=[*CONFIGS, TORCHDEQ], default=None,
+                        help="measure only these configurations (default: all)")
     parser.add_argument("--save", action="store_true", help=f"write the results to {DATA.relative_to(DATA.parents[2])}")
     args = parser.parse_args(argv)
     if args.train_steps < 1 or args.epochs < 1:
         parser.error("--train-steps and --epochs must be at least 1")
     torch.set_num_threads(args.threads)
+    global SELECTED
+    SELECTED = args.configs
     print(f"gradient_quality: torch {torch.__version__}, {args.threads} thread(s), budget {BUDGET}; configurations: "
           f"{', '.join(configs())}", flush=True)
     result: dict[str, Any] = {"blocks": blocks_part(args.families, args.train_steps)}
