@@ -38,6 +38,8 @@ UNSTABLE_RATE = 0.05
 #: Size of the push along the unstable direction, relative to ``max(1, ‖z‖∞)``, from which the flow leaves an
 #: unstable equilibrium the polisher found (started exactly there, the flow would stay).
 KICK = 1e-2
+#: Polishes that diverged or stalled after which a sample is left to the flow alone (which then runs to tolerance).
+POLISH_FAILURES = 2
 
 
 def per_sample_rms_max(x: torch.Tensor) -> torch.Tensor:
@@ -126,25 +128,32 @@ class _Handover:
 
     peak: torch.Tensor
     floor: torch.Tensor  # residual where an unstable answer was rejected (0: none)
+    failures: torch.Tensor  # polishes that diverged or stalled, per sample
     ready_count: int = 0
     waited: int = 0  # checks since ready_count last grew
 
     @classmethod
     def start(cls, res: torch.Tensor) -> _Handover:
-        return cls(res.clone(), torch.zeros_like(res))
+        return cls(res.clone(), torch.zeros_like(res), torch.zeros_like(res, dtype=torch.long))
 
     def restart(self, res: torch.Tensor, legs: torch.Tensor, unstable: torch.Tensor) -> None:
         """A new leg of the flow for the samples ``legs`` from residual ``res``; ``unstable`` ones must leave first."""
         self.peak = torch.where(legs, res, self.peak)
         self.floor = torch.where(unstable, res, torch.where(legs, 0.0, self.floor))
+        self.failures = self.failures + (legs & ~unstable).long()
         self.ready_count = self.waited = 0
+
+    def pending(self, running: torch.Tensor) -> bool:
+        """Whether a running sample may still be polished (else the flow must finish by itself, to tolerance)."""
+        return bool((running & (self.failures < POLISH_FAILURES)).any())
 
     def observe(self, res: torch.Tensor) -> None:
         self.floor = torch.where(res > 2 * self.floor, 0.0, self.floor)  # left the unstable equilibrium
         self.peak = torch.where(self.floor > 0, res, torch.maximum(self.peak, res))
 
     def target(self, below: float) -> torch.Tensor:
-        return torch.where(self.floor > 0, -1.0, below * self.peak)
+        never = (self.floor > 0) | (self.failures >= POLISH_FAILURES)
+        return torch.where(never, -1.0, below * self.peak)
 
     def time_to_polish(self, monitor: Monitor, patience: int) -> bool:
         """Every running sample is ready, or some are and no more became ready in ``patience`` checks."""
@@ -167,15 +176,15 @@ class DynamicSS(Solver):
     Unlike plain iteration it follows the continuous flow, so it converges to *stable* equilibria even where
     ``f`` is not a contraction (e.g. ∂f/∂z with eigenvalues below −1), and never to unstable ones.
 
-    Polishing (default, ``polish=deqkit.Anderson()``): each sample starts with the polisher, Anderson acceleration of
-    the flow's explicit Euler step of size 1 (``z ← f(z)``), which on the maps DEQs train converges in far fewer
+    Polishing (default, ``polish=deqkit.Anderson()``): each sample starts with the polisher, Anderson acceleration
+    of the flow's explicit Euler step of size 1 (``z ← f(z)``), which on the maps DEQs train converges in far fewer
     evaluations than the adaptive flow. A sample goes to the adaptive flow, from where its polishing began, when its
     residual grows past ``polish_guard`` times its best (at once), when its best residual has not improved for
     ``polish_stall`` iterations (once every sample still polishing has stalled: until then the batch pays for its
-    evaluations anyway, so it goes on), or when it converges to an equilibrium that the flow leaves (the polisher's secant
-    history shows ``∂f/∂z − I`` with an eigenvalue of real part above :data:`UNSTABLE_RATE`: a saddle, say). The flow
-    hands it back once its residual has fallen to ``polish_below`` times the largest value it had along the flow
-    (after an unstable answer: once it has doubled, then fallen). Each decision is per sample, so a sample's
+    evaluations anyway, so it goes on), or when it converges to an equilibrium that the flow leaves (the polisher's
+    secant history shows ``∂f/∂z − I`` with an eigenvalue of real part above :data:`UNSTABLE_RATE`: a saddle, say).
+    The flow hands it back once its residual has fallen to ``polish_below`` times the largest value it had along the
+    flow (after an unstable answer: once it has doubled, then fallen). Each decision is per sample, so a sample's
     equilibrium does not depend on the rest of its batch. ``polish=None`` is the pure ``DynamicSS`` of
     SteadyStateDiffEq (the flow alone).
 
@@ -259,7 +268,7 @@ class DynamicSS(Solver):
         field = _VectorField(f, z0)
         integrate = self._fixed if self.ode_method in FIXED else self._adaptive
         if self.polish is None:
-            return integrate(field, z0, None, monitor, 0, None), field.nfe
+            return integrate(field, z0, None, monitor, 0, None, restart=False), field.nfe
         fz = first_evaluation(f, z0)
         field.nfe = 1
         monitor.check(0, z0, fz - z0, fz, 1, t=0.0, settling=True)
@@ -276,7 +285,8 @@ class DynamicSS(Solver):
             if left is not None:
                 z, fz = torch.where(batch_view(unstable, z), left[1], z), None
             field.freeze(~monitor.converged)
-            steps = integrate(field, z, fz, monitor, steps, handover)
+            steps = integrate(field, z, fz, monitor, steps, handover if handover.pending(~monitor.converged) else None,
+                              restart=True)
             if self._stop(monitor, steps, field.nfe):
                 return steps, field.nfe
             (z, fz), moving = field.last, monitor.ready
@@ -350,22 +360,22 @@ class DynamicSS(Solver):
         return bad, (monitor.best_z.flatten(1) + push).view_as(monitor.best_z)
 
     def _adaptive(self, field: _VectorField, z0: torch.Tensor, fz0: torch.Tensor | None, monitor: Monitor,
-                  steps: int, handover: _Handover | None) -> int:
+                  steps: int, handover: _Handover | None, *, restart: bool) -> int:
         """Follow the flow from ``z0`` (``fz0 = f(z0)`` if known) until done, out of steps or budget, or (with a
         ``handover``) until it is time to polish; return the step count."""
         cost = step_cost(self.ode_method) + (self.controller.first_step is None)  # + choosing the first step
-        if handover is not None and not monitor.affords(field.nfe, cost):
+        if restart and not monitor.affords(field.nfe, cost):
             return steps
         t0 = torch.zeros((), dtype=torch.float64)
         r0 = field(t0, z0) if fz0 is None else (fz0 - z0) * batch_view(field.running, z0)
         field.cached = (z0, r0)  # torchdiffeq's own first evaluation at z0 reuses it
-        if handover is None and not monitor.affords(field.nfe, cost):
+        if not restart and not monitor.affords(field.nfe, cost):
             raise ValueError(f"max_nfe={monitor.tol.max_nfe} cannot pay for one step of {self.ode_method}: "
                              f"{field.nfe} evaluation at the start and {cost} for the first step; raise max_nfe")
         rtol, atol = self.controller.tolerances(z0, r0, monitor.tol.abstol, monitor.tol.reltol, handover is not None)
         ode = AdaptiveStepper(self.ode_method, field, z0, rtol=rtol, atol=atol, norm=per_sample_rms_max,
                               **self.controller.options())
-        if handover is None:
+        if not restart:
             monitor.check(0, ode.y, ode.f, ode.f + ode.y, field.nfe, t=0.0, settling=True)
         accepted = 0
         while not monitor.done and steps < monitor.tol.max_steps and monitor.affords(field.nfe, ode.cost):
@@ -409,10 +419,10 @@ class DynamicSS(Solver):
         )
 
     def _fixed(self, field: _VectorField, z0: torch.Tensor, fz0: torch.Tensor | None, monitor: Monitor, steps: int,
-               handover: _Handover | None) -> int:
+               handover: _Handover | None, *, restart: bool) -> int:
         ode = FixedStepper(self.ode_method, field, z0, self.step_size)
         if not monitor.affords(field.nfe, ode.cost):
-            if handover is not None:
+            if restart:
                 return steps
             raise ValueError(f"max_nfe={monitor.tol.max_nfe} is less than one step of {self.ode_method} "
                              f"({ode.cost} evaluations): raise max_nfe")
