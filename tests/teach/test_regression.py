@@ -20,6 +20,10 @@ def test_training_panel_every_mode_and_solver(backward, solver):
     assert not r.error and np.isfinite(r.losses).all() and np.isfinite(r.prediction) and r.forward_nfe > 0
     assert (r.backward_nfe > 0) == (backward == "implicit")
     assert "prediction at −5" in panel.text and len(panel.figure.axes) == 3
+    # the backward's cost in words: never "0.0 products" for unrolled, which goes back through every forward step
+    expected = {"implicit": "vector–Jacobian products", "unrolled": "backprop through all",
+                "one_step": "no solve"}[backward]
+    assert expected in panel.text and expected in regression.results_table([r])
     # a before each of the 100 steps, then after the last one
     assert len(r.a_history) == 10 * 10 + 1 and r.a_history[-1] == r.a
 
