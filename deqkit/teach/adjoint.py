@@ -391,7 +391,8 @@ def _backward(label: str, **settings: Any) -> Implicit:
 def backward_run(solver: str, norm: float, tol: float = 1e-6) -> BackwardRun:
     """The implicit backward solve of :func:`near_one_deq`'s DEQ with ‖W‖₂ = ``norm``, by the given solver.
 
-    The backward solve runs to ``tol`` within 300 products. Cached per ``(solver, norm, tol)``.
+    The backward solve runs to ``tol`` within 300 steps of its solver (its ``max_steps``; the products are
+    counted apart, since a step of the adjoint ODE costs several). Cached per ``(solver, norm, tol)``.
 
     Parameters
     ----------
@@ -468,7 +469,7 @@ def backward_panel(solver: str = "gmres", norm: float = 0.9) -> Panel:
     if r.error:
         text = f"<b>{solver}</b> blew up: {r.error}"
     else:
-        verdict = "converged" if r.converged else "<b>did not converge</b> within 300 products"
+        verdict = "converged" if r.converged else "<b>did not converge</b> within its 300 solver steps"
         text = (f"<b>{solver}</b>: {r.nfe} vector–Jacobian products, final residual {r.residual:.2e}, {verdict}, "
                 f"{r.seconds * 1e3:.1f} ms.")
     return Panel(fig, text)
