@@ -265,7 +265,8 @@ def stall_panel(models: dict[str, torch.nn.Module], dataset: TensorDataset, *, l
         d, probs = _diagnose(model, dataset, limit)
         ax1.hist(probs.numpy(), bins=np.linspace(0, 1, 41), alpha=0.6, label=name)
         ax2.bar(np.array([0, 1]) + i * width, [d["grad_correct"], d["grad_wrong"]], width, label=name)
-        rows.append(f"<b>{html.escape(name)}</b>: accuracy {d['acc']:.2f}%, loss {d['loss']:.3f}, top probability "
+        rows.append(f"<b>{html.escape(name)}</b>: accuracy on the first {min(limit, len(dataset))} test digits "
+                    f"{d['acc']:.2f}%, loss {d['loss']:.3f}, top probability "
                     f"≤ {d['max_prob']:.3f}, last-layer units in tanh's flat tails {100 * d['saturated']:.1f}%, "
                     f"gradient per digit right {_num(d['grad_correct'])} / wrong {_num(d['grad_wrong'])}, share of the "
                     f"gradient from wrong digits {100 * d['grad_share_wrong']:.1f}%, top two logits tied "
@@ -317,7 +318,8 @@ def class_panel(models: dict[str, torch.nn.Module], dataset: TensorDataset, *, l
         ax.bar(np.arange(10) + i * width, recall.numpy(), width, label=name)
         lost = [f"{c} (its digits predicted as {int(torch.mode(pred[y == c]).values)})"
                 for c in range(10) if float(recall[c]) < 0.5]
-        rows.append(f"<b>{html.escape(name)}</b>: accuracy {100 * float((pred == y).float().mean()):.2f}%; "
+        rows.append(f"<b>{html.escape(name)}</b>: accuracy on {len(y)} test digits "
+                    f"{100 * float((pred == y).float().mean()):.2f}%; "
                     + (f"classes almost never predicted right: {', '.join(lost)}" if lost else "every class recalled")
                     + (f"; {unconverged} solves not converged" if unconverged else ""))
     ax.set_xticks(np.arange(10) + width * (len(models) - 1) / 2, [str(c) for c in range(10)])
