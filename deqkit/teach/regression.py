@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import html
+import json
+import pathlib
 import statistics
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import ipywidgets as widgets
@@ -398,6 +400,43 @@ class ComparisonTable(StaticFallback, widgets.VBox):
                 "\u201d trains every backward mode and adds a row per mode to the table.</em></p>")
         return {"text/html": f'<div class="deqkit-static">{self.table.value}{note}</div>'}
 
+#: The comparison of notebook 03 (every backward mode, the blog's pure ODE, 100 epochs, three repeats), saved by
+#: ``python -m deqkit.teach.regression`` so that the notebook need not spend minutes retraining it.
+COMPARISON = pathlib.Path(__file__).resolve().parents[2] / "docs" / "data" / "regression_modes.json"
+COMPARISON_SETTINGS = {"lr": 0.05, "epochs": 100, "solver": "dynamic_ss(tsit5)", "repeats": 3}
+
+
+def save_comparison(results: list[RunResult], path: str | pathlib.Path = COMPARISON) -> None:
+    """Write runs of :func:`compare_backward_modes` as JSON (without the models; warnings by category name)."""
+    rows = []
+    for r in results:
+        row = {f.name: getattr(r, f.name) for f in fields(r) if f.name not in ("model", "warnings")}
+        row["warnings"] = [(category.__name__, message) for category, message in r.warnings]
+        rows.append(row)
+    pathlib.Path(path).write_text(json.dumps({"settings": COMPARISON_SETTINGS, "runs": rows}, indent=1) + "\n")
+
+
+def load_comparison(path: str | pathlib.Path = COMPARISON) -> list[RunResult]:
+    """Read runs written by :func:`save_comparison` (``model`` is None: the trained models are not saved).
+
+    Raises
+    ------
+    FileNotFoundError
+        With the command that writes the file, when it is missing.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: write it with `python -m deqkit.teach.regression` "
+                                "(about 10 minutes on two cores), or run the comparison in the notebook yourself")
+    known = {"ConvergenceWarning": ConvergenceWarning}
+    runs = []
+    for row in json.loads(path.read_text())["runs"]:
+        row = dict(row, losses=tuple(row["losses"]), a_history=tuple(row["a_history"]), times=tuple(row["times"]))
+        row["warnings"] = tuple((known.get(name, UserWarning), message) for name, message in row["warnings"])
+        runs.append(RunResult(**row))
+    return runs
+
+
 def check_weights(w2: Any, b2: Any) -> str | None:
     """The check of notebook 03's exercise: do ``W₂ = w2``, ``b₂ = b2`` (with ``W₁ = (1, 1)ᵀ``, ``b₁ = 0``) make the
     untrained DEQ predict exactly ``2x``?
@@ -444,3 +483,10 @@ def check_weights(w2: Any, b2: Any) -> str | None:
     return (f"the DEQ predicts {[round(v, 3) for v in pred.flatten().tolist()]} at x = −10, −5, 0, 5, 10 instead of "
             f"2x. With your weights a = W₂W₁ = {a:.4g} and b = W₂b₁ + b₂ = {b:.4g}; z* = (ax + b)/(1 − a) is 2x "
             "for every x only when a = 2/3 and b = 0.")
+
+
+if __name__ == "__main__":  # python -m deqkit.teach.regression: regenerate the saved comparison of notebook 03
+    from tqdm import tqdm as _bar
+
+    save_comparison(compare_backward_modes(**COMPARISON_SETTINGS, progress=functools.partial(_bar, desc="runs")))
+    print(f"wrote {COMPARISON}")

@@ -119,3 +119,23 @@ def test_training_records_the_warnings_it_raised(monkeypatch):
     monkeypatch.setattr(regression, "fit_regression", fit_and_warn)
     r = regression._fit(0.05, 1, "implicit", "anderson", 0)
     assert r.warnings == ((deqkit.ConvergenceWarning, "probe"),)
+
+
+def test_a_saved_comparison_reads_back_as_it_was(tmp_path):
+    runs = regression.compare_backward_modes(lr=0.05, epochs=1, solver="dynamic_ss", repeats=1)
+    regression.save_comparison(runs, tmp_path / "modes.json")
+    back = regression.load_comparison(tmp_path / "modes.json")
+    assert regression.results_table(back) == regression.results_table(runs)
+    assert [(r.losses, r.a_history, r.times) for r in back] == [(r.losses, r.a_history, r.times) for r in runs]
+    with pytest.raises(FileNotFoundError, match="python -m deqkit.teach.regression"):
+        regression.load_comparison(tmp_path / "missing.json")
+
+
+def test_the_shipped_comparison_has_the_notebooks_settings():
+    import json
+
+    saved = json.loads(regression.COMPARISON.read_text())
+    assert saved["settings"] == regression.COMPARISON_SETTINGS
+    runs = regression.load_comparison()
+    assert sorted(r.backward for r in runs) == sorted(regression.BACKWARD_MODES)
+    assert all(r.epochs == 100 and len(r.times) == 3 and r.solver == "dynamic_ss(tsit5)" for r in runs)
