@@ -29,7 +29,7 @@ from ..problems import linear_problem, tanh_problem
 from ..solvers import BACKWARD_SOLVERS as REGISTRY
 from ..solvers import GMRES, Broyden, Solver, solve
 from . import fast_mode
-from .widgets import Panel, figure, subplots
+from .widgets import Panel, figure, progress, subplots
 
 #: The gradient methods compared here (notebook 06 teaches the phantom gradient).
 MODES = tuple(name for name in GRADIENTS if name != "phantom")
@@ -179,7 +179,8 @@ def accuracy_panel(tol: float = 1e-4, norm: float = 0.9) -> Panel:
     """
     grid = tolerances_grid()
     tol = min(grid, key=lambda t: abs(math.log10(t) - math.log10(tol)))
-    rows = [gradient_accuracy(t, norm) for t in grid]
+    # the first call measures the whole grid (full mode: 13 s on two cores), later ones read the cache
+    rows = [gradient_accuracy(t, norm) for t in progress(grid, desc="tolerances")]
     here = gradient_accuracy(tol, norm)
     fig, (ax, ax2) = _quick_figure(2, left=0.09, right=0.99, bottom=0.15, top=0.91, wspace=0.32)
     for mode in MODES:
