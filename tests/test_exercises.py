@@ -1,14 +1,17 @@
 """Every exercise of every notebook can be passed and can be failed.
 
 An exercise is three cells (see :mod:`deqkit.teach.exercises`): an ``exercise``-tagged code cell (the learner's
-stub, with a plausible wrong answer in its metadata ``deqkit.wrong``), a ``solution``-tagged markdown cell (the
+stub, with a plausible wrong answer in its metadata ``deqkit.wrong`` and, in ``deqkit.expect``, a phrase the check's
+message for it must contain: the misconception it names), a ``solution``-tagged markdown cell (the
 solution in a collapsed ``<details>``, one fenced ``python`` block) and a ``check``-tagged code cell.
 
 Each notebook runs in one kernel (fast mode), its cells executed once, in order, up to each exercise; ``test``-tagged
 cells (the widget sweeps and claim checks, run by nbval) are skipped. At each exercise three tests run the check: on
 the stub as shipped (it says "not answered yet" and does not fail), on the wrong answer injected into the exercise
-cell (it raises ``ExerciseError``) and on the solution injected there (it passes). Finally the same kernel runs the
-rest of the notebook, still without its ``test`` cells: the learner's path must not depend on hidden cells.
+cell (it prints "not quite" with the expected message, returns a failed result and does not raise: Run All goes
+on) and on the solution injected there (it passes); each time the test also reads
+``deqkit.teach.exercises.last.passed``. Finally the same kernel runs the rest of the notebook, still without its
+``test`` cells: the learner's path must not depend on hidden cells.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
 
 from deqkit.teach.exercises import solution_code
 
@@ -44,6 +46,7 @@ class Exercise:
     stub: str
     solution: str
     wrong: str
+    expect: str  # a phrase of the check's message for the wrong answer
 
     @property
     def id(self) -> str:
@@ -61,6 +64,8 @@ def _exercises(path: Path) -> list[Exercise]:
         assert cell.cell_type == "code", f"{where}: an exercise cell must be a code cell"
         wrong = cell.metadata.get("deqkit", {}).get("wrong")
         assert wrong, f'{where}: give a plausible wrong answer in the cell metadata {{"deqkit": {{"wrong": ...}}}}'
+        expect = cell.metadata.get("deqkit", {}).get("expect")
+        assert expect, f'{where}: say what the check must answer to the wrong one: {{"deqkit": {{"expect": ...}}}}'
         following = list(enumerate(cells))[i + 1:]
         solution = next((c for _, c in following if "solution" in _tags(c)), None)
         check = next((j for j, c in following if "check" in _tags(c)), None)
@@ -70,7 +75,8 @@ def _exercises(path: Path) -> list[Exercise]:
         assert solution.cell_type == "markdown" and "<details>" in solution.source, (
             f"{where}: the solution must be a markdown cell collapsed in <details> (off the learner's path)")
         assert "check(" in cells[check].source, f"{where}: the check cell must call deqkit.teach.exercises.check"
-        found.append(Exercise(path, len(found) + 1, i, check, cell.source, solution_code(solution.source), wrong))
+        found.append(Exercise(path, len(found) + 1, i, check, cell.source, solution_code(solution.source), wrong,
+                              expect))
     return found
 
 
@@ -149,17 +155,15 @@ def test_exercise(runners, ex: Exercise, variant: str):
     runner = runners(ex.notebook, ex.cell)
     runner.advance_to(ex.cell)
     runner.run({"stub": ex.stub, "wrong": ex.wrong, "solution": ex.solution}[variant], ex.cell)
-    check_source = runner.nb.cells[ex.check].source
+    probe = "\nimport deqkit.teach.exercises as _ex\nprint('check passed:', _ex.last.passed)"
+    out, _, passed = _text(runner.run(runner.nb.cells[ex.check].source + probe, ex.check)).rpartition("check passed: ")
+    passed = passed.strip()
+    expected = {"stub": "not answered yet", "wrong": "not quite", "solution": "correct"}[variant]
+    assert expected in out, f"{ex.id}: with the {variant} the check printed {out!r}"
+    assert passed == str(variant == "solution"), f"{ex.id}: with the {variant} the check's result says {passed}"
     if variant == "wrong":
-        with pytest.raises(CellExecutionError) as failed:
-            runner.run(check_source, ex.check)
-        assert failed.value.ename == "ExerciseError", f"{ex.id}: the wrong answer raised {failed.value.ename}"
-        assert "not quite" in failed.value.evalue and len(failed.value.evalue) > 40, (
-            f"{ex.id}: the message should say what to look at: {failed.value.evalue!r}")
-    else:
-        out = _text(runner.run(check_source, ex.check))
-        expected = "not answered yet" if variant == "stub" else "correct"
-        assert expected in out, f"{ex.id}: with the {variant} the check printed {out!r}"
+        assert ex.expect in out, f"{ex.id}: the message for the wrong answer should contain {ex.expect!r}: {out!r}"
+        assert "your answer raised" not in out, f"{ex.id}: the wrong answer should be wrong, not crash: {out!r}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

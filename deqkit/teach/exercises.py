@@ -10,22 +10,53 @@ Every exercise in the notebooks is three cells, tagged in their metadata:
 * ``check`` — a code cell that calls :func:`check` on the learner's variables.
 
 Run as shipped, the stub's answers are ``...``: :func:`check` prints "not answered yet" and the notebook goes on.
-``tests/test_exercises.py`` runs each exercise twice, with the solution and with the wrong answer injected into
-the exercise cell, and requires the check to pass and to fail with its message.
+A wrong answer (or one whose code raises) prints "not quite. <what to look at>" and the notebook goes on too: the
+check returns a :class:`CheckResult` whose ``passed`` is False, it never raises. ``tests/test_exercises.py`` runs
+each exercise with the stub, the wrong answer and the solution injected into the exercise cell, and asserts on
+the printed message and on :data:`last`'s ``passed``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..errors import ExerciseError
 
-__all__ = ["ExerciseError", "check", "solution_code"]
+__all__ = ["CheckResult", "ExerciseError", "check", "solution_code", "yours_or_kit"]
 
 
-def check(name: str, answers: dict[str, object], test: Callable[..., str | None]) -> bool:
-    """Check a learner's answers; say "not answered yet" while any is still ``...``.
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one :func:`check`.
+
+    Attributes
+    ----------
+    name : str
+        The exercise's title.
+    answered : bool
+        False while any answer is still ``...``.
+    passed : bool
+        True when answered and right. ``bool(result)`` is the same.
+    message : str
+        What was printed for the learner.
+    """
+
+    name: str
+    answered: bool
+    passed: bool
+    message: str
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+last: CheckResult | None = None  # the latest check run in this kernel: what tests/test_exercises.py reads
+
+
+def check(name: str, answers: dict[str, object], test: Callable[..., str | None]) -> CheckResult:
+    """Check a learner's answers and print the verdict; never raise, so that Run All goes on.
 
     Parameters
     ----------
@@ -39,23 +70,39 @@ def check(name: str, answers: dict[str, object], test: Callable[..., str | None]
 
     Returns
     -------
-    bool
-        True when answered and right; False when not answered yet.
-
-    Raises
-    ------
-    ExerciseError
-        When every answer is given and ``test`` returns a message.
+    CheckResult
+        ``.passed`` is True when answered and right; False when not answered yet, wrong, or when the learner's
+        code raised (the error is part of the printed feedback). Also kept in :data:`last`.
     """
+    global last
     missing = [key for key, value in answers.items() if value is ...]
     if missing:
-        print(f"{name}: not answered yet (set {', '.join(missing)} in the exercise cell, then run this cell again)")
-        return False
-    problem = test(**answers)
-    if problem:
-        raise ExerciseError(f"{name}: not quite. {problem}")
-    print(f"{name}: correct.")
-    return True
+        message = f"{name}: not answered yet (set {', '.join(missing)} in the exercise cell, then run this cell again)"
+        answered = passed = False
+    else:
+        answered = True
+        try:
+            problem = test(**answers)
+        except Exception as err:  # the learner's code failed inside the check: that is feedback too
+            problem = f"your answer raised {type(err).__name__}: {err}"
+        passed = not problem
+        message = f"{name}: correct." if passed else f"{name}: not quite. {problem}"
+    print(message)
+    last = CheckResult(name, answered, passed, message)
+    return last
+
+
+def yours_or_kit(result: CheckResult, yours: object, kit: object) -> object:
+    """Return the learner's answer once its check has passed, else the kit's own (and say so).
+
+    Later cells of a notebook can then build on the learner's code without stopping Run All while it is missing
+    or wrong.
+    """
+    if result.passed:
+        return yours
+    print(f"Until yours passes, the cells below use the kit's {getattr(kit, '__qualname__', kit)} "
+          f"(from {getattr(kit, '__module__', 'deqkit')}).")
+    return kit
 
 
 _FENCE = re.compile(r"```python\n(.*?)```", re.DOTALL)

@@ -214,14 +214,15 @@ def random_map(scale: float, x_scale: float, d: int = 40, seed: int = 0) -> tupl
 
 
 def _row(label: str, result, err: Exception | None, f) -> str:
-    """One row of the race's table: converged, steps, ρ(∂f/∂z) at the answer — or the method's error."""
+    """One row of the race's table: converged, steps, ρ(∂f/∂z) at the answer (converged rows only) — or the error."""
     if err is not None:
         return (f"<tr><td>{label}</td><td colspan=3><b>failed</b>: {type(err).__name__}: "
                 f"{html.escape(str(err).split('. ')[0])}</td></tr>")
     z, stats = result
+    if not stats.all_converged:  # its last iterate is no fixed point: a ρ there would describe nothing
+        return f"<tr><td>{label}</td><td><b>no</b></td><td>{stats.steps}</td><td>— (no answer)</td></tr>"
     rho = float(spectral_radius(f, z, iters=60)[0])
-    return (f"<tr><td>{label}</td><td>{'yes' if stats.all_converged else '<b>no</b>'}</td>"
-            f"<td>{stats.steps}</td><td>{rho:.3f}</td></tr>")
+    return f"<tr><td>{label}</td><td>yes</td><td>{stats.steps}</td><td>{rho:.3f}</td></tr>"
 
 
 def iteration_panel(scale: float = 0.9, x_scale: float = 0.5, methods: Sequence[str] = ("picard", "anderson"),

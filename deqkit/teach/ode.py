@@ -243,7 +243,8 @@ def _readout(stats, abstol, reltol, max_steps, end, zb, sb, h_star, re_mu) -> st
                        "numerical solution stops decaying, and a residual above abstol stays there (a tighter ODE "
                        "tolerance, StepSizeController(atol=...), lowers that floor).")
     needed = math.log(max(stats.history[0], abstol) / abstol) / max(-re_mu, 1e-12)
-    return text + (f" <b>Slow decay:</b> at the stable equilibrium the slowest eigenvalue of J − I has Re μ = "
+    return text + (f" <b>Step budget spent, the decay being slow:</b> at the stable equilibrium the slowest "
+                   f"eigenvalue of J − I has Re μ = "
                    f"{re_mu:+.3f}, so the residual shrinks like e^({re_mu:+.3f}·t): reaching abstol takes "
                    f"t ≈ ln(r₀ / abstol) / |Re μ| ≈ {needed:.0f}; {max_steps} steps got to t = {times[-1]:.0f}.")
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import html
+import json
+import pathlib
 import statistics
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import ipywidgets as widgets
@@ -227,8 +229,8 @@ def training_panel(lr: float = 0.05, epochs: int = 100, backward: str = "implici
                 f"<i>{html.escape(r.error)}</i>")
     else:
         text = (f"a = {r.a:.4f}, b = {r.b:.4f} (the target is a = 2/3, b = 0); prediction at −5: "
-                f"{r.prediction:.4f}; {r.seconds:.2f} s, {r.forward_nfe:.1f} forward evaluations and "
-                f"{r.backward_nfe:.1f} backward products per step.")
+                f"{r.prediction:.4f}; {r.seconds:.2f} s; per step, {r.forward_nfe:.1f} forward evaluations and "
+                f"backward: {backward_cost(r)}.")
     return Panel(fig, text)
 
 
@@ -275,6 +277,16 @@ def _seconds(r: RunResult) -> str:
     return f"{r.seconds:.2f} ({min(r.times):.2f}–{max(r.times):.2f}, {len(r.times)} runs)"
 
 
+def backward_cost(r: RunResult) -> str:
+    """The backward cost per step in words: a solve's products for implicit; no count for unrolled, whose backward
+    goes back through every forward evaluation (deqkit counts only solves); none for one-step."""
+    if r.backward == "unrolled":
+        return f"backprop through all {r.forward_nfe:.1f} forward evaluations"
+    if r.backward == "one_step":
+        return "no solve (u = g)"
+    return f"{r.backward_nfe:.1f} vector–Jacobian products"
+
+
 def results_table(results: list[RunResult]) -> str:
     """Return an HTML table of runs: settings, time, NFE per step, first epoch below 1e-2, prediction, final loss.
 
@@ -289,11 +301,11 @@ def results_table(results: list[RunResult]) -> str:
     str
     """
     head = ("<tr><th>backward</th><th>forward solver</th><th>lr</th><th>epochs</th><th>seconds: median (range)</th>"
-            "<th>forward NFE/step</th><th>backward NFE/step</th><th>first epoch with loss &lt; 1e-2</th>"
+            "<th>forward NFE/step</th><th>backward per step</th><th>first epoch with loss &lt; 1e-2</th>"
             "<th>prediction at −5</th><th>final loss</th></tr>")
     rows = "".join(
         f"<tr><td>{html.escape(r.backward)}</td><td>{html.escape(r.solver)}</td><td>{r.lr:g}</td>"
-        f"<td>{r.epochs}</td><td>{_seconds(r)}</td><td>{r.forward_nfe:.1f}</td><td>{r.backward_nfe:.1f}</td>"
+        f"<td>{r.epochs}</td><td>{_seconds(r)}</td><td>{r.forward_nfe:.1f}</td><td>{backward_cost(r)}</td>"
         f"<td>{r.first_epoch_below(1e-2) or '—'}</td><td>{r.prediction:.4f}</td><td>{r.final_loss:.2e}</td></tr>"
         for r in results)
     return f"<table>{head}{rows}</table>"
@@ -395,6 +407,43 @@ class ComparisonTable(StaticFallback, widgets.VBox):
                 "\u201d trains every backward mode and adds a row per mode to the table.</em></p>")
         return {"text/html": f'<div class="deqkit-static">{self.table.value}{note}</div>'}
 
+#: The comparison of notebook 03 (every backward mode, the blog's pure ODE, 100 epochs, three repeats), saved by
+#: ``python -m deqkit.teach.regression`` so that the notebook need not spend minutes retraining it.
+COMPARISON = pathlib.Path(__file__).resolve().parents[2] / "docs" / "data" / "regression_modes.json"
+COMPARISON_SETTINGS = {"lr": 0.05, "epochs": 100, "solver": "dynamic_ss(tsit5)", "repeats": 3}
+
+
+def save_comparison(results: list[RunResult], path: str | pathlib.Path = COMPARISON) -> None:
+    """Write runs of :func:`compare_backward_modes` as JSON (without the models; warnings by category name)."""
+    rows = []
+    for r in results:
+        row = {f.name: getattr(r, f.name) for f in fields(r) if f.name not in ("model", "warnings")}
+        row["warnings"] = [(category.__name__, message) for category, message in r.warnings]
+        rows.append(row)
+    pathlib.Path(path).write_text(json.dumps({"settings": COMPARISON_SETTINGS, "runs": rows}, indent=1) + "\n")
+
+
+def load_comparison(path: str | pathlib.Path = COMPARISON) -> list[RunResult]:
+    """Read runs written by :func:`save_comparison` (``model`` is None: the trained models are not saved).
+
+    Raises
+    ------
+    FileNotFoundError
+        With the command that writes the file, when it is missing.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: write it with `python -m deqkit.teach.regression` "
+                                "(about 10 minutes on two cores), or run the comparison in the notebook yourself")
+    known = {"ConvergenceWarning": ConvergenceWarning}
+    runs = []
+    for row in json.loads(path.read_text())["runs"]:
+        row = dict(row, losses=tuple(row["losses"]), a_history=tuple(row["a_history"]), times=tuple(row["times"]))
+        row["warnings"] = tuple((known.get(name, UserWarning), message) for name, message in row["warnings"])
+        runs.append(RunResult(**row))
+    return runs
+
+
 def check_weights(w2: Any, b2: Any) -> str | None:
     """The check of notebook 03's exercise: do ``W₂ = w2``, ``b₂ = b2`` (with ``W₁ = (1, 1)ᵀ``, ``b₁ = 0``) make the
     untrained DEQ predict exactly ``2x``?
@@ -441,3 +490,10 @@ def check_weights(w2: Any, b2: Any) -> str | None:
     return (f"the DEQ predicts {[round(v, 3) for v in pred.flatten().tolist()]} at x = −10, −5, 0, 5, 10 instead of "
             f"2x. With your weights a = W₂W₁ = {a:.4g} and b = W₂b₁ + b₂ = {b:.4g}; z* = (ax + b)/(1 − a) is 2x "
             "for every x only when a = 2/3 and b = 0.")
+
+
+if __name__ == "__main__":  # python -m deqkit.teach.regression: regenerate the saved comparison of notebook 03
+    from tqdm import tqdm as _bar
+
+    save_comparison(compare_backward_modes(**COMPARISON_SETTINGS, progress=functools.partial(_bar, desc="runs")))
+    print(f"wrote {COMPARISON}")

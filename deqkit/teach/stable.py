@@ -79,7 +79,8 @@ def curves_panel(runs: dict[str, Any], name: str, *, others: Sequence[str] = GAM
     text = (f"<b>{html.escape(name)}</b>, last epoch: {s['fwd_nfe']:.1f} forward evaluations per step "
             f"(<b>{s['nfe_ratio']:.2f}×</b> the unregularized run's), Anderson needs {s['probe_nfe']} without a "
             f"budget, ρ = {s['rho']:.3f}, test accuracy {s['test_acc']:.2f}% "
-            f"(<b>{0.0 - s['acc_drop']:+.2f} points</b>).")
+            f"(accuracy drop from the unregularized run, as on the trade-off plot: "
+            f"<b>{s['acc_drop']:+.2f} points</b>).")
     return Panel(fig, text)
 
 

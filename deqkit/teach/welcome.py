@@ -200,9 +200,12 @@ def broyden_exercise(z_broyden: torch.Tensor, nfe_broyden: int) -> str | None:
         got = getattr(z_broyden, "shape", z_broyden)
         return f"z_broyden should be a tensor shaped like x, {tuple(x.shape)}; got {got!r}"
     residual = float((f(z_broyden) - z_broyden).abs().max())
+    if residual > 1e-9 and torch.allclose(z_broyden.detach(), f(torch.zeros_like(x)), atol=1e-12):
+        return (f"z_broyden is f(0): ‖f(z) − z‖∞ = {residual:.2e}. One application of f is one layer of the stack, "
+                "not its fixed point: call deqkit.solve(f, torch.zeros_like(x), solver='broyden', ...).")
     if residual > 1e-9:
-        return (f"z_broyden is not an equilibrium: ‖f(z) − z‖∞ = {residual:.2e}. One application of f is one layer "
-                "of the stack, not its fixed point: call deqkit.solve(f, torch.zeros_like(x), solver='broyden', ...).")
+        return (f"z_broyden is not an equilibrium to the asked tolerance: ‖f(z) − z‖∞ = {residual:.2e} > 1e-10. "
+                "deqkit.solve stops at its default abstol=1e-5 unless told otherwise: pass abstol=1e-10, reltol=0.")
     _, stats = solve(f, torch.zeros_like(x), solver="broyden", abstol=TOL, reltol=0)
     if nfe_broyden != stats.nfe:
         return (f"nfe_broyden = {nfe_broyden!r}, but Broyden from zeros with abstol=1e-10, reltol=0 evaluates f "

@@ -133,3 +133,11 @@ def test_iteration_panel_over_range(scale, x_scale):
 def test_random_map_has_the_requested_spectral_radius():
     w, x = fixed_point.random_map(1.7, 0.3)
     assert torch.allclose(w, w.T) and abs(torch.linalg.eigvalsh(w).abs().max().item() - 1.7) < 1e-9
+
+
+def test_race_gives_rho_only_where_a_method_found_its_answer():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", deqkit.ConvergenceWarning)
+        text = iteration_panel(2.5, 0.05, ("picard", "anderson")).text
+    picard_row = text.split("<tr><td>picard</td>")[1].split("</tr>")[0]
+    assert "<b>no</b>" in picard_row and "— (no answer)" in picard_row

@@ -204,6 +204,8 @@ def test_nonconverged_counts(models, digits):
 def test_exercise_check_cap():
     p = math.e**2 / (math.e**2 + 9 * math.e**-2)
     assert check_cap(p, -math.log(p)) is None
+    assert check_cap(0.86, 0.15) is None  # correctly rounded to two decimals
+    assert "not the softmax" in check_cap(0.87, 0.14)
     assert abs(-math.log(p) - tanh_logit_floor(10, 2.0)) < 1e-12
     assert "[−1, 1]" in check_cap(math.exp(-tanh_logit_floor()), tanh_logit_floor())
     assert "not the softmax" in check_cap(math.e**2 / (math.e**2 + 9 * math.e**-1), 0.3)

@@ -20,6 +20,10 @@ def test_training_panel_every_mode_and_solver(backward, solver):
     assert not r.error and np.isfinite(r.losses).all() and np.isfinite(r.prediction) and r.forward_nfe > 0
     assert (r.backward_nfe > 0) == (backward == "implicit")
     assert "prediction at −5" in panel.text and len(panel.figure.axes) == 3
+    # the backward's cost in words: never "0.0 products" for unrolled, which goes back through every forward step
+    expected = {"implicit": "vector–Jacobian products", "unrolled": "backprop through all",
+                "one_step": "no solve"}[backward]
+    assert expected in panel.text and expected in regression.results_table([r])
     # a before each of the 100 steps, then after the last one
     assert len(r.a_history) == 10 * 10 + 1 and r.a_history[-1] == r.a
 
@@ -115,3 +119,23 @@ def test_training_records_the_warnings_it_raised(monkeypatch):
     monkeypatch.setattr(regression, "fit_regression", fit_and_warn)
     r = regression._fit(0.05, 1, "implicit", "anderson", 0)
     assert r.warnings == ((deqkit.ConvergenceWarning, "probe"),)
+
+
+def test_a_saved_comparison_reads_back_as_it_was(tmp_path):
+    runs = regression.compare_backward_modes(lr=0.05, epochs=1, solver="dynamic_ss", repeats=1)
+    regression.save_comparison(runs, tmp_path / "modes.json")
+    back = regression.load_comparison(tmp_path / "modes.json")
+    assert regression.results_table(back) == regression.results_table(runs)
+    assert [(r.losses, r.a_history, r.times) for r in back] == [(r.losses, r.a_history, r.times) for r in runs]
+    with pytest.raises(FileNotFoundError, match="python -m deqkit.teach.regression"):
+        regression.load_comparison(tmp_path / "missing.json")
+
+
+def test_the_shipped_comparison_has_the_notebooks_settings():
+    import json
+
+    saved = json.loads(regression.COMPARISON.read_text())
+    assert saved["settings"] == regression.COMPARISON_SETTINGS
+    runs = regression.load_comparison()
+    assert sorted(r.backward for r in runs) == sorted(regression.BACKWARD_MODES)
+    assert all(r.epochs == 100 and len(r.times) == 3 and r.solver == "dynamic_ss(tsit5)" for r in runs)

@@ -43,7 +43,8 @@ def test_curves_panel_states_the_last_epoch():
     panel = stable.curves_panel(fake_runs(), "LayerNorm, γ = 1")
     assert isinstance(panel, Panel) and len(panel.figure.axes) == 4
     assert "20.0 forward evaluations per step" in panel.text and "<b>0.67×</b>" in panel.text
-    assert "<b>-0.20 points</b>" in panel.text and "ρ = 0.300" in panel.text
+    assert "accuracy drop from the unregularized run" in panel.text and "<b>+0.20 points</b>" in panel.text
+    assert "ρ = 0.300" in panel.text
     assert "<b>+0.00 points</b>" in stable.curves_panel(fake_runs(), stable.BASELINE).text
     with pytest.raises(KeyError, match="no run named 'γ = 7'"):
         stable.curves_panel(fake_runs(), "γ = 7")

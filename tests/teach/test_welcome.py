@@ -63,7 +63,9 @@ def test_broyden_exercise_check():
     f = lambda z: torch.tanh(z @ w.T + x)  # noqa: E731
     z, stats = deqkit.solve(f, torch.zeros_like(x), solver="broyden", abstol=1e-10, reltol=0)
     assert broyden_exercise(z, stats.nfe) is None
-    assert "not an equilibrium" in broyden_exercise(f(torch.zeros_like(x)), 1)
+    assert "one layer of the stack" in broyden_exercise(f(torch.zeros_like(x)), 1)
+    z_default, default = deqkit.solve(f, torch.zeros_like(x), solver="broyden")  # the default tolerances
+    assert "default abstol=1e-5" in broyden_exercise(z_default, default.nfe)
     assert "read the .nfe" in broyden_exercise(z, stats.steps)
     assert "shaped like x" in broyden_exercise(z[0], stats.nfe)
 
