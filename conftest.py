@@ -47,11 +47,16 @@ def _mnist_unavailable() -> str | None:
 
 
 def _notebook_of(item) -> str | None:
-    """The notebook an item runs: nbval cells belong to an .ipynb file; a browser test gets its name as a parameter."""
+    """The notebook an item runs: nbval cells belong to an .ipynb file; a browser test gets its name as a parameter,
+    tests/test_exercises.py its path or an exercise naming it."""
     if item.path.suffix == ".ipynb":
         return item.path.name
     params = getattr(getattr(item, "callspec", None), "params", {})
-    return next((v for v in params.values() if isinstance(v, str) and v.endswith(".ipynb")), None)
+    for value in params.values():
+        value = getattr(value, "notebook", value)  # an exercise of tests/test_exercises.py names its notebook
+        if isinstance(value, (str, Path)) and str(value).endswith(".ipynb"):
+            return Path(value).name
+    return None
 
 
 def pytest_collection_modifyitems(config, items):
