@@ -115,7 +115,7 @@ class Anderson(IterativeSolver):
         return torch.cat([old_m - self.beta * old_g, dz], 1), torch.cat([old_g, dg], 1)
 
 
-def growth_rates(dz: torch.Tensor, dg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def growth_rates(dz: torch.Tensor, dg: torch.Tensor, above: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The fastest growth rate of the flow ``dz/dt = f(z) − z`` that secant pairs see, per sample.
 
     The differences satisfy ``ΔG ≈ (J − I) ΔZ`` (``J = ∂f/∂z``); the small matrix ``B = (ΔZᵀΔZ)⁻¹ΔZᵀΔG`` is the
@@ -127,12 +127,14 @@ def growth_rates(dz: torch.Tensor, dg: torch.Tensor) -> tuple[torch.Tensor, torc
     ----------
     dz, dg : torch.Tensor
         ``ΔZ`` and ``ΔG`` as rows, shape ``(n, k, dim)`` (zero rows are ignored).
+    above : float
+        Only rates above this are computed exactly; the others are reported as at most ``above``.
 
     Returns
     -------
     rates : torch.Tensor
-        Shape ``(n,)``: the largest real part where it may be positive; where a Gershgorin bound shows it
-        is not, that bound clipped at 0 (``-inf`` with no differences).
+        Shape ``(n,)``: the largest real part where it may exceed ``above``; where a Gershgorin bound shows it
+        does not, that bound clipped at ``above`` (``-inf`` with no differences).
     directions : torch.Tensor
         Shape ``(n, dim)``, in at least float32: the Ritz vector of that rate, scaled to unit ∞-norm.
     """
@@ -152,11 +154,13 @@ def growth_rates(dz: torch.Tensor, dg: torch.Tensor) -> tuple[torch.Tensor, torc
     eye = torch.eye(k, dtype=wide, device=gram.device)
     b, info = torch.linalg.solve_ex(gram + reg[:, None, None] * eye, rhs)
     ok = (info == 0) & torch.isfinite(b).flatten(1).all(1)
-    # Gershgorin: every eigenvalue's real part is at most max_i (B_ii + Σ_j≠i |B_ij|); only where that bound is
-    # positive is the (per-matrix, slow) eigenvalue problem solved
-    bound = (b.diagonal(dim1=1, dim2=2) + b.abs().sum(2) - b.diagonal(dim1=1, dim2=2).abs()).amax(-1)
-    rates = torch.where(ok, bound.clamp_max(0.0), rates)
-    rows = (ok & (bound > 0)).nonzero().squeeze(1)
+    # Gershgorin: every eigenvalue's real part is at most max_i (B_ii + Σ_j≠i |B_ij|) (and the same over columns);
+    # only where that bound exceeds `above` is the (per-matrix, slow) eigenvalue problem solved
+    diag = b.diagonal(dim1=1, dim2=2)
+    off = b.abs() - torch.diag_embed(diag.abs())
+    bound = torch.minimum((diag + off.sum(2)).amax(-1), (diag + off.sum(1)).amax(-1))  # rows of B, and of Bᵀ
+    rates = torch.where(ok, bound.clamp_max(above), rates)
+    rows = (ok & (bound > above)).nonzero().squeeze(1)
     if rows.numel() == 0:
         return rates, directions
     values, vectors = torch.linalg.eig(b[rows])

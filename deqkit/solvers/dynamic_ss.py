@@ -22,6 +22,7 @@ torchdiffeq is reached only through :mod:`deqkit.solvers.torchdiffeq_adapter`.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,8 @@ UNSTABLE_RATE = 0.05
 KICK = 1e-2
 #: Polishes that diverged or stalled after which a sample is left to the flow alone (which then runs to tolerance).
 POLISH_FAILURES = 2
+#: Polishing iterations between two applications of the guard and the stall test.
+GUARD_EVERY = 4
 
 
 def per_sample_rms_max(x: torch.Tensor) -> torch.Tensor:
@@ -309,22 +312,29 @@ class DynamicSS(Solver):
         best, since = start.clone(), torch.zeros_like(start, dtype=torch.long)
         failed = torch.zeros_like(monitor.converged)
         moving = moving & ~monitor.converged
+        whole = bool(moving.all())  # every sample moves: no masked copy needed (until one converges)
         secants = []  # (rows, ΔZ, ΔG) of the samples that converged, taken when they did
-        while not monitor.done and steps < monitor.tol.max_steps and monitor.affords(field.nfe, 1):
+        for k in itertools.count(1):
+            if monitor.done or steps >= monitor.tol.max_steps or not monitor.affords(field.nfe, 1):
+                break
             z_next, state = polisher.update(z.flatten(1), fz.flatten(1), state)
-            z = torch.where(batch_view(moving, z), z_next.view_as(z), z)
+            z = z_next.view_as(z) if whole else torch.where(batch_view(moving, z), z_next.view_as(z), z)
             fz, field.nfe, steps = f(z), field.nfe + 1, steps + 1
             before = monitor.n_converged
             monitor.check(steps, z, fz - z, fz, field.nfe, t=float("nan"))
-            res = monitor.current
             if monitor.n_converged > before:  # read now: a converged sample's history is overwritten as it rests
                 rows = (monitor.converged & moving).nonzero().squeeze(1)
                 secants.append((rows, *polisher.secants(state, rows, z, fz)))
-            improved = res < best
-            best, since = torch.where(improved, res, best), torch.where(improved, 0, since + 1)
-            diverged = moving & ~monitor.converged & (res > self.polish_guard * best)
-            failed = failed | diverged
-            moving = moving & ~monitor.converged & ~diverged
+                moving, whole = moving & ~monitor.converged, False
+            if k % GUARD_EVERY:
+                continue
+            # the guard and the stall test, every few iterations (their bookkeeping costs as much as a cheap f)
+            res = monitor.current
+            improved = monitor.residual < best  # the monitor keeps each sample's best residual
+            best, since = torch.minimum(best, monitor.residual), torch.where(improved, 0, since + GUARD_EVERY)
+            diverged = moving & (res > self.polish_guard * best)
+            failed, moving = failed | diverged, moving & ~diverged
+            whole = whole and not bool(diverged.any())
             # A stalled sample goes on with the polisher while others still make progress (the batch pays for its
             # evaluation anyway); once only stalled ones are left, they go to the flow.
             if not bool((moving & (since < self.polish_stall)).any()):
@@ -346,7 +356,7 @@ class DynamicSS(Solver):
         rows = torch.cat([r for r, _, _ in secants])
         k = max(dz.shape[1] for _, dz, _ in secants)
         dz, dg = (torch.cat([F.pad(t[i], (0, 0, 0, k - t[i].shape[1])) for t in secants]) for i in (1, 2))
-        rates, directions = growth_rates(dz, dg)
+        rates, directions = growth_rates(dz, dg, above=UNSTABLE_RATE)
         bad = torch.zeros_like(monitor.converged)
         bad[rows] = rates > UNSTABLE_RATE
         if not bool(bad.any()):
