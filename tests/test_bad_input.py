@@ -83,6 +83,12 @@ def _used_deq():
     return deq
 
 
+def _nan_beyond_half(z):
+    """0.5 z + 1, undefined (NaN) for the first sample once its first entry passes 0.5."""
+    out = 0.5 * z + 1
+    return torch.where((z[:, :1] > 0.5) & (torch.arange(len(z))[:, None] == 0), float("nan"), out)
+
+
 # (case, call, exception, message fragment)
 CASES = [
     # ---- solve: the starting point
@@ -165,6 +171,9 @@ CASES = [
         lambda z: 0.5 * z + 1, torch.zeros(2, 3), solver=deqkit.DynamicSS(
             polish=None, controller=deqkit.StepSizeController(first_step=1e10))),
      deqkit.DivergenceError, "first_step=1e\\+10\\) is far beyond the flow's time scale"),
+    ("f returns NaN at a trial point of the flow (was: the flow blows up)", lambda: deqkit.solve(
+        _nan_beyond_half, torch.zeros(3, 4), solver=deqkit.DynamicSS(polish=None)), deqkit.DivergenceError,
+     "because f returned NaN at a finite trial point for 1 of 3 samples: f is undefined there"),
     ("dynamic_ss euler step_size=1e6", lambda: deqkit.solve(
         lambda z: 0.5 * z + 1, torch.zeros(2, 3), solver=deqkit.DynamicSS(ode_method="euler", step_size=1e6,
                                                                             polish=None)),

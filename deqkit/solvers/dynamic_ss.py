@@ -103,6 +103,7 @@ class _VectorField:
         self.running = torch.ones(z0.shape[0], dtype=z0.dtype, device=z0.device)
         self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, f(z)) at the last check
+        self.undefined: torch.Tensor | None = None  # samples where f returned NaN at a finite point
 
     def __call__(self, t: torch.Tensor, z: torch.Tensor, perturb: object = None) -> torch.Tensor:
         if self.cached is not None and z is self.cached[0]:  # the value computed just before, reused once
@@ -110,6 +111,9 @@ class _VectorField:
             return out
         fz = first_evaluation(self.f, z) if self.nfe == 0 else self.f(z)
         self.nfe += 1
+        # f undefined at a trial point (NaN) would show only as rejected steps: remember it (no host sync here)
+        bad = torch.isnan(fz.detach()).flatten(1).any(1) & torch.isfinite(z.detach()).flatten(1).all(1)
+        self.undefined = bad if self.undefined is None else self.undefined | bad
         return (fz - z) * batch_view(self.running, z)
 
     def freeze(self, running: torch.Tensor) -> None:
@@ -392,7 +396,7 @@ class DynamicSS(Solver):
             try:
                 ok, t1, y1, f1 = ode.step()
             except StepFailure as err:
-                raise self._failure(err, ode.t, accepted, monitor) from err
+                raise self._failure(err, ode.t, accepted, monitor, field.undefined) from err
             steps += 1
             if not ok:
                 monitor.stats.rejected_steps += 1
@@ -415,8 +419,15 @@ class DynamicSS(Solver):
         handover.observe(monitor.current)
         return not monitor.done and handover.time_to_polish(monitor, self.polish_patience)
 
-    def _failure(self, err: StepFailure, t: float, accepted: int, monitor: Monitor) -> DivergenceError:
-        """The error for a step torchdiffeq refused, naming a drift when the monitor saw one."""
+    def _failure(self, err: StepFailure, t: float, accepted: int, monitor: Monitor,
+                 undefined: torch.Tensor | None = None) -> DivergenceError:
+        """The error for a step torchdiffeq refused, naming f undefined at a trial point, or a drift, when seen."""
+        if undefined is not None and bool(undefined.any()):
+            return DivergenceError(
+                f"{self.label}: the ODE solver failed at t={t:.4g} after {accepted} accepted steps ({err}) because f "
+                f"returned NaN at a finite trial point for {int(undefined.sum())} of {undefined.numel()} "
+                "samples: f is undefined there (e.g. log or sqrt of a negative number, 0/0), which is no sign of an "
+                "expansive map. Find where with torch.autograd.detect_anomaly(), or guard f's domain.")
         drift = ""
         if bool(monitor.drifting.any()):
             drift = (f" {int(monitor.drifting.sum())} samples drift away (‖f(z)‖∞ grew to "
