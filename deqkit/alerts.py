@@ -1,9 +1,10 @@
 """Warnings about non-converged solves of one layer, told once and then summarised, so a training loop is not flooded.
 
 A layer's first call that leaves samples unconverged warns with the solver's full message; later ones are counted,
-and a summary with the counts is issued after 10, 100, 1000, ... such calls. Every warning goes through
-:func:`warnings.warn` as a :class:`~deqkit.ConvergenceWarning`, so filters (``"error"``, ``"ignore"``) apply as usual;
-``strict=True`` raises at every call instead.
+and a summary with the counts is issued after 10, 100, 1000, ... such calls. Every warning issued goes
+through :func:`warnings.warn` as a :class:`~deqkit.ConvergenceWarning`, so filters apply to it as usual: ``"error"``
+raises at the first failing call and at each summary (the calls in between are counted, not warned about), ``"ignore"``
+hides them. To raise at every call with unconverged samples, use ``strict=True``.
 """
 
 from __future__ import annotations

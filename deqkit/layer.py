@@ -130,7 +130,8 @@ class DEQ(nn.Module):
     Unconverged solves are warned about once, then summarised: the layer's first call that leaves samples
     unconverged warns (:class:`~deqkit.ConvergenceWarning`) with the solver's message; later ones are counted, and a
     warning with the counts follows after 10, 100, 1000, ... such calls (forward and backward separately). Warning
-    filters apply as usual (``"error"`` raises at the first); ``strict=True`` raises at every call.
+    filters apply to the warnings issued (``"error"`` raises at the first and at each summary, not at the calls
+    counted in between); ``strict=True`` raises at every call.
 
     The returned tensor is ``f(z*, x)``, one application of ``f`` past the solver's ``z*`` (they differ by at
     most the residual); under ``torch.no_grad()`` it is the value the solver already computed, and no graph
@@ -200,7 +201,10 @@ class DEQ(nn.Module):
 
     @correction.setter
     def correction(self, spec: GradientSpec) -> None:
-        method = as_gradient(spec)
+        try:
+            method = as_gradient(spec)
+        except (TypeError, ValueError) as err:  # its message says "backward": this is the correction's setting
+            raise type(err)(str(err).replace("backward", "correction", 1)) from err
         if isinstance(method, OneStep):
             method = Phantom(steps=1, damping=1.0)
         if not isinstance(method, Phantom):

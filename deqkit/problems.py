@@ -247,10 +247,16 @@ def block_problem(family: str, *, batch: int = 8, size: int = 32, seed: int = 0,
     Raises
     ------
     ValueError
-        If ``family`` is unknown, or a conv family's ``size`` is not a multiple of 8.
+        If ``family`` is unknown, ``batch`` or ``size`` is not a positive integer, ``dtype`` is not a floating-point
+        dtype, or a conv family's ``size`` is not a multiple of 8.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown block family {family!r}; choose one of {FAMILIES}")
+    for name, value in (("batch", batch), ("size", size), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "seed" else 1):
+            raise ValueError(f"{name} must be an integer >= {0 if name == 'seed' else 1}, got {value!r}")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point torch.dtype (e.g. torch.float64), got {dtype!r}")
     if family in ("conv_gn", "mdeq") and size % 8:
         raise ValueError(f"the conv families use 8 groups: size must be a multiple of 8, got {size}")
     with torch.random.fork_rng():

@@ -109,6 +109,13 @@ CASES = [
      r"step_size must be in \(0"),
     ("first_step=-1", lambda: deqkit.StepSizeController(first_step=-1), ValueError, r"first_step must be in \(0"),
     ("rtol=-1", lambda: deqkit.StepSizeController(rtol=-1), ValueError, r"rtol must be in \(0"),
+    ("StepSizeController(atol=inf) (accepted every step, then failed as 'the flow blows up')",
+     lambda: deqkit.StepSizeController(atol=float("inf")), ValueError, r"atol must be in \(0, inf\)"),
+    ("StepSizeController(first_step=inf)", lambda: deqkit.StepSizeController(first_step=float("inf")), ValueError,
+     r"first_step must be in \(0, inf\)"),
+    ("DEQ correction=None (was blamed on 'backward')", lambda: _deq(correction=None), TypeError,
+     r"correction must be a name"),
+    ("DEQ correction='x'", lambda: _deq(correction="x"), ValueError, "unknown correction 'x'"),
     ("a moved DynamicSS option", lambda: deqkit.DynamicSS(first_step=0.1, polish_m=3), TypeError,
      r"first_step: use controller=deqkit.StepSizeController\(first_step=...\); polish_m: use "
      r"polish=deqkit.Anderson\(m=...\)"),

@@ -61,3 +61,10 @@ def test_block_problem_names_its_mistakes():
         problems.block_problem("resnet")
     with pytest.raises(ValueError, match="size must be a multiple of 8, got 12"):
         problems.block_problem("mdeq", size=12)
+    for bad, match in ((dict(batch=0), "batch must be an integer >= 1, got 0"),
+                       (dict(batch=2.5), "batch must be an integer >= 1, got 2.5"),
+                       (dict(batch=True), "batch must be an integer >= 1, got True"),
+                       (dict(size=8.0), "size must be an integer >= 1, got 8.0"),
+                       (dict(dtype=torch.int32), "dtype must be a floating-point torch.dtype")):
+        with pytest.raises(ValueError, match=match):
+            problems.block_problem("mlp", **bad)

@@ -23,6 +23,7 @@ torchdiffeq is reached only through :mod:`deqkit.solvers.torchdiffeq_adapter`.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -72,7 +73,9 @@ class StepSizeController(Configured):
     def __init__(self, rtol: float | None = None, atol: float | None = None, first_step: float | None = None,
                  max_step: float | None = None, safety: float = 0.9, ifactor: float = 10.0, dfactor: float = 0.2):
         for name, value in {"rtol": rtol, "atol": atol, "first_step": first_step, "max_step": max_step}.items():
-            setattr(self, name, None if value is None else check_real(name, value, 0.0, low_open=True))
+            # finite: an infinite tolerance accepts every step and an infinite step leaves the flow at once
+            setattr(self, name, None if value is None else check_real(name, value, 0.0, math.inf, low_open=True,
+                                                                       high_open=True))
         self.safety = check_real("safety", safety, 0.0, 1.0, low_open=True)
         self.ifactor = check_real("ifactor", ifactor, 1.0)
         self.dfactor = check_real("dfactor", dfactor, 0.0, 1.0, low_open=True)
@@ -181,7 +184,9 @@ class DynamicSS(Solver):
     """Integrate the ODE ``dz/dt = f(z) − z`` to steady state with an explicit Runge–Kutta method.
 
     Unlike plain iteration it follows the continuous flow, so it converges to *stable* equilibria even where
-    ``f`` is not a contraction (e.g. ∂f/∂z with eigenvalues below −1), and never to unstable ones.
+    ``f`` is not a contraction (e.g. ∂f/∂z with eigenvalues below −1), and never to unstable ones — except from a
+    start exactly at one (there ``f(z0) = z0``: the flow does not move, and no difference is there to show its
+    instability).
 
     Polishing (default, ``polish=deqkit.Anderson()``): each sample starts with the polisher, Anderson acceleration
     of the flow's explicit Euler step of size 1 (``z ← f(z)``), which on the maps DEQs train converges in far fewer
@@ -311,7 +316,7 @@ class DynamicSS(Solver):
         their equilibrium along its unstable direction. On return ``monitor.current`` holds each sample's residual
         where the flow goes on: at ``z``, or at the unstable equilibrium.
         """
-        polisher, start, origin = self.polish, monitor.current.clone(), z
+        polisher, start, origin = self.polish, monitor.current.clone(), (z, fz - z)
         state = polisher.init_state(z.flatten(1), fz.flatten(1))
         best, since = start.clone(), torch.zeros_like(start, dtype=torch.long)
         failed = torch.zeros_like(monitor.converged)
@@ -353,10 +358,10 @@ class DynamicSS(Solver):
 
     @staticmethod
     def _unstable(secants: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], monitor: Monitor,
-                  origin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+                  origin: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Reject the polished answers that are equilibria the flow leaves (one batched eigenvalue problem): their
         mask and the points pushed off them along the unstable direction, to the side the sample came from (None if
-        every answer is stable)."""
+        every answer is stable). ``origin`` is ``(z, f(z) − z)`` where the polish began."""
         rows = torch.cat([r for r, _, _ in secants])
         k = max(dz.shape[1] for _, dz, _ in secants)
         dz, dg = (torch.cat([F.pad(t[i], (0, 0, 0, k - t[i].shape[1])) for t in secants]) for i in (1, 2))
@@ -368,7 +373,12 @@ class DynamicSS(Solver):
         monitor.reject(bad)
         here = monitor.best_z.flatten(1)[rows]
         size = KICK * here.abs().amax(1, keepdim=True).clamp_min(1.0)
-        side = torch.where(((origin.flatten(1)[rows] - here) * directions).sum(1, keepdim=True) < 0, -1.0, 1.0)
+        # The side the sample came from: the start's offset along the unstable direction, where it is clearly larger
+        # than the answer's own error; from next to the equilibrium, the start's residual, which grows along that
+        # direction like the offset does and is known exactly.
+        offset = ((origin[0].flatten(1)[rows] - here) * directions).sum(1, keepdim=True)
+        growth = (origin[1].flatten(1)[rows] * directions).sum(1, keepdim=True)
+        side = torch.where(torch.where(offset.abs() > 0.1 * size, offset, growth) < 0, -1.0, 1.0)
         push = torch.zeros_like(monitor.best_z.flatten(1))
         push[rows] = torch.where((rates > UNSTABLE_RATE)[:, None], size * side * directions, 0.0).to(push.dtype)
         return bad, (monitor.best_z.flatten(1) + push).view_as(monitor.best_z)

@@ -131,3 +131,15 @@ def test_warning_filters_still_apply_to_the_layer():
     assert not caught
     with pytest.raises(deqkit.ConvergenceError):
         deqkit.DEQ(block, strict=True)(x)
+
+
+@pytest.mark.parametrize("a", [1.0, 1.2, 2.5])
+def test_a_start_next_to_the_saddle_leaves_it_to_the_side_it_came_from(a):
+    # pushed off a rejected saddle toward the start's side, the default lands where the flow alone lands, however
+    # small the start's offset (it was sent the other way for offsets below the tolerance)
+    f = system_map("pitchfork", a)
+    for offset in (1e-9, 1e-7, -1e-6, 1e-5, -1e-4, 1e-2):
+        z0 = torch.tensor([[offset, offset]], dtype=torch.float64)
+        z, stats = deqkit.solve(f, z0)
+        flow, _ = deqkit.solve(f, z0, solver=deqkit.DynamicSS(polish=None))
+        assert stats.all_converged and _side(z).item() == _side(flow).item() != 0, (a, offset)
