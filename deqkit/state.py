@@ -94,8 +94,9 @@ class Structure:
         """``"tuple of 2 tensors (16, 16, 16), (32, 8, 8) per sample"``, for messages."""
         return f"{self.kind.__name__} of {len(self.shapes)} tensors {', '.join(map(str, self.shapes))} per sample"
 
-    def flatten(self, z: Any, what: str = "f(z)") -> torch.Tensor:
-        """One ``(batch, N)`` tensor holding every tensor of ``z`` (which must have this structure).
+    def flatten(self, z: Any, what: str = "f(z)", batch: int | None = None) -> torch.Tensor:
+        """One ``(batch, N)`` tensor holding every tensor of ``z`` (which must have this structure, and the batch
+        size ``batch`` when given).
 
         Raises
         ------
@@ -110,7 +111,6 @@ class Structure:
         if len(z) != len(self.shapes):
             raise ValueError(f"{what} holds {len(z)} tensors, but the state is a {self.describe()}: f must return "
                              "as many tensors as z has, in the same order")
-        batch = None
         for i, (leaf, shape) in enumerate(zip(z, self.shapes)):
             if not isinstance(leaf, torch.Tensor):
                 raise TypeError(f"{what}[{i}] is a {type(leaf).__name__}, not a tensor")
@@ -131,8 +131,8 @@ class Structure:
 
     def map(self, f: Callable[[Any], Any]) -> Callable[[torch.Tensor], torch.Tensor]:
         """``f`` on states as a map on flat tensors: ``z ↦ flatten(f(unflatten(z)))``."""
-        return lambda z: self.flatten(f(self.unflatten(z)))
+        return lambda z: self.flatten(f(self.unflatten(z)), batch=z.shape[0])
 
     def block(self, f: Callable[[Any, Any], Any]) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         """A block ``f(z, x)`` on states as one on flat tensors: ``(z, x) ↦ flatten(f(unflatten(z), x))``."""
-        return lambda z, x: self.flatten(f(self.unflatten(z), x), "f(z, x)")
+        return lambda z, x: self.flatten(f(self.unflatten(z), x), "f(z, x)", batch=z.shape[0])

@@ -116,6 +116,9 @@ CASES = [
     ("DEQ correction=None (was blamed on 'backward')", lambda: _deq(correction=None), TypeError,
      r"correction must be a name"),
     ("DEQ correction='x'", lambda: _deq(correction="x"), ValueError, "unknown correction 'x'"),
+    ("tuple state: f returns another batch size (was told in flattened shapes)", lambda: deqkit.solve(
+        lambda z: (z[0][:1] * 0.5, z[1][:1] * 0.5), (torch.ones(2, 3), torch.ones(2, 2))), ValueError,
+     r"f\(z\)\[0\] has shape \(1, 3\) but z\[0\] has shape \(2, 3\)"),
     ("a moved DynamicSS option", lambda: deqkit.DynamicSS(first_step=0.1, polish_m=3), TypeError,
      r"first_step: use controller=deqkit.StepSizeController\(first_step=...\); polish_m: use "
      r"polish=deqkit.Anderson\(m=...\)"),
