@@ -75,6 +75,13 @@ def normalize(module: nn.Module, kind: str | None = "weight", *, exclude: Iterab
         raise ValueError(f"no layer to normalize in {type(module).__name__}: normalize() reparametrizes "
                          f"{', '.join(t.__name__ for t in NORMALIZED_TYPES[:3])} and other convolutions, and "
                          "each was either absent or excluded")
+    if kind == "weight":  # W = g · V / ‖V‖ per output unit: a unit whose weights are all 0 would become 0/0 = NaN
+        for name, layer in layers:
+            dims = tuple(range(1, layer.weight.dim()))
+            if bool((layer.weight.detach().abs().amax(dim=dims) == 0).any()):
+                raise ValueError(f"layer {name or type(layer).__name__!r} has an output unit whose weights are all 0: "
+                                 "weight normalization divides by their norm (0/0 = NaN). Initialise the weights "
+                                 "first, or exclude the layer")
     apply = parametrizations.weight_norm if kind == "weight" else parametrizations.spectral_norm
     for _, layer in layers:
         try:

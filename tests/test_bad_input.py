@@ -89,6 +89,13 @@ def _nan_beyond_half(z):
     return torch.where((z[:, :1] > 0.5) & (torch.arange(len(z))[:, None] == 0), float("nan"), out)
 
 
+def _zero_linear():
+    layer = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        layer.weight[0].zero_()
+    return torch.nn.Sequential(layer)
+
+
 # (case, call, exception, message fragment)
 CASES = [
     # ---- solve: the starting point
@@ -119,6 +126,8 @@ CASES = [
     ("tuple state: f returns another batch size (was told in flattened shapes)", lambda: deqkit.solve(
         lambda z: (z[0][:1] * 0.5, z[1][:1] * 0.5), (torch.ones(2, 3), torch.ones(2, 2))), ValueError,
      r"f\(z\)\[0\] has shape \(1, 3\) but z\[0\] has shape \(2, 3\)"),
+    ("normalize a layer with an all-zero unit (gave NaN weights)", lambda: deqkit.normalize(_zero_linear()),
+     ValueError, "has an output unit whose weights are all 0"),
     ("a moved DynamicSS option", lambda: deqkit.DynamicSS(first_step=0.1, polish_m=3), TypeError,
      r"first_step: use controller=deqkit.StepSizeController\(first_step=...\); polish_m: use "
      r"polish=deqkit.Anderson\(m=...\)"),

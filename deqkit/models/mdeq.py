@@ -66,7 +66,7 @@ class MultiscaleBlock(nn.Module):
 
     def __init__(self, channels: int = 16, hidden: int = 32, resolutions: int = 2, init_std: float = 0.01):
         super().__init__()
-        if resolutions not in (1, 2):
+        if isinstance(resolutions, bool) or resolutions not in (1, 2):
             raise ValueError(f"resolutions must be 1 or 2, got {resolutions!r}")
         self.channels, self.resolutions = check_int("channels", channels, 1), resolutions
         self.hi = MDEQBranch(channels, check_int("hidden", hidden, 1), init_std)
