@@ -167,7 +167,12 @@ class DEQ(nn.Module):
         try:
             self.solver = as_solver(solver, options)
         except TypeError as err:  # an option of a gradient method, given to the DEQ: say where it belongs
-            raise TypeError(f"{err}{_gradient_hint(options)}{_torchdeq_hint(options)}") from err
+            hint = _gradient_hint(options) + _torchdeq_hint(options)
+            if not hint:  # neither a gradient's option nor a TorchDEQ setting: say the DEQ passed it on
+                hint = (". DEQ passes every keyword it does not take itself to its solver; the DEQ's own settings "
+                        "are: " + ", ".join(p.name for p in inspect.signature(DEQ).parameters.values()
+                                            if p.kind is not inspect.Parameter.VAR_KEYWORD))
+            raise TypeError(f"{err}{hint}") from err
         self.backward = backward
         self.alerts = {"forward": ConvergenceAlerts("forward", FORWARD_ADVICE),
                        "backward": ConvergenceAlerts("backward", BACKWARD_ADVICE)}

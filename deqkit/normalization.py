@@ -144,5 +144,11 @@ def _layers(module: nn.Module, exclude: Iterable[str | type | nn.Module]) -> lis
         return (any(name == p or name.startswith(p + ".") for p in prefixes) or isinstance(layer, kinds)
                 or any(layer is o for o in objects))
 
+    for name, layer in module.named_modules():
+        if isinstance(layer, nn.MultiheadAttention) and not excluded(name, layer):
+            raise ValueError(f"{name or type(layer).__name__!r} is an nn.MultiheadAttention: its input projection "
+                             "is a bare parameter (in_proj_weight), not a layer, so normalize() would reach only its "
+                             "out_proj; exclude it (exclude=[nn.MultiheadAttention]) or reparametrize it yourself with "
+                             "torch.nn.utils.parametrize")
     return [(name, layer) for name, layer in module.named_modules()
             if isinstance(layer, NORMALIZED_TYPES) and not excluded(name, layer)]

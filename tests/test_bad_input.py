@@ -128,6 +128,11 @@ CASES = [
      r"f\(z\)\[0\] has shape \(1, 3\) but z\[0\] has shape \(2, 3\)"),
     ("normalize a layer with an all-zero unit (gave NaN weights)", lambda: deqkit.normalize(_zero_linear()),
      ValueError, "has an output unit whose weights are all 0"),
+    ("normalize an nn.MultiheadAttention (only its out_proj was reached)", lambda: deqkit.normalize(
+        torch.nn.Sequential(torch.nn.MultiheadAttention(4, 2))), ValueError, "is an nn.MultiheadAttention"),
+    ("DEQ with an option of neither the DEQ nor its solver", lambda: _deq(foo=1), TypeError,
+     "unknown option.*'foo'.*DEQ passes every keyword it does not take itself to its solver; the DEQ's own "
+     "settings are: f, solver, backward"),
     ("a moved DynamicSS option", lambda: deqkit.DynamicSS(first_step=0.1, polish_m=3), TypeError,
      r"first_step: use controller=deqkit.StepSizeController\(first_step=...\); polish_m: use "
      r"polish=deqkit.Anderson\(m=...\)"),
