@@ -190,22 +190,8 @@ class MLPFamily(nn.Module):
         self.norm = nn.LayerNorm(d) if norm else nn.Identity()
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Return ``norm(tanh(W z + b + x))``; ``z`` and ``x`` have shape ``(batch, d)``."""
         return self.norm(torch.tanh(self.linear(z) + x))
-
-
-class ConvGNFamily(nn.Module):
-    """``f(z, x) = GN(relu(z + GN(x + conv₂(GN(relu(conv₁ z))))))``: the implicit-layers tutorial's residual block."""
-
-    def __init__(self, channels: int, hidden: int, groups: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, hidden, 3, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(hidden, channels, 3, padding=1, bias=False)
-        self.norm1, self.norm2 = nn.GroupNorm(groups, hidden), nn.GroupNorm(groups, channels)
-        self.norm3 = nn.GroupNorm(groups, channels)
-
-    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm1(torch.relu(self.conv1(z)))
-        return self.norm3(torch.relu(z + self.norm2(x + self.conv2(y))))
 
 
 class MDEQFamily(nn.Module):
@@ -219,6 +205,19 @@ class MDEQFamily(nn.Module):
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.norm2(torch.relu(x + self.conv2(self.norm1(torch.relu(self.conv1(z))))))
+
+
+class ConvGNFamily(MDEQFamily):
+    """``f(z, x) = GN(relu(z + GN(x + conv₂(GN(relu(conv₁ z))))))``: the implicit-layers tutorial's residual block
+    (MDEQ's layers plus a skip connection and a third normalization)."""
+
+    def __init__(self, channels: int, hidden: int, groups: int):
+        super().__init__(channels, hidden, groups)
+        self.norm3 = nn.GroupNorm(groups, channels)
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(torch.relu(self.conv1(z)))
+        return self.norm3(torch.relu(z + self.norm2(x + self.conv2(y))))
 
 
 def block_problem(family: str, *, batch: int = 8, size: int = 32, seed: int = 0,

@@ -31,6 +31,7 @@ from torch import nn
 from ..adjoint import Implicit
 from ..layer import DEQ
 from ..normalization import normalize
+from ..problems import MLPFamily
 from ..solvers.core import check_int
 from .mdeq import mdeq
 
@@ -188,7 +189,7 @@ class ConvBlock(nn.Module):
         return self.norm3(torch.relu(z + self.norm2(x + self.conv2(y))))
 
 
-class MLPBlock(nn.Module):
+class MLPBlock(MLPFamily):
     """``f(z, x) = norm(tanh(W z + x))``: the MLP-DEQ block practitioners train, with or without LayerNorm.
 
     Parameters
@@ -202,17 +203,10 @@ class MLPBlock(nn.Module):
     """
 
     def __init__(self, width: int = 128, norm: str | None = "layer", weight_norm: str | None = None):
-        super().__init__()
         if norm not in ("layer", None):
             raise ValueError(f"norm must be 'layer' or None, got {norm!r}")
-        width = check_int("width", width, 1)
-        self.linear = nn.Linear(width, width)
-        self.norm = nn.LayerNorm(width) if norm == "layer" else nn.Identity()
+        super().__init__(check_int("width", width, 1), norm=norm == "layer")  # the block family of deqkit.problems
         normalize_weight(self, weight_norm)
-
-    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Return ``norm(tanh(W z + b + x))``; ``z`` and ``x`` have shape ``(batch, width)``."""
-        return self.norm(torch.tanh(self.linear(z) + x))
 
 
 class MNISTDEQ(nn.Module):
