@@ -164,6 +164,7 @@ class Monitor:
         batch = z0.shape[0]
         self.method, self.tol, self.strict, self.record, self.warn = method, tol, strict, record, warn
         self.converged = torch.zeros(batch, dtype=torch.bool, device=z0.device)
+        self.running = ~self.converged  # kept with `converged`: its complement is needed at every check
         self.residual = torch.full((batch,), float("inf"), dtype=z0.dtype, device=z0.device)
         self.scale = torch.ones(batch, dtype=z0.dtype, device=z0.device)
         # residual of each sample at the last check; NaN before the first, so that no sample "settles" at step 0
@@ -196,6 +197,14 @@ class Monitor:
         self.out_of_budget = True
         return False
 
+    def _threshold(self, scale: torch.Tensor) -> torch.Tensor | float:
+        """``max(abstol, reltol · scale)`` per sample (one operation where a tolerance is 0)."""
+        if self.tol.reltol == 0:
+            return self.tol.abstol
+        if self.tol.abstol == 0:
+            return self.tol.reltol * scale
+        return (self.tol.reltol * scale).clamp_min(self.tol.abstol)
+
     def _meets(self, res: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """The termination rule, per sample, refusing an iterate that runs away.
 
@@ -208,7 +217,7 @@ class Monitor:
         if self.start_scale is None:
             self.start_scale = torch.maximum(scale, self.start_size)
         self.last_scale = scale
-        meets = res <= (self.tol.reltol * scale).clamp_min(self.tol.abstol)
+        meets = res <= self._threshold(scale)
         if self.all_fell:
             return meets
         self.peak = torch.maximum(self.peak, res)
@@ -218,19 +227,22 @@ class Monitor:
         return meets & ~self.drifting
 
     def check(self, step: int, z: torch.Tensor, r: torch.Tensor, fz: torch.Tensor, nfe: int,
-              t: float | None = None, below: torch.Tensor | None = None, settling: bool = False) -> torch.Tensor:
+              t: float | None = None, below: torch.Tensor | None = None, settling: bool = False,
+              frozen: bool = False) -> torch.Tensor:
         """Record the iterate ``z`` with residual ``r = f(z) − z``; return the mask of samples still running.
 
         ``below`` (per sample) sets ``self.ready`` (the running samples whose residual is at most their entry, and
         ``self.ready_count`` of them) and ``self.below``: every running sample is ready.
         ``settling``: a sample converges only if its residual has not grown since the previous check (the ODE
         route: a residual growing along the flow means an unstable equilibrium is near, however small it is).
+        ``frozen``: the caller kept every sample that had converged before this check where it converged, so where
+        every running sample improved, ``z`` is every sample's best iterate and no copy is needed.
         Two host synchronisations per call: the numbers that decide whether to stop are read together. (The
         operations are few on purpose: on small problems a check costs as much as an evaluation of ``f``.)
         """
         res = r.detach().flatten(1).abs().amax(1)
         scale = fz.detach().flatten(1).abs().amax(1)
-        running = ~self.converged
+        running = self.running
         meets = running & self._meets(res, scale)
         if settling:
             meets = meets & (res <= self.current)
@@ -239,11 +251,13 @@ class Monitor:
         self.residual = torch.where(better, res, self.residual)
         self.scale = torch.where(better, scale, self.scale)
         self.converged = self.converged | meets
+        self.running = ~self.converged
         self.current = res
         masks = [self.converged, better, self.fell]
         if below is not None:
-            self.ready = ~self.converged & (res <= below)
+            self.ready = self.running & (res <= below)
             masks.append(self.ready)
+        # two reads: one concatenated read of the counts and the worst residual costs more operations on CPU
         worst = worst.item()
         n_converged, n_better, n_fell, *n_ready = torch.stack(masks).sum(1).tolist()
         batch = res.shape[0]
@@ -251,10 +265,12 @@ class Monitor:
         if n_converged > self.n_converged:  # only then: two fewer operations per check in the common case
             self.converged_step = torch.where(meets, step, self.converged_step)
             self.converged_nfe = torch.where(meets, nfe, self.converged_nfe)
+        n_running = batch - self.n_converged  # before this check
         self.n_converged = n_converged
         self.ready_count = n_ready[0] if n_ready else 0
         self.below = bool(n_ready) and n_converged + self.ready_count == batch
-        if n_better == batch:  # the common case: this iterate is every sample's best, no batch-sized copy needed
+        if n_better == batch or (frozen and n_better == n_running):
+            # the common cases: this iterate is every running sample's best, and the others rest at theirs
             self.best_z, self.best_fz = z, fz
         else:
             self.best_z = torch.where(batch_view(better, z), z, self.best_z)
@@ -273,11 +289,12 @@ class Monitor:
         if self.record:
             self.stats.trajectory.append(z.detach().clone())
         self.done = n_converged == batch
-        return ~self.converged
+        return self.running
 
     def reject(self, mask: torch.Tensor) -> None:
         """Un-mark samples judged converged (e.g. at an unstable equilibrium): they are running again."""
         self.converged = self.converged & ~mask
+        self.running = ~self.converged
         self.converged_step = torch.where(mask, -1, self.converged_step)
         self.converged_nfe = torch.where(mask, -1, self.converged_nfe)
         self.n_converged = int(self.converged.sum())
@@ -295,6 +312,7 @@ class Monitor:
         meets = self._meets(res, scale)
         self.best_z, self.best_fz, self.residual, self.scale, self.current = z, fz, res, scale, res
         self.converged = self.converged & meets
+        self.running = ~self.converged
         self.done = bool(self.converged.all())
 
     def finish(self, steps: int, nfe: int) -> SolverStats:
@@ -554,7 +572,7 @@ class IterativeSolver(Solver):
             else:
                 z = torch.where(batch_view(moving, z), z_next.view_as(z), z)
             fz, nfe, step = f(z), nfe + 1, step + 1
-            moving = moving & monitor.check(step, z, fz - z, fz, nfe, t=t)
+            moving = moving & monitor.check(step, z, fz - z, fz, nfe, t=t, frozen=True)
             if hold is not None:
                 moving = moving & ~hold(monitor.current)
                 if not bool(moving.any()):

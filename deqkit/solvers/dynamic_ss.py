@@ -329,11 +329,11 @@ class DynamicSS(Solver):
             z_next, state = polisher.update(z.flatten(1), fz.flatten(1), state)
             z = z_next.view_as(z) if whole else torch.where(batch_view(moving, z), z_next.view_as(z), z)
             fz, field.nfe, steps = f(z), field.nfe + 1, steps + 1
-            before = monitor.n_converged
-            monitor.check(steps, z, fz - z, fz, field.nfe, t=float("nan"))
+            before, r = monitor.n_converged, fz - z
+            monitor.check(steps, z, r, fz, field.nfe, t=float("nan"))
             if monitor.n_converged > before:  # read now: a converged sample's history is overwritten as it rests
                 rows = (monitor.converged & moving).nonzero().squeeze(1)
-                secants.append((rows, *polisher.secants(state, rows, z, fz)))
+                secants.append((rows, *polisher.secants(state, rows, z, r)))
                 moving, whole = moving & ~monitor.converged, False
             if k % GUARD_EVERY:
                 continue
@@ -364,7 +364,9 @@ class DynamicSS(Solver):
         every answer is stable). ``origin`` is ``(z, f(z) − z)`` where the polish began."""
         rows = torch.cat([r for r, _, _ in secants])
         k = max(dz.shape[1] for _, dz, _ in secants)
-        dz, dg = (torch.cat([F.pad(t[i], (0, 0, 0, k - t[i].shape[1])) for t in secants]) for i in (1, 2))
+        padded = [[t[i] if t[i].shape[1] == k else F.pad(t[i], (0, 0, 0, k - t[i].shape[1])) for t in secants]
+                  for i in (1, 2)]
+        dz, dg = torch.cat(padded[0]), torch.cat(padded[1])
         rates, directions = growth_rates(dz, dg, above=UNSTABLE_RATE)
         bad = torch.zeros_like(monitor.converged)
         bad[rows] = rates > UNSTABLE_RATE
