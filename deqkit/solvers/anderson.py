@@ -41,15 +41,19 @@ class Anderson(IterativeSolver):
         Mixing (damping) parameter in (0, 1].
     lam : float
         Relative Tikhonov regularisation of the least-squares problem.
+    sync_every : int
+        Host reads of the monitor's numbers: every step (1), or every ``sync_every`` steps with the per-sample
+        bookkeeping kept on the device in between (fewer synchronisations on a GPU; see :class:`IterativeSolver`).
     """
 
     name = "anderson"
     default_max_steps = 100
 
-    def __init__(self, m: int = 5, beta: float = 1.0, lam: float = 1e-8):
+    def __init__(self, m: int = 5, beta: float = 1.0, lam: float = 1e-8, sync_every: int = 1):
         self.m = check_int("m", m, 1)
         self.beta = check_real("beta", beta, 0.0, 1.0, low_open=True)
         self.lam = check_real("lam", lam, 0.0)
+        self.sync_every = check_int("sync_every", sync_every, 1)
 
     def update(self, z: torch.Tensor, fz: torch.Tensor, h: _History | None) -> tuple[torch.Tensor, _History]:
         g = fz - z

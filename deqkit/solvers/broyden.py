@@ -37,13 +37,17 @@ class Broyden(IterativeSolver):
     ----------
     m : int
         Number of rank-one updates stored before a restart.
+    sync_every : int
+        Host reads of the monitor's numbers: every step (1), or every ``sync_every`` steps with the per-sample
+        bookkeeping kept on the device in between (fewer synchronisations on a GPU; see :class:`IterativeSolver`).
     """
 
     name = "broyden"
     default_max_steps = 100
 
-    def __init__(self, m: int = 20):
+    def __init__(self, m: int = 20, sync_every: int = 1):
         self.m = check_int("m", m, 1)
+        self.sync_every = check_int("sync_every", sync_every, 1)
 
     def update(self, z: torch.Tensor, fz: torch.Tensor, mem: _Memory | None) -> tuple[torch.Tensor, _Memory]:
         # the secant algebra in at least float32: its inner products overflow or vanish in float16/bfloat16

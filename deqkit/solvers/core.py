@@ -188,11 +188,16 @@ class Monitor:
         self.done = False
         self.out_of_budget = False  # a solver stopped because its next step would exceed max_nfe
         self.stats = SolverStats(method, 0, 0, self.converged, self.residual, self.residual)
+        self._unread: list[tuple[int, int, float | None, torch.Tensor]] = []  # checks not yet read by the host
         self._start = time.perf_counter()
 
+    def fits(self, nfe: int, cost: int) -> bool:
+        """True when ``cost`` more evaluations stay within ``max_nfe``."""
+        return self.tol.max_nfe is None or nfe + cost <= self.tol.max_nfe
+
     def affords(self, nfe: int, cost: int) -> bool:
-        """True when ``cost`` more evaluations stay within ``max_nfe`` (the budget is never exceeded)."""
-        if self.tol.max_nfe is None or nfe + cost <= self.tol.max_nfe:
+        """:meth:`fits`, noting a solver stopped by the budget when not (the budget is never exceeded)."""
+        if self.fits(nfe, cost):
             return True
         self.out_of_budget = True
         return False
@@ -228,7 +233,7 @@ class Monitor:
 
     def check(self, step: int, z: torch.Tensor, r: torch.Tensor, fz: torch.Tensor, nfe: int,
               t: float | None = None, below: torch.Tensor | None = None, settling: bool = False,
-              frozen: bool = False) -> torch.Tensor:
+              frozen: bool = False, read: bool = True) -> torch.Tensor:
         """Record the iterate ``z`` with residual ``r = f(z) − z``; return the mask of samples still running.
 
         ``below`` (per sample) sets ``self.ready`` (the running samples whose residual is at most their entry, and
@@ -237,7 +242,10 @@ class Monitor:
         route: a residual growing along the flow means an unstable equilibrium is near, however small it is).
         ``frozen``: the caller kept every sample that had converged before this check where it converged, so where
         every running sample improved, ``z`` is every sample's best iterate and no copy is needed.
-        Two host synchronisations per call: the numbers that decide whether to stop are read together. (The
+        ``read=False``: update the per-sample state on the device only (what converged, when, and the best iterates
+        stay exact) and leave the counts, the history and the NaN check to the next read; ``done``,
+        ``n_converged`` and ``any_converged`` keep their values from the last read meanwhile (``below`` needs a read).
+        Two host synchronisations per read: the numbers that decide whether to stop are read together. (The
         operations are few on purpose: on small problems a check costs as much as an evaluation of ``f``.)
         """
         res = r.detach().flatten(1).abs().amax(1)
@@ -253,12 +261,14 @@ class Monitor:
         self.converged = self.converged | meets
         self.running = ~self.converged
         self.current = res
+        if not read:
+            return self._unread_check(step, z, fz, nfe, t, meets, better, worst)
         masks = [self.converged, better, self.fell]
         if below is not None:
             self.ready = self.running & (res <= below)
             masks.append(self.ready)
         # two reads: one concatenated read of the counts and the worst residual costs more operations on CPU
-        worst = worst.item()
+        self._read_history(step, nfe, t, worst, running, res, z, fz)
         n_converged, n_better, n_fell, *n_ready = torch.stack(masks).sum(1).tolist()
         batch = res.shape[0]
         self.any_converged, self.all_fell = n_converged > 0, n_fell == batch
@@ -275,21 +285,44 @@ class Monitor:
         else:
             self.best_z = torch.where(batch_view(better, z), z, self.best_z)
             self.best_fz = torch.where(batch_view(better, fz), fz, self.best_fz)
-        if not math.isfinite(worst):
-            bad = running & ~torch.isfinite(res)
-            raise DivergenceError(
-                f"{self.method}: f(z) − z became NaN or infinite at step {step} for {int(bad.sum())} of "
-                f"{bad.numel()} samples. "
-                + (_undefined_hint(z, fz, bad) or _blow_up_hint(step, z.dtype, self.start_scale))
-            )
-        self.stats.history.append(worst)
-        self.stats.nfe_history.append(nfe)
-        if t is not None:
-            self.stats.times.append(t)
         if self.record:
             self.stats.trajectory.append(z.detach().clone())
         self.done = n_converged == batch
         return self.running
+
+    def _unread_check(self, step: int, z: torch.Tensor, fz: torch.Tensor, nfe: int, t: float | None,
+                      meets: torch.Tensor, better: torch.Tensor, worst: torch.Tensor) -> torch.Tensor:
+        """The rest of a check without a host read: the per-sample records unconditionally (which samples changed
+        is not known here), the history kept for the next read."""
+        self.converged_step = torch.where(meets, step, self.converged_step)
+        self.converged_nfe = torch.where(meets, nfe, self.converged_nfe)
+        self.best_z = torch.where(batch_view(better, z), z, self.best_z)
+        self.best_fz = torch.where(batch_view(better, fz), fz, self.best_fz)
+        self._unread.append((step, nfe, t, worst))
+        if self.record:
+            self.stats.trajectory.append(z.detach().clone())
+        return self.running
+
+    def _read_history(self, step: int, nfe: int, t: float | None, worst: torch.Tensor, running: torch.Tensor,
+                      res: torch.Tensor, z: torch.Tensor, fz: torch.Tensor) -> None:
+        """Read the worst residuals of this check and of the unread ones before it (one host synchronisation) into
+        the history; raise at the first that is NaN or infinite."""
+        checks = [*self._unread, (step, nfe, t, worst)]
+        self._unread = []
+        worsts = torch.stack([w for *_, w in checks]).tolist() if len(checks) > 1 else [worst.item()]
+        for (at, _, _, _), value in zip(checks, worsts):
+            if not math.isfinite(value):
+                bad = running & ~torch.isfinite(res)
+                raise DivergenceError(
+                    f"{self.method}: f(z) − z became NaN or infinite at step {at} for {int(bad.sum())} of "
+                    f"{bad.numel()} samples{'' if at == step else f' (read at step {step}: sync_every)'}. "
+                    + (_undefined_hint(z, fz, bad) or _blow_up_hint(at, z.dtype, self.start_scale))
+                )
+        for (_, evaluations, time_, _), value in zip(checks, worsts):
+            self.stats.history.append(value)
+            self.stats.nfe_history.append(evaluations)
+            if time_ is not None:
+                self.stats.times.append(time_)
 
     def reject(self, mask: torch.Tensor) -> None:
         """Un-mark samples judged converged (e.g. at an unstable equilibrium): they are running again."""
@@ -537,8 +570,20 @@ class Solver(Configured, abc.ABC):
 class IterativeSolver(Solver):
     """A solver that takes one evaluation of the map per step: ``z_{k+1} = update(z_k, f(z_k))``.
 
-    Subclasses see flattened ``(batch, dim)`` tensors and keep whatever history they need in ``state``.
+    Subclasses see flattened ``(batch, dim)`` tensors and keep whatever history they need in ``state``, and set
+    ``sync_every`` (a setting of their constructor): how often the host reads the monitor's numbers.
+
+    With ``sync_every = k > 1`` the per-sample bookkeeping still runs at every step on the tensors' device (each
+    sample is frozen at the step it converged, with that step, its evaluations and its best iterate recorded
+    exactly), but the counts that decide whether to stop, the residual history and the NaN check reach the host
+    only every ``k`` steps, and at the step or evaluation limit: one pair of host synchronisations per ``k`` steps
+    instead of per step, which is what a GPU waits on. Each sample's result is the same as with ``k = 1``; the solve
+    as a whole may take up to ``k − 1`` more steps (after its last sample converged, before the next read), never
+    more than ``max_steps`` or ``max_nfe``; a NaN is reported at the read after it, naming the step it appeared at.
+    On a CPU a read costs no more than the operations around it: keep ``k = 1`` there.
     """
+
+    sync_every: int = 1
 
     def init_state(self, z: torch.Tensor, fz: torch.Tensor) -> Any:
         return None
@@ -551,30 +596,18 @@ class IterativeSolver(Solver):
         """Iterate until every sample converged or ``max_steps`` updates; return ``(steps, evaluations)``."""
         fz = first_evaluation(f, z0)
         monitor.check(0, z0, fz - z0, fz, 1)
-        return self.iterate(f, z0, fz, monitor, step=0, nfe=1, limit=monitor.tol.max_steps)
-
-    def iterate(self, f: Map, z: torch.Tensor, fz: torch.Tensor, monitor: Monitor, *, step: int, nfe: int,
-                limit: int, hold: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                t: float | None = None, moving: torch.Tensor | None = None) -> tuple[int, int]:
-        """Continue from an already checked ``z`` (with ``fz = f(z)``) until done or ``step == limit``.
-
-        ``hold(residual)`` may flag samples to stop moving (e.g. because they diverge); the loop then ends
-        once no sample is left moving, and the caller decides what to do with the held ones. ``moving`` (with
-        ``hold``) restricts the iteration to these samples from the start. ``t`` is the time stamp recorded with
-        each check (used when an ODE solve hands over to this solver).
-        """
-        state = self.init_state(z.flatten(1), fz.flatten(1))
-        moving = ~monitor.converged if moving is None else moving & ~monitor.converged
+        state = self.init_state(z0.flatten(1), fz.flatten(1))
+        z, moving, step, nfe, last_read = z0, monitor.running, 0, 1, 0
+        limit, deferred = monitor.tol.max_steps, self.sync_every > 1
         while not monitor.done and step < limit and monitor.affords(nfe, 1):
             z_next, state = self.update(z.flatten(1), fz.flatten(1), state)
-            if hold is None and not monitor.any_converged:  # every sample moves: skip the masked copy
+            if not deferred and not monitor.any_converged:  # every sample moves: skip the masked copy
                 z = z_next.view_as(z)
             else:
                 z = torch.where(batch_view(moving, z), z_next.view_as(z), z)
             fz, nfe, step = f(z), nfe + 1, step + 1
-            moving = moving & monitor.check(step, z, fz - z, fz, nfe, t=t, frozen=True)
-            if hold is not None:
-                moving = moving & ~hold(monitor.current)
-                if not bool(moving.any()):
-                    break
+            # read at the interval, and at the last step the limits allow (so the solve ends on a read)
+            read = step - last_read >= self.sync_every or step >= limit or not monitor.fits(nfe, 1)
+            moving = moving & monitor.check(step, z, fz - z, fz, nfe, frozen=True, read=read)
+            last_read = step if read else last_read
         return step, nfe

@@ -258,6 +258,10 @@ class DynamicSS(Solver):
             polish = Anderson()
         if polish is not None and not isinstance(polish, Anderson):
             raise ValueError(f"polish must be 'anderson', a deqkit.Anderson(...) or None, got {polish!r}")
+        if polish is not None and polish.sync_every != 1:
+            raise ValueError(f"polish={polish!r}: DynamicSS reads every polishing step (its hand-overs to the flow "
+                             "are decided per sample at each one), so a polisher's sync_every does not apply; use "
+                             "polish=deqkit.Anderson() with the other settings you want")
         self.ode_method, self.polish = ode_method, polish
         self.controller = StepSizeController() if controller is None else controller
         self.step_size = None if step_size is None else check_real("step_size", step_size, 0.0, low_open=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import IterativeSolver, check_real
+from .core import IterativeSolver, check_int, check_real
 
 
 class Picard(IterativeSolver):
@@ -17,13 +17,17 @@ class Picard(IterativeSolver):
     ----------
     damping : float
         Step fraction in (0, 1].
+    sync_every : int
+        Host reads of the monitor's numbers: every step (1), or every ``sync_every`` steps with the per-sample
+        bookkeeping kept on the device in between (fewer synchronisations on a GPU; see :class:`IterativeSolver`).
     """
 
     name = "picard"
     default_max_steps = 500
 
-    def __init__(self, damping: float = 1.0):
+    def __init__(self, damping: float = 1.0, sync_every: int = 1):
         self.damping = check_real("damping", damping, 0.0, 1.0, low_open=True)
+        self.sync_every = check_int("sync_every", sync_every, 1)
 
     def update(self, z: torch.Tensor, fz: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
         if self.damping == 1:
