@@ -9,6 +9,7 @@ at a converged ``z*``, GMRES and Anderson, relative tolerance 1e-4) against its 
 vector–Jacobian product.
 
     python -m benchmarks overhead [--cases 128x128 512x32 32x8] [--repeats 15] [--layernorm]
+    python -m benchmarks overhead --compile   # a Picard step and its bookkeeping, eager against torch.compile
 """
 
 from __future__ import annotations
@@ -111,12 +112,43 @@ def backward_rows(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, re
     return rows
 
 
+def compile_rows(d: int, batch: int, repeats: int) -> dict:
+    """One Picard step with the monitor's per-sample arithmetic (residual, norms, rule, best residual, counts, frozen
+    copy; no host read), eager and under ``torch.compile``: does fusing the bookkeeping with ``f`` pay on CPU?"""
+    f, x = case(d, batch, False)
+
+    def step(z: torch.Tensor, residual: torch.Tensor, converged: torch.Tensor, reltol: float) -> tuple:
+        fz = f(z)
+        r = fz - z
+        res, scale = r.abs().amax(1), fz.abs().amax(1)
+        running = ~converged
+        meets = running & (res <= reltol * scale)
+        better = running & ((res < residual) | meets)
+        worst = torch.where(running, res, residual).amax()
+        converged = converged | meets
+        counts = torch.stack([converged, better]).sum(1)
+        return torch.where(converged[:, None], z, fz), torch.where(better, res, residual), converged, worst, counts
+
+    z, residual = torch.zeros_like(x), torch.full((batch,), float("inf"))
+    converged = torch.zeros(batch, dtype=torch.bool)
+    t_f = median_time(lambda: f(z), 200)
+    eager = median_time(lambda: step(z, residual, converged, 1e-4), 200)
+    start = time.perf_counter()
+    compiled = torch.compile(step, dynamic=False)
+    compiled(z, residual, converged, 1e-4)
+    compile_s = time.perf_counter() - start
+    fused = median_time(lambda: compiled(z, residual, converged, 1e-4), 200)
+    return {"case": f"d={d}, batch={batch}", "t_f": t_f, "eager": eager, "compiled": fused, "compile_s": compile_s}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks overhead", description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", default=["128x128", "512x32", "32x8"], help="d x batch")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--layernorm", action="store_true", help="also f = LayerNorm(tanh(W z + x + b))")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compile", action="store_true",
+                        help="instead: one Picard step with its bookkeeping, eager against torch.compile")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be >= 1")
@@ -125,6 +157,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     except ValueError:
         parser.error(f"--cases takes d x batch, e.g. 128x128; got {args.cases}")
     torch.set_num_threads(args.threads)
+    if args.compile:
+        print(f"overhead --compile: torch {torch.__version__}, {args.threads} thread(s); "
+              f"load average {load()}\n")
+        print("| case | time of f (µs) | eager step (µs) | compiled step (µs) | eager / f | compiled / f "
+              "| compile (s) |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        rows = [compile_rows(d, batch, args.repeats) for d, batch in sizes]
+        for r in rows:
+            print(f"| {r['case']} | {r['t_f'] * 1e6:.0f} | {r['eager'] * 1e6:.0f} | {r['compiled'] * 1e6:.0f} | "
+                  f"{r['eager'] / r['t_f']:.2f}× | {r['compiled'] / r['t_f']:.2f}× | {r['compile_s']:.1f} |")
+        return rows
     print(f"overhead: torch {torch.__version__}, {args.threads} thread(s), {args.repeats} interleaved repeats; "
           f"load average {load()}\n")
     print("| case | solver | evaluations | time of f (µs) | wall (ms) | floor (ms) | wall / floor | converged |")

@@ -1,6 +1,7 @@
 """Smoke tests: every benchmark runs on a tiny case, prints its markdown table and writes its plot."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -229,6 +230,17 @@ def test_overhead_tiny(capsys):
     assert all(r["nfe"] >= 2 and r["ratio"] > 0 for r in rows)
     with pytest.raises(SystemExit):
         overhead.main(["--cases", "big"])
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_overhead_compile_study_tiny(capsys):
+    from benchmarks import overhead
+
+    rows = overhead.main(["--compile", "--cases", "8x2"])
+    out = capsys.readouterr().out
+    assert "| d=8, batch=2 |" in out and "compiled step" in out
+    assert all(r["eager"] > 0 and r["compiled"] > 0 and r["compile_s"] > 0 for r in rows)
 
 
 def test_gradient_quality_scores_every_configuration_against_the_reference(capsys):
