@@ -91,11 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     torch.manual_seed(0)
     block, x = tanh_problem(args.d, 0.9, batch=args.batch, kind="gaussian", bias_scale=0.0, dtype=torch.float64)
-    for solver in ["dynamic_ss", "anderson", "broyden", "picard"]:
+    # sync_every=8: the host reads the monitor every 8 steps (the GPU path); its rows time what that saves
+    solvers = ["dynamic_ss", "anderson", deqkit.Anderson(sync_every=8), "broyden", "picard",
+               deqkit.Picard(sync_every=8)]
+    for solver in solvers:
         for dtype in (torch.float64, torch.float32):
             tol = 1e-10 if dtype == torch.float64 else 1e-5
             layer = deqkit.DEQ(copy.deepcopy(block).to(dtype), solver=solver, abstol=tol, reltol=tol)
-            good, row = compare(f"tanh DEQ d={args.d}, {solver}", layer, x.to(dtype), device)
+            label = solver if isinstance(solver, str) else solver.label
+            good, row = compare(f"tanh DEQ d={args.d}, {label}", layer, x.to(dtype), device)
             ok &= good
             print(row, flush=True)
     if not args.no_mnist:

@@ -10,7 +10,8 @@ def test_gpu_check_cpu_against_cpu(capsys):
     assert gpu_check.main(["--device", "cpu", "--d", "16", "--batch", "4", "--mnist-batch", "2"]) == 0
     out = capsys.readouterr().out
     assert "all results match the CPU" in out
-    assert out.count("| tanh DEQ") == 8 and out.count("| MNIST") == 4
+    assert out.count("| tanh DEQ") == 12 and out.count("| MNIST") == 4
+    assert out.count("anderson(sync_every=8) |") == 2 and out.count("picard(sync_every=8) |") == 2
 
 
 def test_gpu_check_without_cuda_says_so(capsys):
