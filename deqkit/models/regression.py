@@ -10,6 +10,7 @@ predicts −10 at x = −5.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +102,8 @@ class RegressionRun:
 
 
 def fit_regression(model: nn.Module, *, epochs: int = 100, lr: float = 0.05, seed: int = 0,
-                   progress: bool = False) -> RegressionRun:
+                   progress: bool = False,
+                   on_epoch: Callable[[RegressionRun], None] | None = None) -> RegressionRun:
     """Train on the blog's data (batch 1, shuffled each epoch, Adam) and return the measurements.
 
     Parameters
@@ -117,6 +119,9 @@ def fit_regression(model: nn.Module, *, epochs: int = 100, lr: float = 0.05, see
         Seed of the shuffling (not of the weights).
     progress : bool
         Show a ``tqdm`` bar with the running loss.
+    on_epoch : callable, optional
+        Called after every epoch with the measurements so far (``seconds`` is the time since the start), e.g. to
+        keep the weights after each epoch.
 
     Returns
     -------
@@ -148,6 +153,9 @@ def fit_regression(model: nn.Module, *, epochs: int = 100, lr: float = 0.05, see
         run.forward_nfe.append(fnfe / len(xs))
         run.backward_nfe.append(bnfe / len(xs))
         bar.set_postfix(loss=f"{run.losses[-1]:.3g}")
+        if on_epoch is not None:
+            run.seconds = time.perf_counter() - start
+            on_epoch(run)
     run.seconds = time.perf_counter() - start
     with torch.no_grad():
         run.prediction = model(torch.tensor([[-5.0]], dtype=dtype)).item()

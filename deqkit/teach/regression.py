@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import html
 import json
 import pathlib
@@ -16,6 +17,7 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 import torch
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from tqdm.auto import tqdm
 
 from ..adjoint import GRADIENTS
@@ -98,12 +100,42 @@ class RunResult:
         return next((k + 1 for k, v in enumerate(self.losses) if v < loss), None)
 
 
-_RUNS: dict[tuple, RunResult] = {}  # train()'s cache: every setting is trained once per session
+@dataclass
+class _Trace:
+    """One training run recorded epoch by epoch, so that the run of any number of epochs up to its own is read off
+    it (training is deterministic: the first ``e`` epochs of a longer run are the run of ``e`` epochs)."""
+
+    backward: str
+    solver: str
+    lr: float
+    seed: int
+    losses: list[float]
+    forward_nfe: list[float]  # per epoch: mean per step
+    backward_nfe: list[float]
+    seconds: list[float]  # since the start, after each epoch
+    weights: list[list[float]]  # the model's parameters after each epoch
+    a_history: list[float]  # a before every step (then after the last one, when no step blew up)
+    warnings: list[tuple[str, str, int]]  # (category name, message, the epoch it was raised in, from 1)
+    error: str = ""  # the DivergenceError's message, when a step of epoch len(losses) + 1 blew up
+    error_seconds: float = float("nan")
+
+    def covers(self, epochs: int) -> bool:
+        """Whether the run of ``epochs`` epochs can be read off this one."""
+        return epochs <= len(self.losses) or bool(self.error)
+
+
+_TRACES: dict[tuple, _Trace] = {}  # (lr, backward, solver, seed) -> the longest run trained or read so far
+_RUNS: dict[tuple, RunResult] = {}  # train()'s results, one object per setting
 
 
 def train(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solver: str = "dynamic_ss",
           seed: int = 0, *, progress: bool = False) -> RunResult:
     """Train the blog's model with these settings (cached: the same settings are trained once).
+
+    Settings in notebook 03's saved grid (:data:`GRID`: every learning rate of its slider, every backward mode and
+    solver, seed 0, up to the grid's number of epochs) are read from it instead of trained: since training is
+    deterministic, the first ``epochs`` epochs of a saved run are the run of ``epochs`` epochs. Other settings
+    train here, once; a longer run then answers every shorter one.
 
     A run whose solve blows up (a learning rate so large that an Adam step throws ``a`` past 1, where the ODE
     has no stable equilibrium) is returned, not raised: its ``error`` holds the message and ``a_history``
@@ -126,7 +158,8 @@ def train(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solve
     Returns
     -------
     RunResult
-        Shared by every call with the same arguments: do not modify it or its model.
+        Shared by every call with the same arguments: do not modify it or its model. ``seconds`` is the time
+        those epochs took to train (for a saved run, on the machine that wrote the grid).
 
     Raises
     ------
@@ -142,8 +175,71 @@ def train(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solve
     check_int("epochs", epochs, 1)
     key = (float(lr), int(epochs), backward, solver, int(seed))
     if key not in _RUNS:
-        _RUNS[key] = _fit(*key, progress=progress)
+        setting = (float(lr), backward, solver, int(seed))
+        trace = _TRACES.get(setting) or _in_grid(*setting)
+        if trace is None or not trace.covers(epochs):
+            trace = _TRACES[setting] = _trace(*setting, epochs=int(epochs), progress=progress)
+        _RUNS[key] = _result(trace, int(epochs))
     return _RUNS[key]
+
+
+def _trace(lr: float, backward: str, solver: str, seed: int, *, epochs: int, progress: bool = False) -> _Trace:
+    """Train one fresh model for ``epochs`` epochs, keeping its weights, time and warnings after every epoch."""
+    model = seed_regression_model(seed, backward=backward, solver=SOLVERS[solver])
+    trace = _Trace(backward, solver, lr, seed, [], [], [], [], [], [], [])
+    # a training step's forward runs with autograd on; the final prediction at −5 does not
+    hook = model.register_forward_pre_hook(
+        lambda m, _: trace.a_history.append(m.f.affine()[0]) if torch.is_grad_enabled() else None)
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        def epoch_done(run: Any) -> None:
+            epoch = len(run.losses)
+            trace.warnings.extend((w.category.__name__, str(w.message), epoch) for w in caught)
+            caught.clear()
+            trace.seconds.append(run.seconds)
+            trace.weights.append(parameters_to_vector(model.parameters()).tolist())
+            trace.losses, trace.forward_nfe, trace.backward_nfe = run.losses, run.forward_nfe, run.backward_nfe
+
+        try:
+            fit_regression(model, epochs=epochs, lr=lr, seed=seed, progress=progress, on_epoch=epoch_done)
+            trace.a_history.append(model.f.affine()[0])  # after the last step
+        except DivergenceError as err:
+            trace.error, trace.error_seconds = str(err), time.perf_counter() - start
+            trace.warnings.extend((w.category.__name__, str(w.message), len(trace.seconds) + 1) for w in caught)
+        finally:
+            hook.remove()
+    return trace
+
+
+def _result(trace: _Trace, epochs: int) -> RunResult:
+    """The run of ``epochs`` epochs read off ``trace`` (its model rebuilt from the weights after that epoch)."""
+    model = seed_regression_model(trace.seed, backward=trace.backward, solver=SOLVERS[trace.solver])
+    known = {"ConvergenceWarning": ConvergenceWarning}
+    if trace.error and epochs > len(trace.losses):  # this run blew up in a step of its own
+        done = len(trace.losses)
+        if done:
+            vector_to_parameters(torch.tensor(trace.weights[done - 1]), model.parameters())
+        a, b = model.f.affine()
+        recorded = tuple((known.get(c, UserWarning), m) for c, m, _ in trace.warnings)
+        nan = float("nan")
+        return RunResult(trace.backward, trace.solver, trace.lr, epochs, trace.error_seconds, nan, nan, nan, nan, (),
+                         a, b, tuple(trace.a_history), trace.error, (trace.error_seconds,), recorded, model)
+    vector_to_parameters(torch.tensor(trace.weights[epochs - 1]), model.parameters())
+    a, b = model.f.affine()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            prediction = model(torch.tensor([[-5.0]])).item()
+    recorded = tuple((known.get(c, UserWarning), m) for c, m, e in trace.warnings if e <= epochs)
+    recorded += tuple((w.category, str(w.message)) for w in caught)
+    seconds = trace.seconds[epochs - 1]
+    steps = epochs * len(X_TRAIN)
+    return RunResult(trace.backward, trace.solver, trace.lr, epochs, seconds,
+                     float(np.mean(trace.forward_nfe[:epochs])), float(np.mean(trace.backward_nfe[:epochs])),
+                     prediction, trace.losses[epochs - 1], tuple(trace.losses[:epochs]), a, b,
+                     (*trace.a_history[:steps], a), "", (seconds,), recorded, model)
 
 
 def _fit(lr: float, epochs: int, backward: str, solver: str, seed: int, *, progress: bool = False) -> RunResult:
@@ -407,6 +503,72 @@ class ComparisonTable(StaticFallback, widgets.VBox):
                 "\u201d trains every backward mode and adds a row per mode to the table.</em></p>")
         return {"text/html": f'<div class="deqkit-static">{self.table.value}{note}</div>'}
 
+#: The grid of notebook 03's training widget: every learning rate of its slider (``10 ** e`` for ``e`` from −3 to
+#: −0.5 in steps of 0.25) and its starting value, the blog's 0.05; every backward mode and forward solver; seed 0,
+#: :data:`GRID_EPOCHS` epochs. Written by ``python -m deqkit.teach.regression --grid`` so that each move of a control
+#: answers at once.
+GRID = pathlib.Path(__file__).resolve().parents[2] / "docs" / "data" / "regression_grid.json.gz"
+GRID_EXPONENTS = tuple(-3 + 0.25 * k for k in range(11))
+GRID_LRS = (0.05, *(10 ** e for e in GRID_EXPONENTS))
+GRID_EPOCHS = 100
+_GRID: dict[tuple, _Trace] | None = None
+
+
+def grid_traces(progress: bool = False) -> list[_Trace]:
+    """Train every setting of the grid (about 12 minutes on one core)."""
+    settings = [(lr, backward, solver) for lr in GRID_LRS for backward in BACKWARD_MODES for solver in SOLVERS]
+    return [_trace(lr, backward, solver, 0, epochs=GRID_EPOCHS)
+            for lr, backward, solver in tqdm(settings, desc="grid", disable=not progress)]
+
+
+def save_grid(traces: list[_Trace], path: str | pathlib.Path = GRID) -> None:
+    """Write the runs of :func:`grid_traces` (gzip-compressed JSON, numbers to 9 significant digits: exact for the
+    float32 weights and values of ``a``, to 1e-9 relative for the mean losses and costs)."""
+    def short(v: Any) -> Any:
+        if isinstance(v, float):
+            return float(f"{v:.9g}")  # 9 significant digits: every float32 value exactly
+        return [short(x) for x in v] if isinstance(v, (list, tuple)) else v
+    # the series to 9 digits, the settings (the learning rate) exactly
+    rows = [{f.name: short(v) if isinstance(v := getattr(t, f.name), list) else v for f in fields(t)} for t in traces]
+    info = {"epochs": GRID_EPOCHS, "lrs": GRID_LRS, "seed": 0, "torch": torch.__version__}
+    with gzip.open(path, "wt") as out:
+        json.dump({"settings": info, "runs": rows}, out, separators=(",", ":"), allow_nan=True)
+
+
+def _grid(path: str | pathlib.Path | None = None) -> dict[tuple, _Trace]:
+    """The saved grid, by ``(lr, backward, solver, seed)`` (empty, with a warning once, when the file is missing)."""
+    global _GRID
+    if path is None and _GRID is not None:
+        return _GRID
+    path = pathlib.Path(GRID if path is None else path)
+    grid: dict[tuple, _Trace] = {}
+    if path.is_file():
+        with gzip.open(path, "rt") as src:
+            for row in json.load(src)["runs"]:
+                row["warnings"] = [tuple(w) for w in row["warnings"]]
+                # a and the weights are float32 values: 9 digits identify each exactly
+                row["a_history"] = np.float32(row["a_history"]).tolist()
+                row["weights"] = np.float32(row["weights"]).tolist()
+                trace = _Trace(**row)
+                grid[(trace.lr, trace.backward, trace.solver, trace.seed)] = trace
+    else:
+        warnings.warn(f"{path} is missing, so every setting of notebook 03's training widget trains when chosen "
+                      "(seconds each); write it with `python -m deqkit.teach.regression --grid` (about 15 minutes)",
+                      UserWarning, stacklevel=3)
+    if path == GRID:
+        _GRID = grid
+    return grid
+
+
+def _in_grid(lr: float, backward: str, solver: str, seed: int) -> _Trace | None:
+    """The saved run of this setting; a learning rate matches the grid's to 1e-9 relative (a slider in the browser
+    computes ``10 ** e`` itself, which may differ in the last digit)."""
+    for (glr, gbackward, gsolver, gseed), trace in _grid().items():
+        if (gbackward, gsolver, gseed) == (backward, solver, seed) and abs(lr - glr) <= 1e-9 * glr:
+            return trace
+    return None
+
+
 #: The comparison of notebook 03 (every backward mode, the blog's pure ODE, 100 epochs, three repeats), saved by
 #: ``python -m deqkit.teach.regression`` so that the notebook need not spend minutes retraining it.
 COMPARISON = pathlib.Path(__file__).resolve().parents[2] / "docs" / "data" / "regression_modes.json"
@@ -492,8 +654,19 @@ def check_weights(w2: Any, b2: Any) -> str | None:
             "for every x only when a = 2/3 and b = 0.")
 
 
-if __name__ == "__main__":  # python -m deqkit.teach.regression: regenerate the saved comparison of notebook 03
+if __name__ == "__main__":  # python -m deqkit.teach.regression [--grid]: regenerate notebook 03's saved runs
+    import argparse
+
     from tqdm import tqdm as _bar
 
-    save_comparison(compare_backward_modes(**COMPARISON_SETTINGS, progress=functools.partial(_bar, desc="runs")))
-    print(f"wrote {COMPARISON}")
+    parser = argparse.ArgumentParser(prog="python -m deqkit.teach.regression",
+                                     description="Write notebook 03's saved runs: the backward-mode comparison, or "
+                                                 "(--grid) the training widget's grid.")
+    parser.add_argument("--grid", action="store_true", help=f"write {GRID.name} instead of {COMPARISON.name}")
+    if parser.parse_args().grid:
+        torch.set_num_threads(1)  # tiny tensors: extra threads only add overhead
+        save_grid(grid_traces(progress=True))
+        print(f"wrote {GRID}")
+    else:
+        save_comparison(compare_backward_modes(**COMPARISON_SETTINGS, progress=functools.partial(_bar, desc="runs")))
+        print(f"wrote {COMPARISON}")

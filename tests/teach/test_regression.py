@@ -139,3 +139,96 @@ def test_the_shipped_comparison_has_the_notebooks_settings():
     runs = regression.load_comparison()
     assert sorted(r.backward for r in runs) == sorted(regression.BACKWARD_MODES)
     assert all(r.epochs == 100 and len(r.times) == 3 and r.solver == "dynamic_ss(tsit5)" for r in runs)
+
+
+# --- the training widget's saved grid -------------------------------------------------------------------------------
+
+
+def _same_run(a, b):
+    """Two RunResults of the same training (times aside): losses, every a, prediction, costs, error, warnings."""
+    assert (a.error, a.epochs, len(a.losses)) == (b.error, b.epochs, len(b.losses))
+    assert np.array_equal(a.a_history, b.a_history, equal_nan=True)  # a NaN where the weights became NaN
+    assert np.allclose([*a.losses, a.prediction, a.forward_nfe, a.backward_nfe],
+                       [*b.losses, b.prediction, b.forward_nfe, b.backward_nfe], rtol=1e-8, atol=0, equal_nan=True)
+    assert [m for _, m in a.warnings] == [m for _, m in b.warnings]
+
+
+@pytest.mark.parametrize("lr, backward, solver", [
+    (0.05, "implicit", "dynamic_ss"),     # trains to the end
+    (10 ** -0.5, "implicit", "dynamic_ss"),  # blows up in its first epoch
+    (0.3, "implicit", "anderson"),        # goes on through a > 1
+    (0.3, "unrolled", "picard"),          # blows up later
+])
+def test_the_first_epochs_of_a_longer_run_are_the_shorter_run(lr, backward, solver):
+    trace = regression._trace(lr, backward, solver, 0, epochs=6)
+    for epochs in (1, 3, 6):
+        _same_run(regression._result(trace, epochs), regression._fit(lr, epochs, backward, solver, 0))
+
+
+def test_a_saved_grid_reads_back_as_it_was(tmp_path):
+    traces = [regression._trace(lr, "implicit", "anderson", 0, epochs=3) for lr in (0.05, 10 ** -0.5)]
+    regression.save_grid(traces, tmp_path / "grid.json.gz")
+    back = list(regression._grid(tmp_path / "grid.json.gz").values())
+    means = ("losses", "forward_nfe", "backward_nfe", "seconds", "error_seconds")  # float64: kept to 9 digits
+    for got, saved in zip(back, traces, strict=True):
+        for f in dataclasses.fields(saved):  # everything else exactly: a and the weights are float32 values
+            if f.name not in means:
+                assert getattr(got, f.name) == getattr(saved, f.name), f.name
+        values = lambda t: [*t.losses, *t.forward_nfe, *t.backward_nfe, *t.seconds, t.error_seconds]  # noqa: E731
+        assert np.allclose(values(got), values(saved), rtol=1e-8, atol=0, equal_nan=True)
+    with pytest.warns(UserWarning, match="python -m deqkit.teach.regression --grid"):
+        assert regression._grid(tmp_path / "missing.json.gz") == {}
+
+
+def test_the_shipped_grid_is_every_setting_the_widget_offers_and_matches_fresh_training():
+    import gzip
+    import json
+
+    with gzip.open(regression.GRID, "rt") as src:
+        saved = json.load(src)
+    assert saved["settings"]["epochs"] == regression.GRID_EPOCHS and saved["settings"]["seed"] == 0
+    grid = regression._grid()
+    assert len(grid) == len(regression.GRID_LRS) * len(regression.BACKWARD_MODES) * len(regression.SOLVERS)
+    # the slider's values and its starting value, the blog's 0.05
+    assert {10 ** e for e in regression.GRID_EXPONENTS} | {0.05} == set(regression.GRID_LRS)
+    for lr in regression.GRID_LRS:
+        for backward in regression.BACKWARD_MODES:
+            for solver in regression.SOLVERS:
+                assert regression._in_grid(lr, backward, solver, 0) is not None, (lr, backward, solver)
+    # the slider's values as a browser computes them may differ from 10 ** e in the last digit: still the grid's
+    for e, backward, solver in [(-1.25, "implicit", "dynamic_ss"), (-0.5, "unrolled", "anderson"),
+                                (-2.0, "one_step", "dynamic_ss(tsit5)")]:
+        lr = 10 ** e * (1 + 2e-16)
+        trace = regression._in_grid(lr, backward, solver, 0)
+        assert trace is not None and trace.covers(regression.GRID_EPOCHS)
+        # the saved runs are this code's: their first epochs equal a fresh training's
+        _same_run(regression._result(trace, 2), regression._fit(trace.lr, 2, backward, solver, 0))
+
+
+def test_the_widget_reads_the_grid_instead_of_training(monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained a setting the grid holds")
+
+    monkeypatch.setattr(regression, "_trace", no_training)
+    monkeypatch.setattr(regression, "_RUNS", {})
+    r = regression.train(10 ** -1.25, 60, "unrolled", "broyden")
+    assert r.epochs == 60 and len(r.losses) == 60 and len(r.a_history) == 601
+    panel = regression.training_panel(10 ** -1.25, 60, "unrolled", "broyden")
+    assert "prediction at −5" in panel.text
+
+
+def test_a_setting_outside_the_grid_trains_once_and_answers_shorter_runs(monkeypatch):
+    calls = []
+    original = regression._trace
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["epochs"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(regression, "_trace", counted)
+    monkeypatch.setattr(regression, "_RUNS", {})
+    monkeypatch.setattr(regression, "_TRACES", {})
+    regression.train(0.07, 4, "implicit", "anderson")
+    regression.train(0.07, 2, "implicit", "anderson")
+    regression.train(0.07, 5, "implicit", "anderson")
+    assert calls == [4, 5]
