@@ -140,10 +140,13 @@ class Anderson(IterativeSolver):
 def growth_rates(dz: torch.Tensor, dg: torch.Tensor, above: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The fastest growth rate of the flow ``dz/dt = f(z) − z`` that secant pairs see, per sample.
 
-    The differences satisfy ``ΔG ≈ (J − I) ΔZ`` (``J = ∂f/∂z``); the small matrix ``B = (ΔZᵀΔZ)⁻¹ΔZᵀΔG`` is the
-    Galerkin projection of ``J − I`` onto the directions the iteration explored, and its eigenvalues (Ritz values)
-    approximate the flow's growth rates along them. A positive real part means the flow leaves the point along that
-    direction: an unstable equilibrium. No evaluation of ``f`` is spent.
+    The differences satisfy ``ΔG ≈ (J − I) ΔZ`` (``J = ∂f/∂z``). With ``ΔZ = Q S Wᵀ`` (``W``, ``S²``: the
+    eigenvectors and eigenvalues of ``ΔZᵀΔZ``; directions whose ``S²`` is at the rounding level of the largest
+    dropped), the small matrix ``A = Qᵀ ΔG W S⁻¹ = S⁻¹ Wᵀ (ΔZᵀΔG) W S⁻¹`` is the Galerkin projection of ``J − I``
+    onto the directions the iteration explored, and its eigenvalues (Ritz values) approximate the flow's growth rates
+    along them. A positive real part means the flow leaves the point along that direction: an unstable equilibrium.
+    No evaluation of ``f`` is spent. More pairs than the state has dimensions, or pairs nearly parallel, leave ``ΔZ``
+    rank-deficient: only the directions it determines are kept, so they add no spurious rate.
 
     Parameters
     ----------
@@ -161,34 +164,37 @@ def growth_rates(dz: torch.Tensor, dg: torch.Tensor, above: float = 0.0) -> tupl
         Shape ``(n, dim)``, in at least float32: the Ritz vector of that rate, scaled to unit ∞-norm.
     """
     wide = torch.promote_types(dz.dtype, torch.float32)  # a sign test: float32 is plenty, float16 is not
+    cutoff = 1e3 * torch.finfo(dz.dtype).eps  # eigenvalues of ΔZᵀΔZ below this share of the largest: rounding noise
     dz, dg = dz.to(wide), dg.to(wide)
     n, k, dim = dz.shape
     rates, directions = dz.new_full((n,), -torch.inf), dz.new_zeros(n, dim)
     if k == 0:
         return rates, directions
-    # each pair scaled to a unit step: B becomes S⁻¹BS, with the same eigenvalues and comparable entries
+    # each pair scaled to a unit step (A does not change), so that ΔZᵀΔZ has comparable entries
     scale = dz.norm(dim=2, keepdim=True)
     scale = torch.where(scale > 0, scale, 1.0)
     dz, dg = dz / scale, dg / scale
     gram, rhs = (dz @ torch.cat([dz, dg], 1).transpose(1, 2)).split(k, dim=2)  # ΔZᵀΔZ and ΔZᵀΔG in one product
-    # relative regularisation: nearly parallel differences must not create spurious large Ritz values
-    reg = 1e-6 * gram.diagonal(dim1=1, dim2=2).amax(-1).clamp_min(torch.finfo(wide).tiny)
-    eye = torch.eye(k, dtype=wide, device=gram.device)
-    b, info = torch.linalg.solve_ex(gram + reg[:, None, None] * eye, rhs)
-    ok = (info == 0) & torch.isfinite(b).flatten(1).all(1)
-    # Gershgorin: every eigenvalue's real part is at most max_i (B_ii + Σ_j≠i |B_ij|) (and the same over columns);
+    lam, w = torch.linalg.eigh(gram)  # ascending
+    kept = lam > cutoff * lam[:, -1:]
+    wd = w * torch.where(kept, torch.where(kept, lam, 1.0).rsqrt(), 0.0)[:, None, :]  # W S⁻¹, zero where dropped
+    a = wd.transpose(1, 2) @ rhs @ wd  # (n, k, k) = S⁻¹ Wᵀ (ΔZᵀΔG) W S⁻¹
+    # a dropped direction's row and column are zero: give it a rate far below any real one, not a spurious 0
+    a = a - torch.diag_embed(torch.where(kept, 0.0, 1e30))
+    ok = torch.isfinite(a).flatten(1).all(1) & kept[:, -1]
+    # Gershgorin: every eigenvalue's real part is at most max_i (A_ii + Σ_j≠i |A_ij|) (and the same over columns);
     # only where that bound exceeds `above` is the (per-matrix, slow) eigenvalue problem solved
-    diag = b.diagonal(dim1=1, dim2=2)
-    off = b.abs() - torch.diag_embed(diag.abs())
-    bound = torch.minimum((diag + off.sum(2)).amax(-1), (diag + off.sum(1)).amax(-1))  # rows of B, and of Bᵀ
+    diag = a.diagonal(dim1=1, dim2=2)
+    off = a.abs() - torch.diag_embed(diag.abs())
+    bound = torch.minimum((diag + off.sum(2)).amax(-1), (diag + off.sum(1)).amax(-1))  # rows of A, and of Aᵀ
     rates = torch.where(ok, bound.clamp_max(above), rates)
     rows = (ok & (bound > above)).nonzero().squeeze(1)
     if rows.numel() == 0:
         return rates, directions
-    values, vectors = torch.linalg.eig(b[rows])
+    values, vectors = torch.linalg.eig(a[rows])
     top = values.real.argmax(-1)
     rates[rows] = values.real.gather(1, top[:, None]).squeeze(1)
-    y = vectors.real.gather(2, top[:, None, None].expand(-1, k, 1))  # (n, k, 1)
-    v = (dz[rows].transpose(1, 2) @ y).squeeze(2)
+    y = vectors.real.gather(2, top[:, None, None].expand(-1, k, 1))  # (m, k, 1)
+    v = (dz[rows].transpose(1, 2) @ (wd[rows] @ y)).squeeze(2)  # Q y = ΔZ W S⁻¹ y
     directions[rows] = v / v.abs().amax(1, keepdim=True).clamp_min(torch.finfo(wide).tiny)
     return rates, directions

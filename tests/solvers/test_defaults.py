@@ -11,7 +11,7 @@ import torch
 
 import deqkit
 from deqkit.layer import TRAIN_NFE
-from deqkit.problems import FAMILIES, block_problem, system_map
+from deqkit.problems import FAMILIES, block_problem, system_map, tanh_problem
 
 
 def _output_and_gradient(block, x, **deq):
@@ -143,3 +143,26 @@ def test_a_start_next_to_the_saddle_leaves_it_to_the_side_it_came_from(a):
         z, stats = deqkit.solve(f, z0)
         flow, _ = deqkit.solve(f, z0, solver=deqkit.DynamicSS(polish=None))
         assert stats.all_converged and _side(z).item() == _side(flow).item() != 0, (a, offset)
+
+
+def test_more_secant_pairs_than_dimensions_add_no_spurious_growth_rate():
+    # A stable linear flow in 4 dimensions seen through 6 difference pairs: ΔZ has rank 4 at most. Before, the
+    # regularised normal equations gave a spurious positive Ritz value, and the default rejected a converged
+    # sample as "unstable", kicked it off and spent its whole budget (an implicit backward in float32).
+    from deqkit.solvers.anderson import growth_rates
+
+    gen = torch.Generator().manual_seed(0)
+    j = 0.5 * torch.randn(4, 4, generator=gen, dtype=torch.float64) / 2  # ρ(J) < 1: J − I is stable
+    dz = torch.randn(3, 6, 4, generator=gen, dtype=torch.float64)
+    dg = dz @ (j - torch.eye(4, dtype=torch.float64)).T
+    rates, _ = growth_rates(dz, dg, above=-10.0)
+    exact = torch.linalg.eigvals(j - torch.eye(4, dtype=torch.float64)).real.max()
+    assert torch.allclose(rates, exact.expand(3), atol=1e-8)
+
+    block, x = tanh_problem(4, 0.5, batch=2, dtype=torch.float32)
+    layer = deqkit.DEQ(block, backward=deqkit.Implicit(solver="dynamic_ss"))
+    xg = x.clone().requires_grad_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", deqkit.ConvergenceWarning)
+        (layer(xg).sum() * 1.4).backward()
+    assert layer.last_stats.backward.all_converged and layer.last_stats.backward.nfe <= 10
