@@ -435,12 +435,18 @@ def compare_backward_modes(lr: float = 0.05, epochs: int = 100, solver: str = "d
     Raises
     ------
     ValueError
-        If ``repeats`` < 1.
+        If ``repeats`` < 1, or a setting is invalid (as for :func:`train`; ``modes`` must be backward modes).
+    TypeError
+        If ``epochs`` or ``repeats`` is not an integer.
     RuntimeError
         If two repeats of a mode disagree on the outcome (training would not be deterministic).
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    choice("solver", solver, SOLVERS)
+    for mode in modes:
+        choice("backward mode", mode, BACKWARD_MODES)
+    within("lr", lr, 1e-9, 1.0, "Adam's learning rate is a positive step size")
+    check_int("epochs", epochs, 1)
+    check_int("repeats", repeats, 1)
     jobs = [mode for _ in range(repeats) for mode in modes]
     runs: dict[str, list[RunResult]] = {m: [] for m in modes}
     for mode in (progress or iter)(jobs):

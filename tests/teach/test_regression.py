@@ -232,3 +232,15 @@ def test_a_setting_outside_the_grid_trains_once_and_answers_shorter_runs(monkeyp
     regression.train(0.07, 2, "implicit", "anderson")
     regression.train(0.07, 5, "implicit", "anderson")
     assert calls == [4, 5]
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"epochs": 0}, ValueError, "epochs must be an integer >= 1"),
+    ({"solver": "x"}, ValueError, "unknown solver 'x': choose one of"),
+    ({"modes": ("implicit", "phantom")}, ValueError, "unknown backward mode 'phantom'"),
+    ({"repeats": 0}, ValueError, "repeats must be an integer >= 1"),
+    ({"lr": 0.0}, ValueError, "lr"),
+])
+def test_compare_backward_modes_refuses_bad_settings_by_name(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        regression.compare_backward_modes(**({"epochs": 1, "repeats": 1} | kwargs))
