@@ -2,11 +2,25 @@
 message must say. Values outside a panel's sliders are refused with the range and the reason, never answered
 with a wrong picture, a bare ``KeyError``, "math domain error" or minutes of computation (issue 22)."""
 
+import math
+
 import pytest
 
-from deqkit.teach import adjoint, build, fixed_point, ode, regression, stable, welcome
+from deqkit.teach import adjoint, build, fixed_point, mnist, ode, regression, stable, welcome
 
 NAN = float("nan")
+
+
+def _mnist(panel, **kw):
+    """Call a notebook-04 panel on an untrained seed model and six random digits."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from deqkit.models import mnist_model
+
+    digits = TensorDataset(torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.arange(6))
+    return panel(mnist_model("seed", seed=0).eval(), digits, **kw)
+
 
 # (case, call, exception, message fragment)
 CASES = [
@@ -54,6 +68,15 @@ CASES = [
     ("ift_panel(theta=2): one of several equilibria, named as the one", lambda: build.ift_panel(theta=2.0),
      ValueError, r"theta=2.0: .*exactly one equilibrium only for \|θ\| < 1"),
     ("ift_slopes(0, 1): was a slope of 9e15", lambda: build.ift_slopes(0.0, 1.0), ValueError, r"\|θ\| < 1"),
+    # ---- notebook 04
+    ("digit_panel(index=2.5): was 'slice indices must be integers'", lambda: _mnist(mnist.digit_panel, index=2.5),
+     TypeError, "index must be an integer >= 0, got 2.5"),
+    ("gallery_panel(count=-1): was all digits but the last", lambda: _mnist(mnist.gallery_panel, count=-1),
+     ValueError, "count must be an integer >= 1, got -1"),
+    ("tanh_logit_floor(classes=0): was a negative loss", lambda: mnist.tanh_logit_floor(classes=0), ValueError,
+     "classes must be an integer >= 2"),
+    ("tanh_logit_floor(cap=nan): was nan", lambda: mnist.tanh_logit_floor(cap=NAN), ValueError,
+     r"cap must be in \[0, inf\)"),
     # ---- notebook 05
     ("accuracy_panel(tol=0): was 'math domain error'", lambda: adjoint.accuracy_panel(tol=0.0), ValueError,
      r"tol=0.0 is outside \[1e-13, 0.1\]"),
@@ -91,3 +114,10 @@ def test_predicted_iterations_at_rho_zero_is_one_step():
 def test_an_exercise_checker_given_no_function_says_so():
     # was "TypeError: 'NoneType' object is not callable" from inside the checker
     assert "not a function" in stable.check_picard_steps(None)
+
+
+def test_tanh_logit_floor_of_a_large_cap_is_near_zero():
+    # was "OverflowError: math range error" (e^1000); the floor log(1 + (classes − 1) e^(−2 cap)) tends to 0
+    assert mnist.tanh_logit_floor(10, 1000.0) == 0.0
+    e = math.e  # at cap = 1 the original form −log(e / (e + 9/e)) is far from overflow
+    assert mnist.tanh_logit_floor(10, 1.0) == pytest.approx(-math.log(e / (e + 9 / e)), rel=1e-12)
