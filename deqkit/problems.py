@@ -153,8 +153,10 @@ def system_matrix(system: str, a: float) -> torch.Tensor:
     Raises
     ------
     ValueError
-        If ``system`` is unknown.
+        If ``system`` is unknown, or ``a`` is not a finite number (a NaN gain makes f NaN everywhere).
     """
+    if not math.isfinite(float(a)):
+        raise ValueError(f"a must be a finite number, got {a!r}: it is the gain of f(z) = tanh(a·M z)")
     if system == "pitchfork":
         m = [[1.0, 0.5], [0.5, 1.0]]
     elif system == "spiral":

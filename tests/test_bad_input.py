@@ -198,6 +198,9 @@ CASES = [
     ("f returns NaN at a trial point of the flow (was: the flow blows up)", lambda: deqkit.solve(
         _nan_beyond_half, torch.zeros(3, 4), solver=deqkit.DynamicSS(polish=None)), deqkit.DivergenceError,
      "because f returned NaN at a finite trial point for 1 of 3 samples: f is undefined there"),
+    ("f returns NaN in one sample, dynamic_ss with its default polish (was: the flow blows up)", lambda: deqkit.solve(
+        _nan_beyond_half, torch.zeros(3, 4), solver="dynamic_ss"), deqkit.DivergenceError,
+     "for 1 of 3 samples. f returned NaN at a finite iterate.*no sign of an expansive map"),
     ("dynamic_ss euler step_size=1e6", lambda: deqkit.solve(
         lambda z: 0.5 * z + 1, torch.zeros(2, 3), solver=deqkit.DynamicSS(ode_method="euler", step_size=1e6,
                                                                             polish=None)),
@@ -332,6 +335,10 @@ RIGHT = [
     # float32 and was blamed on an expansive map
     *[(f"loss scaled by {s:g} into GMRES", lambda s=s: _quiet(lambda: _scaled_loss_gradient(s)),
        lambda g, s=s: torch.allclose(g[0] / s, g[1], rtol=1e-5)) for s in (1e20, 1e-30)],
+    # float32 at 1e38 (its largest is 3.4e38): the default dynamic_ss said "the flow is probably blowing up"
+    ("f = 0.5 z + 1e38 under the default dynamic_ss", lambda: _quiet(lambda: deqkit.solve(
+        lambda z: 0.5 * z + 1e38, torch.zeros(2, 3), solver="dynamic_ss")),
+     lambda out: out[1].all_converged and torch.allclose(out[0], torch.full_like(out[0], 2e38), rtol=1e-4)),
     ("copy.deepcopy(deq) after a forward (was a raw RuntimeError)", _copy_after_forward,
      lambda out: out[0].last_equilibrium is None and torch.equal(out[0](out[2]), out[1](out[2]))),
 ]

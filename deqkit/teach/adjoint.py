@@ -582,6 +582,8 @@ def broyden_memory_panel(norm: float = 0.95, memories: tuple[int, ...] = (20, 30
         The text gives each run's outcome.
     """
     _check_norm(norm)
+    if not memories:
+        raise ValueError("memories must hold at least one Broyden memory m to compare, e.g. (20, 300)")
     fig, ax = figure(width=5.6)
     lines = []
     for m in memories:

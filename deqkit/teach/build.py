@@ -375,10 +375,21 @@ def stack_figure(f: nn.Module, x: torch.Tensor, depth: int = 12) -> Any:
 
 
 def equilibrium(x: Any, theta: float) -> Any:
-    """``z*`` of the scalar ``z = tanh(θ z + x)`` (|θ| < 1: exactly one), by bisection on [−1, 1], elementwise."""
+    """``z*`` of the scalar ``z = tanh(θ z + x)`` (|θ| < 1: exactly one), by bisection on [−1, 1], elementwise.
+
+    Raises ``ValueError`` for a non-finite ``x`` or ``|θ| ≥ 1``, where the bisection would return a wrong or an
+    arbitrary one of several equilibria.
+    """
     import numpy as np
 
     x = np.asarray(x, dtype=float)
+    if not np.isfinite(x).all():
+        raise ValueError(f"x must be finite, got {x if x.ndim == 0 else 'an array with NaN or Inf'}: z* of "
+                         "z = tanh(θz + x) is defined for finite x")
+    if not -1 < theta < 1:
+        raise ValueError(f"theta={theta!r}: z = tanh(θz + x) has exactly one equilibrium only for |θ| < 1 (the "
+                         "slider's range is [0, 0.95]); at |θ| ≥ 1 it can have three, and the slope dz*/dx = "
+                         "s / (1 − θs) can be infinite. Choose |θ| < 1.")
     lo, hi = -np.ones_like(x), np.ones_like(x)
     for _ in range(60):  # z − tanh(θz + x) increases in z: the sign tells which half holds the root
         mid = (lo + hi) / 2

@@ -17,6 +17,7 @@ import torch
 from ..diagnostics import spectral_radius
 from ..errors import ConvergenceWarning
 from ..solvers import Anderson, Broyden, Picard, Solver, solve
+from ..solvers.core import check_int
 from .limits import choice, within
 from .widgets import Panel, attempt, figure
 
@@ -205,6 +206,7 @@ def random_map(scale: float, x_scale: float, d: int = 40, seed: int = 0) -> tupl
     """
     within("scale", scale, 0.0, 1e3, "ρ(W) is a non-negative number")
     within("x_scale", x_scale, 0.0, 1e3, "a standard deviation is a non-negative number")
+    check_int("d", d, 1)
     gen = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
     eig = torch.linspace(-1.0, 1.0, d, dtype=torch.float64)

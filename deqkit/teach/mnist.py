@@ -22,6 +22,7 @@ from ..data import MNIST_MEAN, MNIST_STD, mnist_datasets
 from ..errors import ConvergenceWarning
 from ..solvers import SOLVERS as REGISTRY
 from ..solvers import DynamicSS, Solver, solve
+from ..solvers.core import check_int
 from ..train.callbacks import StepLog
 from . import fast_mode
 from .widgets import Panel, figure
@@ -135,8 +136,16 @@ def tanh_logit_floor(classes: int = 10, cap: float = 1.0) -> float:
     -------
     float
         ``−log(e^cap / (e^cap + (classes − 1) e^−cap))``, about 0.80 for 10 classes and ``cap = 1``.
+
+    Raises
+    ------
+    ValueError
+        If ``classes < 2`` or ``cap`` is not a finite number >= 0 (the formula would give a negative or NaN loss).
     """
-    return -math.log(math.exp(cap) / (math.exp(cap) + (classes - 1) * math.exp(-cap)))
+    check_int("classes", classes, 2)
+    if not 0 <= cap < math.inf:
+        raise ValueError(f"cap must be in [0, inf), got {cap!r}: it is the largest logit magnitude (1 for tanh)")
+    return math.log1p((classes - 1) * math.exp(-2 * cap))  # the same, without e^cap overflowing for a large cap
 
 
 ROUNDED = 0.0051  # the check accepts answers rounded to two decimals (half a unit of the last digit, and a little)
@@ -472,6 +481,7 @@ def _show_digit(ax: Any, image: torch.Tensor, title: str, color: str = "black") 
 
 
 def _check_index(index: int, n: int) -> None:
+    check_int("index", index, 0)
     if not 0 <= index < n:
         raise IndexError(f"digit index {index} is outside the {n} digits shown (0 to {n - 1})")
 
@@ -622,6 +632,7 @@ def gallery_panel(model: torch.nn.Module, digits: TensorDataset, which: str = WH
     """
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    check_int("count", count, 1)  # a negative count would slice off the last digits instead
     images, labels = digits.tensors
     effort = digit_effort(model, images, solver, tol, max_steps=max_steps)
     matching = ranked(effort, which, labels)

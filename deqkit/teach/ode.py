@@ -415,8 +415,8 @@ def critical_gain_exercise(a_critical: float) -> str | None:
         None when right; else what is wrong and what to look at.
     """
     a_critical = float(a_critical)
-    if not a_critical > 0:
-        return f"a_critical = {a_critical} must be a positive gain"
+    if not 0 < a_critical < math.inf:
+        return f"a_critical = {a_critical} must be a positive, finite gain"
 
     def growth(a: float) -> float:  # the largest Re of the eigenvalues of aM − I
         m = system_matrix("pitchfork", a)

@@ -40,6 +40,7 @@ def tiny_problem(scale: float = 0.8, d: int = 10, seed: int = 0) -> tuple[torch.
         Shape ``(1, d)``.
     """
     check_int("d", d, 1)
+    within("scale", scale, 0.0, 1e3, "‖W‖₂ is a non-negative number (a NaN would fill W with NaN)")
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(d, d, generator=gen, dtype=torch.float64)
     w *= scale / torch.linalg.matrix_norm(w, 2)
@@ -94,11 +95,17 @@ def predicted_iterations(rho: float, r0: float, tol: float = TOL) -> float:
     """Iterations plain iteration needs if the residual shrinks by ``rho`` per step: ``ln(tol / r0) / ln ρ``.
 
     Returns ``inf`` for ``rho ≥ 1`` (it does not shrink), 0 when ``r0 ≤ tol``, and 1 for ``rho = 0`` (one step
-    lands on z*). A negative or NaN ``rho`` is a ``ValueError``: a spectral radius is a non-negative number.
+    lands on z*). A negative or NaN ``rho``, a negative or non-finite ``r0`` and a ``tol`` that is not a finite
+    number > 0 are a ``ValueError``: ρ, a residual and a tolerance are such numbers (else "math domain error").
     """
     if not rho >= 0:
         raise ValueError(f"rho = {rho!r} is not a spectral radius (a number >= 0): pass ρ(∂f/∂z*), e.g. from "
                          "deqkit.spectral_radius(f, z_star)")
+    if not 0 <= r0 < math.inf:
+        raise ValueError(f"r0 = {r0!r} is not a residual (a finite number >= 0): pass the first ‖f(z) − z‖∞")
+    if not 0 < tol < math.inf:
+        raise ValueError(f"tol = {tol!r} is not a tolerance (a finite number > 0): ln(tol / r0) needs it, e.g. "
+                         f"tol={TOL:g}")
     if r0 <= tol:
         return 0.0
     if rho == 0:

@@ -114,8 +114,17 @@ class TensorBoardLog:
             for old in earlier:
                 old.unlink()
         self.folder = folder
-        self.writer = summary_writer(log_dir=str(folder),
-                                     purge_step=None if continue_after is None else continue_after + 1)
+        fresh = continue_after is None
+        # creating the event file writes to it: a full disk fails here already, before any checkpoint exists
+        with self._writing("Free some space and start the run again" if fresh else
+                           "Free some space and resume the run (--resume)"):
+            try:
+                self.writer = summary_writer(log_dir=str(folder), purge_step=None if fresh else continue_after + 1)
+            except OSError:
+                if fresh:  # the folder held no event file (checked above): what is there now is this failed start's
+                    for partial in folder.glob("events.out.tfevents.*"):
+                        partial.unlink(missing_ok=True)
+                raise
 
     def __call__(self, info: dict[str, Any]) -> None:
         """Log one step from the dict :func:`deqkit.train.train` passes its ``callback``."""
@@ -142,9 +151,10 @@ class TensorBoardLog:
             self.writer.close()
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
+    def _writing(self, fix: str = "Free some space and resume the run (--resume)") -> Iterator[None]:
         """A failed write of the event file (its writer thread's error, e.g. a full disk, surfaces at the next
-        call) is a :class:`~deqkit.RunFolderError` naming the folder and its free space, not a raw ``OSError``."""
+        call) is a :class:`~deqkit.RunFolderError` naming the folder, its free space and ``fix``, not a raw
+        ``OSError``."""
         try:
             yield
         except OSError as exc:
@@ -155,5 +165,4 @@ class TensorBoardLog:
             except OSError:
                 free = "free space unknown"
             raise RunFolderError(f"TensorBoard could not write its event file in {self.folder} ({type(exc).__name__}: "
-                                 f"{exc}); that disk has {free}. Free some space and resume the run (--resume), "
-                                 "or run without --tensorboard.") from exc
+                                 f"{exc}); that disk has {free}. {fix}, or run without --tensorboard.") from exc

@@ -2,11 +2,25 @@
 message must say. Values outside a panel's sliders are refused with the range and the reason, never answered
 with a wrong picture, a bare ``KeyError``, "math domain error" or minutes of computation (issue 22)."""
 
+import math
+
 import pytest
 
-from deqkit.teach import adjoint, fixed_point, regression, stable, welcome
+from deqkit.teach import adjoint, build, fixed_point, mnist, ode, regression, stable, welcome
 
 NAN = float("nan")
+
+
+def _mnist(panel, **kw):
+    """Call a notebook-04 panel on an untrained seed model and six random digits."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from deqkit.models import mnist_model
+
+    digits = TensorDataset(torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.arange(6))
+    return panel(mnist_model("seed", seed=0).eval(), digits, **kw)
+
 
 # (case, call, exception, message fragment)
 CASES = [
@@ -17,6 +31,12 @@ CASES = [
      "not a spectral radius"),
     ("tiny_problem(d=0): was an empty problem", lambda: welcome.tiny_problem(d=0), ValueError,
      "d must be an integer >= 1"),
+    ("predicted_iterations(tol=0): was 'math domain error'", lambda: welcome.predicted_iterations(0.5, 1.0, tol=0.0),
+     ValueError, "tol = 0.0 is not a tolerance"),
+    ("predicted_iterations(r0=-1): was 0 iterations", lambda: welcome.predicted_iterations(0.5, -1.0), ValueError,
+     "r0 = -1.0 is not a residual"),
+    ("tiny_problem(scale=nan): was a W full of NaN", lambda: welcome.tiny_problem(scale=NAN), ValueError,
+     "scale=nan is outside"),
     # ---- notebook 01
     ("cobweb_panel(w=50): named the wrong fixed point", lambda: fixed_point.cobweb_panel(w=50.0), ValueError,
      r"w=50.0 is outside \[-3, 3\].*could be missed"),
@@ -29,6 +49,13 @@ CASES = [
      r"scale=-1.0 is outside \[0.1, 2.5\]"),
     ("random_map(scale=nan): was a W full of NaN", lambda: fixed_point.random_map(NAN, 0.5), ValueError,
      "scale=nan is outside"),
+    ("random_map(d=0): was an empty W", lambda: fixed_point.random_map(0.9, 0.5, d=0), ValueError,
+     "d must be an integer >= 1"),
+    # ---- notebook 02
+    ("phase_panel(a=nan): was blamed on f ('f returned NaN')", lambda: ode.phase_panel(a=NAN), ValueError,
+     "a must be a finite number, got nan"),
+    ("stability_panel(a=inf)", lambda: ode.stability_panel(a=float("inf")), ValueError,
+     "a must be a finite number, got inf"),
     # ---- notebook 03
     ("regression.train(solver='x'): was a bare KeyError", lambda: regression.train(solver="x"), ValueError,
      "unknown solver 'x'"),
@@ -36,6 +63,20 @@ CASES = [
      ValueError, "epochs must be an integer >= 1"),
     ("regression training_panel(lr=-1)", lambda: regression.training_panel(lr=-1.0), ValueError,
      r"lr=-1.0 is outside"),
+    # ---- notebook 03b
+    ("ift_panel(x=nan): was z* = 1", lambda: build.ift_panel(x=NAN), ValueError, "x must be finite"),
+    ("ift_panel(theta=2): one of several equilibria, named as the one", lambda: build.ift_panel(theta=2.0),
+     ValueError, r"theta=2.0: .*exactly one equilibrium only for \|θ\| < 1"),
+    ("ift_slopes(0, 1): was a slope of 9e15", lambda: build.ift_slopes(0.0, 1.0), ValueError, r"\|θ\| < 1"),
+    # ---- notebook 04
+    ("digit_panel(index=2.5): was 'slice indices must be integers'", lambda: _mnist(mnist.digit_panel, index=2.5),
+     TypeError, "index must be an integer >= 0, got 2.5"),
+    ("gallery_panel(count=-1): was all digits but the last", lambda: _mnist(mnist.gallery_panel, count=-1),
+     ValueError, "count must be an integer >= 1, got -1"),
+    ("tanh_logit_floor(classes=0): was a negative loss", lambda: mnist.tanh_logit_floor(classes=0), ValueError,
+     "classes must be an integer >= 2"),
+    ("tanh_logit_floor(cap=nan): was nan", lambda: mnist.tanh_logit_floor(cap=NAN), ValueError,
+     r"cap must be in \[0, inf\)"),
     # ---- notebook 05
     ("accuracy_panel(tol=0): was 'math domain error'", lambda: adjoint.accuracy_panel(tol=0.0), ValueError,
      r"tol=0.0 is outside \[1e-13, 0.1\]"),
@@ -49,6 +90,8 @@ CASES = [
      r"norm=-1.0 is outside \[0.05, 1.5\]"),
     ("broyden_memory_panel(norm=5)", lambda: adjoint.broyden_memory_panel(norm=5.0), ValueError,
      r"norm=5.0 is outside"),
+    ("broyden_memory_panel(memories=()): was 'min() arg is an empty sequence'",
+     lambda: adjoint.broyden_memory_panel(memories=()), ValueError, "memories must hold at least one"),
     ("cost_panel(mode='phantom'): was a bare KeyError", lambda: adjoint.cost_panel(mode="phantom"), ValueError,
      "unknown mode 'phantom'"),
     ("growth_exponent('bogus'): was a bare KeyError", lambda: adjoint.growth_exponent("bogus", (0.5, 0.8)),
@@ -71,3 +114,10 @@ def test_predicted_iterations_at_rho_zero_is_one_step():
 def test_an_exercise_checker_given_no_function_says_so():
     # was "TypeError: 'NoneType' object is not callable" from inside the checker
     assert "not a function" in stable.check_picard_steps(None)
+
+
+def test_tanh_logit_floor_of_a_large_cap_is_near_zero():
+    # was "OverflowError: math range error" (e^1000); the floor log(1 + (classes − 1) e^(−2 cap)) tends to 0
+    assert mnist.tanh_logit_floor(10, 1000.0) == 0.0
+    e = math.e  # at cap = 1 the original form −log(e / (e + 9/e)) is far from overflow
+    assert mnist.tanh_logit_floor(10, 1.0) == pytest.approx(-math.log(e / (e + 9 / e)), rel=1e-12)

@@ -220,6 +220,20 @@ def _tensorboard_disk_full(b: Bench) -> Any:
     return run(b.data, b.tmp / "board", tensorboard=True)
 
 
+def _tensorboard_disk_full_at_start(b: Bench) -> Any:
+    """The disk is full before the run starts: SummaryWriter's first flush, when it creates the event file, fails."""
+    from tensorboard.summary.writer import record_writer
+
+    def full(*_: Any, **__: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    b.monkeypatch.setattr(record_writer.RecordWriter, "flush", full)
+    try:
+        return run(b.data, b.tmp / "board", tensorboard=True)
+    finally:  # else the next fresh run would refuse the partial file as an earlier run's log
+        assert not list((b.tmp / "board").glob("tensorboard/events.out.tfevents.*")), "the partial event file stayed"
+
+
 def _fresh_tensorboard_run(b: Bench) -> Any:
     """Issue 22, cause 3: a fresh --tensorboard run deleted another run's event files."""
     folder = b.tmp / "board"
@@ -385,6 +399,8 @@ CASES: list[tuple[str, Callable[[Bench], Any], type[BaseException] | int, str]] 
      "class indices in [0, 10) (the model outputs 10 logits)"),
     ("train: TensorBoard's disk full (was a raw OSError)", _tensorboard_disk_full, RunFolderError,
      "TensorBoard could not write its event file"),
+    ("train: TensorBoard's disk full when it creates its event file (was a raw OSError)",
+     _tensorboard_disk_full_at_start, RunFolderError, "MB free. Free some space and start the run again"),
     # --- what a run reports: every call of a DEQ is counted, not only the last
     ("train: a DEQ called twice per step, the first call unconverged", _two_calls_per_step, ConvergenceWarning,
      "epoch 1: 96 training samples (forward)"),
