@@ -255,13 +255,9 @@ class _ImplicitFunction(torch.autograd.Function):
         alerts = layer.alerts
         sol = run(method.solver, vjp_map, g, abstol=min(tol.abstol / scale, torch.finfo(torch.float64).max),
                   reltol=tol.reltol, max_steps=tol.max_steps, max_nfe=tol.max_nfe, strict=layer.strict,
-                  budget_note=tol.budget_note, warn=None if alerts is None else alerts.warn)
+                  budget_note=tol.budget_note, warn=None if alerts is None else alerts.warn, units=scale)
         if alerts is not None and sol.stats.all_converged:
             alerts.observe(sol.stats)
-        if scale != 1.0:  # the statistics in the gradient's own units
-            st = sol.stats
-            st.residual = st.residual * scale
-            st.history = [h * scale for h in st.history]
         layer.report(sol.stats)
         return sol.z if scale == 1.0 else sol.z * scale, None
 

@@ -426,3 +426,17 @@ def test_saddle_starts_on_the_pitchfork_reach_a_stable_equilibrium():
             z, stats = deqkit.solve(f, torch.tensor([start], dtype=torch.float64), abstol=tol, reltol=tol)
             assert stats.all_converged
             assert torch.allclose(z.abs(), torch.full_like(z, 0.9327), atol=1e-3), (start, tol, z)  # not the saddle
+
+
+def test_a_rescaled_backward_reports_its_residuals_in_the_gradients_units():
+    # the implicit backward solves for grad / 2^k where grad is huge; the warning and the statistics must both give
+    # the residual of the gradient the user passed (they disagreed by the factor 2^k)
+    block, x = tanh_problem(8, 0.9, batch=2, dtype=torch.float32)
+    layer = deqkit.DEQ(block, backward=deqkit.Implicit(max_nfe=3))
+    xg = x.clone().requires_grad_()
+    with pytest.warns(deqkit.ConvergenceWarning) as caught:
+        (layer(xg).sum() * 1e20).backward()
+    stats = layer.last_stats.backward
+    best = float(stats.residual[~stats.converged].min())
+    assert best > 1e10 and f"best residual ‖f(z) − z‖∞ is {best:.3g}" in str(caught[-1].message)
+    assert stats.history[0] > 1e18  # the history too: the first residual is the gradient's own size

@@ -140,7 +140,7 @@ def check_start(z0: Any, what: str = "z0") -> None:
 
 def run(solver: Solver, f: Map, z0: Any, *, abstol: float, reltol: float, max_steps: int | None,
         max_nfe: int | None = None, strict: bool = False, record: bool = False, budget_note: str = "",
-        warn: Callable[[str, SolverStats], None] | None = None) -> Solution:
+        warn: Callable[[str, SolverStats], None] | None = None, units: float = 1.0) -> Solution:
     """Run a configured solver; the engine behind :func:`solve`, the DEQ layer and its backward pass.
 
     Parameters
@@ -169,6 +169,9 @@ def run(solver: Solver, f: Map, z0: Any, *, abstol: float, reltol: float, max_st
     warn : callable, optional
         ``warn(message, stats)`` receives the warning about unconverged samples instead of :func:`warnings.warn`
         (the DEQ layer counts and summarises them).
+    units : float
+        The caller solves for ``z / units`` (a rescaled linear problem): the statistics' residuals and history,
+        ``abstol`` and the messages are given times ``units``, in the caller's own units.
 
     Returns
     -------
@@ -196,7 +199,7 @@ def run(solver: Solver, f: Map, z0: Any, *, abstol: float, reltol: float, max_st
     if structure is not None:  # the solver sees one (batch, N) tensor; the caller gets its own structure back
         sol = run(solver, structure.map(f), structure.flatten(z0, "z0"), abstol=abstol, reltol=reltol,
                   max_steps=max_steps, max_nfe=max_nfe, strict=strict, record=record, budget_note=budget_note,
-                  warn=warn)
+                  warn=warn, units=units)
         sol.stats.trajectory = [structure.unflatten(z) for z in sol.stats.trajectory]
         return Solution(structure.unflatten(sol.z), structure.unflatten(sol.fz), sol.stats)
     check_start(z0)
@@ -205,7 +208,7 @@ def run(solver: Solver, f: Map, z0: Any, *, abstol: float, reltol: float, max_st
     tol = Tolerances(abstol, reltol, solver.default_max_steps if max_steps is None else max_steps, max_nfe,
                      budget_note)
     z0 = z0.detach().clone()  # the solver's own copy: the caller's z0 is never touched or handed back
-    monitor = Monitor(solver.label, z0, tol, strict=strict, record=record, warn=warn)
+    monitor = Monitor(solver.label, z0, tol, strict=strict, record=record, warn=warn, units=units)
     steps, nfe = _run_solver(solver, _out_of_place(f), z0, monitor)
     stats = monitor.finish(steps, nfe)
     return Solution(monitor.best_z, monitor.best_fz, stats)

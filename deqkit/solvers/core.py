@@ -160,9 +160,10 @@ class Monitor:
     """Per-sample termination, best iterate, residual history and NaN/Inf checks for one solve."""
 
     def __init__(self, method: str, z0: torch.Tensor, tol: Tolerances, *, strict: bool, record: bool,
-                 warn: Callable[[str, SolverStats], None] | None = None):
+                 warn: Callable[[str, SolverStats], None] | None = None, units: float = 1.0):
         batch = z0.shape[0]
         self.method, self.tol, self.strict, self.record, self.warn = method, tol, strict, record, warn
+        self.units = units  # the caller solved for z / units: residuals are reported times this
         self.converged = torch.zeros(batch, dtype=torch.bool, device=z0.device)
         self.running = ~self.converged  # kept with `converged`: its complement is needed at every check
         self.residual = torch.full((batch,), float("inf"), dtype=z0.dtype, device=z0.device)
@@ -352,18 +353,20 @@ class Monitor:
         """Fill in the statistics; warn (or raise, if strict) about samples that did not converge."""
         s = self.stats
         s.steps, s.nfe = steps, nfe
-        s.converged, s.residual = self.converged, self.residual
+        s.converged, s.residual = self.converged, self.residual * self.units
         s.converged_step, s.converged_nfe = self.converged_step, self.converged_nfe
         s.relative_residual = self.residual / self.scale.clamp_min(torch.finfo(self.scale.dtype).tiny)
         s.wall_time = time.perf_counter() - self._start
+        if self.units != 1.0:
+            s.history = [h * self.units for h in s.history]
         if not self.done:
             failed = ~self.converged
-            n_failed, best = int(failed.sum()), float(self.residual[failed].min())
+            n_failed, best, worst = int(failed.sum()), float(s.residual[failed].min()), float(s.residual[failed].max())
             message = (
                 f"{self.method}: {n_failed} of {failed.numel()} samples did not converge within "
                 f"{self.tol.limits()}{' (the evaluation budget ran out)' if self.out_of_budget else ''} "
-                f"(abstol={self.tol.abstol:g}, reltol={self.tol.reltol:g}); "
-                f"their best residual ‖f(z) − z‖∞ is {best:.3g} (worst {float(self.residual[failed].max()):.3g}); "
+                f"(abstol={self.tol.abstol * self.units:g}, reltol={self.tol.reltol:g}); "
+                f"their best residual ‖f(z) − z‖∞ is {best:.3g} (worst {worst:.3g}); "
                 "their best iterates are returned. "
                 + _diagnosis(failed & self.drifting, self.last_scale, self.start_scale, self.residual, self.tol)
             )
