@@ -9,6 +9,8 @@ import torch
 from benchmarks import __main__ as dispatcher
 from benchmarks import forward, jacobian_reg, ode_baseline, peer_training, solve_cost, training_step
 
+pytestmark = pytest.mark.slow  # each benchmark runs on a tiny case: 1-5 s
+
 
 def test_dispatcher_lists_and_refuses(capsys):
     assert dispatcher.main([]) == 0

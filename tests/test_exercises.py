@@ -25,6 +25,8 @@ from nbclient import NotebookClient
 
 from deqkit.teach.exercises import solution_code
 
+pytestmark = pytest.mark.slow  # each case executes a notebook in a fresh kernel: 2-18 s
+
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 VARIANTS = ("stub", "wrong", "solution")  # in this order: the kernel is left with the solution's state

@@ -56,6 +56,7 @@ def test_solve_returns_the_structure_and_a_true_fixed_point(solver):
     assert all(isinstance(t, list) and t[1].shape == (2, 3, 2, 2) for t in stats.trajectory)
 
 
+@pytest.mark.slow  # finite differences over every parameter, unrolled through every solver: 2-9 s each
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
 @pytest.mark.parametrize("backward", ["implicit", "unrolled"])
 def test_exact_gradients_of_a_two_tensor_state_match_finite_differences(solver, backward):

@@ -231,6 +231,7 @@ def test_digits_that_never_converge_are_not_reported_as_converged(models, digits
     assert titles and all(t.endswith("not conv.") for t in titles if t)
 
 
+@pytest.mark.slow  # every control of a notebook-04 panel across its range: 3-5 s each
 @pytest.mark.parametrize("make", ["digit", "effort", "gallery"])
 def test_widgets_sweep_every_control(models, digits, make):
     names = list(SOLVERS)
