@@ -83,6 +83,11 @@ intersphinx_mapping: dict = {}  # offline builds: no inventories fetched
 html_theme = "pydata_sphinx_theme"
 html_title = f"deqkit {release}"
 html_static_path: list[str] = []
+# MathJax from the site itself when scripts/docs.sh has copied it there (the default, a CDN, leaves every formula as
+# raw LaTeX on a machine without network); tests/browser/test_site.py checks that every formula is typeset offline
+if (Path(__file__).parent / "_static" / "mathjax" / "tex-chtml.js").is_file():
+    html_static_path = ["_static"]
+    mathjax_path = "mathjax/tex-chtml.js"
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,

@@ -13,6 +13,26 @@ echo "[docs] installing deqkit[docs] with constraints.txt"
 if [ -z "${DEQKIT_MNIST_DIR:-}" ] && [ -f ../shared/data/mnist/t10k-labels-idx1-ubyte.gz ]; then
   export DEQKIT_MNIST_DIR="$(cd ../shared/data/mnist && pwd)"
 fi
+# MathJax, served by the site itself (the default loads it from a CDN: offline, every formula stayed raw LaTeX).
+# npm's registry tarball, cached; only the TeX-to-HTML component and its fonts are copied into the site.
+MATHJAX_VERSION=3.2.2
+mathjax_cache="${XDG_CACHE_HOME:-$HOME/.cache}/deqkit/mathjax-$MATHJAX_VERSION"
+if [ ! -f "$mathjax_cache/es5/tex-chtml.js" ]; then
+  echo "[docs] fetching MathJax $MATHJAX_VERSION from the npm registry into $mathjax_cache"
+  if ! command -v npm >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[docs] installing npm (Debian) to fetch MathJax"
+    apt-get install -y -qq npm >/dev/null || { apt-get update -qq && apt-get install -y -qq npm >/dev/null; }
+  fi
+  command -v npm >/dev/null || { echo "[docs] npm is needed to fetch MathJax (apt-get install -y npm)" >&2; exit 1; }
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "mathjax@$MATHJAX_VERSION" >/dev/null && tar -xzf "mathjax-$MATHJAX_VERSION.tgz" package/es5)
+  mkdir -p "$mathjax_cache"
+  rm -rf "$mathjax_cache/es5" && mv "$tmp/package/es5" "$mathjax_cache/es5" && rm -rf "$tmp"
+fi
+rm -rf docs/_static/mathjax
+mkdir -p docs/_static/mathjax/output/chtml/fonts
+cp "$mathjax_cache/es5/tex-chtml.js" docs/_static/mathjax/
+cp -r "$mathjax_cache/es5/output/chtml/fonts/woff-v2" docs/_static/mathjax/output/chtml/fonts/
 export DEQKIT_FAST=1
 rm -rf docs/_build/html docs/_build/doctrees docs/_build/jupyter_execute  # every build starts clean
 start=$(date +%s)

@@ -7,7 +7,9 @@ host are blocked, as in an offline CI) and checked:
 * no image is missing: every ``<img>`` loads (``naturalWidth > 0``), and no request to the site fails;
 * a notebook page shows its figures: at least one loaded image in the cell outputs, every widget shown as its
   static picture (no widget left as the text of its ``repr``); and every ``notebooks/*.ipynb`` has a page;
-* the API page has an entry for every name of ``deqkit.__all__`` (read from the code now, not from the build).
+* the API page has an entry for every name of ``deqkit.__all__`` (read from the code now, not from the build);
+* every formula is typeset by MathJax served from the site itself (with a CDN, it stays raw ``\\(...\\)`` LaTeX
+  offline).
 
 Skips with the reason when the site is not built (``.ci/run`` builds it first), or Chromium / playwright are
 missing. ``DEQKIT_SITE`` points the test at another build folder.
@@ -107,6 +109,17 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+MATH_JS = """async () => {
+  const math = [...document.querySelectorAll('span.math, div.math')];
+  if (!math.length) return {count: 0, raw: []};
+  const ready = () => window.MathJax && MathJax.startup && MathJax.startup.promise;
+  for (let i = 0; i < 200 && !ready(); i++) await new Promise(r => setTimeout(r, 50));
+  if (ready()) await MathJax.startup.promise;
+  return {count: math.length,
+          raw: math.filter(e => !e.querySelector('mjx-container')).map(e => e.textContent.slice(0, 60))};
+}"""
+
+
 def _open(page, url: str) -> tuple[dict, list[str]]:
     """Load ``url`` with every other host blocked; return PAGE_JS's findings and the site requests that failed."""
     origin = url.split("/", 3)[:3]
@@ -145,6 +158,8 @@ def test_page(path, request):
     problems = [f"image not shown: {src}" for src in found["brokenImages"]]
     problems += [f"request failed: {url}" for url in failed]
     problems += [f"broken link: {link}" for link in _broken_links(path, found["links"], site_url)]
+    math = page.evaluate(MATH_JS)
+    problems += [f"formula not typeset (raw LaTeX; is MathJax served by the site?): {t!r}" for t in math["raw"][:5]]
     notebook = path.startswith("notebooks/")
     if notebook:
         problems += [f"a widget is shown as its text at display time, not as a picture: {t!r}"
