@@ -284,8 +284,9 @@ def iteration_panel(scale: float = 0.9, x_scale: float = 0.5, methods: Sequence[
         ax2.set(xlabel="iteration", ylabel="z_i", title=f"{label}: first 4 coordinates")
     text = ("<table><tr><th>method</th><th>converged</th><th>steps</th><th>ρ(∂f/∂z) at its answer</th></tr>"
             + "".join(rows) + "</table>"
-            "ρ &lt; 1 at the answer: a contraction there, plain iteration converges at rate ≈ ρ per step. "
-            "ρ &gt; 1: plain iteration is pushed away.")
+            "ρ &lt; 1 at the answer: it attracts plain iteration, whose error shrinks there by about ρ per step — "
+            f"slowly when ρ is near 1, so {MAX_STEPS} steps may not be enough. ρ &gt; 1: plain iteration is pushed "
+            "away.")
     if x_scale == 0:
         text += (" <b>Input scale 0:</b> f(0) = tanh(0) = 0, so the start z = 0 is already an exact fixed point: "
                  "every method stops at step 0, whatever ρ — stable or not, nothing pushes the iteration off it.")

@@ -210,7 +210,8 @@ def _freeze_index(traj: np.ndarray, converged: np.ndarray) -> np.ndarray:
 
 
 def _limit(ax_dt, system: str, a: float, ode_method: str, points: list, z_end: np.ndarray):
-    """At the stable equilibrium nearest ``z_end``: draw the stability limit h*; return (h*, slowest Re μ)."""
+    """At the stable equilibrium nearest ``z_end``: draw the stability limit h*; return (h*, the eigenvalues μ of
+    J − I there)."""
     stable = [p for p, s in points if s]
     if not stable:
         return None, None
@@ -219,10 +220,10 @@ def _limit(ax_dt, system: str, a: float, ode_method: str, points: list, z_end: n
     h_star = min(stability_limit(ode_method, m) for m in mu)
     ax_dt.axhline(h_star, color="tab:red", ls="--", lw=0.8, label=f"stability limit h* = {h_star:.3g}")
     ax_dt.legend(fontsize=7, loc="lower right")
-    return h_star, float(mu.real.max())
+    return h_star, mu
 
 
-def _readout(stats, abstol, reltol, max_steps, end, zb, sb, h_star, re_mu) -> str:
+def _readout(stats, abstol, reltol, max_steps, end, zb, sb, h_star, mu, ode_method) -> str:
     """The text under the phase portrait."""
     batch = stats.converged.numel()
     ode = (f"the ODE settles at ({end[0]:+.3f}, {end[1]:+.3f})" if bool(stats.converged[0]) else
@@ -242,11 +243,20 @@ def _readout(stats, abstol, reltol, max_steps, end, zb, sb, h_star, re_mu) -> st
         return text + (f" <b>The steps sit at the stability limit h* = {h_star:.3g}</b>: there |R(hμ)| = 1, the "
                        "numerical solution stops decaying, and a residual above abstol stays there (a tighter ODE "
                        "tolerance, StepSizeController(atol=...), lowers that floor).")
+    re_mu = float(mu.real.max())
     needed = math.log(max(stats.history[0], abstol) / abstol) / max(-re_mu, 1e-12)
-    return text + (f" <b>Step budget spent, the decay being slow:</b> at the stable equilibrium the slowest "
-                   f"eigenvalue of J − I has Re μ = "
-                   f"{re_mu:+.3f}, so the residual shrinks like e^({re_mu:+.3f}·t): reaching abstol takes "
-                   f"t ≈ ln(r₀ / abstol) / |Re μ| ≈ {needed:.0f}; {max_steps} steps got to t = {times[-1]:.0f}.")
+    h_last = float(dts[-10:].mean())
+    steps = f"the last ten steps average h = {h_last:.3g}, {h_last / h_star:.0%} of the stability limit {h_star:.3g}"
+    rate = (f"at the stable equilibrium the slowest eigenvalue of J − I has Re μ = {re_mu:+.3f}, so the residual "
+            f"shrinks like e^({re_mu:+.3f}·t): reaching abstol takes t ≈ ln(r₀ / abstol) / |Re μ| ≈ {needed:.0f}; "
+            f"{max_steps} steps got to t = {times[-1]:.0f}")
+    if times[-1] >= needed:  # time enough for the decay: what holds the residual up is the steps' |R(hμ)|
+        growth = float(np.abs(stability_function(ode_method, h_last * mu)).max())
+        return text + (f" <b>The residual stalls near the stability limit:</b> {rate}, time enough; but {steps}, "
+                       f"where |R(hμ)| = {growth:.3f}: the numerical solution "
+                       f"{'barely decays' if growth < 1 else 'does not decay'}, and a residual above abstol stays "
+                       "there (a tighter ODE tolerance, StepSizeController(atol=...), lowers that floor).")
+    return text + f" <b>Step budget spent before the residual could decay:</b> {rate} ({steps})."
 
 
 def phase_panel(system: str = "pitchfork", a: float = 1.2, ode_method: str = "tsit5", abstol: float = 1e-5,
@@ -292,7 +302,7 @@ def phase_panel(system: str = "pitchfork", a: float = 1.2, ode_method: str = "ts
     _trajectories(ax, ax_res, f, traj, times, _freeze_index(traj, stats.converged.numpy()), abstol)
     ax_dt.semilogy(times[1:], np.diff(times), ".-", color="k", ms=3, lw=0.8, label="accepted steps")
     points = equilibria(system, a)
-    h_star, re_mu = _limit(ax_dt, system, a, ode_method, points, traj[-1, 0])
+    h_star, mu = _limit(ax_dt, system, a, ode_method, points, traj[-1, 0])
     broyden, err = attempt(solve, f, torch.tensor([NEAR_ORIGIN], dtype=torch.float64), solver="broyden",
                            abstol=1e-10, reltol=0, max_steps=60, strict=True)
     zb, sb = (broyden[0][0].numpy(), True) if err is None else (f"{type(err).__name__}", False)
@@ -309,7 +319,7 @@ def phase_panel(system: str = "pitchfork", a: float = 1.2, ode_method: str = "ts
     ax_res.legend(fontsize=7, loc="lower left")
     for log_axis in (ax_dt.yaxis, ax_res.yaxis):  # the log axes' minor ticks were a third of each redraw
         log_axis.set_minor_locator(NullLocator())
-    return Panel(fig, _readout(stats, abstol, reltol, max_steps, traj[-1, 0], zb, sb, h_star, re_mu))
+    return Panel(fig, _readout(stats, abstol, reltol, max_steps, traj[-1, 0], zb, sb, h_star, mu, ode_method))
 
 
 def _regions(ax, h: float, lim: float) -> None:

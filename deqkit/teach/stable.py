@@ -121,7 +121,7 @@ def _box(width: float, height: float) -> Any:
 
 
 def gradient_panel(runs: dict[str, Any], method: str) -> Panel:
-    """The gradient methods side by side: training time per epoch, the gradient's cosine similarity with the
+    """The gradient methods side by side: median training time per epoch, the gradient's cosine similarity with the
     implicit one on the probe batch, and test accuracy over the epochs; ``method`` (a run name of
     :data:`GRADIENT_RUNS`) drawn bold."""
     by = _by_name(runs)
@@ -130,9 +130,10 @@ def gradient_panel(runs: dict[str, Any], method: str) -> Panel:
     fig, (ax1, ax2, ax3) = figure(3, width=3.6, height=3.0)
     names = [n for n in GRADIENT_RUNS if n in by]
     short = [n.replace("LayerNorm, ", "").replace("γ = 0", "implicit") for n in names]
-    secs = [float(np.mean([r["seconds"] for r in by[n]["epochs"] if r["epoch"] > 0])) for n in names]
+    # the median, as notebook 06 prints it: one slow epoch on a shared machine does not move it
+    secs = [float(np.median([r["seconds"] for r in by[n]["epochs"] if r["epoch"] > 0])) for n in names]
     ax1.bar(short, secs, color=["tab:red" if n == method else "0.7" for n in names])
-    ax1.set(ylabel="seconds per epoch (training steps)", title="cost")
+    ax1.set(ylabel="median seconds per epoch (training steps)", title="cost")
     ax1.tick_params(axis="x", labelsize=7)
     for n, label in zip(names, short):
         style = {"lw": 2.2, "color": "tab:red"} if n == method else {"lw": 1, "color": "0.6"}
@@ -142,7 +143,7 @@ def gradient_panel(runs: dict[str, Any], method: str) -> Panel:
     ax3.set(xlabel="epoch", title="test accuracy (%)")
     ax3.legend(fontsize=7)
     last = by[method]["epochs"][-1]
-    text = (f"<b>{html.escape(method)}</b>: {secs[names.index(method)]:.1f} s per epoch, gradient cosine "
+    text = (f"<b>{html.escape(method)}</b>: median {secs[names.index(method)]:.1f} s per epoch, gradient cosine "
             f"{last['grad_cos']:.4f} with the implicit one after the last epoch, test accuracy "
             f"{last['test_acc']:.2f}%.")
     return Panel(fig, text)

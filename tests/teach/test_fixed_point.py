@@ -141,3 +141,19 @@ def test_race_gives_rho_only_where_a_method_found_its_answer():
         text = iteration_panel(2.5, 0.05, ("picard", "anderson")).text
     picard_row = text.split("<tr><td>picard</td>")[1].split("</tr>")[0]
     assert "<b>no</b>" in picard_row and "— (no answer)" in picard_row
+
+
+def test_race_readout_allows_for_a_slow_contraction():
+    """At ρ(W) = 1.5, input 0.5, ρ(∂f/∂z*) ≈ 0.96 < 1, yet 200 plain steps fall short: the readout must allow it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", deqkit.ConvergenceWarning)
+        text = iteration_panel(1.5, 0.5, ("picard", "anderson"), 1e-6).text
+        w, x = random_map(1.5, 0.5)
+        f = lambda z: torch.tanh(z @ w.T + x)  # noqa: E731
+        z_long, long = deqkit.solve(f, torch.zeros_like(x), solver="picard", abstol=1e-6, reltol=0, max_steps=2000)
+    picard_row = text.split("<tr><td>picard</td>")[1].split("</tr>")[0]
+    anderson_row = text.split("<tr><td>anderson</td>")[1].split("</tr>")[0]
+    rho = float(anderson_row.split("<td>")[-1].split("</td>")[0])
+    assert "<b>no</b>" in picard_row and 0.9 < rho < 1                     # not within 200 steps, though ρ < 1
+    assert long.all_converged and 200 < long.steps < 2000                  # ... it gets there, slowly
+    assert "200 steps may not be enough" in text

@@ -77,9 +77,19 @@ def test_summary_accuracy_drop_has_no_float_residue():
 
 def test_gradient_panel():
     panel = stable.gradient_panel(fake_runs(), "LayerNorm, one-step")
-    assert "4.0 s per epoch" in panel.text and "0.7000" in panel.text and "96.50%" in panel.text
+    assert "median 4.0 s per epoch" in panel.text and "0.7000" in panel.text and "96.50%" in panel.text
     with pytest.raises(KeyError, match="no gradient run"):
         stable.gradient_panel(fake_runs(), "LayerNorm, γ = 1")
+
+
+def test_gradient_panel_gives_the_median_epoch_time_as_the_notebook_prints_it():
+    runs = fake_runs()
+    one_step = next(r for r in runs["runs"] if r["name"] == "LayerNorm, one-step")
+    one_step["epochs"].append(dict(one_step["epochs"][-1], epoch=3, seconds=40.0))  # one slow epoch: 4, 4, 40
+    panel = stable.gradient_panel(runs, "LayerNorm, one-step")
+    assert "median 4.0 s per epoch" in panel.text                                    # the mean would be 16.0
+    bars = [patch.get_height() for patch in panel.figure.axes[0].patches]
+    assert bars == [10.0, 5.0, 4.0]
 
 
 def test_widgets_on_the_saved_runs_sweep_every_control():
