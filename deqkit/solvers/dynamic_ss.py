@@ -183,10 +183,11 @@ def moved_options(options: dict[str, object]) -> str:
 class DynamicSS(Solver):
     """Integrate the ODE ``dz/dt = f(z) − z`` to steady state with an explicit Runge–Kutta method.
 
-    Unlike plain iteration it follows the continuous flow, so it converges to *stable* equilibria even where
-    ``f`` is not a contraction (e.g. ∂f/∂z with eigenvalues below −1), and never to unstable ones — except from a
-    start exactly at one (there ``f(z0) = z0``: the flow does not move, and no difference is there to show its
-    instability).
+    Unlike plain iteration the flow converges to *stable* equilibria even where ``f`` is not a contraction (e.g.
+    ∂f/∂z with eigenvalues below −1), and never to unstable ones — except from a start exactly at one (there
+    ``f(z0) = z0``: the flow does not move, and no difference is there to show its instability). With the polisher
+    (the default) an unstable equilibrium is rejected where the polisher's differences see its unstable direction;
+    from a start a hair off a saddle's stable manifold they may not, and the saddle is returned (notebook 02).
 
     Polishing (default, ``polish=deqkit.Anderson()``): each sample starts with the polisher, Anderson acceleration
     of the flow's explicit Euler step of size 1 (``z ← f(z)``), which on the maps DEQs train converges in far fewer
