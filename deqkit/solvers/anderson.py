@@ -146,7 +146,9 @@ def growth_rates(dz: torch.Tensor, dg: torch.Tensor, above: float = 0.0) -> tupl
     onto the directions the iteration explored, and its eigenvalues (Ritz values) approximate the flow's growth rates
     along them. A positive real part means the flow leaves the point along that direction: an unstable equilibrium.
     No evaluation of ``f`` is spent. More pairs than the state has dimensions, or pairs nearly parallel, leave ``ΔZ``
-    rank-deficient: only the directions it determines are kept, so they add no spurious rate.
+    rank-deficient: only the directions it determines are kept, so they add no spurious rate. Samples a cheap
+    bound (a Cholesky factor of ``ΔZᵀΔZ`` in place of the eigendecomposition) already shows below ``above`` skip
+    that work.
 
     Parameters
     ----------
@@ -170,31 +172,74 @@ def growth_rates(dz: torch.Tensor, dg: torch.Tensor, above: float = 0.0) -> tupl
     rates, directions = dz.new_full((n,), -torch.inf), dz.new_zeros(n, dim)
     if k == 0:
         return rates, directions
-    # each pair scaled to a unit step (A does not change), so that ΔZᵀΔZ has comparable entries
-    scale = dz.norm(dim=2, keepdim=True)
-    scale = torch.where(scale > 0, scale, 1.0)
-    dz, dg = dz / scale, dg / scale
-    gram, rhs = (dz @ torch.cat([dz, dg], 1).transpose(1, 2)).split(k, dim=2)  # ΔZᵀΔZ and ΔZᵀΔG in one product
-    lam, w = torch.linalg.eigh(gram)  # ascending
+    gram, rhs, scale = _unit_products(dz, dg)
+    # Stage one, cheap: with ΔZᵀΔZ = L Lᵀ, L⁻¹ (ΔZᵀΔG) L⁻ᵀ is similar to A; where its Gershgorin bound shows every
+    # rate at most `above`, that is the answer. Zero pairs (padding) become decoupled directions of rate -1e30.
+    zero = gram.diagonal(dim1=1, dim2=2) == 0
+    lower, info = torch.linalg.cholesky_ex(gram + torch.diag_embed(zero.to(gram.dtype)))
+    half = torch.linalg.solve_triangular(lower, rhs - torch.diag_embed(torch.where(zero, 1e30, 0.0)), upper=False)
+    quick = torch.linalg.solve_triangular(lower, half.transpose(1, 2), upper=False).transpose(1, 2)
+    bound = _gershgorin(quick)
+    done = (info == 0) & torch.isfinite(quick).flatten(1).all(1) & (bound <= above) & ~zero.all(1)
+    rates = torch.where(done, bound, rates)
+    rows = (~done & ~zero.all(1)).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return rates, directions
+    # Stage two, for the rest: A from the directions ΔZ determines (nearly dependent pairs dropped)
+    lam, w = torch.linalg.eigh(gram[rows])  # ascending
     kept = lam > cutoff * lam[:, -1:]
     wd = w * torch.where(kept, torch.where(kept, lam, 1.0).rsqrt(), 0.0)[:, None, :]  # W S⁻¹, zero where dropped
-    a = wd.transpose(1, 2) @ rhs @ wd  # (n, k, k) = S⁻¹ Wᵀ (ΔZᵀΔG) W S⁻¹
+    a = wd.transpose(1, 2) @ rhs[rows] @ wd  # S⁻¹ Wᵀ (ΔZᵀΔG) W S⁻¹
     # a dropped direction's row and column are zero: give it a rate far below any real one, not a spurious 0
     a = a - torch.diag_embed(torch.where(kept, 0.0, 1e30))
     ok = torch.isfinite(a).flatten(1).all(1) & kept[:, -1]
-    # Gershgorin: every eigenvalue's real part is at most max_i (A_ii + Σ_j≠i |A_ij|) (and the same over columns);
-    # only where that bound exceeds `above` is the (per-matrix, slow) eigenvalue problem solved
-    diag = a.diagonal(dim1=1, dim2=2)
-    off = a.abs() - torch.diag_embed(diag.abs())
-    bound = torch.minimum((diag + off.sum(2)).amax(-1), (diag + off.sum(1)).amax(-1))  # rows of A, and of Aᵀ
-    rates = torch.where(ok, bound.clamp_max(above), rates)
-    rows = (ok & (bound > above)).nonzero().squeeze(1)
-    if rows.numel() == 0:
+    # only where the Gershgorin bound exceeds `above` is the (per-matrix, slow) eigenvalue problem solved
+    bound = _gershgorin(a)
+    rates[rows] = torch.where(ok, bound.clamp_max(above), rates[rows])
+    exact = (ok & (bound > above)).nonzero().squeeze(1)
+    if exact.numel() == 0:
         return rates, directions
-    values, vectors = torch.linalg.eig(a[rows])
+    values, vectors = torch.linalg.eig(a[exact])
     top = values.real.argmax(-1)
+    rows = rows[exact]
     rates[rows] = values.real.gather(1, top[:, None]).squeeze(1)
     y = vectors.real.gather(2, top[:, None, None].expand(-1, k, 1))  # (m, k, 1)
-    v = (dz[rows].transpose(1, 2) @ (wd[rows] @ y)).squeeze(2)  # Q y = ΔZ W S⁻¹ y
+    v = (dz[rows].transpose(1, 2) @ (wd[exact] @ y / scale[rows, :, None])).squeeze(2)  # Q y = ΔZ D⁻¹ W S⁻¹ y
     directions[rows] = v / v.abs().amax(1, keepdim=True).clamp_min(torch.finfo(wide).tiny)
     return rates, directions
+
+
+def _unit_products(dz: torch.Tensor, dg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``ΔZᵀΔZ`` and ``ΔZᵀΔG`` with each pair scaled to a unit step (``A`` does not change, ``ΔZᵀΔZ`` gets
+    comparable entries), and the scales (the norms of the ``ΔZ`` rows, 1 for zero rows).
+
+    The products are formed unscaled and scaled afterwards (scaling the ``(n, k, dim)`` pairs costs as much as
+    the products); samples whose squares overflow or come near underflow are formed again from pairs scaled first."""
+    gram, rhs, scale = _scaled(dz @ dz.transpose(1, 2), dz @ dg.transpose(1, 2))
+    risky = ~(torch.isfinite(gram).flatten(1).all(1) & torch.isfinite(rhs).flatten(1).all(1))
+    risky |= (scale < torch.finfo(dz.dtype).tiny ** 0.25).any(1)  # squares near underflow lost their digits
+    if not bool(risky.any()):
+        return gram, rhs, scale
+    rows = risky.nonzero().squeeze(1)
+    big = dz[rows].abs().amax(2, keepdim=True)  # a first scale that cannot overflow
+    big = torch.where(big > 0, big, 1.0)
+    a, b = dz[rows] / big, dg[rows] / big
+    gram[rows], rhs[rows], unit = _scaled(a @ a.transpose(1, 2), a @ b.transpose(1, 2))
+    scale[rows] = big.squeeze(2) * unit
+    return gram, rhs, scale
+
+
+def _gershgorin(a: torch.Tensor) -> torch.Tensor:
+    """An upper bound on the largest real part of each matrix's eigenvalues: ``max_i (a_ii + Σ_j≠i |a_ij|)``, over
+    rows and over columns, the smaller."""
+    diag = a.diagonal(dim1=1, dim2=2)
+    off = a.abs() - torch.diag_embed(diag.abs())
+    return torch.minimum((diag + off.sum(2)).amax(-1), (diag + off.sum(1)).amax(-1))
+
+
+def _scaled(gram: torch.Tensor, rhs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``D⁻¹ gram D⁻¹``, ``D⁻¹ rhs D⁻¹`` and ``D``, with ``D`` the square roots of ``gram``'s diagonal (1 where 0)."""
+    sq = gram.diagonal(dim1=1, dim2=2)
+    scale = torch.where(sq > 0, sq, 1.0).sqrt()
+    outer = (1.0 / scale)[:, :, None] * (1.0 / scale)[:, None, :]
+    return gram * outer, rhs * outer, scale
