@@ -18,7 +18,7 @@ from .adjoint import Context, Gradient, GradientSpec, OneStep, Phantom, as_gradi
 from .alerts import ConvergenceAlerts
 from .errors import ConvergenceError
 from .solvers import Solution, Solver, SolverSpec, as_solver, run
-from .solvers.core import Tolerances, check_int
+from .solvers.core import Map, SampleMap, Tolerances, check_int
 from .state import Structure, detach, is_structured
 from .stats import SolverStats
 
@@ -110,6 +110,12 @@ class DEQ(nn.Module):
         al. 2022; TorchDEQ's ``n_states``/``grad``/``tau``): each sampled iterate ``zᵢ`` (detached) is returned as
         ``f(zᵢ, x)`` (``"one_step"``, the default, TorchDEQ's ``grad=1``) or after ``Phantom(steps, damping)``
         damped steps, which carry the gradient to ``x`` and ``f``'s parameters.
+    per_sample : bool
+        Each sample's ``f(z, x)`` depends on its own ``z`` and ``x`` alone (the per-sample results assume it), so
+        the solvers may evaluate ``f`` on the samples still moving alone, once at most 3/4 of the batch moves
+        (converged samples hold still): the same results, for less work. False evaluates the whole batch every
+        time, e.g. for an ``f`` that captures a tensor shaped like the batch; a batch-norm layer in training mode
+        in ``f`` (statistics over the batch) turns it off by itself.
     **options
         With a solver name, options of the forward solver's class (e.g. ``m=5`` for Anderson,
         ``ode_method="dopri5"``). Unknown ones raise ``TypeError``. Every setting is checked here, not at the first
@@ -143,7 +149,7 @@ class DEQ(nn.Module):
                  abstol: float = 1e-5, reltol: float = 1e-5, max_steps: int | None = None,
                  max_nfe: int | None = TRAIN_NFE, eval_max_nfe: int | None = EVAL_NFE,
                  z0: InitialState = "zeros", strict: bool = False, correction: GradientSpec = "one_step",
-                 **options: Any):
+                 per_sample: bool = True, **options: Any):
         super().__init__()
         stale = sorted(k for k in options if k.startswith("backward_"))
         if stale:
@@ -152,8 +158,9 @@ class DEQ(nn.Module):
         _check_z0(z0)
         if not callable(f):
             raise TypeError(f"f must be an nn.Module or a callable f(z, x), got {type(f).__name__}")
-        if not isinstance(strict, bool):
-            raise TypeError(f"strict must be True or False, got {strict!r}")
+        for name, flag in (("strict", strict), ("per_sample", per_sample)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
         # checked now, not at the first call
         tol = Tolerances(abstol, reltol, 1 if max_steps is None else max_steps, max_nfe)
         try:
@@ -161,7 +168,7 @@ class DEQ(nn.Module):
         except (TypeError, ValueError) as err:  # its message names max_nfe: say which budget
             raise type(err)(str(err).replace("max_nfe", "eval_max_nfe", 1)) from err
         self.f = f
-        self.z0, self.strict = z0, strict
+        self.z0, self.strict, self.per_sample = z0, strict, per_sample
         self.abstol, self.reltol, self.max_steps = tol.abstol, tol.reltol, None if max_steps is None else tol.max_steps
         self.max_nfe = tol.max_nfe
         try:
@@ -222,7 +229,8 @@ class DEQ(nn.Module):
         """The settings shown in ``repr(deq)``: solver, gradient, tolerances, step limit and budgets."""
         steps = "" if self.max_steps is None else f", max_steps={self.max_steps}"
         return (f"solver={self.solver!r}, backward={self.backward!r}, abstol={self.abstol:g}, "
-                f"reltol={self.reltol:g}{steps}, max_nfe={self.max_nfe}, eval_max_nfe={self.eval_max_nfe}")
+                f"reltol={self.reltol:g}{steps}, max_nfe={self.max_nfe}, eval_max_nfe={self.eval_max_nfe}"
+                + ("" if self.per_sample else ", per_sample=False"))
 
     def __getstate__(self) -> dict[str, Any]:
         """What ``copy.deepcopy`` and ``pickle`` (``torch.save(deq)``) copy: everything but ``last_equilibrium``.
@@ -381,7 +389,7 @@ class DEQ(nn.Module):
         alerts = self.alerts["forward"]
         with torch.set_grad_enabled(record_graph):
             try:
-                sol = run(self.solver, lambda z: block(z, x), start, abstol=self.abstol, reltol=self.reltol,
+                sol = run(self.solver, self._per_sample(block, x), start, abstol=self.abstol, reltol=self.reltol,
                           max_steps=self.max_steps, max_nfe=self.max_nfe if self.training else self.eval_max_nfe,
                           strict=self.strict, record=record, warn=alerts.warn)
             except (TypeError, ValueError) as err:  # in eval() mode the budget is eval_max_nfe: name that one
@@ -392,6 +400,26 @@ class DEQ(nn.Module):
         if sol.stats.all_converged:
             alerts.observe(sol.stats)
         return sol
+
+    def _per_sample(self, block: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor) -> Map:
+        """``z ↦ block(z, x)`` for the solvers, which may evaluate it on the samples still moving alone (see
+        ``per_sample``); the whole batch every time where ``per_sample`` is False or ``f`` has a batch-norm layer
+        in training mode."""
+        def whole(z: torch.Tensor) -> torch.Tensor:
+            return block(z, x)
+
+        if not isinstance(self.per_sample, bool):  # checked here too: it may be reassigned after construction
+            raise TypeError(f"per_sample must be True or False, got {self.per_sample!r}")
+        batch_norm = nn.modules.batchnorm._BatchNorm
+        if not self.per_sample or (isinstance(self.f, nn.Module) and any(
+                isinstance(m, batch_norm) and m.training for m in self.f.modules())):
+            return whole
+
+        def on(index: torch.Tensor) -> Map:
+            part = x.index_select(0, index)
+            return lambda z: block(z, part)
+
+        return SampleMap(whole, on)
 
     @torch.compiler.disable(reason=EAGER)
     def _check_input(self, x: torch.Tensor) -> None:

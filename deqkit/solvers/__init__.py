@@ -18,7 +18,7 @@ from ..state import Structure
 from ..stats import SolverStats
 from .anderson import Anderson
 from .broyden import Broyden
-from .core import IterativeSolver, Map, Monitor, Solver, Tolerances, make_options, named, overflow_hint
+from .core import IterativeSolver, Map, Monitor, SampleMap, Solver, Tolerances, make_options, named, overflow_hint
 from .dynamic_ss import DynamicSS, StepSizeController
 from .krylov import GMRES
 from .picard import Picard
@@ -295,7 +295,22 @@ def _out_of_place(f: Map) -> Map:
             )
         return fz
 
-    return checked
+    if not isinstance(f, SampleMap):
+        return checked
+
+    def on(index: torch.Tensor) -> Map:
+        part = f.on(index)
+
+        def checked_part(z: torch.Tensor) -> torch.Tensor:  # z is a gathered copy: writing into it harms nothing
+            fz = part(z)
+            if fz is z:
+                raise ValueError("f returned its argument: the solver would see a residual of zero. Write f out of "
+                                 "place, or clone first: lambda z: g(z.clone()).")
+            return fz
+
+        return checked_part
+
+    return SampleMap(checked, on)
 
 
 def solve(f: Map, z0: Any, *, solver: SolverSpec = "dynamic_ss", abstol: float = 1e-5,

@@ -89,6 +89,64 @@ def first_evaluation(f: Map, z: torch.Tensor, what: str = "f") -> torch.Tensor:
     return fz
 
 
+class SampleMap:
+    """A batched map whose samples are independent, that can also be evaluated on some of them alone.
+
+    ``f(z)`` evaluates the whole batch; ``f.on(index)`` is the map on the samples ``index`` (a 1-D index tensor)
+    alone. The solvers use it to skip samples that hold still (converged, or waiting for the flow), whose ``f(z)``
+    they already know: see :func:`evaluate_moving`. The DEQ layer hands its block to the solvers this way.
+    """
+
+    def __init__(self, f: Map, on: Callable[[torch.Tensor], Map]) -> None:
+        self._f, self._on = f, on
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self._f(z)
+
+    def on(self, index: torch.Tensor) -> Map:
+        """The map on the samples ``index`` alone."""
+        return self._on(index)
+
+
+#: With at most this share of a batch moving, a :class:`SampleMap` is evaluated on the moving samples alone
+#: (gathering them and scattering the result costs a few copies of the state: worth it when f is much more).
+COMPACT_SHARE = 0.75
+
+
+def evaluate_moving(f: Map, z: torch.Tensor, fz: torch.Tensor | None, moving: torch.Tensor) -> torch.Tensor:
+    """``f(z)``, where only the samples ``moving`` changed since ``fz`` was evaluated (the others are where ``fz``
+    was taken, so ``fz`` is their value).
+
+    With a :class:`SampleMap` and at most :data:`COMPACT_SHARE` of the batch moving, ``f`` runs on the moving
+    samples alone and the others keep ``fz``: the same result (a sample's ``f`` does not depend on its batch), at
+    the cost of the moving share of the batch. Reads the count of moving samples (a host synchronisation).
+    """
+    if fz is None or not isinstance(f, SampleMap):
+        return f(z)
+    count = int(moving.sum())
+    if count == 0 or count > COMPACT_SHARE * moving.numel():
+        return f(z)
+    index = moving.nonzero().squeeze(1)
+    part, failure = None, ""
+    try:
+        part = f.on(index)(z.index_select(0, index))
+    except RuntimeError as err:
+        if not any(word in str(err) for word in ("shape", "size", "dimension")):
+            raise
+        failure = f"failed ({err})"
+    if part is not None and part.shape != (count, *fz.shape[1:]):
+        failure = f"returned shape {tuple(part.shape)}, not {(count, *fz.shape[1:])}"
+    if failure:
+        raise ValueError(
+            f"f evaluated on the {count} samples still moving (of {moving.numel()}) {failure}. The solvers evaluate "
+            "f on those samples alone, which needs each sample's f(z, x) to depend on its own z and x only: a tensor "
+            "shaped like the batch that f captures (a mask, a per-sample bias) does not shrink with them, and "
+            "batch statistics mix samples. Pass such tensors inside x or the state, or evaluate the whole batch "
+            "every time with DEQ(..., per_sample=False)."
+        )
+    return fz.index_copy(0, index, part)
+
+
 def check_int(name: str, value: Any, minimum: int) -> int:
     """Return ``value`` as an ``int`` if it is an integer (Python, NumPy, ...) ``>= minimum``; else raise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -608,7 +666,8 @@ class IterativeSolver(Solver):
                 z = z_next.view_as(z)
             else:
                 z = torch.where(batch_view(moving, z), z_next.view_as(z), z)
-            fz, nfe, step = f(z), nfe + 1, step + 1
+            fz = f(z) if deferred else evaluate_moving(f, z, fz, moving)
+            nfe, step = nfe + 1, step + 1
             # read at the interval, and at the last step the limits allow (so the solve ends on a read)
             read = step - last_read >= self.sync_every or step >= limit or not monitor.fits(nfe, 1)
             moving = moving & monitor.check(step, z, fz - z, fz, nfe, frozen=True, read=read)

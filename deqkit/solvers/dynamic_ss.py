@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from ..errors import DivergenceError
 from .anderson import Anderson, growth_rates
-from .core import Configured, Map, Monitor, Solver, batch_view, check_int, check_real, first_evaluation
+from .core import Configured, Map, Monitor, Solver, batch_view, check_int, check_real, evaluate_moving, first_evaluation
 from .torchdiffeq_adapter import ADAPTIVE, FIXED, AdaptiveStepper, FixedStepper, StepFailure, step_cost
 
 #: Growth rate (largest real part of an eigenvalue of ∂f/∂z − I, as the polisher's secant history sees it) above
@@ -333,7 +333,7 @@ class DynamicSS(Solver):
                 break
             z_next, state = polisher.update(z.flatten(1), fz.flatten(1), state)
             z = z_next.view_as(z) if whole else torch.where(batch_view(moving, z), z_next.view_as(z), z)
-            fz, field.nfe, steps = f(z), field.nfe + 1, steps + 1
+            fz, field.nfe, steps = evaluate_moving(f, z, fz, moving), field.nfe + 1, steps + 1
             before, r = monitor.n_converged, fz - z
             monitor.check(steps, z, r, fz, field.nfe, t=float("nan"))
             if monitor.n_converged > before:  # read now: a converged sample's history is overwritten as it rests

@@ -1,0 +1,99 @@
+"""The solvers evaluate f on the samples still moving alone (``DEQ(per_sample=True)``, the default): the same
+per-sample results as evaluating the whole batch, for fewer rows of work; never where f cannot be per sample."""
+
+import pytest
+import torch
+from torch import nn
+
+import deqkit
+from deqkit.problems import tanh_problem
+
+SOLVERS = ["dynamic_ss", "anderson", "broyden", "picard"]
+
+
+class Rows(nn.Module):
+    """``block`` counting the rows it is called on, and the calls."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block, self.rows, self.calls = block, 0, 0
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        self.rows, self.calls = self.rows + z.shape[0], self.calls + 1
+        return self.block(z, x)
+
+
+def _problem():
+    block, x = tanh_problem(16, 0.9, batch=24, dtype=torch.float64)
+    # samples of very different difficulty: they converge at different steps
+    return block, x * torch.logspace(-2, 0.7, 24, dtype=torch.float64)[:, None]
+
+
+def _solve(solver: str, per_sample: bool):
+    block, x = _problem()
+    counted = Rows(block)
+    deq = deqkit.DEQ(counted, solver=solver, per_sample=per_sample, abstol=1e-10, reltol=1e-10, max_steps=2000,
+                     max_nfe=None, eval_max_nfe=None).eval()
+    with torch.no_grad():
+        out = deq(x)
+    return out, deq.last_stats.forward, counted
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_each_sample_gets_the_same_result_for_less_work(solver):
+    out, stats, counted = _solve(solver, True)
+    ref, ref_stats, whole = _solve(solver, False)
+    assert torch.allclose(out, ref, rtol=0, atol=1e-12)
+    assert torch.equal(stats.converged, ref_stats.converged) and stats.all_converged
+    assert torch.equal(stats.converged_nfe, ref_stats.converged_nfe)
+    assert torch.equal(stats.converged_step, ref_stats.converged_step)
+    assert (stats.nfe, stats.steps) == (ref_stats.nfe, ref_stats.steps)
+    assert counted.calls == whole.calls  # every evaluation is still one call
+    assert whole.rows == 24 * whole.calls
+    assert counted.rows < 0.9 * whole.rows, (counted.rows, whole.rows)  # converged samples were skipped
+
+
+def test_a_batch_norm_in_training_mode_sees_the_whole_batch_every_time():
+    block, x = _problem()
+
+    class Normed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block, self.norm = block, nn.BatchNorm1d(16)
+
+        def forward(self, z, x):
+            return self.block(self.norm(z), x)
+
+    counted = Rows(Normed().double())
+    deq = deqkit.DEQ(counted, solver="anderson", max_nfe=40)
+    with pytest.warns(deqkit.ConvergenceWarning):  # the batch statistics move under the solver: it does not settle
+        deq(x)
+    assert counted.rows == 24 * counted.calls
+    counted.rows = counted.calls = 0
+    deq.eval()  # running statistics: per sample again
+    with torch.no_grad():
+        deq(x)
+    assert counted.rows < 24 * counted.calls
+
+
+def test_a_captured_batch_shaped_tensor_is_named_with_the_fix():
+    block, x = _problem()
+    mask = torch.ones(24, 16, dtype=torch.float64)
+    deq = deqkit.DEQ(lambda z, x: block(z, x) * mask, solver="anderson", abstol=1e-8, reltol=1e-8,
+                     max_steps=2000, eval_max_nfe=None).eval()
+    with pytest.raises(ValueError, match=r"(?s)samples still moving.*captures.*per_sample=False"):
+        deq(x)
+    deq.per_sample = False
+    out = deq(x)
+    assert deq.last_stats.forward.all_converged and out.shape == x.shape
+
+
+def test_per_sample_must_be_a_bool():
+    block, _ = _problem()
+    with pytest.raises(TypeError, match="per_sample must be True or False"):
+        deqkit.DEQ(block, per_sample="yes")
+    deq = deqkit.DEQ(block)
+    deq.per_sample = 1
+    with pytest.raises(TypeError, match="per_sample must be True or False"):
+        deq(torch.zeros(2, 16, dtype=torch.float64))
+    assert "per_sample=False" in repr(deqkit.DEQ(block, per_sample=False))
