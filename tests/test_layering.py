@@ -68,8 +68,9 @@ def test_a_violation_of_each_contract_is_reported(case, tmp_path):
 def doc_table() -> list[tuple[str, list[str]]]:
     """The rows of the doc's table "Where each concept lives": (layer cell, paths named in the module cell).
 
-    A path names a file or folder from the repository root; a bare name (``anderson.py``, ``welcome``) is a module
-    in the folder of the path before it, and ``<notebook>`` is a placeholder that only sets that folder."""
+    A path that starts with a folder of the repository root (``deqkit/``, ``notebooks/``, ``tests/``) is from the
+    root, any other (``solvers/core.py``) from ``deqkit/``; a bare name (``anderson.py``, ``welcome``) is a module in
+    the folder of the path before it, and a ``<placeholder>`` only sets that folder."""
     section = DOC.read_text().split("## Where each concept lives", 1)[1].split("\n## ", 1)[0]
     rows = []
     for line in section.splitlines():
@@ -79,7 +80,7 @@ def doc_table() -> list[tuple[str, list[str]]]:
         paths, folder = [], None
         for token in re.findall(r"`([^`]+)`", cells[1]):
             if "/" in token:
-                path = token if token.startswith(("deqkit/", "notebooks/")) else f"deqkit/{token}"
+                path = token if (ROOT / token.split("/")[0]).is_dir() else f"deqkit/{token}"
                 folder = path.rstrip("/") if path.endswith("/") else path.rsplit("/", 1)[0]
                 if "<" not in path:
                     paths.append(path)
