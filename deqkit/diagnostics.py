@@ -194,7 +194,7 @@ def _flat(ts: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in ts])
 
 
-def _finite_differences(model: nn.Module, x: torch.Tensor, params: list[torch.Tensor],
+def _finite_differences(model: nn.Module, x: torch.Tensor, params: Sequence[torch.Tensor],
                         loss: Callable[[torch.Tensor], torch.Tensor], dirs: torch.Tensor | None,
                         eps: float) -> torch.Tensor:
     """Central differences of ``loss(model(x))`` along ``dirs`` (or every coordinate of ``x`` and ``params``)."""

@@ -196,5 +196,12 @@ def measure_step(mode: GradientSpec, iterations: int, *, d: int, batch: int, rep
         model.zero_grad(set_to_none=True)
         model.last_stats = model.last_equilibrium = None
         _, peak = peak_memory(lambda: training_step(model, x, target))
-    return StepCost(model.backward.name, iterations, statistics.median(times[1:]), peak,
-                    model.last_stats.forward.steps, tuple(times[1:]))
+    return StepCost(model.backward.name, iterations, statistics.median(times[1:]), peak, _forward_steps(model),
+                    tuple(times[1:]))
+
+
+def _forward_steps(model: DEQ) -> int:
+    """Steps of the layer's last forward solve (its statistics are reset before the measured step)."""
+    if model.last_stats is None:
+        raise RuntimeError("the layer has not run since its statistics were reset")
+    return model.last_stats.forward.steps

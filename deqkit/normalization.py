@@ -10,9 +10,9 @@ bounds the block's Lipschitz constant. Both are torch's own parametrizations
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils import parametrizations, parametrize
 
 __all__ = ["NORMALIZED_TYPES", "normalize", "remove_normalization"]
@@ -77,8 +77,9 @@ def normalize(module: nn.Module, kind: str | None = "weight", *, exclude: Iterab
                          "each was either absent or excluded")
     if kind == "weight":  # W = g · V / ‖V‖ per output unit: a unit whose weights are all 0 would become 0/0 = NaN
         for name, layer in layers:
-            dims = tuple(range(1, layer.weight.dim()))
-            if bool((layer.weight.detach().abs().amax(dim=dims) == 0).any()):
+            weight = cast(Tensor, layer.weight)  # a Parameter on every NORMALIZED_TYPES layer
+            dims = tuple(range(1, weight.dim()))
+            if bool((weight.detach().abs().amax(dim=dims) == 0).any()):
                 raise ValueError(f"layer {name or type(layer).__name__!r} has an output unit whose weights are all 0: "
                                  "weight normalization divides by their norm (0/0 = NaN). Initialise the weights "
                                  "first, or exclude the layer")

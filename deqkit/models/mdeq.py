@@ -17,7 +17,7 @@ tuple ``(z_hi, z_lo)`` (14×14 and 7×7 maps for MNIST), which :class:`~deqkit.D
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from torch.nn import functional as F
 
 from ..adjoint import Implicit
 from ..solvers.core import check_int
+
+if TYPE_CHECKING:  # the annotation only: mnist.py imports this module for its MNIST_MODELS
+    from .mnist import MNISTDEQ
 
 __all__ = ["MDEQBranch", "MDEQHead", "MultiscaleBlock", "mdeq"]
 
@@ -125,7 +128,7 @@ class MDEQHead(nn.Module):
 
 
 def mdeq(*, channels: int = 16, hidden: int = 32, resolutions: int = 2, weight_norm: str | None = None,
-         seed: int | None = None, **deq_options: Any) -> nn.Module:
+         seed: int | None = None, **deq_options: Any) -> MNISTDEQ:
     """An MDEQ-style MNIST model (``"mdeq"``): two resolutions (14×14 and 7×7) solved as one tuple state.
 
     ``encoder``: conv 3×3 (1→``channels``) + GroupNorm + ReLU, stride 2 (14×14): the injection ``x``. ``f``:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -29,8 +29,9 @@ class SeedBlock(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(1, 2), nn.Linear(2, 1))
-        for layer in self.net:  # Flux's Dense defaults: Glorot-uniform weights, zero bias
+        linears = (nn.Linear(1, 2), nn.Linear(2, 1))
+        self.net = nn.Sequential(*linears)
+        for layer in linears:  # Flux's Dense defaults: Glorot-uniform weights, zero bias
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -40,7 +41,7 @@ class SeedBlock(nn.Module):
 
     def affine(self) -> tuple[float, float]:
         """Return ``(a, b)`` with ``net(v) = a v + b`` (the two linear layers composed), as Python floats."""
-        (l1, l2) = self.net
+        l1, l2 = cast(tuple[nn.Linear, nn.Linear], tuple(self.net))  # the two Linear layers of __init__
         a = (l2.weight @ l1.weight).item()
         b = (l2.weight @ l1.bias + l2.bias).item()
         return a, b

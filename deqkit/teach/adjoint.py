@@ -153,6 +153,7 @@ def gradient_accuracy(tol: float, norm: float = 0.9) -> Accuracy:
     model, x = tanh_deq(s["d"], norm, batch=s["batch"], dtype=torch.float64, solver="anderson", abstol=tol,
                         reltol=tol, max_steps=500)
     report = compare_gradients(model, x, directions=s["directions"])
+    assert model.last_stats is not None, "compare_gradients ran the layer"
     nfe = model.last_stats.forward.nfe
     cos, rel = {}, {}
     for mode in MODES:
@@ -235,7 +236,8 @@ def _cost_sizes() -> dict[str, int]:
 @functools.lru_cache(maxsize=64)
 def step_cost(mode: str, iterations: int) -> StepCost:
     """:func:`measure_step` at the cost panel's sizes (smaller in fast mode); cached per ``(mode, iterations)``."""
-    return measure_step(mode, iterations, **_cost_sizes())
+    s = _cost_sizes()
+    return measure_step(mode, iterations, d=s["d"], batch=s["batch"], repeats=s["repeats"])
 
 
 def iterations_grid() -> tuple[int, ...]:
@@ -460,7 +462,8 @@ def backward_run(solver: str, norm: float, tol: float = 1e-6) -> BackwardRun:
     others = tuple(w for w in caught if not issubclass(w[0], ConvergenceWarning))
     if error:
         return BackwardRun(solver, -1, math.inf, False, seconds, (), (), error, others)
-    st = model.last_stats.backward
+    st = None if model.last_stats is None else model.last_stats.backward
+    assert st is not None, "the layer's implicit backward ran and reported its statistics"
     return BackwardRun(solver, st.nfe, float(st.residual.max()), st.all_converged, seconds, tuple(st.history),
                        tuple(st.nfe_history), "", others)
 
@@ -550,7 +553,7 @@ def broyden_backward(norm: float, memory: int = 20, tol: float = 1e-6) -> Broyde
     """
     model, x = near_one_deq(norm)
     model.requires_grad_(False)  # only products with ∂f/∂z are needed, no parameter gradients
-    _, vjp = torch.func.vjp(lambda z: model.f(z, x), torch.zeros_like(x))
+    vjp = torch.func.vjp(lambda z: model.f(z, x), torch.zeros_like(x))[1]  # (f(z, x), its vjp function)
     g = torch.ones_like(x)
     residuals: list[float] = []
 

@@ -80,8 +80,9 @@ def _staircase(ax, g, traj: np.ndarray, color: str, label: str) -> None:
 def _draw_iterates(ax, method: str, w: float, x: float, traj: np.ndarray) -> None:
     """The cobweb a method really walks: plain and damped iteration walk a staircase, the others jump."""
     f = lambda z: np.tanh(w * z + x)  # noqa: E731
-    if isinstance(METHODS[method], Picard):
-        damping = METHODS[method].damping
+    solver = METHODS[method]
+    if isinstance(solver, Picard):
+        damping = solver.damping
         g = lambda z: z + damping * (f(z) - z)  # noqa: E731
         if damping != 1:
             grid = np.linspace(-ZLIM, ZLIM, 400)
@@ -103,8 +104,9 @@ def _local_rate(method: str, slope: float) -> str:
         return "|f'| = 1: neither attracting nor repelling at first order; plain iteration creeps at best"
     if method == "picard":
         return f"|f'| {compare} 1: z* {side} plain iteration"
-    if isinstance(METHODS[method], Picard) and METHODS[method].damping != 1:
-        beta = METHODS[method].damping
+    solver = METHODS[method]
+    if isinstance(solver, Picard) and solver.damping != 1:
+        beta = solver.damping
         rate = 1 - beta * (1 - slope)
         return (f"Damped iteration's slope 1 − {beta:g}(1 − f') = {rate:+.3f}: "
                 f"{'|·| < 1, it attracts the damped iteration' if abs(rate) < 1 else '|·| ≥ 1, it repels it'}")
@@ -157,8 +159,8 @@ def cobweb_panel(w: float = 0.8, x: float = 0.5, method: str = "picard", tol: fl
         ranges (``|w| ≤ 3``, ``|x| ≤ 1``, ``1e-12 ≤ tol ≤ 0.1``), where the fixed points marked and named are no
         longer checked to be all of them.
     """
-    grid = "the fixed points are found on a grid checked for these values only, so others could be missed"
-    w, x = within("w", w, -3.0, 3.0, grid), within("x", x, -1.0, 1.0, grid)
+    why = "the fixed points are found on a grid checked for these values only, so others could be missed"
+    w, x = within("w", w, -3.0, 3.0, why), within("x", x, -1.0, 1.0, why)
     tol = within("tol", tol, 1e-12, 0.1, "a float64 residual cannot go below ~1e-16, and above 0.1 any iterate "
                  "near the curve would pass")
     choice("method", method, METHODS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from torch.utils.data import TensorDataset
 
 from ..data import MNIST_MEAN, MNIST_STD, mnist_datasets
 from ..errors import ConvergenceWarning
+from ..models import MNISTDEQ
 from ..solvers import SOLVERS as REGISTRY
 from ..solvers import DynamicSS, Solver, solve
 from ..solvers.core import check_int
@@ -70,7 +72,7 @@ def notebook_data(fast: bool | None = None, *, widget_digits: int | None = None
     return train, test, TensorDataset(x[:n], y[:n])
 
 
-def _smooth(values: list[float], window: int) -> np.ndarray:
+def _smooth(values: Sequence[float], window: int) -> np.ndarray:
     v = np.asarray(values, dtype=float)
     if len(v) < window or window < 2:
         return v
@@ -182,7 +184,7 @@ def check_cap(p_max: Any, loss_floor: Any) -> str | None:
     return None
 
 
-def logit_diagnostics(model: torch.nn.Module, dataset: TensorDataset, *, limit: int = 10_000) -> dict[str, float]:
+def logit_diagnostics(model: MNISTDEQ, dataset: TensorDataset, *, limit: int = 10_000) -> dict[str, float]:
     """What limits a classifier whose head ends in tanh: confidence cap, saturation and where the gradient goes.
 
     For the first ``limit`` samples: accuracy (%), loss, the largest softmax probability, the fraction of the
@@ -210,15 +212,26 @@ def logit_diagnostics(model: torch.nn.Module, dataset: TensorDataset, *, limit: 
     return _diagnose(model, dataset, limit)[0]
 
 
+def _unconverged(model: MNISTDEQ) -> int:
+    """Samples of the model's last forward solve that missed its tolerance."""
+    if model.deq.last_stats is None:
+        raise RuntimeError(f"model {model.name!r} has not been run yet")
+    return int((~model.deq.last_stats.forward.converged).sum())
+
+
 @torch.no_grad()
-def _diagnose(model: torch.nn.Module, dataset: TensorDataset, limit: int) -> tuple[dict[str, float], torch.Tensor]:
+def _diagnose(model: MNISTDEQ, dataset: TensorDataset, limit: int) -> tuple[dict[str, float], torch.Tensor]:
     """:func:`logit_diagnostics` and each sample's top softmax probability, from one solve."""
+    if not isinstance(model.head, torch.nn.Sequential):
+        raise TypeError(f"logit_diagnostics needs a head that is a Sequential ending in Tanh or Linear; model "
+                        f"{model.name!r} has a {type(model.head).__name__} (the 'seed', 'seed-linear' and 'conv' "
+                        "models have one)")
     x, y = dataset.tensors
     x, y = x[:limit], y[:limit]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # counted below
         z = model.deq(model.features(x))
-    unconverged = int((~model.deq.last_stats.forward.converged).sum())
+    unconverged = _unconverged(model)
     head = list(model.head)
     tanh_logits = isinstance(head[-1], torch.nn.Tanh)
     a = torch.nn.Sequential(*head[:-1])(z) if tanh_logits else model.head(z)
@@ -249,7 +262,7 @@ def _num(v: float) -> str:
     return "n/a (no such digits)" if math.isnan(v) else f"{v:.4f}"
 
 
-def stall_panel(models: dict[str, torch.nn.Module], dataset: TensorDataset, *, limit: int = 2000) -> Panel:
+def stall_panel(models: dict[str, MNISTDEQ], dataset: TensorDataset, *, limit: int = 2000) -> Panel:
     """Why tanh logits stall: each model's confidence and the gradient that its right and wrong digits send back.
 
     Parameters
@@ -294,7 +307,7 @@ def stall_panel(models: dict[str, torch.nn.Module], dataset: TensorDataset, *, l
 
 
 @torch.no_grad()
-def class_panel(models: dict[str, torch.nn.Module], dataset: TensorDataset, *, limit: int = 10_000) -> Panel:
+def class_panel(models: dict[str, MNISTDEQ], dataset: TensorDataset, *, limit: int = 10_000) -> Panel:
     """Recall of every class for each model: a class whose digits all go elsewhere is a plateau of the loss.
 
     The text names, per model, each class recalled below 50% and the class its digits are predicted as.
@@ -321,7 +334,7 @@ def class_panel(models: dict[str, torch.nn.Module], dataset: TensorDataset, *, l
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # counted and shown below
             pred = model(x).argmax(1)
-        unconverged = int((~model.deq.last_stats.forward.converged).sum())
+        unconverged = _unconverged(model)
         recall = torch.stack([(pred[y == c] == c).float().mean() if (y == c).any() else torch.tensor(float("nan"))
                               for c in range(10)])
         ax.bar(np.arange(10) + i * width, recall.numpy(), width, label=name)
@@ -374,7 +387,7 @@ def _solver(solver: str) -> Solver:
 
 
 @torch.no_grad()
-def digit_effort(model: torch.nn.Module, images: torch.Tensor, solver: str, tol: float, *,
+def digit_effort(model: MNISTDEQ, images: torch.Tensor, solver: str, tol: float, *,
                  max_steps: int = 300) -> DigitEffort:
     """Solve the DEQ for a batch of images with ``solver`` and measure each digit's NFE.
 
@@ -487,7 +500,7 @@ def _check_index(index: int, n: int) -> None:
 
 
 @torch.no_grad()
-def digit_panel(model: torch.nn.Module, digits: TensorDataset, index: int = 0,
+def digit_panel(model: MNISTDEQ, digits: TensorDataset, index: int = 0,
                 solver: str = next(iter(SOLVERS)), tol: float = 1e-2) -> Panel:
     """One test digit: the image, the predicted class probabilities, and ``‖f(z) − z‖∞`` per evaluation.
 
@@ -548,7 +561,7 @@ def digit_panel(model: torch.nn.Module, digits: TensorDataset, index: int = 0,
     return Panel(fig, text)
 
 
-def effort_panel(model: torch.nn.Module, digits: TensorDataset, solver: str = next(iter(SOLVERS)),
+def effort_panel(model: MNISTDEQ, digits: TensorDataset, solver: str = next(iter(SOLVERS)),
                  tol: float = 1e-2, *, max_steps: int = 300) -> Panel:
     """Histogram of per-digit NFE for ``solver`` and ``tol``, split by right and wrong predictions.
 
@@ -574,9 +587,8 @@ def effort_panel(model: torch.nn.Module, digits: TensorDataset, solver: str = ne
         If ``solver`` is not a label of :data:`SOLVERS`.
     """
     effort = digit_effort(model, digits.tensors[0], solver, tol, max_steps=max_steps)
-    labels = digits.tensors[1]
-    right = effort.predicted == labels
-    nfe, done, right = effort.nfe.numpy(), effort.converged.numpy(), right.numpy()
+    right = (effort.predicted == digits.tensors[1]).numpy()
+    nfe, done = effort.nfe.numpy(), effort.converged.numpy()
     fig, ax = figure(1, width=6.0, height=3.2)
     bins = np.arange(0, max(int(nfe.max()), 1) + 2) - 0.5 if nfe.max() <= 60 else 40
     # A digit that never met the tolerance has no "NFE until converged": it is drawn apart, at the whole
@@ -600,7 +612,7 @@ def effort_panel(model: torch.nn.Module, digits: TensorDataset, solver: str = ne
     return Panel(fig, text)
 
 
-def gallery_panel(model: torch.nn.Module, digits: TensorDataset, which: str = WHICH[0],
+def gallery_panel(model: MNISTDEQ, digits: TensorDataset, which: str = WHICH[0],
                   solver: str = next(iter(SOLVERS)), tol: float = 1e-2, count: int = 12, *,
                   max_steps: int = 300) -> Panel:
     """A grid of digits: the most or least effortful for ``solver``, the misclassified or the non-converged ones.
@@ -661,7 +673,7 @@ def gallery_panel(model: torch.nn.Module, digits: TensorDataset, which: str = WH
     return Panel(fig, text)
 
 
-def nonconverged_counts(model: torch.nn.Module, digits: TensorDataset, tols: tuple[float, ...] = (1e-2, 1e-6),
+def nonconverged_counts(model: MNISTDEQ, digits: TensorDataset, tols: tuple[float, ...] = (1e-2, 1e-6),
                         solvers: tuple[str, ...] | None = None, *, max_steps: int = 300) -> dict[str, list[int]]:
     """How many digits each solver leaves unconverged at each tolerance (one batched solve per pair).
 

@@ -12,7 +12,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import ipywidgets as widgets
 import numpy as np
@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from ..adjoint import GRADIENTS
 from ..errors import ConvergenceWarning, DivergenceError
-from ..models.regression import X_TRAIN, Y_TRAIN, fit_regression, seed_regression_model
+from ..layer import DEQ
+from ..models.regression import X_TRAIN, Y_TRAIN, SeedBlock, fit_regression, seed_regression_model
 from ..solvers import SOLVERS as REGISTRY
 from ..solvers import DynamicSS, Solver
 from ..solvers.core import check_int
@@ -88,7 +89,7 @@ class RunResult:
     error: str = ""
     times: tuple[float, ...] = ()
     warnings: tuple[tuple[type, str], ...] = ()
-    model: torch.nn.Module = field(repr=False, compare=False, default=None)
+    model: torch.nn.Module | None = field(repr=False, compare=False, default=None)  # None when loaded
 
     def warn(self) -> None:
         """Warn again with the warnings this run raised while it trained."""
@@ -183,6 +184,11 @@ def train(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solve
     return _RUNS[key]
 
 
+def _block(model: DEQ) -> SeedBlock:
+    """The block ``f`` of a :func:`seed_regression_model` (a ``DEQ``'s ``f`` is typed as any block)."""
+    return cast(SeedBlock, model.f)
+
+
 def _trace(lr: float, backward: str, solver: str, seed: int, *, epochs: int, progress: bool = False) -> _Trace:
     """Train one fresh model for ``epochs`` epochs, keeping its weights, time and warnings after every epoch."""
     model = seed_regression_model(seed, backward=backward, solver=SOLVERS[solver])
@@ -204,7 +210,7 @@ def _trace(lr: float, backward: str, solver: str, seed: int, *, epochs: int, pro
 
         try:
             fit_regression(model, epochs=epochs, lr=lr, seed=seed, progress=progress, on_epoch=epoch_done)
-            trace.a_history.append(model.f.affine()[0])  # after the last step
+            trace.a_history.append(_block(model).affine()[0])  # after the last step
         except DivergenceError as err:
             trace.error, trace.error_seconds = str(err), time.perf_counter() - start
             trace.warnings.extend((w.category.__name__, str(w.message), len(trace.seconds) + 1) for w in caught)
@@ -216,18 +222,18 @@ def _trace(lr: float, backward: str, solver: str, seed: int, *, epochs: int, pro
 def _result(trace: _Trace, epochs: int) -> RunResult:
     """The run of ``epochs`` epochs read off ``trace`` (its model rebuilt from the weights after that epoch)."""
     model = seed_regression_model(trace.seed, backward=trace.backward, solver=SOLVERS[trace.solver])
-    known = {"ConvergenceWarning": ConvergenceWarning}
+    known: dict[str, type[Warning]] = {"ConvergenceWarning": ConvergenceWarning}
     if trace.error and epochs > len(trace.losses):  # this run blew up in a step of its own
         done = len(trace.losses)
         if done:
             vector_to_parameters(torch.tensor(trace.weights[done - 1]), model.parameters())
-        a, b = model.f.affine()
+        a, b = _block(model).affine()
         recorded = tuple((known.get(c, UserWarning), m) for c, m, _ in trace.warnings)
         nan = float("nan")
         return RunResult(trace.backward, trace.solver, trace.lr, epochs, trace.error_seconds, nan, nan, nan, nan, (),
                          a, b, tuple(trace.a_history), trace.error, (trace.error_seconds,), recorded, model)
     vector_to_parameters(torch.tensor(trace.weights[epochs - 1]), model.parameters())
-    a, b = model.f.affine()
+    a, b = _block(model).affine()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with torch.no_grad():
@@ -260,7 +266,7 @@ def _fit(lr: float, epochs: int, backward: str, solver: str, seed: int, *, progr
         finally:
             hook.remove()
     recorded = tuple((w.category, str(w.message)) for w in caught)
-    a, b = model.f.affine()
+    a, b = _block(model).affine()
     if error:
         nan, seconds = float("nan"), time.perf_counter() - start
         return RunResult(backward, solver, lr, epochs, seconds, nan, nan, nan, nan, (), a, b, tuple(a_history), error,
@@ -354,6 +360,7 @@ def prediction_panel(x: float = -5.0, lr: float = 0.05, epochs: int = 100, backw
     r = train(lr, epochs, backward, solver)
     if r.error:
         raise DivergenceError(f"no prediction: training with learning rate {lr:g} blew up ({r.error})")
+    assert r.model is not None, "train() keeps its model (only load_comparison's runs have none)"
     with torch.no_grad():
         pred = r.model(torch.tensor([[x]])).item()
     fig, ax = figure()
@@ -578,7 +585,14 @@ def _in_grid(lr: float, backward: str, solver: str, seed: int) -> _Trace | None:
 #: The comparison of notebook 03 (every backward mode, the blog's pure ODE, 100 epochs, three repeats), saved by
 #: ``python -m deqkit.teach.regression`` so that the notebook need not spend minutes retraining it.
 COMPARISON = pathlib.Path(__file__).resolve().parents[2] / "docs" / "data" / "regression_modes.json"
-COMPARISON_SETTINGS = {"lr": 0.05, "epochs": 100, "solver": "dynamic_ss(tsit5)", "repeats": 3}
+class _ComparisonSettings(TypedDict):
+    lr: float
+    epochs: int
+    solver: str
+    repeats: int
+
+
+COMPARISON_SETTINGS: _ComparisonSettings = {"lr": 0.05, "epochs": 100, "solver": "dynamic_ss(tsit5)", "repeats": 3}
 
 
 def save_comparison(results: list[RunResult], path: str | pathlib.Path = COMPARISON) -> None:
@@ -603,7 +617,7 @@ def load_comparison(path: str | pathlib.Path = COMPARISON) -> list[RunResult]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: write it with `python -m deqkit.teach.regression` "
                                 "(about 10 minutes on two cores), or run the comparison in the notebook yourself")
-    known = {"ConvergenceWarning": ConvergenceWarning}
+    known: dict[str, type[Warning]] = {"ConvergenceWarning": ConvergenceWarning}
     runs = []
     for row in json.loads(path.read_text())["runs"]:
         row = dict(row, losses=tuple(row["losses"]), a_history=tuple(row["a_history"]), times=tuple(row["times"]))
@@ -636,13 +650,13 @@ def check_weights(w2: Any, b2: Any) -> str | None:
     except (TypeError, ValueError, RuntimeError):
         return "w2 must be two numbers (the weights from the two hidden units) and b2 one number."
     model = seed_regression_model()
-    l1, l2 = model.f.net
+    l1, l2 = cast(tuple[torch.nn.Linear, torch.nn.Linear], tuple(_block(model).net))  # SeedBlock's two layers
     with torch.no_grad():
         l1.weight.fill_(1.0)
         l1.bias.zero_()
         l2.weight.copy_(w)
         l2.bias.copy_(bias)
-    a, b = model.f.affine()
+    a, b = _block(model).affine()
     if a >= 1:
         return (f"a = W₂W₁ = {a:.4g} ≥ 1: dz/dt = (a − 1)z + ax + b then has no stable equilibrium, and the "
                 "solver cannot find z*. a must be 2/3.")

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..adjoint import Implicit, Phantom
 from ..errors import ConvergenceWarning
+from ..models import MNISTDEQ
 from ..solvers import solve
 from ..train.jacobian_reg import (
     BASELINE,
@@ -149,7 +149,7 @@ def gradient_panel(runs: dict[str, Any], method: str) -> Panel:
     return Panel(fig, text)
 
 
-def phantom_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: Sequence[int],
+def phantom_gradients(model: MNISTDEQ, images: torch.Tensor, labels: torch.Tensor, steps: Sequence[int],
                       damping: float) -> tuple[list[float], list[float], torch.Tensor]:
     """Cosine similarity with the implicit gradient, and backward time, of ``Phantom(k, damping)`` for each ``k``.
 
@@ -175,7 +175,7 @@ def phantom_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     return cosines, seconds, exact
 
 
-def implicit_products(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> int:
+def implicit_products(model: MNISTDEQ, images: torch.Tensor, labels: torch.Tensor) -> int:
     """Vector–Jacobian products the model's own implicit backward (its training setting) takes on this batch."""
     deq, own = model.deq, model.deq.backward
     model.train()
@@ -184,12 +184,14 @@ def implicit_products(model: nn.Module, images: torch.Tensor, labels: torch.Tens
             warnings.simplefilter("ignore", ConvergenceWarning)
             deq.backward = own if isinstance(own, Implicit) else Implicit()
             _parameter_gradient(model, images, labels)
-            return int(deq.last_stats.backward.nfe)
+            stats = None if deq.last_stats is None else deq.last_stats.backward
+            assert stats is not None, "the implicit backward ran and reported its statistics"
+            return int(stats.nfe)
     finally:
         deq.backward = own
 
 
-def phantom_panel(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int = 5,
+def phantom_panel(model: MNISTDEQ, images: torch.Tensor, labels: torch.Tensor, steps: int = 5,
                   damping: float = 0.5, max_steps: int = 20) -> Panel:
     """How close ``Phantom(steps, damping)`` comes to the implicit gradient on this model and batch, and at what cost.
 

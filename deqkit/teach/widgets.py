@@ -317,7 +317,8 @@ class StaticFallback:
         raise NotImplementedError
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
-        bundle = super()._repr_mimebundle_(**kwargs)
+        # a mixin: the widget class after it in the MRO (ipywidgets, untyped) defines _repr_mimebundle_
+        bundle = super()._repr_mimebundle_(**kwargs)  # type: ignore[misc]
         if bundle is not None:
             bundle.update(self.static_bundle())
         return bundle
@@ -412,6 +413,7 @@ class LiveFigure(StaticFallback, widgets.VBox):
         notes = [_alert("warning", f"{w.category.__name__}: {w.message}") for w in caught]
         if panel is None:
             err = self.last_error
+            assert err is not None, "_call returns an error whenever it returns no panel"
             notes.insert(0, _alert("error", f"{type(err).__name__}: {err}"))
             return render_png(error_figure(err), self.dpi), "".join(notes)
         notes.insert(0, panel.text)

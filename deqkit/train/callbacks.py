@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RunFolderError
-from .metrics import METRIC_FIELDS
+from .metrics import METRIC_FIELDS, MetricRow
 
 __all__ = ["StepLog", "TensorBoardLog", "check_tensorboard"]
 
@@ -119,7 +119,8 @@ class TensorBoardLog:
         with self._writing("Free some space and start the run again" if fresh else
                            "Free some space and resume the run (--resume)"):
             try:
-                self.writer = summary_writer(log_dir=str(folder), purge_step=None if fresh else continue_after + 1)
+                purge_step = None if continue_after is None else continue_after + 1
+                self.writer = summary_writer(log_dir=str(folder), purge_step=purge_step)
             except OSError:
                 if fresh:  # the folder held no event file (checked above): what is there now is this failed start's
                     for partial in folder.glob("events.out.tfevents.*"):
@@ -133,7 +134,7 @@ class TensorBoardLog:
                 if info.get(key) is not None:  # jac_penalty only in runs that compute it
                     self.writer.add_scalar(f"step/{key}", info[key], info["global_step"] + 1)
 
-    def epoch(self, row: dict[str, float], steps_done: int) -> None:
+    def epoch(self, row: MetricRow, steps_done: int) -> None:
         """Log an epoch's row of :data:`~deqkit.train.METRIC_FIELDS` at ``steps_done`` optimiser steps."""
         with self._writing():
             for key in self.EPOCH_KEYS:

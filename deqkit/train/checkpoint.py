@@ -116,7 +116,7 @@ def atomic_write(path: pathlib.Path, mode: str, write: Callable[[IO], object]) -
     try:
         # os.open applies the umask to 0o666 (tempfile.mkstemp would force 0o600)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
+        with os.fdopen(fd, mode, newline=None if "b" in mode else "") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

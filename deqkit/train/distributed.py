@@ -108,7 +108,7 @@ class DistContext:
         """
         return self._reduce(values, dist.ReduceOp.MAX)
 
-    def _reduce(self, values: list[float], op: dist.ReduceOp) -> list[float]:
+    def _reduce(self, values: list[float], op: dist.ReduceOp.RedOpType) -> list[float]:
         if not self.distributed:
             return list(values)
         # gloo and nccl both reduce float64 (nccl needs the tensor on the GPU)

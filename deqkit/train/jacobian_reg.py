@@ -29,10 +29,11 @@ from torch.utils.data import TensorDataset
 from ..adjoint import GradientSpec, Implicit, Phantom
 from ..diagnostics import spectral_radius
 from ..errors import ConvergenceWarning
-from ..models import mnist_model
+from ..models import MNISTDEQ, mnist_model
 from ..solvers import solve
 from .config import TrainConfig
 from .loop import train
+from .metrics import MetricRow
 
 __all__ = ["BASELINE", "DATA", "GAMMA_RUNS", "GRADIENT_RUNS", "RUNS", "RUN_NAMES", "RunSpec", "cosine", "load_runs",
            "probe", "regenerate", "summary", "train_run"]
@@ -105,7 +106,7 @@ def _frobenius(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z: torch
     return total / z.shape[1]
 
 
-def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def probe(model: MNISTDEQ, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """How hard the model's equilibrium is on a fixed batch, and how good its gradient is.
 
     Parameters
@@ -159,7 +160,7 @@ def probe(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[
 class _EpochProbe:
     """A ``train`` callback that probes the model after the last step of every epoch."""
 
-    model: nn.Module
+    model: MNISTDEQ
     images: torch.Tensor
     labels: torch.Tensor
     steps_per_epoch: int
@@ -188,7 +189,8 @@ def train_run(spec: RunSpec, train_set: TensorDataset, test_set: TensorDataset, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # counted in the metrics (fwd_unconverged, ...)
         result = train(model, train_set, test_set, config, progress=progress, callback=callback)
-    rows = [{"epoch": 0} | initial] + [row | found for row, found in zip(result.history, callback.results)]
+    rows: list[MetricRow] = [{"epoch": 0, **initial}]
+    rows += [{**row, **found} for row, found in zip(result.history, callback.results)]
     return {"name": spec.name, "model": spec.model, "jac_reg": spec.jac_reg, "backward": spec.backward,
             "weight_norm": spec.weight_norm, "epochs": rows}
 

@@ -27,7 +27,7 @@ from .callbacks import TensorBoardLog, check_tensorboard
 from .checkpoint import check_writable, load_checkpoint, save_checkpoint
 from .config import SCHEDULES, TrainConfig
 from .distributed import DistContext, setup
-from .metrics import METRIC_FIELDS, SolverCalls, Tally, epoch_row, report_epoch, write_metrics
+from .metrics import METRIC_FIELDS, MetricRow, SolverCalls, Tally, epoch_row, report_epoch, write_metrics
 from .resume import check_resumable, load_states, load_weights
 
 __all__ = ["METRIC_FIELDS", "SCHEDULES", "TrainConfig", "TrainResult", "evaluate", "load_model", "train", "train_mnist"]
@@ -51,12 +51,12 @@ class TrainResult:
     """
 
     model: nn.Module
-    history: list[dict[str, float]]
+    history: list[MetricRow]
     config: TrainConfig
     out: pathlib.Path | None = None
 
     @property
-    def final(self) -> dict[str, float]:
+    def final(self) -> MetricRow:
         """The last epoch's metrics."""
         if not self.history:
             raise ValueError("no epoch has finished yet")
@@ -293,7 +293,7 @@ class _Run:
     steps_per_epoch: int
     ckpt_path: pathlib.Path | None
     net: nn.Module  # the model, or its DistributedDataParallel wrapper
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[MetricRow] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
     board: TensorBoardLog | None = None
 
@@ -358,7 +358,7 @@ def _checkpoint(run: _Run, epoch: int, step: int, tally: Tally | None) -> None:
                      "metrics": run.history, "tally": reduced, "environment": run.environment}, run.ckpt_path)
 
 
-def _train_step(run: _Run, batch: torch.Tensor, tally: Tally) -> dict[str, float]:
+def _train_step(run: _Run, batch: torch.Tensor, tally: Tally) -> dict[str, float | None]:
     """One optimiser step on this process's share of ``batch``; add it to ``tally`` and return its numbers."""
     t0 = time.perf_counter()
     ctx, dev = run.ctx, run.ctx.device
@@ -416,7 +416,7 @@ def _run_epoch(run: _Run, epoch: int, first: int, tally: Tally, checkpoint_every
     return lr
 
 
-def _evaluate_epoch(run: _Run, epoch: int, tally: Tally, test_set: TensorDataset, lr: float) -> dict[str, float]:
+def _evaluate_epoch(run: _Run, epoch: int, tally: Tally, test_set: TensorDataset, lr: float) -> MetricRow:
     """Evaluate on the test set and return the epoch's row of :data:`METRIC_FIELDS`."""
     t0 = time.perf_counter()
     test = evaluate(run.model, test_set, batch_size=run.config.eval_batch_size, device=run.ctx.device, ctx=run.ctx)
@@ -449,7 +449,7 @@ def _start(run: _Run, opts: _Options) -> tuple[int, int, dict[str, float] | None
     return start_epoch, start_step, saved_tally
 
 
-def _record_epoch(run: _Run, opts: _Options, epoch: int, row: dict[str, float]) -> None:
+def _record_epoch(run: _Run, opts: _Options, epoch: int, row: MetricRow) -> None:
     """Metrics files, TensorBoard, then the checkpoint (a kill in between only repeats this epoch); report."""
     run.history.append(row)
     if run.ctx.main and opts.out_dir is not None:

@@ -19,7 +19,7 @@ from .checkpoint import atomic_write
 from .config import TrainConfig
 from .distributed import DistContext
 
-__all__ = ["METRIC_FIELDS", "SolverCalls", "Tally", "epoch_row", "report_epoch", "write_metrics"]
+__all__ = ["METRIC_FIELDS", "MetricRow", "SolverCalls", "Tally", "epoch_row", "report_epoch", "write_metrics"]
 
 #: Columns of ``metrics.csv``, one row per epoch.
 METRIC_FIELDS = (
@@ -28,6 +28,8 @@ METRIC_FIELDS = (
     "test_nfe_mean", "test_nfe_max", "test_unconverged", "seconds", "eval_seconds", "lr", "samples", "loadavg",
     "jac_penalty",
 )
+#: One epoch's metrics, keyed by :data:`METRIC_FIELDS`; ``jac_penalty`` is None when the run does not compute it.
+MetricRow = dict[str, float | None]
 
 
 class Tally:
@@ -89,7 +91,7 @@ class SolverCalls:
             handle.remove()
         self._handles = []
 
-    def _record(self, deq: nn.Module, args: Any, output: Any) -> None:
+    def _record(self, deq: DEQ, args: Any, output: Any) -> None:
         if deq.last_stats is not None:
             self.calls.append(deq.last_stats)
 
@@ -106,7 +108,7 @@ class SolverCalls:
 
 
 def epoch_row(epoch: int, tot: dict[str, float], test: dict[str, float], eval_seconds: float,
-              lr: float, jac_reg: float = 0.0) -> dict[str, float | None]:
+              lr: float, jac_reg: float = 0.0) -> MetricRow:
     """One row of :data:`METRIC_FIELDS`: epoch ``epoch`` (from 0) from its reduced tallies and its evaluation.
 
     ``jac_penalty`` is the mean Jacobian penalty per step, None when the run does not compute it (``jac_reg`` 0).
@@ -124,7 +126,7 @@ def epoch_row(epoch: int, tot: dict[str, float], test: dict[str, float], eval_se
     }
 
 
-def write_metrics(out: pathlib.Path, history: list[dict[str, float]], config: TrainConfig,
+def write_metrics(out: pathlib.Path, history: list[MetricRow], config: TrainConfig,
                   environment: dict[str, Any]) -> None:
     """Write ``metrics.csv`` (one row per epoch) and ``metrics.json`` (config, environment, rows) atomically."""
     out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +148,7 @@ def _write_text(path: pathlib.Path, text: str) -> None:
     atomic_write(path, "w", lambda f: f.write(text))
 
 
-def report_epoch(row: dict[str, float], show: bool, stacklevel: int) -> None:
+def report_epoch(row: MetricRow, show: bool, stacklevel: int) -> None:
     """Print the epoch's one-line summary (when ``show``); one :class:`~deqkit.ConvergenceWarning` if any solve
     missed its tolerance, attributed ``stacklevel`` frames up."""
     if show:
@@ -156,7 +158,7 @@ def report_epoch(row: dict[str, float], show: bool, stacklevel: int) -> None:
             f"{row['fwd_nfe_max']:.0f}) bwd {row['bwd_nfe_mean']:.1f}"
             + ("" if row.get("jac_penalty") is None else f" | jac penalty {row['jac_penalty']:.4g}")
             + f" | {row['seconds']:.1f} s")
-    if row["fwd_unconverged"] + row["bwd_unconverged"] + row["test_unconverged"]:
+    if any(row[key] for key in ("fwd_unconverged", "bwd_unconverged", "test_unconverged")):
         warnings.warn(
             f"epoch {row['epoch']}: {row['fwd_unconverged']} training samples (forward), "
             f"{row['bwd_unconverged']} (backward) and {row['test_unconverged']} test samples did not reach "

@@ -11,15 +11,15 @@ from deqkit.teach import adjoint, build, fixed_point, mnist, ode, regression, st
 NAN = float("nan")
 
 
-def _mnist(panel, **kw):
-    """Call a notebook-04 panel on an untrained seed model and six random digits."""
+def _mnist(panel, model="seed", **kw):
+    """Call a notebook-04 panel on an untrained MNIST model (the seed model by default) and six random digits."""
     import torch
     from torch.utils.data import TensorDataset
 
     from deqkit.models import mnist_model
 
     digits = TensorDataset(torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.arange(6))
-    return panel(mnist_model("seed", seed=0).eval(), digits, **kw)
+    return panel(mnist_model(model, seed=0).eval(), digits, **kw)
 
 
 # (case, call, exception, message fragment)
@@ -73,6 +73,9 @@ CASES = [
      TypeError, "index must be an integer >= 0, got 2.5"),
     ("gallery_panel(count=-1): was all digits but the last", lambda: _mnist(mnist.gallery_panel, count=-1),
      ValueError, "count must be an integer >= 1, got -1"),
+    ("logit_diagnostics('mlp' model): was \"'Linear' object is not iterable\"",
+     lambda: _mnist(mnist.logit_diagnostics, model="mlp"), TypeError,
+     "needs a head that is a Sequential ending in Tanh or Linear; model 'mlp' has a Linear"),
     ("tanh_logit_floor(classes=0): was a negative loss", lambda: mnist.tanh_logit_floor(classes=0), ValueError,
      "classes must be an integer >= 2"),
     ("tanh_logit_floor(cap=nan): was nan", lambda: mnist.tanh_logit_floor(cap=NAN), ValueError,
