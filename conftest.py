@@ -21,7 +21,7 @@ if not os.environ.get("DEQKIT_MNIST_DIR") and (_SHARED_MNIST / "t10k-labels-idx1
     os.environ["DEQKIT_MNIST_DIR"] = str(_SHARED_MNIST)
 
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
-# The reason tests/test_data.py and tests/test_teach_mnist.py give when the real files are missing.
+# The reason tests/data/test_mnist.py and tests/teach/test_digits.py give when the real files are missing.
 MNIST_SKIP_REASON = "set DEQKIT_MNIST_DIR to a folder holding the four MNIST .gz files to run this test"
 _mnist_problem: list[str] = []  # why MNIST could not be loaded, once checked
 

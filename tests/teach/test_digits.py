@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 
 import deqkit
 from deqkit.models import seed_mnist_model
-from deqkit.teach.mnist import (
+from deqkit.teach.digits import (
     SOLVERS,
     WHICH,
     StepLog,
