@@ -16,13 +16,14 @@ import torch
 
 from ..diagnostics import spectral_radius
 from ..errors import ConvergenceWarning
-from ..solvers import Anderson, Broyden, Picard, Solver, solve
+from ..solvers import Picard, Solver, solve
 from ..solvers.core import check_int
 from .limits import choice, within
+from .menus import solver_menu
 from .widgets import Panel, attempt, figure
 
 #: What the method dropdowns offer: configured solvers, each under its own label.
-METHODS: dict[str, Solver] = {s.label: s for s in (Picard(), Picard(damping=0.5), Anderson(), Broyden())}
+METHODS: dict[str, Solver] = solver_menu("picard", Picard(damping=0.5), "anderson", "broyden")
 MAX_STEPS = 200
 ZLIM = 2.5  # the cobweb's z range
 

@@ -27,14 +27,14 @@ from ..solvers import SOLVERS as REGISTRY
 from ..solvers import DynamicSS, Solver
 from ..solvers.core import check_int
 from .limits import choice, within
+from .menus import solver_menu
 from .widgets import Panel, StaticFallback, figure
 
 #: The gradient methods compared (notebook 06 teaches the phantom gradient).
 BACKWARD_MODES = tuple(name for name in GRADIENTS if name != "phantom")
 #: Forward solvers: every registered one with its defaults, and the blog's pure ODE ``DynamicSS(Tsit5())``
 #: without deqkit's Anderson polish (``dynamic_ss(tsit5)``).
-SOLVERS: dict[str, Solver] = {name: cls() for name, cls in REGISTRY.items()} | {
-    DynamicSS(polish=None).label: DynamicSS(polish=None)}
+SOLVERS: dict[str, Solver] = solver_menu(*REGISTRY, DynamicSS(polish=None))
 
 
 @dataclass

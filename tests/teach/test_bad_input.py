@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from deqkit.teach import adjoint, build, digits, fixed_point, ode, stable, welcome, y2x
+from deqkit.teach import build, digits, fixed_point, implicit, implicit_measures, ode, stable, welcome, y2x
 
 NAN = float("nan")
 
@@ -78,25 +78,25 @@ CASES = [
     ("tanh_logit_floor(cap=nan): was nan", lambda: digits.tanh_logit_floor(cap=NAN), ValueError,
      r"cap must be in \[0, inf\)"),
     # ---- notebook 05
-    ("accuracy_panel(tol=0): was 'math domain error'", lambda: adjoint.accuracy_panel(tol=0.0), ValueError,
+    ("accuracy_panel(tol=0): was 'math domain error'", lambda: implicit.accuracy_panel(tol=0.0), ValueError,
      r"tol=0.0 is outside \[1e-13, 0.1\]"),
-    ("accuracy_panel(norm=5): ran 12 minutes", lambda: adjoint.accuracy_panel(norm=5.0), ValueError,
+    ("accuracy_panel(norm=5): ran 12 minutes", lambda: implicit.accuracy_panel(norm=5.0), ValueError,
      r"norm=5.0 is outside \[0.05, 0.95\].*need a contraction"),
-    ("gradient_accuracy(tol=0): blamed both tolerances", lambda: adjoint.gradient_accuracy(0.0), ValueError,
+    ("gradient_accuracy(tol=0): blamed both tolerances", lambda: implicit_measures.gradient_accuracy(0.0), ValueError,
      r"tol=0.0 is outside"),
-    ("backward_panel(solver='bogus'): was a bare KeyError", lambda: adjoint.backward_panel(solver="bogus"),
+    ("backward_panel(solver='bogus'): was a bare KeyError", lambda: implicit.backward_panel(solver="bogus"),
      ValueError, "unknown solver 'bogus': choose one of"),
-    ("backward_panel(norm=-1)", lambda: adjoint.backward_panel(norm=-1.0), ValueError,
+    ("backward_panel(norm=-1)", lambda: implicit.backward_panel(norm=-1.0), ValueError,
      r"norm=-1.0 is outside \[0.05, 1.5\]"),
-    ("broyden_memory_panel(norm=5)", lambda: adjoint.broyden_memory_panel(norm=5.0), ValueError,
+    ("broyden_memory_panel(norm=5)", lambda: implicit.broyden_memory_panel(norm=5.0), ValueError,
      r"norm=5.0 is outside"),
     ("broyden_memory_panel(memories=()): was 'min() arg is an empty sequence'",
-     lambda: adjoint.broyden_memory_panel(memories=()), ValueError, "memories must hold at least one"),
-    ("cost_panel(mode='phantom'): was a bare KeyError", lambda: adjoint.cost_panel(mode="phantom"), ValueError,
+     lambda: implicit.broyden_memory_panel(memories=()), ValueError, "memories must hold at least one"),
+    ("cost_panel(mode='phantom'): was a bare KeyError", lambda: implicit.cost_panel(mode="phantom"), ValueError,
      "unknown mode 'phantom'"),
-    ("growth_exponent('bogus'): was a bare KeyError", lambda: adjoint.growth_exponent("bogus", (0.5, 0.8)),
+    ("growth_exponent('bogus'): was a bare KeyError", lambda: implicit_measures.growth_exponent("bogus", (0.5, 0.8)),
      ValueError, "unknown solver 'bogus'"),
-    ("rho_panel(norm=nan): was snapped silently", lambda: adjoint.rho_panel(norm=NAN), ValueError,
+    ("rho_panel(norm=nan): was snapped silently", lambda: implicit.rho_panel(norm=NAN), ValueError,
      "norm=nan is outside"),
 ]
 
