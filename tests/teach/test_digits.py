@@ -32,8 +32,9 @@ from deqkit.teach.digits import (
     tanh_logit_floor,
     training_panel,
 )
-from deqkit.teach.widgets import LiveFigure, Panel, static, sweep
+from deqkit.teach.widgets import LiveFigure, Panel, static
 from deqkit.train import TrainConfig, train
+from tests.teach.harness import sweep
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import torch
 import deqkit
 from deqkit.teach import implicit
 from deqkit.teach import implicit_measures as measures
-from deqkit.teach.widgets import LiveFigure, Panel, sweep
+from deqkit.teach.widgets import LiveFigure, Panel
+from tests.teach.harness import sweep
 
 
 def _finite_lines(panel: Panel) -> None:

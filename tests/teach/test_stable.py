@@ -7,7 +7,8 @@ import pytest
 
 import deqkit
 from deqkit.teach import stable
-from deqkit.teach.widgets import LiveFigure, Panel, sweep
+from deqkit.teach.widgets import LiveFigure, Panel
+from tests.teach.harness import sweep
 
 
 def fake_runs():
