@@ -79,7 +79,7 @@ def accuracy_panel(tol: float = 1e-4, norm: float = 0.9) -> Panel:
     check_accuracy_settings(tol, norm)
     grid = tolerances_grid()
     tol = min(grid, key=lambda t: abs(math.log10(t) - math.log10(tol)))
-    # the first call measures the whole grid (full mode: about 1 s on two cores), later ones read the cache
+    # the first call measures the whole grid, later ones read the cache
     rows = [gradient_accuracy(t, norm) for t in progress(grid, desc="tolerances")]
     here = gradient_accuracy(tol, norm)
     fig, (ax, ax2) = _quick_figure(2, left=0.09, right=0.99, bottom=0.15, top=0.91, wspace=0.32)

@@ -109,8 +109,8 @@ def subplots(fig: Figure, nrows: int = 1, ncols: int = 1, **kwargs: Any) -> Any:
     """``fig.subplots(nrows, ncols, **kwargs)``, with each title pinned at the top of its axes.
 
     Matplotlib otherwise measures every tick label of an axes on each draw, to lift the title above any that sit
-    on top; no panel here has labels there, and pinning the titles took notebook 02's phase panel from 260 to
-    198 ms per redraw (median of 10, docs/results.md section 9). The image is unchanged.
+    on top; no panel here has labels there, so pinning the titles saves that work on every redraw and leaves the
+    image unchanged (the timings: docs/results.md, section 9).
     """
     with matplotlib.rc_context({"axes.titley": 1.0}):
         return fig.subplots(nrows, ncols, squeeze=True, **kwargs)
@@ -120,12 +120,11 @@ def subplots(fig: Figure, nrows: int = 1, ncols: int = 1, **kwargs: Any) -> Any:
 def young_garbage() -> Iterator[None]:
     """Pause Python's automatic cyclic garbage collection inside the block, then collect only what it allocated.
 
-    A matplotlib figure is about 10⁴ objects held in reference cycles (figure, axes, artists). Left to the automatic
+    A matplotlib figure is many objects held in reference cycles (figure, axes, artists). Left to the automatic
     collector, a redraw's figure is promoted to the oldest generation while it is drawn, so it is freed only by
-    full collections, which traverse every object in the kernel (about 5·10⁵ with torch and IPython loaded): a
-    pause of 0.3–0.5 s on this project's 2-core machine, once every nine or so redraws of notebook 01 (measured:
-    docs/results.md, section 9). Collected while still young, one redraw's garbage costs 8–30 ms here. Collection
-    is left off if it was off before.
+    full collections, which traverse every object in the kernel (torch and IPython loaded): a pause every few
+    redraws. Collected while still young, one redraw's garbage is cheap to free (the timings: docs/results.md,
+    section 9). Collection is left off if it was off before.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -174,8 +173,7 @@ class PlainLogFormatter(Formatter):
     """A log axis's own labels (``$\\mathdefault{10^{-4}}$``) written as plain text: ``10⁻⁴``, ``2×10⁻³``.
 
     Matplotlib parses mathtext labels again for every new figure (its parse cache belongs to the renderer, and
-    each figure has its own): about 57 ms of a 438 ms redraw of notebook 02's phase panel under cProfile.
-    Labels of any other form are passed through unchanged.
+    each figure has its own), a sizeable part of a redraw. Labels of any other form are passed through unchanged.
 
     Parameters
     ----------
