@@ -2,6 +2,8 @@
 
 * Notebooks and widget callbacks take their fast mode (``DEQKIT_FAST=1``) unless the caller set it; notebook
   kernels and the browser test's JupyterLab inherit it.
+* Notebook kernels get this checkout on ``PYTHONPATH``: each notebook's test cell imports the widget test
+  harness, ``tests/teach/harness.py``, which is not part of the installed package.
 * MNIST is read from ``$DEQKIT_MNIST_DIR`` if set; else from a shared copy beside the checkout
   (``../shared/data/mnist``) if there is one; else the tests that need the real files skip with a reason.
 * A notebook whose metadata says ``{"deqkit": {"requires": ["mnist"]}}`` needs the real files too. When it is
@@ -16,12 +18,16 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("DEQKIT_FAST", "1")
+# notebook kernels import this checkout's test harness (the test cells' `from tests.teach.harness import sweep`)
+_ROOT = str(Path(__file__).resolve().parent)
+if _ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))
 _SHARED_MNIST = Path(__file__).resolve().parent.parent / "shared" / "data" / "mnist"
 if not os.environ.get("DEQKIT_MNIST_DIR") and (_SHARED_MNIST / "t10k-labels-idx1-ubyte.gz").is_file():
     os.environ["DEQKIT_MNIST_DIR"] = str(_SHARED_MNIST)
 
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
-# The reason tests/test_data.py and tests/test_teach_mnist.py give when the real files are missing.
+# The reason tests/data/test_mnist.py and tests/teach/test_digits.py give when the real files are missing.
 MNIST_SKIP_REASON = "set DEQKIT_MNIST_DIR to a folder holding the four MNIST .gz files to run this test"
 _mnist_problem: list[str] = []  # why MNIST could not be loaded, once checked
 

@@ -7,8 +7,9 @@ Every run: :func:`deqkit.models.mlp_deq` (``mlp-ln``, or ``mlp`` without LayerNo
 Adam 1e-3, batch 128, ``--epochs`` epochs of the 60,000 training images; ``--jac-reg γ`` adds
 ``γ · deqkit.jacobian_penalty(model)`` to the loss. After every epoch a fixed probe batch (the first 256 test
 images) measures ρ(∂f/∂z) at z* (``deqkit.spectral_radius``), ‖∂f/∂z‖²_F / d, the evaluations Anderson needs there
-without a budget, and the cosine of the run's gradient with the implicit one (:func:`deqkit.train.jacobian_reg.probe`).
-The runs are saved as JSON (``--out``; notebook 06 reads ``docs/data/jacobian_reg.json``) and plotted.
+without a budget, and the cosine of the run's gradient with the implicit one (:func:`deqkit.teach.stable_runs.probe`).
+The runs are saved as JSON (``--out``; notebook 06 reads
+``deqkit/teach/results/jacobian_reg.json``, package data) and plotted.
 
     python -m benchmarks jacobian_reg [--epochs 10] [--only NAME ...] [--threads 1] [--out FILE] [--plot FILE]
     python -m benchmarks jacobian_reg --from a.json b.json     # merge runs trained in separate processes
@@ -23,13 +24,13 @@ import time
 
 import torch
 
-from deqkit.train import jacobian_reg as stable
+from deqkit.teach import stable_runs as stable
 
 from .forward import environment, fmt_ratio, load, save
 
 
 def merge(paths: list[str]) -> dict:
-    """One document from several (runs in :data:`~deqkit.train.jacobian_reg.RUNS` order; settings must agree)."""
+    """One document from several (runs in :data:`~deqkit.teach.stable_runs.RUNS` order; settings must agree)."""
     docs = [json.loads(pathlib.Path(p).read_text()) for p in paths]
     settings = {json.dumps(d["settings"], sort_keys=True) for d in docs}
     if len(settings) > 1:
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
                         help=f"runs to train (default: all): {', '.join(map(repr, stable.RUN_NAMES))}")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="docs/data/jacobian_reg.json", help="JSON file ('' for none)")
+    parser.add_argument("--out", default="deqkit/teach/results/jacobian_reg.json", help="JSON file ('' for none)")
     parser.add_argument("--plot", default="docs/img/jacobian_reg.png", help="PNG path ('' for none)")
     parser.add_argument("--from", dest="sources", nargs="+", default=None, metavar="FILE",
                         help="merge these JSON files instead of training")

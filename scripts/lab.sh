@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# the notebooks' collapsed test cells import the widget test harness from this checkout's tests/
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 args=(--ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks)
 if [ "$(id -u)" -eq 0 ]; then
   # Containers and cloud notebooks often run as root; JupyterLab refuses that unless told. Auth stays on.

@@ -1,4 +1,6 @@
-"""The logic behind the notebooks' widgets: pure functions ``(widget values) -> Panel``, one module per notebook.
+"""The logic behind the notebooks' widgets: pure functions ``(widget values) -> Panel``, one module per notebook,
+named after its subject (``y2x``, ``digits``, ``implicit``, ...); where a notebook measures a lot, what it measures
+is a module apart (``implicit_measures``, ``stable_runs``).
 
 Notebooks only build controls and wire them with :class:`~deqkit.teach.widgets.LiveFigure`; tests call the
 same functions. Nothing in the library imports this package.

@@ -16,13 +16,14 @@ import torch
 
 from ..diagnostics import spectral_radius
 from ..errors import ConvergenceWarning
-from ..solvers import Anderson, Broyden, Picard, Solver, solve
+from ..solvers import Picard, Solver, solve
 from ..solvers.core import check_int
 from .limits import choice, within
+from .menus import solver_menu
 from .widgets import Panel, attempt, figure
 
 #: What the method dropdowns offer: configured solvers, each under its own label.
-METHODS: dict[str, Solver] = {s.label: s for s in (Picard(), Picard(damping=0.5), Anderson(), Broyden())}
+METHODS: dict[str, Solver] = solver_menu("picard", Picard(damping=0.5), "anderson", "broyden")
 MAX_STEPS = 200
 ZLIM = 2.5  # the cobweb's z range
 
@@ -229,6 +230,18 @@ def _row(label: str, result, err: Exception | None, f) -> str:
     return f"<tr><td>{label}</td><td>yes</td><td>{stats.steps}</td><td>{rho:.3f}</td></tr>"
 
 
+def _check_iteration_settings(scale: float, x_scale: float, methods: Sequence[str], tol: float
+                              ) -> tuple[float, float, float]:
+    """:func:`iteration_panel`'s arguments as floats, or its ``ValueError`` naming the range and why."""
+    why = "the slider's range, where the panel's text was checked to describe what the methods do"
+    scale, x_scale = within("scale", scale, 0.1, 2.5, why), within("x_scale", x_scale, 0.0, 2.0, why)
+    tol = within("tol", tol, 1e-12, 0.1, "a float64 residual cannot go below ~1e-16, and above 0.1 any iterate "
+                 "near the curve would pass")
+    for method in methods:
+        choice("method", method, METHODS)
+    return scale, x_scale, tol
+
+
 def iteration_panel(scale: float = 0.9, x_scale: float = 0.5, methods: Sequence[str] = ("picard", "anderson"),
                     tol: float = 1e-6) -> Panel:
     """d-dimensional ``z ← tanh(W z + x)``: residual per iteration of each method, and ρ(∂f/∂z) at its answer.
@@ -259,12 +272,7 @@ def iteration_panel(scale: float = 0.9, x_scale: float = 0.5, methods: Sequence[
         If a method is not a label of :data:`METHODS`, or ``scale``, ``x_scale`` or ``tol`` is outside the
         sliders' ranges (``0.1 ≤ scale ≤ 2.5``, ``0 ≤ x_scale ≤ 2``, ``1e-12 ≤ tol ≤ 0.1``).
     """
-    why = "the slider's range, where the panel's text was checked to describe what the methods do"
-    scale, x_scale = within("scale", scale, 0.1, 2.5, why), within("x_scale", x_scale, 0.0, 2.0, why)
-    tol = within("tol", tol, 1e-12, 0.1, "a float64 residual cannot go below ~1e-16, and above 0.1 any iterate "
-                 "near the curve would pass")
-    for method in methods:
-        choice("method", method, METHODS)
+    scale, x_scale, tol = _check_iteration_settings(scale, x_scale, methods, tol)
     w, x = random_map(scale, x_scale)
     f = lambda z: torch.tanh(z @ w.T + x)  # noqa: E731
     z0 = torch.zeros_like(x)

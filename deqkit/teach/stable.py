@@ -1,7 +1,7 @@
 """Notebook 06: why a DEQ gets harder to solve as it trains, and what the Jacobian penalty, normalization and the
 gradient method do about it.
 
-The *runs* (:mod:`deqkit.train.jacobian_reg`, where the experiment lives): ten epochs of the LayerNorm MLP-DEQ
+The *runs* (:mod:`deqkit.teach.stable_runs`, where the experiment lives): ten epochs of the LayerNorm MLP-DEQ
 trained with the DEQ's defaults, without and with the Jacobian penalty (a sweep of γ), with spectral normalization,
 without LayerNorm, and with the phantom and one-step gradients, each measured on a probe batch after every epoch.
 Here, the *panels*: pure functions ``(runs or model, widget values) -> Panel`` the notebook wires to widgets.
@@ -22,23 +22,23 @@ from ..adjoint import Implicit, Phantom
 from ..errors import ConvergenceWarning
 from ..models import MNISTDEQ
 from ..solvers import solve
-from ..train.jacobian_reg import (
+from .stable_runs import (
     BASELINE,
     DATA,
     GAMMA_RUNS,
     GRADIENT_RUNS,
     RUN_NAMES,
     RUNS,
-    _by_name,
-    _parameter_gradient,
-    _series,
     cosine,
     load_runs,
+    parameter_gradient,
+    runs_by_name,
+    series,
     summary,
 )
 from .widgets import Panel, figure
 
-# the runs' names and readers, for the notebook: from deqkit.train.jacobian_reg, where the experiment lives
+# the runs' names and readers, for the notebook: from deqkit.teach.stable_runs, where the experiment lives
 __all__ = ["BASELINE", "DATA", "GAMMA_RUNS", "GRADIENT_RUNS", "RUNS", "RUN_NAMES", "check_picard_steps", "cosine",
            "curves_panel", "gradient_panel", "implicit_products", "load_runs", "phantom_gradients", "phantom_panel",
            "summary", "tradeoff_panel"]
@@ -60,7 +60,7 @@ def curves_panel(runs: dict[str, Any], name: str, *, others: Sequence[str] = GAM
     KeyError
         If ``name`` is not a run of ``runs``.
     """
-    by = _by_name(runs)
+    by = runs_by_name(runs)
     if name not in by:
         raise KeyError(f"no run named {name!r}; the runs are {list(by)}")
     fig, axes = figure(2, 2, width=3.9, height=2.7)
@@ -69,10 +69,10 @@ def curves_panel(runs: dict[str, Any], name: str, *, others: Sequence[str] = GAM
     for ax, (key, label, trained) in zip(axes.flat, panels):
         for other in others:
             if other not in (name, BASELINE) and other in by:
-                ax.plot(*_series(by[other], key, trained_only=trained), color="0.8", lw=1)
-        ax.plot(*_series(by[BASELINE], key, trained_only=trained), "k.-", lw=1.5, label=BASELINE)
+                ax.plot(*series(by[other], key, trained_only=trained), color="0.8", lw=1)
+        ax.plot(*series(by[BASELINE], key, trained_only=trained), "k.-", lw=1.5, label=BASELINE)
         if name != BASELINE:
-            ax.plot(*_series(by[name], key, trained_only=trained), "o-", color="tab:red", lw=2, label=name)
+            ax.plot(*series(by[name], key, trained_only=trained), "o-", color="tab:red", lw=2, label=name)
         ax.set(xlabel="epoch", title=label)
     axes[0, 0].legend(fontsize=7)
     s = summary(runs)[name]
@@ -124,7 +124,7 @@ def gradient_panel(runs: dict[str, Any], method: str) -> Panel:
     """The gradient methods side by side: median training time per epoch, the gradient's cosine similarity with the
     implicit one on the probe batch, and test accuracy over the epochs; ``method`` (a run name of
     :data:`GRADIENT_RUNS`) drawn bold."""
-    by = _by_name(runs)
+    by = runs_by_name(runs)
     if method not in GRADIENT_RUNS or method not in by:
         raise KeyError(f"no gradient run named {method!r}; choose from {[n for n in GRADIENT_RUNS if n in by]}")
     fig, (ax1, ax2, ax3) = figure(3, width=3.6, height=3.0)
@@ -137,8 +137,8 @@ def gradient_panel(runs: dict[str, Any], method: str) -> Panel:
     ax1.tick_params(axis="x", labelsize=7)
     for n, label in zip(names, short):
         style = {"lw": 2.2, "color": "tab:red"} if n == method else {"lw": 1, "color": "0.6"}
-        ax2.plot(*_series(by[n], "grad_cos"), "o-", label=label, **style)
-        ax3.plot(*_series(by[n], "test_acc", trained_only=True), "o-", label=label, **style)
+        ax2.plot(*series(by[n], "grad_cos"), "o-", label=label, **style)
+        ax3.plot(*series(by[n], "test_acc", trained_only=True), "o-", label=label, **style)
     ax2.set(xlabel="epoch", title="cosine with the implicit gradient")
     ax3.set(xlabel="epoch", title="test accuracy (%)")
     ax3.legend(fontsize=7)
@@ -163,11 +163,11 @@ def phantom_gradients(model: MNISTDEQ, images: torch.Tensor, labels: torch.Tenso
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             deq.backward = Implicit("gmres", abstol=0.0, reltol=1e-6, max_nfe=1000)
-            exact = _parameter_gradient(model, images, labels)
+            exact = parameter_gradient(model, images, labels)
             for k in steps:
                 deq.backward = Phantom(steps=k, damping=damping)
                 start = time.perf_counter()
-                grad = _parameter_gradient(model, images, labels)
+                grad = parameter_gradient(model, images, labels)
                 seconds.append(time.perf_counter() - start)
                 cosines.append(cosine(grad, exact))
     finally:
@@ -183,7 +183,7 @@ def implicit_products(model: MNISTDEQ, images: torch.Tensor, labels: torch.Tenso
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             deq.backward = own if isinstance(own, Implicit) else Implicit()
-            _parameter_gradient(model, images, labels)
+            parameter_gradient(model, images, labels)
             stats = None if deq.last_stats is None else deq.last_stats.backward
             assert stats is not None, "the implicit backward ran and reported its statistics"
             return int(stats.nfe)

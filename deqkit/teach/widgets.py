@@ -1,4 +1,4 @@
-"""Wiring widgets to pure plotting functions, and sweeping them in tests.
+"""Wiring widgets to pure plotting functions.
 
 A callback takes the widget values as keyword arguments and returns a :class:`Panel` (a matplotlib
 ``Figure`` built without pyplot, plus an HTML readout). :class:`LiveFigure` re-renders it into an
@@ -109,8 +109,8 @@ def subplots(fig: Figure, nrows: int = 1, ncols: int = 1, **kwargs: Any) -> Any:
     """``fig.subplots(nrows, ncols, **kwargs)``, with each title pinned at the top of its axes.
 
     Matplotlib otherwise measures every tick label of an axes on each draw, to lift the title above any that sit
-    on top; no panel here has labels there, and pinning the titles took notebook 02's phase panel from 260 to
-    198 ms per redraw (median of 10, docs/results.md section 9). The image is unchanged.
+    on top; no panel here has labels there, so pinning the titles saves that work on every redraw and leaves the
+    image unchanged (the timings: docs/results.md, section 9).
     """
     with matplotlib.rc_context({"axes.titley": 1.0}):
         return fig.subplots(nrows, ncols, squeeze=True, **kwargs)
@@ -120,12 +120,11 @@ def subplots(fig: Figure, nrows: int = 1, ncols: int = 1, **kwargs: Any) -> Any:
 def young_garbage() -> Iterator[None]:
     """Pause Python's automatic cyclic garbage collection inside the block, then collect only what it allocated.
 
-    A matplotlib figure is about 10⁴ objects held in reference cycles (figure, axes, artists). Left to the automatic
+    A matplotlib figure is many objects held in reference cycles (figure, axes, artists). Left to the automatic
     collector, a redraw's figure is promoted to the oldest generation while it is drawn, so it is freed only by
-    full collections, which traverse every object in the kernel (about 5·10⁵ with torch and IPython loaded): a
-    pause of 0.3–0.5 s on this project's 2-core machine, once every nine or so redraws of notebook 01 (measured:
-    docs/results.md, section 9). Collected while still young, one redraw's garbage costs 8–30 ms here. Collection
-    is left off if it was off before.
+    full collections, which traverse every object in the kernel (torch and IPython loaded): a pause every few
+    redraws. Collected while still young, one redraw's garbage is cheap to free (the timings: docs/results.md,
+    section 9). Collection is left off if it was off before.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -174,8 +173,7 @@ class PlainLogFormatter(Formatter):
     """A log axis's own labels (``$\\mathdefault{10^{-4}}$``) written as plain text: ``10⁻⁴``, ``2×10⁻³``.
 
     Matplotlib parses mathtext labels again for every new figure (its parse cache belongs to the renderer, and
-    each figure has its own): about 57 ms of a 438 ms redraw of notebook 02's phase panel under cProfile.
-    Labels of any other form are passed through unchanged.
+    each figure has its own), a sizeable part of a redraw. Labels of any other form are passed through unchanged.
 
     Parameters
     ----------
@@ -389,7 +387,7 @@ class LiveFigure(StaticFallback, widgets.VBox):
 
         While the callback runs, :attr:`status` says so and its :func:`progress` bars show in
         :attr:`progress_area`. When it raises, the image becomes the "no plot: <error>" figure, the error is
-        shown in the readout and kept in :attr:`last_error` (:func:`sweep` re-raises any that is not a solve
+        shown in the readout and kept in :attr:`last_error` (the tests' ``sweep`` re-raises any that is not a solve
         error). Every warning is shown too.
 
         Parameters
@@ -461,80 +459,3 @@ def _shown(value: Any) -> str:
     if isinstance(value, tuple):
         return "(" + ", ".join(_shown(v) for v in value) + ")"
     return str(value)
-
-
-def control_values(control: widgets.ValueWidget, points: int = 5) -> list[Any]:
-    """Return values spanning a control's range: every option of a dropdown, ends and interior points of a slider.
-
-    Parameters
-    ----------
-    control : ipywidgets.ValueWidget
-        A widget with ``options`` (each option alone, then all together for ``SelectMultiple``), a
-        ``Checkbox`` / ``ToggleButton`` (both states, the current one last), or a slider with ``min`` and
-        ``max`` (evenly spaced in the exponent for ``FloatLogSlider``; rounded and deduplicated for
-        ``IntSlider``).
-    points : int
-        Values per slider, ends included (≥ 2).
-
-    Returns
-    -------
-    list
-    """
-    if points < 2:
-        raise ValueError(f"points must be >= 2 (both ends of the range), got {points}")
-    if hasattr(control, "options"):
-        values = [opt[1] if isinstance(opt, tuple) else opt for opt in control.options]
-        if isinstance(control, widgets.SelectMultiple):  # each option alone, then all of them
-            return [(v,) for v in values] + [tuple(values)]
-        return values
-    if isinstance(control, widgets.Checkbox | widgets.ToggleButton):
-        return [not control.value, control.value]
-    lo, hi = control.min, control.max
-    if isinstance(control, widgets.FloatLogSlider):
-        exps = [control.min + (control.max - control.min) * i / (points - 1) for i in range(points)]
-        return [control.base ** e for e in exps]
-    if isinstance(control, widgets.IntSlider):
-        return sorted({round(lo + (hi - lo) * i / (points - 1)) for i in range(points)})
-    return [lo + (hi - lo) * i / (points - 1) for i in range(points)]
-
-
-def sweep(app: LiveFigure, points: int = 5, names: Iterable[str] | None = None) -> dict[str, int]:
-    """Move every control across its range (others at their initial values); return images seen per control.
-
-    Each control goes through :func:`control_values` and back to its starting value.
-
-    Parameters
-    ----------
-    app : LiveFigure
-    points : int
-        Values per slider (see :func:`control_values`).
-    names : iterable of str, optional
-        The controls to move; default all of them.
-
-    Returns
-    -------
-    dict of str to int
-        Number of distinct images seen while moving each control.
-
-    Raises
-    ------
-    AssertionError
-        When moving a control never changes the image.
-    Exception
-        Whatever the callback raises other than deqkit's convergence and divergence errors (those are a
-        result the learner should see; anything else is a bug).
-    """
-    seen: dict[str, int] = {}
-    for name in names or list(app.controls):
-        control = app.controls[name]
-        start = control.value
-        images = set()
-        for value in control_values(control, points):
-            control.value = value
-            if app.last_error is not None and not isinstance(app.last_error, SOLVE_ERRORS):
-                raise app.last_error
-            images.add(bytes(app.image.value))
-        control.value = start
-        seen[name] = len(images)
-        assert len(images) > 1, f"moving {name!r} across {control_values(control, points)} never changed the plot"
-    return seen

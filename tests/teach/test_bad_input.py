@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from deqkit.teach import adjoint, build, fixed_point, mnist, ode, regression, stable, welcome
+from deqkit.teach import build, digits, fixed_point, implicit, implicit_measures, ode, stable, welcome, y2x
 
 NAN = float("nan")
 
@@ -57,11 +57,11 @@ CASES = [
     ("stability_panel(a=inf)", lambda: ode.stability_panel(a=float("inf")), ValueError,
      "a must be a finite number, got inf"),
     # ---- notebook 03
-    ("regression.train(solver='x'): was a bare KeyError", lambda: regression.train(solver="x"), ValueError,
+    ("y2x.training_run(solver='x'): was a bare KeyError", lambda: y2x.training_run(solver="x"), ValueError,
      "unknown solver 'x'"),
-    ("regression training_panel(epochs=0): was an IndexError", lambda: regression.training_panel(epochs=0),
+    ("y2x training_panel(epochs=0): was an IndexError", lambda: y2x.training_panel(epochs=0),
      ValueError, "epochs must be an integer >= 1"),
-    ("regression training_panel(lr=-1)", lambda: regression.training_panel(lr=-1.0), ValueError,
+    ("y2x training_panel(lr=-1)", lambda: y2x.training_panel(lr=-1.0), ValueError,
      r"lr=-1.0 is outside"),
     # ---- notebook 03b
     ("ift_panel(x=nan): was z* = 1", lambda: build.ift_panel(x=NAN), ValueError, "x must be finite"),
@@ -69,37 +69,37 @@ CASES = [
      ValueError, r"theta=2.0: .*exactly one equilibrium only for \|θ\| < 1"),
     ("ift_slopes(0, 1): was a slope of 9e15", lambda: build.ift_slopes(0.0, 1.0), ValueError, r"\|θ\| < 1"),
     # ---- notebook 04
-    ("digit_panel(index=2.5): was 'slice indices must be integers'", lambda: _mnist(mnist.digit_panel, index=2.5),
+    ("digit_panel(index=2.5): was 'slice indices must be integers'", lambda: _mnist(digits.digit_panel, index=2.5),
      TypeError, "index must be an integer >= 0, got 2.5"),
-    ("gallery_panel(count=-1): was all digits but the last", lambda: _mnist(mnist.gallery_panel, count=-1),
+    ("gallery_panel(count=-1): was all digits but the last", lambda: _mnist(digits.gallery_panel, count=-1),
      ValueError, "count must be an integer >= 1, got -1"),
     ("logit_diagnostics('mlp' model): was \"'Linear' object is not iterable\"",
-     lambda: _mnist(mnist.logit_diagnostics, model="mlp"), TypeError,
+     lambda: _mnist(digits.logit_diagnostics, model="mlp"), TypeError,
      "needs a head that is a Sequential ending in Tanh or Linear; model 'mlp' has a Linear"),
-    ("tanh_logit_floor(classes=0): was a negative loss", lambda: mnist.tanh_logit_floor(classes=0), ValueError,
+    ("tanh_logit_floor(classes=0): was a negative loss", lambda: digits.tanh_logit_floor(classes=0), ValueError,
      "classes must be an integer >= 2"),
-    ("tanh_logit_floor(cap=nan): was nan", lambda: mnist.tanh_logit_floor(cap=NAN), ValueError,
+    ("tanh_logit_floor(cap=nan): was nan", lambda: digits.tanh_logit_floor(cap=NAN), ValueError,
      r"cap must be in \[0, inf\)"),
     # ---- notebook 05
-    ("accuracy_panel(tol=0): was 'math domain error'", lambda: adjoint.accuracy_panel(tol=0.0), ValueError,
+    ("accuracy_panel(tol=0): was 'math domain error'", lambda: implicit.accuracy_panel(tol=0.0), ValueError,
      r"tol=0.0 is outside \[1e-13, 0.1\]"),
-    ("accuracy_panel(norm=5): ran 12 minutes", lambda: adjoint.accuracy_panel(norm=5.0), ValueError,
+    ("accuracy_panel(norm=5): ran 12 minutes", lambda: implicit.accuracy_panel(norm=5.0), ValueError,
      r"norm=5.0 is outside \[0.05, 0.95\].*need a contraction"),
-    ("gradient_accuracy(tol=0): blamed both tolerances", lambda: adjoint.gradient_accuracy(0.0), ValueError,
+    ("gradient_accuracy(tol=0): blamed both tolerances", lambda: implicit_measures.gradient_accuracy(0.0), ValueError,
      r"tol=0.0 is outside"),
-    ("backward_panel(solver='bogus'): was a bare KeyError", lambda: adjoint.backward_panel(solver="bogus"),
+    ("backward_panel(solver='bogus'): was a bare KeyError", lambda: implicit.backward_panel(solver="bogus"),
      ValueError, "unknown solver 'bogus': choose one of"),
-    ("backward_panel(norm=-1)", lambda: adjoint.backward_panel(norm=-1.0), ValueError,
+    ("backward_panel(norm=-1)", lambda: implicit.backward_panel(norm=-1.0), ValueError,
      r"norm=-1.0 is outside \[0.05, 1.5\]"),
-    ("broyden_memory_panel(norm=5)", lambda: adjoint.broyden_memory_panel(norm=5.0), ValueError,
+    ("broyden_memory_panel(norm=5)", lambda: implicit.broyden_memory_panel(norm=5.0), ValueError,
      r"norm=5.0 is outside"),
     ("broyden_memory_panel(memories=()): was 'min() arg is an empty sequence'",
-     lambda: adjoint.broyden_memory_panel(memories=()), ValueError, "memories must hold at least one"),
-    ("cost_panel(mode='phantom'): was a bare KeyError", lambda: adjoint.cost_panel(mode="phantom"), ValueError,
+     lambda: implicit.broyden_memory_panel(memories=()), ValueError, "memories must hold at least one"),
+    ("cost_panel(mode='phantom'): was a bare KeyError", lambda: implicit.cost_panel(mode="phantom"), ValueError,
      "unknown mode 'phantom'"),
-    ("growth_exponent('bogus'): was a bare KeyError", lambda: adjoint.growth_exponent("bogus", (0.5, 0.8)),
+    ("growth_exponent('bogus'): was a bare KeyError", lambda: implicit_measures.growth_exponent("bogus", (0.5, 0.8)),
      ValueError, "unknown solver 'bogus'"),
-    ("rho_panel(norm=nan): was snapped silently", lambda: adjoint.rho_panel(norm=NAN), ValueError,
+    ("rho_panel(norm=nan): was snapped silently", lambda: implicit.rho_panel(norm=NAN), ValueError,
      "norm=nan is outside"),
 ]
 
@@ -121,6 +121,6 @@ def test_an_exercise_checker_given_no_function_says_so():
 
 def test_tanh_logit_floor_of_a_large_cap_is_near_zero():
     # was "OverflowError: math range error" (e^1000); the floor log(1 + (classes − 1) e^(−2 cap)) tends to 0
-    assert mnist.tanh_logit_floor(10, 1000.0) == 0.0
+    assert digits.tanh_logit_floor(10, 1000.0) == 0.0
     e = math.e  # at cap = 1 the original form −log(e / (e + 9/e)) is far from overflow
-    assert mnist.tanh_logit_floor(10, 1.0) == pytest.approx(-math.log(e / (e + 9 / e)), rel=1e-12)
+    assert digits.tanh_logit_floor(10, 1.0) == pytest.approx(-math.log(e / (e + 9 / e)), rel=1e-12)

@@ -7,11 +7,12 @@ import pytest
 
 import deqkit
 from deqkit.teach import stable
-from deqkit.teach.widgets import LiveFigure, Panel, sweep
+from deqkit.teach.widgets import LiveFigure, Panel
+from tests.teach.harness import sweep
 
 
 def fake_runs():
-    """A small document shaped like docs/data/jacobian_reg.json, with known numbers."""
+    """A small document shaped like deqkit/teach/results/jacobian_reg.json, with known numbers."""
     def run(name, nfe, acc, rho, cos=1.0, seconds=10.0, jac_reg=0.0):
         epochs = [{"epoch": 0, "probe_nfe": 50, "rho_mean": 0.8, "rho_max": 1.0, "frobenius": 0.5, "grad_cos": cos,
                    "probe_converged": 1.0}]

@@ -17,13 +17,12 @@ from deqkit.teach.widgets import (
     LiveFigure,
     Panel,
     attempt,
-    control_values,
     error_figure,
     figure,
     progress,
     render_png,
-    sweep,
 )
+from tests.teach.harness import control_values, sweep
 
 
 def _line_panel(slope: float) -> Panel:

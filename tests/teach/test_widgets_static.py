@@ -5,7 +5,7 @@ import base64
 import ipywidgets as widgets
 import pytest
 
-from deqkit.teach import regression
+from deqkit.teach import y2x
 from deqkit.teach.welcome import welcome_panel
 from deqkit.teach.widgets import LiveFigure, StaticFallback
 
@@ -42,8 +42,8 @@ def test_a_selection_is_named_by_its_label_not_its_value():
 def test_comparison_table_bundle_says_what_the_button_does():
     lr = widgets.FloatLogSlider(value=0.05, min=-3, max=-0.5)
     epochs = widgets.IntSlider(value=2, min=1, max=4)
-    solver = widgets.Dropdown(options=list(regression.SOLVERS), value="dynamic_ss")
-    table = regression.ComparisonTable(lr, epochs, solver)
+    solver = widgets.Dropdown(options=list(y2x.SOLVERS), value="dynamic_ss")
+    table = y2x.ComparisonTable(lr, epochs, solver)
     table.table.value = "<table><tr><td>row</td></tr></table>"
     bundle = table._repr_mimebundle_()
     assert WIDGET_VIEW in bundle

@@ -27,6 +27,7 @@ from ..solvers import DynamicSS, Solver, solve
 from ..solvers.core import check_int
 from ..train.callbacks import StepLog
 from . import fast_mode
+from .menus import solver_menu
 from .widgets import Panel, figure
 
 __all__ = ["SOLVERS", "WHICH", "DigitEffort", "StepLog", "check_cap", "class_panel", "digit_effort", "digit_panel",
@@ -35,8 +36,7 @@ __all__ = ["SOLVERS", "WHICH", "DigitEffort", "StepLog", "check_cap", "class_pan
 
 #: Forward solvers a learner can pick: the blog's ``DynamicSS(Tsit5())`` (``dynamic_ss(tsit5)``, no polish), then
 #: every registered solver with its defaults (``dynamic_ss`` is deqkit's, polished by Anderson).
-SOLVERS: dict[str, Solver] = {DynamicSS(polish=None).label: DynamicSS(polish=None)} | {
-    name: cls() for name, cls in REGISTRY.items()}
+SOLVERS: dict[str, Solver] = solver_menu(DynamicSS(polish=None), *REGISTRY)
 #: Gallery choices.
 WHICH = ("most effortful", "least effortful", "misclassified", "not converged")
 

@@ -1,4 +1,5 @@
-"""The Jacobian-penalty experiment (deqkit.train.jacobian_reg): the probe's measurements, regenerating runs."""
+"""The Jacobian-penalty experiment (deqkit.teach.stable_runs): the probe's measurements, regenerating runs, and
+the saved runs as package data an installed deqkit finds."""
 
 import os
 import pathlib
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 import deqkit
-from deqkit.train import jacobian_reg
+from deqkit.teach import stable_runs as jacobian_reg
 
 
 def test_frobenius_is_exact(small_mlp_deq):
@@ -52,3 +53,30 @@ def test_regenerate_trains_and_probes_every_epoch():
     assert len(lines) == 1 and lines[0].startswith("LayerNorm, γ = 1:")
     with pytest.raises(ValueError, match="unknown run"):
         jacobian_reg.regenerate(only=["γ = 42"])
+
+
+def test_an_installed_deqkit_finds_the_saved_runs(tmp_path):
+    """Build the wheel from a copy of the sources, unpack it away from the checkout, and read the runs from there."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    src, out, site = tmp_path / "src", tmp_path / "dist", tmp_path / "site"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(root / name, src / name)
+    shutil.copytree(root / "deqkit", src / "deqkit", ignore=shutil.ignore_patterns("__pycache__"))
+    build = "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))"
+    wheel = subprocess.run([sys.executable, "-c", build, str(out)], cwd=src, capture_output=True, text=True, check=True)
+    with zipfile.ZipFile(out / wheel.stdout.strip().splitlines()[-1]) as archive:
+        assert "deqkit/teach/results/jacobian_reg.json" in archive.namelist()
+        archive.extractall(site)
+    read = ("import deqkit, sys; from deqkit.teach.stable_runs import BASELINE, load_runs; "
+            "assert deqkit.__file__.startswith(sys.argv[1]), deqkit.__file__; "
+            "print(len(load_runs()['runs']), load_runs()['runs'][0]['name'] == BASELINE)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
+    found = subprocess.run([sys.executable, "-c", read, str(site)], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, check=True)
+    assert found.stdout.split() == [str(len(jacobian_reg.RUNS)), "True"]

@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 
 import deqkit
 from deqkit.models import seed_mnist_model
-from deqkit.teach.mnist import (
+from deqkit.teach.digits import (
     SOLVERS,
     WHICH,
     StepLog,
@@ -32,8 +32,9 @@ from deqkit.teach.mnist import (
     tanh_logit_floor,
     training_panel,
 )
-from deqkit.teach.widgets import LiveFigure, Panel, static, sweep
+from deqkit.teach.widgets import LiveFigure, Panel, static
 from deqkit.train import TrainConfig, train
+from tests.teach.harness import sweep
 
 
 @pytest.fixture(scope="module")

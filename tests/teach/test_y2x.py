@@ -9,29 +9,29 @@ import numpy as np
 import pytest
 
 import deqkit
-from deqkit.teach import regression
+from deqkit.teach import y2x
 
 
-@pytest.mark.parametrize("backward", regression.BACKWARD_MODES)
-@pytest.mark.parametrize("solver", regression.SOLVERS)
+@pytest.mark.parametrize("backward", y2x.BACKWARD_MODES)
+@pytest.mark.parametrize("solver", y2x.SOLVERS)
 def test_training_panel_every_mode_and_solver(backward, solver):
-    panel = regression.training_panel(0.05, 10, backward, solver)
-    r = regression.train(0.05, 10, backward, solver)
+    panel = y2x.training_panel(0.05, 10, backward, solver)
+    r = y2x.training_run(0.05, 10, backward, solver)
     assert not r.error and np.isfinite(r.losses).all() and np.isfinite(r.prediction) and r.forward_nfe > 0
     assert (r.backward_nfe > 0) == (backward == "implicit")
     assert "prediction at −5" in panel.text and len(panel.figure.axes) == 3
     # the backward's cost in words: never "0.0 products" for unrolled, which goes back through every forward step
     expected = {"implicit": "vector–Jacobian products", "unrolled": "backprop through all",
                 "one_step": "no solve"}[backward]
-    assert expected in panel.text and expected in regression.results_table([r])
+    assert expected in panel.text and expected in y2x.results_table([r])
     # a before each of the 100 steps, then after the last one
     assert len(r.a_history) == 10 * 10 + 1 and r.a_history[-1] == r.a
 
 
 def test_a_blow_up_is_plotted_not_raised():
     lr = 10 ** -0.5  # the widget's top learning rate
-    panel = regression.training_panel(lr, 10, "implicit", "dynamic_ss")
-    r = regression.train(lr, 10, "implicit", "dynamic_ss")
+    panel = y2x.training_panel(lr, 10, "implicit", "dynamic_ss")
+    r = y2x.training_run(lr, 10, "implicit", "dynamic_ss")
     # an Adam step throws a = W2·W1 past 1: dz/dt = (a − 1)z + ... has no stable equilibrium left
     assert "blowing up" in r.error and r.a_history[0] < 1 < r.a_history[-1]
     assert r.losses == () and np.isnan(r.prediction)
@@ -39,35 +39,35 @@ def test_a_blow_up_is_plotted_not_raised():
     a_axes = panel.figure.axes[1]
     assert any(np.allclose(line.get_ydata(), 1.0) for line in a_axes.get_lines())  # the a = 1 line is drawn
     with pytest.raises(deqkit.DivergenceError, match="no prediction"):
-        regression.prediction_panel(-5.0, lr, 10, "implicit", "dynamic_ss")
+        y2x.prediction_panel(-5.0, lr, 10, "implicit", "dynamic_ss")
 
 
 def test_training_panel_learning_rate_extremes():
-    panel = regression.training_panel(1e-3, 10, "implicit", "dynamic_ss")
-    assert np.isfinite(regression.train(1e-3, 10, "implicit", "dynamic_ss").losses).all() and panel.figure.axes
+    panel = y2x.training_panel(1e-3, 10, "implicit", "dynamic_ss")
+    assert np.isfinite(y2x.training_run(1e-3, 10, "implicit", "dynamic_ss").losses).all() and panel.figure.axes
 
 
 @pytest.mark.parametrize("x", [-10.0, -5.0, 12.0])
 def test_prediction_panel_matches_closed_form(x):
-    panel = regression.prediction_panel(x, 0.05, 20, "implicit", "dynamic_ss")
-    r = regression.train(0.05, 20, "implicit", "dynamic_ss")
+    panel = y2x.prediction_panel(x, 0.05, 20, "implicit", "dynamic_ss")
+    r = y2x.training_run(0.05, 20, "implicit", "dynamic_ss")
     closed = (r.a * x + r.b) / (1 - r.a)
     assert f"{closed:+.3f}"[:-1] in panel.figure.axes[0].get_title()
 
 
 def test_compare_backward_modes_keeps_every_repeat():
-    results = regression.compare_backward_modes(0.05, 1, "anderson", repeats=3)
-    assert [r.backward for r in results] == list(regression.BACKWARD_MODES)
+    results = y2x.compare_backward_modes(0.05, 1, "anderson", repeats=3)
+    assert [r.backward for r in results] == list(y2x.BACKWARD_MODES)
     for r in results:
         assert len(r.times) == 3 and r.seconds == sorted(r.times)[1] and min(r.times) > 0
-    html = regression.results_table(results)
+    html = y2x.results_table(results)
     assert "3 runs" in html and html.count("<tr>") == 1 + 3
     with pytest.raises(ValueError, match="repeats"):
-        regression.compare_backward_modes(0.05, 1, "anderson", repeats=0)
+        y2x.compare_backward_modes(0.05, 1, "anderson", repeats=0)
 
 
 def test_first_epoch_below():
-    r = regression.train(0.05, 10, "implicit", "anderson")
+    r = y2x.training_run(0.05, 10, "implicit", "anderson")
     k = r.first_epoch_below(r.losses[-1] * 1.0001)
     assert k is not None and r.losses[k - 1] < r.losses[-1] * 1.0001
     assert all(v >= r.losses[-1] * 1.0001 for v in r.losses[: k - 1])
@@ -77,10 +77,10 @@ def test_first_epoch_below():
 def test_comparison_table_button_adds_rows():
     lr = widgets.FloatLogSlider(value=0.05, min=-3, max=-0.5)
     epochs = widgets.IntSlider(value=10, min=10, max=20)
-    solver = widgets.Dropdown(options=list(regression.SOLVERS), value="anderson")
-    table = regression.ComparisonTable(lr, epochs, solver, repeats=1)
+    solver = widgets.Dropdown(options=list(y2x.SOLVERS), value="anderson")
+    table = y2x.ComparisonTable(lr, epochs, solver, repeats=1)
     table.button.click()
-    assert [r.backward for r in table.results] == list(regression.BACKWARD_MODES)
+    assert [r.backward for r in table.results] == list(y2x.BACKWARD_MODES)
     assert table.table.value.count("<tr>") == 1 + 3 and not table.button.disabled
 
 
@@ -93,7 +93,7 @@ def test_comparison_table_button_adds_rows():
     ("two", 0.0, "two numbers"),
 ])
 def test_exercise_check(w2, b2, message):
-    problem = regression.check_weights(w2, b2)
+    problem = y2x.check_weights(w2, b2)
     if message is None:
         assert problem is None
     else:
@@ -101,43 +101,43 @@ def test_exercise_check(w2, b2, message):
 
 
 def test_a_cached_run_shows_its_warnings_every_time(monkeypatch):
-    r = regression.train(0.05, 10, "implicit", "dynamic_ss")
+    r = y2x.training_run(0.05, 10, "implicit", "dynamic_ss")
     noisy = dataclasses.replace(r, warnings=((deqkit.ConvergenceWarning, "a solve missed its tolerance"),))
-    monkeypatch.setattr(regression, "train", lambda *args, **kwargs: noisy)
+    monkeypatch.setattr(y2x, "training_run", lambda *args, **kwargs: noisy)
     for _ in range(2):  # the first draw and a cached one alike
         with pytest.warns(deqkit.ConvergenceWarning, match="missed its tolerance"):
-            regression.training_panel(0.05, 10)
+            y2x.training_panel(0.05, 10)
 
 
 def test_training_records_the_warnings_it_raised(monkeypatch):
-    original = regression.fit_regression
+    original = y2x.fit_regression
 
     def fit_and_warn(*args, **kwargs):
         warnings.warn("probe", deqkit.ConvergenceWarning, stacklevel=1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(regression, "fit_regression", fit_and_warn)
-    r = regression._fit(0.05, 1, "implicit", "anderson", 0)
+    monkeypatch.setattr(y2x, "fit_regression", fit_and_warn)
+    r = y2x._fit(0.05, 1, "implicit", "anderson", 0)
     assert r.warnings == ((deqkit.ConvergenceWarning, "probe"),)
 
 
 def test_a_saved_comparison_reads_back_as_it_was(tmp_path):
-    runs = regression.compare_backward_modes(lr=0.05, epochs=1, solver="dynamic_ss", repeats=1)
-    regression.save_comparison(runs, tmp_path / "modes.json")
-    back = regression.load_comparison(tmp_path / "modes.json")
-    assert regression.results_table(back) == regression.results_table(runs)
+    runs = y2x.compare_backward_modes(lr=0.05, epochs=1, solver="dynamic_ss", repeats=1)
+    y2x.save_comparison(runs, tmp_path / "modes.json")
+    back = y2x.load_comparison(tmp_path / "modes.json")
+    assert y2x.results_table(back) == y2x.results_table(runs)
     assert [(r.losses, r.a_history, r.times) for r in back] == [(r.losses, r.a_history, r.times) for r in runs]
-    with pytest.raises(FileNotFoundError, match="python -m deqkit.teach.regression"):
-        regression.load_comparison(tmp_path / "missing.json")
+    with pytest.raises(FileNotFoundError, match="python -m deqkit.teach.y2x"):
+        y2x.load_comparison(tmp_path / "missing.json")
 
 
 def test_the_shipped_comparison_has_the_notebooks_settings():
     import json
 
-    saved = json.loads(regression.COMPARISON.read_text())
-    assert saved["settings"] == regression.COMPARISON_SETTINGS
-    runs = regression.load_comparison()
-    assert sorted(r.backward for r in runs) == sorted(regression.BACKWARD_MODES)
+    saved = json.loads(y2x.COMPARISON.read_text())
+    assert saved["settings"] == y2x.COMPARISON_SETTINGS
+    runs = y2x.load_comparison()
+    assert sorted(r.backward for r in runs) == sorted(y2x.BACKWARD_MODES)
     assert all(r.epochs == 100 and len(r.times) == 3 and r.solver == "dynamic_ss(tsit5)" for r in runs)
 
 
@@ -160,15 +160,15 @@ def _same_run(a, b):
     (0.3, "unrolled", "picard"),          # blows up later
 ])
 def test_the_first_epochs_of_a_longer_run_are_the_shorter_run(lr, backward, solver):
-    trace = regression._trace(lr, backward, solver, 0, epochs=6)
+    trace = y2x._trace(lr, backward, solver, 0, epochs=6)
     for epochs in (1, 3, 6):
-        _same_run(regression._result(trace, epochs), regression._fit(lr, epochs, backward, solver, 0))
+        _same_run(y2x._result(trace, epochs), y2x._fit(lr, epochs, backward, solver, 0))
 
 
 def test_a_saved_grid_reads_back_as_it_was(tmp_path):
-    traces = [regression._trace(lr, "implicit", "anderson", 0, epochs=3) for lr in (0.05, 10 ** -0.5)]
-    regression.save_grid(traces, tmp_path / "grid.json.gz")
-    back = list(regression._grid(tmp_path / "grid.json.gz").values())
+    traces = [y2x._trace(lr, "implicit", "anderson", 0, epochs=3) for lr in (0.05, 10 ** -0.5)]
+    y2x.save_grid(traces, tmp_path / "grid.json.gz")
+    back = list(y2x._grid(tmp_path / "grid.json.gz").values())
     means = ("losses", "forward_nfe", "backward_nfe", "seconds", "error_seconds")  # float64: kept to 9 digits
     for got, saved in zip(back, traces, strict=True):
         for f in dataclasses.fields(saved):  # everything else exactly: a and the weights are float32 values
@@ -176,61 +176,61 @@ def test_a_saved_grid_reads_back_as_it_was(tmp_path):
                 assert getattr(got, f.name) == getattr(saved, f.name), f.name
         values = lambda t: [*t.losses, *t.forward_nfe, *t.backward_nfe, *t.seconds, t.error_seconds]  # noqa: E731
         assert np.allclose(values(got), values(saved), rtol=1e-8, atol=0, equal_nan=True)
-    with pytest.warns(UserWarning, match="python -m deqkit.teach.regression --grid"):
-        assert regression._grid(tmp_path / "missing.json.gz") == {}
+    with pytest.warns(UserWarning, match="python -m deqkit.teach.y2x --grid"):
+        assert y2x._grid(tmp_path / "missing.json.gz") == {}
 
 
 def test_the_shipped_grid_is_every_setting_the_widget_offers_and_matches_fresh_training():
     import gzip
     import json
 
-    with gzip.open(regression.GRID, "rt") as src:
+    with gzip.open(y2x.GRID, "rt") as src:
         saved = json.load(src)
-    assert saved["settings"]["epochs"] == regression.GRID_EPOCHS and saved["settings"]["seed"] == 0
-    grid = regression._grid()
-    assert len(grid) == len(regression.GRID_LRS) * len(regression.BACKWARD_MODES) * len(regression.SOLVERS)
+    assert saved["settings"]["epochs"] == y2x.GRID_EPOCHS and saved["settings"]["seed"] == 0
+    grid = y2x._grid()
+    assert len(grid) == len(y2x.GRID_LRS) * len(y2x.BACKWARD_MODES) * len(y2x.SOLVERS)
     # the slider's values and its starting value, the blog's 0.05
-    assert {10 ** e for e in regression.GRID_EXPONENTS} | {0.05} == set(regression.GRID_LRS)
-    for lr in regression.GRID_LRS:
-        for backward in regression.BACKWARD_MODES:
-            for solver in regression.SOLVERS:
-                assert regression._in_grid(lr, backward, solver, 0) is not None, (lr, backward, solver)
+    assert {10 ** e for e in y2x.GRID_EXPONENTS} | {0.05} == set(y2x.GRID_LRS)
+    for lr in y2x.GRID_LRS:
+        for backward in y2x.BACKWARD_MODES:
+            for solver in y2x.SOLVERS:
+                assert y2x._in_grid(lr, backward, solver, 0) is not None, (lr, backward, solver)
     # the slider's values as a browser computes them may differ from 10 ** e in the last digit: still the grid's
     for e, backward, solver in [(-1.25, "implicit", "dynamic_ss"), (-0.5, "unrolled", "anderson"),
                                 (-2.0, "one_step", "dynamic_ss(tsit5)")]:
         lr = 10 ** e * (1 + 2e-16)
-        trace = regression._in_grid(lr, backward, solver, 0)
-        assert trace is not None and trace.covers(regression.GRID_EPOCHS)
+        trace = y2x._in_grid(lr, backward, solver, 0)
+        assert trace is not None and trace.covers(y2x.GRID_EPOCHS)
         # the saved runs are this code's: their first epochs equal a fresh training's
-        _same_run(regression._result(trace, 2), regression._fit(trace.lr, 2, backward, solver, 0))
+        _same_run(y2x._result(trace, 2), y2x._fit(trace.lr, 2, backward, solver, 0))
 
 
 def test_the_widget_reads_the_grid_instead_of_training(monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("trained a setting the grid holds")
 
-    monkeypatch.setattr(regression, "_trace", no_training)
-    monkeypatch.setattr(regression, "_RUNS", {})
-    r = regression.train(10 ** -1.25, 60, "unrolled", "broyden")
+    monkeypatch.setattr(y2x, "_trace", no_training)
+    monkeypatch.setattr(y2x, "_RUNS", {})
+    r = y2x.training_run(10 ** -1.25, 60, "unrolled", "broyden")
     assert r.epochs == 60 and len(r.losses) == 60 and len(r.a_history) == 601
-    panel = regression.training_panel(10 ** -1.25, 60, "unrolled", "broyden")
+    panel = y2x.training_panel(10 ** -1.25, 60, "unrolled", "broyden")
     assert "prediction at −5" in panel.text
 
 
 def test_a_setting_outside_the_grid_trains_once_and_answers_shorter_runs(monkeypatch):
     calls = []
-    original = regression._trace
+    original = y2x._trace
 
     def counted(*args, **kwargs):
         calls.append(kwargs["epochs"])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(regression, "_trace", counted)
-    monkeypatch.setattr(regression, "_RUNS", {})
-    monkeypatch.setattr(regression, "_TRACES", {})
-    regression.train(0.07, 4, "implicit", "anderson")
-    regression.train(0.07, 2, "implicit", "anderson")
-    regression.train(0.07, 5, "implicit", "anderson")
+    monkeypatch.setattr(y2x, "_trace", counted)
+    monkeypatch.setattr(y2x, "_RUNS", {})
+    monkeypatch.setattr(y2x, "_TRACES", {})
+    y2x.training_run(0.07, 4, "implicit", "anderson")
+    y2x.training_run(0.07, 2, "implicit", "anderson")
+    y2x.training_run(0.07, 5, "implicit", "anderson")
     assert calls == [4, 5]
 
 
@@ -243,4 +243,4 @@ def test_a_setting_outside_the_grid_trains_once_and_answers_shorter_runs(monkeyp
 ])
 def test_compare_backward_modes_refuses_bad_settings_by_name(kwargs, error, message):
     with pytest.raises(error, match=message):
-        regression.compare_backward_modes(**({"epochs": 1, "repeats": 1} | kwargs))
+        y2x.compare_backward_modes(**({"epochs": 1, "repeats": 1} | kwargs))

@@ -28,14 +28,14 @@ from ..solvers import SOLVERS as REGISTRY
 from ..solvers import DynamicSS, Solver
 from ..solvers.core import check_int
 from .limits import choice, within
+from .menus import solver_menu
 from .widgets import Panel, StaticFallback, figure
 
 #: The gradient methods compared (notebook 06 teaches the phantom gradient).
 BACKWARD_MODES = tuple(name for name in GRADIENTS if name != "phantom")
 #: Forward solvers: every registered one with its defaults, and the blog's pure ODE ``DynamicSS(Tsit5())``
 #: without deqkit's Anderson polish (``dynamic_ss(tsit5)``).
-SOLVERS: dict[str, Solver] = {name: cls() for name, cls in REGISTRY.items()} | {
-    DynamicSS(polish=None).label: DynamicSS(polish=None)}
+SOLVERS: dict[str, Solver] = solver_menu(*REGISTRY, DynamicSS(polish=None))
 
 
 @dataclass
@@ -126,12 +126,12 @@ class _Trace:
 
 
 _TRACES: dict[tuple, _Trace] = {}  # (lr, backward, solver, seed) -> the longest run trained or read so far
-_RUNS: dict[tuple, RunResult] = {}  # train()'s results, one object per setting
+_RUNS: dict[tuple, RunResult] = {}  # training_run()'s results, one object per setting
 
 
-def train(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solver: str = "dynamic_ss",
+def training_run(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solver: str = "dynamic_ss",
           seed: int = 0, *, progress: bool = False) -> RunResult:
-    """Train the blog's model with these settings (cached: the same settings are trained once).
+    """The blog's model trained with these settings: read from the saved grid, or trained here once (cached).
 
     Settings in notebook 03's saved grid (:data:`GRID`: every learning rate of its slider, every backward mode and
     solver, seed 0, up to the grid's number of epochs) are read from it instead of trained: since training is
@@ -295,7 +295,7 @@ def training_panel(lr: float = 0.05, epochs: int = 100, backward: str = "implici
     Parameters
     ----------
     lr, epochs, backward, solver
-        The training settings, as for :func:`train` (seed 0; cached).
+        The training settings, as for :func:`training_run` (seed 0; cached).
     progress : bool
         Show a ``tqdm`` bar while a new setting trains.
 
@@ -305,7 +305,7 @@ def training_panel(lr: float = 0.05, epochs: int = 100, backward: str = "implici
         The text gives the learned ``a`` and ``b``, the prediction at −5, the training time and the
         evaluations per step — or, when the training blew up, where ``a`` was and the solver's message.
     """
-    r = train(lr, epochs, backward, solver, progress=progress)
+    r = training_run(lr, epochs, backward, solver, progress=progress)
     r.warn()
     fig, (ax, ax_a, ax2) = figure(3, width=3.6)
     if r.losses:
@@ -345,7 +345,7 @@ def prediction_panel(x: float = -5.0, lr: float = 0.05, epochs: int = 100, backw
     x : float
         Where to predict; the training data cover 1 to 10.
     lr, epochs, backward, solver
-        The training settings, as for :func:`train` (seed 0; cached).
+        The training settings, as for :func:`training_run` (seed 0; cached).
 
     Returns
     -------
@@ -357,7 +357,7 @@ def prediction_panel(x: float = -5.0, lr: float = 0.05, epochs: int = 100, backw
     DivergenceError
         When the training with these settings blew up: there is no trained model to ask.
     """
-    r = train(lr, epochs, backward, solver)
+    r = training_run(lr, epochs, backward, solver)
     if r.error:
         raise DivergenceError(f"no prediction: training with learning rate {lr:g} blew up ({r.error})")
     assert r.model is not None, "train() keeps its model (only load_comparison's runs have none)"
@@ -426,7 +426,7 @@ def compare_backward_modes(lr: float = 0.05, epochs: int = 100, solver: str = "d
     Parameters
     ----------
     lr, epochs, solver
-        As for :func:`train` (seed 0).
+        As for :func:`training_run` (seed 0).
     modes : tuple of str
         Backward modes to train.
     repeats : int
@@ -442,7 +442,7 @@ def compare_backward_modes(lr: float = 0.05, epochs: int = 100, solver: str = "d
     Raises
     ------
     ValueError
-        If ``repeats`` < 1, or a setting is invalid (as for :func:`train`; ``modes`` must be backward modes).
+        If ``repeats`` < 1, or a setting is invalid (as for :func:`training_run`; ``modes`` must be backward modes).
     TypeError
         If ``epochs`` or ``repeats`` is not an integer.
     RuntimeError
@@ -518,7 +518,7 @@ class ComparisonTable(StaticFallback, widgets.VBox):
 
 #: The grid of notebook 03's training widget: every learning rate of its slider (``10 ** e`` for ``e`` from −3 to
 #: −0.5 in steps of 0.25) and its starting value, the blog's 0.05; every backward mode and forward solver; seed 0,
-#: :data:`GRID_EPOCHS` epochs. Written by ``python -m deqkit.teach.regression --grid`` so that each move of a control
+#: :data:`GRID_EPOCHS` epochs. Written by ``python -m deqkit.teach.y2x --grid`` so that each move of a control
 #: answers at once.
 GRID = pathlib.Path(__file__).resolve().parents[2] / "docs" / "data" / "regression_grid.json.gz"
 GRID_EXPONENTS = tuple(-3 + 0.25 * k for k in range(11))
@@ -566,7 +566,7 @@ def _grid(path: str | pathlib.Path | None = None) -> dict[tuple, _Trace]:
                 grid[(trace.lr, trace.backward, trace.solver, trace.seed)] = trace
     else:
         warnings.warn(f"{path} is missing, so every setting of notebook 03's training widget trains when chosen "
-                      "(seconds each); write it with `python -m deqkit.teach.regression --grid` (about 15 minutes)",
+                      "(seconds each); write it with `python -m deqkit.teach.y2x --grid` (about 15 minutes)",
                       UserWarning, stacklevel=3)
     if path == GRID:
         _GRID = grid
@@ -583,7 +583,7 @@ def _in_grid(lr: float, backward: str, solver: str, seed: int) -> _Trace | None:
 
 
 #: The comparison of notebook 03 (every backward mode, the blog's pure ODE, 100 epochs, three repeats), saved by
-#: ``python -m deqkit.teach.regression`` so that the notebook need not spend minutes retraining it.
+#: ``python -m deqkit.teach.y2x`` so that the notebook need not spend minutes retraining it.
 COMPARISON = pathlib.Path(__file__).resolve().parents[2] / "docs" / "data" / "regression_modes.json"
 class _ComparisonSettings(TypedDict):
     lr: float
@@ -615,7 +615,7 @@ def load_comparison(path: str | pathlib.Path = COMPARISON) -> list[RunResult]:
     """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: write it with `python -m deqkit.teach.regression` "
+        raise FileNotFoundError(f"{path} is missing: write it with `python -m deqkit.teach.y2x` "
                                 "(about 10 minutes on two cores), or run the comparison in the notebook yourself")
     known: dict[str, type[Warning]] = {"ConvergenceWarning": ConvergenceWarning}
     runs = []
@@ -674,12 +674,12 @@ def check_weights(w2: Any, b2: Any) -> str | None:
             "for every x only when a = 2/3 and b = 0.")
 
 
-if __name__ == "__main__":  # python -m deqkit.teach.regression [--grid]: regenerate notebook 03's saved runs
+if __name__ == "__main__":  # python -m deqkit.teach.y2x [--grid]: regenerate notebook 03's saved runs
     import argparse
 
     from tqdm import tqdm as _bar
 
-    parser = argparse.ArgumentParser(prog="python -m deqkit.teach.regression",
+    parser = argparse.ArgumentParser(prog="python -m deqkit.teach.y2x",
                                      description="Write notebook 03's saved runs: the backward-mode comparison, or "
                                                  "(--grid) the training widget's grid.")
     parser.add_argument("--grid", action="store_true", help=f"write {GRID.name} instead of {COMPARISON.name}")

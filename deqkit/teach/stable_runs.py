@@ -1,11 +1,13 @@
-"""The Jacobian-penalty experiment behind notebook 06 and ``python -m benchmarks jacobian_reg``.
+"""The Jacobian-penalty experiment behind notebook 06 (its panels: :mod:`deqkit.teach.stable`) and
+``python -m benchmarks jacobian_reg``.
 
 Ten epochs of the LayerNorm MLP-DEQ (:func:`deqkit.models.mlp_deq`) trained with the DEQ's defaults, without and with
 the Jacobian penalty (a sweep of γ), with spectral normalization, without LayerNorm, and with the phantom and
 one-step gradients; after every epoch a fixed *probe* batch of test images measures how hard the equilibrium has
 become: ρ(∂f/∂z) at z*, ‖∂f/∂z‖²_F / d, the evaluations Anderson needs to converge there without a budget, and how
-close the run's gradient is to the implicit one. :func:`regenerate` trains them and saves
-``docs/data/jacobian_reg.json``; :func:`load_runs` reads them back; :func:`summary` condenses the last epoch.
+close the run's gradient is to the implicit one. :func:`regenerate` trains them (the benchmark saves them as
+package data, :data:`DATA`, so that an installed deqkit finds them); :func:`load_runs` reads them back;
+:func:`summary` condenses the last epoch, :func:`runs_by_name` and :func:`series` pick runs and measurements.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import torch
@@ -31,15 +34,21 @@ from ..diagnostics import spectral_radius
 from ..errors import ConvergenceWarning
 from ..models import MNISTDEQ, mnist_model
 from ..solvers import solve
-from .config import TrainConfig
-from .loop import train
-from .metrics import MetricRow
+from ..train import TrainConfig, train
+from ..train.metrics import MetricRow
+
+try:
+    from importlib.resources.abc import Traversable
+except ImportError:  # Python 3.10
+    from importlib.abc import Traversable
 
 __all__ = ["BASELINE", "DATA", "GAMMA_RUNS", "GRADIENT_RUNS", "RUNS", "RUN_NAMES", "RunSpec", "cosine", "load_runs",
-           "probe", "regenerate", "summary", "train_run"]
+           "parameter_gradient", "probe", "regenerate", "runs_by_name", "series", "summary", "train_run"]
 
-#: Where ``python -m benchmarks jacobian_reg`` saves the runs (committed; read in fast mode).
-DATA = pathlib.Path(__file__).resolve().parents[2] / "docs" / "data" / "jacobian_reg.json"
+#: The saved runs, package data of :mod:`deqkit.teach` (``deqkit/teach/results/jacobian_reg.json`` in the
+#: repository, where ``python -m benchmarks jacobian_reg`` writes them): found in a checkout and in an installed
+#: deqkit alike. Notebook 06 reads them in both modes.
+DATA: Traversable = resources.files("deqkit.teach") / "results" / "jacobian_reg.json"
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,12 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.flatten(), b.flatten(), dim=0))
 
 
-def _parameter_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def parameter_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The gradient of the cross-entropy on ``(images, labels)`` with respect to every parameter of ``model``, flat.
+
+    One forward and backward pass with the model's own gradient method, in the mode it is in; the model's ``.grad``
+    fields are cleared before and after, so the call leaves no trace on it.
+    """
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(images), labels).backward()
     grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
@@ -142,9 +156,9 @@ def probe(model: MNISTDEQ, images: torch.Tensor, labels: torch.Tensor) -> dict[s
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            mine = _parameter_gradient(model, images, labels)
+            mine = parameter_gradient(model, images, labels)
             deq.backward = Implicit("gmres", abstol=0.0, reltol=1e-6, max_nfe=1000)
-            exact = _parameter_gradient(model, images, labels)
+            exact = parameter_gradient(model, images, labels)
     finally:
         deq.backward = own
         model.train(was_training)
@@ -239,7 +253,7 @@ def regenerate(*, epochs: int = 10, subset: int | None = None, only: Sequence[st
     return {"settings": settings, "environment": environment, "runs": runs}
 
 
-def load_runs(path: str | os.PathLike | None = None) -> dict[str, Any]:
+def load_runs(path: str | os.PathLike | Traversable | None = None) -> dict[str, Any]:
     """Read the saved runs (:data:`DATA` by default): the document :func:`regenerate` returns.
 
     Raises
@@ -247,18 +261,23 @@ def load_runs(path: str | os.PathLike | None = None) -> dict[str, Any]:
     FileNotFoundError
         If the file is missing, saying how to make it.
     """
-    path = pathlib.Path(path) if path is not None else DATA
+    path = DATA if path is None else path if isinstance(path, Traversable) else pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `python -m benchmarks jacobian_reg` from the repository root "
-                                "to train the runs and save them there")
-    return json.loads(path.read_text())
+                                "to train the runs and save them in deqkit/teach/results/jacobian_reg.json")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _by_name(runs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def runs_by_name(runs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The runs of a document of :func:`load_runs`, by name (in the document's order)."""
     return {r["name"]: r for r in runs["runs"]}
 
 
-def _series(run: dict[str, Any], key: str, *, trained_only: bool = False) -> tuple[list[int], list[float]]:
+def series(run: dict[str, Any], key: str, *, trained_only: bool = False) -> tuple[list[int], list[float]]:
+    """One measurement of a run over its epochs: ``(epochs, values)``, leaving out epochs that lack it.
+
+    ``trained_only`` leaves out epoch 0 (the probe before training), where the training metrics do not exist.
+    """
     rows = [r for r in run["epochs"] if key in r and r[key] is not None and (r["epoch"] > 0 or not trained_only)]
     return [r["epoch"] for r in rows], [r[key] for r in rows]
 
@@ -266,7 +285,7 @@ def _series(run: dict[str, Any], key: str, *, trained_only: bool = False) -> tup
 def summary(runs: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Each run's last epoch against the baseline's: ``nfe_ratio`` (forward evaluations per step),
     ``acc_drop`` (points of test accuracy below it), ``rho``, ``test_acc``, ``fwd_nfe``, ``seconds``."""
-    by = _by_name(runs)
+    by = runs_by_name(runs)
     base = by[BASELINE]["epochs"][-1]
     out = {}
     for name, run in by.items():
@@ -277,9 +296,4 @@ def summary(runs: dict[str, Any]) -> dict[str, dict[str, float]]:
                      "test_acc": last["test_acc"], "fwd_nfe": last["fwd_nfe_mean"], "seconds": last["seconds"],
                      "probe_nfe": last["probe_nfe"]}
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Panels
-
 
