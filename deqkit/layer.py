@@ -8,7 +8,7 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -343,7 +343,7 @@ class DEQ(nn.Module):
         with torch.enable_grad():
             for module in self.modules():
                 if parametrize.is_parametrized(module):
-                    for name in module.parametrizations:
+                    for name in cast(nn.ModuleDict, module.parametrizations):  # a ModuleDict, by name
                         getattr(module, name)
 
     def _forward(self, x: torch.Tensor, z0: InitialState | None, states: int | None) -> Any:

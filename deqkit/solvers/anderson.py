@@ -79,7 +79,7 @@ class Anderson(IterativeSolver):
         """Write the new column into the ring buffers; the last ``m`` columns ΔG and ΔZ + βΔG as ``(batch, k, dim)``
         tensors and their ``(batch, k, k)`` Gram matrix ΔGᵀΔG (the order of the columns does not matter: the
         least-squares step is the same for any order)."""
-        if h.ring is None:
+        if h.ring is None or h.gram is None:  # set together, on the first step
             batch, dim = dg.shape
             h.ring = (dg.new_empty(batch, self.m, dim), dm.new_empty(batch, self.m, dim))
             h.gram = dg.new_empty(batch, self.m, self.m)

@@ -136,7 +136,7 @@ def evaluate_moving(f: Map, z: torch.Tensor, fz: torch.Tensor | None, moving: to
         failure = f"failed ({err})"
     if part is not None and part.shape != (count, *fz.shape[1:]):
         failure = f"returned shape {tuple(part.shape)}, not {(count, *fz.shape[1:])}"
-    if failure:
+    if failure or part is None:  # part is None only when f failed
         raise ValueError(
             f"f evaluated on the {count} samples still moving (of {moving.numel()}) {failure}. The solvers evaluate "
             "f on those samples alone, which needs each sample's f(z, x) to depend on its own z and x only: a tensor "
@@ -478,10 +478,10 @@ def _blow_up_hint(step: int, dtype: torch.dtype, start: torch.Tensor | None = No
             "damping, solver='dynamic_ss', or constraining f (e.g. spectral normalisation).")
 
 
-def _diagnosis(drifting: torch.Tensor, scale: torch.Tensor, start_scale: torch.Tensor, residual: torch.Tensor,
-               tol: Tolerances) -> str:
+def _diagnosis(drifting: torch.Tensor, scale: torch.Tensor, start_scale: torch.Tensor | None,
+               residual: torch.Tensor, tol: Tolerances) -> str:
     """What to try, for the warning about samples that did not converge."""
-    if bool(drifting.any()):
+    if start_scale is not None and bool(drifting.any()):  # drifting is measured from start_scale
         i = int(drifting.nonzero()[0])
         return (f"{int(drifting.sum())} of them drift away: ‖f(z)‖∞ grew from {float(start_scale[i]):.3g} to "
                 f"{float(scale[i]):.3g} while the residual never fell, so f probably has no fixed point there (check "
@@ -533,7 +533,7 @@ class Configured:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "__init__" in cls.__dict__:
-            cls.__init__ = _settling(cls.__dict__["__init__"])
+            cls.__init__ = _settling(cls.__dict__["__init__"])  # type: ignore[method-assign]  # wraps it, on purpose
 
     @classmethod
     def settings(cls) -> list[inspect.Parameter]:

@@ -70,6 +70,11 @@ class StepSizeController(Configured):
         The step-size update ``h ← h · clip(safety · err^(−1/order), dfactor, ifactor)``.
     """
 
+    rtol: float | None  # these four are set by the loop in __init__
+    atol: float | None
+    first_step: float | None
+    max_step: float | None
+
     def __init__(self, rtol: float | None = None, atol: float | None = None, first_step: float | None = None,
                  max_step: float | None = None, safety: float = 0.9, ifactor: float = 10.0, dfactor: float = 0.2):
         for name, value in {"rtol": rtol, "atol": atol, "first_step": first_step, "max_step": max_step}.items():
@@ -299,13 +304,15 @@ class DynamicSS(Solver):
             # else on the leg it was on), or pushed off the unstable equilibrium it found
             unstable = torch.zeros_like(failed) if left is None else left[0]
             handover.restart(monitor.current, failed, unstable)
+            known: torch.Tensor | None = fz  # f(z), unless z moves off an unstable equilibrium
             if left is not None:
-                z, fz = torch.where(batch_view(unstable, z), left[1], z), None
+                z, known = torch.where(batch_view(unstable, z), left[1], z), None
             field.freeze(~monitor.converged)
-            steps = integrate(field, z, fz, monitor, steps, handover if handover.pending(~monitor.converged) else None,
-                              restart=True)
+            handing = handover if handover.pending(~monitor.converged) else None
+            steps = integrate(field, z, known, monitor, steps, handing, restart=True)
             if self._stop(monitor, steps, field.nfe):
                 return steps, field.nfe
+            assert field.last is not None, "the flow took a step (else the budget stopped the solve above)"
             (z, fz), moving = field.last, monitor.ready
 
     def _stop(self, monitor: Monitor, steps: int, nfe: int) -> bool:
@@ -322,6 +329,7 @@ class DynamicSS(Solver):
         where the flow goes on: at ``z``, or at the unstable equilibrium.
         """
         polisher, start, origin = self.polish, monitor.current.clone(), (z, fz - z)
+        assert polisher is not None, "run() polishes only with a polisher"
         state = polisher.init_state(z.flatten(1), fz.flatten(1))
         best, since = start.clone(), torch.zeros_like(start, dtype=torch.long)
         failed = torch.zeros_like(monitor.converged)
@@ -458,6 +466,7 @@ class DynamicSS(Solver):
 
     def _fixed(self, field: _VectorField, z0: torch.Tensor, fz0: torch.Tensor | None, monitor: Monitor, steps: int,
                handover: _Handover | None, *, restart: bool) -> int:
+        assert self.step_size is not None, "__init__ requires step_size for a fixed-step method"
         ode = FixedStepper(self.ode_method, field, z0, self.step_size)
         if not monitor.affords(field.nfe, ode.cost):
             if restart:

@@ -39,7 +39,8 @@ class Tsit5Solver(RKAdaptiveStepsizeODESolver):
     mid = tsit5.dense_weights(0.5)  # torchdiffeq fits its interpolant through the step's midpoint
 
 
-def registries(solvers: dict[str, object]) -> tuple[dict[str, type], dict[str, type]]:
+def registries(solvers: dict[str, object]) -> tuple[dict[str, type[RKAdaptiveStepsizeODESolver]],
+                                                    dict[str, type[FixedGridODESolver]]]:
     """Split torchdiffeq's solver table into the adaptive and the fixed-step methods deqkit can step.
 
     deqkit's Tsit5 is entered last, so that it wins over any ``tsit5`` that torchdiffeq ships.
@@ -53,7 +54,7 @@ def registries(solvers: dict[str, object]) -> tuple[dict[str, type], dict[str, t
 ADAPTIVE, FIXED = registries(_TORCHDIFFEQ_SOLVERS)
 
 
-def is_fsal(cls: type) -> bool:
+def is_fsal(cls: type[RKAdaptiveStepsizeODESolver]) -> bool:
     """True when the last stage is evaluated at the new state, so the step's last derivative is ``f(y1)``."""
     tab = cls.tableau
     return bool(tab.alpha[-1] == 1 and tab.c_sol[-1] == 0 and torch.equal(tab.beta[-1], tab.c_sol[:-1]))
