@@ -33,8 +33,10 @@ _mnist_problem: list[str] = []  # why MNIST could not be loaded, once checked
 
 
 def pytest_report_header(config):
-    return [f"deqkit: DEQKIT_FAST={os.environ['DEQKIT_FAST']}, "
-            f"DEQKIT_MNIST_DIR={os.environ.get('DEQKIT_MNIST_DIR') or '<unset: tests on the real files skip>'}"]
+    return [
+        f"deqkit: DEQKIT_FAST={os.environ['DEQKIT_FAST']}, "
+        f"DEQKIT_MNIST_DIR={os.environ.get('DEQKIT_MNIST_DIR') or '<unset: tests on the real files skip>'}"
+    ]
 
 
 def _needs_mnist(notebook: Path) -> bool:

@@ -53,8 +53,7 @@ PSD = "psd"  # the non-contractive case's "norm" label
 
 def environment(threads: int) -> str:
     """One line that goes with every table: versions, threads, load average."""
-    return (f"torch {torch.__version__}, {threads} torch thread(s), {os.cpu_count()} CPU cores, "
-            f"load average {load()}")
+    return f"torch {torch.__version__}, {threads} torch thread(s), {os.cpu_count()} CPU cores, load average {load()}"
 
 
 def load() -> str:
@@ -70,8 +69,9 @@ def torchdeq_available() -> bool:
     return True
 
 
-def tanh_case(d: int, norm: float | str, batch: int = 32, seed: int = 0,
-              dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def tanh_case(
+    d: int, norm: float | str, batch: int = 32, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W, x)`` of one case: ``W = norm·Q`` (Q orthogonal), or ``−1.5·P/‖P‖₂`` (P PSD) for ``norm='psd'``."""
     gen = torch.Generator().manual_seed(seed)
     if norm == PSD:
@@ -194,9 +194,11 @@ def _deqkit_run(method: str, f, x: torch.Tensor, reltol: float, max_steps: int):
     def go():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", deqkit.ConvergenceWarning)
-            z, stats = deqkit.solve(f, torch.zeros_like(x), solver=method, abstol=0.0, reltol=reltol,
-                                    max_steps=max_steps)
+            z, stats = deqkit.solve(
+                f, torch.zeros_like(x), solver=method, abstol=0.0, reltol=reltol, max_steps=max_steps
+            )
         return z, stats.all_converged and not caught
+
     return go
 
 
@@ -208,12 +210,22 @@ def _torchdeq_run(method: str, f, x: torch.Tensor, tol: float, max_iter: int):
     def go():
         z, _, info = solver(f, torch.zeros_like(x), max_iter=max_iter, tol=tol, stop_mode="rel")
         return z, bool((info["rel_lowest"] < tol).all()) if tol > 0 else True
+
     return go
 
 
-def run_case(d: int, norm: float | str, *, batch: int = 32, repeats: int = 15, reltol: float = RELTOL,
-             max_steps: int = 500, torchdeq_max_iter: int = 100, use_torchdeq: bool = True,
-             methods: Sequence[str] = DEQKIT_METHODS) -> list[Result]:
+def run_case(
+    d: int,
+    norm: float | str,
+    *,
+    batch: int = 32,
+    repeats: int = 15,
+    reltol: float = RELTOL,
+    max_steps: int = 500,
+    torchdeq_max_iter: int = 100,
+    use_torchdeq: bool = True,
+    methods: Sequence[str] = DEQKIT_METHODS,
+) -> list[Result]:
     """Every solver on one case: NFE, convergence, median wall time, final residuals (see the module doc)."""
     w, x = tanh_case(d, norm, batch)
 
@@ -241,6 +253,7 @@ def run_case(d: int, norm: float | str, *, batch: int = 32, repeats: int = 15, r
                     run()
                 except _Stop:
                     pass
+
             runs[f"TorchDEQ {m} @deqkit rule"] = matched
 
     with torch.no_grad():
@@ -288,21 +301,27 @@ def print_tables(all_results: list[list[Result]], threads: int) -> None:
     for results in all_results:
         base = baseline_of(results)
         for r in results:
-            print(f"| {r.case} | {r.solver} | {r.nfe} | {fmt_ratio(r.nfe / base.nfe)} | {r.seconds * 1e3:.2f} | "
-                  f"{fmt_ratio(r.seconds / base.seconds)} | {'yes' if r.converged else '**no**'} | "
-                  f"{r.rel_inf:.2e} / {r.rel_2:.2e} |")
+            print(
+                f"| {r.case} | {r.solver} | {r.nfe} | {fmt_ratio(r.nfe / base.nfe)} | {r.seconds * 1e3:.2f} | "
+                f"{fmt_ratio(r.seconds / base.seconds)} | {'yes' if r.converged else '**no**'} | "
+                f"{r.rel_inf:.2e} / {r.rel_2:.2e} |"
+            )
     for method in TORCHDEQ_METHODS:
         by_case = [{r.solver: r for r in rs} for rs in all_results]
         pairs = [(by.get(f"deqkit {method}"), by.get(f"TorchDEQ {method}")) for by in by_case]
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
         if not pairs:
             continue
-        print(f"\n**deqkit {method} vs TorchDEQ {method}** under each library's rule. NFE columns at a rule come "
-              "from traced calls: evaluations until every sample has met the rule (∞: deqkit's "
-              "‖f(z) − z‖∞ ≤ 1e-4·‖f(z)‖∞; 2: TorchDEQ's ‖f(z) − z‖₂ ≤ 1e-4·‖f(z)‖₂, per sample). 'its rule' times: "
-              "each stopping by its own test; 'at ∞ rule': TorchDEQ stopped by its map wrapper at deqkit's rule.\n")
-        print("| case | NFE deqkit / TorchDEQ (own stop) | NFE at ∞ rule: deqkit / TorchDEQ | ratio | NFE at 2 rule: "
-              "deqkit / TorchDEQ | ratio | ms deqkit / TorchDEQ (own stop) | ratio | TorchDEQ ms at ∞ rule | ratio |")
+        print(
+            f"\n**deqkit {method} vs TorchDEQ {method}** under each library's rule. NFE columns at a rule come "
+            "from traced calls: evaluations until every sample has met the rule (∞: deqkit's "
+            "‖f(z) − z‖∞ ≤ 1e-4·‖f(z)‖∞; 2: TorchDEQ's ‖f(z) − z‖₂ ≤ 1e-4·‖f(z)‖₂, per sample). 'its rule' times: "
+            "each stopping by its own test; 'at ∞ rule': TorchDEQ stopped by its map wrapper at deqkit's rule.\n"
+        )
+        print(
+            "| case | NFE deqkit / TorchDEQ (own stop) | NFE at ∞ rule: deqkit / TorchDEQ | ratio | NFE at 2 rule: "
+            "deqkit / TorchDEQ | ratio | ms deqkit / TorchDEQ (own stop) | ratio | TorchDEQ ms at ∞ rule | ratio |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 
         def n(v):
@@ -315,22 +334,28 @@ def print_tables(all_results: list[list[Result]], threads: int) -> None:
             a_inf, t_inf = ours.nfe_at_deqkit_rule, theirs.nfe_at_deqkit_rule
             a_2, t_2 = ours.extra.get("nfe_at_torchdeq_rule"), theirs.extra.get("nfe_at_torchdeq_rule")
             t_rule = theirs.seconds_at_deqkit_rule
-            print(f"| {ours.case} | {ours.nfe} / {theirs.nfe} | {n(a_inf)} / {n(t_inf)} | "
-                  f"{fmt_ratio(div(a_inf, t_inf))} "
-                  f"| {n(a_2)} / {n(t_2)} | {fmt_ratio(div(a_2, t_2))} | {ours.seconds * 1e3:.2f} / "
-                  f"{theirs.seconds * 1e3:.2f} | {fmt_ratio(ours.seconds / theirs.seconds)} | "
-                  f"{'—' if t_rule is None else f'{t_rule * 1e3:.2f}'} | {fmt_ratio(div(ours.seconds, t_rule))} |")
-    print("\n**The ODE route against Anderson** (deqkit dynamic_ss: Tsit5 until each sample's residual halved, then "
-          "Anderson polishing)\n")
+            print(
+                f"| {ours.case} | {ours.nfe} / {theirs.nfe} | {n(a_inf)} / {n(t_inf)} | "
+                f"{fmt_ratio(div(a_inf, t_inf))} "
+                f"| {n(a_2)} / {n(t_2)} | {fmt_ratio(div(a_2, t_2))} | {ours.seconds * 1e3:.2f} / "
+                f"{theirs.seconds * 1e3:.2f} | {fmt_ratio(ours.seconds / theirs.seconds)} | "
+                f"{'—' if t_rule is None else f'{t_rule * 1e3:.2f}'} | {fmt_ratio(div(ours.seconds, t_rule))} |"
+            )
+    print(
+        "\n**The ODE route against Anderson** (deqkit dynamic_ss: Tsit5 until each sample's residual halved, then "
+        "Anderson polishing)\n"
+    )
     print("| case | dynamic_ss NFE | anderson NFE | NFE ratio | picard converged | dynamic_ss converged |")
     print("|---|---:|---:|---:|:-:|:-:|")
     for results in all_results:
         by = {r.solver: r for r in results}
         ode, aa, pic = by.get("deqkit dynamic_ss"), by.get("deqkit anderson"), by.get("deqkit picard")
         if ode and aa:
-            print(f"| {ode.case} | {ode.nfe} | {aa.nfe} | {fmt_ratio(ode.nfe / aa.nfe)} | "
-                  f"{'—' if pic is None else ('yes' if pic.converged else '**no**')} | "
-                  f"{'yes' if ode.converged else '**no**'} |")
+            print(
+                f"| {ode.case} | {ode.nfe} | {aa.nfe} | {fmt_ratio(ode.nfe / aa.nfe)} | "
+                f"{'—' if pic is None else ('yes' if pic.converged else '**no**')} | "
+                f"{'yes' if ode.converged else '**no**'} |"
+            )
 
 
 def plot(all_results: list[list[Result]], path: str | None) -> str | None:
@@ -356,15 +381,20 @@ def plot(all_results: list[list[Result]], path: str | None) -> str | None:
     for ax, what in zip(axes, ("NFE", "median wall time")):
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xticks(range(len(cases)), [short(c) for c in cases], fontsize=8)
-        ax.set(xlabel="d / ‖W‖₂ (PSD: W = −1.5·PSD)", ylabel=f"{what} / {base}", yscale="log",
-               title=f"{what} to relative residual {RELTOL:g}")
+        ax.set(
+            xlabel="d / ‖W‖₂ (PSD: W = −1.5·PSD)",
+            ylabel=f"{what} / {base}",
+            yscale="log",
+            title=f"{what} to relative residual {RELTOL:g}",
+        )
     axes[0].legend(fontsize=7)
     return save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> list[list[Result]]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks forward", description=__doc__.splitlines()[0],
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks forward", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     parser.add_argument("--dims", type=int, nargs="+", default=[64, 256, 512])
     parser.add_argument("--norms", type=float, nargs="+", default=[0.5, 0.9, 0.99])
     parser.add_argument("--no-psd", action="store_true", help="skip the non-contractive W = −1.5·PSD cases")
@@ -378,8 +408,11 @@ def main(argv: list[str] | None = None) -> list[list[Result]]:
     if not args.no_torchdeq and not torchdeq_available():
         print("TorchDEQ is not installed (pip install torchdeq==0.1.0): deqkit solvers only.")
     norms: list[float | str] = list(args.norms) + ([] if args.no_psd else [PSD])
-    all_results = [run_case(d, n, batch=args.batch, repeats=args.repeats, use_torchdeq=not args.no_torchdeq)
-                   for d in args.dims for n in norms]
+    all_results = [
+        run_case(d, n, batch=args.batch, repeats=args.repeats, use_torchdeq=not args.no_torchdeq)
+        for d in args.dims
+        for n in norms
+    ]
     print_tables(all_results, args.threads)
     saved = plot(all_results, args.plot)
     if saved:

@@ -66,8 +66,10 @@ def compare(name: str, model: nn.Module, x: torch.Tensor, device: torch.device) 
     bound = 1e-8 if x.dtype == torch.float64 else 1e-3
     ok = out_err < bound and grad_err < bound and all(converged)
     t_cpu, t_dev = times
-    row = (f"| {name} | {str(x.dtype)[6:]} | {out_err:.1e} | {grad_err:.1e} | "
-           f"{'yes' if all(converged) else '**no**'} | {t_cpu:.4f} | {t_dev:.4f} | {t_cpu / t_dev:.1f}x |")
+    row = (
+        f"| {name} | {str(x.dtype)[6:]} | {out_err:.1e} | {grad_err:.1e} | "
+        f"{'yes' if all(converged) else '**no**'} | {t_cpu:.4f} | {t_dev:.4f} | {t_cpu / t_dev:.1f}x |"
+    )
     return ok, row
 
 
@@ -85,15 +87,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name} | torch {torch.__version__}\n")
-    print("| model | dtype | output rel. diff | gradient rel. diff | converged | CPU s/step | device s/step | "
-          "speed-up |")
+    print(
+        "| model | dtype | output rel. diff | gradient rel. diff | converged | CPU s/step | device s/step | speed-up |"
+    )
     print("|---|---|---:|---:|:-:|---:|---:|---:|")
     ok = True
     torch.manual_seed(0)
     block, x = tanh_problem(args.d, 0.9, batch=args.batch, kind="gaussian", bias_scale=0.0, dtype=torch.float64)
     # sync_every=8: the host reads the monitor every 8 steps (the GPU path); its rows time what that saves
-    solvers = ["dynamic_ss", "anderson", deqkit.Anderson(sync_every=8), "broyden", "picard",
-               deqkit.Picard(sync_every=8)]
+    solvers = [
+        "dynamic_ss",
+        "anderson",
+        deqkit.Anderson(sync_every=8),
+        "broyden",
+        "picard",
+        deqkit.Picard(sync_every=8),
+    ]
     for solver in solvers:
         for dtype in (torch.float64, torch.float32):
             tol = 1e-10 if dtype == torch.float64 else 1e-5

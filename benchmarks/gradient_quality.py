@@ -50,8 +50,17 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "deqkit broyden": {"solver": "broyden"},
 }
 TORCHDEQ = "TorchDEQ anderson + IFT"
-TORCHDEQ_CONFIG = {"f_solver": "anderson", "f_max_iter": BUDGET, "f_tol": 1e-5, "f_stop_mode": "rel",
-                   "b_solver": "anderson", "b_max_iter": BUDGET, "b_tol": 1e-5, "b_stop_mode": "rel", "ift": True}
+TORCHDEQ_CONFIG = {
+    "f_solver": "anderson",
+    "f_max_iter": BUDGET,
+    "f_tol": 1e-5,
+    "f_stop_mode": "rel",
+    "b_solver": "anderson",
+    "b_max_iter": BUDGET,
+    "b_tol": 1e-5,
+    "b_stop_mode": "rel",
+    "ift": True,
+}
 DATA = Path(__file__).resolve().parents[1] / "docs" / "data" / "gradient_quality.json"
 
 
@@ -74,8 +83,15 @@ def layer(config: str, block: nn.Module) -> nn.Module:
     if config == TORCHDEQ:
         return TorchDEQLayer(block)
     if config == "reference":
-        return deqkit.DEQ(block, solver=deqkit.Anderson(), abstol=1e-12, reltol=0, max_steps=5000, max_nfe=None,
-                          backward=deqkit.Implicit(abstol=1e-13, reltol=0, max_steps=5000))
+        return deqkit.DEQ(
+            block,
+            solver=deqkit.Anderson(),
+            abstol=1e-12,
+            reltol=0,
+            max_steps=5000,
+            max_nfe=None,
+            backward=deqkit.Implicit(abstol=1e-13, reltol=0, max_steps=5000),
+        )
     return deqkit.DEQ(block, max_nfe=BUDGET, **CONFIGS[config])
 
 
@@ -87,8 +103,9 @@ def configs() -> list[str]:
     return [c for c in every if SELECTED is None or c in SELECTED]
 
 
-def output_and_gradient(model: nn.Module, params: list[nn.Parameter], inputs: torch.Tensor,
-                        loss: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def output_and_gradient(
+    model: nn.Module, params: list[nn.Parameter], inputs: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's output and the gradient of ``loss(output)`` to ``params``, in training mode."""
     model.train()
     for p in params:
@@ -101,8 +118,10 @@ def output_and_gradient(model: nn.Module, params: list[nn.Parameter], inputs: to
 
 
 def score(out: torch.Tensor, grad: torch.Tensor, ref_out: torch.Tensor, ref_grad: torch.Tensor) -> dict[str, float]:
-    return {"error": float((out - ref_out).norm() / ref_out.norm()),
-            "cosine": float(F.cosine_similarity(grad, ref_grad, dim=0))}
+    return {
+        "error": float((out - ref_out).norm() / ref_out.norm()),
+        "cosine": float(F.cosine_similarity(grad, ref_grad, dim=0)),
+    }
 
 
 def weighted_sum(out: torch.Tensor) -> torch.Tensor:
@@ -114,8 +133,10 @@ def measure_block(block: nn.Module, x: torch.Tensor) -> dict[str, dict[str, floa
     block, x = copy.deepcopy(block).double(), x.double()
     params = list(block.parameters())
     ref_out, ref_grad = output_and_gradient(layer("reference", block), params, x, weighted_sum)
-    return {name: score(*output_and_gradient(layer(name, block), params, x, weighted_sum), ref_out, ref_grad)
-            for name in configs()}
+    return {
+        name: score(*output_and_gradient(layer(name, block), params, x, weighted_sum), ref_out, ref_grad)
+        for name in configs()
+    }
 
 
 def train_block(block: nn.Module, x: torch.Tensor, steps: int, seed: int) -> nn.Module:
@@ -153,9 +174,15 @@ class MDEQClassifier(nn.Module):
     def __init__(self, channels: int = 16):
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(1, channels, 3, padding=1, bias=False), nn.GroupNorm(4, channels), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.GroupNorm(4, channels), nn.ReLU(),
-            nn.MaxPool2d(2))
+            nn.Conv2d(1, channels, 3, padding=1, bias=False),
+            nn.GroupNorm(4, channels),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.GroupNorm(4, channels),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
         self.block = MDEQFamily(channels, 2 * channels, 8)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels * 49, 10))
         self.deq: nn.Module = nn.Identity()
@@ -187,14 +214,17 @@ def mnist_part(epochs: int, subset: int | None, seed: int) -> list[dict[str, Any
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", deqkit.ConvergenceWarning)
                 for i in range(0, len(order), 128):
-                    idx = order[i:i + 128]
+                    idx = order[i : i + 128]
                     opt.zero_grad()
                     loss = F.cross_entropy(model(images[idx]), labels[idx])
                     loss.backward()
                     opt.step()
                     losses.append(loss.item())
-            print(f"  {config}: epoch {epoch + 1}, loss {sum(losses) / len(losses):.4f}, "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"  {config}: epoch {epoch + 1}, loss {sum(losses) / len(losses):.4f}, "
+                f"{time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
         trained = MDEQClassifier()
         trained.load_state_dict(model.state_dict(), strict=False)  # the trained weights, without the layer's caches
         trained.double()
@@ -206,8 +236,15 @@ def mnist_part(epochs: int, subset: int | None, seed: int) -> list[dict[str, Any
         x = images[probe].double()
         ref = output_and_gradient(trained.use("reference"), params, x, ce)
         got = output_and_gradient(trained.use(config), params, x, ce)
-        rows.append({"config": config, "epochs": epochs, "train_loss": sum(losses) / len(losses),
-                     "seconds": time.perf_counter() - start, **score(*got, *ref)})
+        rows.append(
+            {
+                "config": config,
+                "epochs": epochs,
+                "train_loss": sum(losses) / len(losses),
+                "seconds": time.perf_counter() - start,
+                **score(*got, *ref),
+            }
+        )
     return rows
 
 
@@ -219,12 +256,16 @@ def print_blocks(rows: list[dict[str, Any]]) -> None:
 
 
 def print_mnist(rows: list[dict[str, Any]]) -> None:
-    print("\n| configuration | epochs | last-epoch training loss | gradient cosine (128 digits) | output error | "
-          "seconds |")
+    print(
+        "\n| configuration | epochs | last-epoch training loss | gradient cosine (128 digits) | output error | "
+        "seconds |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['config']} | {r['epochs']} | {r['train_loss']:.4f} | {r['cosine']:.4f} | {r['error']:.2e} | "
-              f"{r['seconds']:.0f} |")
+        print(
+            f"| {r['config']} | {r['epochs']} | {r['train_loss']:.4f} | {r['cosine']:.4f} | {r['error']:.2e} | "
+            f"{r['seconds']:.0f} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -236,8 +277,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--subset", type=int, default=None, help="train on this many MNIST digits (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--configs", nargs="+", choices=[*CONFIGS, TORCHDEQ], default=None,
-                        help="measure only these configurations (default: all)")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        choices=[*CONFIGS, TORCHDEQ],
+        default=None,
+        help="measure only these configurations (default: all)",
+    )
     parser.add_argument("--save", action="store_true", help=f"write the results to {DATA.relative_to(DATA.parents[2])}")
     args = parser.parse_args(argv)
     if args.train_steps < 1 or args.epochs < 1:
@@ -245,8 +291,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     global SELECTED
     SELECTED = args.configs
-    print(f"gradient_quality: torch {torch.__version__}, {args.threads} thread(s), budget {BUDGET}; configurations: "
-          f"{', '.join(configs())}", flush=True)
+    print(
+        f"gradient_quality: torch {torch.__version__}, {args.threads} thread(s), budget {BUDGET}; configurations: "
+        f"{', '.join(configs())}",
+        flush=True,
+    )
     result: dict[str, Any] = {"blocks": blocks_part(args.families, args.train_steps)}
     print_blocks(result["blocks"])
     if args.mnist:

@@ -46,14 +46,29 @@ def runs(batch8_epochs: int) -> list[Run]:
     seed = TrainConfig(model="seed", epochs=10, batch_size=128, lr=3e-4)
     return [
         Run("seed", seed, "the blog's network and solver exactly (tanh logits)"),
-        Run("seed-b8", TrainConfig(model="seed", epochs=batch8_epochs, batch_size=8, lr=3e-4),
-            "the same, with the blog's batch size 8", ["--batch-size", "8", "--epochs", str(batch8_epochs)]),
-        Run("seed-linear", TrainConfig(model="seed-linear", epochs=10, batch_size=128, lr=3e-4),
-            "the blog's network with linear logits (the fix)"),
-        Run("wide", TrainConfig(model="wide", epochs=10, batch_size=128, lr=1e-3, schedule="cosine"),
-            "128-wide MLP-DEQ (Pal et al.'s MNIST-Dense protocol)", ["--lr", "1e-3", "--schedule", "cosine"]),
-        Run("conv", TrainConfig(model="conv", epochs=5, batch_size=128, lr=1e-3, schedule="cosine"),
-            "convolutional DEQ (residual block, GroupNorm, 7x7)", ["--lr", "1e-3", "--schedule", "cosine"]),
+        Run(
+            "seed-b8",
+            TrainConfig(model="seed", epochs=batch8_epochs, batch_size=8, lr=3e-4),
+            "the same, with the blog's batch size 8",
+            ["--batch-size", "8", "--epochs", str(batch8_epochs)],
+        ),
+        Run(
+            "seed-linear",
+            TrainConfig(model="seed-linear", epochs=10, batch_size=128, lr=3e-4),
+            "the blog's network with linear logits (the fix)",
+        ),
+        Run(
+            "wide",
+            TrainConfig(model="wide", epochs=10, batch_size=128, lr=1e-3, schedule="cosine"),
+            "128-wide MLP-DEQ (Pal et al.'s MNIST-Dense protocol)",
+            ["--lr", "1e-3", "--schedule", "cosine"],
+        ),
+        Run(
+            "conv",
+            TrainConfig(model="conv", epochs=5, batch_size=128, lr=1e-3, schedule="cosine"),
+            "convolutional DEQ (residual block, GroupNorm, 7x7)",
+            ["--lr", "1e-3", "--schedule", "cosine"],
+        ),
     ]
 
 
@@ -71,17 +86,21 @@ def row(run: Run, history: list[dict[str, Any]], threads: int) -> str:
     loads = [h["loadavg"] for h in history]
     best = max(history, key=lambda h: h["test_acc"])
     unconverged = sum(h["fwd_unconverged"] + h["bwd_unconverged"] for h in history)
-    return (f"| `{run.name}` | {run.note} | {run.config.batch_size} | {last['epoch']} | **{last['test_acc']:.2f}** "
-            f"| {best['test_acc']:.2f} (ep. {best['epoch']}) | {statistics.mean(secs):.1f} ({min(secs):.1f}–"
-            f"{max(secs):.1f}) | {last['fwd_nfe_mean']:.1f} / {last['fwd_nfe_max']:.0f} | {last['bwd_nfe_mean']:.1f} "
-            f"| {last['test_nfe_mean']:.1f} | {unconverged} | {min(loads):.1f}–{max(loads):.1f} |")
+    return (
+        f"| `{run.name}` | {run.note} | {run.config.batch_size} | {last['epoch']} | **{last['test_acc']:.2f}** "
+        f"| {best['test_acc']:.2f} (ep. {best['epoch']}) | {statistics.mean(secs):.1f} ({min(secs):.1f}–"
+        f"{max(secs):.1f}) | {last['fwd_nfe_mean']:.1f} / {last['fwd_nfe_max']:.0f} | {last['bwd_nfe_mean']:.1f} "
+        f"| {last['test_nfe_mean']:.1f} | {unconverged} | {min(loads):.1f}–{max(loads):.1f} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks mnist", description=__doc__.splitlines()[0],
-                                     allow_abbrev=False)
-    parser.add_argument("--only", default=None, help="comma-separated runs (default: all): "
-                        + ", ".join(r.name for r in runs(1)))
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks mnist", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
+    parser.add_argument(
+        "--only", default=None, help="comma-separated runs (default: all): " + ", ".join(r.name for r in runs(1))
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--batch8-epochs", type=int, default=1, help="epochs of the batch-8 run (default: 1)")
     parser.add_argument("--out", default="runs/bench", help="folder of the runs and mnist.md")
@@ -105,10 +124,20 @@ def main(argv: list[str] | None = None) -> int:
         folder = out / run.name
         resume = args.resume and (folder / "checkpoint.pt").exists()
         start = time.perf_counter()
-        result = train_mnist(run.config, train_set=train_set, test_set=test_set, out=folder, resume=resume,
-                             overwrite=not resume, device="cpu", progress=not args.no_progress)
-        print(f"[{run.name}] {time.perf_counter() - start:.0f} s wall, test accuracy {result.final['test_acc']:.2f}%",
-              file=sys.stderr)
+        result = train_mnist(
+            run.config,
+            train_set=train_set,
+            test_set=test_set,
+            out=folder,
+            resume=resume,
+            overwrite=not resume,
+            device="cpu",
+            progress=not args.no_progress,
+        )
+        print(
+            f"[{run.name}] {time.perf_counter() - start:.0f} s wall, test accuracy {result.final['test_acc']:.2f}%",
+            file=sys.stderr,
+        )
         rows.append(row(run, result.history, args.threads))
 
     header = [

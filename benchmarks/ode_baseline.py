@@ -69,11 +69,13 @@ def naive(f, x: torch.Tensor, T: float, tol: float) -> Callable[[], torch.Tensor
 
     def go() -> torch.Tensor:
         return odeint(lambda t, z: f(z) - z, torch.zeros_like(x), span, method="dopri5", rtol=tol, atol=tol)[-1]
+
     return go
 
 
-def oracle_T(f, x: torch.Tensor, tol: float, reltol: float, lo: float = 0.2, hi: float = 200.0,
-             points: int = 400) -> float | None:
+def oracle_T(
+    f, x: torch.Tensor, tol: float, reltol: float, lo: float = 0.2, hi: float = 200.0, points: int = 400
+) -> float | None:
     """Smallest T on a geometric grid of ``points`` values in [lo, hi] whose naive final state meets the rule.
 
     One integration with every grid time as an output time: torchdiffeq's adaptive solvers choose their steps
@@ -81,8 +83,9 @@ def oracle_T(f, x: torch.Tensor, tol: float, reltol: float, lo: float = 0.2, hi:
     (Near the steady state the residual fluctuates at the ODE tolerance, so "meets the rule at T" is not
     monotone in T and bisection would be unreliable.)
     """
-    grid = torch.cat([torch.zeros(1), torch.logspace(torch.log10(torch.tensor(lo)), torch.log10(torch.tensor(hi)),
-                                                     points)])
+    grid = torch.cat(
+        [torch.zeros(1), torch.logspace(torch.log10(torch.tensor(lo)), torch.log10(torch.tensor(hi)), points)]
+    )
     states = odeint(lambda t, z: f(z) - z, torch.zeros_like(x), grid, method="dopri5", rtol=tol, atol=tol)[1:]
     fz = torch.stack([f(state) for state in states])  # f may broadcast against a batch-shaped input
     res = (fz - states).flatten(2).abs().amax(2)
@@ -96,9 +99,11 @@ def dynamic(f, x: torch.Tensor, reltol: float, **options) -> Callable[[], tuple[
     def go():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", deqkit.ConvergenceWarning)
-            z, stats = deqkit.solve(f, torch.zeros_like(x), solver="dynamic_ss", abstol=0.0, reltol=reltol,
-                                    max_steps=3000, **options)
+            z, stats = deqkit.solve(
+                f, torch.zeros_like(x), solver="dynamic_ss", abstol=0.0, reltol=reltol, max_steps=3000, **options
+            )
         return z, stats.all_converged and not caught
+
     return go
 
 
@@ -126,28 +131,46 @@ def run_case(d: int, norm: float | str, *, batch: int = 32, repeats: int = 9, re
                 best_fixed = (c.calls, FIXED_T, tol)
         if best_oracle is not None:
             _, T, tol = best_oracle
-            candidates["odeint dopri5, oracle T"] = (lambda g, T=T, tol=tol: naive(g, x, T, tol),
-                                                     f"T={T:.3g}, rtol=atol={tol:g}")
+            candidates["odeint dopri5, oracle T"] = (
+                lambda g, T=T, tol=tol: naive(g, x, T, tol),
+                f"T={T:.3g}, rtol=atol={tol:g}",
+            )
         if best_fixed is not None:
             _, T, tol = best_fixed
-            candidates[f"odeint dopri5, T = {FIXED_T:g}"] = (lambda g, T=T, tol=tol: naive(g, x, T, tol),
-                                                             f"T={T:g}, rtol=atol={tol:g}")
+            candidates[f"odeint dopri5, T = {FIXED_T:g}"] = (
+                lambda g, T=T, tol=tol: naive(g, x, T, tol),
+                f"T={T:g}, rtol=atol={tol:g}",
+            )
         for method in ("tsit5", "dopri5"):
             candidates[f"dynamic_ss {method} + Anderson polish"] = (
-                lambda g, m=method: dynamic(g, x, reltol, ode_method=m), "defaults")
+                lambda g, m=method: dynamic(g, x, reltol, ode_method=m),
+                "defaults",
+            )
             pure = None
             for tol in ODE_TOLS:  # the pure ODE's cheapest converging tolerance (untimed)
                 c = Counted(f)
-                _, ok = dynamic(c, x, reltol, ode_method=method, polish=None,
-                                controller=deqkit.StepSizeController(rtol=tol, atol=tol))()
+                _, ok = dynamic(
+                    c,
+                    x,
+                    reltol,
+                    ode_method=method,
+                    polish=None,
+                    controller=deqkit.StepSizeController(rtol=tol, atol=tol),
+                )()
                 if ok and (pure is None or c.calls < pure[0]):
                     pure = (c.calls, tol)
             if pure is not None:
                 candidates[f"dynamic_ss {method}, no polish"] = (
                     lambda g, m=method, tol=pure[1]: dynamic(
-                        g, x, reltol, ode_method=m, polish=None,
-                        controller=deqkit.StepSizeController(rtol=tol, atol=tol)),
-                    f"ODE rtol=atol={pure[1]:g}")
+                        g,
+                        x,
+                        reltol,
+                        ode_method=m,
+                        polish=None,
+                        controller=deqkit.StepSizeController(rtol=tol, atol=tol),
+                    ),
+                    f"ODE rtol=atol={pure[1]:g}",
+                )
 
         counters = {name: Counted(f) for name in candidates}
         runs = {name: make(counters[name]) for name, (make, _) in candidates.items()}
@@ -161,23 +184,36 @@ def run_case(d: int, norm: float | str, *, batch: int = 32, repeats: int = 9, re
         rows = []
         for name, (z, ok) in answers.items():
             rel_inf, _ = relative_residuals(f, z)
-            rows.append(Row(case, name, counters[name].nfe, medians[name], rel_inf,
-                            ok and _meets(f, z, reltol), candidates[name][1]))
+            rows.append(
+                Row(
+                    case,
+                    name,
+                    counters[name].nfe,
+                    medians[name],
+                    rel_inf,
+                    ok and _meets(f, z, reltol),
+                    candidates[name][1],
+                )
+            )
     return rows
 
 
 def print_table(all_rows: list[list[Row]], threads: int) -> None:
     print(f"\n### The ODE route vs plain torchdiffeq.odeint to a fixed T  ({environment(threads)})\n")
-    print("Every run ends with ‖f(z) − z‖∞ ≤ 1e-4·‖f(z)‖∞ for every sample (column 'meets rule', recomputed here). "
-          "Ratios are against the oracle-T odeint run on the same case, measured in the same process.\n")
+    print(
+        "Every run ends with ‖f(z) − z‖∞ ≤ 1e-4·‖f(z)‖∞ for every sample (column 'meets rule', recomputed here). "
+        "Ratios are against the oracle-T odeint run on the same case, measured in the same process.\n"
+    )
     print("| case | run | settings | NFE | NFE ratio | median ms | time ratio | final rel. res. ∞ | meets rule |")
     print("|---|---|---|---:|---:|---:|---:|---:|:-:|")
     for rows in all_rows:
         base = next((r for r in rows if r.run.endswith("oracle T")), None)
         for r in rows:
-            print(f"| {r.case} | {r.run} | {r.setting} | {r.nfe} | {fmt_ratio(r.nfe / base.nfe if base else None)} | "
-                  f"{r.seconds * 1e3:.1f} | {fmt_ratio(r.seconds / base.seconds if base else None)} | "
-                  f"{r.rel_inf:.2e} | {'yes' if r.converged else '**no**'} |")
+            print(
+                f"| {r.case} | {r.run} | {r.setting} | {r.nfe} | {fmt_ratio(r.nfe / base.nfe if base else None)} | "
+                f"{r.seconds * 1e3:.1f} | {fmt_ratio(r.seconds / base.seconds if base else None)} | "
+                f"{r.rel_inf:.2e} | {'yes' if r.converged else '**no**'} |"
+            )
 
 
 def plot(all_rows: list[list[Row]], path: str | None) -> str | None:
@@ -200,15 +236,20 @@ def plot(all_rows: list[list[Row]], path: str | None) -> str | None:
     ax.axhline(1.0, color="k", lw=0.8)
     ax.axhline(0.7, color="tab:red", lw=0.8, ls="--", label="0.7× (acceptance)")
     ax.set_xticks(range(len(cases)), [short(c) for c in cases], fontsize=8)
-    ax.set(xlabel="d / ‖W‖₂ (PSD: W = −1.5·PSD)", ylabel="NFE / odeint with oracle T",
-           title="evaluations to relative residual 1e-4", yscale="log")
+    ax.set(
+        xlabel="d / ‖W‖₂ (PSD: W = −1.5·PSD)",
+        ylabel="NFE / odeint with oracle T",
+        title="evaluations to relative residual 1e-4",
+        yscale="log",
+    )
     ax.legend(fontsize=7)
     return save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> list[list[Row]]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks ode_baseline", description=__doc__.splitlines()[0],
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks ode_baseline", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     parser.add_argument("--dims", type=int, nargs="+", default=[64, 256, 512])
     parser.add_argument("--norms", type=float, nargs="+", default=[0.5, 0.9, 0.99])
     parser.add_argument("--no-psd", action="store_true")

@@ -54,10 +54,12 @@ def forward_rows(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, rep
     runs: dict[str, Callable[[], int]] = {}
     converged: dict[str, bool] = {}  # deqkit's own verdict (TorchDEQ's runs: not recorded)
     for name in SOLVERS:
+
         def go(name: str = name) -> int:
             _, stats = deqkit.solve(f, z0, solver=name, abstol=0.0, reltol=1e-4, max_steps=500)
             converged[f"deqkit {name}"] = stats.all_converged
             return stats.nfe
+
         runs[f"deqkit {name}"] = go
     if torchdeq_available():
         from torchdeq.solver import get_solver
@@ -74,6 +76,7 @@ def forward_rows(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, rep
 
                 solver(counted, z0, max_iter=500, tol=1e-4, stop_mode="rel")
                 return len(calls)
+
             runs[f"TorchDEQ {name}"] = peer
     times: dict[str, list[float]] = {k: [] for k in runs}
     nfe = {k: fn() for k, fn in runs.items()}  # warm-up, and the (deterministic) evaluation counts
@@ -85,8 +88,16 @@ def forward_rows(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, rep
     rows = []
     for k in runs:
         wall = statistics.median(times[k])
-        rows.append({"solver": k, "nfe": nfe[k], "t_f": t_f, "wall": wall, "ratio": wall / (nfe[k] * t_f),
-                     "converged": converged.get(k)})
+        rows.append(
+            {
+                "solver": k,
+                "nfe": nfe[k],
+                "t_f": t_f,
+                "wall": wall,
+                "ratio": wall / (nfe[k] * t_f),
+                "converged": converged.get(k),
+            }
+        )
     return rows
 
 
@@ -103,12 +114,22 @@ def backward_rows(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, re
     t_p = median_time(lambda: vjp(g), 200)
     rows = []
     for name, solver in (("GMRES", GMRES()), ("anderson", deqkit.Anderson())):
+
         def go(solver: deqkit.Solver = solver) -> int:
             return run(solver, vjp, g, abstol=0.0, reltol=1e-4, max_steps=500).stats.nfe
+
         nfe = go()
         wall = median_time(go, repeats)
-        rows.append({"solver": f"implicit backward, {name}", "nfe": nfe, "t_f": t_p, "wall": wall,
-                     "ratio": wall / (nfe * t_p), "converged": None})
+        rows.append(
+            {
+                "solver": f"implicit backward, {name}",
+                "nfe": nfe,
+                "t_f": t_p,
+                "wall": wall,
+                "ratio": wall / (nfe * t_p),
+                "converged": None,
+            }
+        )
     return rows
 
 
@@ -147,8 +168,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--layernorm", action="store_true", help="also f = LayerNorm(tanh(W z + x + b))")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--compile", action="store_true",
-                        help="instead: one Picard step with its bookkeeping, eager against torch.compile")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="instead: one Picard step with its bookkeeping, eager against torch.compile",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be >= 1")
@@ -158,18 +182,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--cases takes d x batch, e.g. 128x128; got {args.cases}")
     torch.set_num_threads(args.threads)
     if args.compile:
-        print(f"overhead --compile: torch {torch.__version__}, {args.threads} thread(s); "
-              f"load average {load()}\n")
-        print("| case | time of f (µs) | eager step (µs) | compiled step (µs) | eager / f | compiled / f "
-              "| compile (s) |")
+        print(f"overhead --compile: torch {torch.__version__}, {args.threads} thread(s); load average {load()}\n")
+        print(
+            "| case | time of f (µs) | eager step (µs) | compiled step (µs) | eager / f | compiled / f | compile (s) |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|")
         rows = [compile_rows(d, batch, args.repeats) for d, batch in sizes]
         for r in rows:
-            print(f"| {r['case']} | {r['t_f'] * 1e6:.0f} | {r['eager'] * 1e6:.0f} | {r['compiled'] * 1e6:.0f} | "
-                  f"{r['eager'] / r['t_f']:.2f}× | {r['compiled'] / r['t_f']:.2f}× | {r['compile_s']:.1f} |")
+            print(
+                f"| {r['case']} | {r['t_f'] * 1e6:.0f} | {r['eager'] * 1e6:.0f} | {r['compiled'] * 1e6:.0f} | "
+                f"{r['eager'] / r['t_f']:.2f}× | {r['compiled'] / r['t_f']:.2f}× | {r['compile_s']:.1f} |"
+            )
         return rows
-    print(f"overhead: torch {torch.__version__}, {args.threads} thread(s), {args.repeats} interleaved repeats; "
-          f"load average {load()}\n")
+    print(
+        f"overhead: torch {torch.__version__}, {args.threads} thread(s), {args.repeats} interleaved repeats; "
+        f"load average {load()}\n"
+    )
     print("| case | solver | evaluations | time of f (µs) | wall (ms) | floor (ms) | wall / floor | converged |")
     print("|---|---|---:|---:|---:|---:|---:|:-:|")
     rows = []
@@ -182,9 +210,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 for r in forward_rows(f, x, args.repeats) + backward_rows(f, x, args.repeats):
                     r["case"] = label
                     rows.append(r)
-                    print(f"| {label} | {r['solver']} | {r['nfe']} | {r['t_f'] * 1e6:.0f} | {r['wall'] * 1e3:.2f} | "
-                          f"{r['nfe'] * r['t_f'] * 1e3:.2f} | {r['ratio']:.1f}× | "
-                          f"{ {True: 'yes', False: '**no**', None: '—'}[r.get('converged')] } |", flush=True)
+                    print(
+                        f"| {label} | {r['solver']} | {r['nfe']} | {r['t_f'] * 1e6:.0f} | {r['wall'] * 1e3:.2f} | "
+                        f"{r['nfe'] * r['t_f'] * 1e3:.2f} | {r['ratio']:.1f}× | "
+                        f"{ {True: 'yes', False: '**no**', None: '—'}[r.get('converged')] } |",
+                        flush=True,
+                    )
     print(f"\nload average at the end: {load()}")
     return rows
 

@@ -63,8 +63,15 @@ TORCHDEQ_RUNS = {
     BASELINE: {"ift": True},
     "TorchDEQ anderson + phantom": {"grad": 5, "tau": 0.5},
 }
-TORCHDEQ_COMMON = {"f_solver": "anderson", "f_max_iter": 30, "f_tol": 1e-4, "f_stop_mode": "rel", "b_max_iter": 30,
-                   "b_tol": 1e-4, "b_stop_mode": "rel"}
+TORCHDEQ_COMMON = {
+    "f_solver": "anderson",
+    "f_max_iter": 30,
+    "f_tol": 1e-4,
+    "f_stop_mode": "rel",
+    "b_max_iter": 30,
+    "b_tol": 1e-4,
+    "b_stop_mode": "rel",
+}
 DEQKIT_RUNS: dict[str, Callable[[], dict[str, Any]]] = {
     "deqkit defaults": dict,
     "deqkit anderson + implicit": lambda: {"solver": "anderson"},
@@ -108,6 +115,7 @@ class TorchDEQMLP(nn.Module):
             def product(y):
                 tally.products += 1
                 return func(y)
+
             return anderson(product, x0, **kwargs)
 
         name = f"anderson-counted-{id(self)}"
@@ -173,8 +181,9 @@ class Trainee:
         backward = getattr(deq_stats, "backward", None)
         self.products.append(backward.nfe if backward is not None else self.tally.products)
         self.unconverged.append(self._unconverged())
-        self.backward_unconverged.append(int((~backward.converged).sum()) if backward is not None
-                                         else self.tally.backward_unconverged)
+        self.backward_unconverged.append(
+            int((~backward.converged).sum()) if backward is not None else self.tally.backward_unconverged
+        )
 
     def _clock(self) -> float:
         """``time.perf_counter()`` once the device has finished the work queued so far."""
@@ -198,7 +207,7 @@ class Trainee:
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always", deqkit.ConvergenceWarning)
             for i in range(0, len(labels), batch):
-                correct += int((self.model(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum())
+                correct += int((self.model(images[i : i + batch]).argmax(1) == labels[i : i + batch]).sum())
                 self.test_unconverged += self._unconverged()
                 batches += 1
         self.test_seconds = self._clock() - start
@@ -214,8 +223,15 @@ def mdeq_model(seed: int | None = None, **deq_options: Any) -> MNISTDEQ:
     if seed is not None:
         torch.manual_seed(seed)
     stem = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.GroupNorm(4, 16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.GroupNorm(4, 16), nn.ReLU(), nn.MaxPool2d(2))
+        nn.Conv2d(1, 16, 3, padding=1, bias=False),
+        nn.GroupNorm(4, 16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1, bias=False),
+        nn.GroupNorm(4, 16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
     options = {"abstol": 0.0, "reltol": 1e-4, "backward": deqkit.Implicit("gmres", abstol=0.0, reltol=1e-4)}
     deq = deqkit.DEQ(MDEQFamily(16, 32, 8), **(options | deq_options))
     return MNISTDEQ(stem, deq, nn.Sequential(nn.Flatten(), nn.Linear(16 * 49, 10)), name="mdeq")
@@ -229,8 +245,14 @@ def build(name: str, block: str, reference: nn.Module, device: torch.device = CP
     """The run ``name`` on ``block``, starting from ``reference``'s weights, on ``device``."""
     tally = Tally()
     if name in TORCHDEQ_RUNS:
-        model = TorchDEQMLP(copy.deepcopy(reference.encoder), copy.deepcopy(reference.deq.f),
-                            copy.deepcopy(reference.head), tally, **TORCHDEQ_COMMON, **TORCHDEQ_RUNS[name])
+        model = TorchDEQMLP(
+            copy.deepcopy(reference.encoder),
+            copy.deepcopy(reference.deq.f),
+            copy.deepcopy(reference.head),
+            tally,
+            **TORCHDEQ_COMMON,
+            **TORCHDEQ_RUNS[name],
+        )
         hooked = model.block
     else:
         model = make_model(block, **DEQKIT_RUNS[name]())
@@ -240,12 +262,18 @@ def build(name: str, block: str, reference: nn.Module, device: torch.device = CP
     return Trainee(name, model.to(device), tally, device)  # moved before Adam takes the parameters
 
 
-def train_epoch(trainees: list[Trainee], images: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,
-                batch: int, steps: int | None) -> None:
+def train_epoch(
+    trainees: list[Trainee],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    order: torch.Tensor,
+    batch: int,
+    steps: int | None,
+) -> None:
     """Every run on the same batches; the runs' order rotates every step."""
     starts = list(range(0, len(order), batch))[:steps]
     for k, i in enumerate(starts):
-        idx = order[i:i + batch]
+        idx = order[i : i + batch]
         x, y = images[idx], labels[idx]
         shift = k % len(trainees)
         for t in trainees[shift:] + trainees[:shift]:
@@ -266,8 +294,17 @@ class BlockResult:
         return by.get(BASELINE) or by["deqkit anderson + implicit"]
 
 
-def run_block(block: str, runs: list[str], train_set, test_set, *, seed: int, batch: int,
-              steps: int | None, device: torch.device = CPU) -> BlockResult:
+def run_block(
+    block: str,
+    runs: list[str],
+    train_set,
+    test_set,
+    *,
+    seed: int,
+    batch: int,
+    steps: int | None,
+    device: torch.device = CPU,
+) -> BlockResult:
     torch.manual_seed(seed)
     reference = make_model(block, seed=seed)  # on the CPU, so every device starts from the same weights
     trainees = [build(name, block, reference, device) for name in runs]
@@ -291,23 +328,30 @@ def device_name(device: torch.device) -> str:
 
 def print_table(result: BlockResult, threads: int, fast: bool, device: torch.device = CPU) -> None:
     base = result.baseline()
-    title = {"mlp-ln": "LayerNorm block (mlp-ln)", "mlp": "plain block (mlp)",
-             "mdeq": "conv + GroupNorm block (mdeq)"}[result.block]
-    print(f"\n### {title}: {result.steps} training steps{' (--fast)' if fast else ''}  "
-          f"({device_name(device)}; {environment(threads)})\n")
+    title = {"mlp-ln": "LayerNorm block (mlp-ln)", "mlp": "plain block (mlp)", "mdeq": "conv + GroupNorm block (mdeq)"}[
+        result.block
+    ]
+    print(
+        f"\n### {title}: {result.steps} training steps{' (--fast)' if fast else ''}  "
+        f"({device_name(device)}; {environment(threads)})\n"
+    )
     print(f"Ratios against **{base.name}** on the same batches, same process (steps interleaved).\n")
-    print("| run | train s | time ratio | fwd s | bwd + Adam s | fwd evals/step (mean; last 10 % of steps) "
-          "| bwd products/step | bwd f evals/step | samples not converged: fwd / bwd (all steps) | test acc. % "
-          "| Δ acc. (points) | test evals/batch | test samples not converged | test s |")
+    print(
+        "| run | train s | time ratio | fwd s | bwd + Adam s | fwd evals/step (mean; last 10 % of steps) "
+        "| bwd products/step | bwd f evals/step | samples not converged: fwd / bwd (all steps) | test acc. % "
+        "| Δ acc. (points) | test evals/batch | test samples not converged | test s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     tail = max(1, result.steps // 10)
     for t in result.trainees:
         total, fwd = sum(t.seconds), sum(t.forward_seconds)
-        print(f"| {t.name} | {total:.1f} | {fmt_ratio(total / sum(base.seconds))} | {fwd:.1f} | {total - fwd:.1f} "
-              f"| {mean(t.forward_calls):.1f}; {mean(t.forward_calls[-tail:]):.1f} | {mean(t.products):.1f} "
-              f"| {mean(t.backward_calls):.1f} | {sum(t.unconverged)} / {sum(t.backward_unconverged)} "
-              f"| {t.test_acc:.2f} | {t.test_acc - base.test_acc:+.2f} | {t.test_calls:.1f} | {t.test_unconverged} "
-              f"| {t.test_seconds:.1f} |")
+        print(
+            f"| {t.name} | {total:.1f} | {fmt_ratio(total / sum(base.seconds))} | {fwd:.1f} | {total - fwd:.1f} "
+            f"| {mean(t.forward_calls):.1f}; {mean(t.forward_calls[-tail:]):.1f} | {mean(t.products):.1f} "
+            f"| {mean(t.backward_calls):.1f} | {sum(t.unconverged)} / {sum(t.backward_unconverged)} "
+            f"| {t.test_acc:.2f} | {t.test_acc - base.test_acc:+.2f} | {t.test_calls:.1f} | {t.test_unconverged} "
+            f"| {t.test_seconds:.1f} |"
+        )
 
 
 def plot(results: list[BlockResult], path: str | None) -> str | None:
@@ -331,10 +375,14 @@ def plot(results: list[BlockResult], path: str | None) -> str | None:
     for ax, res in zip(curves, results):
         window = max(1, res.steps // 25)
         for t in res.trainees:
-            smooth = [mean(t.forward_calls[max(0, i - window + 1):i + 1]) for i in range(res.steps)]
+            smooth = [mean(t.forward_calls[max(0, i - window + 1) : i + 1]) for i in range(res.steps)]
             ax.plot(range(1, res.steps + 1), smooth, label=t.name)
-        ax.set(xlabel="training step", ylabel=f"forward evaluations of f (mean of {window} steps)",
-               title=f"{res.block}: forward cost over the epoch", ylim=(0, None))
+        ax.set(
+            xlabel="training step",
+            ylabel=f"forward evaluations of f (mean of {window} steps)",
+            title=f"{res.block}: forward cost over the epoch",
+            ylim=(0, None),
+        )
         ax.legend(fontsize=7)
     return save(fig, path)
 
@@ -350,26 +398,36 @@ def parse_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (device.index or 0) >= count:
-            parser.error(f"--device {name!r}: this torch sees {count} CUDA device(s) "
-                         f"(CUDA build: {torch.version.cuda or 'no, a CPU-only wheel'}); run on cpu or install a "
-                         "CUDA build of torch")
+            parser.error(
+                f"--device {name!r}: this torch sees {count} CUDA device(s) "
+                f"(CUDA build: {torch.version.cuda or 'no, a CPU-only wheel'}); run on cpu or install a "
+                "CUDA build of torch"
+            )
     return device
 
 
 def main(argv: list[str] | None = None) -> list[BlockResult]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks peer_training", description=__doc__.splitlines()[0],
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks peer_training", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     parser.add_argument("--blocks", nargs="+", choices=BLOCKS, default=list(BLOCKS))
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), metavar="RUN",
-                        help=f"runs to compare (default: all): {', '.join(map(repr, RUNS))}")
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=list(RUNS),
+        metavar="RUN",
+        help=f"runs to compare (default: all): {', '.join(map(repr, RUNS))}",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="stop the epoch after this many steps")
-    parser.add_argument("--fast", action="store_true",
-                        help="8 steps on a subset of 8 batches; the plot only where --plot names a path")
-    parser.add_argument("--plot", default=None,
-                        help="PNG path ('' for none; default docs/img/peer_training.png, none with --fast)")
+    parser.add_argument(
+        "--fast", action="store_true", help="8 steps on a subset of 8 batches; the plot only where --plot names a path"
+    )
+    parser.add_argument(
+        "--plot", default=None, help="PNG path ('' for none; default docs/img/peer_training.png, none with --fast)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device to train on: cpu (default), cuda or cuda:N")
     args = parser.parse_args(argv)
     device = parse_device(parser, args.device)
@@ -386,8 +444,10 @@ def main(argv: list[str] | None = None) -> list[BlockResult]:
     torch.set_num_threads(args.threads)
     runs = list(args.runs)
     if not torchdeq_available():
-        print("TorchDEQ is not installed (pip install torchdeq==0.1.0): deqkit runs only, ratios against deqkit "
-              "anderson + implicit.")
+        print(
+            "TorchDEQ is not installed (pip install torchdeq==0.1.0): deqkit runs only, ratios against deqkit "
+            "anderson + implicit."
+        )
         runs = [r for r in runs if r not in TORCHDEQ_RUNS]
         if "deqkit anderson + implicit" not in runs:
             runs.insert(0, "deqkit anderson + implicit")
@@ -395,8 +455,10 @@ def main(argv: list[str] | None = None) -> list[BlockResult]:
         runs.insert(0, BASELINE)
     train_set, test_set = mnist_datasets(subset=8 * args.batch if args.fast else None, seed=args.seed)
     start = time.perf_counter()
-    results = [run_block(b, runs, train_set, test_set, seed=args.seed, batch=args.batch, steps=args.steps,
-                         device=device) for b in args.blocks]
+    results = [
+        run_block(b, runs, train_set, test_set, seed=args.seed, batch=args.batch, steps=args.steps, device=device)
+        for b in args.blocks
+    ]
     for res in results:
         print_table(res, args.threads, args.fast, device)
     saved = plot(results, args.plot)

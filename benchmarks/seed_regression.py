@@ -60,12 +60,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"seed regression y = 2x, {args.epochs} epochs x 10 steps, torch {torch.__version__}, 1 thread\n")
     print("| run | seconds | speed-up | prediction at x = -5 | final loss |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| literal translation (dopri5 in tspan=1 chunks, backprop through solver) | {base.seconds:.1f} | 1.0x "
-          f"| {base.prediction:.4f} | {base.losses[-1]:.2e} |")
-    print(f"| deqkit defaults (dynamic_ss tsit5, implicit backward, gmres) | {ours.seconds:.1f} | "
-          f"{base.seconds / ours.seconds:.1f}x | {ours.prediction:.4f} | {ours.losses[-1]:.2e} |")
-    print(f"\ndeqkit mean forward evaluations per step (last epoch): {ours.forward_nfe[-1]:.1f}; "
-          f"backward vector-Jacobian products: {ours.backward_nfe[-1]:.1f}")
+    print(
+        f"| literal translation (dopri5 in tspan=1 chunks, backprop through solver) | {base.seconds:.1f} | 1.0x "
+        f"| {base.prediction:.4f} | {base.losses[-1]:.2e} |"
+    )
+    print(
+        f"| deqkit defaults (dynamic_ss tsit5, implicit backward, gmres) | {ours.seconds:.1f} | "
+        f"{base.seconds / ours.seconds:.1f}x | {ours.prediction:.4f} | {ours.losses[-1]:.2e} |"
+    )
+    print(
+        f"\ndeqkit mean forward evaluations per step (last epoch): {ours.forward_nfe[-1]:.1f}; "
+        f"backward vector-Jacobian products: {ours.backward_nfe[-1]:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ from deqkit.solvers.core import Monitor, Tolerances
 from .forward import environment
 
 
-def time_steps(block: str, solver: str, warmup: int, steps: int, batch: int,
-               subset: int | None = None) -> dict[str, float]:
+def time_steps(
+    block: str, solver: str, warmup: int, steps: int, batch: int, subset: int | None = None
+) -> dict[str, float]:
     """Train ``warmup`` steps, then time ``steps`` more: forward and backward per solve, evaluations, products."""
     images, labels = mnist_datasets(subset=subset, seed=0)[0].tensors
     model = mnist_model(block, seed=0, **({} if solver == "default" else {"solver": solver}))
@@ -40,7 +41,7 @@ def time_steps(block: str, solver: str, warmup: int, steps: int, batch: int,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", deqkit.ConvergenceWarning)  # counted in the statistics instead
         for i in range(warmup + steps):
-            x, y = images[i * batch:(i + 1) * batch], labels[i * batch:(i + 1) * batch]
+            x, y = images[i * batch : (i + 1) * batch], labels[i * batch : (i + 1) * batch]
             optimizer.zero_grad(set_to_none=True)
             start = time.perf_counter()
             loss = F.cross_entropy(model(x), y)
@@ -52,8 +53,14 @@ def time_steps(block: str, solver: str, warmup: int, steps: int, batch: int,
             rows.append((mid - start, end - mid, stats.forward.nfe, stats.backward.nfe))
     timed = rows[warmup:]
     fwd, bwd, nfe, products = (statistics.fmean(col) for col in zip(*timed))
-    return {"forward ms": 1e3 * fwd, "evaluations": nfe, "ms per evaluation": 1e3 * fwd / nfe,
-            "backward ms": 1e3 * bwd, "products": products, "ms per product": 1e3 * bwd / products}
+    return {
+        "forward ms": 1e3 * fwd,
+        "evaluations": nfe,
+        "ms per evaluation": 1e3 * fwd / nfe,
+        "backward ms": 1e3 * bwd,
+        "products": products,
+        "ms per product": 1e3 * bwd / products,
+    }
 
 
 def time_check(batch: int, dim: int, calls: int) -> float:
@@ -87,13 +94,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     subset = (args.warmup + args.steps) * args.batch if args.fast else None
     result = time_steps(args.block, args.solver, args.warmup, args.steps, args.batch, subset)
     result["check us"] = time_check(args.batch, 128, args.checks)
-    print(f"### Solve cost: {args.block}, forward {args.solver}, batch {args.batch}, {args.steps} steps after "
-          f"{args.warmup}  ({environment(args.threads)})\n")
+    print(
+        f"### Solve cost: {args.block}, forward {args.solver}, batch {args.batch}, {args.steps} steps after "
+        f"{args.warmup}  ({environment(args.threads)})\n"
+    )
     print("| forward ms | evaluations | ms / evaluation | backward ms | products | ms / product | check µs |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     r = result
-    print(f"| {r['forward ms']:.1f} | {r['evaluations']:.1f} | {r['ms per evaluation']:.3f} | {r['backward ms']:.1f} "
-          f"| {r['products']:.1f} | {r['ms per product']:.3f} | {r['check us']:.0f} |")
+    print(
+        f"| {r['forward ms']:.1f} | {r['evaluations']:.1f} | {r['ms per evaluation']:.3f} | {r['backward ms']:.1f} "
+        f"| {r['products']:.1f} | {r['ms per product']:.3f} | {r['check us']:.0f} |"
+    )
     return result
 
 

@@ -51,12 +51,19 @@ class Split:
     converged: bool
 
 
-def forward_backward(forward_solver: str, backward_solver: str, *, d: int, batch: int, norm: float, repeats: int,
-                     reltol: float = 1e-4) -> Split:
+def forward_backward(
+    forward_solver: str, backward_solver: str, *, d: int, batch: int, norm: float, repeats: int, reltol: float = 1e-4
+) -> Split:
     """Median forward and backward wall time of a training step with these solvers (implicit backward)."""
     block, x = tanh_problem(d, norm, batch=batch)
-    model = deqkit.DEQ(block, solver=forward_solver, abstol=0.0, reltol=reltol, max_steps=500,
-                       backward=deqkit.Implicit(backward_solver, max_steps=500))
+    model = deqkit.DEQ(
+        block,
+        solver=forward_solver,
+        abstol=0.0,
+        reltol=reltol,
+        max_steps=500,
+        backward=deqkit.Implicit(backward_solver, max_steps=500),
+    )
     target = torch.zeros_like(x)
     fwd, bwd = [], []
     with warnings.catch_warnings(record=True) as caught:
@@ -72,13 +79,21 @@ def forward_backward(forward_solver: str, backward_solver: str, *, d: int, batch
             bwd.append(end - mid)
     st = model.last_stats
     ok = not caught and st.forward.all_converged and st.backward.all_converged
-    return Split(forward_solver, backward_solver, statistics.median(fwd[1:]), statistics.median(bwd[1:]),
-                 st.forward.nfe, st.backward.nfe, ok)
+    return Split(
+        forward_solver,
+        backward_solver,
+        statistics.median(fwd[1:]),
+        statistics.median(bwd[1:]),
+        st.forward.nfe,
+        st.backward.nfe,
+        ok,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks training_step", description=__doc__.splitlines()[0],
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks training_step", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--norm", type=float, default=0.9)
@@ -97,39 +112,56 @@ def main(argv: list[str] | None = None) -> dict:
             costs[mode, n] = measure_step(mode, n, repeats=args.repeats, **size)
     base = costs["implicit", args.iterations[0]]
     print(f"\n### Training step against forward iterations  ({environment(args.threads)})\n")
-    print(f"d = {args.dim}, batch {args.batch}, ‖W‖₂ = {args.norm}, float32, Picard forward with exactly N iterations, "
-          f"GMRES backward to 1e-4. Ratios against the implicit step at N = {args.iterations[0]} "
-          f"({base.peak_bytes / 2**20:.3f} MiB, {base.seconds * 1e3:.2f} ms), same process.\n")
+    print(
+        f"d = {args.dim}, batch {args.batch}, ‖W‖₂ = {args.norm}, float32, Picard forward with exactly N iterations, "
+        f"GMRES backward to 1e-4. Ratios against the implicit step at N = {args.iterations[0]} "
+        f"({base.peak_bytes / 2**20:.3f} MiB, {base.seconds * 1e3:.2f} ms), same process.\n"
+    )
     print("| N | mode | iterations taken | peak tensor memory (MiB) | memory ratio | median ms | time ratio |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for n in args.iterations:
         for mode in ("implicit", "unrolled"):
             c = costs[mode, n]
-            print(f"| {n} | {mode} | {c.steps} | {c.peak_bytes / 2**20:.3f} | "
-                  f"{fmt_ratio(c.peak_bytes / base.peak_bytes)} "
-                  f"| {c.seconds * 1e3:.2f} | {fmt_ratio(c.seconds / base.seconds)} |")
+            print(
+                f"| {n} | {mode} | {c.steps} | {c.peak_bytes / 2**20:.3f} | "
+                f"{fmt_ratio(c.peak_bytes / base.peak_bytes)} "
+                f"| {c.seconds * 1e3:.2f} | {fmt_ratio(c.seconds / base.seconds)} |"
+            )
     imp = [costs["implicit", n].peak_bytes for n in args.iterations]
     unr = [costs["unrolled", n].peak_bytes for n in args.iterations]
     spread = (max(imp) - min(imp)) / min(imp)
-    print(f"\nimplicit peak memory spread over N = {args.iterations[0]}..{args.iterations[-1]}: {spread * 100:.2f} % "
-          f"(max − min over min); unrolled grows {unr[-1] / unr[0]:.1f}× from N = {args.iterations[0]} to "
-          f"{args.iterations[-1]}.")
+    print(
+        f"\nimplicit peak memory spread over N = {args.iterations[0]}..{args.iterations[-1]}: {spread * 100:.2f} % "
+        f"(max − min over min); unrolled grows {unr[-1] / unr[0]:.1f}× from N = {args.iterations[0]} to "
+        f"{args.iterations[-1]}."
+    )
 
     # Part 2 -------------------------------------------------------------------------------------------------
-    splits = [forward_backward(s, "gmres", d=args.dim, batch=args.batch, norm=args.norm, repeats=args.repeats)
-              for s in FORWARD_SOLVERS]
-    splits += [forward_backward("dynamic_ss", s, d=args.dim, batch=args.batch, norm=args.norm, repeats=args.repeats)
-               for s in BACKWARD_SOLVERS if s != "gmres"]
+    splits = [
+        forward_backward(s, "gmres", d=args.dim, batch=args.batch, norm=args.norm, repeats=args.repeats)
+        for s in FORWARD_SOLVERS
+    ]
+    splits += [
+        forward_backward("dynamic_ss", s, d=args.dim, batch=args.batch, norm=args.norm, repeats=args.repeats)
+        for s in BACKWARD_SOLVERS
+        if s != "gmres"
+    ]
     print(f"\n### Implicit backward against forward wall time  ({environment(args.threads)})\n")
-    print(f"d = {args.dim}, batch {args.batch}, ‖W‖₂ = {args.norm}, float32, forward and backward to relative residual "
-          "1e-4; the ratio is backward / forward wall time of the same step (medians).\n")
-    print("| forward solver | backward solver | forward NFE | backward products | forward ms | backward ms | "
-          "backward / forward | converged |")
+    print(
+        f"d = {args.dim}, batch {args.batch}, ‖W‖₂ = {args.norm}, float32, forward and backward to relative residual "
+        "1e-4; the ratio is backward / forward wall time of the same step (medians).\n"
+    )
+    print(
+        "| forward solver | backward solver | forward NFE | backward products | forward ms | backward ms | "
+        "backward / forward | converged |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|:-:|")
     for s in splits:
-        print(f"| {s.forward_solver} | {s.backward_solver} | {s.forward_nfe} | {s.backward_nfe} | "
-              f"{s.forward_seconds * 1e3:.2f} | {s.backward_seconds * 1e3:.2f} | "
-              f"{fmt_ratio(s.backward_seconds / s.forward_seconds)} | {'yes' if s.converged else '**no**'} |")
+        print(
+            f"| {s.forward_solver} | {s.backward_solver} | {s.forward_nfe} | {s.backward_nfe} | "
+            f"{s.forward_seconds * 1e3:.2f} | {s.backward_seconds * 1e3:.2f} | "
+            f"{fmt_ratio(s.backward_seconds / s.forward_seconds)} | {'yes' if s.converged else '**no**'} |"
+        )
 
     saved = plot(args.iterations, costs, splits, args.plot)
     if saved:
@@ -147,22 +179,32 @@ def plot(iterations, costs, splits, path):
     fig = Figure(figsize=(14, 4.4), layout="constrained")
     ax, ax2, ax3 = fig.subplots(1, 3)
     for mode, color in (("implicit", "tab:blue"), ("unrolled", "tab:orange")):
-        ax.plot(iterations, [costs[mode, n].peak_bytes / base.peak_bytes for n in iterations], "o-", color=color,
-                label=mode)
-        ax2.plot(iterations, [costs[mode, n].seconds / base.seconds for n in iterations], "o-", color=color,
-                 label=mode)
-    ax.set(xlabel="forward iterations N", ylabel=f"peak memory / implicit at N = {iterations[0]}",
-           title="peak tensor memory of a training step", ylim=(0, None))
-    ax2.set(xlabel="forward iterations N", ylabel=f"wall time / implicit at N = {iterations[0]}",
-            title="wall time of a training step", ylim=(0, None))
+        ax.plot(
+            iterations, [costs[mode, n].peak_bytes / base.peak_bytes for n in iterations], "o-", color=color, label=mode
+        )
+        ax2.plot(iterations, [costs[mode, n].seconds / base.seconds for n in iterations], "o-", color=color, label=mode)
+    ax.set(
+        xlabel="forward iterations N",
+        ylabel=f"peak memory / implicit at N = {iterations[0]}",
+        title="peak tensor memory of a training step",
+        ylim=(0, None),
+    )
+    ax2.set(
+        xlabel="forward iterations N",
+        ylabel=f"wall time / implicit at N = {iterations[0]}",
+        title="wall time of a training step",
+        ylim=(0, None),
+    )
     ax.legend()
     labels = [f"{s.forward_solver} →\n{s.backward_solver}" for s in splits]
-    ax3.bar(range(len(splits)), [s.backward_seconds / s.forward_seconds for s in splits],
-            color=["tab:blue" if s.backward_solver == "gmres" else "tab:gray" for s in splits])
+    ax3.bar(
+        range(len(splits)),
+        [s.backward_seconds / s.forward_seconds for s in splits],
+        color=["tab:blue" if s.backward_solver == "gmres" else "tab:gray" for s in splits],
+    )
     ax3.axhline(1.0, color="k", lw=0.8)
     ax3.set_xticks(range(len(splits)), labels, fontsize=7, rotation=60, ha="right", rotation_mode="anchor")
-    ax3.set(ylabel="backward / forward wall time", yscale="log",
-            title="implicit backward / forward time")
+    ax3.set(ylabel="backward / forward wall time", yscale="log", title="implicit backward / forward time")
     return save(fig, path)
 
 

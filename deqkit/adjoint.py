@@ -181,16 +181,26 @@ class Implicit(Gradient):
 
     name = "implicit"
 
-    def __init__(self, solver: SolverSpec = "gmres", *, abstol: float | None = None, reltol: float | None = None,
-                 max_steps: int | None = None, max_nfe: int | None = None, **options: Any):
+    def __init__(
+        self,
+        solver: SolverSpec = "gmres",
+        *,
+        abstol: float | None = None,
+        reltol: float | None = None,
+        max_steps: int | None = None,
+        max_nfe: int | None = None,
+        **options: Any,
+    ):
         self.solver: Solver = as_solver(solver, options, BACKWARD_SOLVERS)
         # bounded as the forward's are: an infinite abstol or a reltol >= 1 would accept the first guess u = g,
         # silently the one-step gradient
         self.abstol = None if abstol is None else Tolerances.check("abstol", abstol)
         self.reltol = None if reltol is None else Tolerances.check("reltol", reltol)
         if self.reltol == 0 and not self.abstol:  # abstol None means 0
-            raise ValueError("the backward abstol and reltol are both 0: no backward solve could ever converge; set "
-                             "reltol > 0 (the default follows the forward tolerances)")
+            raise ValueError(
+                "the backward abstol and reltol are both 0: no backward solve could ever converge; set "
+                "reltol > 0 (the default follows the forward tolerances)"
+            )
         self.max_steps = None if max_steps is None else check_int("max_steps", max_steps, 1)
         self.max_nfe = None if max_nfe is None else check_int("max_nfe", max_nfe, 2)
 
@@ -199,25 +209,41 @@ class Implicit(Gradient):
         return f"implicit({self.solver.label})"
 
     def __repr__(self) -> str:
-        shown = [f"solver={self.solver!r}"] + [f"{k}={getattr(self, k)!r}"
-                                               for k in ("abstol", "reltol", "max_steps", "max_nfe")
-                                               if getattr(self, k) is not None]
+        shown = [f"solver={self.solver!r}"] + [
+            f"{k}={getattr(self, k)!r}"
+            for k in ("abstol", "reltol", "max_steps", "max_nfe")
+            if getattr(self, k) is not None
+        ]
         return f"Implicit({', '.join(shown)})"
 
-    def tolerances(self, forward_abstol: float, forward_reltol: float,
-                   forward_max_nfe: int | None = None) -> Tolerances:
+    def tolerances(
+        self, forward_abstol: float, forward_reltol: float, forward_max_nfe: int | None = None
+    ) -> Tolerances:
         """The backward solve's tolerances and budget, given the forward ones (see the class docstring)."""
         abstol = 0.0 if self.abstol is None else self.abstol
         reltol = max(forward_abstol, forward_reltol) if self.reltol is None else self.reltol
         if self.reltol is None and reltol >= 1:
-            raise ValueError(f"the backward reltol defaults to the larger forward tolerance, {reltol:g}, which is >= 1 "
-                             "and would accept the first guess (the one-step gradient): set the backward's own, "
-                             "e.g. backward=deqkit.Implicit(reltol=1e-5)")
+            raise ValueError(
+                f"the backward reltol defaults to the larger forward tolerance, {reltol:g}, which is >= 1 "
+                "and would accept the first guess (the one-step gradient): set the backward's own, "
+                "e.g. backward=deqkit.Implicit(reltol=1e-5)"
+            )
         inherited = self.max_nfe is None and forward_max_nfe is not None
-        note = ("inherited from the DEQ's forward budget, max_nfe in training or eval_max_nfe in eval() mode; give "
-                "the backward its own with backward=deqkit.Implicit(max_nfe=...)") if inherited else ""
-        return Tolerances(abstol, reltol, self.solver.default_max_steps if self.max_steps is None else self.max_steps,
-                          forward_max_nfe if self.max_nfe is None else self.max_nfe, note)
+        note = (
+            (
+                "inherited from the DEQ's forward budget, max_nfe in training or eval_max_nfe in eval() mode; give "
+                "the backward its own with backward=deqkit.Implicit(max_nfe=...)"
+            )
+            if inherited
+            else ""
+        )
+        return Tolerances(
+            abstol,
+            reltol,
+            self.solver.default_max_steps if self.max_steps is None else self.max_steps,
+            forward_max_nfe if self.max_nfe is None else self.max_nfe,
+            note,
+        )
 
     def attach(self, out: torch.Tensor, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         return _ImplicitFunction.apply(out, (self, ctx))
@@ -253,9 +279,19 @@ class _ImplicitFunction(torch.autograd.Function):
 
         tol = method.tolerances(layer.abstol, layer.reltol, layer.max_nfe)
         alerts = layer.alerts
-        sol = run(method.solver, vjp_map, g, abstol=min(tol.abstol / scale, torch.finfo(torch.float64).max),
-                  reltol=tol.reltol, max_steps=tol.max_steps, max_nfe=tol.max_nfe, strict=layer.strict,
-                  budget_note=tol.budget_note, warn=None if alerts is None else alerts.warn, units=scale)
+        sol = run(
+            method.solver,
+            vjp_map,
+            g,
+            abstol=min(tol.abstol / scale, torch.finfo(torch.float64).max),
+            reltol=tol.reltol,
+            max_steps=tol.max_steps,
+            max_nfe=tol.max_nfe,
+            strict=layer.strict,
+            budget_note=tol.budget_note,
+            warn=None if alerts is None else alerts.warn,
+            units=scale,
+        )
         if alerts is not None and sol.stats.all_converged:
             alerts.observe(sol.stats)
         layer.report(sol.stats)
@@ -267,7 +303,7 @@ def _gradient_scale(grad: torch.Tensor) -> float:
     the entries (norms, inner products of GMRES and Anderson) overflow or underflow in float32 and the backward
     solve would fail with a message about an expansive map that is not the cause."""
     peak = float(grad.detach().abs().max())
-    if peak == 0 or 2.0 ** -30 <= peak <= 2.0 ** 30:
+    if peak == 0 or 2.0**-30 <= peak <= 2.0**30:
         return 1.0
     return 2.0 ** round(math.log2(peak))
 

@@ -50,12 +50,16 @@ class ConvergenceAlerts:
         if self.failing < self.next:
             return
         if self.failing == 1:
-            text = (f"{message} Further {self.what} solves of this layer that leave samples unconverged are counted "
-                    "and summarised (after 10, 100, 1000, ... of them); `last_stats` holds every call's counts.")
+            text = (
+                f"{message} Further {self.what} solves of this layer that leave samples unconverged are counted "
+                "and summarised (after 10, 100, 1000, ... of them); `last_stats` holds every call's counts."
+            )
         else:
-            text = (f"{self.calls_failing} of this layer's last {self.calls} {self.what} solves left samples "
-                    f"unconverged: {self.unconverged} of {self.samples} samples in all. The latest: {message} "
-                    f"{self.advice} The next summary comes after {10 * self.next} such solves.")
+            text = (
+                f"{self.calls_failing} of this layer's last {self.calls} {self.what} solves left samples "
+                f"unconverged: {self.unconverged} of {self.samples} samples in all. The latest: {message} "
+                f"{self.advice} The next summary comes after {10 * self.next} such solves."
+            )
         self.next *= 10
         self._reset()
         warnings.warn(text, ConvergenceWarning, stacklevel=user_stacklevel())

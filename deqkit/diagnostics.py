@@ -15,8 +15,9 @@ from .solvers.core import check_int, check_real
 from .state import Structure, detach
 
 
-def spectral_radius(f: Callable[..., torch.Tensor], z: torch.Tensor, x: torch.Tensor | None = None, *,
-                    iters: int = 50, seed: int = 0) -> torch.Tensor:
+def spectral_radius(
+    f: Callable[..., torch.Tensor], z: torch.Tensor, x: torch.Tensor | None = None, *, iters: int = 50, seed: int = 0
+) -> torch.Tensor:
     """Estimate ρ(∂f/∂z) at ``z`` per sample, by power iteration with vector–Jacobian products.
 
     ρ(J) = ρ(Jᵀ), and ``‖(Jᵀ)ᵏ v‖^(1/k) → ρ`` for almost every ``v`` (Gelfand's formula), also when the
@@ -53,21 +54,28 @@ def spectral_radius(f: Callable[..., torch.Tensor], z: torch.Tensor, x: torch.Te
         flat_f = structure.block(f) if x is not None else structure.map(f)
         return spectral_radius(flat_f, structure.flatten(detach(z), "z"), x, iters=iters, seed=seed)
     if not isinstance(z, torch.Tensor) or z.dim() < 2 or not z.is_floating_point():
-        raise ValueError("z must be a floating-point tensor of shape (batch, ...), got "
-                         f"{getattr(z, 'shape', type(z).__name__)}")
+        raise ValueError(
+            f"z must be a floating-point tensor of shape (batch, ...), got {getattr(z, 'shape', type(z).__name__)}"
+        )
     z = z.detach().requires_grad_()
     with torch.enable_grad():
         fz = f(z) if x is None else f(z, x.detach())
     if not isinstance(fz, torch.Tensor) or fz.shape != z.shape:
-        raise ValueError(f"f(z) must be a tensor shaped like z {tuple(z.shape)}, got "
-                         f"{tuple(getattr(fz, 'shape', ())) or type(fz).__name__}: ∂f/∂z must be square")
+        raise ValueError(
+            f"f(z) must be a tensor shaped like z {tuple(z.shape)}, got "
+            f"{tuple(getattr(fz, 'shape', ())) or type(fz).__name__}: ∂f/∂z must be square"
+        )
     if not (torch.isfinite(z).all() and torch.isfinite(fz.detach()).all()):
         what = "z" if not torch.isfinite(z).all() else "f(z)"
-        raise ValueError(f"{what} contains NaN or Inf: ∂f/∂z is undefined there and the estimate would be NaN. "
-                         "Linearise at a finite point, e.g. the z* a solver returned.")
+        raise ValueError(
+            f"{what} contains NaN or Inf: ∂f/∂z is undefined there and the estimate would be NaN. "
+            "Linearise at a finite point, e.g. the z* a solver returned."
+        )
     if not fz.requires_grad:
-        raise ValueError("f(z) does not depend on z through autograd (f detaches it, runs under no_grad, or leaves "
-                         "torch, e.g. through numpy): the Jacobian ∂f/∂z cannot be estimated. Write f in torch ops.")
+        raise ValueError(
+            "f(z) does not depend on z through autograd (f detaches it, runs under no_grad, or leaves "
+            "torch, e.g. through numpy): the Jacobian ∂f/∂z cannot be estimated. Write f in torch ops."
+        )
     gen = torch.Generator(device=z.device).manual_seed(seed)
     v = torch.randn(z.shape, generator=gen, dtype=z.dtype, device=z.device)
     v = v / v.flatten(1).norm(dim=1).view(-1, *[1] * (z.dim() - 1))
@@ -78,11 +86,13 @@ def spectral_radius(f: Callable[..., torch.Tensor], z: torch.Tensor, x: torch.Te
         n = w.flatten(1).norm(dim=1).clamp_min(torch.finfo(z.dtype).tiny)
         logs.append(n.log())
         v = w / n.view(-1, *[1] * (z.dim() - 1))
-    rho = torch.stack(logs[iters // 2:]).mean(0).exp().detach()
+    rho = torch.stack(logs[iters // 2 :]).mean(0).exp().detach()
     if not torch.isfinite(rho).all():
-        raise ValueError(f"the spectral radius came out non-finite for {int((~torch.isfinite(rho)).sum())} samples: "
-                         "the vector–Jacobian products of f at z overflow or are NaN there (f is not differentiable "
-                         "at z, or its Jacobian is huge); check f at this z, or evaluate at a better-behaved point")
+        raise ValueError(
+            f"the spectral radius came out non-finite for {int((~torch.isfinite(rho)).sum())} samples: "
+            "the vector–Jacobian products of f at z overflow or are NaN there (f is not differentiable "
+            "at z, or its Jacobian is huge); check f at this z, or evaluate at a better-behaved point"
+        )
     return rho
 
 
@@ -110,9 +120,16 @@ class GradientReport:
         return "\n".join(rows)
 
 
-def compare_gradients(model: nn.Module, x: torch.Tensor, *, loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                      modes: Sequence[str] = tuple(GRADIENTS), eps: float = 1e-6, directions: int | None = None,
-                      seed: int = 0) -> GradientReport:
+def compare_gradients(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    modes: Sequence[str] = tuple(GRADIENTS),
+    eps: float = 1e-6,
+    directions: int | None = None,
+    seed: int = 0,
+) -> GradientReport:
     """Compare the gradients of ``loss(model(x))`` from each backward mode with central finite differences.
 
     Parameters
@@ -149,8 +166,10 @@ def compare_gradients(model: nn.Module, x: torch.Tensor, *, loss: Callable[[torc
         eps = check_real("eps", eps, 0.0, float("inf"), low_open=True, high_open=True)
         directions = None if directions is None else check_int("directions", directions, 1)
     except ValueError as err:
-        raise ValueError(f"{err}: eps is the finite-difference step (a finite number > 0, e.g. 1e-6) and "
-                         "directions the number of random directions (>= 1, or None for the full gradient)") from None
+        raise ValueError(
+            f"{err}: eps is the finite-difference step (a finite number > 0, e.g. 1e-6) and "
+            "directions the number of random directions (>= 1, or None for the full gradient)"
+        ) from None
     unknown = [m for m in modes if m not in GRADIENTS]
     if unknown:
         raise ValueError(f"unknown backward mode(s) {unknown}; choose from {tuple(GRADIENTS)}")
@@ -159,8 +178,10 @@ def compare_gradients(model: nn.Module, x: torch.Tensor, *, loss: Callable[[torc
         raise ValueError("compare_gradients needs a DEQ inside the model")
     params = [p for p in model.parameters() if p.requires_grad]
     if any(t.dtype != torch.float64 for t in [x, *params]):
-        raise ValueError("compare_gradients needs float64 (call model.double() and pass a float64 x): "
-                         "finite differences in float32 are too noisy to judge a gradient")
+        raise ValueError(
+            "compare_gradients needs float64 (call model.double() and pass a float64 x): "
+            "finite differences in float32 are too noisy to judge a gradient"
+        )
     gen = torch.Generator().manual_seed(seed)
     if loss is None:
         with torch.no_grad():
@@ -172,8 +193,9 @@ def compare_gradients(model: nn.Module, x: torch.Tensor, *, loss: Callable[[torc
             return sum((t * w).sum() for t, w in zip(y if isinstance(y, (tuple, list)) else [y], weights))
 
     total = x.numel() + sum(p.numel() for p in params)
-    dirs = None if directions is None else torch.randn(directions, total, generator=gen,
-                                                       dtype=torch.float64).to(x.device)
+    dirs = (
+        None if directions is None else torch.randn(directions, total, generator=gen, dtype=torch.float64).to(x.device)
+    )
     report = GradientReport(_finite_differences(model, x, params, loss, dirs, eps))
     saved = [d.backward for d in deqs]
     try:
@@ -194,9 +216,14 @@ def _flat(ts: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in ts])
 
 
-def _finite_differences(model: nn.Module, x: torch.Tensor, params: Sequence[torch.Tensor],
-                        loss: Callable[[torch.Tensor], torch.Tensor], dirs: torch.Tensor | None,
-                        eps: float) -> torch.Tensor:
+def _finite_differences(
+    model: nn.Module,
+    x: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    loss: Callable[[torch.Tensor], torch.Tensor],
+    dirs: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
     """Central differences of ``loss(model(x))`` along ``dirs`` (or every coordinate of ``x`` and ``params``)."""
     targets = [x.detach().clone(), *params]  # x and each parameter are perturbed in place, restored afterwards
     base = [t.detach().clone() for t in targets]
@@ -205,13 +232,14 @@ def _finite_differences(model: nn.Module, x: torch.Tensor, params: Sequence[torc
         with torch.no_grad():
             offset = 0
             for t, b in zip(targets, base):
-                t.copy_(b + scale * vec[offset:offset + t.numel()].view_as(t))
+                t.copy_(b + scale * vec[offset : offset + t.numel()].view_as(t))
                 offset += t.numel()
             value = float(loss(model(targets[0])))
             for t, b in zip(targets, base):
                 t.copy_(b)
         return value
 
-    basis = dirs if dirs is not None else torch.eye(sum(t.numel() for t in targets), dtype=torch.float64,
-                                                     device=x.device)
+    basis = (
+        dirs if dirs is not None else torch.eye(sum(t.numel() for t in targets), dtype=torch.float64, device=x.device)
+    )
     return torch.tensor([(shifted(v, eps) - shifted(v, -eps)) / (2 * eps) for v in basis], dtype=torch.float64)

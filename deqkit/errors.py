@@ -6,8 +6,16 @@ knows how to react without reading the source.
 
 from __future__ import annotations
 
-__all__ = ["ConvergenceWarning", "ConvergenceError", "DivergenceError", "CheckpointError", "RunFolderError",
-           "MNISTError", "ExerciseError", "StepFailure"]
+__all__ = [
+    "ConvergenceWarning",
+    "ConvergenceError",
+    "DivergenceError",
+    "CheckpointError",
+    "RunFolderError",
+    "MNISTError",
+    "ExerciseError",
+    "StepFailure",
+]
 
 
 class ConvergenceWarning(RuntimeWarning):

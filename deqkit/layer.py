@@ -23,9 +23,11 @@ from .state import Structure, detach, is_structured
 from .stats import SolverStats
 
 # Shown by torch.compile(fullgraph=True), which cannot capture the solver loop.
-EAGER = ("deqkit: a DEQ runs its solve eagerly: the solver loop stops on data-dependent conditions, which one graph "
-         "cannot express, so torch.compile(fullgraph=True) cannot capture it. Use torch.compile without fullgraph "
-         "(the rest of the model compiles, with a graph break at the DEQ), or compile f itself.")
+EAGER = (
+    "deqkit: a DEQ runs its solve eagerly: the solver loop stops on data-dependent conditions, which one graph "
+    "cannot express, so torch.compile(fullgraph=True) cannot capture it. Use torch.compile without fullgraph "
+    "(the rest of the model compiles, with a graph break at the DEQ), or compile f itself."
+)
 
 #: Default forward budget per call in training mode: evaluations of f (the implicit backward gets the same number of
 #: vector–Jacobian products). A training step tolerates an inexact z*; TorchDEQ's usual setting is 30 iterations too.
@@ -35,11 +37,15 @@ TRAIN_NFE = 30
 #: still cannot cost more than this.
 EVAL_NFE = 200
 
-FORWARD_ADVICE = ("To converge more samples: raise the budget (DEQ(max_nfe=...) in training mode, eval_max_nfe=... in "
-                  "eval mode), loosen abstol/reltol, or make f easier to solve (deqkit.jacobian_penalty, spectral "
-                  "normalization). A training step tolerates an inexact equilibrium; evaluation should not.")
-BACKWARD_ADVICE = ("To converge more: give the gradient its own budget (backward=deqkit.Implicit(max_nfe=...)), a "
-                   "looser reltol, or another solver (deqkit.Implicit(solver=deqkit.GMRES(restart=...))).")
+FORWARD_ADVICE = (
+    "To converge more samples: raise the budget (DEQ(max_nfe=...) in training mode, eval_max_nfe=... in "
+    "eval mode), loosen abstol/reltol, or make f easier to solve (deqkit.jacobian_penalty, spectral "
+    "normalization). A training step tolerates an inexact equilibrium; evaluation should not."
+)
+BACKWARD_ADVICE = (
+    "To converge more: give the gradient its own budget (backward=deqkit.Implicit(max_nfe=...)), a "
+    "looser reltol, or another solver (deqkit.Implicit(solver=deqkit.GMRES(restart=...)))."
+)
 
 State = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]
 InitialState = str | Callable[[torch.Tensor], State] | State
@@ -144,17 +150,30 @@ class DEQ(nn.Module):
     is kept. Double backward through ``"implicit"`` raises an error rather than returning a wrong answer.
     """
 
-    def __init__(self, f: nn.Module | Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
-                 solver: SolverSpec = "dynamic_ss", backward: GradientSpec = "implicit",
-                 abstol: float = 1e-5, reltol: float = 1e-5, max_steps: int | None = None,
-                 max_nfe: int | None = TRAIN_NFE, eval_max_nfe: int | None = EVAL_NFE,
-                 z0: InitialState = "zeros", strict: bool = False, correction: GradientSpec = "one_step",
-                 per_sample: bool = True, **options: Any):
+    def __init__(
+        self,
+        f: nn.Module | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        *,
+        solver: SolverSpec = "dynamic_ss",
+        backward: GradientSpec = "implicit",
+        abstol: float = 1e-5,
+        reltol: float = 1e-5,
+        max_steps: int | None = None,
+        max_nfe: int | None = TRAIN_NFE,
+        eval_max_nfe: int | None = EVAL_NFE,
+        z0: InitialState = "zeros",
+        strict: bool = False,
+        correction: GradientSpec = "one_step",
+        per_sample: bool = True,
+        **options: Any,
+    ):
         super().__init__()
         stale = sorted(k for k in options if k.startswith("backward_"))
         if stale:
-            raise TypeError(f"DEQ no longer takes {', '.join(stale)}: configure the backward pass as one object, "
-                            "e.g. DEQ(f, backward=deqkit.Implicit(solver='gmres', reltol=1e-6, max_steps=100))")
+            raise TypeError(
+                f"DEQ no longer takes {', '.join(stale)}: configure the backward pass as one object, "
+                "e.g. DEQ(f, backward=deqkit.Implicit(solver='gmres', reltol=1e-6, max_steps=100))"
+            )
         _check_z0(z0)
         if not callable(f):
             raise TypeError(f"f must be an nn.Module or a callable f(z, x), got {type(f).__name__}")
@@ -176,13 +195,21 @@ class DEQ(nn.Module):
         except TypeError as err:  # an option of a gradient method, given to the DEQ: say where it belongs
             hint = _gradient_hint(options) + _torchdeq_hint(options)
             if not hint:  # neither a gradient's option nor a TorchDEQ setting: say the DEQ passed it on
-                hint = (". DEQ passes every keyword it does not take itself to its solver; the DEQ's own settings "
-                        "are: " + ", ".join(p.name for p in inspect.signature(DEQ).parameters.values()
-                                            if p.kind is not inspect.Parameter.VAR_KEYWORD))
+                hint = (
+                    ". DEQ passes every keyword it does not take itself to its solver; the DEQ's own settings "
+                    "are: "
+                    + ", ".join(
+                        p.name
+                        for p in inspect.signature(DEQ).parameters.values()
+                        if p.kind is not inspect.Parameter.VAR_KEYWORD
+                    )
+                )
             raise TypeError(f"{err}{hint}") from err
         self.backward = backward
-        self.alerts = {"forward": ConvergenceAlerts("forward", FORWARD_ADVICE),
-                       "backward": ConvergenceAlerts("backward", BACKWARD_ADVICE)}
+        self.alerts = {
+            "forward": ConvergenceAlerts("forward", FORWARD_ADVICE),
+            "backward": ConvergenceAlerts("backward", BACKWARD_ADVICE),
+        }
         self.correction = correction
         self.last_stats: DEQStats | None = None
         self.last_equilibrium: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -220,17 +247,21 @@ class DEQ(nn.Module):
         if isinstance(method, OneStep):
             method = Phantom(steps=1, damping=1.0)
         if not isinstance(method, Phantom):
-            raise ValueError(f"correction must be 'one_step', 'phantom', deqkit.OneStep() or deqkit.Phantom(...), got "
-                             f"{method!r}: an intermediate state is attached by a few steps of f from it, as in "
-                             "TorchDEQ's fixed-point correction (the last state, z*, uses the layer's backward)")
+            raise ValueError(
+                f"correction must be 'one_step', 'phantom', deqkit.OneStep() or deqkit.Phantom(...), got "
+                f"{method!r}: an intermediate state is attached by a few steps of f from it, as in "
+                "TorchDEQ's fixed-point correction (the last state, z*, uses the layer's backward)"
+            )
         self._correction = method
 
     def extra_repr(self) -> str:
         """The settings shown in ``repr(deq)``: solver, gradient, tolerances, step limit and budgets."""
         steps = "" if self.max_steps is None else f", max_steps={self.max_steps}"
-        return (f"solver={self.solver!r}, backward={self.backward!r}, abstol={self.abstol:g}, "
-                f"reltol={self.reltol:g}{steps}, max_nfe={self.max_nfe}, eval_max_nfe={self.eval_max_nfe}"
-                + ("" if self.per_sample else ", per_sample=False"))
+        return (
+            f"solver={self.solver!r}, backward={self.backward!r}, abstol={self.abstol:g}, "
+            f"reltol={self.reltol:g}{steps}, max_nfe={self.max_nfe}, eval_max_nfe={self.eval_max_nfe}"
+            + ("" if self.per_sample else ", per_sample=False")
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         """What ``copy.deepcopy`` and ``pickle`` (``torch.save(deq)``) copy: everything but ``last_equilibrium``.
@@ -268,8 +299,10 @@ class DEQ(nn.Module):
             if callable(z0):
                 start = z0(x)
                 if not (isinstance(start, torch.Tensor) or is_structured(start)):
-                    raise TypeError(f"the callable z0 returned a {type(start).__name__}: it must return the "
-                                    "starting state, a tensor (batch, ...) or a tuple/list of them")
+                    raise TypeError(
+                        f"the callable z0 returned a {type(start).__name__}: it must return the "
+                        "starting state, a tensor (batch, ...) or a tuple/list of them"
+                    )
                 return detach(start)
             zeros = torch.zeros_like(x)
             return zeros if z0 == "zeros" else detach(self.f(zeros, x))
@@ -359,8 +392,13 @@ class DEQ(nn.Module):
         # In grad mode always re-attach: parameters that f captures by closure are invisible from here.
         needs_grad = torch.is_grad_enabled()
         with _explained_start(mode, x, first) as first:
-            sol = self._solve(first.watch(block), x, flat, needs_grad and self.backward.records_graph,
-                              record=states is not None and states > 1)
+            sol = self._solve(
+                first.watch(block),
+                x,
+                flat,
+                needs_grad and self.backward.records_graph,
+                record=states is not None and states > 1,
+            )
         iterates = _evenly_spaced(sol.stats.trajectory, states or 1)
         sol.stats.trajectory = []  # recorded only to sample the states: not kept
         unflatten = (lambda z: z) if structure is None else structure.unflatten
@@ -376,27 +414,51 @@ class DEQ(nn.Module):
         out = block(z, x)
         self.last_equilibrium = (z, out)
         budget = self.max_nfe if self.training else self.eval_max_nfe  # the forward's: the backward's default
-        ctx = Context(block, self.abstol, self.reltol, self.strict, lambda s: setattr(stats, "backward", s), (z, out),
-                      budget, self.alerts["backward"])
+        ctx = Context(
+            block,
+            self.abstol,
+            self.reltol,
+            self.strict,
+            lambda s: setattr(stats, "backward", s),
+            (z, out),
+            budget,
+            self.alerts["backward"],
+        )
         result = unflatten(self.backward.attach(out, sol, x, ctx))
         return result if states is None else [*corrected, result]
 
     @torch.compiler.disable(reason=EAGER)
-    def _solve(self, block: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
-               start: torch.Tensor, record_graph: bool, record: bool = False) -> Solution:
+    def _solve(
+        self,
+        block: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        x: torch.Tensor,
+        start: torch.Tensor,
+        record_graph: bool,
+        record: bool = False,
+    ) -> Solution:
         """The forward solve, run eagerly under ``torch.compile``: its loop stops on data-dependent conditions,
         which a compiled graph cannot express (the code around the DEQ still compiles, with a graph break here)."""
         alerts = self.alerts["forward"]
         with torch.set_grad_enabled(record_graph):
             try:
-                sol = run(self.solver, self._per_sample(block, x), start, abstol=self.abstol, reltol=self.reltol,
-                          max_steps=self.max_steps, max_nfe=self.max_nfe if self.training else self.eval_max_nfe,
-                          strict=self.strict, record=record, warn=alerts.warn)
+                sol = run(
+                    self.solver,
+                    self._per_sample(block, x),
+                    start,
+                    abstol=self.abstol,
+                    reltol=self.reltol,
+                    max_steps=self.max_steps,
+                    max_nfe=self.max_nfe if self.training else self.eval_max_nfe,
+                    strict=self.strict,
+                    record=record,
+                    warn=alerts.warn,
+                )
             except (TypeError, ValueError) as err:  # in eval() mode the budget is eval_max_nfe: name that one
                 if self.training or "max_nfe" not in str(err):
                     raise
-                raise type(err)(re.sub(r"(?<!eval_)max_nfe", "eval_max_nfe", str(err))
-                                + " (the budget in eval() mode)") from err
+                raise type(err)(
+                    re.sub(r"(?<!eval_)max_nfe", "eval_max_nfe", str(err)) + " (the budget in eval() mode)"
+                ) from err
         if sol.stats.all_converged:
             alerts.observe(sol.stats)
         return sol
@@ -405,14 +467,16 @@ class DEQ(nn.Module):
         """``z ↦ block(z, x)`` for the solvers, which may evaluate it on the samples still moving alone (see
         ``per_sample``); the whole batch every time where ``per_sample`` is False or ``f`` has a batch-norm layer
         in training mode."""
+
         def whole(z: torch.Tensor) -> torch.Tensor:
             return block(z, x)
 
         if not isinstance(self.per_sample, bool):  # checked here too: it may be reassigned after construction
             raise TypeError(f"per_sample must be True or False, got {self.per_sample!r}")
         batch_norm = nn.modules.batchnorm._BatchNorm
-        if not self.per_sample or (isinstance(self.f, nn.Module) and any(
-                isinstance(m, batch_norm) and m.training for m in self.f.modules())):
+        if not self.per_sample or (
+            isinstance(self.f, nn.Module) and any(isinstance(m, batch_norm) and m.training for m in self.f.modules())
+        ):
             return whole
 
         def on(index: torch.Tensor) -> Map:
@@ -433,13 +497,17 @@ class DEQ(nn.Module):
                 "of a batch independently) and use torch.autograd.grad or DEQ(..., backward='unrolled')."
             )
         if x.dim() == 0 or x.shape[0] == 0:
-            raise ValueError(f"x must have shape (batch, ...) with a non-empty batch, got shape {tuple(x.shape)}; "
-                             "for one sample, add the batch dimension: x[None]")
+            raise ValueError(
+                f"x must have shape (batch, ...) with a non-empty batch, got shape {tuple(x.shape)}; "
+                "for one sample, add the batch dimension: x[None]"
+            )
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}: convert it, e.g. x.float()")
         if x.device.type == "meta":
-            raise ValueError("x is on the meta device (shapes only, no values): a fixed point needs values; "
-                             "materialise the model and data first (model.to_empty(device='cpu'), then load weights)")
+            raise ValueError(
+                "x is on the meta device (shapes only, no values): a fixed point needs values; "
+                "materialise the model and data first (model.to_empty(device='cpu'), then load weights)"
+            )
         param = next((p for p in self.parameters() if p.is_floating_point()), None)
         if param is not None and (param.dtype != x.dtype or param.device != x.device):
             raise ValueError(
@@ -447,8 +515,10 @@ class DEQ(nn.Module):
                 f"the other, e.g. x.to(next(deq.parameters())) or deq.to({x.dtype}).to('{x.device}')"
             )
         if not torch.isfinite(x).all():
-            raise ValueError(f"the input x contains NaN or Inf ({int((~torch.isfinite(x)).sum())} entries): a "
-                             "fixed point of f(z, x) is undefined there; clean the data or check the layer below")
+            raise ValueError(
+                f"the input x contains NaN or Inf ({int((~torch.isfinite(x)).sum())} entries): a "
+                "fixed point of f(z, x) is undefined there; clean the data or check the layer below"
+            )
 
 
 class _FirstCall:
@@ -479,7 +549,8 @@ def _explained_start(mode: Any, x: torch.Tensor, first: _FirstCall | None = None
     except (RuntimeError, ValueError) as err:
         shapes = any(word in str(err) for word in ("shape", "size", "channels", "dimension"))
         if not (isinstance(mode, str) and first.calls <= 1 and shapes) or isinstance(
-                err, (ConvergenceError, torch.cuda.OutOfMemoryError)):
+            err, (ConvergenceError, torch.cuda.OutOfMemoryError)
+        ):
             raise
         start = "starts from" if mode == "zeros" else "evaluates f(z, x) at"
         state = f"x.shape[0], {', '.join(map(str, first.shape[1:]))}" if first.shape is not None else "x.shape[0], ..."
@@ -505,8 +576,10 @@ def _check_z0(z0: Any) -> None:
     else:
         ok = callable(z0) or isinstance(z0, torch.Tensor) or is_structured(z0)
     if not ok:
-        raise ValueError(f"z0 must be 'zeros', 'f0', a callable or a tensor, got {z0!r} (for a state of several "
-                         "tensors: a tuple or list of tensors)")
+        raise ValueError(
+            f"z0 must be 'zeros', 'f0', a callable or a tensor, got {z0!r} (for a state of several "
+            "tensors: a tuple or list of tensors)"
+        )
 
 
 def _check_batch(start: State, x: torch.Tensor) -> None:
@@ -514,22 +587,32 @@ def _check_batch(start: State, x: torch.Tensor) -> None:
     first = start[0] if is_structured(start) else start
     if not isinstance(first, torch.Tensor) or first.dim() == 0 or first.shape[0] != x.shape[0]:
         what = "z0[0]" if is_structured(start) else "z0"
-        raise ValueError(f"{what} has shape {tuple(getattr(first, 'shape', ()))} but x has batch size "
-                         f"{x.shape[0]}: the first dimension of z0 must be the batch of x")
+        raise ValueError(
+            f"{what} has shape {tuple(getattr(first, 'shape', ()))} but x has batch size "
+            f"{x.shape[0]}: the first dimension of z0 must be the batch of x"
+        )
 
 
 #: TorchDEQ's settings (get_deq / DEQBase / DEQIndexing) -> deqkit's, for the error about an unknown option
 #: (docs/torchdeq.md has the full table).
 TORCHDEQ_NAMES = {
-    "f_solver": "solver=...", "b_solver": "backward=deqkit.Implicit(solver=...)",
-    "f_max_iter": "max_steps=... / max_nfe=...", "b_max_iter": "backward=deqkit.Implicit(max_nfe=...)",
-    "f_tol": "abstol=... / reltol=...", "b_tol": "backward=deqkit.Implicit(reltol=...)",
-    "f_stop_mode": "abstol=... (abs) or reltol=... (rel)", "eval_factor": "eval_max_nfe=...",
-    "eval_f_max_iter": "eval_max_nfe=...", "ift": "backward='implicit' (the default)",
-    "hook_ift": "backward='implicit'", "grad": "backward=deqkit.Phantom(steps=...)",
-    "tau": "backward=deqkit.Phantom(damping=...)", "n_states": "deq(x, states=k) at the call",
+    "f_solver": "solver=...",
+    "b_solver": "backward=deqkit.Implicit(solver=...)",
+    "f_max_iter": "max_steps=... / max_nfe=...",
+    "b_max_iter": "backward=deqkit.Implicit(max_nfe=...)",
+    "f_tol": "abstol=... / reltol=...",
+    "b_tol": "backward=deqkit.Implicit(reltol=...)",
+    "f_stop_mode": "abstol=... (abs) or reltol=... (rel)",
+    "eval_factor": "eval_max_nfe=...",
+    "eval_f_max_iter": "eval_max_nfe=...",
+    "ift": "backward='implicit' (the default)",
+    "hook_ift": "backward='implicit'",
+    "grad": "backward=deqkit.Phantom(steps=...)",
+    "tau": "backward=deqkit.Phantom(damping=...)",
+    "n_states": "deq(x, states=k) at the call",
     "indexing": "deq(x, states=k) at the call",
-    "norm_type": "deqkit.normalize(f, 'weight' or 'spectral')", "core": "nothing: one graph, see docs/torchdeq.md",
+    "norm_type": "deqkit.normalize(f, 'weight' or 'spectral')",
+    "core": "nothing: one graph, see docs/torchdeq.md",
 }
 
 
@@ -538,8 +621,7 @@ def _torchdeq_hint(options: dict[str, Any]) -> str:
     known = [k for k in options if k in TORCHDEQ_NAMES]
     hint = "".join(f". TorchDEQ's {k!r} is {TORCHDEQ_NAMES[k]} here" for k in known)
     if "record" in options:
-        hint += (". For iterates along the solve call deq(x, states=k); deqkit.solve(f, z0, record=True) keeps them "
-                 "all")
+        hint += ". For iterates along the solve call deq(x, states=k); deqkit.solve(f, z0, record=True) keeps them all"
     return hint
 
 
@@ -551,8 +633,10 @@ def _gradient_hint(options: dict[str, Any]) -> str:
         mine = [k for k in options if k in inspect.signature(cls).parameters]
         if mine:
             settings = ", ".join(f"{k}=..." for k in mine)
-            return f". {', '.join(map(repr, mine))}: an option of the gradient, pass backward=deqkit.{cls.__name__}" \
-                   f"({settings})"
+            return (
+                f". {', '.join(map(repr, mine))}: an option of the gradient, pass backward=deqkit.{cls.__name__}"
+                f"({settings})"
+            )
     return ""
 
 

@@ -47,8 +47,9 @@ def _profiler_chatter_dropped() -> Iterator[None]:
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
-            kept = [line for line in tmp.read().decode(errors="replace").splitlines()
-                    if not _PROFILER_CHATTER.search(line)]
+            kept = [
+                line for line in tmp.read().decode(errors="replace").splitlines() if not _PROFILER_CHATTER.search(line)
+            ]
             if kept:
                 sys.stderr.write("\n".join(kept) + "\n")
 
@@ -130,8 +131,9 @@ def training_step(model: DEQ, x: torch.Tensor, target: torch.Tensor) -> None:
     loss.backward()
 
 
-def make_cost_model(mode: GradientSpec, iterations: int, d: int, batch: int, norm: float = 0.9,
-                    solver: SolverSpec = "picard") -> tuple[DEQ, torch.Tensor, torch.Tensor]:
+def make_cost_model(
+    mode: GradientSpec, iterations: int, d: int, batch: int, norm: float = 0.9, solver: SolverSpec = "picard"
+) -> tuple[DEQ, torch.Tensor, torch.Tensor]:
     """A tanh DEQ whose forward takes exactly ``iterations`` steps (its tolerance is out of reach).
 
     With ``mode="implicit"`` the backward solve is GMRES to a relative tolerance of 1e-4.
@@ -161,8 +163,16 @@ def make_cost_model(mode: GradientSpec, iterations: int, d: int, batch: int, nor
     return model, x, torch.zeros_like(x)
 
 
-def measure_step(mode: GradientSpec, iterations: int, *, d: int, batch: int, repeats: int, norm: float = 0.9,
-                 solver: SolverSpec = "picard") -> StepCost:
+def measure_step(
+    mode: GradientSpec,
+    iterations: int,
+    *,
+    d: int,
+    batch: int,
+    repeats: int,
+    norm: float = 0.9,
+    solver: SolverSpec = "picard",
+) -> StepCost:
     """Median wall time and peak tensor memory of one training step of :func:`make_cost_model`'s DEQ.
 
     The forward's tolerance is unreachable, so it runs exactly ``iterations`` steps; the non-convergence warning
@@ -196,8 +206,9 @@ def measure_step(mode: GradientSpec, iterations: int, *, d: int, batch: int, rep
         model.zero_grad(set_to_none=True)
         model.last_stats = model.last_equilibrium = None
         _, peak = peak_memory(lambda: training_step(model, x, target))
-    return StepCost(model.backward.name, iterations, statistics.median(times[1:]), peak, _forward_steps(model),
-                    tuple(times[1:]))
+    return StepCost(
+        model.backward.name, iterations, statistics.median(times[1:]), peak, _forward_steps(model), tuple(times[1:])
+    )
 
 
 def _forward_steps(model: DEQ) -> int:

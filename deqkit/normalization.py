@@ -18,13 +18,22 @@ from torch.nn.utils import parametrizations, parametrize
 __all__ = ["NORMALIZED_TYPES", "normalize", "remove_normalization"]
 
 #: The layers :func:`normalize` reparametrizes: linear and (transposed) convolutions.
-NORMALIZED_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
-                                                 nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+NORMALIZED_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
 _KINDS = ("weight", "spectral", None)
 
 
-def normalize(module: nn.Module, kind: str | None = "weight", *, exclude: Iterable[str | type | nn.Module] = (),
-              **options: Any) -> nn.Module:
+def normalize(
+    module: nn.Module, kind: str | None = "weight", *, exclude: Iterable[str | type | nn.Module] = (), **options: Any
+) -> nn.Module:
     """Apply weight or spectral normalization to every linear and conv layer of ``module``, in place.
 
     Parameters
@@ -69,27 +78,35 @@ def normalize(module: nn.Module, kind: str | None = "weight", *, exclude: Iterab
     layers = _layers(module, exclude)
     for name, layer in layers:
         if parametrize.is_parametrized(layer, "weight"):
-            raise ValueError(f"layer {name or type(layer).__name__!r} is normalized already: call "
-                             "deqkit.remove_normalization(module) first (or exclude it)")
+            raise ValueError(
+                f"layer {name or type(layer).__name__!r} is normalized already: call "
+                "deqkit.remove_normalization(module) first (or exclude it)"
+            )
     if not layers:
-        raise ValueError(f"no layer to normalize in {type(module).__name__}: normalize() reparametrizes "
-                         f"{', '.join(t.__name__ for t in NORMALIZED_TYPES[:3])} and other convolutions, and "
-                         "each was either absent or excluded")
+        raise ValueError(
+            f"no layer to normalize in {type(module).__name__}: normalize() reparametrizes "
+            f"{', '.join(t.__name__ for t in NORMALIZED_TYPES[:3])} and other convolutions, and "
+            "each was either absent or excluded"
+        )
     if kind == "weight":  # W = g · V / ‖V‖ per output unit: a unit whose weights are all 0 would become 0/0 = NaN
         for name, layer in layers:
             weight = cast(Tensor, layer.weight)  # a Parameter on every NORMALIZED_TYPES layer
             dims = tuple(range(1, weight.dim()))
             if bool((weight.detach().abs().amax(dim=dims) == 0).any()):
-                raise ValueError(f"layer {name or type(layer).__name__!r} has an output unit whose weights are all 0: "
-                                 "weight normalization divides by their norm (0/0 = NaN). Initialise the weights "
-                                 "first, or exclude the layer")
+                raise ValueError(
+                    f"layer {name or type(layer).__name__!r} has an output unit whose weights are all 0: "
+                    "weight normalization divides by their norm (0/0 = NaN). Initialise the weights "
+                    "first, or exclude the layer"
+                )
     apply = parametrizations.weight_norm if kind == "weight" else parametrizations.spectral_norm
     for _, layer in layers:
         try:
             apply(layer, "weight", **options)
         except TypeError as err:
-            raise TypeError(f"{err}: the options of torch.nn.utils.parametrizations.{apply.__name__} are accepted "
-                            f"here, got {sorted(options)}") from err
+            raise TypeError(
+                f"{err}: the options of torch.nn.utils.parametrizations.{apply.__name__} are accepted "
+                f"here, got {sorted(options)}"
+            ) from err
     return module
 
 
@@ -133,8 +150,10 @@ def _layers(module: nn.Module, exclude: Iterable[str | type | nn.Module]) -> lis
     for item in exclude:
         if isinstance(item, str) and item not in names:
             known = [n for n in names if n][:12]
-            raise ValueError(f"exclude names {item!r}, which is not a submodule of {type(module).__name__}; its "
-                             f"submodules include {known}")
+            raise ValueError(
+                f"exclude names {item!r}, which is not a submodule of {type(module).__name__}; its "
+                f"submodules include {known}"
+            )
         if not isinstance(item, (str, type, nn.Module)):
             raise TypeError(f"exclude takes submodule names, layer classes or modules, got {item!r}")
     prefixes = tuple(item for item in exclude if isinstance(item, str))
@@ -142,14 +161,22 @@ def _layers(module: nn.Module, exclude: Iterable[str | type | nn.Module]) -> lis
     objects = [item for item in exclude if isinstance(item, nn.Module)]
 
     def excluded(name: str, layer: nn.Module) -> bool:
-        return (any(name == p or name.startswith(p + ".") for p in prefixes) or isinstance(layer, kinds)
-                or any(layer is o for o in objects))
+        return (
+            any(name == p or name.startswith(p + ".") for p in prefixes)
+            or isinstance(layer, kinds)
+            or any(layer is o for o in objects)
+        )
 
     for name, layer in module.named_modules():
         if isinstance(layer, nn.MultiheadAttention) and not excluded(name, layer):
-            raise ValueError(f"{name or type(layer).__name__!r} is an nn.MultiheadAttention: its input projection "
-                             "is a bare parameter (in_proj_weight), not a layer, so normalize() would reach only its "
-                             "out_proj; exclude it (exclude=[nn.MultiheadAttention]) or reparametrize it yourself with "
-                             "torch.nn.utils.parametrize")
-    return [(name, layer) for name, layer in module.named_modules()
-            if isinstance(layer, NORMALIZED_TYPES) and not excluded(name, layer)]
+            raise ValueError(
+                f"{name or type(layer).__name__!r} is an nn.MultiheadAttention: its input projection "
+                "is a bare parameter (in_proj_weight), not a layer, so normalize() would reach only its "
+                "out_proj; exclude it (exclude=[nn.MultiheadAttention]) or reparametrize it yourself with "
+                "torch.nn.utils.parametrize"
+            )
+    return [
+        (name, layer)
+        for name, layer in module.named_modules()
+        if isinstance(layer, NORMALIZED_TYPES) and not excluded(name, layer)
+    ]

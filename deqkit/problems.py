@@ -12,15 +12,34 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["FAMILIES", "KINDS", "SYSTEMS", "ConvGNFamily", "MDEQFamily", "MLPFamily", "TanhBlock", "block_problem",
-           "linear_problem", "system_map", "system_matrix", "tanh_problem", "tanh_weight"]
+__all__ = [
+    "FAMILIES",
+    "KINDS",
+    "SYSTEMS",
+    "ConvGNFamily",
+    "MDEQFamily",
+    "MLPFamily",
+    "TanhBlock",
+    "block_problem",
+    "linear_problem",
+    "system_map",
+    "system_matrix",
+    "tanh_problem",
+    "tanh_weight",
+]
 
 KINDS = ("orthogonal", "symmetric", "gaussian", "psd")
 SYSTEMS = ("pitchfork", "spiral")
 
 
-def tanh_weight(d: int, norm: float, kind: str = "orthogonal", *, generator: torch.Generator | None = None,
-                dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def tanh_weight(
+    d: int,
+    norm: float,
+    kind: str = "orthogonal",
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
     """A random ``d × d`` weight with spectral norm ``‖W‖₂ = norm``, drawn in float64 from ``generator``.
 
     Parameters
@@ -78,8 +97,16 @@ class TanhBlock(nn.Module):
         Of the parameters (drawn in float64 and converted).
     """
 
-    def __init__(self, d: int, norm: float, *, kind: str = "orthogonal", seed: int = 0, bias_scale: float = 0.1,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        d: int,
+        norm: float,
+        *,
+        kind: str = "orthogonal",
+        seed: int = 0,
+        bias_scale: float = 0.1,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         self.weight = nn.Parameter(tanh_weight(d, norm, kind, generator=gen, dtype=dtype))
@@ -90,9 +117,17 @@ class TanhBlock(nn.Module):
         return torch.tanh(z @ self.weight.T + x + self.bias)
 
 
-def tanh_problem(d: int = 32, norm: float = 0.9, *, batch: int = 8, kind: str = "orthogonal",
-                 x_scale: float = 1.0, bias_scale: float = 0.1, seed: int = 0,
-                 dtype: torch.dtype = torch.float32) -> tuple[TanhBlock, torch.Tensor]:
+def tanh_problem(
+    d: int = 32,
+    norm: float = 0.9,
+    *,
+    batch: int = 8,
+    kind: str = "orthogonal",
+    x_scale: float = 1.0,
+    bias_scale: float = 0.1,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[TanhBlock, torch.Tensor]:
     """A :class:`TanhBlock` and an input batch ``x`` with entries ``x_scale · N(0, 1)`` (drawn with ``seed + 1``).
 
     Returns
@@ -222,8 +257,9 @@ class ConvGNFamily(MDEQFamily):
         return self.norm3(torch.relu(z + self.norm2(x + self.conv2(y))))
 
 
-def block_problem(family: str, *, batch: int = 8, size: int = 32, seed: int = 0,
-                  dtype: torch.dtype = torch.float64) -> tuple[nn.Module, torch.Tensor]:
+def block_problem(
+    family: str, *, batch: int = 8, size: int = 32, seed: int = 0, dtype: torch.dtype = torch.float64
+) -> tuple[nn.Module, torch.Tensor]:
     """A block of one family, initialised as PyTorch initialises it, and an input batch ``x``.
 
     Parameters

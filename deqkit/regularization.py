@@ -48,19 +48,24 @@ def jacobian_penalty(model: nn.Module, *, samples: int = 1, generator: torch.Gen
     """
     samples = check_int("samples", samples, 1)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"jacobian_penalty needs the model (a deqkit.DEQ or a module containing one), got "
-                        f"{type(model).__name__}")
+        raise TypeError(
+            f"jacobian_penalty needs the model (a deqkit.DEQ or a module containing one), got {type(model).__name__}"
+        )
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}: e.g. "
-                        "torch.Generator(device).manual_seed(0)")
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}: e.g. "
+            "torch.Generator(device).manual_seed(0)"
+        )
     deqs = [m for m in model.modules() if isinstance(m, DEQ)]
     if not deqs:
         raise ValueError("jacobian_penalty needs a deqkit.DEQ (or a module containing one)")
     terms = []
     for deq in deqs:
         if deq.last_equilibrium is None:
-            raise ValueError("jacobian_penalty: the DEQ has no equilibrium with a graph; call it in grad mode first "
-                             "(not under torch.no_grad()), then take the penalty before the next call")
+            raise ValueError(
+                "jacobian_penalty: the DEQ has no equilibrium with a graph; call it in grad mode first "
+                "(not under torch.no_grad()), then take the penalty before the next call"
+            )
         z, fz = deq.last_equilibrium
         per_sample = torch.zeros(z.shape[0], dtype=fz.dtype, device=fz.device)
         for _ in range(samples):
@@ -73,18 +78,25 @@ def jacobian_penalty(model: nn.Module, *, samples: int = 1, generator: torch.Gen
 def _vjp(fz: torch.Tensor, z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``vᵀ ∂f/∂z`` with a graph, naming the cause when the equilibrium's graph cannot give it."""
     if not fz.requires_grad:
-        raise ValueError("jacobian_penalty: f(z*, x) carries no graph to z* (does f detach z, or run under "
-                         "torch.no_grad()?); the penalty needs ∂f/∂z")
+        raise ValueError(
+            "jacobian_penalty: f(z*, x) carries no graph to z* (does f detach z, or run under "
+            "torch.no_grad()?); the penalty needs ∂f/∂z"
+        )
     try:
         (vj,) = torch.autograd.grad(fz, z, v, create_graph=True, retain_graph=True, allow_unused=True)
     except RuntimeError as err:
         if "backward through the graph a second time" in str(err):
-            raise RuntimeError("jacobian_penalty: the equilibrium's graph was freed by an earlier backward(); take "
-                               "the penalty before loss.backward(): (loss + gamma * jacobian_penalty(model))"
-                               ".backward()") from err
+            raise RuntimeError(
+                "jacobian_penalty: the equilibrium's graph was freed by an earlier backward(); take "
+                "the penalty before loss.backward(): (loss + gamma * jacobian_penalty(model))"
+                ".backward()"
+            ) from err
         raise
     if vj is None:
-        warnings.warn("jacobian_penalty: f(z*, x) does not depend on z* in its graph (f ignores z, or detaches it), "
-                      "so ∂f/∂z = 0 and the penalty is 0; if f should depend on z, do not detach it", stacklevel=3)
+        warnings.warn(
+            "jacobian_penalty: f(z*, x) does not depend on z* in its graph (f ignores z, or detaches it), "
+            "so ∂f/∂z = 0 and the penalty is 0; if f should depend on z, do not detach it",
+            stacklevel=3,
+        )
         return torch.zeros_like(z)
     return vj

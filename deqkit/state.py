@@ -73,21 +73,28 @@ class Structure:
             raise ValueError(f"{what} is an empty {type(z).__name__}: a state needs at least one tensor")
         for i, leaf in enumerate(z):
             if not isinstance(leaf, torch.Tensor):
-                raise TypeError(f"{what} must be a torch.Tensor of shape (batch, ...), or a tuple or list of them "
-                                f"(a state of several tensors), but {what}[{i}] is a {type(leaf).__name__}")
+                raise TypeError(
+                    f"{what} must be a torch.Tensor of shape (batch, ...), or a tuple or list of them "
+                    f"(a state of several tensors), but {what}[{i}] is a {type(leaf).__name__}"
+                )
             if leaf.dim() == 0 or leaf.shape[0] == 0:
-                raise ValueError(f"{what}[{i}] has shape {_shape(leaf.shape)}: every tensor of a state needs a "
-                                 "non-empty batch dimension first, (batch, ...)")
+                raise ValueError(
+                    f"{what}[{i}] has shape {_shape(leaf.shape)}: every tensor of a state needs a "
+                    "non-empty batch dimension first, (batch, ...)"
+                )
             if not leaf.is_floating_point():
-                raise ValueError(f"{what}[{i}] has dtype {leaf.dtype}: a state must be floating-point, e.g. "
-                                 f"{what}[{i}].float()")
+                raise ValueError(
+                    f"{what}[{i}] has dtype {leaf.dtype}: a state must be floating-point, e.g. {what}[{i}].float()"
+                )
         first, shapes = z[0], [_shape(t.shape) for t in z]
         for i, leaf in enumerate(z[1:], 1):
             for attr, value in (("batch size", leaf.shape[0]), ("dtype", leaf.dtype), ("device", leaf.device)):
                 ref = first.shape[0] if attr == "batch size" else getattr(first, attr)
                 if value != ref:
-                    raise ValueError(f"{what}[{i}] has {attr} {value} but {what}[0] has {ref}: the tensors of a "
-                                     f"state must share the batch dimension, dtype and device (shapes {shapes})")
+                    raise ValueError(
+                        f"{what}[{i}] has {attr} {value} but {what}[0] has {ref}: the tensors of a "
+                        f"state must share the batch dimension, dtype and device (shapes {shapes})"
+                    )
         return cls(type(z), [_shape(leaf.shape[1:]) for leaf in z], first.dtype, first.device)
 
     def describe(self) -> str:
@@ -106,22 +113,30 @@ class Structure:
             If it holds another number of tensors, or one differs in shape, dtype or device.
         """
         if not is_structured(z):
-            raise TypeError(f"{what} is a {type(z).__name__}, but the state is a {self.describe()}: f must return "
-                            "the same structure as z (a tuple or list of tensors of the same shapes)")
+            raise TypeError(
+                f"{what} is a {type(z).__name__}, but the state is a {self.describe()}: f must return "
+                "the same structure as z (a tuple or list of tensors of the same shapes)"
+            )
         if len(z) != len(self.shapes):
-            raise ValueError(f"{what} holds {len(z)} tensors, but the state is a {self.describe()}: f must return "
-                             "as many tensors as z has, in the same order")
+            raise ValueError(
+                f"{what} holds {len(z)} tensors, but the state is a {self.describe()}: f must return "
+                "as many tensors as z has, in the same order"
+            )
         for i, (leaf, shape) in enumerate(zip(z, self.shapes)):
             if not isinstance(leaf, torch.Tensor):
                 raise TypeError(f"{what}[{i}] is a {type(leaf).__name__}, not a tensor")
             batch = leaf.shape[0] if batch is None and leaf.dim() else batch
             if leaf.dim() == 0 or _shape(leaf.shape[1:]) != shape or leaf.shape[0] != batch:
-                raise ValueError(f"{what}[{i}] has shape {_shape(leaf.shape)} but z[{i}] has shape "
-                                 f"{(batch, *shape)}: f must return each tensor of the state in the shape it got "
-                                 f"(the state is a {self.describe()})")
+                raise ValueError(
+                    f"{what}[{i}] has shape {_shape(leaf.shape)} but z[{i}] has shape "
+                    f"{(batch, *shape)}: f must return each tensor of the state in the shape it got "
+                    f"(the state is a {self.describe()})"
+                )
             if leaf.dtype != self.dtype or leaf.device != self.device:
-                raise ValueError(f"{what}[{i}] is {leaf.dtype} on {leaf.device} but the state is {self.dtype} on "
-                                 f"{self.device}: f must not change the dtype or device")
+                raise ValueError(
+                    f"{what}[{i}] is {leaf.dtype} on {leaf.device} but the state is {self.dtype} on "
+                    f"{self.device}: f must not change the dtype or device"
+                )
         return torch.cat([leaf.reshape(leaf.shape[0], -1) for leaf in z], dim=1)
 
     def unflatten(self, flat: torch.Tensor) -> Any:

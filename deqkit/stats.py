@@ -73,9 +73,11 @@ class SolverStats:
         batch = self.converged.numel()
         extra = f", rejected_steps={self.rejected_steps}" if self.rejected_steps else ""
         recorded = f", trajectory=[{len(self.trajectory)} iterates]" if self.trajectory else ""
-        return (f"SolverStats(method={self.method!r}, converged={self.num_converged}/{batch}, nfe={self.nfe}, "
-                f"steps={self.steps}{extra}, max_residual={float(self.residual.max()):.3g}, "
-                f"history=[{len(self.history)} entries]{recorded}, wall_time={self.wall_time * 1e3:.1f} ms)")
+        return (
+            f"SolverStats(method={self.method!r}, converged={self.num_converged}/{batch}, nfe={self.nfe}, "
+            f"steps={self.steps}{extra}, max_residual={float(self.residual.max()):.3g}, "
+            f"history=[{len(self.history)} entries]{recorded}, wall_time={self.wall_time * 1e3:.1f} ms)"
+        )
 
     def __str__(self) -> str:
         batch = self.converged.numel()

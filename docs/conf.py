@@ -137,13 +137,14 @@ def _repository() -> str | None:
         url = got.stdout.strip()
     for prefix in ("https://github.com/", "git@github.com:"):
         if url.startswith(prefix):
-            return url[len(prefix):].removesuffix(".git").strip("/")
+            return url[len(prefix) :].removesuffix(".git").strip("/")
     return None
 
 
 REPOSITORY = _repository()
-BINDER = (f"https://mybinder.org/v2/gh/{REPOSITORY}/HEAD?urlpath=lab/tree/notebooks/00_welcome.ipynb"
-          if REPOSITORY else None)
+BINDER = (
+    f"https://mybinder.org/v2/gh/{REPOSITORY}/HEAD?urlpath=lab/tree/notebooks/00_welcome.ipynb" if REPOSITORY else None
+)
 
 
 class Api(SphinxDirective):
@@ -175,13 +176,17 @@ class Binder(SphinxDirective):
 
     def run(self) -> list[nodes.Node]:
         if BINDER:
-            text = (f"[Launch the notebooks on Binder]({BINDER}) (Binder builds the environment from "
-                    f"`environment.yml` of `{REPOSITORY}`; the first start takes several minutes).")
+            text = (
+                f"[Launch the notebooks on Binder]({BINDER}) (Binder builds the environment from "
+                f"`environment.yml` of `{REPOSITORY}`; the first start takes several minutes)."
+            )
         else:
-            text = ("Binder: this copy of the site was built from a checkout without a GitHub remote, so it has no "
-                    "launch link. On <https://mybinder.org>, enter the repository's GitHub address; Binder builds "
-                    "the environment from `environment.yml` (set `DEQKIT_REPOSITORY_URL` when building the site to "
-                    "get the link here).")
+            text = (
+                "Binder: this copy of the site was built from a checkout without a GitHub remote, so it has no "
+                "launch link. On <https://mybinder.org>, enter the repository's GitHub address; Binder builds "
+                "the environment from `environment.yml` (set `DEQKIT_REPOSITORY_URL` when building the site to "
+                "get the link here)."
+            )
         container = nodes.container()
         self.state.nested_parse(StringList([text], source="conf.py"), self.content_offset, container)
         return container.children
@@ -191,9 +196,11 @@ def _note_not_executed(app, docname: str, source: list[str]) -> None:
     """Put a visible note on a notebook page that was not executed (it has no outputs)."""
     if docname in NOT_EXECUTED and app.env.doc2path(docname).suffix == ".ipynb":
         nb = json.loads(source[0])
-        note = (f"```{{warning}}\nThis page was built without running the notebook: {NOT_EXECUTED[docname]}. "
-                "Set `DEQKIT_MNIST_DIR` to a folder holding the four MNIST `.gz` files and rebuild to see its "
-                "outputs.\n```")
+        note = (
+            f"```{{warning}}\nThis page was built without running the notebook: {NOT_EXECUTED[docname]}. "
+            "Set `DEQKIT_MNIST_DIR` to a folder holding the four MNIST `.gz` files and rebuild to see its "
+            "outputs.\n```"
+        )
         nb["cells"].insert(1, {"cell_type": "markdown", "metadata": {}, "source": note})
         source[0] = json.dumps(nb)
 

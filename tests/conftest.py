@@ -26,8 +26,9 @@ def tanh_problem():
     """``make(...) -> (block, x)``: :func:`deqkit.problems.tanh_problem` with a Gaussian (or PSD) W, in float64."""
 
     def make(d=64, batch=32, norm=0.9, psd=False, seed=0, x_scale=1.0, dtype=torch.float64):
-        return problems.tanh_problem(d, norm, batch=batch, kind="psd" if psd else "gaussian", x_scale=x_scale,
-                                     seed=seed, dtype=dtype)
+        return problems.tanh_problem(
+            d, norm, batch=batch, kind="psd" if psd else "gaussian", x_scale=x_scale, seed=seed, dtype=dtype
+        )
 
     return make
 
@@ -51,8 +52,14 @@ def equilibrium_of():
     def solve(model, images):
         with torch.no_grad():
             x = model.features(images)
-            z, _ = deqkit.solve(lambda z: model.deq.f(z, x), torch.zeros_like(x), solver="anderson", abstol=0.0,
-                                reltol=model.deq.reltol, max_steps=500)
+            z, _ = deqkit.solve(
+                lambda z: model.deq.f(z, x),
+                torch.zeros_like(x),
+                solver="anderson",
+                abstol=0.0,
+                reltol=model.deq.reltol,
+                max_steps=500,
+            )
         return z, x
 
     return solve

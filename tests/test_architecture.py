@@ -41,8 +41,12 @@ def test_the_new_solver_works_everywhere_a_name_does(momentum_module):
     ref, _ = deqkit.solve(f, torch.zeros_like(x), solver="anderson", abstol=1e-12, reltol=0)
     z, stats = deqkit.solve(f, torch.zeros_like(x), solver="momentum", abstol=1e-12, reltol=0)
     assert stats.all_converged and stats.method == "momentum" and torch.allclose(z, ref, atol=1e-10)
-    deq = deqkit.DEQ(lambda z, x: torch.tanh(z @ w.T + x), solver=Momentum(beta=0.5), max_nfe=None,
-                     backward=deqkit.Implicit(solver="momentum"))
+    deq = deqkit.DEQ(
+        lambda z, x: torch.tanh(z @ w.T + x),
+        solver=Momentum(beta=0.5),
+        max_nfe=None,
+        backward=deqkit.Implicit(solver="momentum"),
+    )
     xg = x.clone().requires_grad_()
     deq(xg).sum().backward()
     assert deq.last_stats.forward.all_converged and deq.last_stats.backward.method == "momentum"

@@ -38,8 +38,7 @@ def test_the_backward_gets_the_forward_training_budget(hard):
 
 def test_an_explicit_backward_budget_wins_and_none_means_no_budget(hard):
     block, x = hard
-    own = deqkit.DEQ(block, solver="anderson", abstol=1e-12, reltol=0, max_nfe=12,
-                     backward=deqkit.Implicit(max_nfe=7))
+    own = deqkit.DEQ(block, solver="anderson", abstol=1e-12, reltol=0, max_nfe=12, backward=deqkit.Implicit(max_nfe=7))
     assert backward_products(own, x)[0].nfe <= 7
     free = deqkit.DEQ(block, solver="anderson", abstol=1e-12, reltol=0, max_nfe=None)
     stats, warned = backward_products(free, x)

@@ -100,210 +100,495 @@ def _zero_linear():
 CASES = [
     # ---- solve: the starting point
     ("1-D z0", lambda: deqkit.solve(torch.cos, torch.zeros(5)), ValueError, r"shape \(batch, \.\.\.\).*z0\[None\]"),
-    ("integer z0", lambda: deqkit.solve(torch.cos, torch.zeros(2, 3, dtype=torch.long)), ValueError,
-     "floating-point"),
+    ("integer z0", lambda: deqkit.solve(torch.cos, torch.zeros(2, 3, dtype=torch.long)), ValueError, "floating-point"),
     ("z0 not a tensor", lambda: deqkit.solve(torch.cos, [[0.0]]), TypeError, "z0 must be a torch.Tensor"),
-    ("old keyword method=", lambda: deqkit.solve(torch.cos, Z, method="picard"), TypeError,
-     r"solver=\.\.\., not method="),
+    (
+        "old keyword method=",
+        lambda: deqkit.solve(torch.cos, Z, method="picard"),
+        TypeError,
+        r"solver=\.\.\., not method=",
+    ),
     # ---- solver options, checked where the object is built
     ("Anderson m=2.5", lambda: deqkit.Anderson(m=2.5), TypeError, "m must be an integer"),
     ("Anderson m='3'", lambda: deqkit.Anderson(m="3"), TypeError, "m must be an integer"),
     ("Anderson lam=nan", lambda: deqkit.Anderson(lam=float("nan")), ValueError, "lam must be in"),
     ("Picard damping=0", lambda: deqkit.Picard(damping=0), ValueError, r"damping must be in \(0, 1\]"),
-    ("Euler step_size=0", lambda: deqkit.DynamicSS(ode_method="euler", step_size=0), ValueError,
-     r"step_size must be in \(0"),
-    ("Euler step_size<0", lambda: deqkit.DynamicSS(ode_method="euler", step_size=-0.5), ValueError,
-     r"step_size must be in \(0"),
+    (
+        "Euler step_size=0",
+        lambda: deqkit.DynamicSS(ode_method="euler", step_size=0),
+        ValueError,
+        r"step_size must be in \(0",
+    ),
+    (
+        "Euler step_size<0",
+        lambda: deqkit.DynamicSS(ode_method="euler", step_size=-0.5),
+        ValueError,
+        r"step_size must be in \(0",
+    ),
     ("first_step=-1", lambda: deqkit.StepSizeController(first_step=-1), ValueError, r"first_step must be in \(0"),
     ("rtol=-1", lambda: deqkit.StepSizeController(rtol=-1), ValueError, r"rtol must be in \(0"),
-    ("StepSizeController(atol=inf) (accepted every step, then failed as 'the flow blows up')",
-     lambda: deqkit.StepSizeController(atol=float("inf")), ValueError, r"atol must be in \(0, inf\)"),
-    ("StepSizeController(first_step=inf)", lambda: deqkit.StepSizeController(first_step=float("inf")), ValueError,
-     r"first_step must be in \(0, inf\)"),
-    ("DEQ correction=None (was blamed on 'backward')", lambda: _deq(correction=None), TypeError,
-     r"correction must be a name"),
+    (
+        "StepSizeController(atol=inf) (accepted every step, then failed as 'the flow blows up')",
+        lambda: deqkit.StepSizeController(atol=float("inf")),
+        ValueError,
+        r"atol must be in \(0, inf\)",
+    ),
+    (
+        "StepSizeController(first_step=inf)",
+        lambda: deqkit.StepSizeController(first_step=float("inf")),
+        ValueError,
+        r"first_step must be in \(0, inf\)",
+    ),
+    (
+        "DEQ correction=None (was blamed on 'backward')",
+        lambda: _deq(correction=None),
+        TypeError,
+        r"correction must be a name",
+    ),
     ("DEQ correction='x'", lambda: _deq(correction="x"), ValueError, "unknown correction 'x'"),
-    ("tuple state: f returns another batch size (was told in flattened shapes)", lambda: deqkit.solve(
-        lambda z: (z[0][:1] * 0.5, z[1][:1] * 0.5), (torch.ones(2, 3), torch.ones(2, 2))), ValueError,
-     r"f\(z\)\[0\] has shape \(1, 3\) but z\[0\] has shape \(2, 3\)"),
-    ("normalize a layer with an all-zero unit (gave NaN weights)", lambda: deqkit.normalize(_zero_linear()),
-     ValueError, "has an output unit whose weights are all 0"),
-    ("normalize an nn.MultiheadAttention (only its out_proj was reached)", lambda: deqkit.normalize(
-        torch.nn.Sequential(torch.nn.MultiheadAttention(4, 2))), ValueError, "is an nn.MultiheadAttention"),
-    ("DEQ with an option of neither the DEQ nor its solver", lambda: _deq(foo=1), TypeError,
-     "unknown option.*'foo'.*DEQ passes every keyword it does not take itself to its solver; the DEQ's own "
-     "settings are: f, solver, backward"),
-    ("a moved DynamicSS option", lambda: deqkit.DynamicSS(first_step=0.1, polish_m=3), TypeError,
-     r"first_step: use controller=deqkit.StepSizeController\(first_step=...\); polish_m: use "
-     r"polish=deqkit.Anderson\(m=...\)"),
-    ("a moved option by name", lambda: deqkit.solve(torch.cos, Z, ode_rtol=1e-3), TypeError,
-     r"'ode_rtol'.*ode_rtol moved: use controller=deqkit.StepSizeController\(rtol=...\)"),
-    ("controller of the wrong type", lambda: deqkit.DynamicSS(controller={"rtol": 1e-3}), TypeError,
-     "controller must be a deqkit.StepSizeController"),
-    ("polisher of the wrong kind", lambda: deqkit.DynamicSS(polish=deqkit.Picard()), ValueError,
-     r"polish must be 'anderson', a deqkit.Anderson\(...\) or None"),
+    (
+        "tuple state: f returns another batch size (was told in flattened shapes)",
+        lambda: deqkit.solve(lambda z: (z[0][:1] * 0.5, z[1][:1] * 0.5), (torch.ones(2, 3), torch.ones(2, 2))),
+        ValueError,
+        r"f\(z\)\[0\] has shape \(1, 3\) but z\[0\] has shape \(2, 3\)",
+    ),
+    (
+        "normalize a layer with an all-zero unit (gave NaN weights)",
+        lambda: deqkit.normalize(_zero_linear()),
+        ValueError,
+        "has an output unit whose weights are all 0",
+    ),
+    (
+        "normalize an nn.MultiheadAttention (only its out_proj was reached)",
+        lambda: deqkit.normalize(torch.nn.Sequential(torch.nn.MultiheadAttention(4, 2))),
+        ValueError,
+        "is an nn.MultiheadAttention",
+    ),
+    (
+        "DEQ with an option of neither the DEQ nor its solver",
+        lambda: _deq(foo=1),
+        TypeError,
+        "unknown option.*'foo'.*DEQ passes every keyword it does not take itself to its solver; the DEQ's own "
+        "settings are: f, solver, backward",
+    ),
+    (
+        "a moved DynamicSS option",
+        lambda: deqkit.DynamicSS(first_step=0.1, polish_m=3),
+        TypeError,
+        r"first_step: use controller=deqkit.StepSizeController\(first_step=...\); polish_m: use "
+        r"polish=deqkit.Anderson\(m=...\)",
+    ),
+    (
+        "a moved option by name",
+        lambda: deqkit.solve(torch.cos, Z, ode_rtol=1e-3),
+        TypeError,
+        r"'ode_rtol'.*ode_rtol moved: use controller=deqkit.StepSizeController\(rtol=...\)",
+    ),
+    (
+        "controller of the wrong type",
+        lambda: deqkit.DynamicSS(controller={"rtol": 1e-3}),
+        TypeError,
+        "controller must be a deqkit.StepSizeController",
+    ),
+    (
+        "polisher of the wrong kind",
+        lambda: deqkit.DynamicSS(polish=deqkit.Picard()),
+        ValueError,
+        r"polish must be 'anderson', a deqkit.Anderson\(...\) or None",
+    ),
     ("unknown ode_method", lambda: deqkit.DynamicSS(ode_method="rk45"), ValueError, "unknown ode_method 'rk45'"),
     ("GMRES restart=0", lambda: deqkit.GMRES(restart=0), ValueError, "restart must be an integer >= 1"),
-    ("unknown option", lambda: deqkit.solve(torch.cos, Z, solver="anderson", memory=5), TypeError,
-     "unknown option.*'memory'.*its options are: m, beta, lam"),
-    ("options with an object", lambda: deqkit.solve(torch.cos, Z, solver=deqkit.Anderson(), m=3), TypeError,
-     "set them on the object"),
-    ("solver of the wrong type", lambda: deqkit.solve(torch.cos, Z, solver=3), TypeError,
-     "solver must be a name"),
-    ("backward-only solver forward", lambda: deqkit.solve(torch.cos, Z, solver=deqkit.GMRES()), ValueError,
-     "GMRES cannot be used here"),
+    (
+        "unknown option",
+        lambda: deqkit.solve(torch.cos, Z, solver="anderson", memory=5),
+        TypeError,
+        "unknown option.*'memory'.*its options are: m, beta, lam",
+    ),
+    (
+        "options with an object",
+        lambda: deqkit.solve(torch.cos, Z, solver=deqkit.Anderson(), m=3),
+        TypeError,
+        "set them on the object",
+    ),
+    ("solver of the wrong type", lambda: deqkit.solve(torch.cos, Z, solver=3), TypeError, "solver must be a name"),
+    (
+        "backward-only solver forward",
+        lambda: deqkit.solve(torch.cos, Z, solver=deqkit.GMRES()),
+        ValueError,
+        "GMRES cannot be used here",
+    ),
     # ---- tolerances, of any numeric library, refused when impossible
     ("abstol=-1", lambda: deqkit.solve(torch.cos, Z, abstol=-1), ValueError, r"abstol must be in \[0"),
-    ("both tolerances 0", lambda: deqkit.solve(torch.cos, Z, abstol=0, reltol=0), ValueError,
-     "abstol and reltol are both 0"),
+    (
+        "both tolerances 0",
+        lambda: deqkit.solve(torch.cos, Z, abstol=0, reltol=0),
+        ValueError,
+        "abstol and reltol are both 0",
+    ),
     ("max_steps=2.0", lambda: deqkit.solve(torch.cos, Z, max_steps=2.0), TypeError, "max_steps must be an integer"),
     # bounded above too: an infinite abstol or a reltol >= 1 accepts every iterate (issue 22, cause 2)
-    ("abstol=inf", lambda: deqkit.solve(torch.cos, Z, abstol=float("inf")), ValueError,
-     r"abstol must be in \[0, inf\).*accepts any iterate"),
-    ("reltol=1", lambda: deqkit.solve(torch.cos, Z, reltol=1.0), ValueError,
-     r"reltol must be in \[0, 1\).*accepts any iterate"),
+    (
+        "abstol=inf",
+        lambda: deqkit.solve(torch.cos, Z, abstol=float("inf")),
+        ValueError,
+        r"abstol must be in \[0, inf\).*accepts any iterate",
+    ),
+    (
+        "reltol=1",
+        lambda: deqkit.solve(torch.cos, Z, reltol=1.0),
+        ValueError,
+        r"reltol must be in \[0, 1\).*accepts any iterate",
+    ),
     ("reltol=nan", lambda: deqkit.solve(torch.cos, Z, reltol=float("nan")), ValueError, r"reltol must be in \[0, 1\)"),
     ("DEQ abstol=inf", lambda: _deq(abstol=float("inf")), ValueError, r"abstol must be in \[0, inf\)"),
     ("DEQ reltol=1.5", lambda: _deq(reltol=1.5), ValueError, r"reltol must be in \[0, 1\)"),
-    ("Implicit(abstol=inf)", lambda: deqkit.Implicit(abstol=float("inf")), ValueError,
-     r"abstol must be in \[0, inf\).*accepts any iterate"),
+    (
+        "Implicit(abstol=inf)",
+        lambda: deqkit.Implicit(abstol=float("inf")),
+        ValueError,
+        r"abstol must be in \[0, inf\).*accepts any iterate",
+    ),
     ("Implicit(reltol=1.0)", lambda: deqkit.Implicit(reltol=1.0), ValueError, r"reltol must be in \[0, 1\)"),
-    ("backward reltol inherited from abstol=5", lambda: _deq(abstol=5.0)(_x().requires_grad_()).sum().backward(),
-     ValueError, r"backward reltol defaults to the larger forward tolerance, 5.*Implicit\(reltol="),
+    (
+        "backward reltol inherited from abstol=5",
+        lambda: _deq(abstol=5.0)(_x().requires_grad_()).sum().backward(),
+        ValueError,
+        r"backward reltol defaults to the larger forward tolerance, 5.*Implicit\(reltol=",
+    ),
     # ---- the map
-    ("f changes z in place", lambda: deqkit.solve(lambda z: z.mul_(0.5), torch.ones(2, 3), solver="picard"),
-     ValueError, "changed its input in place.*returned its argument"),
-    ("f writes into z", lambda: deqkit.solve(lambda z: z.add_(1).mul(0.5), torch.ones(2, 3), solver="anderson"),
-     ValueError, "changed its input in place.*wrote into it"),
-    *[(f"f writes into z from its second call on, {name}", lambda name=name: deqkit.solve(
-        _writes_from_second_call(), torch.zeros(2, 3), solver=name), ValueError,
-       "changed its input in place at its evaluation 2.*wrote into it") for name in deqkit.SOLVERS],
+    (
+        "f changes z in place",
+        lambda: deqkit.solve(lambda z: z.mul_(0.5), torch.ones(2, 3), solver="picard"),
+        ValueError,
+        "changed its input in place.*returned its argument",
+    ),
+    (
+        "f writes into z",
+        lambda: deqkit.solve(lambda z: z.add_(1).mul(0.5), torch.ones(2, 3), solver="anderson"),
+        ValueError,
+        "changed its input in place.*wrote into it",
+    ),
+    *[
+        (
+            f"f writes into z from its second call on, {name}",
+            lambda name=name: deqkit.solve(_writes_from_second_call(), torch.zeros(2, 3), solver=name),
+            ValueError,
+            "changed its input in place at its evaluation 2.*wrote into it",
+        )
+        for name in deqkit.SOLVERS
+    ],
     ("f changes the shape", lambda: deqkit.solve(lambda z: z[:, :2], Z), ValueError, "f\\(z\\) has shape"),
     # issue 22, "wrong cause": these were all blamed on an expansive map
-    ("float32 overflow of the problem's own scale, broyden", lambda: deqkit.solve(
-        lambda z: 0.5 * z + 1e30, torch.zeros(2, 3), solver="broyden"), deqkit.DivergenceError,
-     "already 1e\\+30 at the start.*overflow float32.*says nothing about f's stability"),
-    ("float32 overflow of the problem's own scale, the flow alone", lambda: deqkit.solve(
-        lambda z: 0.5 * z + 1e38, torch.zeros(2, 3), solver=deqkit.DynamicSS(polish=None)), deqkit.DivergenceError,
-     "dynamic_ss.*already 1e\\+38 at the start.*overflow float32.*The solver's own report"),
+    (
+        "float32 overflow of the problem's own scale, broyden",
+        lambda: deqkit.solve(lambda z: 0.5 * z + 1e30, torch.zeros(2, 3), solver="broyden"),
+        deqkit.DivergenceError,
+        "already 1e\\+30 at the start.*overflow float32.*says nothing about f's stability",
+    ),
+    (
+        "float32 overflow of the problem's own scale, the flow alone",
+        lambda: deqkit.solve(lambda z: 0.5 * z + 1e38, torch.zeros(2, 3), solver=deqkit.DynamicSS(polish=None)),
+        deqkit.DivergenceError,
+        "dynamic_ss.*already 1e\\+38 at the start.*overflow float32.*The solver's own report",
+    ),
     # absurd ODE settings, once reported as a flow that blows up
-    ("dynamic_ss ODE rtol = atol = 1e-30", lambda: deqkit.solve(
-        lambda z: 0.5 * z + 1, torch.zeros(2, 3), solver=deqkit.DynamicSS(
-            polish=None, controller=deqkit.StepSizeController(rtol=1e-30, atol=1e-30))),
-     deqkit.DivergenceError, "below float32's precision.*set them above eps"),
-    ("dynamic_ss first_step=1e10", lambda: deqkit.solve(
-        lambda z: 0.5 * z + 1, torch.zeros(2, 3), solver=deqkit.DynamicSS(
-            polish=None, controller=deqkit.StepSizeController(first_step=1e10))),
-     deqkit.DivergenceError, "first_step=1e\\+10\\) is far beyond the flow's time scale"),
-    ("f returns NaN at a trial point of the flow (was: the flow blows up)", lambda: deqkit.solve(
-        _nan_beyond_half, torch.zeros(3, 4), solver=deqkit.DynamicSS(polish=None)), deqkit.DivergenceError,
-     "because f returned NaN at a finite trial point for 1 of 3 samples: f is undefined there"),
-    ("f returns NaN in one sample, dynamic_ss with its default polish (was: the flow blows up)", lambda: deqkit.solve(
-        _nan_beyond_half, torch.zeros(3, 4), solver="dynamic_ss"), deqkit.DivergenceError,
-     "for 1 of 3 samples. f returned NaN at a finite iterate.*no sign of an expansive map"),
-    ("dynamic_ss euler step_size=1e6", lambda: deqkit.solve(
-        lambda z: 0.5 * z + 1, torch.zeros(2, 3), solver=deqkit.DynamicSS(ode_method="euler", step_size=1e6,
-                                                                            polish=None)),
-     deqkit.DivergenceError, "step_size=1e\\+06 is itself unstable.*lower step_size"),
-    ("f returns NaN at a finite iterate", lambda: deqkit.solve(
-        lambda z: torch.where(z > 1.5, torch.sqrt(-z), 0.5 * z + 1), torch.zeros(2, 3), solver="anderson"),
-     deqkit.DivergenceError, "f returned NaN at a finite iterate.*no sign of an expansive map"),
+    (
+        "dynamic_ss ODE rtol = atol = 1e-30",
+        lambda: deqkit.solve(
+            lambda z: 0.5 * z + 1,
+            torch.zeros(2, 3),
+            solver=deqkit.DynamicSS(polish=None, controller=deqkit.StepSizeController(rtol=1e-30, atol=1e-30)),
+        ),
+        deqkit.DivergenceError,
+        "below float32's precision.*set them above eps",
+    ),
+    (
+        "dynamic_ss first_step=1e10",
+        lambda: deqkit.solve(
+            lambda z: 0.5 * z + 1,
+            torch.zeros(2, 3),
+            solver=deqkit.DynamicSS(polish=None, controller=deqkit.StepSizeController(first_step=1e10)),
+        ),
+        deqkit.DivergenceError,
+        "first_step=1e\\+10\\) is far beyond the flow's time scale",
+    ),
+    (
+        "f returns NaN at a trial point of the flow (was: the flow blows up)",
+        lambda: deqkit.solve(_nan_beyond_half, torch.zeros(3, 4), solver=deqkit.DynamicSS(polish=None)),
+        deqkit.DivergenceError,
+        "because f returned NaN at a finite trial point for 1 of 3 samples: f is undefined there",
+    ),
+    (
+        "f returns NaN in one sample, dynamic_ss with its default polish (was: the flow blows up)",
+        lambda: deqkit.solve(_nan_beyond_half, torch.zeros(3, 4), solver="dynamic_ss"),
+        deqkit.DivergenceError,
+        "for 1 of 3 samples. f returned NaN at a finite iterate.*no sign of an expansive map",
+    ),
+    (
+        "dynamic_ss euler step_size=1e6",
+        lambda: deqkit.solve(
+            lambda z: 0.5 * z + 1,
+            torch.zeros(2, 3),
+            solver=deqkit.DynamicSS(ode_method="euler", step_size=1e6, polish=None),
+        ),
+        deqkit.DivergenceError,
+        "step_size=1e\\+06 is itself unstable.*lower step_size",
+    ),
+    (
+        "f returns NaN at a finite iterate",
+        lambda: deqkit.solve(
+            lambda z: torch.where(z > 1.5, torch.sqrt(-z), 0.5 * z + 1), torch.zeros(2, 3), solver="anderson"
+        ),
+        deqkit.DivergenceError,
+        "f returned NaN at a finite iterate.*no sign of an expansive map",
+    ),
     # raw errors from deep inside torch, now named
-    ("meta-device z0 in solve", lambda: deqkit.solve(torch.cos, torch.zeros(2, 3, device="meta")), ValueError,
-     "z0 is on the meta device"),
-    ("z0 of the wrong feature size", lambda: _deq()(_x(), z0=torch.zeros(2, 5)), ValueError,
-     r"first evaluation, at the starting point of shape \(2, 5\).*check z0"),
-    ("Anderson(m=10**9) on a large batch (was an allocator error naming no option)", lambda: deqkit.solve(
-        torch.cos, torch.zeros(2000, 300), solver=deqkit.Anderson(m=10**9)), RuntimeError,
-     r"ran out of memory with Anderson\(m=1000000000\).*lower m or the batch size"),
-    ("z0=lambda x: 3.0", lambda: _deq()(_x(), z0=lambda x: 3.0), TypeError,
-     "the callable z0 returned a float: it must return the starting state"),
-    ("f returns no tensor", lambda: deqkit.solve(lambda z: 1.0, Z, solver="picard"), TypeError,
-     "must return a torch.Tensor"),
+    (
+        "meta-device z0 in solve",
+        lambda: deqkit.solve(torch.cos, torch.zeros(2, 3, device="meta")),
+        ValueError,
+        "z0 is on the meta device",
+    ),
+    (
+        "z0 of the wrong feature size",
+        lambda: _deq()(_x(), z0=torch.zeros(2, 5)),
+        ValueError,
+        r"first evaluation, at the starting point of shape \(2, 5\).*check z0",
+    ),
+    (
+        "Anderson(m=10**9) on a large batch (was an allocator error naming no option)",
+        lambda: deqkit.solve(torch.cos, torch.zeros(2000, 300), solver=deqkit.Anderson(m=10**9)),
+        RuntimeError,
+        r"ran out of memory with Anderson\(m=1000000000\).*lower m or the batch size",
+    ),
+    (
+        "z0=lambda x: 3.0",
+        lambda: _deq()(_x(), z0=lambda x: 3.0),
+        TypeError,
+        "the callable z0 returned a float: it must return the starting state",
+    ),
+    (
+        "f returns no tensor",
+        lambda: deqkit.solve(lambda z: 1.0, Z, solver="picard"),
+        TypeError,
+        "must return a torch.Tensor",
+    ),
     # ---- the DEQ: checked at construction, not at the first call
     ("DEQ max_steps=0", lambda: _deq(max_steps=0), ValueError, "max_steps must be an integer >= 1"),
     ("DEQ abstol=-1", lambda: _deq(abstol=-1), ValueError, r"abstol must be in \[0"),
-    ("DEQ backward reltol=0", lambda: _deq(backward=deqkit.Implicit(reltol=0)), ValueError,
-     "backward abstol and reltol are both 0"),
-    ("DEQ backward_ keyword", lambda: _deq(backward_solver="gmres"), TypeError,
-     r"no longer takes backward_solver.*deqkit.Implicit"),
+    (
+        "DEQ backward reltol=0",
+        lambda: _deq(backward=deqkit.Implicit(reltol=0)),
+        ValueError,
+        "backward abstol and reltol are both 0",
+    ),
+    (
+        "DEQ backward_ keyword",
+        lambda: _deq(backward_solver="gmres"),
+        TypeError,
+        r"no longer takes backward_solver.*deqkit.Implicit",
+    ),
     ("DEQ strict='yes'", lambda: _deq(strict="yes"), TypeError, "strict must be True or False"),
     ("DEQ unknown backward", lambda: _deq(backward="adjoint"), ValueError, "unknown backward 'adjoint'"),
-    ("eval_max_nfe reassigned to 1 (was named max_nfe)", lambda: _reassigned_eval_budget()(_x()), ValueError,
-     r"eval_max_nfe must be an integer >= 2, got 1 \(the budget in eval\(\) mode\)"),
-    ("backward budget inherited from the DEQ (was unexplained)", lambda: _deq(
-        solver="anderson", max_nfe=6, strict=True, abstol=1e-3, reltol=1e-3, backward=deqkit.Implicit(reltol=1e-12))(
-        _x().requires_grad_()).sum().backward(),
-     deqkit.ConvergenceError, r"max_nfe=6 \(inherited from the DEQ's forward budget.*Implicit\(max_nfe=\.\.\.\)"),
-    ("DEQ with TorchDEQ's names", lambda: _deq(f_max_iter=30, n_states=3), TypeError,
-     r"unknown option.*TorchDEQ's 'f_max_iter' is max_steps=\.\.\. / max_nfe=\.\.\. here.*'n_states' is "
-     r"deq\(x, states=k\)"),
+    (
+        "eval_max_nfe reassigned to 1 (was named max_nfe)",
+        lambda: _reassigned_eval_budget()(_x()),
+        ValueError,
+        r"eval_max_nfe must be an integer >= 2, got 1 \(the budget in eval\(\) mode\)",
+    ),
+    (
+        "backward budget inherited from the DEQ (was unexplained)",
+        lambda: (
+            _deq(
+                solver="anderson",
+                max_nfe=6,
+                strict=True,
+                abstol=1e-3,
+                reltol=1e-3,
+                backward=deqkit.Implicit(reltol=1e-12),
+            )(_x().requires_grad_())
+            .sum()
+            .backward()
+        ),
+        deqkit.ConvergenceError,
+        r"max_nfe=6 \(inherited from the DEQ's forward budget.*Implicit\(max_nfe=\.\.\.\)",
+    ),
+    (
+        "DEQ with TorchDEQ's names",
+        lambda: _deq(f_max_iter=30, n_states=3),
+        TypeError,
+        r"unknown option.*TorchDEQ's 'f_max_iter' is max_steps=\.\.\. / max_nfe=\.\.\. here.*'n_states' is "
+        r"deq\(x, states=k\)",
+    ),
     # ---- the DEQ's input
     ("0-d x", lambda: _deq()(torch.tensor(1.0)), ValueError, r"x must have shape \(batch, \.\.\.\).*x\[None\]"),
     ("empty x", lambda: _deq()(torch.zeros(0, 4)), ValueError, "non-empty batch"),
     ("integer x", lambda: _deq()(torch.zeros(2, 4, dtype=torch.long)), ValueError, "x must be a floating-point"),
-    ("float64 x into a float32 f", lambda: _deq()(_x(torch.float64)), ValueError,
-     "x is torch.float64 on cpu but f's parameters are torch.float32 on cpu"),
+    (
+        "float64 x into a float32 f",
+        lambda: _deq()(_x(torch.float64)),
+        ValueError,
+        "x is torch.float64 on cpu but f's parameters are torch.float32 on cpu",
+    ),
     ("meta x", lambda: _deq()(torch.zeros(2, 4, device="meta")), ValueError, "meta device"),
     ("NaN x", lambda: _deq()(torch.full((2, 4), float("nan"))), ValueError, "input x contains NaN or Inf"),
-    ("vmap over a DEQ", lambda: torch.func.vmap(_deq())(_x()[:, None]), RuntimeError,
-     "cannot run under torch.func transforms"),
-    ("torch.func.grad over a DEQ", lambda: torch.func.grad(lambda x: _deq()(x).sum())(_x()), RuntimeError,
-     "cannot run under torch.func transforms"),
+    (
+        "vmap over a DEQ",
+        lambda: torch.func.vmap(_deq())(_x()[:, None]),
+        RuntimeError,
+        "cannot run under torch.func transforms",
+    ),
+    (
+        "torch.func.grad over a DEQ",
+        lambda: torch.func.grad(lambda x: _deq()(x).sum())(_x()),
+        RuntimeError,
+        "cannot run under torch.func transforms",
+    ),
     # ---- states of several tensors (tuple/list): one structure throughout, shared batch, dtype and device
-    ("tuple z0, batch sizes differ", lambda: deqkit.solve(lambda z: z, (torch.zeros(2, 3), torch.zeros(3, 3))),
-     ValueError, r"z0\[1\] has batch size 3 but z0\[0\] has 2.*share the batch dimension"),
-    ("tuple z0, dtypes differ", lambda: deqkit.solve(lambda z: z, (Z, Z.double())), ValueError,
-     "z0\\[1\\] has dtype torch.float64 but z0\\[0\\] has torch.float32"),
+    (
+        "tuple z0, batch sizes differ",
+        lambda: deqkit.solve(lambda z: z, (torch.zeros(2, 3), torch.zeros(3, 3))),
+        ValueError,
+        r"z0\[1\] has batch size 3 but z0\[0\] has 2.*share the batch dimension",
+    ),
+    (
+        "tuple z0, dtypes differ",
+        lambda: deqkit.solve(lambda z: z, (Z, Z.double())),
+        ValueError,
+        "z0\\[1\\] has dtype torch.float64 but z0\\[0\\] has torch.float32",
+    ),
     ("empty tuple z0", lambda: deqkit.solve(lambda z: z, ()), ValueError, "empty tuple"),
-    ("f drops a tensor of the tuple", lambda: deqkit.solve(lambda z: (z[0] * 0.5,), (Z, torch.zeros(2, 5))),
-     ValueError, r"f\(z\) holds 1 tensors, but the state is a tuple of 2 tensors \(3,\), \(5,\)"),
-    ("f returns a tensor for a tuple state", lambda: deqkit.solve(lambda z: z[0] * 0.5, (Z, Z)), TypeError,
-     "f must return the same structure as z"),
-    ("f swaps the tuple's shapes",
-     lambda: deqkit.solve(lambda z: (z[1] * 0.5, z[0] * 0.5), (Z, torch.zeros(2, 5)), solver="picard"), ValueError,
-     r"f\(z\)\[0\] has shape \(2, 5\) but z\[0\] has shape \(2, 3\)"),
-    ("DEQ f returns a tuple for a tensor state", lambda: deqkit.DEQ(lambda z, x: (z, x))(_x()), TypeError,
-     "the state z is one tensor.*z0 a tuple/list of tensors, or a callable"),
-    ("DEQ z0 tuple of another batch", lambda: _deq(z0=lambda x: (torch.zeros(3, 4),))(_x()), ValueError,
-     r"z0\[0\] has shape \(3, 4\) but x has batch size 2"),
+    (
+        "f drops a tensor of the tuple",
+        lambda: deqkit.solve(lambda z: (z[0] * 0.5,), (Z, torch.zeros(2, 5))),
+        ValueError,
+        r"f\(z\) holds 1 tensors, but the state is a tuple of 2 tensors \(3,\), \(5,\)",
+    ),
+    (
+        "f returns a tensor for a tuple state",
+        lambda: deqkit.solve(lambda z: z[0] * 0.5, (Z, Z)),
+        TypeError,
+        "f must return the same structure as z",
+    ),
+    (
+        "f swaps the tuple's shapes",
+        lambda: deqkit.solve(lambda z: (z[1] * 0.5, z[0] * 0.5), (Z, torch.zeros(2, 5)), solver="picard"),
+        ValueError,
+        r"f\(z\)\[0\] has shape \(2, 5\) but z\[0\] has shape \(2, 3\)",
+    ),
+    (
+        "DEQ f returns a tuple for a tensor state",
+        lambda: deqkit.DEQ(lambda z, x: (z, x))(_x()),
+        TypeError,
+        "the state z is one tensor.*z0 a tuple/list of tensors, or a callable",
+    ),
+    (
+        "DEQ z0 tuple of another batch",
+        lambda: _deq(z0=lambda x: (torch.zeros(3, 4),))(_x()),
+        ValueError,
+        r"z0\[0\] has shape \(3, 4\) but x has batch size 2",
+    ),
     # ---- the state's shape against x's: z0="zeros" means zeros_like(x)
-    ("z0='zeros', f multiplies by a wider matrix", lambda: deqkit.DEQ(_wide_block())(_x()), ValueError,
-     r"z0='zeros' starts from zeros_like\(x\), shape \(2, 4\).*mat1 and mat2.*z0=lambda x: x.new_zeros"),
-    ("z0='zeros', f returns a wider state", lambda: deqkit.DEQ(lambda z, x: torch.cat([z, x], 1))(_x()), ValueError,
-     r"zeros_like\(x\), shape \(2, 4\).*f\(z\) has shape torch.Size\(\[2, 8\]\).*x.new_zeros\(x.shape\[0\], 8\)"),
-    ("z0='f0', f multiplies by a wider matrix", lambda: deqkit.DEQ(_wide_block(), z0="f0")(_x()), ValueError,
-     r"z0='f0' evaluates f\(z, x\) at zeros_like\(x\).*z0 as a callable of x"),
+    (
+        "z0='zeros', f multiplies by a wider matrix",
+        lambda: deqkit.DEQ(_wide_block())(_x()),
+        ValueError,
+        r"z0='zeros' starts from zeros_like\(x\), shape \(2, 4\).*mat1 and mat2.*z0=lambda x: x.new_zeros",
+    ),
+    (
+        "z0='zeros', f returns a wider state",
+        lambda: deqkit.DEQ(lambda z, x: torch.cat([z, x], 1))(_x()),
+        ValueError,
+        r"zeros_like\(x\), shape \(2, 4\).*f\(z\) has shape torch.Size\(\[2, 8\]\).*x.new_zeros\(x.shape\[0\], 8\)",
+    ),
+    (
+        "z0='f0', f multiplies by a wider matrix",
+        lambda: deqkit.DEQ(_wide_block(), z0="f0")(_x()),
+        ValueError,
+        r"z0='f0' evaluates f\(z, x\) at zeros_like\(x\).*z0 as a callable of x",
+    ),
     # ---- copies of a used DEQ: the graph of the last call stays with the original
-    ("jacobian_penalty of a deep copy", lambda: deqkit.jacobian_penalty(copy.deepcopy(_used_deq())), ValueError,
-     "no equilibrium with a graph; call it in grad mode first"),
+    (
+        "jacobian_penalty of a deep copy",
+        lambda: deqkit.jacobian_penalty(copy.deepcopy(_used_deq())),
+        ValueError,
+        "no equilibrium with a graph; call it in grad mode first",
+    ),
     # ---- diagnostics
-    ("spectral_radius iters=2.5", lambda: deqkit.spectral_radius(torch.tanh, Z, iters=2.5), TypeError,
-     "iters must be an integer"),
-    ("spectral_radius, detached f", lambda: deqkit.spectral_radius(lambda z: z.detach() * 0.5, Z), ValueError,
-     "does not depend on z through autograd"),
-    ("spectral_radius, shape-changing f", lambda: deqkit.spectral_radius(lambda z: z[:, :2], Z), ValueError,
-     "must be a tensor shaped like z"),
-    ("compare_gradients, unknown mode", lambda: deqkit.compare_gradients(_deq(), _x(), modes=("implict",)),
-     ValueError, "unknown backward mode"),
+    (
+        "spectral_radius iters=2.5",
+        lambda: deqkit.spectral_radius(torch.tanh, Z, iters=2.5),
+        TypeError,
+        "iters must be an integer",
+    ),
+    (
+        "spectral_radius, detached f",
+        lambda: deqkit.spectral_radius(lambda z: z.detach() * 0.5, Z),
+        ValueError,
+        "does not depend on z through autograd",
+    ),
+    (
+        "spectral_radius, shape-changing f",
+        lambda: deqkit.spectral_radius(lambda z: z[:, :2], Z),
+        ValueError,
+        "must be a tensor shaped like z",
+    ),
+    (
+        "compare_gradients, unknown mode",
+        lambda: deqkit.compare_gradients(_deq(), _x(), modes=("implict",)),
+        ValueError,
+        "unknown backward mode",
+    ),
     # issue 22: directions=0 reported relative error 0 for every mode; eps=0, nan and directions < 0 were raw errors
-    ("compare_gradients directions=0", lambda: deqkit.compare_gradients(_deq(), _x(), directions=0), ValueError,
-     "directions must be an integer >= 1.*None for the full gradient"),
-    ("compare_gradients directions=-3", lambda: deqkit.compare_gradients(_deq(), _x(), directions=-3), ValueError,
-     "directions must be an integer >= 1"),
-    ("compare_gradients eps=0", lambda: deqkit.compare_gradients(_deq(), _x(), eps=0.0), ValueError,
-     r"eps must be in \(0, inf\).*finite-difference step"),
-    ("compare_gradients eps=nan", lambda: deqkit.compare_gradients(_deq(), _x(), eps=float("nan")), ValueError,
-     r"eps must be in \(0, inf\)"),
-    ("spectral_radius at a NaN point (was NaN, no word)", lambda: deqkit.spectral_radius(
-        torch.tanh, torch.full((2, 3), float("nan"))), ValueError, "z contains NaN or Inf"),
-    ("spectral_radius where f(z) overflows", lambda: deqkit.spectral_radius(
-        lambda z: torch.exp(z), torch.full((2, 3), 100.0)), ValueError, r"f\(z\) contains NaN or Inf"),
+    (
+        "compare_gradients directions=0",
+        lambda: deqkit.compare_gradients(_deq(), _x(), directions=0),
+        ValueError,
+        "directions must be an integer >= 1.*None for the full gradient",
+    ),
+    (
+        "compare_gradients directions=-3",
+        lambda: deqkit.compare_gradients(_deq(), _x(), directions=-3),
+        ValueError,
+        "directions must be an integer >= 1",
+    ),
+    (
+        "compare_gradients eps=0",
+        lambda: deqkit.compare_gradients(_deq(), _x(), eps=0.0),
+        ValueError,
+        r"eps must be in \(0, inf\).*finite-difference step",
+    ),
+    (
+        "compare_gradients eps=nan",
+        lambda: deqkit.compare_gradients(_deq(), _x(), eps=float("nan")),
+        ValueError,
+        r"eps must be in \(0, inf\)",
+    ),
+    (
+        "spectral_radius at a NaN point (was NaN, no word)",
+        lambda: deqkit.spectral_radius(torch.tanh, torch.full((2, 3), float("nan"))),
+        ValueError,
+        "z contains NaN or Inf",
+    ),
+    (
+        "spectral_radius where f(z) overflows",
+        lambda: deqkit.spectral_radius(lambda z: torch.exp(z), torch.full((2, 3), 100.0)),
+        ValueError,
+        r"f\(z\) contains NaN or Inf",
+    ),
     # ---- configured objects: derived state is fixed with the settings it was built from
-    ("DynamicSS.polish reassigned (polishing off, label still '+anderson')",
-     lambda: setattr(deqkit.DynamicSS(), "polish", None), AttributeError, "cannot be changed after construction"),
-    ("DynamicSS.controller reassigned", lambda: setattr(deqkit.DynamicSS(), "controller", None), AttributeError,
-     "cannot be changed after construction"),
+    (
+        "DynamicSS.polish reassigned (polishing off, label still '+anderson')",
+        lambda: setattr(deqkit.DynamicSS(), "polish", None),
+        AttributeError,
+        "cannot be changed after construction",
+    ),
+    (
+        "DynamicSS.controller reassigned",
+        lambda: setattr(deqkit.DynamicSS(), "controller", None),
+        AttributeError,
+        "cannot be changed after construction",
+    ),
 ]
 
 
@@ -324,23 +609,46 @@ def _quiet(call):
 RIGHT = [
     # z0 = -2 is a root of f: ‖f(z0)‖ = 0, and Broyden's secant step lands on z* = 2 exactly (residual 0). The
     # drift rule measured growth against ‖f(z0)‖ alone and called it a runaway (issue 22, cause 6).
-    *[(f"exact solution from a root of f, {name}", lambda name=name: _quiet(lambda: deqkit.solve(
-        lambda z: 0.5 * z + 1, torch.full((2, 3), -2.0, dtype=torch.float64), solver=name)),
-       lambda out: out[1].all_converged and torch.allclose(out[0], torch.full_like(out[0], 2.0), atol=1e-4))
-      for name in deqkit.SOLVERS],
-    ("exact solution from a near-root of f, broyden", lambda: _quiet(lambda: deqkit.solve(
-        lambda z: 0.5 * z + 1, torch.full((2, 3), -2.0 + 1e-7, dtype=torch.float64), solver="broyden")),
-     lambda out: out[1].all_converged),
+    *[
+        (
+            f"exact solution from a root of f, {name}",
+            lambda name=name: _quiet(
+                lambda: deqkit.solve(lambda z: 0.5 * z + 1, torch.full((2, 3), -2.0, dtype=torch.float64), solver=name)
+            ),
+            lambda out: out[1].all_converged and torch.allclose(out[0], torch.full_like(out[0], 2.0), atol=1e-4),
+        )
+        for name in deqkit.SOLVERS
+    ],
+    (
+        "exact solution from a near-root of f, broyden",
+        lambda: _quiet(
+            lambda: deqkit.solve(
+                lambda z: 0.5 * z + 1, torch.full((2, 3), -2.0 + 1e-7, dtype=torch.float64), solver="broyden"
+            )
+        ),
+        lambda out: out[1].all_converged,
+    ),
     # the implicit backward solves for grad / 2^k (exact): a loss scaled by 1e20 or 1e-30 overflowed GMRES in
     # float32 and was blamed on an expansive map
-    *[(f"loss scaled by {s:g} into GMRES", lambda s=s: _quiet(lambda: _scaled_loss_gradient(s)),
-       lambda g, s=s: torch.allclose(g[0] / s, g[1], rtol=1e-5)) for s in (1e20, 1e-30)],
+    *[
+        (
+            f"loss scaled by {s:g} into GMRES",
+            lambda s=s: _quiet(lambda: _scaled_loss_gradient(s)),
+            lambda g, s=s: torch.allclose(g[0] / s, g[1], rtol=1e-5),
+        )
+        for s in (1e20, 1e-30)
+    ],
     # float32 at 1e38 (its largest is 3.4e38): the default dynamic_ss said "the flow is probably blowing up"
-    ("f = 0.5 z + 1e38 under the default dynamic_ss", lambda: _quiet(lambda: deqkit.solve(
-        lambda z: 0.5 * z + 1e38, torch.zeros(2, 3), solver="dynamic_ss")),
-     lambda out: out[1].all_converged and torch.allclose(out[0], torch.full_like(out[0], 2e38), rtol=1e-4)),
-    ("copy.deepcopy(deq) after a forward (was a raw RuntimeError)", _copy_after_forward,
-     lambda out: out[0].last_equilibrium is None and torch.equal(out[0](out[2]), out[1](out[2]))),
+    (
+        "f = 0.5 z + 1e38 under the default dynamic_ss",
+        lambda: _quiet(lambda: deqkit.solve(lambda z: 0.5 * z + 1e38, torch.zeros(2, 3), solver="dynamic_ss")),
+        lambda out: out[1].all_converged and torch.allclose(out[0], torch.full_like(out[0], 2e38), rtol=1e-4),
+    ),
+    (
+        "copy.deepcopy(deq) after a forward (was a raw RuntimeError)",
+        _copy_after_forward,
+        lambda out: out[0].last_equilibrium is None and torch.equal(out[0](out[2]), out[1](out[2])),
+    ),
 ]
 
 
@@ -350,8 +658,15 @@ def test_cases_once_silently_wrong_are_right(call, check):
 
 
 def test_numpy_numbers_are_numbers():
-    z, stats = deqkit.solve(lambda z: 0.5 * z + 1, torch.zeros(2, 3, dtype=torch.float64), solver="anderson",
-                            abstol=np.float32(1e-8), reltol=np.float64(0), max_steps=np.int64(20), m=np.int32(3))
+    z, stats = deqkit.solve(
+        lambda z: 0.5 * z + 1,
+        torch.zeros(2, 3, dtype=torch.float64),
+        solver="anderson",
+        abstol=np.float32(1e-8),
+        reltol=np.float64(0),
+        max_steps=np.int64(20),
+        m=np.int32(3),
+    )
     assert stats.all_converged and torch.allclose(z, torch.full_like(z, 2.0))
     assert deqkit.StepSizeController(rtol=np.float32(1e-6)).rtol == pytest.approx(1e-6)
 
@@ -387,8 +702,9 @@ def test_polish_off_and_on_both_refuse_the_drift():
 
 def test_a_genuine_far_fixed_point_is_still_found():
     # f(0) = 0.001 but z* = 1: ‖f(z)‖ grows 1000-fold, and the residual falls all the way — no drift.
-    z, stats = deqkit.solve(lambda z: 0.999 * z + 0.001, torch.zeros(2, 3, dtype=torch.float64), solver="anderson",
-                            abstol=1e-10, reltol=0)
+    z, stats = deqkit.solve(
+        lambda z: 0.999 * z + 0.001, torch.zeros(2, 3, dtype=torch.float64), solver="anderson", abstol=1e-10, reltol=0
+    )
     assert stats.all_converged and torch.allclose(z, torch.ones_like(z))
 
 

@@ -56,8 +56,9 @@ def test_forward_deqkit_only(tmp_path, capsys):
 
 
 def test_forward_against_torchdeq(tmp_path, capsys):
-    pytest.importorskip("torchdeq", reason="TorchDEQ is an optional benchmark-only dependency "
-                                           "(pip install torchdeq==0.1.0)")
+    pytest.importorskip(
+        "torchdeq", reason="TorchDEQ is an optional benchmark-only dependency (pip install torchdeq==0.1.0)"
+    )
     results = forward.main(["--dims", "8", "--norms", "0.5", "--no-psd", "--repeats", "1", "--plot", ""])
     out = capsys.readouterr().out
     assert "Ratios are against **TorchDEQ anderson**" in out and "deqkit anderson vs TorchDEQ anderson" in out
@@ -77,8 +78,9 @@ def test_ode_baseline_tiny(tmp_path, capsys):
 
 def test_training_step_tiny(tmp_path, capsys):
     png = tmp_path / "step.png"
-    out = training_step.main(["--dim", "16", "--batch", "4", "--iterations", "10", "40", "--repeats", "1",
-                              "--plot", str(png)])
+    out = training_step.main(
+        ["--dim", "16", "--batch", "4", "--iterations", "10", "40", "--repeats", "1", "--plot", str(png)]
+    )
     text = capsys.readouterr().out
     assert "| 40 | unrolled | 40 |" in text and "backward / forward" in text and png.stat().st_size > 0
     costs = out["costs"]
@@ -129,8 +131,11 @@ def test_peer_training_runs_start_from_the_same_weights():
     names = [n for n in peer_training.RUNS if forward.torchdeq_available() or n in peer_training.DEQKIT_RUNS]
     for name in names:
         model = peer_training.build(name, "mlp-ln", reference).model
-        parts = ((model.encoder, reference.encoder), (model.head, reference.head),
-                 (getattr(model, "block", None) or model.deq.f, reference.deq.f))
+        parts = (
+            (model.encoder, reference.encoder),
+            (model.head, reference.head),
+            (getattr(model, "block", None) or model.deq.f, reference.deq.f),
+        )
         for mine, theirs in parts:
             a, b = mine.state_dict(), theirs.state_dict()
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
@@ -138,11 +143,13 @@ def test_peer_training_runs_start_from_the_same_weights():
 
 
 def test_peer_training_fast_against_torchdeq(capsys):
-    pytest.importorskip("torchdeq", reason="TorchDEQ is an optional benchmark-only dependency "
-                                           "(pip install torchdeq==0.1.0)")
+    pytest.importorskip(
+        "torchdeq", reason="TorchDEQ is an optional benchmark-only dependency (pip install torchdeq==0.1.0)"
+    )
     _mnist_or_skip()
-    results = peer_training.main(["--fast", "--blocks", "mlp", "--runs", "TorchDEQ anderson + phantom",
-                                  "deqkit defaults", "--plot", ""])
+    results = peer_training.main(
+        ["--fast", "--blocks", "mlp", "--runs", "TorchDEQ anderson + phantom", "deqkit defaults", "--plot", ""]
+    )
     out = capsys.readouterr().out
     assert "Ratios against **TorchDEQ anderson + IFT**" in out
     by = results[0].by_name()
@@ -154,12 +161,15 @@ def test_peer_training_fast_against_torchdeq(capsys):
     assert max(phantom.forward_calls) <= 35 and max(phantom.products) == 0
 
 
-@pytest.mark.parametrize(("device", "message"), [
-    ("cuda:99", "this torch sees"),  # an absent card, also on a machine with a GPU
-    ("meta", "this benchmark runs on cpu or cuda"),
-    ("gpu0", "is not a torch device"),
-    ("cpu:1", "this benchmark runs on cpu or cuda"),
-])
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("cuda:99", "this torch sees"),  # an absent card, also on a machine with a GPU
+        ("meta", "this benchmark runs on cpu or cuda"),
+        ("gpu0", "is not a torch device"),
+        ("cpu:1", "this benchmark runs on cpu or cuda"),
+    ],
+)
 def test_peer_training_refuses_a_device_it_cannot_use(device, message, capsys):
     with pytest.raises(SystemExit):
         peer_training.main(["--device", device])
@@ -234,8 +244,9 @@ def test_overhead_tiny(capsys):
         overhead.main(["--cases", "big"])
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile on CPU needs a C++ compiler"
+)
 def test_overhead_compile_study_tiny(capsys):
     from benchmarks import overhead
 

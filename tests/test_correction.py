@@ -39,8 +39,9 @@ def test_each_intermediate_state_is_one_step_from_an_iterate_of_the_solve_with_i
     block, x = tanh_problem(6, 0.8, batch=4, seed=1, dtype=torch.float64)
     deq = deqkit.DEQ(block, solver="picard", abstol=1e-8, reltol=0, max_nfe=None)
     first, second, last = deq(x, states=3)
-    _, stats = deqkit.solve(lambda z: block(z, x), torch.zeros_like(x), solver="picard", abstol=1e-8, reltol=0,
-                            record=True)
+    _, stats = deqkit.solve(
+        lambda z: block(z, x), torch.zeros_like(x), solver="picard", abstol=1e-8, reltol=0, record=True
+    )
     n = len(stats.trajectory) - 1
     assert deq.last_stats.forward.trajectory == []  # recorded to sample the states, not kept
     for state, step in [(first, -(-n // 3)), (second, -(-2 * n // 3))]:
@@ -95,12 +96,21 @@ def test_a_tuple_state_gives_its_states_in_its_structure():
     assert all(p.grad is not None for p in deq.parameters())
 
 
-@pytest.mark.parametrize("call, exception, message", [
-    (lambda: deqkit.DEQ(lambda z, x: 0.5 * z + x)(torch.ones(2, 3), states=0), ValueError,
-     "states must be an integer >= 1"),
-    (lambda: deqkit.DEQ(lambda z, x: 0.5 * z + x, correction="implicit"), ValueError,
-     "correction must be 'one_step', 'phantom'"),
-])
+@pytest.mark.parametrize(
+    "call, exception, message",
+    [
+        (
+            lambda: deqkit.DEQ(lambda z, x: 0.5 * z + x)(torch.ones(2, 3), states=0),
+            ValueError,
+            "states must be an integer >= 1",
+        ),
+        (
+            lambda: deqkit.DEQ(lambda z, x: 0.5 * z + x, correction="implicit"),
+            ValueError,
+            "correction must be 'one_step', 'phantom'",
+        ),
+    ],
+)
 def test_bad_states_and_correction(call, exception, message):
     with pytest.raises(exception, match=message):
         call()

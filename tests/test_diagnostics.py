@@ -23,7 +23,7 @@ def test_spectral_radius_is_per_sample_and_matches_eigvals(tanh_problem):
         z, _ = deqkit.solve(lambda z: block(z, x), torch.zeros_like(x), solver="anderson", abstol=1e-10)
     rho = deqkit.spectral_radius(block, z, x, iters=300)
     for i in range(3):
-        jac = torch.autograd.functional.jacobian(lambda zi, i=i: block(zi[None], x[i:i + 1])[0], z[i])
+        jac = torch.autograd.functional.jacobian(lambda zi, i=i: block(zi[None], x[i : i + 1])[0], z[i])
         exact = torch.linalg.eigvals(jac).abs().max()
         assert abs(float(rho[i]) - float(exact)) < 0.02 * float(exact)
     with pytest.raises(ValueError, match="iters"):

@@ -68,23 +68,29 @@ def _exercises(path: Path) -> list[Exercise]:
         assert wrong, f'{where}: give a plausible wrong answer in the cell metadata {{"deqkit": {{"wrong": ...}}}}'
         expect = cell.metadata.get("deqkit", {}).get("expect")
         assert expect, f'{where}: say what the check must answer to the wrong one: {{"deqkit": {{"expect": ...}}}}'
-        following = list(enumerate(cells))[i + 1:]
+        following = list(enumerate(cells))[i + 1 :]
         solution = next((c for _, c in following if "solution" in _tags(c)), None)
         check = next((j for j, c in following if "check" in _tags(c)), None)
         assert solution is not None and check is not None, f"{where}: needs a solution cell and a check cell after it"
         nxt = next((j for j, c in following if "exercise" in _tags(c)), len(cells))
         assert check < nxt, f"{where}: its check cell comes after the next exercise"
         assert solution.cell_type == "markdown" and "<details>" in solution.source, (
-            f"{where}: the solution must be a markdown cell collapsed in <details> (off the learner's path)")
+            f"{where}: the solution must be a markdown cell collapsed in <details> (off the learner's path)"
+        )
         assert "check(" in cells[check].source, f"{where}: the check cell must call deqkit.teach.exercises.check"
-        found.append(Exercise(path, len(found) + 1, i, check, cell.source, solution_code(solution.source), wrong,
-                              expect))
+        found.append(
+            Exercise(path, len(found) + 1, i, check, cell.source, solution_code(solution.source), wrong, expect)
+        )
     return found
 
 
 EXERCISES = {path: _exercises(path) for path in NOTEBOOKS}
-CASES = [pytest.param(ex, variant, id=f"{ex.id}-{variant}")
-         for exercises in EXERCISES.values() for ex in exercises for variant in VARIANTS]
+CASES = [
+    pytest.param(ex, variant, id=f"{ex.id}-{variant}")
+    for exercises in EXERCISES.values()
+    for ex in exercises
+    for variant in VARIANTS
+]
 
 
 def test_every_notebook_has_an_exercise_and_there_are_at_least_six():
@@ -105,8 +111,9 @@ class NotebookRunner:
 
     def __init__(self, path: Path):
         self.nb = nbformat.read(path, as_version=4)
-        self.client = NotebookClient(self.nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                                     resources={"metadata": {"path": str(path.parent)}})
+        self.client = NotebookClient(
+            self.nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        )
         self.client.km = self.client.create_kernel_manager()
         self.client.start_new_kernel()
         self.client.start_new_kernel_client()

@@ -63,8 +63,9 @@ def test_compare_gradients_against_finite_differences(tanh_problem):
         assert report.cosine(mode) > 1 - 1e-9 and report.relative_error(mode) < 1e-6
     assert report.relative_error("one_step") > 1e-3  # the Jacobian-free gradient is only an approximation
     assert "implicit" in str(report)
-    directional = deqkit.compare_gradients(deqkit.DEQ(block, solver="anderson", backward=IMPLICIT, **TIGHT), x,
-                                           directions=5)
+    directional = deqkit.compare_gradients(
+        deqkit.DEQ(block, solver="anderson", backward=IMPLICIT, **TIGHT), x, directions=5
+    )
     assert directional.reference.shape == (5,) and directional.relative_error("implicit") < 1e-6
     with pytest.raises(ValueError, match="float64"):
         deqkit.compare_gradients(deqkit.DEQ(block.float()), x.float())
@@ -266,8 +267,11 @@ def test_nan_gradient_into_the_backward_is_named(tanh_problem):
     out = deqkit.DEQ(block, solver="anderson")(x)
     grad = torch.ones_like(out)
     grad[1, 3] = float("nan")  # e.g. a loss that produced NaN
-    with pytest.raises(deqkit.DivergenceError, match=r"arriving at the DEQ's output contains NaN or Inf \(1 entries, "
-                       r"1 of 2 samples\)"):
+    with pytest.raises(
+        deqkit.DivergenceError,
+        match=r"arriving at the DEQ's output contains NaN or Inf \(1 entries, "
+        r"1 of 2 samples\)",
+    ):
         out.backward(grad)
 
 
@@ -290,8 +294,9 @@ def test_convergence_warnings_point_at_the_users_line():
     import inspect
 
     lin = torch.nn.Linear(3, 3)
-    deq = deqkit.DEQ(lambda z, x: 0.99 * z + 0.01 * lin(z) + x, solver="anderson", max_nfe=3,
-                     backward=deqkit.Implicit(max_nfe=2))
+    deq = deqkit.DEQ(
+        lambda z, x: 0.99 * z + 0.01 * lin(z) + x, solver="anderson", max_nfe=3, backward=deqkit.Implicit(max_nfe=2)
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", deqkit.ConvergenceWarning)
         forward_line = inspect.currentframe().f_lineno + 1

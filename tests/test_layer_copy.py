@@ -55,8 +55,9 @@ def test_state_dict_of_a_used_model_loads_into_a_fresh_one():
 
 
 def test_repr_shows_the_budgets_and_statistics_summarise():
-    deq = deqkit.DEQ(lambda z, x: 0.5 * torch.tanh(z) + x, solver="anderson", max_steps=40, max_nfe=25,
-                     eval_max_nfe=None)
+    deq = deqkit.DEQ(
+        lambda z, x: 0.5 * torch.tanh(z) + x, solver="anderson", max_steps=40, max_nfe=25, eval_max_nfe=None
+    )
     assert "max_steps=40, max_nfe=25, eval_max_nfe=None" in repr(deq)
     x = torch.randn(3, 5)
     deq(x, z0=None).sum().backward()

@@ -25,8 +25,14 @@ CONTRACTS = {contract["id"]: contract for contract in CONFIG["contracts"]}
 def lint_imports(cwd: Path, *contract_ids: str) -> subprocess.CompletedProcess:
     """Run ``lint-imports`` (this interpreter's import-linter) on the ``deqkit`` found in ``cwd``, without a cache."""
     limit = [arg for cid in contract_ids for arg in ("--contract", cid)]
-    command = [sys.executable, "-c", "from importlinter.cli import lint_imports_command as c; c()",
-               "--no-cache", "--no-logo", *limit]
+    command = [
+        sys.executable,
+        "-c",
+        "from importlinter.cli import lint_imports_command as c; c()",
+        "--no-cache",
+        "--no-logo",
+        *limit,
+    ]
     # lint-imports puts its working directory first on sys.path: the deqkit analysed is the one in cwd
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120)
 
@@ -41,8 +47,12 @@ def test_the_contracts_are_kept():
 # (contract broken, file under deqkit/ to append to (created if missing), the line appended, text of the report)
 VIOLATIONS = {
     "upward import": ("layers", "errors.py", "from deqkit.teach import limits", "deqkit.errors -> deqkit.teach"),
-    "import within a row": ("layers", "measure.py", "from deqkit import diagnostics",
-                            "deqkit.measure -> deqkit.diagnostics"),
+    "import within a row": (
+        "layers",
+        "measure.py",
+        "from deqkit import diagnostics",
+        "deqkit.measure -> deqkit.diagnostics",
+    ),
     "module missing from the table": ("layers", "extra.py", "import torch", "deqkit.extra"),
     "panels import the CLI": ("cli", "teach/widgets.py", "from deqkit.train import __main__", "deqkit.train.__main__"),
     "torchdiffeq outside its seam": ("torchdiffeq-seam", "layer.py", "import torchdiffeq", "deqkit.layer"),
@@ -93,8 +103,9 @@ def doc_table() -> list[tuple[str, list[str]]]:
 
 
 def real_top_level() -> set[str]:
-    return ({p.stem for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
-            | {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()})
+    return {p.stem for p in PACKAGE.glob("*.py") if p.name != "__init__.py"} | {
+        p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()
+    }
 
 
 def doc_layers() -> list[set[str]]:
@@ -104,8 +115,11 @@ def doc_layers() -> list[set[str]]:
     for label, paths in doc_table():
         if label:
             layers.append(set())
-        layers[-1] |= {Path(p).parts[1].removesuffix(".py") for p in paths
-                       if p.startswith("deqkit/") and not p.endswith("__main__.py")}
+        layers[-1] |= {
+            Path(p).parts[1].removesuffix(".py")
+            for p in paths
+            if p.startswith("deqkit/") and not p.endswith("__main__.py")
+        }
     return [layer for layer in layers if layer]
 
 
@@ -120,7 +134,8 @@ def test_the_table_names_every_module_of_deqkit_once():
     assert sorted(named) == sorted(set(named)), f"{DOC.name} puts a module in two layers: {named}"
     assert set(named) == real_top_level(), (
         f"{DOC.name}'s table and deqkit/ differ: only in the doc {sorted(set(named) - real_top_level())}, "
-        f"only in deqkit/ {sorted(real_top_level() - set(named))}")
+        f"only in deqkit/ {sorted(real_top_level() - set(named))}"
+    )
 
 
 def test_packages_listed_file_by_file_are_listed_completely():
@@ -138,7 +153,8 @@ def test_packages_listed_file_by_file_are_listed_completely():
         real = {p.stem for p in (PACKAGE / package).glob("*.py")}
         assert named - {"__init__"} == real - {"__init__"}, (
             f"{DOC.name} lists deqkit/{package}/ file by file but differs from it: only in the doc "
-            f"{sorted(named - real)}, only in deqkit/{package}/ {sorted(real - named - {'__init__'})}")
+            f"{sorted(named - real)}, only in deqkit/{package}/ {sorted(real - named - {'__init__'})}"
+        )
 
 
 def test_the_layers_contract_is_the_table():
@@ -152,6 +168,7 @@ def test_the_layers_contract_is_the_table():
 def test_the_doc_names_the_contracts_and_the_cli_contract_names_the_doc_entry_point():
     text = DOC.read_text()
     assert "[tool.importlinter]" in text and "pyproject.toml" in text and "tests/test_layering.py" in text
-    entry_points = {p.removesuffix(".py").replace("/", ".") for _, row in doc_table() for p in row
-                    if p.endswith("__main__.py")}
+    entry_points = {
+        p.removesuffix(".py").replace("/", ".") for _, row in doc_table() for p in row if p.endswith("__main__.py")
+    }
     assert entry_points and entry_points == set(CONTRACTS["cli"]["forbidden_modules"])

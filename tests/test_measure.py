@@ -24,8 +24,11 @@ def test_peak_memory_of_nothing_is_zero():
 
 
 def test_unrolled_memory_grows_with_iterations_implicit_does_not():
-    costs = {(mode, n): measure.measure_step(mode, n, d=16, batch=4, repeats=1)
-             for mode in ("implicit", "unrolled") for n in (5, 80)}
+    costs = {
+        (mode, n): measure.measure_step(mode, n, d=16, batch=4, repeats=1)
+        for mode in ("implicit", "unrolled")
+        for n in (5, 80)
+    }
     assert all(c.steps == n for (_, n), c in costs.items())
     assert costs["unrolled", 80].peak_bytes > 3 * costs["unrolled", 5].peak_bytes
     assert costs["implicit", 80].peak_bytes <= 1.05 * costs["implicit", 5].peak_bytes

@@ -82,17 +82,23 @@ def test_the_models_weight_norm_option_is_normalize():
     assert not _normalized(MLPBlock(8))
 
 
-@pytest.mark.parametrize("call, exception, message", [
-    (lambda: deqkit.normalize(Block(), "batch"), ValueError, "kind must be 'weight', 'spectral' or None"),
-    (lambda: deqkit.normalize(Block(), exclude=["hed"]), ValueError, "exclude names 'hed'.*submodules include"),
-    (lambda: deqkit.normalize(deqkit.normalize(Block()), "spectral"), ValueError,
-     "'conv' is normalized already: call deqkit.remove_normalization"),
-    (lambda: deqkit.normalize(nn.Tanh()), ValueError, "no layer to normalize in Tanh"),
-    (lambda: deqkit.normalize(Block(), exclude=[nn.Linear, nn.Conv2d]), ValueError, "no layer to normalize"),
-    (lambda: deqkit.remove_normalization(Block()), ValueError, "no normalized layer in Block"),
-    (lambda: deqkit.normalize(lambda z: z), TypeError, "needs an nn.Module"),
-    (lambda: deqkit.normalize(Block(), "spectral", power=3), TypeError, "options of torch.nn.utils"),
-])
+@pytest.mark.parametrize(
+    "call, exception, message",
+    [
+        (lambda: deqkit.normalize(Block(), "batch"), ValueError, "kind must be 'weight', 'spectral' or None"),
+        (lambda: deqkit.normalize(Block(), exclude=["hed"]), ValueError, "exclude names 'hed'.*submodules include"),
+        (
+            lambda: deqkit.normalize(deqkit.normalize(Block()), "spectral"),
+            ValueError,
+            "'conv' is normalized already: call deqkit.remove_normalization",
+        ),
+        (lambda: deqkit.normalize(nn.Tanh()), ValueError, "no layer to normalize in Tanh"),
+        (lambda: deqkit.normalize(Block(), exclude=[nn.Linear, nn.Conv2d]), ValueError, "no layer to normalize"),
+        (lambda: deqkit.remove_normalization(Block()), ValueError, "no normalized layer in Block"),
+        (lambda: deqkit.normalize(lambda z: z), TypeError, "needs an nn.Module"),
+        (lambda: deqkit.normalize(Block(), "spectral", power=3), TypeError, "options of torch.nn.utils"),
+    ],
+)
 def test_bad_normalize_calls_name_the_cause(call, exception, message):
     with pytest.raises(exception, match=message):
         call()

@@ -25,13 +25,17 @@ def test_committed_without_outputs(path):
 def test_wired_for_the_browser_test_and_checks_its_widgets(path):
     source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
     assert source.count("primary=") == 1, (
-        f"{path.name}: mark exactly one slider for the browser test to move (LiveFigure(..., primary=...))")
+        f"{path.name}: mark exactly one slider for the browser test to move (LiveFigure(..., primary=...))"
+    )
     assert "sweep(" in source, f"{path.name}: end with a cell that sweeps every widget (tests.teach.harness.sweep)"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_only_test_cells_import_the_test_harness(path):
     # a learner's lesson cells run from an installed deqkit; the harness lives in the repository's tests/
-    lesson = [c.get("id") for c in nbformat.read(path, as_version=4).cells
-              if c.cell_type == "code" and "from tests." in c.source and "test" not in c.metadata.get("tags", [])]
+    lesson = [
+        c.get("id")
+        for c in nbformat.read(path, as_version=4).cells
+        if c.cell_type == "code" and "from tests." in c.source and "test" not in c.metadata.get("tags", [])
+    ]
     assert not lesson, f"{path.name}: cells {lesson} import from tests/ but are not tagged 'test'"

@@ -20,8 +20,10 @@ def test_tanh_weight_has_the_spectral_norm_asked_for(kind):
 
 
 def test_tanh_problem_is_reproducible_and_typed():
-    (a, xa), (b, xb) = problems.tanh_problem(8, seed=5, dtype=torch.float64), problems.tanh_problem(8, seed=5,
-                                                                                                     dtype=torch.float64)
+    (a, xa), (b, xb) = (
+        problems.tanh_problem(8, seed=5, dtype=torch.float64),
+        problems.tanh_problem(8, seed=5, dtype=torch.float64),
+    )
     assert torch.equal(a.weight, b.weight) and torch.equal(xa, xb) and xa.dtype == torch.float64
     z = torch.zeros_like(xa)
     assert torch.allclose(a(z, xa), torch.tanh(xa + a.bias))
@@ -61,10 +63,12 @@ def test_block_problem_names_its_mistakes():
         problems.block_problem("resnet")
     with pytest.raises(ValueError, match="size must be a multiple of 8, got 12"):
         problems.block_problem("mdeq", size=12)
-    for bad, match in ((dict(batch=0), "batch must be an integer >= 1, got 0"),
-                       (dict(batch=2.5), "batch must be an integer >= 1, got 2.5"),
-                       (dict(batch=True), "batch must be an integer >= 1, got True"),
-                       (dict(size=8.0), "size must be an integer >= 1, got 8.0"),
-                       (dict(dtype=torch.int32), "dtype must be a floating-point torch.dtype")):
+    for bad, match in (
+        (dict(batch=0), "batch must be an integer >= 1, got 0"),
+        (dict(batch=2.5), "batch must be an integer >= 1, got 2.5"),
+        (dict(batch=True), "batch must be an integer >= 1, got True"),
+        (dict(size=8.0), "size must be an integer >= 1, got 8.0"),
+        (dict(dtype=torch.int32), "dtype must be a floating-point torch.dtype"),
+    ):
         with pytest.raises(ValueError, match=match):
             problems.block_problem("mlp", **bad)

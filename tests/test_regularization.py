@@ -33,8 +33,7 @@ def test_penalty_gradient_matches_finite_differences_in_float64():
         fz = torch.tanh(z @ weight.T + x + bias)
         gen, total = torch.Generator().manual_seed(3), 0
         for _ in range(4):
-            (vj,) = torch.autograd.grad(fz, z, torch.randn(fz.shape, generator=gen, dtype=fz.dtype),
-                                        retain_graph=True)
+            (vj,) = torch.autograd.grad(fz, z, torch.randn(fz.shape, generator=gen, dtype=fz.dtype), retain_graph=True)
             total = total + vj.pow(2).sum(1)
         return (total / (4 * 5)).mean().item()
 
@@ -92,8 +91,9 @@ def test_phantom_with_30_undamped_steps_is_close_to_implicit():
     grads = {}
     for name, backward in [("implicit", deqkit.Implicit(reltol=1e-10)), ("phantom", deqkit.Phantom(30, 1.0))]:
         deq = deqkit.DEQ(block, solver="anderson", backward=backward, abstol=1e-12, reltol=0, max_nfe=None)
-        grads[name] = torch.cat([g.flatten() for g in torch.autograd.grad(deq(x).pow(2).sum(),
-                                                                          list(block.parameters()))])
+        grads[name] = torch.cat(
+            [g.flatten() for g in torch.autograd.grad(deq(x).pow(2).sum(), list(block.parameters()))]
+        )
     cosine = torch.nn.functional.cosine_similarity(grads["implicit"], grads["phantom"], dim=0).item()
     assert cosine >= 0.99
 

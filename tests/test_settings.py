@@ -16,8 +16,12 @@ from deqkit.adjoint import GRADIENTS
 from deqkit.solvers import BACKWARD_SOLVERS
 
 CLASSES = list(BACKWARD_SOLVERS.values()) + list(GRADIENTS.values())
-SETTINGS = [(cls, name) for cls in CLASSES for name, p in inspect.signature(cls).parameters.items()
-            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+SETTINGS = [
+    (cls, name)
+    for cls in CLASSES
+    for name, p in inspect.signature(cls).parameters.items()
+    if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+]
 
 
 def test_every_class_has_settings_to_check():
@@ -28,8 +32,11 @@ def test_every_class_has_settings_to_check():
 def test_a_setting_cannot_be_reassigned(cls, name):
     obj = cls()
     before = repr(obj), getattr(obj, name)
-    with pytest.raises(AttributeError, match=rf"{cls.__name__}\.{name} cannot be changed after construction.*"
-                                             rf"make a new one, e\.g\. {cls.__name__}\({name}="):
+    with pytest.raises(
+        AttributeError,
+        match=rf"{cls.__name__}\.{name} cannot be changed after construction.*"
+        rf"make a new one, e\.g\. {cls.__name__}\({name}=",
+    ):
         setattr(obj, name, getattr(obj, name))
     assert (repr(obj), getattr(obj, name)) == before
 

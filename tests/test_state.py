@@ -29,8 +29,7 @@ class TwoScale(nn.Module):
 
     def forward(self, z, x):
         hi, lo = z
-        new_hi = torch.tanh(F.conv2d(hi, self.a, padding=1) + F.interpolate(F.conv2d(lo, self.up), scale_factor=2)
-                            + x)
+        new_hi = torch.tanh(F.conv2d(hi, self.a, padding=1) + F.interpolate(F.conv2d(lo, self.up), scale_factor=2) + x)
         new_lo = torch.tanh(F.conv2d(lo, self.b, padding=1) + F.conv2d(F.avg_pool2d(hi, 2), self.down))
         return new_hi, new_lo
 
@@ -46,8 +45,7 @@ def _x(batch=2):
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
 def test_solve_returns_the_structure_and_a_true_fixed_point(solver):
     block, x = TwoScale(), _x()
-    z, stats = deqkit.solve(lambda z: block(z, x), list(_start(x)), solver=solver, abstol=1e-10, reltol=0,
-                            record=True)
+    z, stats = deqkit.solve(lambda z: block(z, x), list(_start(x)), solver=solver, abstol=1e-10, reltol=0, record=True)
     assert isinstance(z, list) and [t.shape for t in z] == [(2, 2, 4, 4), (2, 3, 2, 2)]
     with torch.no_grad():
         fz = block(z, x)
@@ -94,8 +92,15 @@ def test_approximate_gradients_of_a_two_tensor_state_are_those_of_the_flat_state
 
 def test_budget_statistics_penalty_and_no_grad_work_on_a_tuple_state():
     block, x = TwoScale(), _x(3)
-    deq = deqkit.DEQ(block, solver="anderson", abstol=1e-10, reltol=0, max_nfe=5, z0=_start,
-                     backward=deqkit.Implicit(max_nfe=500, reltol=1e-8))
+    deq = deqkit.DEQ(
+        block,
+        solver="anderson",
+        abstol=1e-10,
+        reltol=0,
+        max_nfe=5,
+        z0=_start,
+        backward=deqkit.Implicit(max_nfe=500, reltol=1e-8),
+    )
     with pytest.warns(deqkit.ConvergenceWarning, match="evaluation budget ran out"):
         hi, lo = deq(x)
     assert deq.last_stats.forward.nfe == 5 and deq.last_stats.forward.converged.shape == (3,)
@@ -112,7 +117,6 @@ def test_budget_statistics_penalty_and_no_grad_work_on_a_tuple_state():
         with torch.no_grad():
             deq(x, z0=tuple(t.detach() for t in out))  # warm start from the same structure
     assert deq.last_stats.forward.nfe < cold and deq.last_stats.forward.all_converged
-
 
 
 def test_a_used_tuple_state_deq_deep_copies():

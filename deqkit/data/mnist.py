@@ -24,8 +24,16 @@ from tqdm.auto import tqdm
 
 from ..errors import MNISTError
 
-__all__ = ["MNISTError", "MNIST_MEAN", "MNIST_STD", "load_mnist", "mnist_datasets", "mnist_dir", "mnist_unavailable",
-           "read_idx"]
+__all__ = [
+    "MNISTError",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "load_mnist",
+    "mnist_datasets",
+    "mnist_dir",
+    "mnist_unavailable",
+    "read_idx",
+]
 
 ENV_VAR = "DEQKIT_MNIST_DIR"
 MIRRORS = [
@@ -104,8 +112,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     except IsADirectoryError as exc:
         raise MNISTError(f"{path} is a directory, not an IDX file: pass the file's path.") from exc
     except OSError as exc:
-        raise MNISTError(f"cannot read {path} ({type(exc).__name__}: {exc}): make it readable (e.g. chmod a+r "
-                         f"{path}), or {_FIX}.") from exc
+        raise MNISTError(
+            f"cannot read {path} ({type(exc).__name__}: {exc}): make it readable (e.g. chmod a+r {path}), or {_FIX}."
+        ) from exc
     magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
     if magic not in _MAGICS:
         found = "missing (file shorter than 4 bytes)" if magic is None else f"0x{magic:08x}"
@@ -198,8 +207,10 @@ def _ensure(folder: pathlib.Path, name: str, download: bool, verify: bool) -> pa
         try:
             actual, expected = _md5(path), MNIST_FILES[name][1]
         except OSError as exc:  # e.g. no read permission: name the file and the fix, not a raw PermissionError
-            raise MNISTError(f"cannot read {path} ({type(exc).__name__}: {exc.strerror or exc}): make it readable "
-                             f"(e.g. chmod a+r {path}), or {_FIX}.") from exc
+            raise MNISTError(
+                f"cannot read {path} ({type(exc).__name__}: {exc.strerror or exc}): make it readable "
+                f"(e.g. chmod a+r {path}), or {_FIX}."
+            ) from exc
         if actual != expected:
             raise MNISTError(
                 f"{path} has MD5 {actual}, expected {expected} for {name}: the file is corrupt or not "
@@ -292,8 +303,10 @@ def mnist_datasets(
     """
     if subset is not None and (isinstance(subset, bool) or not isinstance(subset, numbers.Integral)):
         # True would be 1 sample and 2.5 a slice error deep in torch: a count is an integer
-        raise TypeError(f"subset must be a positive integer (a number of training samples) or None, got "
-                        f"{subset!r} ({type(subset).__name__})")
+        raise TypeError(
+            f"subset must be a positive integer (a number of training samples) or None, got "
+            f"{subset!r} ({type(subset).__name__})"
+        )
     if subset is not None and subset < 1:
         raise ValueError(f"subset must be a positive number of training samples or None, got {subset}")
     generator = torch.Generator().manual_seed(seed)

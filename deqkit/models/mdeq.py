@@ -98,8 +98,10 @@ class MultiscaleBlock(nn.Module):
         z_hi, z_lo = z
         y_hi, y_lo = self.hi(z_hi), self.lo(z_lo)
         up = F.interpolate(self.up(y_lo), size=y_hi.shape[-2:], mode="nearest")
-        return (self.norm_hi(torch.relu(x + y_hi + up)),
-                self.norm_lo(torch.relu(self.inject(x) + y_lo + self.down(y_hi))))
+        return (
+            self.norm_hi(torch.relu(x + y_hi + up)),
+            self.norm_lo(torch.relu(self.inject(x) + y_lo + self.down(y_hi))),
+        )
 
 
 class MDEQHead(nn.Module):
@@ -127,8 +129,15 @@ class MDEQHead(nn.Module):
         return self.linear(torch.cat(pooled, 1))
 
 
-def mdeq(*, channels: int = 16, hidden: int = 32, resolutions: int = 2, weight_norm: str | None = None,
-         seed: int | None = None, **deq_options: Any) -> MNISTDEQ:
+def mdeq(
+    *,
+    channels: int = 16,
+    hidden: int = 32,
+    resolutions: int = 2,
+    weight_norm: str | None = None,
+    seed: int | None = None,
+    **deq_options: Any,
+) -> MNISTDEQ:
     """An MDEQ-style MNIST model (``"mdeq"``): two resolutions (14×14 and 7×7) solved as one tuple state.
 
     ``encoder``: conv 3×3 (1→``channels``) + GroupNorm + ReLU, stride 2 (14×14): the injection ``x``. ``f``:
@@ -164,12 +173,20 @@ def mdeq(*, channels: int = 16, hidden: int = 32, resolutions: int = 2, weight_n
     if seed is not None:
         torch.manual_seed(seed)
     channels = check_int("channels", channels, 1)
-    encoder = nn.Sequential(nn.Conv2d(1, channels, 3, stride=2, padding=1, bias=False),
-                            nn.GroupNorm(_groups(channels), channels), nn.ReLU())
+    encoder = nn.Sequential(
+        nn.Conv2d(1, channels, 3, stride=2, padding=1, bias=False), nn.GroupNorm(_groups(channels), channels), nn.ReLU()
+    )
     block = MultiscaleBlock(channels, hidden, resolutions)
     normalize_weight(block, weight_norm)
-    defaults = {"solver": "anderson", "abstol": 1e-2, "reltol": 1e-2, "max_steps": 30, "max_nfe": None,
-                "eval_max_nfe": None, "z0": block.initial_state,
-                "backward": Implicit("gmres", abstol=1e-12, reltol=1e-2, max_steps=30)}
+    defaults = {
+        "solver": "anderson",
+        "abstol": 1e-2,
+        "reltol": 1e-2,
+        "max_steps": 30,
+        "max_nfe": None,
+        "eval_max_nfe": None,
+        "z0": block.initial_state,
+        "backward": Implicit("gmres", abstol=1e-12, reltol=1e-2, max_steps=30),
+    }
     deq = _deq(block, defaults, deq_options)
     return MNISTDEQ(encoder, deq, MDEQHead(channels, 7, resolutions), name="mdeq")

@@ -35,17 +35,37 @@ from ..problems import MLPFamily
 from ..solvers.core import check_int
 from .mdeq import mdeq
 
-__all__ = ["MNIST_MODELS", "WEIGHT_NORMS", "ConvBlock", "MLPBlock", "MNISTDEQ", "SeedMNISTBlock", "WideBlock",
-           "conv_deq", "mlp_deq", "mnist_model", "normalize_weight", "seed_mnist_model", "wide_mlp_deq"]
+__all__ = [
+    "MNIST_MODELS",
+    "WEIGHT_NORMS",
+    "ConvBlock",
+    "MLPBlock",
+    "MNISTDEQ",
+    "SeedMNISTBlock",
+    "WideBlock",
+    "conv_deq",
+    "mlp_deq",
+    "mnist_model",
+    "normalize_weight",
+    "seed_mnist_model",
+    "wide_mlp_deq",
+]
 
 #: The seed blog's solver settings: ``DynamicSS(Tsit5())``, abstol = reltol = 1e-2, no polishing.
-SEED_SOLVER: dict[str, Any] = {"solver": "dynamic_ss", "ode_method": "tsit5", "polish": None,
-                               "abstol": 1e-2, "reltol": 1e-2, "z0": "f0",
-                               # The blog's SteadyStateAdjoint solves the linear system exactly; GMRES in 20
-                               # dimensions gets there. The tolerance must be relative: the gradient of a
-                               # batch-mean loss is ~1/batch per sample, below any fixed abstol like 1e-2.
-                               "backward": Implicit("gmres", abstol=1e-12, reltol=1e-4),
-                               "max_nfe": None, "eval_max_nfe": None}  # the blog's solver has no budget
+SEED_SOLVER: dict[str, Any] = {
+    "solver": "dynamic_ss",
+    "ode_method": "tsit5",
+    "polish": None,
+    "abstol": 1e-2,
+    "reltol": 1e-2,
+    "z0": "f0",
+    # The blog's SteadyStateAdjoint solves the linear system exactly; GMRES in 20
+    # dimensions gets there. The tolerance must be relative: the gradient of a
+    # batch-mean loss is ~1/batch per sample, below any fixed abstol like 1e-2.
+    "backward": Implicit("gmres", abstol=1e-12, reltol=1e-4),
+    "max_nfe": None,
+    "eval_max_nfe": None,
+}  # the blog's solver has no budget
 
 
 def _flux_dense(n_in: int, n_out: int) -> nn.Linear:
@@ -169,8 +189,15 @@ class ConvBlock(nn.Module):
         Reparametrization of both convolutions' weights (see :func:`normalize_weight`).
     """
 
-    def __init__(self, channels: int, hidden: int, groups: int = 8, kernel: int = 3, init_std: float = 0.01,
-                 weight_norm: str | None = None):
+    def __init__(
+        self,
+        channels: int,
+        hidden: int,
+        groups: int = 8,
+        kernel: int = 3,
+        init_std: float = 0.01,
+        weight_norm: str | None = None,
+    ):
         super().__init__()
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"kernel must be an odd size >= 1 (the block keeps the image size), got {kernel}")
@@ -226,8 +253,15 @@ class MNISTDEQ(nn.Module):
         Applied to the encoder output before the DEQ (see :class:`WideBlock`).
     """
 
-    def __init__(self, encoder: nn.Module, deq: DEQ, head: nn.Module, *, name: str,
-                 injection: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        deq: DEQ,
+        head: nn.Module,
+        *,
+        name: str,
+        injection: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         super().__init__()
         self.encoder, self.deq, self.head, self.name = encoder, deq, head, name
         self._injection = injection
@@ -251,8 +285,10 @@ class MNISTDEQ(nn.Module):
             If ``images`` does not have shape ``(batch, 1, 28, 28)``.
         """
         if images.dim() != 4 or images.shape[1:] != (1, 28, 28):
-            raise ValueError(f"expected MNIST images of shape (batch, 1, 28, 28), got {tuple(images.shape)}; "
-                             "use deqkit.data.mnist_datasets, or reshape with x.view(-1, 1, 28, 28)")
+            raise ValueError(
+                f"expected MNIST images of shape (batch, 1, 28, 28), got {tuple(images.shape)}; "
+                "use deqkit.data.mnist_datasets, or reshape with x.view(-1, 1, 28, 28)"
+            )
         x = self.encoder(images)
         return x if self._injection is None else self._injection(x)
 
@@ -328,14 +364,28 @@ def wide_mlp_deq(*, width: int = 128, seed: int | None = None, **deq_options: An
         torch.manual_seed(seed)
     block = WideBlock(width)
     encoder = nn.Sequential(nn.Flatten(), nn.Linear(784, width), nn.ReLU())
-    defaults = {"solver": "dynamic_ss", "abstol": 1e-3, "reltol": 1e-3, "max_steps": 60, "max_nfe": None,
-                "eval_max_nfe": None, "backward": Implicit("gmres", abstol=1e-12, reltol=1e-3, max_steps=60)}
+    defaults = {
+        "solver": "dynamic_ss",
+        "abstol": 1e-3,
+        "reltol": 1e-3,
+        "max_steps": 60,
+        "max_nfe": None,
+        "eval_max_nfe": None,
+        "backward": Implicit("gmres", abstol=1e-12, reltol=1e-3, max_steps=60),
+    }
     deq = _deq(block, defaults, deq_options)
     return MNISTDEQ(encoder, deq, nn.Linear(width, 10), name="wide", injection=block.injection)
 
 
-def conv_deq(*, channels: int = 32, hidden: int = 64, stem: int = 16, weight_norm: str | None = None,
-             seed: int | None = None, **deq_options: Any) -> MNISTDEQ:
+def conv_deq(
+    *,
+    channels: int = 32,
+    hidden: int = 64,
+    stem: int = 16,
+    weight_norm: str | None = None,
+    seed: int | None = None,
+    **deq_options: Any,
+) -> MNISTDEQ:
     """A convolutional DEQ (``"conv"``) sized for a small CPU.
 
     ``encoder``: conv 3×3 (1→``stem``) + GroupNorm + ReLU + max-pool (14×14), conv 3×3 (``stem``→``channels``)
@@ -365,8 +415,9 @@ def conv_deq(*, channels: int = 32, hidden: int = 64, stem: int = 16, weight_nor
     MNISTDEQ
         Named ``"conv"``.
     """
-    channels, hidden, stem = (check_int(k, v, 1) for k, v in (("channels", channels), ("hidden", hidden),
-                                                                 ("stem", stem)))
+    channels, hidden, stem = (
+        check_int(k, v, 1) for k, v in (("channels", channels), ("hidden", hidden), ("stem", stem))
+    )
     if seed is not None:
         torch.manual_seed(seed)
 
@@ -374,20 +425,40 @@ def conv_deq(*, channels: int = 32, hidden: int = 64, stem: int = 16, weight_nor
         return nn.GroupNorm(math.gcd(8, c), c)
 
     encoder = nn.Sequential(
-        nn.Conv2d(1, stem, 3, padding=1, bias=False), norm(stem), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(stem, channels, 3, padding=1, bias=False), norm(channels), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(channels, channels, 3, padding=1, bias=False), norm(channels),
+        nn.Conv2d(1, stem, 3, padding=1, bias=False),
+        norm(stem),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(stem, channels, 3, padding=1, bias=False),
+        norm(channels),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+        norm(channels),
     )
     block = ConvBlock(channels, hidden, groups=math.gcd(8, math.gcd(channels, hidden)), weight_norm=weight_norm)
-    defaults = {"solver": "anderson", "abstol": 1e-2, "reltol": 1e-2, "max_steps": 20, "max_nfe": None,
-                "eval_max_nfe": None, "backward": Implicit("gmres", abstol=1e-12, reltol=1e-2, max_steps=20)}
+    defaults = {
+        "solver": "anderson",
+        "abstol": 1e-2,
+        "reltol": 1e-2,
+        "max_steps": 20,
+        "max_nfe": None,
+        "eval_max_nfe": None,
+        "backward": Implicit("gmres", abstol=1e-12, reltol=1e-2, max_steps=20),
+    }
     deq = _deq(block, defaults, deq_options)
     head = nn.Sequential(nn.Flatten(), nn.Linear(channels * 49, 10))
     return MNISTDEQ(encoder, deq, head, name="conv")
 
 
-def mlp_deq(*, width: int = 128, norm: str | None = "layer", weight_norm: str | None = None,
-            seed: int | None = None, **deq_options: Any) -> MNISTDEQ:
+def mlp_deq(
+    *,
+    width: int = 128,
+    norm: str | None = "layer",
+    weight_norm: str | None = None,
+    seed: int | None = None,
+    **deq_options: Any,
+) -> MNISTDEQ:
     """The MLP-DEQ practitioners train (``"mlp-ln"``, or ``"mlp"`` without LayerNorm).
 
     ``Linear(784→w)`` gives the injection ``x``; ``f = LayerNorm(tanh(W z + b + x))`` (:class:`MLPBlock`);
@@ -432,7 +503,8 @@ MNIST_MODELS: dict[str, Callable[..., MNISTDEQ]] = {
     "seed": seed_mnist_model,
     "seed-linear": lambda **kw: seed_mnist_model(
         **_no_override(kw, "linear_logits", "seed-linear", "use 'seed' with linear_logits=... instead"),
-        linear_logits=True),
+        linear_logits=True,
+    ),
     "wide": wide_mlp_deq,
     "conv": conv_deq,
     "mlp": lambda **kw: mlp_deq(**_no_override(kw, "norm", "mlp", "'mlp-ln' is the LayerNorm one"), norm=None),
@@ -472,8 +544,15 @@ def mnist_model(name: str, **options: Any) -> MNISTDEQ:
 def _refuse_other_models_options(name: str, options: dict[str, Any]) -> None:
     """An option another model's constructor takes (``weight_norm`` for ``seed``) named as such: it would
     otherwise reach the DEQ and be reported as an unknown option of its solver."""
-    builders = {"seed": seed_mnist_model, "seed-linear": seed_mnist_model, "wide": wide_mlp_deq, "conv": conv_deq,
-                "mlp": mlp_deq, "mlp-ln": mlp_deq, "mdeq": mdeq}
+    builders = {
+        "seed": seed_mnist_model,
+        "seed-linear": seed_mnist_model,
+        "wide": wide_mlp_deq,
+        "conv": conv_deq,
+        "mlp": mlp_deq,
+        "mlp-ln": mlp_deq,
+        "mdeq": mdeq,
+    }
     takes = {m: set(inspect.signature(make).parameters) - {"deq_options"} for m, make in builders.items()}
     for key in options:
         takers = [m for m in MNIST_MODELS if key in takes[m]]

@@ -74,8 +74,13 @@ def seed_regression_model(seed: int = 0, **deq_options: Any) -> DEQ:
     """
     torch.manual_seed(seed)
     # the blog's DynamicSS has no evaluation budget
-    options: dict[str, Any] = {"abstol": 1e-5, "reltol": 1e-5, "z0": "f0", "max_nfe": None,
-                               "eval_max_nfe": None} | deq_options
+    options: dict[str, Any] = {
+        "abstol": 1e-5,
+        "reltol": 1e-5,
+        "z0": "f0",
+        "max_nfe": None,
+        "eval_max_nfe": None,
+    } | deq_options
     return DEQ(SeedBlock(), **options)
 
 
@@ -102,9 +107,15 @@ class RegressionRun:
     prediction: float = float("nan")  # model(−5) after training
 
 
-def fit_regression(model: nn.Module, *, epochs: int = 100, lr: float = 0.05, seed: int = 0,
-                   progress: bool = False,
-                   on_epoch: Callable[[RegressionRun], None] | None = None) -> RegressionRun:
+def fit_regression(
+    model: nn.Module,
+    *,
+    epochs: int = 100,
+    lr: float = 0.05,
+    seed: int = 0,
+    progress: bool = False,
+    on_epoch: Callable[[RegressionRun], None] | None = None,
+) -> RegressionRun:
     """Train on the blog's data (batch 1, shuffled each epoch, Adam) and return the measurements.
 
     Parameters
@@ -141,7 +152,7 @@ def fit_regression(model: nn.Module, *, epochs: int = 100, lr: float = 0.05, see
     for _ in bar:
         total = fnfe = bnfe = 0.0
         for i in torch.randperm(len(xs), generator=gen).tolist():
-            loss = (ys[i:i + 1] - model(xs[i:i + 1])).pow(2).sum()
+            loss = (ys[i : i + 1] - model(xs[i : i + 1])).pow(2).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()

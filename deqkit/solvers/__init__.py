@@ -30,8 +30,24 @@ BACKWARD_SOLVERS: dict[str, type[Solver]] = SOLVERS | {GMRES.name: GMRES}
 
 SolverSpec = str | Solver
 
-__all__ = ["SOLVERS", "BACKWARD_SOLVERS", "Solution", "Solver", "SolverSpec", "IterativeSolver", "as_solver",
-           "register", "run", "solve", "Picard", "Anderson", "Broyden", "DynamicSS", "GMRES", "StepSizeController"]
+__all__ = [
+    "SOLVERS",
+    "BACKWARD_SOLVERS",
+    "Solution",
+    "Solver",
+    "SolverSpec",
+    "IterativeSolver",
+    "as_solver",
+    "register",
+    "run",
+    "solve",
+    "Picard",
+    "Anderson",
+    "Broyden",
+    "DynamicSS",
+    "GMRES",
+    "StepSizeController",
+]
 
 
 def register(cls: type[Solver], *, backward_only: bool = False) -> type[Solver]:
@@ -66,8 +82,9 @@ def register(cls: type[Solver], *, backward_only: bool = False) -> type[Solver]:
     return cls
 
 
-def as_solver(spec: SolverSpec, options: dict[str, Any] | None = None,
-              registry: dict[str, type[Solver]] = SOLVERS) -> Solver:
+def as_solver(
+    spec: SolverSpec, options: dict[str, Any] | None = None, registry: dict[str, type[Solver]] = SOLVERS
+) -> Solver:
     """Return the configured solver that ``spec`` names.
 
     Parameters
@@ -94,8 +111,10 @@ def as_solver(spec: SolverSpec, options: dict[str, Any] | None = None,
     options = options or {}
     if isinstance(spec, Solver):
         if options:
-            raise TypeError(f"options {sorted(options)} were given with the configured solver {spec!r}: set them "
-                            f"on the object instead, e.g. {type(spec).__name__}({', '.join(options)}=...)")
+            raise TypeError(
+                f"options {sorted(options)} were given with the configured solver {spec!r}: set them "
+                f"on the object instead, e.g. {type(spec).__name__}({', '.join(options)}=...)"
+            )
         if spec.name not in registry:
             raise ValueError(f"{type(spec).__name__} cannot be used here; choose one of {sorted(registry)}")
         return spec
@@ -131,16 +150,31 @@ def check_start(z0: Any, what: str = "z0") -> None:
             f"shape {tuple(z0.shape)}. For a single sample of a vector map, add the batch dimension: {what}[None]."
         )
     if not z0.is_floating_point():
-        raise ValueError(f"{what} must be a floating-point tensor, got dtype {z0.dtype}: convert it, e.g. "
-                         f"{what}.float()")
+        raise ValueError(
+            f"{what} must be a floating-point tensor, got dtype {z0.dtype}: convert it, e.g. {what}.float()"
+        )
     if z0.device.type == "meta":
-        raise ValueError(f"{what} is on the meta device (shapes only, no values): a fixed point needs values; "
-                         f"create {what} on a real device, e.g. torch.zeros(shape, device='cpu')")
+        raise ValueError(
+            f"{what} is on the meta device (shapes only, no values): a fixed point needs values; "
+            f"create {what} on a real device, e.g. torch.zeros(shape, device='cpu')"
+        )
 
 
-def run(solver: Solver, f: Map, z0: Any, *, abstol: float, reltol: float, max_steps: int | None,
-        max_nfe: int | None = None, strict: bool = False, record: bool = False, budget_note: str = "",
-        warn: Callable[[str, SolverStats], None] | None = None, units: float = 1.0) -> Solution:
+def run(
+    solver: Solver,
+    f: Map,
+    z0: Any,
+    *,
+    abstol: float,
+    reltol: float,
+    max_steps: int | None,
+    max_nfe: int | None = None,
+    strict: bool = False,
+    record: bool = False,
+    budget_note: str = "",
+    warn: Callable[[str, SolverStats], None] | None = None,
+    units: float = 1.0,
+) -> Solution:
     """Run a configured solver; the engine behind :func:`solve`, the DEQ layer and its backward pass.
 
     Parameters
@@ -197,16 +231,26 @@ def run(solver: Solver, f: Map, z0: Any, *, abstol: float, reltol: float, max_st
     """
     structure = Structure.of(z0)
     if structure is not None:  # the solver sees one (batch, N) tensor; the caller gets its own structure back
-        sol = run(solver, structure.map(f), structure.flatten(z0, "z0"), abstol=abstol, reltol=reltol,
-                  max_steps=max_steps, max_nfe=max_nfe, strict=strict, record=record, budget_note=budget_note,
-                  warn=warn, units=units)
+        sol = run(
+            solver,
+            structure.map(f),
+            structure.flatten(z0, "z0"),
+            abstol=abstol,
+            reltol=reltol,
+            max_steps=max_steps,
+            max_nfe=max_nfe,
+            strict=strict,
+            record=record,
+            budget_note=budget_note,
+            warn=warn,
+            units=units,
+        )
         sol.stats.trajectory = [structure.unflatten(z) for z in sol.stats.trajectory]
         return Solution(structure.unflatten(sol.z), structure.unflatten(sol.fz), sol.stats)
     check_start(z0)
     if not isinstance(strict, bool):  # checked here too: DEQ.strict may be reassigned after construction
         raise TypeError(f"strict must be True or False, got {strict!r}")
-    tol = Tolerances(abstol, reltol, solver.default_max_steps if max_steps is None else max_steps, max_nfe,
-                     budget_note)
+    tol = Tolerances(abstol, reltol, solver.default_max_steps if max_steps is None else max_steps, max_nfe, budget_note)
     z0 = z0.detach().clone()  # the solver's own copy: the caller's z0 is never touched or handed back
     monitor = Monitor(solver.label, z0, tol, strict=strict, record=record, warn=warn, units=units)
     steps, nfe = _run_solver(solver, _out_of_place(f), z0, monitor)
@@ -223,16 +267,19 @@ def _run_solver(solver: Solver, f: Map, z0: torch.Tensor, monitor: Monitor) -> t
         # overflows the dtype, that is the cause to name
         refused = isinstance(err.__cause__, StepFailure)
         cause = (overflow_hint(z0.dtype, monitor.start_scale) if refused else "") or _ode_settings_hint(
-            solver, z0.dtype, refused)
+            solver, z0.dtype, refused
+        )
         if not cause:
             raise
         raise DivergenceError(f"{solver.label}: {cause} (The solver's own report: {err})") from err
     except RuntimeError as err:  # an allocator's message names bytes, not the setting that asked for them
         if not any(word in str(err) for word in ("can't allocate", "out of memory")):
             raise
-        raise type(err)(f"the solve ran out of memory with {solver!r} on a batch of shape {tuple(z0.shape)} "
-                        f"({' '.join(str(err).split())[:300]}): the solver's stored history (e.g. Anderson's or "
-                        "Broyden's m) or the batch is too large for this device; lower m or the batch size") from err
+        raise type(err)(
+            f"the solve ran out of memory with {solver!r} on a batch of shape {tuple(z0.shape)} "
+            f"({' '.join(str(err).split())[:300]}): the solver's stored history (e.g. Anderson's or "
+            "Broyden's m) or the batch is too large for this device; lower m or the batch size"
+        ) from err
 
 
 def _ode_settings_hint(solver: Solver, dtype: torch.dtype, refused: bool) -> str:
@@ -243,23 +290,29 @@ def _ode_settings_hint(solver: Solver, dtype: torch.dtype, refused: bool) -> str
     """
     step, method = getattr(solver, "step_size", None), getattr(solver, "ode_method", "")
     if step is not None and not refused:
-        return (f"{method} with the fixed step_size={step:g} is itself unstable when h·|1 − λ| > 2 for an eigenvalue "
-                "λ of ∂f/∂z (at λ = 0: h > 2), so the blow-up may be the step's, not f's: lower "
-                "step_size, or use an adaptive method (ode_method='tsit5')")
+        return (
+            f"{method} with the fixed step_size={step:g} is itself unstable when h·|1 − λ| > 2 for an eigenvalue "
+            "λ of ∂f/∂z (at λ = 0: h > 2), so the blow-up may be the step's, not f's: lower "
+            "step_size, or use an adaptive method (ode_method='tsit5')"
+        )
     if not refused:
         return ""
     eps = torch.finfo(dtype).eps
     controller = getattr(solver, "controller", None)
     rtol, atol = getattr(controller, "rtol", None), getattr(controller, "atol", None)
     if rtol is not None and atol is not None and rtol < eps and atol < eps:
-        return (f"the ODE tolerances StepSizeController(rtol={rtol:g}, atol={atol:g}) are below "
-                f"{str(dtype).removeprefix('torch.')}'s precision (eps {eps:.2g}): no step can meet them, so the step "
-                "size shrinks until it underflows; set them above eps (or leave them unset for the defaults)")
+        return (
+            f"the ODE tolerances StepSizeController(rtol={rtol:g}, atol={atol:g}) are below "
+            f"{str(dtype).removeprefix('torch.')}'s precision (eps {eps:.2g}): no step can meet them, so the step "
+            "size shrinks until it underflows; set them above eps (or leave them unset for the defaults)"
+        )
     first = getattr(controller, "first_step", None)
     if first is not None and first > 1e3:
-        return (f"StepSizeController(first_step={first:g}) is far beyond the flow's time scale (about 1, that of the "
-                "−z term): the first trial steps overflow and the step size underflows; leave first_step unset, or "
-                "choose it <= 1")
+        return (
+            f"StepSizeController(first_step={first:g}) is far beyond the flow's time scale (about 1, that of the "
+            "−z term): the first trial steps overflow and the step size underflows; leave first_step unset, or "
+            "choose it <= 1"
+        )
     return ""
 
 
@@ -304,8 +357,10 @@ def _out_of_place(f: Map) -> Map:
         def checked_part(z: torch.Tensor) -> torch.Tensor:  # z is a gathered copy: writing into it harms nothing
             fz = part(z)
             if fz is z:
-                raise ValueError("f returned its argument: the solver would see a residual of zero. Write f out of "
-                                 "place, or clone first: lambda z: g(z.clone()).")
+                raise ValueError(
+                    "f returned its argument: the solver would see a residual of zero. Write f out of "
+                    "place, or clone first: lambda z: g(z.clone())."
+                )
             return fz
 
         return checked_part
@@ -313,9 +368,19 @@ def _out_of_place(f: Map) -> Map:
     return SampleMap(checked, on)
 
 
-def solve(f: Map, z0: Any, *, solver: SolverSpec = "dynamic_ss", abstol: float = 1e-5,
-          reltol: float = 1e-5, max_steps: int | None = None, max_nfe: int | None = None, strict: bool = False,
-          record: bool = False, **options: Any) -> tuple[torch.Tensor, SolverStats]:
+def solve(
+    f: Map,
+    z0: Any,
+    *,
+    solver: SolverSpec = "dynamic_ss",
+    abstol: float = 1e-5,
+    reltol: float = 1e-5,
+    max_steps: int | None = None,
+    max_nfe: int | None = None,
+    strict: bool = False,
+    record: bool = False,
+    **options: Any,
+) -> tuple[torch.Tensor, SolverStats]:
     """Find the fixed point ``z* = f(z*)`` of a batched map.
 
     Parameters
@@ -370,9 +435,19 @@ def solve(f: Map, z0: Any, *, solver: SolverSpec = "dynamic_ss", abstol: float =
         When a sample does not converge within ``max_steps`` (how many, their best residual, what to try).
     """
     if "method" in options:
-        raise TypeError("solve() takes solver=..., not method=... (renamed to match DEQ(solver=...)): "
-                        f"solve(f, z0, solver={options['method']!r})")
-    sol = run(as_solver(solver, options), f, z0, abstol=abstol, reltol=reltol, max_steps=max_steps, max_nfe=max_nfe,
-              strict=strict, record=record)
+        raise TypeError(
+            "solve() takes solver=..., not method=... (renamed to match DEQ(solver=...)): "
+            f"solve(f, z0, solver={options['method']!r})"
+        )
+    sol = run(
+        as_solver(solver, options),
+        f,
+        z0,
+        abstol=abstol,
+        reltol=reltol,
+        max_steps=max_steps,
+        max_nfe=max_nfe,
+        strict=strict,
+        record=record,
+    )
     return sol.z, sol.stats
-

@@ -93,8 +93,9 @@ class Anderson(IterativeSolver):
         h.gram[:, :k, slot] = row
         return dgs, h.ring[1][:, :k], h.gram[:, :k, :k]
 
-    def _mix(self, plain: torch.Tensor, g: torch.Tensor, dgs: torch.Tensor, dms: torch.Tensor,
-             gram: torch.Tensor) -> torch.Tensor:
+    def _mix(
+        self, plain: torch.Tensor, g: torch.Tensor, dgs: torch.Tensor, dms: torch.Tensor, gram: torch.Tensor
+    ) -> torch.Tensor:
         """``plain − (ΔZ + βΔG) γ`` with ``γ = argmin ‖g − ΔG γ‖² + λ‖γ‖²`` per sample (``gram`` = ΔGᵀΔG)."""
         # Products written as (batch, 1, dim) @ (batch, dim, k): on CPU a (k, dim) @ (dim, 1) bmm is several times
         # slower than the same product in this orientation.
@@ -116,8 +117,9 @@ class Anderson(IterativeSolver):
         gamma_t = torch.where(ok[:, None, None], gamma_t, 0).to(dgs.dtype)  # (batch, 1, k)
         return torch.baddbmm(plain.unsqueeze(1), gamma_t, dms, alpha=-1).squeeze(1)  # plain − (ΔZ + βΔG) γ
 
-    def secants(self, h: _History | None, rows: torch.Tensor, z: torch.Tensor,
-                r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def secants(
+        self, h: _History | None, rows: torch.Tensor, z: torch.Tensor, r: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The differences ``ΔZ`` and ``ΔG`` (residuals) the history holds for the samples ``rows``, with the step to
         the iterate ``z`` just evaluated (``r = f(z) − z``): shape ``(len(rows), k, dim)`` (see
         :func:`growth_rates`)."""

@@ -62,8 +62,9 @@ class Broyden(IterativeSolver):
         else:
             dz, dg = z - mem.z, g - mem.g
             b_dg = _apply(dg, mem.u, mem.v)
-            vt = -dz + sum((vi * (ui * dz).sum(1, keepdim=True) for ui, vi in zip(mem.u, mem.v)),
-                           torch.zeros_like(dz))  # Bᵀ Δz
+            vt = -dz + sum(
+                (vi * (ui * dz).sum(1, keepdim=True) for ui, vi in zip(mem.u, mem.v)), torch.zeros_like(dz)
+            )  # Bᵀ Δz
             denom = (vt * dg).sum(1, keepdim=True)  # Δzᵀ B Δg
             scale = dz.norm(dim=1, keepdim=True) * dg.norm(dim=1, keepdim=True)
             ok = denom.abs() > torch.finfo(dtype).eps * scale  # the input's precision bounds the secant's

@@ -58,9 +58,12 @@ def batch_view(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def check_map_output(fz: torch.Tensor, z: torch.Tensor, what: str = "f") -> None:
     """Refuse a map whose output does not look like its input (shape, dtype, device)."""
     if not isinstance(fz, torch.Tensor):
-        hint = (": the state z is one tensor, so f must return one; for a state of several tensors, start from that "
-                "structure (z0 a tuple/list of tensors, or a callable of x returning one)"
-                if isinstance(fz, (tuple, list)) else "")
+        hint = (
+            ": the state z is one tensor, so f must return one; for a state of several tensors, start from that "
+            "structure (z0 a tuple/list of tensors, or a callable of x returning one)"
+            if isinstance(fz, (tuple, list))
+            else ""
+        )
         raise TypeError(f"{what} must return a torch.Tensor, got {type(fz).__name__}{hint}")
     for attr in ("shape", "dtype", "device"):
         if getattr(fz, attr) != getattr(z, attr):
@@ -156,8 +159,15 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def check_real(name: str, value: Any, low: float = -math.inf, high: float = math.inf, *,
-               low_open: bool = False, high_open: bool = False) -> float:
+def check_real(
+    name: str,
+    value: Any,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
     """Return ``value`` as a ``float`` if it is a real number (Python, NumPy, ...) in the given interval."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
@@ -203,22 +213,39 @@ class Tolerances:
         except ValueError as err:
             if not (float(value) >= (1.0 if relative else math.inf)):  # NaN or negative: the interval says it all
                 raise
-            why = ("a relative tolerance of 1 or more accepts any iterate (‖f(z) − z‖∞ ≤ ‖f(z)‖∞ at z = 0)"
-                   if relative else "an infinite tolerance accepts any iterate")
-            raise ValueError(f"{err}: {why}, so every start would be reported converged at once. Use a small "
-                             f"value such as {name.split()[-1]}=1e-5.") from None
+            why = (
+                "a relative tolerance of 1 or more accepts any iterate (‖f(z) − z‖∞ ≤ ‖f(z)‖∞ at z = 0)"
+                if relative
+                else "an infinite tolerance accepts any iterate"
+            )
+            raise ValueError(
+                f"{err}: {why}, so every start would be reported converged at once. Use a small "
+                f"value such as {name.split()[-1]}=1e-5."
+            ) from None
 
     def limits(self) -> str:
         """``max_steps=…`` (and ``max_nfe=…``), for messages."""
-        return (f"max_steps={self.max_steps}" + ("" if self.max_nfe is None else f" / max_nfe={self.max_nfe}")
-                + (f" ({self.budget_note})" if self.budget_note and self.max_nfe is not None else ""))
+        return (
+            f"max_steps={self.max_steps}"
+            + ("" if self.max_nfe is None else f" / max_nfe={self.max_nfe}")
+            + (f" ({self.budget_note})" if self.budget_note and self.max_nfe is not None else "")
+        )
 
 
 class Monitor:
     """Per-sample termination, best iterate, residual history and NaN/Inf checks for one solve."""
 
-    def __init__(self, method: str, z0: torch.Tensor, tol: Tolerances, *, strict: bool, record: bool,
-                 warn: Callable[[str, SolverStats], None] | None = None, units: float = 1.0):
+    def __init__(
+        self,
+        method: str,
+        z0: torch.Tensor,
+        tol: Tolerances,
+        *,
+        strict: bool,
+        record: bool,
+        warn: Callable[[str, SolverStats], None] | None = None,
+        units: float = 1.0,
+    ):
         batch = z0.shape[0]
         self.method, self.tol, self.strict, self.record, self.warn = method, tol, strict, record, warn
         self.units = units  # the caller solved for z / units: residuals are reported times this
@@ -290,9 +317,19 @@ class Monitor:
         self.drifting = (scale > DRIFT * self.start_scale) & ~self.fell
         return meets & ~self.drifting
 
-    def check(self, step: int, z: torch.Tensor, r: torch.Tensor, fz: torch.Tensor, nfe: int,
-              t: float | None = None, below: torch.Tensor | None = None, settling: bool = False,
-              frozen: bool = False, read: bool = True) -> torch.Tensor:
+    def check(
+        self,
+        step: int,
+        z: torch.Tensor,
+        r: torch.Tensor,
+        fz: torch.Tensor,
+        nfe: int,
+        t: float | None = None,
+        below: torch.Tensor | None = None,
+        settling: bool = False,
+        frozen: bool = False,
+        read: bool = True,
+    ) -> torch.Tensor:
         """Record the iterate ``z`` with residual ``r = f(z) − z``; return the mask of samples still running.
 
         ``below`` (per sample) sets ``self.ready`` (the running samples whose residual is at most their entry, and
@@ -349,8 +386,17 @@ class Monitor:
         self.done = n_converged == batch
         return self.running
 
-    def _unread_check(self, step: int, z: torch.Tensor, fz: torch.Tensor, nfe: int, t: float | None,
-                      meets: torch.Tensor, better: torch.Tensor, worst: torch.Tensor) -> torch.Tensor:
+    def _unread_check(
+        self,
+        step: int,
+        z: torch.Tensor,
+        fz: torch.Tensor,
+        nfe: int,
+        t: float | None,
+        meets: torch.Tensor,
+        better: torch.Tensor,
+        worst: torch.Tensor,
+    ) -> torch.Tensor:
         """The rest of a check without a host read: the per-sample records unconditionally (which samples changed
         is not known here), the history kept for the next read."""
         self.converged_step = torch.where(meets, step, self.converged_step)
@@ -362,8 +408,17 @@ class Monitor:
             self.stats.trajectory.append(z.detach().clone())
         return self.running
 
-    def _read_history(self, step: int, nfe: int, t: float | None, worst: torch.Tensor, running: torch.Tensor,
-                      res: torch.Tensor, z: torch.Tensor, fz: torch.Tensor) -> None:
+    def _read_history(
+        self,
+        step: int,
+        nfe: int,
+        t: float | None,
+        worst: torch.Tensor,
+        running: torch.Tensor,
+        res: torch.Tensor,
+        z: torch.Tensor,
+        fz: torch.Tensor,
+    ) -> None:
         """Read the worst residuals of this check and of the unread ones before it (one host synchronisation) into
         the history; raise at the first that is NaN or infinite."""
         checks = [*self._unread, (step, nfe, t, worst)]
@@ -445,9 +500,11 @@ def _undefined_hint(z: torch.Tensor, fz: torch.Tensor, bad: torch.Tensor) -> str
     size = float(zb.abs().max())
     if size > math.sqrt(torch.finfo(z.dtype).max):
         return ""
-    return (f"f returned NaN at a finite iterate (largest |z| there {size:.3g}): f is undefined at that point "
-            "(e.g. log or sqrt of a negative number, 0/0, inf − inf), which is no sign of an expansive map. Find "
-            "where with torch.autograd.detect_anomaly(), or guard f (e.g. clamp its argument).")
+    return (
+        f"f returned NaN at a finite iterate (largest |z| there {size:.3g}): f is undefined at that point "
+        "(e.g. log or sqrt of a negative number, 0/0, inf − inf), which is no sign of an expansive map. Find "
+        "where with torch.autograd.detect_anomaly(), or guard f (e.g. clamp its argument)."
+    )
 
 
 def overflow_hint(dtype: torch.dtype, start: torch.Tensor | None) -> str:
@@ -456,10 +513,12 @@ def overflow_hint(dtype: torch.dtype, start: torch.Tensor | None) -> str:
     size = 0.0 if start is None else float(torch.nan_to_num(start, nan=0.0, posinf=0.0).max())
     if size <= math.sqrt(torch.finfo(dtype).max):
         return ""
-    return (f"f's values are already {size:.3g} at the start, so their squares and products (norms, inner "
-            f"products, step sizes) overflow {str(dtype).removeprefix('torch.')} (largest "
-            f"{torch.finfo(dtype).max:.3g}); this says nothing about f's stability. Rescale the problem so "
-            "that z is of order 1 (e.g. divide the input or bias by its size), or compute in float64.")
+    return (
+        f"f's values are already {size:.3g} at the start, so their squares and products (norms, inner "
+        f"products, step sizes) overflow {str(dtype).removeprefix('torch.')} (largest "
+        f"{torch.finfo(dtype).max:.3g}); this says nothing about f's stability. Rescale the problem so "
+        "that z is of order 1 (e.g. divide the input or bias by its size), or compute in float64."
+    )
 
 
 def _blow_up_hint(step: int, dtype: torch.dtype, start: torch.Tensor | None = None) -> str:
@@ -470,38 +529,54 @@ def _blow_up_hint(step: int, dtype: torch.dtype, start: torch.Tensor | None = No
     if overflow:
         return overflow
     if dtype in LOW_PRECISION:
-        return (f"In {str(dtype).removeprefix('torch.')} (eps {torch.finfo(dtype).eps:.2g}, largest value "
-                f"{torch.finfo(dtype).max:.3g}) the residual cannot fall below the precision, and a solver's steps "
-                "can then amplify rounding noise until they overflow: solve in float32 (z0.float() and a float32 "
-                "f), or use tolerances well above eps with solver='picard' or 'anderson'.")
-    return ("The iteration is blowing up: the map is probably expansive there (spectral radius of ∂f/∂z ≥ 1). Try "
-            "damping, solver='dynamic_ss', or constraining f (e.g. spectral normalisation).")
+        return (
+            f"In {str(dtype).removeprefix('torch.')} (eps {torch.finfo(dtype).eps:.2g}, largest value "
+            f"{torch.finfo(dtype).max:.3g}) the residual cannot fall below the precision, and a solver's steps "
+            "can then amplify rounding noise until they overflow: solve in float32 (z0.float() and a float32 "
+            "f), or use tolerances well above eps with solver='picard' or 'anderson'."
+        )
+    return (
+        "The iteration is blowing up: the map is probably expansive there (spectral radius of ∂f/∂z ≥ 1). Try "
+        "damping, solver='dynamic_ss', or constraining f (e.g. spectral normalisation)."
+    )
 
 
-def _diagnosis(drifting: torch.Tensor, scale: torch.Tensor, start_scale: torch.Tensor | None,
-               residual: torch.Tensor, tol: Tolerances) -> str:
+def _diagnosis(
+    drifting: torch.Tensor,
+    scale: torch.Tensor,
+    start_scale: torch.Tensor | None,
+    residual: torch.Tensor,
+    tol: Tolerances,
+) -> str:
     """What to try, for the warning about samples that did not converge."""
     if start_scale is not None and bool(drifting.any()):  # drifting is measured from start_scale
         i = int(drifting.nonzero()[0])
-        return (f"{int(drifting.sum())} of them drift away: ‖f(z)‖∞ grew from {float(start_scale[i]):.3g} to "
-                f"{float(scale[i]):.3g} while the residual never fell, so f probably has no fixed point there (check "
-                "f, e.g. a missing contraction or bias term).")
+        return (
+            f"{int(drifting.sum())} of them drift away: ‖f(z)‖∞ grew from {float(start_scale[i]):.3g} to "
+            f"{float(scale[i]):.3g} while the residual never fell, so f probably has no fixed point there (check "
+            "f, e.g. a missing contraction or bias term)."
+        )
     eps = torch.finfo(residual.dtype).eps
-    hint = ("Try: more steps (max_steps, max_nfe), another method ('anderson', 'broyden', or 'dynamic_ss', which also "
-            "converges where plain iteration diverges), damping, or a smaller spectral norm of f's weights (check "
-            "deqkit.spectral_radius).")
+    hint = (
+        "Try: more steps (max_steps, max_nfe), another method ('anderson', 'broyden', or 'dynamic_ss', which also "
+        "converges where plain iteration diverges), damping, or a smaller spectral norm of f's weights (check "
+        "deqkit.spectral_radius)."
+    )
     if float(residual.min()) <= 10 * eps * max(float(scale.max()), 1.0):  # at the rounding level of f(z)
-        hint = (f"The residual is at the precision of {str(residual.dtype).removeprefix('torch.')} (eps "
-                f"{eps:.2g}): tolerances below about eps·‖f(z)‖ cannot be met. Loosen abstol/reltol or compute in "
-                "a wider dtype (float32 or float64). " + hint)
+        hint = (
+            f"The residual is at the precision of {str(residual.dtype).removeprefix('torch.')} (eps "
+            f"{eps:.2g}): tolerances below about eps·‖f(z)‖ cannot be met. Loosen abstol/reltol or compute in "
+            "a wider dtype (float32 or float64). " + hint
+        )
     return hint
 
 
 def named(spec: Any, registry: dict[str, type], what: str, example: str) -> type:
     """The registry's class for the name ``spec``, or an error naming the choices (a name, or an object)."""
     if not isinstance(spec, str):
-        raise TypeError(f"{what} must be a name ({sorted(registry)}) or a deqkit object such as {example}, "
-                        f"got {spec!r}")
+        raise TypeError(
+            f"{what} must be a name ({sorted(registry)}) or a deqkit object such as {example}, got {spec!r}"
+        )
     if spec not in registry:
         raise ValueError(f"unknown {what} {spec!r}; choose one of {sorted(registry)}")
     return registry[spec]
@@ -515,8 +590,9 @@ def make_options(cls: type, method: str, options: dict[str, Any]) -> Any:
         valid = ", ".join(p for p in inspect.signature(cls).parameters if p in params) or "none"
         moved = getattr(cls, "MOVED", {})
         hint = "".join(f"; {k} moved: use {moved[k]}" for k in unknown if k in moved)
-        raise TypeError(f"unknown option(s) {', '.join(map(repr, unknown))} for solver {method!r}; "
-                        f"its options are: {valid}{hint}")
+        raise TypeError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for solver {method!r}; its options are: {valid}{hint}"
+        )
     return cls(**options)
 
 
@@ -568,13 +644,15 @@ class Configured:
             kind = type(self).__name__
             raise AttributeError(
                 f"{kind}.{name} cannot be changed after construction (settings are checked, and what depends on "
-                f"them is built, once): make a new one, e.g. {kind}({name}={value!r}), and use it instead")
+                f"them is built, once): make a new one, e.g. {kind}({name}={value!r}), and use it instead"
+            )
         if name in self.__dict__.get("_built", ()):
             kind = type(self).__name__
             raise AttributeError(
                 f"{kind}.{name} is built from the settings at construction and cannot be replaced (the settings "
                 f"and the statistics' label would no longer describe what runs): make a new {kind} with the "
-                f"settings you want, e.g. {kind}({', '.join(p.name + '=...' for p in self.settings()[:2])})")
+                f"settings you want, e.g. {kind}({', '.join(p.name + '=...' for p in self.settings()[:2])})"
+            )
         super().__setattr__(name, value)
 
 

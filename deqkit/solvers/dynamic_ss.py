@@ -75,12 +75,23 @@ class StepSizeController(Configured):
     first_step: float | None
     max_step: float | None
 
-    def __init__(self, rtol: float | None = None, atol: float | None = None, first_step: float | None = None,
-                 max_step: float | None = None, safety: float = 0.9, ifactor: float = 10.0, dfactor: float = 0.2):
+    def __init__(
+        self,
+        rtol: float | None = None,
+        atol: float | None = None,
+        first_step: float | None = None,
+        max_step: float | None = None,
+        safety: float = 0.9,
+        ifactor: float = 10.0,
+        dfactor: float = 0.2,
+    ):
         for name, value in {"rtol": rtol, "atol": atol, "first_step": first_step, "max_step": max_step}.items():
             # finite: an infinite tolerance accepts every step and an infinite step leaves the flow at once
-            setattr(self, name, None if value is None else check_real(name, value, 0.0, math.inf, low_open=True,
-                                                                       high_open=True))
+            setattr(
+                self,
+                name,
+                None if value is None else check_real(name, value, 0.0, math.inf, low_open=True, high_open=True),
+            )
         self.safety = check_real("safety", safety, 0.0, 1.0, low_open=True)
         self.ifactor = check_real("ifactor", ifactor, 1.0)
         self.dfactor = check_real("dfactor", dfactor, 0.0, 1.0, low_open=True)
@@ -91,8 +102,9 @@ class StepSizeController(Configured):
         opts.update({k: getattr(self, k) for k in ("first_step", "max_step") if getattr(self, k) is not None})
         return opts
 
-    def tolerances(self, z0: torch.Tensor, r0: torch.Tensor, abstol: float, reltol: float,
-                   polishing: bool) -> tuple[float, float]:
+    def tolerances(
+        self, z0: torch.Tensor, r0: torch.Tensor, abstol: float, reltol: float, polishing: bool
+    ) -> tuple[float, float]:
         """``(rtol, atol)`` for an integration from ``z0`` with derivative ``r0`` (see the class docstring)."""
         scale = float(torch.maximum(z0.detach().abs().amax(), (r0 + z0).detach().abs().amax()))
         scale = scale if scale > 0 else 1.0
@@ -238,17 +250,28 @@ class DynamicSS(Solver):
     name = "dynamic_ss"
     default_max_steps = 500
     #: Options of earlier versions, and where each setting lives now.
-    MOVED = {name: f"controller=deqkit.StepSizeController({name}=...)" for name in
-             ("first_step", "max_step", "safety", "ifactor", "dfactor")} | {
+    MOVED = {
+        name: f"controller=deqkit.StepSizeController({name}=...)"
+        for name in ("first_step", "max_step", "safety", "ifactor", "dfactor")
+    } | {
         "ode_rtol": "controller=deqkit.StepSizeController(rtol=...)",
         "ode_atol": "controller=deqkit.StepSizeController(atol=...)",
         "polish_m": "polish=deqkit.Anderson(m=...)",
-        "polish_steps": "polish_stall=... (polishing now stops when it stalls, not after a fixed count)"}
+        "polish_steps": "polish_stall=... (polishing now stops when it stalls, not after a fixed count)",
+    }
 
-    def __init__(self, ode_method: str = "tsit5", controller: StepSizeController | None = None,
-                 step_size: float | None = None, polish: Anderson | str | None = "anderson",
-                 polish_below: float = 0.7, polish_guard: float = 10.0, polish_stall: int = 10,
-                 polish_patience: int = 4, **moved: object):
+    def __init__(
+        self,
+        ode_method: str = "tsit5",
+        controller: StepSizeController | None = None,
+        step_size: float | None = None,
+        polish: Anderson | str | None = "anderson",
+        polish_below: float = 0.7,
+        polish_guard: float = 10.0,
+        polish_stall: int = 10,
+        polish_patience: int = 4,
+        **moved: object,
+    ):
         if moved:
             raise TypeError(moved_options(moved))
         if ode_method not in ADAPTIVE and ode_method not in FIXED:
@@ -256,8 +279,10 @@ class DynamicSS(Solver):
         if ode_method in FIXED and step_size is None:
             raise ValueError(f"ode_method={ode_method!r} takes fixed steps: give step_size (e.g. 0.5)")
         if ode_method in ADAPTIVE and step_size is not None:
-            raise ValueError(f"step_size is for fixed-step methods; {ode_method!r} adapts its steps "
-                             "(use controller=deqkit.StepSizeController(first_step=..., max_step=...))")
+            raise ValueError(
+                f"step_size is for fixed-step methods; {ode_method!r} adapts its steps "
+                "(use controller=deqkit.StepSizeController(first_step=..., max_step=...))"
+            )
         if controller is not None and not isinstance(controller, StepSizeController):
             raise TypeError(f"controller must be a deqkit.StepSizeController, got {controller!r}")
         if polish == "anderson":
@@ -265,9 +290,11 @@ class DynamicSS(Solver):
         if polish is not None and not isinstance(polish, Anderson):
             raise ValueError(f"polish must be 'anderson', a deqkit.Anderson(...) or None, got {polish!r}")
         if polish is not None and polish.sync_every != 1:
-            raise ValueError(f"polish={polish!r}: DynamicSS reads every polishing step (its hand-overs to the flow "
-                             "are decided per sample at each one), so a polisher's sync_every does not apply; use "
-                             "polish=deqkit.Anderson() with the other settings you want")
+            raise ValueError(
+                f"polish={polish!r}: DynamicSS reads every polishing step (its hand-overs to the flow "
+                "are decided per sample at each one), so a polisher's sync_every does not apply; use "
+                "polish=deqkit.Anderson() with the other settings you want"
+            )
         self.ode_method, self.polish = ode_method, polish
         self.controller = StepSizeController() if controller is None else controller
         self.step_size = None if step_size is None else check_real("step_size", step_size, 0.0, low_open=True)
@@ -278,8 +305,12 @@ class DynamicSS(Solver):
 
     def _changed_options(self) -> list[str]:
         shown = super()._changed_options()
-        return [s for s in shown if not (s.startswith("polish=") and self.polish == Anderson())
-                and not (s.startswith("controller=") and self.controller == StepSizeController())]
+        return [
+            s
+            for s in shown
+            if not (s.startswith("polish=") and self.polish == Anderson())
+            and not (s.startswith("controller=") and self.controller == StepSizeController())
+        ]
 
     @property
     def label(self) -> str:
@@ -316,11 +347,18 @@ class DynamicSS(Solver):
             (z, fz), moving = field.last, monitor.ready
 
     def _stop(self, monitor: Monitor, steps: int, nfe: int) -> bool:
-        return (monitor.done or steps >= monitor.tol.max_steps or monitor.out_of_budget
-                or not monitor.affords(nfe, 1))
+        return monitor.done or steps >= monitor.tol.max_steps or monitor.out_of_budget or not monitor.affords(nfe, 1)
 
-    def _polish(self, f: Map, field: _VectorField, z: torch.Tensor, fz: torch.Tensor, monitor: Monitor, steps: int,
-                moving: torch.Tensor) -> tuple[int, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    def _polish(
+        self,
+        f: Map,
+        field: _VectorField,
+        z: torch.Tensor,
+        fz: torch.Tensor,
+        monitor: Monitor,
+        steps: int,
+        moving: torch.Tensor,
+    ) -> tuple[int, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Polish the samples ``moving`` from ``z`` (``fz = f(z)``, checked already); hold the others there.
 
         Returns the step count, the mask of samples that failed (diverged, stalled, or converged to an unstable
@@ -370,15 +408,19 @@ class DynamicSS(Solver):
         return steps, failed, left
 
     @staticmethod
-    def _unstable(secants: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], monitor: Monitor,
-                  origin: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _unstable(
+        secants: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        monitor: Monitor,
+        origin: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Reject the polished answers that are equilibria the flow leaves (one batched eigenvalue problem): their
         mask and the points pushed off them along the unstable direction, to the side the sample came from (None if
         every answer is stable). ``origin`` is ``(z, f(z) − z)`` where the polish began."""
         rows = torch.cat([r for r, _, _ in secants])
         k = max(dz.shape[1] for _, dz, _ in secants)
-        padded = [[t[i] if t[i].shape[1] == k else F.pad(t[i], (0, 0, 0, k - t[i].shape[1])) for t in secants]
-                  for i in (1, 2)]
+        padded = [
+            [t[i] if t[i].shape[1] == k else F.pad(t[i], (0, 0, 0, k - t[i].shape[1])) for t in secants] for i in (1, 2)
+        ]
         dz, dg = torch.cat(padded[0]), torch.cat(padded[1])
         rates, directions = growth_rates(dz, dg, above=UNSTABLE_RATE)
         bad = torch.zeros_like(monitor.converged)
@@ -398,8 +440,17 @@ class DynamicSS(Solver):
         push[rows] = torch.where((rates > UNSTABLE_RATE)[:, None], size * side * directions, 0.0).to(push.dtype)
         return bad, (monitor.best_z.flatten(1) + push).view_as(monitor.best_z)
 
-    def _adaptive(self, field: _VectorField, z0: torch.Tensor, fz0: torch.Tensor | None, monitor: Monitor,
-                  steps: int, handover: _Handover | None, *, restart: bool) -> int:
+    def _adaptive(
+        self,
+        field: _VectorField,
+        z0: torch.Tensor,
+        fz0: torch.Tensor | None,
+        monitor: Monitor,
+        steps: int,
+        handover: _Handover | None,
+        *,
+        restart: bool,
+    ) -> int:
         """Follow the flow from ``z0`` (``fz0 = f(z0)`` if known) until done, out of steps or budget, or (with a
         ``handover``) until it is time to polish; return the step count."""
         cost = step_cost(self.ode_method) + (self.controller.first_step is None)  # + choosing the first step
@@ -409,11 +460,14 @@ class DynamicSS(Solver):
         r0 = field(t0, z0) if fz0 is None else (fz0 - z0) * batch_view(field.running, z0)
         field.cached = (z0, r0)  # torchdiffeq's own first evaluation at z0 reuses it
         if not restart and not monitor.affords(field.nfe, cost):
-            raise ValueError(f"max_nfe={monitor.tol.max_nfe} cannot pay for one step of {self.ode_method}: "
-                             f"{field.nfe} evaluation at the start and {cost} for the first step; raise max_nfe")
+            raise ValueError(
+                f"max_nfe={monitor.tol.max_nfe} cannot pay for one step of {self.ode_method}: "
+                f"{field.nfe} evaluation at the start and {cost} for the first step; raise max_nfe"
+            )
         rtol, atol = self.controller.tolerances(z0, r0, monitor.tol.abstol, monitor.tol.reltol, handover is not None)
-        ode = AdaptiveStepper(self.ode_method, field, z0, rtol=rtol, atol=atol, norm=per_sample_rms_max,
-                              **self.controller.options())
+        ode = AdaptiveStepper(
+            self.ode_method, field, z0, rtol=rtol, atol=atol, norm=per_sample_rms_max, **self.controller.options()
+        )
         if not restart:
             monitor.check(0, ode.y, ode.f, ode.f + ode.y, field.nfe, t=0.0, settling=True)
         accepted = 0
@@ -432,8 +486,16 @@ class DynamicSS(Solver):
             ode.set_derivative(f1 * batch_view(field.running, f1))
         return steps
 
-    def _checked(self, field: _VectorField, monitor: Monitor, steps: int, z: torch.Tensor, dz: torch.Tensor,
-                 t: float, handover: _Handover | None) -> bool:
+    def _checked(
+        self,
+        field: _VectorField,
+        monitor: Monitor,
+        steps: int,
+        z: torch.Tensor,
+        dz: torch.Tensor,
+        t: float,
+        handover: _Handover | None,
+    ) -> bool:
         """Check a state of the flow (``dz = f(z) − z``), freeze what converged; True when it is time to polish."""
         target = None if handover is None else handover.target(self.polish_below)
         running = monitor.check(steps, z, dz, dz + z, field.nfe, t=t, below=target, settling=True)
@@ -444,35 +506,50 @@ class DynamicSS(Solver):
         handover.observe(monitor.current)
         return not monitor.done and handover.time_to_polish(monitor, self.polish_patience)
 
-    def _failure(self, err: StepFailure, t: float, accepted: int, monitor: Monitor,
-                 undefined: torch.Tensor | None = None) -> DivergenceError:
+    def _failure(
+        self, err: StepFailure, t: float, accepted: int, monitor: Monitor, undefined: torch.Tensor | None = None
+    ) -> DivergenceError:
         """The error for a step torchdiffeq refused, naming f undefined at a trial point, or a drift, when seen."""
         if undefined is not None and bool(undefined.any()):
             return DivergenceError(
                 f"{self.label}: the ODE solver failed at t={t:.4g} after {accepted} accepted steps ({err}) because f "
                 f"returned NaN at a finite trial point for {int(undefined.sum())} of {undefined.numel()} "
                 "samples: f is undefined there (e.g. log or sqrt of a negative number, 0/0), which is no sign of an "
-                "expansive map. Find where with torch.autograd.detect_anomaly(), or guard f's domain.")
+                "expansive map. Find where with torch.autograd.detect_anomaly(), or guard f's domain."
+            )
         drift = ""
         if bool(monitor.drifting.any()):
-            drift = (f" {int(monitor.drifting.sum())} samples drift away (‖f(z)‖∞ grew to "
-                     f"{float(monitor.last_scale.max()):.3g} while the residual never fell): f probably has no fixed "
-                     "point there.")
+            drift = (
+                f" {int(monitor.drifting.sum())} samples drift away (‖f(z)‖∞ grew to "
+                f"{float(monitor.last_scale.max()):.3g} while the residual never fell): f probably has no fixed "
+                "point there."
+            )
         return DivergenceError(
             f"{self.label}: the ODE solver failed at t={t:.4g} after {accepted} accepted steps ({err}).{drift} The "
             "flow is probably blowing up (an unstable equilibrium or no equilibrium): check deqkit.spectral_radius, "
             "or constrain f."
         )
 
-    def _fixed(self, field: _VectorField, z0: torch.Tensor, fz0: torch.Tensor | None, monitor: Monitor, steps: int,
-               handover: _Handover | None, *, restart: bool) -> int:
+    def _fixed(
+        self,
+        field: _VectorField,
+        z0: torch.Tensor,
+        fz0: torch.Tensor | None,
+        monitor: Monitor,
+        steps: int,
+        handover: _Handover | None,
+        *,
+        restart: bool,
+    ) -> int:
         assert self.step_size is not None, "__init__ requires step_size for a fixed-step method"
         ode = FixedStepper(self.ode_method, field, z0, self.step_size)
         if not monitor.affords(field.nfe, ode.cost):
             if restart:
                 return steps
-            raise ValueError(f"max_nfe={monitor.tol.max_nfe} is less than one step of {self.ode_method} "
-                             f"({ode.cost} evaluations): raise max_nfe")
+            raise ValueError(
+                f"max_nfe={monitor.tol.max_nfe} is less than one step of {self.ode_method} "
+                f"({ode.cost} evaluations): raise max_nfe"
+            )
         if fz0 is not None:
             field.cached = (z0, (fz0 - z0) * batch_view(field.running, z0))
         t, z = torch.zeros((), dtype=torch.float64, device=z0.device), z0

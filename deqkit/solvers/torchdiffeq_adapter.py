@@ -23,8 +23,17 @@ from torchdiffeq._impl.solvers import FixedGridODESolver
 from ..errors import StepFailure
 from . import tsit5
 
-__all__ = ["ADAPTIVE", "FIXED", "AdaptiveStepper", "FixedStepper", "StepFailure", "Tsit5Solver", "TSIT5_TABLEAU",
-           "is_fsal", "registries"]
+__all__ = [
+    "ADAPTIVE",
+    "FIXED",
+    "AdaptiveStepper",
+    "FixedStepper",
+    "StepFailure",
+    "Tsit5Solver",
+    "TSIT5_TABLEAU",
+    "is_fsal",
+    "registries",
+]
 
 VectorField = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -39,15 +48,19 @@ class Tsit5Solver(RKAdaptiveStepsizeODESolver):
     mid = tsit5.dense_weights(0.5)  # torchdiffeq fits its interpolant through the step's midpoint
 
 
-def registries(solvers: dict[str, object]) -> tuple[dict[str, type[RKAdaptiveStepsizeODESolver]],
-                                                    dict[str, type[FixedGridODESolver]]]:
+def registries(
+    solvers: dict[str, object],
+) -> tuple[dict[str, type[RKAdaptiveStepsizeODESolver]], dict[str, type[FixedGridODESolver]]]:
     """Split torchdiffeq's solver table into the adaptive and the fixed-step methods deqkit can step.
 
     deqkit's Tsit5 is entered last, so that it wins over any ``tsit5`` that torchdiffeq ships.
     """
     adaptive = {k: v for k, v in solvers.items() if isinstance(v, type) and issubclass(v, RKAdaptiveStepsizeODESolver)}
-    fixed = {k: v for k, v in solvers.items()
-             if isinstance(v, type) and issubclass(v, FixedGridODESolver) and hasattr(v, "_step_func")}
+    fixed = {
+        k: v
+        for k, v in solvers.items()
+        if isinstance(v, type) and issubclass(v, FixedGridODESolver) and hasattr(v, "_step_func")
+    }
     return adaptive | {"tsit5": Tsit5Solver}, fixed
 
 
@@ -83,8 +96,17 @@ class AdaptiveStepper:
         ``first_step``, ``max_step``, ``safety``, ``ifactor``, ``dfactor``.
     """
 
-    def __init__(self, method: str, field: VectorField, y0: torch.Tensor, *, rtol: float, atol: float,
-                 norm: Callable[[torch.Tensor], torch.Tensor], **controller: float):
+    def __init__(
+        self,
+        method: str,
+        field: VectorField,
+        y0: torch.Tensor,
+        *,
+        rtol: float,
+        atol: float,
+        norm: Callable[[torch.Tensor], torch.Tensor],
+        **controller: float,
+    ):
         cls = ADAPTIVE[method]
         self.fsal = is_fsal(cls)
         self.cost = step_cost(method)  # evaluations of field per attempted step
@@ -139,7 +161,6 @@ class FixedStepper:
         self._ode = FIXED[method](func=field, y0=y0, step_size=step_size, atol=0.0)
         self.dt = torch.tensor(step_size, dtype=torch.float64, device=y0.device)
         self.cost = _count_evaluations(self._ode, self.dt)  # evaluations of field per step
-
 
     def step(self, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(dy, f0)``: the increment over one step from ``(t, y)`` and the derivative at ``y``."""

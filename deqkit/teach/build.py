@@ -55,8 +55,15 @@ def inputs(n: int = 5, seed: int = 1) -> torch.Tensor:
 def kit_fixed_point(f: Callable, x: torch.Tensor, tol: float = 1e-10, max_iter: int = 1000) -> torch.Tensor:
     """Plain iteration ``z ← f(z, x)`` from zeros until ``‖f(z, x) − z‖∞ ≤ tol``: one call of :func:`deqkit.solve`."""
     with torch.no_grad():
-        z, _ = solve(lambda z: f(z, x), torch.zeros(x.shape[0], D, dtype=x.dtype), solver="picard",
-                     abstol=tol, reltol=0, max_steps=max_iter, strict=True)
+        z, _ = solve(
+            lambda z: f(z, x),
+            torch.zeros(x.shape[0], D, dtype=x.dtype),
+            solver="picard",
+            abstol=tol,
+            reltol=0,
+            max_steps=max_iter,
+            strict=True,
+        )
     return z
 
 
@@ -68,12 +75,14 @@ def vjp_at(f: Callable, z_star: torch.Tensor, x: torch.Tensor) -> Callable[[torc
     return lambda u: torch.autograd.grad(fz, z, u, retain_graph=True)[0]
 
 
-def kit_solve_adjoint(f: Callable, z_star: torch.Tensor, x: torch.Tensor, g: torch.Tensor,
-                      tol: float = 1e-12, max_iter: int = 1000) -> torch.Tensor:
+def kit_solve_adjoint(
+    f: Callable, z_star: torch.Tensor, x: torch.Tensor, g: torch.Tensor, tol: float = 1e-12, max_iter: int = 1000
+) -> torch.Tensor:
     """``u = g + u ∂f/∂z`` at ``z*``, by Anderson on the map ``u ↦ g + vjp(u)``: one call of :func:`deqkit.solve`."""
     vjp = vjp_at(f, z_star, x)
-    u, _ = solve(lambda u: g + vjp(u), g.clone(), solver="anderson", abstol=tol, reltol=0, max_steps=max_iter,
-                 strict=True)
+    u, _ = solve(
+        lambda u: g + vjp(u), g.clone(), solver="anderson", abstol=tol, reltol=0, max_steps=max_iter, strict=True
+    )
     return u
 
 
@@ -115,6 +124,7 @@ def kit_fd_gradient(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
 
 def _jacobians(f: Callable, z_star: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``∂f/∂z`` per sample, explicit: shape ``(batch, d, d)`` (for the checks' reference answers only)."""
+
     def one(zi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
         return torch.autograd.functional.jacobian(lambda v: f(v[None], xi[None])[0], zi)
 
@@ -144,15 +154,19 @@ def check_fixed_point(fixed_point: Callable) -> str | None:
     f, x = Block(), inputs()
     with torch.no_grad():
         z = fixed_point(f, x, tol=1e-10, max_iter=1000)
-        if (problem := _shape_problem("fixed_point", z, f(torch.zeros(len(x), D, dtype=x.dtype), x))):
+        if problem := _shape_problem("fixed_point", z, f(torch.zeros(len(x), D, dtype=x.dtype), x)):
             return problem
         if _close(z, f(torch.zeros_like(z), x), 1e-12):
-            return ("that is f(0, x): one layer of the stack, not its fixed point. Apply f again and again, "
-                    "z ← f(z, x), until ‖f(z, x) − z‖∞ ≤ tol.")
+            return (
+                "that is f(0, x): one layer of the stack, not its fixed point. Apply f again and again, "
+                "z ← f(z, x), until ‖f(z, x) − z‖∞ ≤ tol."
+            )
         residual = float((f(z, x) - z).abs().max())
     if residual > 1e-9:
-        return (f"‖f(z, x) − z‖∞ = {residual:.1e} > tol = 1e-10: the loop stopped too early. Stop on the residual "
-                "‖f(z, x) − z‖∞ ≤ tol (all samples), not after a fixed number of steps.")
+        return (
+            f"‖f(z, x) − z‖∞ = {residual:.1e} > tol = 1e-10: the loop stopped too early. Stop on the residual "
+            "‖f(z, x) − z‖∞ ≤ tol (all samples), not after a fixed number of steps."
+        )
     return None
 
 
@@ -169,18 +183,24 @@ def check_ode_fixed_point(ode_fixed_point: Callable) -> str | None:
     with torch.no_grad():
         z = ode_fixed_point(f, x, t_end=30.0)
     if isinstance(z, torch.Tensor) and z.dim() == 3 and z.shape[1:] == z_star.shape:
-        return (f"the result has shape {tuple(z.shape)}: odeint returns the state at every time in t. "
-                "The equilibrium is the state at the last time, z[-1].")
-    if (problem := _shape_problem("ode_fixed_point", z, z_star)):
+        return (
+            f"the result has shape {tuple(z.shape)}: odeint returns the state at every time in t. "
+            "The equilibrium is the state at the last time, z[-1]."
+        )
+    if problem := _shape_problem("ode_fixed_point", z, z_star):
         return problem
     if float(z.abs().max()) > 1:
-        return (f"|z| reaches {float(z.abs().max()):.1f}, but z* = tanh(…) lies in (−1, 1): the flow never stopped. "
-                "The right-hand side must be f(z, x) − z, which is zero exactly at a fixed point; dz/dt = f(z, x) "
-                "has no equilibrium here.")
+        return (
+            f"|z| reaches {float(z.abs().max()):.1f}, but z* = tanh(…) lies in (−1, 1): the flow never stopped. "
+            "The right-hand side must be f(z, x) − z, which is zero exactly at a fixed point; dz/dt = f(z, x) "
+            "has no equilibrium here."
+        )
     error = float((z - z_star).abs().max())
     if error > 1e-6:
-        return (f"z(t_end) is {error:.1e} away from z*: start from z = 0, integrate dz/dt = f(z, x) − z over "
-                "t ∈ [0, t_end] and return the state at t_end (odeint's default dopri5 with rtol=atol=1e-8 suffices).")
+        return (
+            f"z(t_end) is {error:.1e} away from z*: start from z = 0, integrate dz/dt = f(z, x) − z over "
+            "t ∈ [0, t_end] and return the state at t_end (odeint's default dopri5 with rtol=atol=1e-8 suffices)."
+        )
     return None
 
 
@@ -199,21 +219,25 @@ def check_solve_adjoint(solve_adjoint: Callable) -> str | None:
     eye = torch.eye(D, dtype=jac.dtype)
     right = torch.linalg.solve((eye - jac).transpose(1, 2), g.unsqueeze(-1)).squeeze(-1)
     u = solve_adjoint(f, z_star, x, g)
-    if (problem := _shape_problem("solve_adjoint", u, g)):
+    if problem := _shape_problem("solve_adjoint", u, g):
         return problem
     if _close(u, right, 1e-8):
         return None
     if _close(u, torch.linalg.solve(eye - jac, g.unsqueeze(-1)).squeeze(-1), 1e-8):
-        return ("you solved (I − J) u = g: the transpose is missing. The backward needs the row vector u with "
-                "u = g + u J, i.e. (I − J)ᵀ uᵀ = gᵀ; a vector–Jacobian product, torch.autograd.grad(fz, z, u), "
-                "gives u J (J's transpose acting on u), which is exactly what the iteration needs.")
+        return (
+            "you solved (I − J) u = g: the transpose is missing. The backward needs the row vector u with "
+            "u = g + u J, i.e. (I − J)ᵀ uᵀ = gᵀ; a vector–Jacobian product, torch.autograd.grad(fz, z, u), "
+            "gives u J (J's transpose acting on u), which is exactly what the iteration needs."
+        )
     if _close(u, g, 1e-8):
         return "u = g is the one-step approximation (I − J)⁻¹ ≈ I: iterate u ← g + u J until it stops changing."
     if _close(u, g + (g.unsqueeze(1) @ jac).squeeze(1), 1e-8):
         return "that is one step of u ← g + u J from u = g: iterate until ‖u_new − u‖∞ ≤ tol."
-    return (f"‖u − u_true‖∞ = {float((u.detach() - right).abs().max()):.1e}: u must satisfy u = g + u J with "
-            "J = ∂f/∂z at z*; evaluate fz = f(z, x) once at z = z*.requires_grad_() and iterate "
-            "u ← g + torch.autograd.grad(fz, z, u, retain_graph=True)[0].")
+    return (
+        f"‖u − u_true‖∞ = {float((u.detach() - right).abs().max()):.1e}: u must satisfy u = g + u J with "
+        "J = ∂f/∂z at z*; evaluate fz = f(z, x) once at z = z*.requires_grad_() and iterate "
+        "u ← g + torch.autograd.grad(fz, z, u, retain_graph=True)[0]."
+    )
 
 
 class _SavedOutputInGraph(Exception):
@@ -268,33 +292,43 @@ def check_deq_function(DEQFunction: Any) -> str | None:  # noqa: N803 (the learn
     try:
         z, grads = deq_gradients(DEQFunction, f, x, weights)
     except (RecursionError, _SavedOutputInGraph):
-        return ("the backward calls itself without end: z_star, saved in forward, is this Function's own output, "
-                "and a graph through it leads back into backward. Use z_star.detach() in backward.")
+        return (
+            "the backward calls itself without end: z_star, saved in forward, is this Function's own output, "
+            "and a graph through it leads back into backward. Use z_star.detach() in backward."
+        )
     if not _close(z, z_ref, 1e-8):
         return "the forward does not return z*: call your fixed_point(f, x) under torch.no_grad() and return it."
     names = ["x"] + [name for name, _ in f.inner.named_parameters()]
     missing = [n for n, g in zip(names, grads) if g is None]
     if missing:
-        return (f"no gradient reached {', '.join(missing)}: backward must return None for f, then dL/dx, then one "
-                "gradient per parameter, in the order they were passed to apply.")
+        return (
+            f"no gradient reached {', '.join(missing)}: backward must return None for f, then dL/dx, then one "
+            "gradient per parameter, in the order they were passed to apply."
+        )
     if f.graph_calls:
-        return (f"your backward evaluated f {f.graph_calls} times with autograd recording away from z*: it "
-                "backpropagates through the solver's iterations (memory and time grow with them). The implicit "
-                "backward evaluates f(z*, x) at z* only and solves u = g + u J with vector–Jacobian products.")
+        return (
+            f"your backward evaluated f {f.graph_calls} times with autograd recording away from z*: it "
+            "backpropagates through the solver's iterations (memory and time grow with them). The implicit "
+            "backward evaluates f(z*, x) at z* only and solves u = g + u J with vector–Jacobian products."
+        )
     if _grads_close(grads, reference, 1e-7):
         return None
     z_star = z_ref
     g = weights
     if _grads_close(grads, implicit_gradients(f.inner, z_star, x, g), 1e-7):
-        return ("these are the one-step gradients, u = g: the backward must first solve u = g + u J (your "
-                "solve_adjoint), then take the VJP of f(z*, x) with u.")
+        return (
+            "these are the one-step gradients, u = g: the backward must first solve u = g + u J (your "
+            "solve_adjoint), then take the VJP of f(z*, x) with u."
+        )
     jac = _jacobians(f.inner, z_star, x)
     u_plain = torch.linalg.solve(torch.eye(D, dtype=jac.dtype) - jac, g.unsqueeze(-1)).squeeze(-1)
     if _grads_close(grads, implicit_gradients(f.inner, z_star, x, u_plain), 1e-7):
         return "the transpose is missing: u solves (I − J) u = g instead of u = g + u J."
     worst = max(float((a - b).abs().max()) for a, b in zip(grads, reference))
-    return (f"the gradients differ from the implicit ones by up to {worst:.1e}: backward should return "
-            "(None, u ∂f/∂x, u ∂f/∂θ…) with u = solve_adjoint(f, z*, x, grad_z), from one VJP of f(z*, x).")
+    return (
+        f"the gradients differ from the implicit ones by up to {worst:.1e}: backward should return "
+        "(None, u ∂f/∂x, u ∂f/∂θ…) with u = solve_adjoint(f, z*, x, grad_z), from one VJP of f(z*, x)."
+    )
 
 
 def check_fd_gradient(fd_gradient: Callable) -> str | None:
@@ -313,7 +347,7 @@ def check_fd_gradient(fd_gradient: Callable) -> str | None:
     grad = fd_gradient(lambda v: (v * torch.sin(v)).sum(), x, eps=1e-6)
     if not torch.equal(x, kept):
         return "fd_gradient changed x: perturb a copy (or put each coordinate back after use)."
-    if (problem := _shape_problem("fd_gradient", grad, x)):
+    if problem := _shape_problem("fd_gradient", grad, x):
         return problem
     grad = grad.detach().to(torch.float64)
     if _close(grad, exact, 1e-7):
@@ -321,10 +355,14 @@ def check_fd_gradient(fd_gradient: Callable) -> str | None:
     if _close(grad, 2 * exact, 1e-6):
         return "twice the gradient: a central difference (L(x + εe) − L(x − εe)) spans 2ε, so divide by 2ε."
     if torch.allclose(grad, grad.flatten()[0].expand_as(grad)):
-        return ("every entry is the same: you moved all coordinates at once (a directional derivative). "
-                "Perturb one coordinate at a time, x + ε eᵢ, to get ∂L/∂xᵢ.")
-    return (f"‖fd − exact‖∞ = {float((grad - exact).abs().max()):.1e}: for each coordinate i, "
-            "(L(x + ε eᵢ) − L(x − ε eᵢ)) / (2ε).")
+        return (
+            "every entry is the same: you moved all coordinates at once (a directional derivative). "
+            "Perturb one coordinate at a time, x + ε eᵢ, to get ∂L/∂xᵢ."
+        )
+    return (
+        f"‖fd − exact‖∞ = {float((grad - exact).abs().max()):.1e}: for each coordinate i, "
+        "(L(x + ε eᵢ) − L(x − ε eᵢ)) / (2ε)."
+    )
 
 
 def stack_figure(f: nn.Module, x: torch.Tensor, depth: int = 12) -> Any:
@@ -353,8 +391,13 @@ def stack_figure(f: nn.Module, x: torch.Tensor, depth: int = 12) -> Any:
             zs.append(f(zs[-1], x))
         z_star = kit_fixed_point(f, x)
     fig, (top, bottom) = figure(1, 2, width=8.4, height=1.9, gridspec_kw={"height_ratios": [1, 1.6]})
-    top.set(xlim=(-0.5, 7.5), ylim=(0, 1), xticks=[], yticks=[], title="a weight-tied stack: every layer is the "
-            "same f(·, x; θ)")
+    top.set(
+        xlim=(-0.5, 7.5),
+        ylim=(0, 1),
+        xticks=[],
+        yticks=[],
+        title="a weight-tied stack: every layer is the same f(·, x; θ)",
+    )
     top.axis("off")
     labels = ["z₀ = 0", "z₁", "z₂", "z₃", "…", "z_L → z*"]
     for i, label in enumerate(labels):
@@ -366,10 +409,13 @@ def stack_figure(f: nn.Module, x: torch.Tensor, depth: int = 12) -> Any:
             top.add_patch(FancyArrowPatch((px + 0.85, 0.5), (px + 1.15, 0.5), arrowstyle="->", mutation_scale=8))
     traj = torch.cat(zs).numpy()
     for j in range(D):
-        line, = bottom.plot(range(depth + 1), traj[:, j], marker=".", label=f"coordinate {j + 1}")
+        (line,) = bottom.plot(range(depth + 1), traj[:, j], marker=".", label=f"coordinate {j + 1}")
         bottom.axhline(float(z_star[0, j]), color=line.get_color(), ls=":", lw=1)
-    bottom.set(xlabel="layer k (one more application of the same f)", ylabel="z_k",
-               title="deeper and deeper: the layers stop changing z; the limit (dotted) is the DEQ's output z*")
+    bottom.set(
+        xlabel="layer k (one more application of the same f)",
+        ylabel="z_k",
+        title="deeper and deeper: the layers stop changing z; the limit (dotted) is the DEQ's output z*",
+    )
     bottom.legend(fontsize=7, ncol=D, loc="lower right")
     return fig
 
@@ -384,12 +430,16 @@ def equilibrium(x: Any, theta: float) -> Any:
 
     x = np.asarray(x, dtype=float)
     if not np.isfinite(x).all():
-        raise ValueError(f"x must be finite, got {x if x.ndim == 0 else 'an array with NaN or Inf'}: z* of "
-                         "z = tanh(θz + x) is defined for finite x")
+        raise ValueError(
+            f"x must be finite, got {x if x.ndim == 0 else 'an array with NaN or Inf'}: z* of "
+            "z = tanh(θz + x) is defined for finite x"
+        )
     if not -1 < theta < 1:
-        raise ValueError(f"theta={theta!r}: z = tanh(θz + x) has exactly one equilibrium only for |θ| < 1 (the "
-                         "slider's range is [0, 0.95]); at |θ| ≥ 1 it can have three, and the slope dz*/dx = "
-                         "s / (1 − θs) can be infinite. Choose |θ| < 1.")
+        raise ValueError(
+            f"theta={theta!r}: z = tanh(θz + x) has exactly one equilibrium only for |θ| < 1 (the "
+            "slider's range is [0, 0.95]); at |θ| ≥ 1 it can have three, and the slope dz*/dx = "
+            "s / (1 − θs) can be infinite. Choose |θ| < 1."
+        )
     lo, hi = -np.ones_like(x), np.ones_like(x)
     for _ in range(60):  # z − tanh(θz + x) increases in z: the sign tells which half holds the root
         mid = (lo + hi) / 2
@@ -437,7 +487,9 @@ def ift_panel(x: float = 0.5, theta: float = 0.8, step: float = 0.4) -> Any:
     right.legend(fontsize=7, loc="upper left")
     h = 1e-5
     fd = (float(equilibrium(x + h, theta)) - float(equilibrium(x - h, theta))) / (2 * h)
-    text = (f"z* = {z:.4f}; ∂f/∂z = θ(1 − z*²) = {theta * (1 - z * z):.3f}. Implicit function theorem: "
-            f"dz*/dx = (1 − z*²) / (1 − ∂f/∂z) = {dzdx:.4f} (finite difference of the solved z*: {fd:.4f}); "
-            f"dz*/dθ = z*(1 − z*²) / (1 − ∂f/∂z) = {dzdt:.4f}. Moving x by {step} moves z* by {z2 - z:+.4f}.")
+    text = (
+        f"z* = {z:.4f}; ∂f/∂z = θ(1 − z*²) = {theta * (1 - z * z):.3f}. Implicit function theorem: "
+        f"dz*/dx = (1 − z*²) / (1 − ∂f/∂z) = {dzdx:.4f} (finite difference of the solved z*: {fd:.4f}); "
+        f"dz*/dθ = z*(1 − z*²) / (1 − ∂f/∂z) = {dzdt:.4f}. Moving x by {step} moves z* by {z2 - z:+.4f}."
+    )
     return Panel(fig, text)

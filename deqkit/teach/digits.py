@@ -30,9 +30,25 @@ from . import fast_mode
 from .menus import solver_menu
 from .widgets import Panel, figure
 
-__all__ = ["SOLVERS", "WHICH", "DigitEffort", "StepLog", "check_cap", "class_panel", "digit_effort", "digit_panel",
-           "effort_panel", "gallery_panel", "logit_diagnostics", "nonconverged_counts", "notebook_data", "ranked",
-           "stall_panel", "tanh_logit_floor", "training_panel"]
+__all__ = [
+    "SOLVERS",
+    "WHICH",
+    "DigitEffort",
+    "StepLog",
+    "check_cap",
+    "class_panel",
+    "digit_effort",
+    "digit_panel",
+    "effort_panel",
+    "gallery_panel",
+    "logit_diagnostics",
+    "nonconverged_counts",
+    "notebook_data",
+    "ranked",
+    "stall_panel",
+    "tanh_logit_floor",
+    "training_panel",
+]
 
 #: Forward solvers a learner can pick: the blog's ``DynamicSS(Tsit5())`` (``dynamic_ss(tsit5)``, no polish), then
 #: every registered solver with its defaults (``dynamic_ss`` is deqkit's, polished by Anderson).
@@ -41,8 +57,9 @@ SOLVERS: dict[str, Solver] = solver_menu(DynamicSS(polish=None), *REGISTRY)
 WHICH = ("most effortful", "least effortful", "misclassified", "not converged")
 
 
-def notebook_data(fast: bool | None = None, *, widget_digits: int | None = None
-                  ) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+def notebook_data(
+    fast: bool | None = None, *, widget_digits: int | None = None
+) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
     """MNIST for notebook 04: ``(train, test, digits)``; ``digits`` are the first test images the widgets show.
 
     Fast mode (:func:`deqkit.teach.fast_mode`): 12,000 training and 2,000 test samples, 500 widget digits.
@@ -111,10 +128,12 @@ def training_panel(logs: dict[str, StepLog], window: int = 10) -> Panel:
         ax2.plot(steps, _smooth(log.acc, w), color=line.get_color())
         ax3.plot(steps, _smooth(log.fwd_nfe, w), color=line.get_color(), label=f"{name}: forward")
         ax3.plot(steps, _smooth(log.bwd_nfe, w), color=line.get_color(), ls="--", label=f"{name}: backward")
-        lines.append(f"<b>{html.escape(name)}</b>: {len(log.loss)} steps, last-{w} mean loss "
-                     f"{np.mean(log.loss[-w:]):.3f}, batch accuracy {np.mean(log.acc[-w:]):.1f}%, forward NFE "
-                     f"{np.mean(log.fwd_nfe):.1f}, backward NFE {np.mean(log.bwd_nfe):.1f}, "
-                     f"non-converged solves {log.unconverged}")
+        lines.append(
+            f"<b>{html.escape(name)}</b>: {len(log.loss)} steps, last-{w} mean loss "
+            f"{np.mean(log.loss[-w:]):.3f}, batch accuracy {np.mean(log.acc[-w:]):.1f}%, forward NFE "
+            f"{np.mean(log.fwd_nfe):.1f}, backward NFE {np.mean(log.bwd_nfe):.1f}, "
+            f"non-converged solves {log.unconverged}"
+        )
     ax1.axhline(tanh_logit_floor(), color="gray", ls=":", lw=1, label="floor with tanh logits")
     ax1.set(xlabel="step", ylabel="cross-entropy", title="training loss")
     ax1.legend(fontsize=7)
@@ -177,8 +196,10 @@ def check_cap(p_max: Any, loss_floor: Any) -> str | None:
     if abs(p - math.exp(-tanh_logit_floor(10, 1.0))) < ROUNDED:
         return "that is the cap for logits in [−1, 1]; with 2·tanh the right class reaches +2 and the nine others −2."
     if abs(p - right) > ROUNDED:
-        return (f"p_max = {p:.4f} is not the softmax of the best logits the head can reach: the right class at "
-                "+2, the nine others at −2.")
+        return (
+            f"p_max = {p:.4f} is not the softmax of the best logits the head can reach: the right class at "
+            "+2, the nine others at −2."
+        )
     if abs(floor + math.log(right)) > ROUNDED:
         return f"p_max is right; the cross-entropy of the right class is −log p_max, not {floor:.4f}."
     return None
@@ -223,9 +244,11 @@ def _unconverged(model: MNISTDEQ) -> int:
 def _diagnose(model: MNISTDEQ, dataset: TensorDataset, limit: int) -> tuple[dict[str, float], torch.Tensor]:
     """:func:`logit_diagnostics` and each sample's top softmax probability, from one solve."""
     if not isinstance(model.head, torch.nn.Sequential):
-        raise TypeError(f"logit_diagnostics needs a head that is a Sequential ending in Tanh or Linear; model "
-                        f"{model.name!r} has a {type(model.head).__name__} (the 'seed', 'seed-linear' and 'conv' "
-                        "models have one)")
+        raise TypeError(
+            f"logit_diagnostics needs a head that is a Sequential ending in Tanh or Linear; model "
+            f"{model.name!r} has a {type(model.head).__name__} (the 'seed', 'seed-linear' and 'conv' "
+            "models have one)"
+        )
     x, y = dataset.tensors
     x, y = x[:limit], y[:limit]
     with warnings.catch_warnings():
@@ -287,13 +310,15 @@ def stall_panel(models: dict[str, MNISTDEQ], dataset: TensorDataset, *, limit: i
         d, probs = _diagnose(model, dataset, limit)
         ax1.hist(probs.numpy(), bins=np.linspace(0, 1, 41), alpha=0.6, label=name)
         ax2.bar(np.array([0, 1]) + i * width, [d["grad_correct"], d["grad_wrong"]], width, label=name)
-        rows.append(f"<b>{html.escape(name)}</b>: accuracy on the first {min(limit, len(dataset))} test digits "
-                    f"{d['acc']:.2f}%, loss {d['loss']:.3f}, top probability "
-                    f"≤ {d['max_prob']:.3f}, last-layer units in tanh's flat tails {100 * d['saturated']:.1f}%, "
-                    f"gradient per digit right {_num(d['grad_correct'])} / wrong {_num(d['grad_wrong'])}, share of the "
-                    f"gradient from wrong digits {100 * d['grad_share_wrong']:.1f}%, top two logits tied "
-                    f"(within 0.01) for {100 * d['tied']:.1f}% of digits"
-                    + (f", {d['unconverged']} solves not converged" if d["unconverged"] else ""))
+        rows.append(
+            f"<b>{html.escape(name)}</b>: accuracy on the first {min(limit, len(dataset))} test digits "
+            f"{d['acc']:.2f}%, loss {d['loss']:.3f}, top probability "
+            f"≤ {d['max_prob']:.3f}, last-layer units in tanh's flat tails {100 * d['saturated']:.1f}%, "
+            f"gradient per digit right {_num(d['grad_correct'])} / wrong {_num(d['grad_wrong'])}, share of the "
+            f"gradient from wrong digits {100 * d['grad_share_wrong']:.1f}%, top two logits tied "
+            f"(within 0.01) for {100 * d['tied']:.1f}% of digits"
+            + (f", {d['unconverged']} solves not converged" if d["unconverged"] else "")
+        )
     bound = math.e / (math.e + 9 / math.e)
     ax1.axvline(bound, color="k", ls=":", lw=1, label=f"cap with tanh logits ({bound:.3f})")
     ax1.set(xlabel="top softmax probability", ylabel="digits", title="how confident can it get?")
@@ -335,15 +360,21 @@ def class_panel(models: dict[str, MNISTDEQ], dataset: TensorDataset, *, limit: i
             warnings.simplefilter("ignore", ConvergenceWarning)  # counted and shown below
             pred = model(x).argmax(1)
         unconverged = _unconverged(model)
-        recall = torch.stack([(pred[y == c] == c).float().mean() if (y == c).any() else torch.tensor(float("nan"))
-                              for c in range(10)])
+        recall = torch.stack(
+            [(pred[y == c] == c).float().mean() if (y == c).any() else torch.tensor(float("nan")) for c in range(10)]
+        )
         ax.bar(np.arange(10) + i * width, recall.numpy(), width, label=name)
-        lost = [f"{c} (its digits predicted as {int(torch.mode(pred[y == c]).values)})"
-                for c in range(10) if float(recall[c]) < 0.5]
-        rows.append(f"<b>{html.escape(name)}</b>: accuracy on {len(y)} test digits "
-                    f"{100 * float((pred == y).float().mean()):.2f}%; "
-                    + (f"classes almost never predicted right: {', '.join(lost)}" if lost else "every class recalled")
-                    + (f"; {unconverged} solves not converged" if unconverged else ""))
+        lost = [
+            f"{c} (its digits predicted as {int(torch.mode(pred[y == c]).values)})"
+            for c in range(10)
+            if float(recall[c]) < 0.5
+        ]
+        rows.append(
+            f"<b>{html.escape(name)}</b>: accuracy on {len(y)} test digits "
+            f"{100 * float((pred == y).float().mean()):.2f}%; "
+            + (f"classes almost never predicted right: {', '.join(lost)}" if lost else "every class recalled")
+            + (f"; {unconverged} solves not converged" if unconverged else "")
+        )
     ax.set_xticks(np.arange(10) + width * (len(models) - 1) / 2, [str(c) for c in range(10)])
     ax.set(xlabel="digit", ylabel="recall", ylim=(0, 1.05), title="how often each digit is recognised")
     ax.legend(fontsize=8, loc="lower right")
@@ -387,8 +418,9 @@ def _solver(solver: str) -> Solver:
 
 
 @torch.no_grad()
-def digit_effort(model: MNISTDEQ, images: torch.Tensor, solver: str, tol: float, *,
-                 max_steps: int = 300) -> DigitEffort:
+def digit_effort(
+    model: MNISTDEQ, images: torch.Tensor, solver: str, tol: float, *, max_steps: int = 300
+) -> DigitEffort:
     """Solve the DEQ for a batch of images with ``solver`` and measure each digit's NFE.
 
     The solver records its iterates; each digit's residual ``‖f(z) − z‖∞`` is recomputed at every recorded
@@ -426,8 +458,7 @@ def digit_effort(model: MNISTDEQ, images: torch.Tensor, solver: str, tol: float,
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported through ``converged``
-        z, stats = solve(f, deq.initial_state(x), solver=spec, abstol=tol, reltol=tol, max_steps=max_steps,
-                         record=True)
+        z, stats = solve(f, deq.initial_state(x), solver=spec, abstol=tol, reltol=tol, max_steps=max_steps, record=True)
     res, meets = map(torch.stack, zip(*(_meets(f, zk, tol) for zk in stats.trajectory)))  # (records, batch)
     hit = meets.any(0)
     first = meets.to(torch.int8).argmax(0)
@@ -500,8 +531,9 @@ def _check_index(index: int, n: int) -> None:
 
 
 @torch.no_grad()
-def digit_panel(model: MNISTDEQ, digits: TensorDataset, index: int = 0,
-                solver: str = next(iter(SOLVERS)), tol: float = 1e-2) -> Panel:
+def digit_panel(
+    model: MNISTDEQ, digits: TensorDataset, index: int = 0, solver: str = next(iter(SOLVERS)), tol: float = 1e-2
+) -> Panel:
     """One test digit: the image, the predicted class probabilities, and ``‖f(z) − z‖∞`` per evaluation.
 
     The digit is solved alone (batch of one) with ``solver`` to tolerance ``tol`` (abstol = reltol, the blog
@@ -537,32 +569,46 @@ def digit_panel(model: MNISTDEQ, digits: TensorDataset, index: int = 0,
     """
     images, labels = digits.tensors
     _check_index(index, len(labels))
-    image, label = images[index:index + 1], int(labels[index])
+    image, label = images[index : index + 1], int(labels[index])
     spec = _solver(solver)
     x = model.features(image)
-    z, stats = solve(lambda z: model.deq.f(z, x), model.deq.initial_state(x), solver=spec, abstol=tol,
-                     reltol=tol, max_steps=300)
+    z, stats = solve(
+        lambda z: model.deq.f(z, x), model.deq.initial_state(x), solver=spec, abstol=tol, reltol=tol, max_steps=300
+    )
     probs = model.head(model.deq.f(z, x)).softmax(1)[0]
     pred = int(probs.argmax())
     fig, (ax1, ax2, ax3) = figure(3, width=3.3, height=3.0)
     _show_digit(ax1, image[0], f"test digit #{index}: label {label}")
     colors = ["tab:green" if c == label else ("tab:red" if c == pred else "tab:gray") for c in range(10)]
     ax2.bar(range(10), probs.numpy(), color=colors)
-    ax2.set(xticks=range(10), ylim=(0, 1), xlabel="class", ylabel="probability",
-            title=f"predicted {pred} ({'right' if pred == label else 'wrong'})")
+    ax2.set(
+        xticks=range(10),
+        ylim=(0, 1),
+        xlabel="class",
+        ylabel="probability",
+        title=f"predicted {pred} ({'right' if pred == label else 'wrong'})",
+    )
     ax3.semilogy(stats.nfe_history, stats.history, marker=".", ms=3)
     ax3.axhline(tol, color="gray", ls="--", lw=0.8, label=f"tolerance {tol:.0e}")
     ax3.set(xlabel="evaluations of f", ylabel="‖f(z) − z‖∞", title=stats.method)
     ax3.legend(fontsize=7)
     state = "converged" if stats.all_converged else "did NOT converge"
-    text = (f"Digit #{index} (label {label}) → predicted <b>{pred}</b> with probability {float(probs[pred]):.3f}; "
-            f"{stats.method} {state} after {stats.nfe} evaluations of f ({stats.steps} steps), final residual "
-            f"{float(stats.residual.max()):.2e}.")
+    text = (
+        f"Digit #{index} (label {label}) → predicted <b>{pred}</b> with probability {float(probs[pred]):.3f}; "
+        f"{stats.method} {state} after {stats.nfe} evaluations of f ({stats.steps} steps), final residual "
+        f"{float(stats.residual.max()):.2e}."
+    )
     return Panel(fig, text)
 
 
-def effort_panel(model: MNISTDEQ, digits: TensorDataset, solver: str = next(iter(SOLVERS)),
-                 tol: float = 1e-2, *, max_steps: int = 300) -> Panel:
+def effort_panel(
+    model: MNISTDEQ,
+    digits: TensorDataset,
+    solver: str = next(iter(SOLVERS)),
+    tol: float = 1e-2,
+    *,
+    max_steps: int = 300,
+) -> Panel:
     """Histogram of per-digit NFE for ``solver`` and ``tol``, split by right and wrong predictions.
 
     All digits are solved as one batch by :func:`digit_effort`; digits that did not converge are drawn hatched,
@@ -593,28 +639,46 @@ def effort_panel(model: MNISTDEQ, digits: TensorDataset, solver: str = next(iter
     bins = np.arange(0, max(int(nfe.max()), 1) + 2) - 0.5 if nfe.max() <= 60 else 40
     # A digit that never met the tolerance has no "NFE until converged": it is drawn apart, at the whole
     # solve's count (a lower bound), hatched.
-    ax.hist([nfe[right & done], nfe[~right & done], nfe[~done]], bins=bins, stacked=True,
-            label=["classified right", "classified wrong", "not converged (≥ this many)"],
-            color=["tab:blue", "tab:red", "white"], edgecolor="k", linewidth=0.3, hatch=[None, None, "///"])
-    ax.set(xlabel="evaluations of f until the digit met the tolerance", ylabel="digits",
-           title=f"{effort.method}, tolerance {tol:.0e}, {len(nfe)} digits in one batch")
+    ax.hist(
+        [nfe[right & done], nfe[~right & done], nfe[~done]],
+        bins=bins,
+        stacked=True,
+        label=["classified right", "classified wrong", "not converged (≥ this many)"],
+        color=["tab:blue", "tab:red", "white"],
+        edgecolor="k",
+        linewidth=0.3,
+        hatch=[None, None, "///"],
+    )
+    ax.set(
+        xlabel="evaluations of f until the digit met the tolerance",
+        ylabel="digits",
+        title=f"{effort.method}, tolerance {tol:.0e}, {len(nfe)} digits in one batch",
+    )
     ax.legend(fontsize=8)
 
     def mean(mask: np.ndarray) -> str:
         return f"{nfe[mask].mean():.1f}" if mask.any() else "n/a"
 
-    text = (f"NFE per converged digit: mean {mean(done)}, median "
-            f"{f'{np.median(nfe[done]):.0f}' if done.any() else 'n/a'}, max {nfe[done].max() if done.any() else 'n/a'} "
-            f"(the whole batch took {effort.total_nfe}). Right digits {mean(right & done)} on average, wrong ones "
-            f"{mean(~right & done)}. {len(np.unique(nfe))} distinct NFE values. Not converged within the step limit: "
-            f"{int((~done).sum())}"
-            + (" (hatched; counted at the whole solve's NFE)." if (~done).any() else "."))
+    text = (
+        f"NFE per converged digit: mean {mean(done)}, median "
+        f"{f'{np.median(nfe[done]):.0f}' if done.any() else 'n/a'}, max {nfe[done].max() if done.any() else 'n/a'} "
+        f"(the whole batch took {effort.total_nfe}). Right digits {mean(right & done)} on average, wrong ones "
+        f"{mean(~right & done)}. {len(np.unique(nfe))} distinct NFE values. Not converged within the step limit: "
+        f"{int((~done).sum())}" + (" (hatched; counted at the whole solve's NFE)." if (~done).any() else ".")
+    )
     return Panel(fig, text)
 
 
-def gallery_panel(model: MNISTDEQ, digits: TensorDataset, which: str = WHICH[0],
-                  solver: str = next(iter(SOLVERS)), tol: float = 1e-2, count: int = 12, *,
-                  max_steps: int = 300) -> Panel:
+def gallery_panel(
+    model: MNISTDEQ,
+    digits: TensorDataset,
+    which: str = WHICH[0],
+    solver: str = next(iter(SOLVERS)),
+    tol: float = 1e-2,
+    count: int = 12,
+    *,
+    max_steps: int = 300,
+) -> Panel:
     """A grid of digits: the most or least effortful for ``solver``, the misclassified or the non-converged ones.
 
     The order is :func:`ranked`'s: by NFE, ties broken by the residual one recorded step before the digit met the
@@ -658,23 +722,32 @@ def gallery_panel(model: MNISTDEQ, digits: TensorDataset, which: str = WHICH[0],
         i = chosen[k]
         ok = int(effort.predicted[i]) == int(labels[i])
         cost = f"{int(effort.nfe[i])} NFE" if bool(effort.converged[i]) else f"≥{int(effort.nfe[i])}, not conv."
-        _show_digit(ax, images[i], f"#{i}: {int(labels[i])}→{int(effort.predicted[i])}\n{cost}",
-                    "black" if ok else "tab:red")
+        _show_digit(
+            ax, images[i], f"#{i}: {int(labels[i])}→{int(effort.predicted[i])}\n{cost}", "black" if ok else "tab:red"
+        )
     if not chosen:
         fig.text(0.5, 0.5, f"no digit is {which} here", ha="center", va="center")
     fig.suptitle(f"{which} — {effort.method}, tolerance {tol:.0e}", fontsize=9)
     n_wrong, n_failed = int((effort.predicted != labels).sum()), int((~effort.converged).sum())
     distinct = len(torch.unique(effort.nfe))
-    text = (f"{n_wrong} of {len(labels)} digits misclassified, {n_failed} not converged; showing {len(chosen)} of the "
-            f"{len(matching)} {which}. Only {distinct} distinct NFE values occurred: digits with the same NFE are "
-            "ordered by their residual ‖f(z) − z‖∞ one recorded step before they met the tolerance (the larger, the "
-            "farther they still were). Title: index: label→prediction, evaluations of f until the digit met the "
-            "tolerance (\"not conv.\": it never did within the step limit).")
+    text = (
+        f"{n_wrong} of {len(labels)} digits misclassified, {n_failed} not converged; showing {len(chosen)} of the "
+        f"{len(matching)} {which}. Only {distinct} distinct NFE values occurred: digits with the same NFE are "
+        "ordered by their residual ‖f(z) − z‖∞ one recorded step before they met the tolerance (the larger, the "
+        "farther they still were). Title: index: label→prediction, evaluations of f until the digit met the "
+        'tolerance ("not conv.": it never did within the step limit).'
+    )
     return Panel(fig, text)
 
 
-def nonconverged_counts(model: MNISTDEQ, digits: TensorDataset, tols: tuple[float, ...] = (1e-2, 1e-6),
-                        solvers: tuple[str, ...] | None = None, *, max_steps: int = 300) -> dict[str, list[int]]:
+def nonconverged_counts(
+    model: MNISTDEQ,
+    digits: TensorDataset,
+    tols: tuple[float, ...] = (1e-2, 1e-6),
+    solvers: tuple[str, ...] | None = None,
+    *,
+    max_steps: int = 300,
+) -> dict[str, list[int]]:
     """How many digits each solver leaves unconverged at each tolerance (one batched solve per pair).
 
     Parameters
@@ -695,5 +768,7 @@ def nonconverged_counts(model: MNISTDEQ, digits: TensorDataset, tols: tuple[floa
         Solver label -> one count per tolerance.
     """
     images = digits.tensors[0]
-    return {name: [int((~digit_effort(model, images, name, tol, max_steps=max_steps).converged).sum()) for tol in tols]
-            for name in (solvers or tuple(SOLVERS))}
+    return {
+        name: [int((~digit_effort(model, images, name, tol, max_steps=max_steps).converged).sum()) for tol in tols]
+        for name in (solvers or tuple(SOLVERS))
+    }

@@ -100,8 +100,10 @@ def yours_or_kit(result: CheckResult, yours: object, kit: object) -> object:
     """
     if result.passed:
         return yours
-    print(f"Until yours passes, the cells below use the kit's {getattr(kit, '__qualname__', kit)} "
-          f"(from {getattr(kit, '__module__', 'deqkit')}).")
+    print(
+        f"Until yours passes, the cells below use the kit's {getattr(kit, '__qualname__', kit)} "
+        f"(from {getattr(kit, '__module__', 'deqkit')})."
+    )
     return kit
 
 

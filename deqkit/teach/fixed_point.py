@@ -58,8 +58,9 @@ def fixed_points_1d(w: float, x: float) -> list[tuple[float, float]]:
         return []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # such a start keeps its midpoint (see above)
-        z, stats = solve(lambda z: torch.tanh(w * z + x), starts, solver="broyden", abstol=1e-13, reltol=0,
-                         max_steps=50)
+        z, stats = solve(
+            lambda z: torch.tanh(w * z + x), starts, solver="broyden", abstol=1e-13, reltol=0, max_steps=50
+        )
     z = torch.where(stats.converged[:, None], z, starts)[:, 0]
     points: list[float] = []
     for zi in sorted(z.tolist(), key=lambda v: abs(math.tanh(w * v + x) - v)):  # most accurate first
@@ -109,8 +110,10 @@ def _local_rate(method: str, slope: float) -> str:
     if isinstance(solver, Picard) and solver.damping != 1:
         beta = solver.damping
         rate = 1 - beta * (1 - slope)
-        return (f"Damped iteration's slope 1 − {beta:g}(1 − f') = {rate:+.3f}: "
-                f"{'|·| < 1, it attracts the damped iteration' if abs(rate) < 1 else '|·| ≥ 1, it repels it'}")
+        return (
+            f"Damped iteration's slope 1 − {beta:g}(1 − f') = {rate:+.3f}: "
+            f"{'|·| < 1, it attracts the damped iteration' if abs(rate) < 1 else '|·| ≥ 1, it repels it'}"
+        )
     return f"|f'| {compare} 1: z* {side} plain iteration, but {method} does not iterate f"
 
 
@@ -128,8 +131,9 @@ def _verdict(method: str, w: float, x: float, traj: np.ndarray, z_end: float, co
     text = f"<b>not converged</b> after {steps} steps; the last two iterates are {traj[-2]:+.4f}, {traj[-1]:+.4f}"
     if abs(traj[-1] - traj[-3]) < 1e-6 < abs(traj[-1] - traj[-2]):
         text += " — a 2-cycle: each step jumps to the other side of z*"
-    return text + ". " + "; ".join(f"z* = {z:+.6f}, f'(z*) = {s:+.3f}: {_local_rate(method, s)}"
-                                   for z, s in points) + "."
+    return (
+        text + ". " + "; ".join(f"z* = {z:+.6f}, f'(z*) = {s:+.3f}: {_local_rate(method, s)}" for z, s in points) + "."
+    )
 
 
 def cobweb_panel(w: float = 0.8, x: float = 0.5, method: str = "picard", tol: float = 1e-6) -> Panel:
@@ -162,8 +166,13 @@ def cobweb_panel(w: float = 0.8, x: float = 0.5, method: str = "picard", tol: fl
     """
     why = "the fixed points are found on a grid checked for these values only, so others could be missed"
     w, x = within("w", w, -3.0, 3.0, why), within("x", x, -1.0, 1.0, why)
-    tol = within("tol", tol, 1e-12, 0.1, "a float64 residual cannot go below ~1e-16, and above 0.1 any iterate "
-                 "near the curve would pass")
+    tol = within(
+        "tol",
+        tol,
+        1e-12,
+        0.1,
+        "a float64 residual cannot go below ~1e-16, and above 0.1 any iterate near the curve would pass",
+    )
     choice("method", method, METHODS)
     f = lambda z: torch.tanh(w * z + x)  # noqa: E731
     z, stats = _solve(f, torch.zeros(1, 1, dtype=torch.float64), method, tol)
@@ -221,8 +230,10 @@ def random_map(scale: float, x_scale: float, d: int = 40, seed: int = 0) -> tupl
 def _row(label: str, result, err: Exception | None, f) -> str:
     """One row of the race's table: converged, steps, ρ(∂f/∂z) at the answer (converged rows only) — or the error."""
     if err is not None:
-        return (f"<tr><td>{label}</td><td colspan=3><b>failed</b>: {type(err).__name__}: "
-                f"{html.escape(str(err).split('. ')[0])}</td></tr>")
+        return (
+            f"<tr><td>{label}</td><td colspan=3><b>failed</b>: {type(err).__name__}: "
+            f"{html.escape(str(err).split('. ')[0])}</td></tr>"
+        )
     z, stats = result
     if not stats.all_converged:  # its last iterate is no fixed point: a ρ there would describe nothing
         return f"<tr><td>{label}</td><td><b>no</b></td><td>{stats.steps}</td><td>— (no answer)</td></tr>"
@@ -230,20 +241,27 @@ def _row(label: str, result, err: Exception | None, f) -> str:
     return f"<tr><td>{label}</td><td>yes</td><td>{stats.steps}</td><td>{rho:.3f}</td></tr>"
 
 
-def _check_iteration_settings(scale: float, x_scale: float, methods: Sequence[str], tol: float
-                              ) -> tuple[float, float, float]:
+def _check_iteration_settings(
+    scale: float, x_scale: float, methods: Sequence[str], tol: float
+) -> tuple[float, float, float]:
     """:func:`iteration_panel`'s arguments as floats, or its ``ValueError`` naming the range and why."""
     why = "the slider's range, where the panel's text was checked to describe what the methods do"
     scale, x_scale = within("scale", scale, 0.1, 2.5, why), within("x_scale", x_scale, 0.0, 2.0, why)
-    tol = within("tol", tol, 1e-12, 0.1, "a float64 residual cannot go below ~1e-16, and above 0.1 any iterate "
-                 "near the curve would pass")
+    tol = within(
+        "tol",
+        tol,
+        1e-12,
+        0.1,
+        "a float64 residual cannot go below ~1e-16, and above 0.1 any iterate near the curve would pass",
+    )
     for method in methods:
         choice("method", method, METHODS)
     return scale, x_scale, tol
 
 
-def iteration_panel(scale: float = 0.9, x_scale: float = 0.5, methods: Sequence[str] = ("picard", "anderson"),
-                    tol: float = 1e-6) -> Panel:
+def iteration_panel(
+    scale: float = 0.9, x_scale: float = 0.5, methods: Sequence[str] = ("picard", "anderson"), tol: float = 1e-6
+) -> Panel:
     """d-dimensional ``z ← tanh(W z + x)``: residual per iteration of each method, and ρ(∂f/∂z) at its answer.
 
     Also plots the first four coordinates of the first method's iterates. ``W`` and ``x`` come from
@@ -292,14 +310,19 @@ def iteration_panel(scale: float = 0.9, x_scale: float = 0.5, methods: Sequence[
         label, stats = first
         ax2.plot(torch.stack(stats.trajectory)[:, 0, :4].numpy(), marker=".", ms=3)
         ax2.set(xlabel="iteration", ylabel="z_i", title=f"{label}: first 4 coordinates")
-    text = ("<table><tr><th>method</th><th>converged</th><th>steps</th><th>ρ(∂f/∂z) at its answer</th></tr>"
-            + "".join(rows) + "</table>"
-            "ρ &lt; 1 at the answer: it attracts plain iteration, whose error shrinks there by about ρ per step — "
-            f"slowly when ρ is near 1, so {MAX_STEPS} steps may not be enough. ρ &gt; 1: plain iteration is pushed "
-            "away.")
+    text = (
+        "<table><tr><th>method</th><th>converged</th><th>steps</th><th>ρ(∂f/∂z) at its answer</th></tr>"
+        + "".join(rows)
+        + "</table>"
+        "ρ &lt; 1 at the answer: it attracts plain iteration, whose error shrinks there by about ρ per step — "
+        f"slowly when ρ is near 1, so {MAX_STEPS} steps may not be enough. ρ &gt; 1: plain iteration is pushed "
+        "away."
+    )
     if x_scale == 0:
-        text += (" <b>Input scale 0:</b> f(0) = tanh(0) = 0, so the start z = 0 is already an exact fixed point: "
-                 "every method stops at step 0, whatever ρ — stable or not, nothing pushes the iteration off it.")
+        text += (
+            " <b>Input scale 0:</b> f(0) = tanh(0) = 0, so the start z = 0 is already an exact fixed point: "
+            "every method stops at step 0, whatever ρ — stable or not, nothing pushes the iteration off it."
+        )
     return Panel(fig, text)
 
 
@@ -324,12 +347,18 @@ def rate_exercise(observed: float, rho: float) -> str | None:
     rho_ref = float(spectral_radius(f, z_star, iters=200)[0])
     rho_w = float(torch.linalg.eigvalsh(w).abs().max())
     if abs(float(rho) - rho_w) < 1e-3:
-        return (f"rho = {float(rho):.3f} is ρ(W). The rate is set by the Jacobian ∂f/∂z = diag(1 − tanh²(Wz + x)) W "
-                "at z*, which tanh's saturation shrinks: use deqkit.spectral_radius(f, z_star).")
+        return (
+            f"rho = {float(rho):.3f} is ρ(W). The rate is set by the Jacobian ∂f/∂z = diag(1 − tanh²(Wz + x)) W "
+            "at z*, which tanh's saturation shrinks: use deqkit.spectral_radius(f, z_star)."
+        )
     if abs(float(rho) - rho_ref) > 0.01:
-        return (f"rho = {float(rho):.4f}, but ρ(∂f/∂z) at z* is not that: estimate it with "
-                "deqkit.spectral_radius(f, z_star).")
+        return (
+            f"rho = {float(rho):.4f}, but ρ(∂f/∂z) at z* is not that: estimate it with "
+            "deqkit.spectral_radius(f, z_star)."
+        )
     if abs(float(observed) - rho_ref) > 0.02:
-        return (f"observed = {float(observed):.4f} is not the residual's shrink factor per step: over the last ten "
-                "steps the residual shrinks by (r[-1] / r[-11]), so one step shrinks it by that to the power 1/10.")
+        return (
+            f"observed = {float(observed):.4f} is not the residual's shrink factor per step: over the last ten "
+            "steps the residual shrinks by (r[-1] / r[-11]), so one step shrinks it by that to the power 1/10."
+        )
     return None

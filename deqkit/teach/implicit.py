@@ -33,16 +33,39 @@ from .implicit_measures import (
 from .limits import choice
 from .widgets import Panel, figure, progress, subplots
 
-__all__ = ["MODE_COLORS", "SOLVER_COLORS", "accuracy_panel", "backward_panel", "broyden_memory_panel", "cost_panel",
-           "rho_panel"]
+__all__ = [
+    "MODE_COLORS",
+    "SOLVER_COLORS",
+    "accuracy_panel",
+    "backward_panel",
+    "broyden_memory_panel",
+    "cost_panel",
+    "rho_panel",
+]
 
 MODE_COLORS = {"implicit": "tab:blue", "unrolled": "tab:orange", "one_step": "tab:green"}
-SOLVER_COLORS = {"gmres": "tab:purple", "gmres(full)": "tab:pink", "anderson": "tab:blue", "picard": "tab:red",
-                 "dynamic_ss": "tab:green", "broyden": "tab:brown", "broyden(m=300)": "tab:olive"}
+SOLVER_COLORS = {
+    "gmres": "tab:purple",
+    "gmres(full)": "tab:pink",
+    "anderson": "tab:blue",
+    "picard": "tab:red",
+    "dynamic_ss": "tab:green",
+    "broyden": "tab:brown",
+    "broyden(m=300)": "tab:olive",
+}
 
 
-def _quick_figure(ncols: int = 1, *, width: float = 4.2, height: float = 3.2, left: float, right: float,
-                  bottom: float, top: float, wspace: float = 0.3) -> tuple[Figure, Any]:
+def _quick_figure(
+    ncols: int = 1,
+    *,
+    width: float = 4.2,
+    height: float = 3.2,
+    left: float,
+    right: float,
+    bottom: float,
+    top: float,
+    wspace: float = 0.3,
+) -> tuple[Figure, Any]:
     """:func:`~deqkit.teach.widgets.figure` with fixed margins instead of the constrained layout.
 
     The widgets of notebook 05 redraw on every move, and the constrained layout measures every tick label twice on
@@ -90,16 +113,20 @@ def accuracy_panel(tol: float = 1e-4, norm: float = 0.9) -> Panel:
         ax.plot([tol], [max(here.relative_error[mode], 1e-16)], "o", color=c, ms=9, mfc="none", mew=2)
     ax.axvline(tol, color="k", lw=0.8, ls=":")
     ax2.axvline(tol, color="k", lw=0.8, ls=":")
-    ax.set(xlabel="forward tolerance (abstol = reltol)", ylabel="‖g − g*‖ / ‖g*‖",
-           title=f"gradient error, ‖W‖₂ = {norm:g}")
+    ax.set(
+        xlabel="forward tolerance (abstol = reltol)", ylabel="‖g − g*‖ / ‖g*‖", title=f"gradient error, ‖W‖₂ = {norm:g}"
+    )
     ax2.set(xlabel="forward tolerance", ylabel="1 − cosine(g, g*)  (floored at 1e-16)", title="direction")
     ax.invert_xaxis()
     ax2.invert_xaxis()
     ax.legend(fontsize=7)
-    cells = "".join(f"<tr><td>{m}</td><td>{here.cosine[m]:.6f}</td><td>{here.relative_error[m]:.2e}</td></tr>"
-                    for m in MODES)
-    text = (f"forward tolerance {tol:.0e} ({here.forward_nfe} Anderson evaluations): "
-            f"<table><tr><th>mode</th><th>cosine</th><th>relative error</th></tr>{cells}</table>")
+    cells = "".join(
+        f"<tr><td>{m}</td><td>{here.cosine[m]:.6f}</td><td>{here.relative_error[m]:.2e}</td></tr>" for m in MODES
+    )
+    text = (
+        f"forward tolerance {tol:.0e} ({here.forward_nfe} Anderson evaluations): "
+        f"<table><tr><th>mode</th><th>cosine</th><th>relative error</th></tr>{cells}</table>"
+    )
     return Panel(fig, text)
 
 
@@ -134,16 +161,26 @@ def cost_panel(iterations: int = 50, mode: str = "implicit") -> Panel:
     ax.plot([iterations], [here.peak_bytes / 2**20], "o", color=c, ms=10, mfc="none", mew=2)
     ax2.plot([iterations], [here.seconds * 1e3], "o", color=c, ms=10, mfc="none", mew=2)
     s = cost_sizes()
-    ax.set(xlabel="forward iterations", ylabel="peak tensor memory (MiB)", ylim=(0, None),
-           title=f"training step, d = {s['d']}, batch {s['batch']}")
-    ax2.set(xlabel="forward iterations", ylabel="wall time (ms)", ylim=(0, None),
-            title=f"time: median of {len(here.times)} steps (bars: min–max)")
+    ax.set(
+        xlabel="forward iterations",
+        ylabel="peak tensor memory (MiB)",
+        ylim=(0, None),
+        title=f"training step, d = {s['d']}, batch {s['batch']}",
+    )
+    ax2.set(
+        xlabel="forward iterations",
+        ylabel="wall time (ms)",
+        ylim=(0, None),
+        title=f"time: median of {len(here.times)} steps (bars: min–max)",
+    )
     ax.legend(fontsize=7)
     imp, unr = step_cost("implicit", iterations), step_cost("unrolled", iterations)
-    text = (f"{iterations} forward iterations ({here.steps} taken), memory and median step time: implicit "
-            f"{imp.peak_bytes / 2**20:.2f} MiB, "
-            f"{imp.seconds * 1e3:.1f} ms; unrolled {unr.peak_bytes / 2**20:.2f} MiB, {unr.seconds * 1e3:.1f} ms "
-            f"(unrolled / implicit memory {unr.peak_bytes / max(imp.peak_bytes, 1):.1f}×). Highlighted: {mode}.")
+    text = (
+        f"{iterations} forward iterations ({here.steps} taken), memory and median step time: implicit "
+        f"{imp.peak_bytes / 2**20:.2f} MiB, "
+        f"{imp.seconds * 1e3:.1f} ms; unrolled {unr.peak_bytes / 2**20:.2f} MiB, {unr.seconds * 1e3:.1f} ms "
+        f"(unrolled / implicit memory {unr.peak_bytes / max(imp.peak_bytes, 1):.1f}×). Highlighted: {mode}."
+    )
     return Panel(fig, text)
 
 
@@ -169,23 +206,36 @@ def backward_panel(solver: str = "gmres", norm: float = 0.9) -> Panel:
     for name, r in runs.items():
         bold = name == solver
         label = f"{name}: blew up" if r.error else f"{name}: {r.nfe}" + ("" if r.converged else " (not converged)")
-        ax.semilogy(r.nfe_history, np.maximum(r.history, 1e-17), "-", color=SOLVER_COLORS[name],
-                    lw=2.5 if bold else 0.8, alpha=1.0 if bold else 0.6, label=label)
+        ax.semilogy(
+            r.nfe_history,
+            np.maximum(r.history, 1e-17),
+            "-",
+            color=SOLVER_COLORS[name],
+            lw=2.5 if bold else 0.8,
+            alpha=1.0 if bold else 0.6,
+            label=label,
+        )
         replay(r.warnings)
     ax.axhline(1e-6, color="k", lw=0.8, ls=":")
     # the axes cover every converged run; runs that diverge or go on without converging are cut
     longest = max([300] + [r.nfe for r in runs.values() if r.converged])
-    ax.set(xlabel="vector–Jacobian products", ylabel="max ‖u − g − uJ‖∞ (cut at 10⁴)",
-           title=f"backward solve, ‖W‖₂ = ρ(∂f/∂z) = {norm:.4g} (symmetric W)", xlim=(0, longest + 10),
-           ylim=(1e-12, 1e4))
+    ax.set(
+        xlabel="vector–Jacobian products",
+        ylabel="max ‖u − g − uJ‖∞ (cut at 10⁴)",
+        title=f"backward solve, ‖W‖₂ = ρ(∂f/∂z) = {norm:.4g} (symmetric W)",
+        xlim=(0, longest + 10),
+        ylim=(1e-12, 1e4),
+    )
     ax.legend(fontsize=7, title="solver: products", title_fontsize=7)
     r = runs[solver]
     if r.error:
         text = f"<b>{solver}</b> blew up: {r.error}"
     else:
         verdict = "converged" if r.converged else "<b>did not converge</b> within its 300 solver steps"
-        text = (f"<b>{solver}</b>: {r.nfe} vector–Jacobian products, final residual {r.residual:.2e}, {verdict}, "
-                f"{r.seconds * 1e3:.1f} ms.")
+        text = (
+            f"<b>{solver}</b>: {r.nfe} vector–Jacobian products, final residual {r.residual:.2e}, {verdict}, "
+            f"{r.seconds * 1e3:.1f} ms."
+        )
     return Panel(fig, text)
 
 
@@ -211,15 +261,23 @@ def broyden_memory_panel(norm: float = 0.95, memories: tuple[int, ...] = (20, 30
     lines = []
     for m in memories:
         r = broyden_backward(norm, m)
-        outcome = (f"blew up after {len(r.residuals)} evaluations" if r.error else
-                   f"{'converged' if r.converged else 'did not converge'} after {len(r.residuals)} evaluations")
+        outcome = (
+            f"blew up after {len(r.residuals)} evaluations"
+            if r.error
+            else f"{'converged' if r.converged else 'did not converge'} after {len(r.residuals)} evaluations"
+        )
         lines.append(f"<b>m = {m}</b>: {outcome}")
         finite = np.array(r.residuals)
         ax.semilogy(np.arange(1, len(finite) + 1), np.where(np.isfinite(finite), finite, np.nan), label=f"m = {m}")
     ax.axvline(min(memories), color="k", lw=0.8, ls="--", label=f"{min(memories)} updates: memory full")
     ax.axhline(1e-6, color="k", lw=0.8, ls=":")
-    ax.set(xlabel="evaluations (vector–Jacobian products)", ylabel="‖u − g − u ∂f/∂z‖∞", ylim=(1e-8, 1e6),
-           xlim=(0, 120), title=f"Broyden on the backward problem, ‖W‖₂ = {norm:.4g} (cut at 10⁶)")
+    ax.set(
+        xlabel="evaluations (vector–Jacobian products)",
+        ylabel="‖u − g − u ∂f/∂z‖∞",
+        ylim=(1e-8, 1e6),
+        xlim=(0, 120),
+        title=f"Broyden on the backward problem, ‖W‖₂ = {norm:.4g} (cut at 10⁶)",
+    )
     ax.legend(fontsize=7)
     return Panel(fig, "<br>".join(lines))
 
@@ -235,8 +293,9 @@ def _scaling_axes(ax: Any, rows: list[NearOne], here: NearOne) -> None:
     ax.loglog(inv, first.backward_nfe["gmres"] * np.sqrt(inv / inv[0]), "k:", lw=0.8, label="∝ 1/√(1 − ρ)")
     if here.rho < 1:
         ax.axvline(1 / (1 - here.rho), color="k", lw=0.8, ls=":")
-    ax.set(xlabel="1/(1 − ρ(∂f/∂z))", ylabel="products to residual 1e-6 (converged runs)",
-           title="backward cost as ρ → 1")
+    ax.set(
+        xlabel="1/(1 − ρ(∂f/∂z))", ylabel="products to residual 1e-6 (converged runs)", title="backward cost as ρ → 1"
+    )
     ax.legend(fontsize=6, loc="upper left")
 
 
@@ -244,14 +303,22 @@ def _outcome_axes(ax: Any, here: NearOne) -> None:
     names = list(BACKWARD_SOLVERS)
     for k, name in enumerate(names):
         nfe, ok = here.backward_nfe[name], here.backward_converged[name]
-        ax.barh(k, min(nfe if nfe > 0 else 300, 400), color=SOLVER_COLORS[name] if ok else "white",
-                edgecolor=SOLVER_COLORS[name], hatch=None if ok else "///")
+        ax.barh(
+            k,
+            min(nfe if nfe > 0 else 300, 400),
+            color=SOLVER_COLORS[name] if ok else "white",
+            edgecolor=SOLVER_COLORS[name],
+            hatch=None if ok else "///",
+        )
         note = f"{nfe}" if ok else ("blew up" if nfe < 0 else f"not converged ({nfe})")
         ax.text(min(nfe if nfe > 0 else 300, 400) + 8, k, note, va="center", fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.invert_yaxis()
-    ax.set(xlabel="vector–Jacobian products (bars cut at 400)", xlim=(0, 650),
-           title=f"‖W‖₂ = {here.norm:.4g}: ρ = {here.rho:.4f}" + ("  (past 1)" if here.rho > 1 else ""))
+    ax.set(
+        xlabel="vector–Jacobian products (bars cut at 400)",
+        xlim=(0, 650),
+        title=f"‖W‖₂ = {here.norm:.4g}: ρ = {here.rho:.4f}" + ("  (past 1)" if here.rho > 1 else ""),
+    )
 
 
 def rho_panel(norm: float = 0.9) -> Panel:
@@ -275,26 +342,34 @@ def rho_panel(norm: float = 0.9) -> Panel:
     rows = [near_one(n) for n in grid]
     here = near_one(norm)
     replay(here.warnings)
-    fig, (ax, ax2, ax3) = _quick_figure(3, width=4.1, height=3.5, left=0.055, right=0.99, bottom=0.14, top=0.92,
-                                        wspace=0.42)
+    fig, (ax, ax2, ax3) = _quick_figure(
+        3, width=4.1, height=3.5, left=0.055, right=0.99, bottom=0.14, top=0.92, wspace=0.42
+    )
     _scaling_axes(ax, rows, here)
     below = [r for r in rows if r.rho < 1]
-    ax2.semilogx([1 / (1 - r.rho) for r in below], [r.one_step_cosine for r in below], "o-",
-                 color=MODE_COLORS["one_step"], ms=3)
+    ax2.semilogx(
+        [1 / (1 - r.rho) for r in below], [r.one_step_cosine for r in below], "o-", color=MODE_COLORS["one_step"], ms=3
+    )
     if here.rho < 1:
-        ax2.plot([1 / (1 - here.rho)], [here.one_step_cosine], "o", color=MODE_COLORS["one_step"], ms=10,
-                 mfc="none", mew=2)
-    ax2.set(xlabel="1/(1 − ρ(∂f/∂z))", ylabel="cosine(one-step, implicit)", title="the Jacobian-free gradient",
-            ylim=(min(0.0, here.one_step_cosine), 1.05))
+        ax2.plot(
+            [1 / (1 - here.rho)], [here.one_step_cosine], "o", color=MODE_COLORS["one_step"], ms=10, mfc="none", mew=2
+        )
+    ax2.set(
+        xlabel="1/(1 − ρ(∂f/∂z))",
+        ylabel="cosine(one-step, implicit)",
+        title="the Jacobian-free gradient",
+        ylim=(min(0.0, here.one_step_cosine), 1.05),
+    )
     _outcome_axes(ax3, here)
     for a in (ax, ax2):
         a.xaxis.set_minor_formatter(NullFormatter())
         a.yaxis.set_minor_formatter(NullFormatter())
-    cells = "".join(f"<td>{here.backward_nfe[n] if here.backward_converged[n] else 'not converged'}</td>"
-                    for n in BACKWARD_SOLVERS)
+    cells = "".join(
+        f"<td>{here.backward_nfe[n] if here.backward_converged[n] else 'not converged'}</td>" for n in BACKWARD_SOLVERS
+    )
     heads = "".join(f"<th>{n}</th>" for n in BACKWARD_SOLVERS)
-    text = (f"‖W‖₂ = {norm:.4g}: ρ(∂f/∂z) = {here.rho:.4f}; one-step cosine {here.one_step_cosine:.3f}. "
-            f"Backward products: <table><tr>{heads}</tr><tr>{cells}</tr></table>")
+    text = (
+        f"‖W‖₂ = {norm:.4g}: ρ(∂f/∂z) = {here.rho:.4f}; one-step cosine {here.one_step_cosine:.3f}. "
+        f"Backward products: <table><tr>{heads}</tr><tr>{cells}</tr></table>"
+    )
     return Panel(fig, text)
-
-

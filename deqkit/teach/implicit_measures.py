@@ -31,21 +31,44 @@ from . import fast_mode
 from .limits import choice, within
 from .menus import solver_menu
 
-__all__ = ["BACKWARD_SOLVERS", "MODES", "Accuracy", "BackwardRun", "BroydenRun", "NearOne", "backward_run",
-           "broyden_backward", "check_accuracy_settings", "check_gradient", "check_norm", "cost_sizes",
-           "deqkit_linear_gradient", "gradient_accuracy", "growth_exponent", "iterations_grid", "linear_deq",
-           "midway_norm", "near_one", "near_one_deq", "norms_grid", "replay", "step_cost", "tanh_deq",
-           "tolerances_grid"]
+__all__ = [
+    "BACKWARD_SOLVERS",
+    "MODES",
+    "Accuracy",
+    "BackwardRun",
+    "BroydenRun",
+    "NearOne",
+    "backward_run",
+    "broyden_backward",
+    "check_accuracy_settings",
+    "check_gradient",
+    "check_norm",
+    "cost_sizes",
+    "deqkit_linear_gradient",
+    "gradient_accuracy",
+    "growth_exponent",
+    "iterations_grid",
+    "linear_deq",
+    "midway_norm",
+    "near_one",
+    "near_one_deq",
+    "norms_grid",
+    "replay",
+    "step_cost",
+    "tanh_deq",
+    "tolerances_grid",
+]
 
 #: The gradient methods compared here (notebook 06 teaches the phantom gradient).
 MODES = tuple(name for name in GRADIENTS if name != "phantom")
 #: Backward solvers of panels 3 and 4: every registered one with its defaults (GMRES(20) restarts every 20
 #: products), and full GMRES (``gmres(full)``: as many Krylov vectors as the dimension). Both GMRES check every
 #: product (``trace=True``), so that their residual curves have a point per product like the others'.
-BACKWARD_SOLVERS: dict[str, Solver] = solver_menu(*REGISTRY, ("gmres(full)", GMRES(restart=None, trace=True)),
-                                                  registry=REGISTRY, options={"gmres": {"trace": True}})
+BACKWARD_SOLVERS: dict[str, Solver] = solver_menu(
+    *REGISTRY, ("gmres(full)", GMRES(restart=None, trace=True)), registry=REGISTRY, options={"gmres": {"trace": True}}
+)
 _SOLVER_LABELS = BACKWARD_SOLVERS | solver_menu(Broyden(m=300))
-TOLERANCES = tuple(10.0 ** -k for k in range(2, 11))  # forward tolerances of the accuracy panel (fast: every other)
+TOLERANCES = tuple(10.0**-k for k in range(2, 11))  # forward tolerances of the accuracy panel (fast: every other)
 FAST_TOLERANCES = TOLERANCES[::2]
 ITERATIONS = (10, 25, 50, 100, 150, 200)  # forward iterations of the cost panel (fast mode: FAST_ITERATIONS)
 FAST_ITERATIONS = (10, 50, 100, 200)
@@ -58,9 +81,18 @@ PAST_ONE = (1.05, 1.2)  # ‖W‖₂ past 1, moved to keep 1 midway between two 
 # The model: z = tanh(W z + x + b)
 
 
-def tanh_deq(d: int = 32, norm: float = 0.9, *, batch: int = 8, kind: str = "orthogonal", x_scale: float = 1.0,
-             bias_scale: float = 0.1, seed: int = 0, dtype: torch.dtype = torch.float32,
-             **deq_options: Any) -> tuple[DEQ, torch.Tensor]:
+def tanh_deq(
+    d: int = 32,
+    norm: float = 0.9,
+    *,
+    batch: int = 8,
+    kind: str = "orthogonal",
+    x_scale: float = 1.0,
+    bias_scale: float = 0.1,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **deq_options: Any,
+) -> tuple[DEQ, torch.Tensor]:
     """A DEQ over :class:`deqkit.problems.TanhBlock` and its input batch (:func:`deqkit.problems.tanh_problem`).
 
     These panels measure, so the DEQ has no evaluation budget unless ``deq_options`` gives one.
@@ -71,8 +103,9 @@ def tanh_deq(d: int = 32, norm: float = 0.9, *, batch: int = 8, kind: str = "ort
     x : torch.Tensor
         Shape ``(batch, d)``, in ``dtype``.
     """
-    block, x = tanh_problem(d, norm, batch=batch, kind=kind, x_scale=x_scale, bias_scale=bias_scale, seed=seed,
-                            dtype=dtype)
+    block, x = tanh_problem(
+        d, norm, batch=batch, kind=kind, x_scale=x_scale, bias_scale=bias_scale, seed=seed, dtype=dtype
+    )
     return DEQ(block, **({"max_nfe": None} | deq_options)), x
 
 
@@ -107,8 +140,9 @@ def _sizes() -> dict[str, int]:
 @functools.lru_cache(maxsize=8)
 def _reference(norm: float, d: int, batch: int, directions: int) -> torch.Tensor:
     """Directional derivatives of the exact fixed point (forward solved to 1e-13), by central differences."""
-    model, x = tanh_deq(d, norm, batch=batch, dtype=torch.float64, solver="anderson", abstol=1e-13, reltol=0,
-                        max_steps=500)
+    model, x = tanh_deq(
+        d, norm, batch=batch, dtype=torch.float64, solver="anderson", abstol=1e-13, reltol=0, max_steps=500
+    )
     return compare_gradients(model, x, modes=(), directions=directions).reference
 
 
@@ -139,8 +173,9 @@ def gradient_accuracy(tol: float, norm: float = 0.9) -> Accuracy:
     check_accuracy_settings(tol, norm)
     s = _sizes()
     ref = _reference(norm, s["d"], s["batch"], s["directions"])
-    model, x = tanh_deq(s["d"], norm, batch=s["batch"], dtype=torch.float64, solver="anderson", abstol=tol,
-                        reltol=tol, max_steps=500)
+    model, x = tanh_deq(
+        s["d"], norm, batch=s["batch"], dtype=torch.float64, solver="anderson", abstol=tol, reltol=tol, max_steps=500
+    )
     report = compare_gradients(model, x, directions=s["directions"])
     assert model.last_stats is not None, "compare_gradients ran the layer"
     nfe = model.last_stats.forward.nfe
@@ -155,11 +190,22 @@ def gradient_accuracy(tol: float, norm: float = 0.9) -> Accuracy:
 def check_accuracy_settings(tol: float, norm: float) -> None:
     """Refuse settings :func:`gradient_accuracy` cannot measure: ``tol`` outside ``[1e-13, 0.1]``, ``norm`` outside
     ``[0.05, 0.95]`` (a ``ValueError`` naming the range and why; see :func:`deqkit.teach.limits.within`)."""
-    within("tol", tol, 1e-13, 0.1, "the exact reference is solved to 1e-13, and a looser forward tolerance says "
-           "nothing about a gradient")
-    within("norm", norm, 0.05, 0.95, "the reference and every tolerance are measured by solves that need a "
-           "contraction (at ‖W‖₂ ≥ 1 each may run its 500 steps without converging: minutes, then a meaningless "
-           "comparison)")
+    within(
+        "tol",
+        tol,
+        1e-13,
+        0.1,
+        "the exact reference is solved to 1e-13, and a looser forward tolerance says nothing about a gradient",
+    )
+    within(
+        "norm",
+        norm,
+        0.05,
+        0.95,
+        "the reference and every tolerance are measured by solves that need a "
+        "contraction (at ‖W‖₂ ≥ 1 each may run its 500 steps without converging: minutes, then a meaningless "
+        "comparison)",
+    )
 
 
 def tolerances_grid() -> tuple[float, ...]:
@@ -271,9 +317,20 @@ def near_one_deq(norm: float, **deq_options) -> tuple[DEQ, torch.Tensor]:
         Zeros of shape ``(batch, d)`` (smaller in fast mode).
     """
     s = _backward_sizes()
-    return tanh_deq(s["d"], norm, batch=s["batch"], kind="symmetric", x_scale=0.0, bias_scale=0.0,
-                    dtype=torch.float64, solver="anderson", abstol=1e-12, reltol=1e-10, max_steps=500,
-                    **deq_options)
+    return tanh_deq(
+        s["d"],
+        norm,
+        batch=s["batch"],
+        kind="symmetric",
+        x_scale=0.0,
+        bias_scale=0.0,
+        dtype=torch.float64,
+        solver="anderson",
+        abstol=1e-12,
+        reltol=1e-10,
+        max_steps=500,
+        **deq_options,
+    )
 
 
 def midway_norm(target: float, d: int) -> float:
@@ -307,8 +364,14 @@ def norms_grid() -> tuple[float, ...]:
 def check_norm(norm: float) -> float:
     """Return ``norm`` as a float if it is a ‖W‖₂ panels 3 and 4 can measure: from 0.05 to 1.5 (the grid's range:
     0.5 to past 1); else a ``ValueError`` naming the range and why."""
-    return within("norm", norm, 0.05, 1.5, "the near-one DEQ's W is built for this range (its largest grid value is "
-                  "past 1 by a small margin); far past 1 every backward solver diverges and nothing is compared")
+    return within(
+        "norm",
+        norm,
+        0.05,
+        1.5,
+        "the near-one DEQ's W is built for this range (its largest grid value is "
+        "past 1 by a small margin); far past 1 every backward solver diverges and nothing is compared",
+    )
 
 
 def _backward(label: str, **settings: Any) -> Implicit:
@@ -364,8 +427,17 @@ def backward_run(solver: str, norm: float, tol: float = 1e-6) -> BackwardRun:
         return BackwardRun(solver, -1, math.inf, False, seconds, (), (), error, others)
     st = None if model.last_stats is None else model.last_stats.backward
     assert st is not None, "the layer's implicit backward ran and reported its statistics"
-    return BackwardRun(solver, st.nfe, float(st.residual.max()), st.all_converged, seconds, tuple(st.history),
-                       tuple(st.nfe_history), "", others)
+    return BackwardRun(
+        solver,
+        st.nfe,
+        float(st.residual.max()),
+        st.all_converged,
+        seconds,
+        tuple(st.history),
+        tuple(st.nfe_history),
+        "",
+        others,
+    )
 
 
 @dataclass(frozen=True)
@@ -493,8 +565,9 @@ def near_one(norm: float) -> NearOne:
     grads, caught = _recorded(lambda: _input_gradients(norm))
     cos = float(torch.nn.functional.cosine_similarity(grads["implicit"], grads["one_step"], dim=0))
     caught += tuple(w for r in runs.values() for w in r.warnings)
-    return NearOne(norm, rho, {k: r.nfe for k, r in runs.items()}, {k: r.converged for k, r in runs.items()}, cos,
-                   caught)
+    return NearOne(
+        norm, rho, {k: r.nfe for k, r in runs.items()}, {k: r.converged for k, r in runs.items()}, cos, caught
+    )
 
 
 def growth_exponent(solver: str, norms: tuple[float, ...]) -> float:

@@ -35,8 +35,10 @@ def within(name: str, value: Any, low: float, high: float, why: str) -> float:
         raise TypeError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r} ({type(value).__name__})")
     value = float(value)
     if math.isnan(value) or not low <= value <= high:
-        raise ValueError(f"{name}={value!r} is outside [{low:g}, {high:g}], the range this function is built and "
-                         f"checked for: {why}. Choose {name} in that range.")
+        raise ValueError(
+            f"{name}={value!r} is outside [{low:g}, {high:g}], the range this function is built and "
+            f"checked for: {why}. Choose {name} in that range."
+        )
     return value
 
 

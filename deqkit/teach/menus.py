@@ -14,8 +14,11 @@ __all__ = ["solver_menu"]
 Entry = str | Solver | tuple[str, Solver]
 
 
-def solver_menu(*entries: Entry, registry: Mapping[str, type[Solver]] = SOLVERS,
-                options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Solver]:
+def solver_menu(
+    *entries: Entry,
+    registry: Mapping[str, type[Solver]] = SOLVERS,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Solver]:
     """A dropdown's solvers in order: label -> configured solver.
 
     Parameters
@@ -56,8 +59,9 @@ def solver_menu(*entries: Entry, registry: Mapping[str, type[Solver]] = SOLVERS,
     return menu
 
 
-def _menu_entry(entry: Entry, registry: Mapping[str, type[Solver]],
-                options: Mapping[str, Mapping[str, Any]]) -> tuple[str, Solver]:
+def _menu_entry(
+    entry: Entry, registry: Mapping[str, type[Solver]], options: Mapping[str, Mapping[str, Any]]
+) -> tuple[str, Solver]:
     if isinstance(entry, str):
         return entry, as_solver(entry, dict(options.get(entry, {})), dict(registry))
     if isinstance(entry, Solver):

@@ -173,8 +173,6 @@ def euler_step_limit(lam: np.ndarray) -> float:
     return float(np.min(2 * (1 - lam.real) / np.abs(1 - lam) ** 2))
 
 
-
-
 def _portrait(ax, f) -> None:
     """The direction of the flow f(z) − z as grey arrows of equal length (darker where it is faster)."""
     grid = np.linspace(-2.0, 2.0, 17)
@@ -183,8 +181,20 @@ def _portrait(ax, f) -> None:
     vel = (f(pts) - pts).numpy()
     speed = np.hypot(vel[:, 0], vel[:, 1])
     unit = vel / np.maximum(speed, 1e-12)[:, None]
-    ax.quiver(gx.ravel(), gy.ravel(), unit[:, 0], unit[:, 1], np.log10(speed + 1e-3), cmap="Greys", clim=(-3, 1),
-              angles="xy", scale_units="xy", scale=6, width=0.004, alpha=0.7)
+    ax.quiver(
+        gx.ravel(),
+        gy.ravel(),
+        unit[:, 0],
+        unit[:, 1],
+        np.log10(speed + 1e-3),
+        cmap="Greys",
+        clim=(-3, 1),
+        angles="xy",
+        scale_units="xy",
+        scale=6,
+        width=0.004,
+        alpha=0.7,
+    )
 
 
 def _trajectories(ax, ax_res, f, traj: np.ndarray, times: np.ndarray, done: np.ndarray, abstol: float) -> None:
@@ -204,8 +214,9 @@ def _trajectories(ax, ax_res, f, traj: np.ndarray, times: np.ndarray, done: np.n
 def _freeze_index(traj: np.ndarray, converged: np.ndarray) -> np.ndarray:
     """Per sample, the first recorded step from which it no longer moves (−1 if it never converged)."""
     moves = np.abs(np.diff(traj, axis=0)).max(-1) > 0  # (steps, batch)
-    last_move = np.array([np.nonzero(moves[:, i])[0].max() + 1 if moves[:, i].any() else 0
-                          for i in range(traj.shape[1])])
+    last_move = np.array(
+        [np.nonzero(moves[:, i])[0].max() + 1 if moves[:, i].any() else 0 for i in range(traj.shape[1])]
+    )
     return np.where(converged, last_move, -1)
 
 
@@ -226,41 +237,58 @@ def _limit(ax_dt, system: str, a: float, ode_method: str, points: list, z_end: n
 def _readout(stats, abstol, reltol, max_steps, end, zb, sb, h_star, mu, ode_method) -> str:
     """The text under the phase portrait."""
     batch = stats.converged.numel()
-    ode = (f"the ODE settles at ({end[0]:+.3f}, {end[1]:+.3f})" if bool(stats.converged[0]) else
-           f"the ODE is still moving after {stats.steps} steps, at ({end[0]:+.3f}, {end[1]:+.3f})")
-    newton = ("Broyden (Newton-type) fails: " + zb if isinstance(zb, str) else
-              f"Broyden (Newton-type) lands on ({zb[0]:+.3f}, {zb[1]:+.3f})" + ("" if sb else ", not converged"))
-    text = (f"● stable equilibrium, ○ unstable. {stats.num_converged}/{batch} trajectories reached "
-            f"‖dz/dt‖∞ ≤ {abstol:g} or ≤ {reltol:g}·‖f(z)‖∞ within {max_steps} steps. "
-            f"From ★ = {NEAR_ORIGIN}: {ode}; {newton}.")
+    ode = (
+        f"the ODE settles at ({end[0]:+.3f}, {end[1]:+.3f})"
+        if bool(stats.converged[0])
+        else f"the ODE is still moving after {stats.steps} steps, at ({end[0]:+.3f}, {end[1]:+.3f})"
+    )
+    newton = (
+        "Broyden (Newton-type) fails: " + zb
+        if isinstance(zb, str)
+        else f"Broyden (Newton-type) lands on ({zb[0]:+.3f}, {zb[1]:+.3f})" + ("" if sb else ", not converged")
+    )
+    text = (
+        f"● stable equilibrium, ○ unstable. {stats.num_converged}/{batch} trajectories reached "
+        f"‖dz/dt‖∞ ≤ {abstol:g} or ≤ {reltol:g}·‖f(z)‖∞ within {max_steps} steps. "
+        f"From ★ = {NEAR_ORIGIN}: {ode}; {newton}."
+    )
     if stats.all_converged:
         return text
     if h_star is None:
-        return text + (" <b>No stable equilibrium:</b> every equilibrium is ○, so the flow has nowhere to settle; "
-                       "the trajectories circle a limit cycle instead, and deqkit warns.")
+        return text + (
+            " <b>No stable equilibrium:</b> every equilibrium is ○, so the flow has nowhere to settle; "
+            "the trajectories circle a limit cycle instead, and deqkit warns."
+        )
     dts, times = np.diff(stats.times), stats.times
     if len(dts) >= 10 and np.all(np.abs(dts[-10:] / h_star - 1) < 0.02):
-        return text + (f" <b>The steps sit at the stability limit h* = {h_star:.3g}</b>: there |R(hμ)| = 1, the "
-                       "numerical solution stops decaying, and a residual above abstol stays there (a tighter ODE "
-                       "tolerance, StepSizeController(atol=...), lowers that floor).")
+        return text + (
+            f" <b>The steps sit at the stability limit h* = {h_star:.3g}</b>: there |R(hμ)| = 1, the "
+            "numerical solution stops decaying, and a residual above abstol stays there (a tighter ODE "
+            "tolerance, StepSizeController(atol=...), lowers that floor)."
+        )
     re_mu = float(mu.real.max())
     needed = math.log(max(stats.history[0], abstol) / abstol) / max(-re_mu, 1e-12)
     h_last = float(dts[-10:].mean())
     steps = f"the last ten steps average h = {h_last:.3g}, {h_last / h_star:.0%} of the stability limit {h_star:.3g}"
-    rate = (f"at the stable equilibrium the slowest eigenvalue of J − I has Re μ = {re_mu:+.3f}, so the residual "
-            f"shrinks like e^({re_mu:+.3f}·t): reaching abstol takes t ≈ ln(r₀ / abstol) / |Re μ| ≈ {needed:.0f}; "
-            f"{max_steps} steps got to t = {times[-1]:.0f}")
+    rate = (
+        f"at the stable equilibrium the slowest eigenvalue of J − I has Re μ = {re_mu:+.3f}, so the residual "
+        f"shrinks like e^({re_mu:+.3f}·t): reaching abstol takes t ≈ ln(r₀ / abstol) / |Re μ| ≈ {needed:.0f}; "
+        f"{max_steps} steps got to t = {times[-1]:.0f}"
+    )
     if times[-1] >= needed:  # time enough for the decay: what holds the residual up is the steps' |R(hμ)|
         growth = float(np.abs(stability_function(ode_method, h_last * mu)).max())
-        return text + (f" <b>The residual stalls near the stability limit:</b> {rate}, time enough; but {steps}, "
-                       f"where |R(hμ)| = {growth:.3f}: the numerical solution "
-                       f"{'barely decays' if growth < 1 else 'does not decay'}, and a residual above abstol stays "
-                       "there (a tighter ODE tolerance, StepSizeController(atol=...), lowers that floor).")
+        return text + (
+            f" <b>The residual stalls near the stability limit:</b> {rate}, time enough; but {steps}, "
+            f"where |R(hμ)| = {growth:.3f}: the numerical solution "
+            f"{'barely decays' if growth < 1 else 'does not decay'}, and a residual above abstol stays "
+            "there (a tighter ODE tolerance, StepSizeController(atol=...), lowers that floor)."
+        )
     return text + f" <b>Step budget spent before the residual could decay:</b> {rate} ({steps})."
 
 
-def phase_panel(system: str = "pitchfork", a: float = 1.2, ode_method: str = "tsit5", abstol: float = 1e-5,
-                reltol: float = 1e-5) -> Panel:
+def phase_panel(
+    system: str = "pitchfork", a: float = 1.2, ode_method: str = "tsit5", abstol: float = 1e-5, reltol: float = 1e-5
+) -> Panel:
     """Phase portrait with ODE trajectories to steady state, their step sizes and residuals, and where Broyden lands.
 
     All of :func:`starts` are integrated as one batch by ``dynamic_ss`` without polishing (``dz/dt = f(z) − z``,
@@ -296,22 +324,40 @@ def phase_panel(system: str = "pitchfork", a: float = 1.2, ode_method: str = "ts
     max_steps = 80 if fast_mode() else 200
     fig, (ax, ax_dt, ax_res) = figure(3, width=3.6, height=3.4, layout="fixed")
     _portrait(ax, f)
-    z, stats = solve(f, starts(), solver="dynamic_ss", ode_method=ode_method, polish=None, abstol=abstol,
-                     reltol=reltol, max_steps=max_steps, record=True)
+    z, stats = solve(
+        f,
+        starts(),
+        solver="dynamic_ss",
+        ode_method=ode_method,
+        polish=None,
+        abstol=abstol,
+        reltol=reltol,
+        max_steps=max_steps,
+        record=True,
+    )
     traj, times = torch.stack(stats.trajectory).numpy(), np.array(stats.times)
     _trajectories(ax, ax_res, f, traj, times, _freeze_index(traj, stats.converged.numpy()), abstol)
     ax_dt.semilogy(times[1:], np.diff(times), ".-", color="k", ms=3, lw=0.8, label="accepted steps")
     points = equilibria(system, a)
     h_star, mu = _limit(ax_dt, system, a, ode_method, points, traj[-1, 0])
-    broyden, err = attempt(solve, f, torch.tensor([NEAR_ORIGIN], dtype=torch.float64), solver="broyden",
-                           abstol=1e-10, reltol=0, max_steps=60, strict=True)
+    broyden, err = attempt(
+        solve,
+        f,
+        torch.tensor([NEAR_ORIGIN], dtype=torch.float64),
+        solver="broyden",
+        abstol=1e-10,
+        reltol=0,
+        max_steps=60,
+        strict=True,
+    )
     zb, sb = (broyden[0][0].numpy(), True) if err is None else (f"{type(err).__name__}", False)
     if err is None:
         ax.plot(*zb, "x", color="tab:red", ms=10, mew=2, zorder=6, label="Broyden from ★")
     ax.plot(*NEAR_ORIGIN, "*", color="tab:red", ms=9, zorder=6)
     for p, stable in points:  # unstable ones as rings on top, so that ✕ and ★ never hide them
-        ax.plot(*p, "o", ms=8 if stable else 13, mfc="k" if stable else "none", mec="k", mew=1.5,
-                zorder=5 if stable else 7)
+        ax.plot(
+            *p, "o", ms=8 if stable else 13, mfc="k" if stable else "none", mec="k", mew=1.5, zorder=5 if stable else 7
+        )
     ax.set(xlim=(-2.2, 2.2), ylim=(-2.2, 2.2), aspect="equal", title=f"{system}, a = {a:.2f}: dz/dt = f(z) − z")
     ax.legend(fontsize=7, loc="lower right")
     ax_dt.set(xlabel="t", ylabel="step size h", title=f"{ode_method}: the batch's accepted steps")
@@ -327,8 +373,17 @@ def _regions(ax, h: float, lim: float) -> None:
     ax.add_patch(Rectangle((-lim, -lim), lim + 1, 2 * lim, color="tab:green", alpha=0.12, lw=0))
     ax.axvline(1, color="tab:green", lw=1.2, label="ODE: Re λ < 1")
     ax.add_patch(Circle((1 - 1 / h, 0), 1 / h, color="tab:orange", alpha=0.25, lw=0))
-    ax.add_patch(Circle((1 - 1 / h, 0), 1 / h, fill=False, color="tab:orange", lw=1.5, ls="--",
-                        label=f"Euler, h = {h:g}: |1 + h(λ − 1)| < 1"))
+    ax.add_patch(
+        Circle(
+            (1 - 1 / h, 0),
+            1 / h,
+            fill=False,
+            color="tab:orange",
+            lw=1.5,
+            ls="--",
+            label=f"Euler, h = {h:g}: |1 + h(λ − 1)| < 1",
+        )
+    )
     ax.add_patch(Circle((0, 0), 1, fill=False, color="tab:blue", lw=1.5, label="Picard: |λ| < 1"))
 
 
@@ -367,19 +422,38 @@ def stability_panel(system: str = "pitchfork", a: float = 1.2, h: float = 1.0) -
     rows = []
     for i, (p, lam) in enumerate(points):
         ode_ok = bool((lam.real < 1).all())
-        ax.plot(lam.real, lam.imag, "o", ms=8, color=f"C{i}", mfc=f"C{i}" if ode_ok else "none", mew=2,
-                zorder=5, label=f"J at ({p[0]:+.2f}, {p[1]:+.2f})")
+        ax.plot(
+            lam.real,
+            lam.imag,
+            "o",
+            ms=8,
+            color=f"C{i}",
+            mfc=f"C{i}" if ode_ok else "none",
+            mew=2,
+            zorder=5,
+            label=f"J at ({p[0]:+.2f}, {p[1]:+.2f})",
+        )
         yes = lambda ok: "yes" if ok else "<b>no</b>"  # noqa: E731
-        rows.append(f"<tr><td>({p[0]:+.3f}, {p[1]:+.3f})</td><td>{', '.join(f'{v:.3f}' for v in lam)}</td>"
-                    f"<td>{yes(bool((np.abs(lam) < 1).all()))}</td><td>{yes(ode_ok)}</td>"
-                    f"<td>{yes(bool((np.abs(1 + h * (lam - 1)) < 1).all()))}</td>"
-                    f"<td>{euler_step_limit(lam):.3f}</td></tr>")
-    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xlabel="Re λ", ylabel="Im λ",
-           title=f"{system}, a = {a:.2f}: eigenvalues of ∂f/∂z")
+        rows.append(
+            f"<tr><td>({p[0]:+.3f}, {p[1]:+.3f})</td><td>{', '.join(f'{v:.3f}' for v in lam)}</td>"
+            f"<td>{yes(bool((np.abs(lam) < 1).all()))}</td><td>{yes(ode_ok)}</td>"
+            f"<td>{yes(bool((np.abs(1 + h * (lam - 1)) < 1).all()))}</td>"
+            f"<td>{euler_step_limit(lam):.3f}</td></tr>"
+        )
+    ax.set(
+        xlim=(-lim, lim),
+        ylim=(-lim, lim),
+        aspect="equal",
+        xlabel="Re λ",
+        ylabel="Im λ",
+        title=f"{system}, a = {a:.2f}: eigenvalues of ∂f/∂z",
+    )
     ax.legend(fontsize=6, loc="lower left")
-    text = ("<table><tr><th>equilibrium</th><th>eigenvalues λ of J</th><th>Picard</th><th>ODE</th>"
-            f"<th>Euler, h = {h:g}</th><th>Euler converges for h &lt;</th></tr>" + "".join(rows) + "</table>"
-            "Filled: a stable equilibrium of the ODE; hollow: an unstable one.")
+    text = (
+        "<table><tr><th>equilibrium</th><th>eigenvalues λ of J</th><th>Picard</th><th>ODE</th>"
+        f"<th>Euler, h = {h:g}</th><th>Euler converges for h &lt;</th></tr>" + "".join(rows) + "</table>"
+        "Filled: a stable equilibrium of the ODE; hollow: an unstable one."
+    )
     return Panel(fig, text)
 
 
@@ -407,8 +481,16 @@ def slowing_down(a_values, ode_tol: float = 1e-8, abstol: float = 1e-5, max_step
     """
     rows = []
     for a in progress(list(a_values), desc="spiral, a"):
-        _, stats = solve(vector_field("spiral", a), starts(), solver="dynamic_ss", polish=None, abstol=abstol,
-                         reltol=abstol, controller=StepSizeController(rtol=ode_tol, atol=ode_tol), max_steps=max_steps)
+        _, stats = solve(
+            vector_field("spiral", a),
+            starts(),
+            solver="dynamic_ss",
+            polish=None,
+            abstol=abstol,
+            reltol=abstol,
+            controller=StepSizeController(rtol=ode_tol, atol=ode_tol),
+            max_steps=max_steps,
+        )
         rows.append((a, a * math.cos(1.2) - 1, stats.steps, stats.all_converged))
     return rows
 
@@ -434,9 +516,13 @@ def critical_gain_exercise(a_critical: float) -> str | None:
 
     below, above = growth(0.99 * a_critical), growth(1.01 * a_critical)
     if below >= 0:
-        return (f"at a = {0.99 * a_critical:.3f} an eigenvalue of aM − I already has real part {below:+.3f} ≥ 0: "
-                "the origin lost stability earlier. Which eigenvalue of M reaches a·λ = 1 first?")
+        return (
+            f"at a = {0.99 * a_critical:.3f} an eigenvalue of aM − I already has real part {below:+.3f} ≥ 0: "
+            "the origin lost stability earlier. Which eigenvalue of M reaches a·λ = 1 first?"
+        )
     if above <= 0:
-        return (f"at a = {1.01 * a_critical:.3f} every eigenvalue of aM − I still has a negative real part (largest "
-                f"{above:+.3f}): the origin is still stable. Solve a·λ_max(M) = 1.")
+        return (
+            f"at a = {1.01 * a_critical:.3f} every eigenvalue of aM − I still has a negative real part (largest "
+            f"{above:+.3f}): the origin is still stable. Solve a·λ_max(M) = 1."
+        )
     return None

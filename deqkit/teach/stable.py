@@ -39,9 +39,24 @@ from .stable_runs import (
 from .widgets import Panel, figure
 
 # the runs' names and readers, for the notebook: from deqkit.teach.stable_runs, where the experiment lives
-__all__ = ["BASELINE", "DATA", "GAMMA_RUNS", "GRADIENT_RUNS", "RUNS", "RUN_NAMES", "check_picard_steps", "cosine",
-           "curves_panel", "gradient_panel", "implicit_products", "load_runs", "phantom_gradients", "phantom_panel",
-           "summary", "tradeoff_panel"]
+__all__ = [
+    "BASELINE",
+    "DATA",
+    "GAMMA_RUNS",
+    "GRADIENT_RUNS",
+    "RUNS",
+    "RUN_NAMES",
+    "check_picard_steps",
+    "cosine",
+    "curves_panel",
+    "gradient_panel",
+    "implicit_products",
+    "load_runs",
+    "phantom_gradients",
+    "phantom_panel",
+    "summary",
+    "tradeoff_panel",
+]
 
 
 def _fmt_gamma(run: dict[str, Any]) -> str:
@@ -64,8 +79,12 @@ def curves_panel(runs: dict[str, Any], name: str, *, others: Sequence[str] = GAM
     if name not in by:
         raise KeyError(f"no run named {name!r}; the runs are {list(by)}")
     fig, axes = figure(2, 2, width=3.9, height=2.7)
-    panels = (("fwd_nfe_mean", "forward evaluations / step", True), ("probe_nfe", "Anderson evaluations to 1e-4",
-              False), ("rho_mean", "ρ(∂f/∂z) at z* (mean)", False), ("test_acc", "test accuracy (%)", True))
+    panels = (
+        ("fwd_nfe_mean", "forward evaluations / step", True),
+        ("probe_nfe", "Anderson evaluations to 1e-4", False),
+        ("rho_mean", "ρ(∂f/∂z) at z* (mean)", False),
+        ("test_acc", "test accuracy (%)", True),
+    )
     for ax, (key, label, trained) in zip(axes.flat, panels):
         for other in others:
             if other not in (name, BASELINE) and other in by:
@@ -76,16 +95,19 @@ def curves_panel(runs: dict[str, Any], name: str, *, others: Sequence[str] = GAM
         ax.set(xlabel="epoch", title=label)
     axes[0, 0].legend(fontsize=7)
     s = summary(runs)[name]
-    text = (f"<b>{html.escape(name)}</b>, last epoch: {s['fwd_nfe']:.1f} forward evaluations per step "
-            f"(<b>{s['nfe_ratio']:.2f}×</b> the unregularized run's), Anderson needs {s['probe_nfe']} without a "
-            f"budget, ρ = {s['rho']:.3f}, test accuracy {s['test_acc']:.2f}% "
-            f"(accuracy drop from the unregularized run, as on the trade-off plot: "
-            f"<b>{s['acc_drop']:+.2f} points</b>).")
+    text = (
+        f"<b>{html.escape(name)}</b>, last epoch: {s['fwd_nfe']:.1f} forward evaluations per step "
+        f"(<b>{s['nfe_ratio']:.2f}×</b> the unregularized run's), Anderson needs {s['probe_nfe']} without a "
+        f"budget, ρ = {s['rho']:.3f}, test accuracy {s['test_acc']:.2f}% "
+        f"(accuracy drop from the unregularized run, as on the trade-off plot: "
+        f"<b>{s['acc_drop']:+.2f} points</b>)."
+    )
     return Panel(fig, text)
 
 
-def tradeoff_panel(runs: dict[str, Any], names: Sequence[str] | None = None, *, nfe_ratio: float = 0.7,
-                   acc_drop: float = 0.3) -> Panel:
+def tradeoff_panel(
+    runs: dict[str, Any], names: Sequence[str] | None = None, *, nfe_ratio: float = 0.7, acc_drop: float = 0.3
+) -> Panel:
     """Last epoch's forward evaluations per step (ratio to the unregularized run) against its accuracy drop.
 
     The shaded box is the target: at most ``nfe_ratio`` of the evaluations for at most ``acc_drop`` points of
@@ -99,18 +121,30 @@ def tradeoff_panel(runs: dict[str, Any], names: Sequence[str] | None = None, *, 
     ax.add_patch(_box(nfe_ratio, acc_drop))
     for n in names:
         ax.plot(s[n]["nfe_ratio"], s[n]["acc_drop"], "o")
-        ax.annotate(n.replace("LayerNorm, ", "").replace("LayerNorm + ", ""), (s[n]["nfe_ratio"], s[n]["acc_drop"]),
-                    fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.annotate(
+            n.replace("LayerNorm, ", "").replace("LayerNorm + ", ""),
+            (s[n]["nfe_ratio"], s[n]["acc_drop"]),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
     ax.axhline(0, color="k", lw=0.6)
     ax.axvline(1, color="k", lw=0.6)
     xs, ys = [s[n]["nfe_ratio"] for n in names], [s[n]["acc_drop"] for n in names]
     pad = 0.1 * (max(*ys, acc_drop) - min(*ys, 0.0)) + 0.05  # the box is unbounded below: frame the points
-    ax.set(xlabel="forward evaluations per step / unregularized", ylabel="test accuracy drop (points)",
-           title="last epoch: cost against accuracy", xlim=(0, max(*xs, 1.0) + 0.15),
-           ylim=(min(*ys, 0.0) - pad, max(*ys, acc_drop) + pad))
+    ax.set(
+        xlabel="forward evaluations per step / unregularized",
+        ylabel="test accuracy drop (points)",
+        title="last epoch: cost against accuracy",
+        xlim=(0, max(*xs, 1.0) + 0.15),
+        ylim=(min(*ys, 0.0) - pad, max(*ys, acc_drop) + pad),
+    )
     inside = [n for n in names if s[n]["nfe_ratio"] <= nfe_ratio and s[n]["acc_drop"] <= acc_drop]
-    text = (f"Inside the box (≤ {nfe_ratio:g}× the evaluations, ≤ {acc_drop:g} points lost): "
-            + (", ".join(html.escape(n) for n in inside) if inside else "<b>none</b>") + ".")
+    text = (
+        f"Inside the box (≤ {nfe_ratio:g}× the evaluations, ≤ {acc_drop:g} points lost): "
+        + (", ".join(html.escape(n) for n in inside) if inside else "<b>none</b>")
+        + "."
+    )
     return Panel(fig, text)
 
 
@@ -143,14 +177,17 @@ def gradient_panel(runs: dict[str, Any], method: str) -> Panel:
     ax3.set(xlabel="epoch", title="test accuracy (%)")
     ax3.legend(fontsize=7)
     last = by[method]["epochs"][-1]
-    text = (f"<b>{html.escape(method)}</b>: median {secs[names.index(method)]:.1f} s per epoch, gradient cosine "
-            f"{last['grad_cos']:.4f} with the implicit one after the last epoch, test accuracy "
-            f"{last['test_acc']:.2f}%.")
+    text = (
+        f"<b>{html.escape(method)}</b>: median {secs[names.index(method)]:.1f} s per epoch, gradient cosine "
+        f"{last['grad_cos']:.4f} with the implicit one after the last epoch, test accuracy "
+        f"{last['test_acc']:.2f}%."
+    )
     return Panel(fig, text)
 
 
-def phantom_gradients(model: MNISTDEQ, images: torch.Tensor, labels: torch.Tensor, steps: Sequence[int],
-                      damping: float) -> tuple[list[float], list[float], torch.Tensor]:
+def phantom_gradients(
+    model: MNISTDEQ, images: torch.Tensor, labels: torch.Tensor, steps: Sequence[int], damping: float
+) -> tuple[list[float], list[float], torch.Tensor]:
     """Cosine similarity with the implicit gradient, and backward time, of ``Phantom(k, damping)`` for each ``k``.
 
     The forward solve is the model's own (in training mode); the reference is the implicit gradient solved to
@@ -191,8 +228,14 @@ def implicit_products(model: MNISTDEQ, images: torch.Tensor, labels: torch.Tenso
         deq.backward = own
 
 
-def phantom_panel(model: MNISTDEQ, images: torch.Tensor, labels: torch.Tensor, steps: int = 5,
-                  damping: float = 0.5, max_steps: int = 20) -> Panel:
+def phantom_panel(
+    model: MNISTDEQ,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int = 5,
+    damping: float = 0.5,
+    max_steps: int = 20,
+) -> Panel:
     """How close ``Phantom(steps, damping)`` comes to the implicit gradient on this model and batch, and at what cost.
 
     Left: cosine similarity against the number of unrolled steps ``k`` (1 … ``max_steps``) for this damping; the
@@ -213,16 +256,22 @@ def phantom_panel(model: MNISTDEQ, images: torch.Tensor, labels: torch.Tensor, s
     fig, (ax1, ax2) = figure(2, width=4.0, height=3.0)
     ax1.plot(ks, cosines, "o-", color="tab:blue", ms=3)
     ax1.plot([steps], [cosines[steps - 1]], "o", color="tab:red", ms=9)
-    ax1.set(xlabel="phantom steps k", ylabel="cosine with the implicit gradient", title=f"damping τ = {damping:g}",
-            ylim=(min(0.0, min(cosines)), 1.02))
+    ax1.set(
+        xlabel="phantom steps k",
+        ylabel="cosine with the implicit gradient",
+        title=f"damping τ = {damping:g}",
+        ylim=(min(0.0, min(cosines)), 1.02),
+    )
     ax2.plot(ks, ks, "o-", color="tab:blue", ms=3, label="phantom: k")
     ax2.plot([steps], [steps], "o", color="tab:red", ms=9)
     ax2.axhline(products, color="k", lw=1.2, ls="--", label=f"implicit (GMRES): {products}")
     ax2.set(xlabel="phantom steps k", ylabel="vector–Jacobian products", title="backward cost", ylim=(0, None))
     ax2.legend(fontsize=7)
-    text = (f"Phantom(steps={steps}, damping={damping:g}): cosine <b>{cosines[steps - 1]:.4f}</b> with the implicit "
-            f"gradient, for {steps} evaluation(s) of f and {steps} vector–Jacobian product(s) in the backward; the "
-            f"implicit backward took {products} products.")
+    text = (
+        f"Phantom(steps={steps}, damping={damping:g}): cosine <b>{cosines[steps - 1]:.4f}</b> with the implicit "
+        f"gradient, for {steps} evaluation(s) of f and {steps} vector–Jacobian product(s) in the backward; the "
+        f"implicit backward took {products} products."
+    )
     return Panel(fig, text)
 
 
@@ -230,18 +279,30 @@ def check_picard_steps(picard_steps: Callable[[float, float], int]) -> str | Non
     """The exercise's check: ``picard_steps(rho, shrink)`` must be the number of plain iterations that shrink the
     residual of a map with contraction factor ``rho`` by ``shrink``, as deqkit's Picard solver counts them."""
     if not callable(picard_steps):
-        return (f"picard_steps is {picard_steps!r}, not a function: define it as def picard_steps(rho, shrink): ... "
-                "returning the number of steps, and run its cell first.")
+        return (
+            f"picard_steps is {picard_steps!r}, not a function: define it as def picard_steps(rho, shrink): ... "
+            "returning the number of steps, and run its cell first."
+        )
     for rho in (0.5, 0.8, 0.9, 0.97):
         for shrink in (1e-2, 1e-4):
+
             def f(z: torch.Tensor, rho: float = rho) -> torch.Tensor:
                 return rho * z + 1.0  # from z = 0 the residual after k steps is rho**k
 
-            _, stats = solve(f, torch.zeros(1, 1, dtype=torch.float64), solver="picard", abstol=shrink, reltol=0.0,
-                             max_steps=10_000, max_nfe=None)
+            _, stats = solve(
+                f,
+                torch.zeros(1, 1, dtype=torch.float64),
+                solver="picard",
+                abstol=shrink,
+                reltol=0.0,
+                max_steps=10_000,
+                max_nfe=None,
+            )
             answer = picard_steps(rho, shrink)
             if answer != stats.steps:
-                return (f"for ρ = {rho}, shrink = {shrink:g} Picard takes {stats.steps} steps, you said {answer!r}. "
-                        "After k steps the residual is ρ^k times the first one: solve ρ^k ≤ shrink for the smallest "
-                        "integer k.")
+                return (
+                    f"for ρ = {rho}, shrink = {shrink:g} Picard takes {stats.steps} steps, you said {answer!r}. "
+                    "After k steps the residual is ρ^k times the first one: solve ρ^k ≤ shrink for the smallest "
+                    "integer k."
+                )
     return None

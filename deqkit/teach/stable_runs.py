@@ -42,8 +42,24 @@ try:
 except ImportError:  # Python 3.10
     from importlib.abc import Traversable
 
-__all__ = ["BASELINE", "DATA", "GAMMA_RUNS", "GRADIENT_RUNS", "RUNS", "RUN_NAMES", "RunSpec", "cosine", "load_runs",
-           "parameter_gradient", "probe", "regenerate", "runs_by_name", "series", "summary", "train_run"]
+__all__ = [
+    "BASELINE",
+    "DATA",
+    "GAMMA_RUNS",
+    "GRADIENT_RUNS",
+    "RUNS",
+    "RUN_NAMES",
+    "RunSpec",
+    "cosine",
+    "load_runs",
+    "parameter_gradient",
+    "probe",
+    "regenerate",
+    "runs_by_name",
+    "series",
+    "summary",
+    "train_run",
+]
 
 #: The saved runs, package data of :mod:`deqkit.teach` (``deqkit/teach/results/jacobian_reg.json`` in the
 #: repository, where ``python -m benchmarks jacobian_reg`` writes them): found in a checkout and in an installed
@@ -105,8 +121,9 @@ def parameter_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     return grad
 
 
-def _frobenius(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z: torch.Tensor, x: torch.Tensor
-               ) -> torch.Tensor:
+def _frobenius(
+    f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
     """Exact ``‖∂f/∂z‖²_F / d`` per sample at ``z``, one vector–Jacobian product per coordinate."""
     z = z.detach().requires_grad_()
     with torch.enable_grad():
@@ -145,12 +162,17 @@ def probe(model: MNISTDEQ, images: torch.Tensor, labels: torch.Tensor) -> dict[s
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # counted below
         x = model.features(images)
-        z, stats = solve(lambda z: deq.f(z, x), torch.zeros_like(x), solver="anderson", abstol=0.0,
-                         reltol=deq.reltol, max_steps=500)
+        z, stats = solve(
+            lambda z: deq.f(z, x), torch.zeros_like(x), solver="anderson", abstol=0.0, reltol=deq.reltol, max_steps=500
+        )
     rho = spectral_radius(deq.f, z, x)
-    out = {"probe_nfe": stats.nfe, "probe_converged": stats.num_converged / len(labels),
-           "rho_mean": float(rho.mean()), "rho_max": float(rho.max()),
-           "frobenius": float(_frobenius(deq.f, z, x).mean())}
+    out = {
+        "probe_nfe": stats.nfe,
+        "probe_converged": stats.num_converged / len(labels),
+        "rho_mean": float(rho.mean()),
+        "rho_max": float(rho.max()),
+        "frobenius": float(_frobenius(deq.f, z, x).mean()),
+    }
     model.train()
     own = deq.backward
     try:
@@ -185,8 +207,18 @@ class _EpochProbe:
             self.results.append(probe(self.model, self.images, self.labels))
 
 
-def train_run(spec: RunSpec, train_set: TensorDataset, test_set: TensorDataset, *, epochs: int, probe_size: int = 256,
-              batch_size: int = 128, lr: float = 1e-3, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+def train_run(
+    spec: RunSpec,
+    train_set: TensorDataset,
+    test_set: TensorDataset,
+    *,
+    epochs: int,
+    probe_size: int = 256,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Train one run of the experiment and return its record (JSON-ready).
 
     Adam (``lr``), batch ``batch_size``, the DEQ's default solver and budgets; the probe batch is the first
@@ -205,12 +237,25 @@ def train_run(spec: RunSpec, train_set: TensorDataset, test_set: TensorDataset, 
         result = train(model, train_set, test_set, config, progress=progress, callback=callback)
     rows: list[MetricRow] = [{"epoch": 0, **initial}]
     rows += [{**row, **found} for row, found in zip(result.history, callback.results)]
-    return {"name": spec.name, "model": spec.model, "jac_reg": spec.jac_reg, "backward": spec.backward,
-            "weight_norm": spec.weight_norm, "epochs": rows}
+    return {
+        "name": spec.name,
+        "model": spec.model,
+        "jac_reg": spec.jac_reg,
+        "backward": spec.backward,
+        "weight_norm": spec.weight_norm,
+        "epochs": rows,
+    }
 
 
-def regenerate(*, epochs: int = 10, subset: int | None = None, only: Sequence[str] | None = None, seed: int = 0,
-               progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+def regenerate(
+    *,
+    epochs: int = 10,
+    subset: int | None = None,
+    only: Sequence[str] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Train the runs of :data:`RUNS` (or ``only`` those names) and return the document :func:`load_runs` reads.
 
     Parameters
@@ -245,11 +290,18 @@ def regenerate(*, epochs: int = 10, subset: int | None = None, only: Sequence[st
         start = time.perf_counter()
         runs.append(train_run(specs[name], train_set, test_set, epochs=epochs, seed=seed, progress=progress))
         last = runs[-1]["epochs"][-1]
-        log(f"{name}: {time.perf_counter() - start:.0f} s, test accuracy {last['test_acc']:.2f}%, forward "
-            f"evaluations per step {last['fwd_nfe_mean']:.1f}, ρ {last['rho_mean']:.3f}")
+        log(
+            f"{name}: {time.perf_counter() - start:.0f} s, test accuracy {last['test_acc']:.2f}%, forward "
+            f"evaluations per step {last['fwd_nfe_mean']:.1f}, ρ {last['rho_mean']:.3f}"
+        )
     settings = {"epochs": epochs, "subset": subset, "seed": seed, "batch_size": 128, "lr": 1e-3, "probe": 256}
-    environment = {"torch": str(torch.__version__), "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                   "machine": platform.machine(), "date": time.strftime("%Y-%m-%d")}
+    environment = {
+        "torch": str(torch.__version__),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     return {"settings": settings, "environment": environment, "runs": runs}
 
 
@@ -263,8 +315,10 @@ def load_runs(path: str | os.PathLike | Traversable | None = None) -> dict[str, 
     """
     path = DATA if path is None else path if isinstance(path, Traversable) else pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run `python -m benchmarks jacobian_reg` from the repository root "
-                                "to train the runs and save them in deqkit/teach/results/jacobian_reg.json")
+        raise FileNotFoundError(
+            f"{path} is missing: run `python -m benchmarks jacobian_reg` from the repository root "
+            "to train the runs and save them in deqkit/teach/results/jacobian_reg.json"
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -290,10 +344,14 @@ def summary(runs: dict[str, Any]) -> dict[str, dict[str, float]]:
     out = {}
     for name, run in by.items():
         last = run["epochs"][-1]
-        out[name] = {"nfe_ratio": last["fwd_nfe_mean"] / base["fwd_nfe_mean"],
-                     # accuracies are hundredths of a percent (10,000 test images): no float residue
-                     "acc_drop": round(base["test_acc"] - last["test_acc"], 2), "rho": last["rho_mean"],
-                     "test_acc": last["test_acc"], "fwd_nfe": last["fwd_nfe_mean"], "seconds": last["seconds"],
-                     "probe_nfe": last["probe_nfe"]}
+        out[name] = {
+            "nfe_ratio": last["fwd_nfe_mean"] / base["fwd_nfe_mean"],
+            # accuracies are hundredths of a percent (10,000 test images): no float residue
+            "acc_drop": round(base["test_acc"] - last["test_acc"], 2),
+            "rho": last["rho_mean"],
+            "test_acc": last["test_acc"],
+            "fwd_nfe": last["fwd_nfe_mean"],
+            "seconds": last["seconds"],
+            "probe_nfe": last["probe_nfe"],
+        }
     return out
-

@@ -68,8 +68,14 @@ def tiny_deq(scale: float = 0.8, d: int = 10, seed: int = 0) -> tuple[torch.Tens
     stats : SolverStats
     """
     w, x = tiny_problem(scale, d, seed)
-    z, stats = solve(lambda z: torch.tanh(z @ w.T + x), torch.zeros_like(x), solver="picard",
-                     abstol=TOL, reltol=0, max_steps=MAX_STEPS)
+    z, stats = solve(
+        lambda z: torch.tanh(z @ w.T + x),
+        torch.zeros_like(x),
+        solver="picard",
+        abstol=TOL,
+        reltol=0,
+        max_steps=MAX_STEPS,
+    )
     return x[0], z[0], stats
 
 
@@ -99,13 +105,16 @@ def predicted_iterations(rho: float, r0: float, tol: float = TOL) -> float:
     number > 0 are a ``ValueError``: ρ, a residual and a tolerance are such numbers (else "math domain error").
     """
     if not rho >= 0:
-        raise ValueError(f"rho = {rho!r} is not a spectral radius (a number >= 0): pass ρ(∂f/∂z*), e.g. from "
-                         "deqkit.spectral_radius(f, z_star)")
+        raise ValueError(
+            f"rho = {rho!r} is not a spectral radius (a number >= 0): pass ρ(∂f/∂z*), e.g. from "
+            "deqkit.spectral_radius(f, z_star)"
+        )
     if not 0 <= r0 < math.inf:
         raise ValueError(f"r0 = {r0!r} is not a residual (a finite number >= 0): pass the first ‖f(z) − z‖∞")
     if not 0 < tol < math.inf:
-        raise ValueError(f"tol = {tol!r} is not a tolerance (a finite number > 0): ln(tol / r0) needs it, e.g. "
-                         f"tol={TOL:g}")
+        raise ValueError(
+            f"tol = {tol!r} is not a tolerance (a finite number > 0): ln(tol / r0) needs it, e.g. tol={TOL:g}"
+        )
     if r0 <= tol:
         return 0.0
     if rho == 0:
@@ -119,16 +128,24 @@ def _why(stats: SolverStats, rho: float, predicted: float, reference: SolverStat
         return "no reference fixed point: Anderson did not converge either, so ρ(∂f/∂z*) is unknown"
     found = f"(Anderson found z* in {reference.steps} iterations)"
     if stats.all_converged:
-        return (f"{stats.steps} iterations to reach ‖f(z) − z‖∞ ≤ {TOL:g}. Near z* the error shrinks by "
-                f"ρ(∂f/∂z*) = {rho:.3f} per iteration: ln({TOL:g} / r₀) / ln ρ ≈ {predicted:.0f} predicted.")
-    head = (f"not converged: after {stats.steps} iterations ‖f(z) − z‖∞ = {float(stats.residual.max()):.2e} "
-            f"(above {TOL:g}); deqkit warned (ConvergenceWarning). <b>Why:</b> ")
+        return (
+            f"{stats.steps} iterations to reach ‖f(z) − z‖∞ ≤ {TOL:g}. Near z* the error shrinks by "
+            f"ρ(∂f/∂z*) = {rho:.3f} per iteration: ln({TOL:g} / r₀) / ln ρ ≈ {predicted:.0f} predicted."
+        )
+    head = (
+        f"not converged: after {stats.steps} iterations ‖f(z) − z‖∞ = {float(stats.residual.max()):.2e} "
+        f"(above {TOL:g}); deqkit warned (ConvergenceWarning). <b>Why:</b> "
+    )
     if rho < 1:
-        return head + (f"ρ(∂f/∂z*) = {rho:.3f} < 1, so z* attracts the iteration, but slowly: about "
-                       f"{predicted:.0f} iterations would be needed, more than the {MAX_STEPS} allowed {found}.")
-    return head + (f"ρ(∂f/∂z*) = {rho:.3f} ≥ 1: an eigenvalue of ∂f/∂z* lies outside the unit circle (middle plot), "
-                   f"so z* repels plain iteration — an error along its eigenvector grows by about ρ per step "
-                   f"instead of shrinking {found}.")
+        return head + (
+            f"ρ(∂f/∂z*) = {rho:.3f} < 1, so z* attracts the iteration, but slowly: about "
+            f"{predicted:.0f} iterations would be needed, more than the {MAX_STEPS} allowed {found}."
+        )
+    return head + (
+        f"ρ(∂f/∂z*) = {rho:.3f} ≥ 1: an eigenvalue of ∂f/∂z* lies outside the unit circle (middle plot), "
+        f"so z* repels plain iteration — an error along its eigenvector grows by about ρ per step "
+        f"instead of shrinking {found}."
+    )
 
 
 def welcome_panel(scale: float = 0.8) -> Panel:
@@ -149,13 +166,19 @@ def welcome_panel(scale: float = 0.8) -> Panel:
         The text gives the iterations taken and predicted, or why the solve did not converge (the solver's
         :class:`~deqkit.ConvergenceWarning` is not caught).
     """
-    scale = within("scale", scale, 0.1, 3.0, "the slider's range; at 0 the map is constant and ρ = 0 has no "
-                   "convergence rate to show")
+    scale = within(
+        "scale",
+        scale,
+        0.1,
+        3.0,
+        "the slider's range; at 0 the map is constant and ρ = 0 has no convergence rate to show",
+    )
     w, x = tiny_problem(scale)
     f = lambda z: torch.tanh(z @ w.T + x)  # noqa: E731
     _, _, stats = tiny_deq(scale)
-    solved, _ = attempt(solve, f, torch.zeros_like(x), solver="anderson", abstol=1e-12, reltol=0, max_steps=500,
-                        strict=True)
+    solved, _ = attempt(
+        solve, f, torch.zeros_like(x), solver="anderson", abstol=1e-12, reltol=0, max_steps=500, strict=True
+    )
     fig, (ax1, ax2, ax3) = figure(3, width=3.5, height=3.2, layout="fixed")
     ax1.semilogy(stats.history, marker=".", ms=3, label="plain iteration")
     ax1.axhline(TOL, color="gray", ls="--", lw=0.8)
@@ -208,13 +231,19 @@ def broyden_exercise(z_broyden: torch.Tensor, nfe_broyden: int) -> str | None:
         return f"z_broyden should be a tensor shaped like x, {tuple(x.shape)}; got {got!r}"
     residual = float((f(z_broyden) - z_broyden).abs().max())
     if residual > 1e-9 and torch.allclose(z_broyden.detach(), f(torch.zeros_like(x)), atol=1e-12):
-        return (f"z_broyden is f(0): ‖f(z) − z‖∞ = {residual:.2e}. One application of f is one layer of the stack, "
-                "not its fixed point: call deqkit.solve(f, torch.zeros_like(x), solver='broyden', ...).")
+        return (
+            f"z_broyden is f(0): ‖f(z) − z‖∞ = {residual:.2e}. One application of f is one layer of the stack, "
+            "not its fixed point: call deqkit.solve(f, torch.zeros_like(x), solver='broyden', ...)."
+        )
     if residual > 1e-9:
-        return (f"z_broyden is not an equilibrium to the asked tolerance: ‖f(z) − z‖∞ = {residual:.2e} > 1e-10. "
-                "deqkit.solve stops at its default abstol=1e-5 unless told otherwise: pass abstol=1e-10, reltol=0.")
+        return (
+            f"z_broyden is not an equilibrium to the asked tolerance: ‖f(z) − z‖∞ = {residual:.2e} > 1e-10. "
+            "deqkit.solve stops at its default abstol=1e-5 unless told otherwise: pass abstol=1e-10, reltol=0."
+        )
     _, stats = solve(f, torch.zeros_like(x), solver="broyden", abstol=TOL, reltol=0)
     if nfe_broyden != stats.nfe:
-        return (f"nfe_broyden = {nfe_broyden!r}, but Broyden from zeros with abstol=1e-10, reltol=0 evaluates f "
-                f"{stats.nfe} times: read the .nfe of the stats that deqkit.solve returns.")
+        return (
+            f"nfe_broyden = {nfe_broyden!r}, but Broyden from zeros with abstol=1e-10, reltol=0 evaluates f "
+            f"{stats.nfe} times: read the .nfe of the stats that deqkit.solve returns."
+        )
     return None

@@ -61,8 +61,15 @@ class Panel:
 FIXED_MARGINS = {"left": 0.75, "right": 0.15, "bottom": 0.55, "top": 0.35, "wspace": 0.8, "hspace": 0.8}
 
 
-def figure(ncols: int = 1, nrows: int = 1, *, width: float = 4.2, height: float = 3.2,
-           layout: str = "constrained", **kwargs: Any) -> tuple[Figure, Any]:
+def figure(
+    ncols: int = 1,
+    nrows: int = 1,
+    *,
+    width: float = 4.2,
+    height: float = 3.2,
+    layout: str = "constrained",
+    **kwargs: Any,
+) -> tuple[Figure, Any]:
     """Return a pyplot-free figure (no global state, nothing shown twice) and its axes.
 
     Parameters
@@ -98,10 +105,15 @@ def figure(ncols: int = 1, nrows: int = 1, *, width: float = 4.2, height: float 
         m = FIXED_MARGINS
         cell_w = (fig_w - m["left"] - m["right"] - m["wspace"] * (ncols - 1)) / ncols
         cell_h = (fig_h - m["bottom"] - m["top"] - m["hspace"] * (nrows - 1)) / nrows
-        kwargs["gridspec_kw"] = {"left": m["left"] / fig_w, "right": 1 - m["right"] / fig_w,
-                                 "bottom": m["bottom"] / fig_h, "top": 1 - m["top"] / fig_h,
-                                 "wspace": m["wspace"] / cell_w, "hspace": m["hspace"] / cell_h,
-                                 **kwargs.get("gridspec_kw", {})}
+        kwargs["gridspec_kw"] = {
+            "left": m["left"] / fig_w,
+            "right": 1 - m["right"] / fig_w,
+            "bottom": m["bottom"] / fig_h,
+            "top": 1 - m["top"] / fig_h,
+            "wspace": m["wspace"] / cell_w,
+            "hspace": m["hspace"] / cell_h,
+            **kwargs.get("gridspec_kw", {}),
+        }
     return fig, subplots(fig, nrows, ncols, **kwargs)
 
 
@@ -297,8 +309,10 @@ def _in_kernel() -> bool:
 
 def _alert(kind: str, message: str) -> str:
     color = {"warning": "#8a6d00", "error": "#a40000"}[kind]
-    return (f'<div class="deqkit-{kind}" style="color:{color};border-left:3px solid {color};padding-left:6px">'
-            f"<b>{html.escape(kind)}:</b> {html.escape(message)}</div>")
+    return (
+        f'<div class="deqkit-{kind}" style="color:{color};border-left:3px solid {color};padding-left:6px">'
+        f"<b>{html.escape(kind)}:</b> {html.escape(message)}</div>"
+    )
 
 
 class StaticFallback:
@@ -354,8 +368,14 @@ class LiveFigure(StaticFallback, widgets.VBox):
         The exception the last render raised, if any.
     """
 
-    def __init__(self, fn: Callable[..., Panel], controls: dict[str, widgets.ValueWidget], *,
-                 primary: str | None = None, dpi: int = 80):
+    def __init__(
+        self,
+        fn: Callable[..., Panel],
+        controls: dict[str, widgets.ValueWidget],
+        *,
+        primary: str | None = None,
+        dpi: int = 80,
+    ):
         self.fn, self.controls, self.dpi = fn, controls, dpi
         self.image = widgets.Image(format="png")
         self.readout = widgets.HTML()
@@ -440,16 +460,16 @@ class LiveFigure(StaticFallback, widgets.VBox):
             return {}
         png = base64.b64encode(bytes(self.image.value)).decode()
         # a selection's label (what the reader sees on the control), not the value behind it
-        values = ", ".join(f"{html.escape(str(c.description or name))} = "
-                           f"{html.escape(_shown(getattr(c, 'label', c.value)))}"
-                           for name, c in self.controls.items())
+        values = ", ".join(
+            f"{html.escape(str(c.description or name))} = {html.escape(_shown(getattr(c, 'label', c.value)))}"
+            for name, c in self.controls.items()
+        )
         return {
             "text/html": f'<div class="deqkit-static"><img src="data:image/png;base64,{png}" alt="plot at {values}"/>'
-                         f"<div>{self.readout.value}</div>"
-                         f"<p><em>Static view at {values}: run the notebook to move the controls.</em></p></div>",
+            f"<div>{self.readout.value}</div>"
+            f"<p><em>Static view at {values}: run the notebook to move the controls.</em></p></div>",
             "image/png": png,
         }
-
 
 
 def _shown(value: Any) -> str:

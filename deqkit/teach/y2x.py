@@ -129,8 +129,15 @@ _TRACES: dict[tuple, _Trace] = {}  # (lr, backward, solver, seed) -> the longest
 _RUNS: dict[tuple, RunResult] = {}  # training_run()'s results, one object per setting
 
 
-def training_run(lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solver: str = "dynamic_ss",
-          seed: int = 0, *, progress: bool = False) -> RunResult:
+def training_run(
+    lr: float = 0.05,
+    epochs: int = 100,
+    backward: str = "implicit",
+    solver: str = "dynamic_ss",
+    seed: int = 0,
+    *,
+    progress: bool = False,
+) -> RunResult:
     """The blog's model trained with these settings: read from the saved grid, or trained here once (cached).
 
     Settings in notebook 03's saved grid (:data:`GRID`: every learning rate of its slider, every backward mode and
@@ -171,8 +178,13 @@ def training_run(lr: float = 0.05, epochs: int = 100, backward: str = "implicit"
         If ``epochs`` is not an integer.
     """
     choice("solver", solver, SOLVERS)
-    within("lr", lr, 1e-9, 1.0, "Adam's learning rate is a positive step size; above 1 this model's a is thrown "
-           "far past 1 at the first step")
+    within(
+        "lr",
+        lr,
+        1e-9,
+        1.0,
+        "Adam's learning rate is a positive step size; above 1 this model's a is thrown far past 1 at the first step",
+    )
     check_int("epochs", epochs, 1)
     key = (float(lr), int(epochs), backward, solver, int(seed))
     if key not in _RUNS:
@@ -195,7 +207,8 @@ def _trace(lr: float, backward: str, solver: str, seed: int, *, epochs: int, pro
     trace = _Trace(backward, solver, lr, seed, [], [], [], [], [], [], [])
     # a training step's forward runs with autograd on; the final prediction at −5 does not
     hook = model.register_forward_pre_hook(
-        lambda m, _: trace.a_history.append(m.f.affine()[0]) if torch.is_grad_enabled() else None)
+        lambda m, _: trace.a_history.append(m.f.affine()[0]) if torch.is_grad_enabled() else None
+    )
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -230,8 +243,25 @@ def _result(trace: _Trace, epochs: int) -> RunResult:
         a, b = _block(model).affine()
         recorded = tuple((known.get(c, UserWarning), m) for c, m, _ in trace.warnings)
         nan = float("nan")
-        return RunResult(trace.backward, trace.solver, trace.lr, epochs, trace.error_seconds, nan, nan, nan, nan, (),
-                         a, b, tuple(trace.a_history), trace.error, (trace.error_seconds,), recorded, model)
+        return RunResult(
+            trace.backward,
+            trace.solver,
+            trace.lr,
+            epochs,
+            trace.error_seconds,
+            nan,
+            nan,
+            nan,
+            nan,
+            (),
+            a,
+            b,
+            tuple(trace.a_history),
+            trace.error,
+            (trace.error_seconds,),
+            recorded,
+            model,
+        )
     vector_to_parameters(torch.tensor(trace.weights[epochs - 1]), model.parameters())
     a, b = _block(model).affine()
     with warnings.catch_warnings(record=True) as caught:
@@ -242,10 +272,25 @@ def _result(trace: _Trace, epochs: int) -> RunResult:
     recorded += tuple((w.category, str(w.message)) for w in caught)
     seconds = trace.seconds[epochs - 1]
     steps = epochs * len(X_TRAIN)
-    return RunResult(trace.backward, trace.solver, trace.lr, epochs, seconds,
-                     float(np.mean(trace.forward_nfe[:epochs])), float(np.mean(trace.backward_nfe[:epochs])),
-                     prediction, trace.losses[epochs - 1], tuple(trace.losses[:epochs]), a, b,
-                     (*trace.a_history[:steps], a), "", (seconds,), recorded, model)
+    return RunResult(
+        trace.backward,
+        trace.solver,
+        trace.lr,
+        epochs,
+        seconds,
+        float(np.mean(trace.forward_nfe[:epochs])),
+        float(np.mean(trace.backward_nfe[:epochs])),
+        prediction,
+        trace.losses[epochs - 1],
+        tuple(trace.losses[:epochs]),
+        a,
+        b,
+        (*trace.a_history[:steps], a),
+        "",
+        (seconds,),
+        recorded,
+        model,
+    )
 
 
 def _fit(lr: float, epochs: int, backward: str, solver: str, seed: int, *, progress: bool = False) -> RunResult:
@@ -254,7 +299,8 @@ def _fit(lr: float, epochs: int, backward: str, solver: str, seed: int, *, progr
     a_history: list[float] = []
     # a training step's forward runs with autograd on; the final prediction at −5 does not
     hook = model.register_forward_pre_hook(
-        lambda m, _: a_history.append(m.f.affine()[0]) if torch.is_grad_enabled() else None)
+        lambda m, _: a_history.append(m.f.affine()[0]) if torch.is_grad_enabled() else None
+    )
     start = time.perf_counter()
     error = ""
     with warnings.catch_warnings(record=True) as caught:
@@ -269,11 +315,44 @@ def _fit(lr: float, epochs: int, backward: str, solver: str, seed: int, *, progr
     a, b = _block(model).affine()
     if error:
         nan, seconds = float("nan"), time.perf_counter() - start
-        return RunResult(backward, solver, lr, epochs, seconds, nan, nan, nan, nan, (), a, b, tuple(a_history), error,
-                         (seconds,), recorded, model)
-    return RunResult(backward, solver, lr, epochs, run.seconds, float(np.mean(run.forward_nfe)),
-                     float(np.mean(run.backward_nfe)), run.prediction, run.losses[-1], tuple(run.losses), a, b,
-                     (*a_history, a), "", (run.seconds,), recorded, model)
+        return RunResult(
+            backward,
+            solver,
+            lr,
+            epochs,
+            seconds,
+            nan,
+            nan,
+            nan,
+            nan,
+            (),
+            a,
+            b,
+            tuple(a_history),
+            error,
+            (seconds,),
+            recorded,
+            model,
+        )
+    return RunResult(
+        backward,
+        solver,
+        lr,
+        epochs,
+        run.seconds,
+        float(np.mean(run.forward_nfe)),
+        float(np.mean(run.backward_nfe)),
+        run.prediction,
+        run.losses[-1],
+        tuple(run.losses),
+        a,
+        b,
+        (*a_history, a),
+        "",
+        (run.seconds,),
+        recorded,
+        model,
+    )
 
 
 def _plot_a(ax: Any, r: RunResult) -> None:
@@ -288,8 +367,14 @@ def _plot_a(ax: Any, r: RunResult) -> None:
     ax.legend(fontsize=7)
 
 
-def training_panel(lr: float = 0.05, epochs: int = 100, backward: str = "implicit",
-                   solver: str = "dynamic_ss", *, progress: bool = False) -> Panel:
+def training_panel(
+    lr: float = 0.05,
+    epochs: int = 100,
+    backward: str = "implicit",
+    solver: str = "dynamic_ss",
+    *,
+    progress: bool = False,
+) -> Panel:
     """Loss per epoch, ``a`` per step against the line a = 1, and the learned function against y = 2x.
 
     Parameters
@@ -311,8 +396,15 @@ def training_panel(lr: float = 0.05, epochs: int = 100, backward: str = "implici
     if r.losses:
         ax.semilogy(np.arange(1, len(r.losses) + 1), r.losses)
     else:
-        ax.text(0.5, 0.5, "no completed epoch:\nthe training blew up", ha="center", va="center",
-                transform=ax.transAxes, color="tab:red")
+        ax.text(
+            0.5,
+            0.5,
+            "no completed epoch:\nthe training blew up",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="tab:red",
+        )
     ax.set(xlabel="epoch", ylabel="mean loss Σ(y − ŷ)²", title=f"{backward} gradient, {solver} forward")
     _plot_a(ax_a, r)
     xs = np.linspace(-10, 12, 100)
@@ -325,19 +417,24 @@ def training_panel(lr: float = 0.05, epochs: int = 100, backward: str = "implici
     ax2.legend(fontsize=7)
     if r.error:
         step = len(r.a_history)
-        text = (f"<b>The training blew up</b> at step {step} (epoch {(step - 1) // len(X_TRAIN) + 1}): the last "
-                f"Adam step took a to {r.a_history[-1]:.3f} (it was {r.a_history[0]:.3f} at the start). For a > 1 "
-                "dz/dt = (a − 1)z + ax + b has no stable equilibrium, and the solver says so: "
-                f"<i>{html.escape(r.error)}</i>")
+        text = (
+            f"<b>The training blew up</b> at step {step} (epoch {(step - 1) // len(X_TRAIN) + 1}): the last "
+            f"Adam step took a to {r.a_history[-1]:.3f} (it was {r.a_history[0]:.3f} at the start). For a > 1 "
+            "dz/dt = (a − 1)z + ax + b has no stable equilibrium, and the solver says so: "
+            f"<i>{html.escape(r.error)}</i>"
+        )
     else:
-        text = (f"a = {r.a:.4f}, b = {r.b:.4f} (the target is a = 2/3, b = 0); prediction at −5: "
-                f"{r.prediction:.4f}; {r.seconds:.2f} s; per step, {r.forward_nfe:.1f} forward evaluations and "
-                f"backward: {backward_cost(r)}.")
+        text = (
+            f"a = {r.a:.4f}, b = {r.b:.4f} (the target is a = 2/3, b = 0); prediction at −5: "
+            f"{r.prediction:.4f}; {r.seconds:.2f} s; per step, {r.forward_nfe:.1f} forward evaluations and "
+            f"backward: {backward_cost(r)}."
+        )
     return Panel(fig, text)
 
 
-def prediction_panel(x: float = -5.0, lr: float = 0.05, epochs: int = 100, backward: str = "implicit",
-                     solver: str = "dynamic_ss") -> Panel:
+def prediction_panel(
+    x: float = -5.0, lr: float = 0.05, epochs: int = 100, backward: str = "implicit", solver: str = "dynamic_ss"
+) -> Panel:
     """The trained DEQ's prediction at one ``x`` (solved, not the closed form) against 2x.
 
     Parameters
@@ -403,20 +500,28 @@ def results_table(results: list[RunResult]) -> str:
     -------
     str
     """
-    head = ("<tr><th>backward</th><th>forward solver</th><th>lr</th><th>epochs</th><th>seconds: median (range)</th>"
-            "<th>forward NFE/step</th><th>backward per step</th><th>first epoch with loss &lt; 1e-2</th>"
-            "<th>prediction at −5</th><th>final loss</th></tr>")
+    head = (
+        "<tr><th>backward</th><th>forward solver</th><th>lr</th><th>epochs</th><th>seconds: median (range)</th>"
+        "<th>forward NFE/step</th><th>backward per step</th><th>first epoch with loss &lt; 1e-2</th>"
+        "<th>prediction at −5</th><th>final loss</th></tr>"
+    )
     rows = "".join(
         f"<tr><td>{html.escape(r.backward)}</td><td>{html.escape(r.solver)}</td><td>{r.lr:g}</td>"
         f"<td>{r.epochs}</td><td>{_seconds(r)}</td><td>{r.forward_nfe:.1f}</td><td>{backward_cost(r)}</td>"
         f"<td>{r.first_epoch_below(1e-2) or '—'}</td><td>{r.prediction:.4f}</td><td>{r.final_loss:.2e}</td></tr>"
-        for r in results)
+        for r in results
+    )
     return f"<table>{head}{rows}</table>"
 
 
-def compare_backward_modes(lr: float = 0.05, epochs: int = 100, solver: str = "dynamic_ss",
-                           modes: tuple[str, ...] = BACKWARD_MODES, repeats: int = 3,
-                           progress: Callable[[Any], Any] | None = None) -> list[RunResult]:
+def compare_backward_modes(
+    lr: float = 0.05,
+    epochs: int = 100,
+    solver: str = "dynamic_ss",
+    modes: tuple[str, ...] = BACKWARD_MODES,
+    repeats: int = 3,
+    progress: Callable[[Any], Any] | None = None,
+) -> list[RunResult]:
     """Train every backward mode ``repeats`` times with otherwise identical settings (fresh runs, not cached).
 
     The modes are trained in turns, so that other work on the machine slows every mode alike. Training is
@@ -482,8 +587,9 @@ class ComparisonTable(StaticFallback, widgets.VBox):
         Runs per mode and click.
     """
 
-    def __init__(self, lr: widgets.ValueWidget, epochs: widgets.ValueWidget, solver: widgets.ValueWidget,
-                 repeats: int = 3):
+    def __init__(
+        self, lr: widgets.ValueWidget, epochs: widgets.ValueWidget, solver: widgets.ValueWidget, repeats: int = 3
+    ):
         self.lr, self.epochs, self.solver, self.repeats = lr, epochs, solver, repeats
         self.button = widgets.Button(description="Run all backward modes", icon="play")
         self.progress = widgets.Output()
@@ -503,8 +609,9 @@ class ComparisonTable(StaticFallback, widgets.VBox):
             self.progress.clear_output()
             with self.progress:
                 bar = functools.partial(tqdm, desc="runs", leave=False)
-                self.results += compare_backward_modes(self.lr.value, self.epochs.value, self.solver.value,
-                                                       repeats=self.repeats, progress=bar)
+                self.results += compare_backward_modes(
+                    self.lr.value, self.epochs.value, self.solver.value, repeats=self.repeats, progress=bar
+                )
             self.table.value = results_table(self.results)
         finally:
             self.button.disabled = False
@@ -512,9 +619,12 @@ class ComparisonTable(StaticFallback, widgets.VBox):
 
     def static_bundle(self) -> dict[str, str]:
         """The table so far and what the button does, as ``text/html`` (for pages that cannot run widgets)."""
-        note = (f"<p><em>Static view: in a running notebook the button \u201c{html.escape(self.button.description)}"
-                "\u201d trains every backward mode and adds a row per mode to the table.</em></p>")
+        note = (
+            f"<p><em>Static view: in a running notebook the button \u201c{html.escape(self.button.description)}"
+            "\u201d trains every backward mode and adds a row per mode to the table.</em></p>"
+        )
         return {"text/html": f'<div class="deqkit-static">{self.table.value}{note}</div>'}
+
 
 #: The grid of notebook 03's training widget: every learning rate of its slider (``10 ** e`` for ``e`` from −3 to
 #: −0.5 in steps of 0.25) and its starting value, the blog's 0.05; every backward mode and forward solver; seed 0,
@@ -522,7 +632,7 @@ class ComparisonTable(StaticFallback, widgets.VBox):
 #: answers at once.
 GRID = pathlib.Path(__file__).resolve().parents[2] / "docs" / "data" / "regression_grid.json.gz"
 GRID_EXPONENTS = tuple(-3 + 0.25 * k for k in range(11))
-GRID_LRS = (0.05, *(10 ** e for e in GRID_EXPONENTS))
+GRID_LRS = (0.05, *(10**e for e in GRID_EXPONENTS))
 GRID_EPOCHS = 100
 _GRID: dict[tuple, _Trace] | None = None
 
@@ -530,17 +640,21 @@ _GRID: dict[tuple, _Trace] | None = None
 def grid_traces(progress: bool = False) -> list[_Trace]:
     """Train every setting of the grid (about 12 minutes on one core)."""
     settings = [(lr, backward, solver) for lr in GRID_LRS for backward in BACKWARD_MODES for solver in SOLVERS]
-    return [_trace(lr, backward, solver, 0, epochs=GRID_EPOCHS)
-            for lr, backward, solver in tqdm(settings, desc="grid", disable=not progress)]
+    return [
+        _trace(lr, backward, solver, 0, epochs=GRID_EPOCHS)
+        for lr, backward, solver in tqdm(settings, desc="grid", disable=not progress)
+    ]
 
 
 def save_grid(traces: list[_Trace], path: str | pathlib.Path = GRID) -> None:
     """Write the runs of :func:`grid_traces` (gzip-compressed JSON, numbers to 9 significant digits: exact for the
     float32 weights and values of ``a``, to 1e-9 relative for the mean losses and costs)."""
+
     def short(v: Any) -> Any:
         if isinstance(v, float):
             return float(f"{v:.9g}")  # 9 significant digits: every float32 value exactly
         return [short(x) for x in v] if isinstance(v, (list, tuple)) else v
+
     # the series to 9 digits, the settings (the learning rate) exactly
     rows = [{f.name: short(v) if isinstance(v := getattr(t, f.name), list) else v for f in fields(t)} for t in traces]
     info = {"epochs": GRID_EPOCHS, "lrs": GRID_LRS, "seed": 0, "torch": torch.__version__}
@@ -565,9 +679,12 @@ def _grid(path: str | pathlib.Path | None = None) -> dict[tuple, _Trace]:
                 trace = _Trace(**row)
                 grid[(trace.lr, trace.backward, trace.solver, trace.seed)] = trace
     else:
-        warnings.warn(f"{path} is missing, so every setting of notebook 03's training widget trains when chosen "
-                      "(seconds each); write it with `python -m deqkit.teach.y2x --grid` (about 15 minutes)",
-                      UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{path} is missing, so every setting of notebook 03's training widget trains when chosen "
+            "(seconds each); write it with `python -m deqkit.teach.y2x --grid` (about 15 minutes)",
+            UserWarning,
+            stacklevel=3,
+        )
     if path == GRID:
         _GRID = grid
     return grid
@@ -585,6 +702,8 @@ def _in_grid(lr: float, backward: str, solver: str, seed: int) -> _Trace | None:
 #: The comparison of notebook 03 (every backward mode, the blog's pure ODE, 100 epochs, three repeats), saved by
 #: ``python -m deqkit.teach.y2x`` so that the notebook need not spend minutes retraining it.
 COMPARISON = pathlib.Path(__file__).resolve().parents[2] / "docs" / "data" / "regression_modes.json"
+
+
 class _ComparisonSettings(TypedDict):
     lr: float
     epochs: int
@@ -615,8 +734,10 @@ def load_comparison(path: str | pathlib.Path = COMPARISON) -> list[RunResult]:
     """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: write it with `python -m deqkit.teach.y2x` "
-                                "(about 10 minutes on two cores), or run the comparison in the notebook yourself")
+        raise FileNotFoundError(
+            f"{path} is missing: write it with `python -m deqkit.teach.y2x` "
+            "(about 10 minutes on two cores), or run the comparison in the notebook yourself"
+        )
     known: dict[str, type[Warning]] = {"ConvergenceWarning": ConvergenceWarning}
     runs = []
     for row in json.loads(path.read_text())["runs"]:
@@ -658,8 +779,10 @@ def check_weights(w2: Any, b2: Any) -> str | None:
         l2.bias.copy_(bias)
     a, b = _block(model).affine()
     if a >= 1:
-        return (f"a = W₂W₁ = {a:.4g} ≥ 1: dz/dt = (a − 1)z + ax + b then has no stable equilibrium, and the "
-                "solver cannot find z*. a must be 2/3.")
+        return (
+            f"a = W₂W₁ = {a:.4g} ≥ 1: dz/dt = (a − 1)z + ax + b then has no stable equilibrium, and the "
+            "solver cannot find z*. a must be 2/3."
+        )
     xs = torch.linspace(-10, 10, 5).unsqueeze(1)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
@@ -669,9 +792,11 @@ def check_weights(w2: Any, b2: Any) -> str | None:
             return f"the DEQ could not be solved with these weights ({err})."
     if torch.allclose(pred, 2 * xs, atol=1e-3):
         return None
-    return (f"the DEQ predicts {[round(v, 3) for v in pred.flatten().tolist()]} at x = −10, −5, 0, 5, 10 instead of "
-            f"2x. With your weights a = W₂W₁ = {a:.4g} and b = W₂b₁ + b₂ = {b:.4g}; z* = (ax + b)/(1 − a) is 2x "
-            "for every x only when a = 2/3 and b = 0.")
+    return (
+        f"the DEQ predicts {[round(v, 3) for v in pred.flatten().tolist()]} at x = −10, −5, 0, 5, 10 instead of "
+        f"2x. With your weights a = W₂W₁ = {a:.4g} and b = W₂b₁ + b₂ = {b:.4g}; z* = (ax + b)/(1 − a) is 2x "
+        "for every x only when a = 2/3 and b = 0."
+    )
 
 
 if __name__ == "__main__":  # python -m deqkit.teach.y2x [--grid]: regenerate notebook 03's saved runs
@@ -679,9 +804,11 @@ if __name__ == "__main__":  # python -m deqkit.teach.y2x [--grid]: regenerate no
 
     from tqdm import tqdm as _bar
 
-    parser = argparse.ArgumentParser(prog="python -m deqkit.teach.y2x",
-                                     description="Write notebook 03's saved runs: the backward-mode comparison, or "
-                                                 "(--grid) the training widget's grid.")
+    parser = argparse.ArgumentParser(
+        prog="python -m deqkit.teach.y2x",
+        description="Write notebook 03's saved runs: the backward-mode comparison, or "
+        "(--grid) the training widget's grid.",
+    )
     parser.add_argument("--grid", action="store_true", help=f"write {GRID.name} instead of {COMPARISON.name}")
     if parser.parse_args().grid:
         torch.set_num_threads(1)  # tiny tensors: extra threads only add overhead

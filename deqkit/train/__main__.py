@@ -81,48 +81,89 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser: the ``mnist`` task and its options, defaults taken from :class:`TrainConfig`."""
-    parser = _Parser(prog="python -m deqkit.train", allow_abbrev=False,
-                     description="Train deqkit's DEQ models, with progress bars, metrics and checkpoints; under "
-                                 "torchrun, with DistributedDataParallel.")
+    parser = _Parser(
+        prog="python -m deqkit.train",
+        allow_abbrev=False,
+        description="Train deqkit's DEQ models, with progress bars, metrics and checkpoints; under "
+        "torchrun, with DistributedDataParallel.",
+    )
     tasks = parser.add_subparsers(dest="task", required=True, metavar="TASK")
-    p = tasks.add_parser("mnist", allow_abbrev=False, help="an MNIST classifier with a DEQ layer",
-                         description="Train an MNIST DEQ classifier (deqkit.models.MNIST_MODELS).")
+    p = tasks.add_parser(
+        "mnist",
+        allow_abbrev=False,
+        help="an MNIST classifier with a DEQ layer",
+        description="Train an MNIST DEQ classifier (deqkit.models.MNIST_MODELS).",
+    )
     d = TrainConfig()
-    p.add_argument("--model", choices=sorted(MNIST_MODELS), default=d.model,
-                   help="seed: the blog's network exactly; seed-linear: with linear logits; wide: 128-d MLP-DEQ; "
-                        "conv: convolutional DEQ; mlp, mlp-ln: the MLP-DEQ tanh(Wz + x), without or with LayerNorm; "
-                        "mdeq: MDEQ-style, a 14x14 and a 7x7 state solved together (default: %(default)s)")
+    p.add_argument(
+        "--model",
+        choices=sorted(MNIST_MODELS),
+        default=d.model,
+        help="seed: the blog's network exactly; seed-linear: with linear logits; wide: 128-d MLP-DEQ; "
+        "conv: convolutional DEQ; mlp, mlp-ln: the MLP-DEQ tanh(Wz + x), without or with LayerNorm; "
+        "mdeq: MDEQ-style, a 14x14 and a 7x7 state solved together (default: %(default)s)",
+    )
     p.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="samples per step over all processes (the blog used 8; default: %(default)s)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="samples per step over all processes (the blog used 8; default: %(default)s)",
+    )
     p.add_argument("--lr", type=float, default=d.lr, help="Adam's learning rate (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default: %(default)s")
     p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="learning rate (default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="weights, shuffling, RNG (default: %(default)s)")
     p.add_argument("--subset", type=int, default=None, help="train on this many samples (default: all 60,000)")
-    p.add_argument("--data", default=None, metavar="DIR",
-                   help="MNIST folder (default: $DEQKIT_MNIST_DIR, else ~/.cache/deqkit/mnist, downloaded once)")
-    p.add_argument("--deq", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                   help="model/DEQ option, repeatable: e.g. --deq solver=anderson --deq max_steps=30 "
-                        "--deq polish=None --deq weight_norm=spectral (mlp, mlp-ln, conv, mdeq) "
-                        "--deq resolutions=1 (mdeq)")
-    p.add_argument("--jac-reg", type=float, default=d.jac_reg, metavar="GAMMA",
-                   help="add GAMMA * deqkit.jacobian_penalty(model) to the loss (Jacobian regularization: keeps the "
-                        "equilibrium cheap to solve; logged as jac_penalty; default: %(default)s, none)")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR",
+        help="MNIST folder (default: $DEQKIT_MNIST_DIR, else ~/.cache/deqkit/mnist, downloaded once)",
+    )
+    p.add_argument(
+        "--deq",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model/DEQ option, repeatable: e.g. --deq solver=anderson --deq max_steps=30 "
+        "--deq polish=None --deq weight_norm=spectral (mlp, mlp-ln, conv, mdeq) "
+        "--deq resolutions=1 (mdeq)",
+    )
+    p.add_argument(
+        "--jac-reg",
+        type=float,
+        default=d.jac_reg,
+        metavar="GAMMA",
+        help="add GAMMA * deqkit.jacobian_penalty(model) to the loss (Jacobian regularization: keeps the "
+        "equilibrium cheap to solve; logged as jac_penalty; default: %(default)s, none)",
+    )
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="default: %(default)s")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="run folder for checkpoint.pt, metrics.csv, metrics.json "
-                        "(default: runs/mnist-MODEL-seedSEED)")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="run folder for checkpoint.pt, metrics.csv, metrics.json (default: runs/mnist-MODEL-seedSEED)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a checkpoint")
-    p.add_argument("--checkpoint-every", type=_non_negative_int, default=0, metavar="STEPS",
-                   help="also checkpoint every STEPS steps within an epoch (default: only after each epoch)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=_non_negative_int,
+        default=0,
+        metavar="STEPS",
+        help="also checkpoint every STEPS steps within an epoch (default: only after each epoch)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also log every step and epoch to TensorBoard in OUT/tensorboard (needs: pip install "
-                        "\"deqkit[tensorboard]\"); view with: tensorboard --logdir OUT/tensorboard")
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log every step and epoch to TensorBoard in OUT/tensorboard (needs: pip install "
+        '"deqkit[tensorboard]"); view with: tensorboard --logdir OUT/tensorboard',
+    )
     return parser
 
 
@@ -158,16 +199,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_run_folder(args, out)
         train_set, test_set = mnist_datasets(config.data_dir, subset=config.subset, seed=0)
-        result = train(model, train_set, test_set, config, out=out, resume=args.resume, overwrite=args.overwrite,
-                       device=args.device, checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
-                       tensorboard=args.tensorboard)
+        result = train(
+            model,
+            train_set,
+            test_set,
+            config,
+            out=out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            device=args.device,
+            checkpoint_every=args.checkpoint_every,
+            progress=not args.no_progress,
+            tensorboard=args.tensorboard,
+        )
     except (MNISTError, CheckpointError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if result.history and os.environ.get("RANK", "0") == "0":
         last = result.final
-        print(f"{args.model}: test accuracy {last['test_acc']:.2f}% after {last['epoch']} epochs; "
-              f"metrics in {out}/metrics.csv, checkpoint in {out}/checkpoint.pt")
+        print(
+            f"{args.model}: test accuracy {last['test_acc']:.2f}% after {last['epoch']} epochs; "
+            f"metrics in {out}/metrics.csv, checkpoint in {out}/checkpoint.pt"
+        )
     return 0
 
 
@@ -182,8 +235,10 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     try:
         resolve_device(args.device)
     except RuntimeError:
-        parser.error("--device cuda: CUDA is not available here (no GPU, or a CPU-only torch build); "
-                     "use --device cpu or --device auto")
+        parser.error(
+            "--device cuda: CUDA is not available here (no GPU, or a CPU-only torch build); "
+            "use --device cpu or --device auto"
+        )
     if args.tensorboard:
         try:
             check_tensorboard()
@@ -191,10 +246,20 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             parser.error(f"--tensorboard: {err}")
     options = dict(args.deq)
     try:
-        config = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed,
-                             subset=args.subset, data_dir=args.data, model_options=options,
-                             eval_batch_size=args.eval_batch_size, jac_reg=args.jac_reg)
+        config = TrainConfig(
+            model=args.model,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            schedule=args.schedule,
+            seed=args.seed,
+            subset=args.subset,
+            data_dir=args.data,
+            model_options=options,
+            eval_batch_size=args.eval_batch_size,
+            jac_reg=args.jac_reg,
+        )
         model = mnist_model(config.model, seed=config.seed, **options)
     except (ValueError, TypeError) as err:
         parser.error(str(err))
@@ -205,15 +270,18 @@ def _check_run_folder(args: argparse.Namespace, out: pathlib.Path) -> None:
     """The run folder: an intact checkpoint to resume, none to overwrite by accident, and writable (rank 0)."""
     ckpt = out / "checkpoint.pt"
     if ckpt.exists() and not ckpt.is_file():
-        raise FileExistsError(f"{ckpt} exists but is not a file (a folder?): neither --resume nor --overwrite can "
-                              "use it; move or delete it, or choose another --out")
+        raise FileExistsError(
+            f"{ckpt} exists but is not a file (a folder?): neither --resume nor --overwrite can "
+            "use it; move or delete it, or choose another --out"
+        )
     if args.resume and not ckpt.is_file():
         raise CheckpointError(f"--resume: no checkpoint at {ckpt}; run without --resume to start this run")
     if args.resume:
         load_checkpoint(ckpt)  # a damaged file fails its checksum now; the run's checks follow in train()
     if ckpt.exists() and not (args.resume or args.overwrite):
-        raise FileExistsError(f"{ckpt} exists: add --resume to continue that run, --overwrite to start afresh, or "
-                              "choose another --out")
+        raise FileExistsError(
+            f"{ckpt} exists: add --resume to continue that run, --overwrite to start afresh, or choose another --out"
+        )
     # metrics files or TensorBoard logs of another run, without its checkpoint: not to be replaced silently
     check_run_folder(out, resume=args.resume, overwrite=args.overwrite, tensorboard=args.tensorboard)
     if os.environ.get("RANK", "0") == "0":

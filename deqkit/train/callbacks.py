@@ -65,8 +65,10 @@ def check_tensorboard() -> type:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
-        raise ImportError(f"TensorBoard logging (--tensorboard, tensorboard=True) needs the tensorboard package, "
-                          f'which is not installed here ({exc}): pip install "deqkit[tensorboard]"') from exc
+        raise ImportError(
+            f"TensorBoard logging (--tensorboard, tensorboard=True) needs the tensorboard package, "
+            f'which is not installed here ({exc}): pip install "deqkit[tensorboard]"'
+        ) from exc
     return SummaryWriter
 
 
@@ -102,22 +104,26 @@ class TensorBoardLog:
     STEP_KEYS = ("loss", "acc", "fwd_nfe", "bwd_nfe", "unconverged", "lr", "jac_penalty")
     EPOCH_KEYS = tuple(f for f in METRIC_FIELDS if f != "epoch")
 
-    def __init__(self, folder: str | os.PathLike, *, continue_after: int | None = None,
-                 overwrite: bool = False) -> None:
+    def __init__(
+        self, folder: str | os.PathLike, *, continue_after: int | None = None, overwrite: bool = False
+    ) -> None:
         summary_writer = check_tensorboard()
         folder = pathlib.Path(folder)
         if continue_after is None:
             earlier = sorted(folder.glob("events.out.tfevents.*"))
             if earlier and not overwrite:
-                raise FileExistsError(f"{folder} holds {len(earlier)} event file(s) of an earlier run: pass "
-                                      "overwrite=True (--overwrite) to replace them, or log to another folder")
+                raise FileExistsError(
+                    f"{folder} holds {len(earlier)} event file(s) of an earlier run: pass "
+                    "overwrite=True (--overwrite) to replace them, or log to another folder"
+                )
             for old in earlier:
                 old.unlink()
         self.folder = folder
         fresh = continue_after is None
         # creating the event file writes to it: a full disk fails here already, before any checkpoint exists
-        with self._writing("Free some space and start the run again" if fresh else
-                           "Free some space and resume the run (--resume)"):
+        with self._writing(
+            "Free some space and start the run again" if fresh else "Free some space and resume the run (--resume)"
+        ):
             try:
                 purge_step = None if continue_after is None else continue_after + 1
                 self.writer = summary_writer(log_dir=str(folder), purge_step=purge_step)
@@ -165,5 +171,7 @@ class TensorBoardLog:
                 free = f"{shutil.disk_usage(self.folder).free / 1e6:.1f} MB free"
             except OSError:
                 free = "free space unknown"
-            raise RunFolderError(f"TensorBoard could not write its event file in {self.folder} ({type(exc).__name__}: "
-                                 f"{exc}); that disk has {free}. {fix}, or run without --tensorboard.") from exc
+            raise RunFolderError(
+                f"TensorBoard could not write its event file in {self.folder} ({type(exc).__name__}: "
+                f"{exc}); that disk has {free}. {fix}, or run without --tensorboard."
+            ) from exc

@@ -19,8 +19,15 @@ import torch
 
 from ..errors import CheckpointError, RunFolderError
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "RunFolderError", "check_writable", "checksum",
-           "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "RunFolderError",
+    "check_writable",
+    "checksum",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 #: Version of the checkpoint layout; 2 added the ``sha256`` entry.
 CHECKPOINT_FORMAT = 2
@@ -133,8 +140,10 @@ def _write_failed(path: pathlib.Path, exc: BaseException) -> str:
         free = f"{shutil.disk_usage(path.parent).free / 1e6:.1f} MB free"
     except OSError:
         free = "free space unknown"
-    return (f"could not write {path} ({type(exc).__name__}: {exc}); the disk that holds {path.parent} has {free}. "
-            f"The previous {path.name}, if any, is intact: free some space, or choose another run folder (--out).")
+    return (
+        f"could not write {path} ({type(exc).__name__}: {exc}); the disk that holds {path.parent} has {free}. "
+        f"The previous {path.name}, if any, is intact: free some space, or choose another run folder (--out)."
+    )
 
 
 def _unwritable(folder: pathlib.Path, exc: OSError) -> str:
@@ -204,15 +213,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for a bad file
-        raise CheckpointError(f"{path} is not a readable deqkit checkpoint ({type(exc).__name__}: {exc}); "
-                              "delete it and train again without resume") from exc
+        raise CheckpointError(
+            f"{path} is not a readable deqkit checkpoint ({type(exc).__name__}: {exc}); "
+            "delete it and train again without resume"
+        ) from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path} has checkpoint format {found!r}, this deqkit reads format "
-                              f"{CHECKPOINT_FORMAT}; it was written by another version")
+        raise CheckpointError(
+            f"{path} has checkpoint format {found!r}, this deqkit reads format "
+            f"{CHECKPOINT_FORMAT}; it was written by another version"
+        )
     stored = state.pop("sha256", None)
     if stored != checksum(state):
-        raise CheckpointError(f"{path} fails its checksum (SHA-256 of its content): the file was damaged (disk, "
-                              "copy) or edited after it was written. Resuming from it would continue from wrong "
-                              "numbers: restore an intact copy, or start a new run in another folder.")
+        raise CheckpointError(
+            f"{path} fails its checksum (SHA-256 of its content): the file was damaged (disk, "
+            "copy) or edited after it was written. Resuming from it would continue from wrong "
+            "numbers: restore an intact copy, or start a new run in another folder."
+        )
     return state

@@ -69,28 +69,39 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.subset is not None and (isinstance(self.subset, bool) or not isinstance(self.subset, int)
-                                        or self.subset < 1):
+        if self.subset is not None and (
+            isinstance(self.subset, bool) or not isinstance(self.subset, int) or self.subset < 1
+        ):
             raise ValueError(f"subset must be a positive integer or None, got {self.subset!r}")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0
-                and math.isfinite(self.weight_decay)):
+        if not (
+            isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0 and math.isfinite(self.weight_decay)
+        ):
             raise ValueError(f"weight_decay must be a finite non-negative number, got {self.weight_decay!r}")
-        if (isinstance(self.jac_reg, bool) or not isinstance(self.jac_reg, (int, float)) or self.jac_reg < 0
-                or not math.isfinite(self.jac_reg)):
-            raise ValueError(f"jac_reg must be a finite number >= 0 (the weight of the Jacobian penalty; 0: none), "
-                             f"got {self.jac_reg!r}")
+        if (
+            isinstance(self.jac_reg, bool)
+            or not isinstance(self.jac_reg, (int, float))
+            or self.jac_reg < 0
+            or not math.isfinite(self.jac_reg)
+        ):
+            raise ValueError(
+                f"jac_reg must be a finite number >= 0 (the weight of the Jacobian penalty; 0: none), "
+                f"got {self.jac_reg!r}"
+            )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be an integer in [0, 2**63) (torch's generators take 64-bit seeds), got "
-                             f"{self.seed!r}")
+            raise ValueError(
+                f"seed must be an integer in [0, 2**63) (torch's generators take 64-bit seeds), got {self.seed!r}"
+            )
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not isinstance(self.model_options, dict):
             raise TypeError(f"model_options must be a dict of keyword arguments, got {type(self.model_options)}")
         if "seed" in self.model_options:
-            raise ValueError("model_options must not set the seed: training sets the model's seed from "
-                             "TrainConfig.seed (--seed on the command line)")
+            raise ValueError(
+                "model_options must not set the seed: training sets the model's seed from "
+                "TrainConfig.seed (--seed on the command line)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -41,8 +41,10 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' but torch.cuda.is_available() is False (no GPU, or a CPU-only torch "
-                           "build); use device='cpu' or 'auto'")
+        raise RuntimeError(
+            "device='cuda' but torch.cuda.is_available() is False (no GPU, or a CPU-only torch "
+            "build); use device='cpu' or 'auto'"
+        )
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", local_rank % torch.cuda.device_count())

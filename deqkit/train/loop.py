@@ -64,8 +64,14 @@ class TrainResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 1000,
-             device: torch.device | str | None = None, ctx: DistContext | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    dataset: TensorDataset,
+    *,
+    batch_size: int = 1000,
+    device: torch.device | str | None = None,
+    ctx: DistContext | None = None,
+) -> dict[str, float]:
     """Mean cross-entropy, accuracy (%) and forward-solver cost of ``model`` on ``dataset``.
 
     Non-converged samples do not warn here: they are counted in ``unconverged`` (the caller reports them).
@@ -111,8 +117,14 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, batch_size: int = 1000
     loss, correct, nfe, batches, bad = ctx.sum([loss, correct, nfe, batches, bad])
     (nfe_max,) = ctx.max([nfe_max])
     n = len(labels)
-    return {"loss": loss / n, "acc": 100.0 * correct / n, "nfe_mean": nfe / max(batches, 1), "nfe_max": nfe_max,
-            "unconverged": bad, "samples": n}
+    return {
+        "loss": loss / n,
+        "acc": 100.0 * correct / n,
+        "nfe_mean": nfe / max(batches, 1),
+        "nfe_max": nfe_max,
+        "unconverged": bad,
+        "samples": n,
+    }
 
 
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -121,19 +133,34 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels, reduction="sum")
     except (IndexError, RuntimeError) as err:
         classes = logits.shape[-1]
-        if labels.is_floating_point() or labels.numel() == 0 or not (
-                0 <= int(labels.min()) and int(labels.max()) < classes):
+        if (
+            labels.is_floating_point()
+            or labels.numel() == 0
+            or not (0 <= int(labels.min()) and int(labels.max()) < classes)
+        ):
             raise ValueError(
                 f"the labels must be integer class indices in [0, {classes}) (the model outputs {classes} logits); "
                 f"this batch has dtype {labels.dtype}, values {int(labels.min())} to {int(labels.max())}: fix the "
-                "dataset's labels, or give the model as many outputs as there are classes") from err
+                "dataset's labels, or give the model as many outputs as there are classes"
+            ) from err
         raise
 
 
-def train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, config: TrainConfig, *,
-          out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
-          device: str = "auto", checkpoint_every: int = 0, progress: bool = True,
-          callback: Callable[[dict[str, Any]], None] | None = None, tensorboard: bool = False) -> TrainResult:
+def train(
+    model: nn.Module,
+    train_set: TensorDataset,
+    test_set: TensorDataset,
+    config: TrainConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str = "auto",
+    checkpoint_every: int = 0,
+    progress: bool = True,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    tensorboard: bool = False,
+) -> TrainResult:
     """Train ``model`` with Adam and cross-entropy (plus ``config.jac_reg`` times the Jacobian penalty of its DEQs,
     :func:`deqkit.jacobian_penalty`, when that is not 0); evaluate, record and checkpoint after every epoch.
 
@@ -242,21 +269,27 @@ def check_run_folder(out: pathlib.Path, *, resume: bool, overwrite: bool, tensor
     """
     ckpt = out / CHECKPOINT_NAME
     if ckpt.exists() and not ckpt.is_file():
-        raise FileExistsError(f"{ckpt} exists but is not a file (a folder?): neither resuming nor overwriting can "
-                              "use it; move or delete it, or choose another out folder")
+        raise FileExistsError(
+            f"{ckpt} exists but is not a file (a folder?): neither resuming nor overwriting can "
+            "use it; move or delete it, or choose another out folder"
+        )
     if resume or overwrite:
         return
     if ckpt.exists():
-        raise FileExistsError(f"{ckpt} exists: pass resume=True (--resume) to continue that run, "
-                              "overwrite=True (--overwrite) to start afresh, or choose another out folder")
+        raise FileExistsError(
+            f"{ckpt} exists: pass resume=True (--resume) to continue that run, "
+            "overwrite=True (--overwrite) to start afresh, or choose another out folder"
+        )
     found = [out / name for name in ("metrics.csv", "metrics.json") if (out / name).exists()]
     if tensorboard:
         found += sorted((out / "tensorboard").glob("events.out.tfevents.*"))
     if found:
         names = ", ".join(str(p.relative_to(out)) for p in found[:4]) + (" ..." if len(found) > 4 else "")
-        raise FileExistsError(f"{out} holds another run's files ({names}) and no checkpoint to resume from: a fresh "
-                              "run would replace them. Pass overwrite=True (--overwrite) to replace them, or choose "
-                              "another out folder")
+        raise FileExistsError(
+            f"{out} holds another run's files ({names}) and no checkpoint to resume from: a fresh "
+            "run would replace them. Pass overwrite=True (--overwrite) to replace them, or choose "
+            "another out folder"
+        )
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -307,8 +340,9 @@ def _steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
     return steps
 
 
-def _prepare(model: nn.Module, train_set: TensorDataset, config: TrainConfig, ctx: DistContext,
-             ckpt_path: pathlib.Path | None) -> _Run:
+def _prepare(
+    model: nn.Module, train_set: TensorDataset, config: TrainConfig, ctx: DistContext, ckpt_path: pathlib.Path | None
+) -> _Run:
     """Move the model and data to the device; build the optimiser and the learning-rate schedule."""
     dev = ctx.device
     if dev.type == "cuda":  # deterministic kernels where cuDNN offers a choice
@@ -320,8 +354,11 @@ def _prepare(model: nn.Module, train_set: TensorDataset, config: TrainConfig, ct
         images, labels = images.to(dev), labels.to(dev)
     steps = _steps_per_epoch(len(labels), config.batch_size, ctx.world_size)
     # stepped once per batch; its state is checkpointed with the optimiser's, so a resumed run continues exactly
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps * config.epochs)
-                 if config.schedule == "cosine" else None)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps * config.epochs)
+        if config.schedule == "cosine"
+        else None
+    )
     return _Run(model, optimizer, scheduler, config, ctx, images, labels, steps, ckpt_path, net=model)
 
 
@@ -337,8 +374,10 @@ def _resume(run: _Run, progress: bool) -> tuple[int, int, dict[str, float] | Non
     load_states(state, run.model, run.optimizer, run.scheduler, run.config, run.ctx.device, run.ckpt_path)
     run.history = list(state["metrics"])
     if progress and run.ctx.main:
-        tqdm.write(f"resuming {run.ckpt_path} at epoch {state['epoch'] + 1}, step {state['step']} "
-                   f"({len(run.history)} epochs done)")
+        tqdm.write(
+            f"resuming {run.ckpt_path} at epoch {state['epoch'] + 1}, step {state['step']} "
+            f"({len(run.history)} epochs done)"
+        )
     return state["epoch"], state["step"], state["tally"] if run.ctx.main else None  # rank 0 holds the tallies
 
 
@@ -351,11 +390,21 @@ def _checkpoint(run: _Run, epoch: int, step: int, tally: Tally | None) -> None:
         run.board.flush()
     dev = run.ctx.device
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
-    save_checkpoint({"config": run.config.to_dict(), "model": run.model.state_dict(),
-                     "optimizer": run.optimizer.state_dict(),
-                     "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
-                     "epoch": epoch, "step": step, "rng": rng,
-                     "metrics": run.history, "tally": reduced, "environment": run.environment}, run.ckpt_path)
+    save_checkpoint(
+        {
+            "config": run.config.to_dict(),
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+            "epoch": epoch,
+            "step": step,
+            "rng": rng,
+            "metrics": run.history,
+            "tally": reduced,
+            "environment": run.environment,
+        },
+        run.ckpt_path,
+    )
 
 
 def _train_step(run: _Run, batch: torch.Tensor, tally: Tally) -> dict[str, float | None]:
@@ -382,32 +431,61 @@ def _train_step(run: _Run, batch: torch.Tensor, tally: Tally) -> dict[str, float
     fnfe, bnfe, fbad, bbad = calls.counts()
     batch_loss, batch_correct = float(loss_sum.detach()), int((logits.argmax(1) == y).sum())
     jac = None if penalty is None else float(penalty.detach())
-    tally.add(loss=batch_loss, correct=batch_correct, count=len(mine), steps=1, fwd_nfe=fnfe, bwd_nfe=bnfe,
-              fwd_unconverged=fbad, bwd_unconverged=bbad, seconds=time.perf_counter() - t0, jac_penalty=jac or 0.0)
+    tally.add(
+        loss=batch_loss,
+        correct=batch_correct,
+        count=len(mine),
+        steps=1,
+        fwd_nfe=fnfe,
+        bwd_nfe=bnfe,
+        fwd_unconverged=fbad,
+        bwd_unconverged=bbad,
+        seconds=time.perf_counter() - t0,
+        jac_penalty=jac or 0.0,
+    )
     tally.top(fwd_nfe_max=fnfe, bwd_nfe_max=bnfe)
-    return {"loss": batch_loss / len(mine), "acc": 100.0 * batch_correct / len(mine), "fwd_nfe": fnfe,
-            "bwd_nfe": bnfe, "unconverged": fbad + bbad, "jac_penalty": jac}
+    return {
+        "loss": batch_loss / len(mine),
+        "acc": 100.0 * batch_correct / len(mine),
+        "fwd_nfe": fnfe,
+        "bwd_nfe": bnfe,
+        "unconverged": fbad + bbad,
+        "jac_penalty": jac,
+    }
 
 
-def _run_epoch(run: _Run, epoch: int, first: int, tally: Tally, checkpoint_every: int, show: bool,
-               callbacks: list[Callable[[dict[str, Any]], None]]) -> float:
+def _run_epoch(
+    run: _Run,
+    epoch: int,
+    first: int,
+    tally: Tally,
+    checkpoint_every: int,
+    show: bool,
+    callbacks: list[Callable[[dict[str, Any]], None]],
+) -> float:
     """Steps ``first``, ... of ``epoch`` with a progress bar; return the learning rate of its last step."""
     config, spe = run.config, run.steps_per_epoch
     order = _epoch_order(len(run.labels), config.seed, epoch)
     run.model.train()
-    bar = tqdm(total=spe, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=spe, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show, dynamic_ncols=True
+    )
     lr = run.optimizer.param_groups[0]["lr"]
     for step in range(first, spe):
         lr = run.optimizer.param_groups[0]["lr"]
-        info = _train_step(run, order[step * config.batch_size:(step + 1) * config.batch_size], tally)
+        info = _train_step(run, order[step * config.batch_size : (step + 1) * config.batch_size], tally)
         bar.update(1)
         if show:
             extra = {} if info["jac_penalty"] is None else {"jac": f"{info['jac_penalty']:.3g}"}
-            bar.set_postfix(loss=f"{tally['loss'] / tally['count']:.4f}",
-                            acc=f"{100 * tally['correct'] / tally['count']:.2f}", nfe=info["fwd_nfe"],
-                            bnfe=info["bwd_nfe"], unconv=int(tally["fwd_unconverged"] + tally["bwd_unconverged"]),
-                            **extra, refresh=False)
+            bar.set_postfix(
+                loss=f"{tally['loss'] / tally['count']:.4f}",
+                acc=f"{100 * tally['correct'] / tally['count']:.2f}",
+                nfe=info["fwd_nfe"],
+                bnfe=info["bwd_nfe"],
+                unconv=int(tally["fwd_unconverged"] + tally["bwd_unconverged"]),
+                **extra,
+                refresh=False,
+            )
         for callback in callbacks:
             callback({"epoch": epoch, "step": step, "global_step": epoch * spe + step, "lr": lr} | info)
         if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < spe:
@@ -436,16 +514,24 @@ def _start(run: _Run, opts: _Options) -> tuple[int, int, dict[str, float] | None
         torch.manual_seed(run.config.seed)
         start_epoch, start_step, saved_tally = 0, 0, None
     if ctx.distributed:
-        run.net = DistributedDataParallel(run.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
-                                          else None)
-    run.environment = {"torch": str(torch.__version__), "device": str(ctx.device), "world_size": ctx.world_size,
-                       "threads": torch.get_num_threads(), "python": platform.python_version(),
-                       "cpu_count": os.cpu_count()}
+        run.net = DistributedDataParallel(
+            run.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
+    run.environment = {
+        "torch": str(torch.__version__),
+        "device": str(ctx.device),
+        "world_size": ctx.world_size,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+    }
     if opts.tensorboard and ctx.main:
         assert opts.out_dir is not None
-        run.board = TensorBoardLog(opts.out_dir / "tensorboard",
-                                   continue_after=start_epoch * spe + start_step if opts.resume else None,
-                                   overwrite=opts.overwrite)
+        run.board = TensorBoardLog(
+            opts.out_dir / "tensorboard",
+            continue_after=start_epoch * spe + start_step if opts.resume else None,
+            overwrite=opts.overwrite,
+        )
     return start_epoch, start_step, saved_tally
 
 
@@ -461,8 +547,14 @@ def _record_epoch(run: _Run, opts: _Options, epoch: int, row: MetricRow) -> None
         report_epoch(row, opts.progress, stacklevel=4)  # the warning points at train()'s caller
 
 
-def _train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, config: TrainConfig,
-           ctx: DistContext, opts: _Options) -> TrainResult:
+def _train(
+    model: nn.Module,
+    train_set: TensorDataset,
+    test_set: TensorDataset,
+    config: TrainConfig,
+    ctx: DistContext,
+    opts: _Options,
+) -> TrainResult:
     """The run, step by step: prepare, start (resume or seed), then per epoch: train, evaluate, record."""
     if ctx.main and opts.out_dir is not None:
         check_writable(opts.out_dir)  # now, not after the first epoch
@@ -483,11 +575,21 @@ def _train(model: nn.Module, train_set: TensorDataset, test_set: TensorDataset, 
     return TrainResult(run.model, run.history, config, opts.out_dir)
 
 
-def train_mnist(config: TrainConfig | None = None, *, train_set: TensorDataset | None = None,
-                test_set: TensorDataset | None = None, out: str | os.PathLike | None = None, resume: bool = False,
-                overwrite: bool = False, device: str = "auto", checkpoint_every: int = 0, progress: bool = True,
-                callback: Callable[[dict[str, Any]], None] | None = None, tensorboard: bool = False,
-                **settings: Any) -> TrainResult:
+def train_mnist(
+    config: TrainConfig | None = None,
+    *,
+    train_set: TensorDataset | None = None,
+    test_set: TensorDataset | None = None,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str = "auto",
+    checkpoint_every: int = 0,
+    progress: bool = True,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    tensorboard: bool = False,
+    **settings: Any,
+) -> TrainResult:
     """Build the MNIST model ``config.model`` (seeded with ``config.seed``), load the data, and :func:`train` it.
 
     Parameters
@@ -513,8 +615,9 @@ def train_mnist(config: TrainConfig | None = None, *, train_set: TensorDataset |
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = sorted(set(settings) - known)
         if unknown:
-            raise TypeError(f"unknown setting(s) {', '.join(map(repr, unknown))}; TrainConfig has: "
-                            f"{', '.join(sorted(known))}")
+            raise TypeError(
+                f"unknown setting(s) {', '.join(map(repr, unknown))}; TrainConfig has: {', '.join(sorted(known))}"
+            )
         config = TrainConfig(**settings)
     elif settings:
         raise TypeError(f"give either config or settings ({', '.join(settings)}), not both")
@@ -524,8 +627,20 @@ def train_mnist(config: TrainConfig | None = None, *, train_set: TensorDataset |
     if train_set is None:
         train_set, test_set = mnist_datasets(config.data_dir, subset=config.subset, seed=0)
     assert test_set is not None
-    return train(model, train_set, test_set, config, out=out, resume=resume, overwrite=overwrite, device=device,
-                 checkpoint_every=checkpoint_every, progress=progress, callback=callback, tensorboard=tensorboard)
+    return train(
+        model,
+        train_set,
+        test_set,
+        config,
+        out=out,
+        resume=resume,
+        overwrite=overwrite,
+        device=device,
+        checkpoint_every=checkpoint_every,
+        progress=progress,
+        callback=callback,
+        tensorboard=tensorboard,
+    )
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:

@@ -23,9 +23,25 @@ __all__ = ["METRIC_FIELDS", "MetricRow", "SolverCalls", "Tally", "epoch_row", "r
 
 #: Columns of ``metrics.csv``, one row per epoch.
 METRIC_FIELDS = (
-    "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
-    "fwd_nfe_mean", "fwd_nfe_max", "bwd_nfe_mean", "bwd_nfe_max", "fwd_unconverged", "bwd_unconverged",
-    "test_nfe_mean", "test_nfe_max", "test_unconverged", "seconds", "eval_seconds", "lr", "samples", "loadavg",
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "fwd_nfe_mean",
+    "fwd_nfe_max",
+    "bwd_nfe_mean",
+    "bwd_nfe_max",
+    "fwd_unconverged",
+    "bwd_unconverged",
+    "test_nfe_mean",
+    "test_nfe_max",
+    "test_unconverged",
+    "seconds",
+    "eval_seconds",
+    "lr",
+    "samples",
+    "loadavg",
     "jac_penalty",
 )
 #: One epoch's metrics, keyed by :data:`METRIC_FIELDS`; ``jac_penalty`` is None when the run does not compute it.
@@ -35,8 +51,17 @@ MetricRow = dict[str, float | None]
 class Tally:
     """Sums over one epoch's steps (this process's share); reduced over processes at the end."""
 
-    SUMS = ("loss", "correct", "count", "steps", "fwd_nfe", "bwd_nfe", "fwd_unconverged", "bwd_unconverged",
-            "jac_penalty")
+    SUMS = (
+        "loss",
+        "correct",
+        "count",
+        "steps",
+        "fwd_nfe",
+        "bwd_nfe",
+        "fwd_unconverged",
+        "bwd_unconverged",
+        "jac_penalty",
+    )
     MAXES = ("fwd_nfe_max", "bwd_nfe_max", "seconds")
 
     def __init__(self, saved: dict[str, float] | None = None):
@@ -107,27 +132,40 @@ class SolverCalls:
         return fnfe, bnfe, fbad, bbad
 
 
-def epoch_row(epoch: int, tot: dict[str, float], test: dict[str, float], eval_seconds: float,
-              lr: float, jac_reg: float = 0.0) -> MetricRow:
+def epoch_row(
+    epoch: int, tot: dict[str, float], test: dict[str, float], eval_seconds: float, lr: float, jac_reg: float = 0.0
+) -> MetricRow:
     """One row of :data:`METRIC_FIELDS`: epoch ``epoch`` (from 0) from its reduced tallies and its evaluation.
 
     ``jac_penalty`` is the mean Jacobian penalty per step, None when the run does not compute it (``jac_reg`` 0).
     """
     return {
-        "epoch": epoch + 1, "train_loss": tot["loss"] / tot["count"],
-        "train_acc": 100.0 * tot["correct"] / tot["count"], "test_loss": test["loss"], "test_acc": test["acc"],
-        "fwd_nfe_mean": tot["fwd_nfe"] / tot["steps"], "fwd_nfe_max": tot["fwd_nfe_max"],
-        "bwd_nfe_mean": tot["bwd_nfe"] / tot["steps"], "bwd_nfe_max": tot["bwd_nfe_max"],
-        "fwd_unconverged": int(tot["fwd_unconverged"]), "bwd_unconverged": int(tot["bwd_unconverged"]),
-        "test_nfe_mean": test["nfe_mean"], "test_nfe_max": test["nfe_max"],
-        "test_unconverged": int(test["unconverged"]), "seconds": tot["seconds"], "eval_seconds": eval_seconds,
-        "lr": lr, "samples": int(tot["count"]), "loadavg": os.getloadavg()[0],
+        "epoch": epoch + 1,
+        "train_loss": tot["loss"] / tot["count"],
+        "train_acc": 100.0 * tot["correct"] / tot["count"],
+        "test_loss": test["loss"],
+        "test_acc": test["acc"],
+        "fwd_nfe_mean": tot["fwd_nfe"] / tot["steps"],
+        "fwd_nfe_max": tot["fwd_nfe_max"],
+        "bwd_nfe_mean": tot["bwd_nfe"] / tot["steps"],
+        "bwd_nfe_max": tot["bwd_nfe_max"],
+        "fwd_unconverged": int(tot["fwd_unconverged"]),
+        "bwd_unconverged": int(tot["bwd_unconverged"]),
+        "test_nfe_mean": test["nfe_mean"],
+        "test_nfe_max": test["nfe_max"],
+        "test_unconverged": int(test["unconverged"]),
+        "seconds": tot["seconds"],
+        "eval_seconds": eval_seconds,
+        "lr": lr,
+        "samples": int(tot["count"]),
+        "loadavg": os.getloadavg()[0],
         "jac_penalty": tot.get("jac_penalty", 0.0) / tot["steps"] if jac_reg else None,
     }
 
 
-def write_metrics(out: pathlib.Path, history: list[MetricRow], config: TrainConfig,
-                  environment: dict[str, Any]) -> None:
+def write_metrics(
+    out: pathlib.Path, history: list[MetricRow], config: TrainConfig, environment: dict[str, Any]
+) -> None:
     """Write ``metrics.csv`` (one row per epoch) and ``metrics.json`` (config, environment, rows) atomically."""
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / "metrics.csv", metrics_csv(history))
@@ -157,11 +195,14 @@ def report_epoch(row: MetricRow, show: bool, stacklevel: int) -> None:
             f"{row['test_loss']:.4f} acc {row['test_acc']:.2f}% | NFE fwd {row['fwd_nfe_mean']:.1f} (max "
             f"{row['fwd_nfe_max']:.0f}) bwd {row['bwd_nfe_mean']:.1f}"
             + ("" if row.get("jac_penalty") is None else f" | jac penalty {row['jac_penalty']:.4g}")
-            + f" | {row['seconds']:.1f} s")
+            + f" | {row['seconds']:.1f} s"
+        )
     if any(row[key] for key in ("fwd_unconverged", "bwd_unconverged", "test_unconverged")):
         warnings.warn(
             f"epoch {row['epoch']}: {row['fwd_unconverged']} training samples (forward), "
             f"{row['bwd_unconverged']} (backward) and {row['test_unconverged']} test samples did not reach "
             "the solver tolerance; their best iterates were used. Raise max_steps or loosen the "
             "tolerances (model_options), or lower the learning rate if the count grows.",
-            ConvergenceWarning, stacklevel=stacklevel + 1)
+            ConvergenceWarning,
+            stacklevel=stacklevel + 1,
+        )

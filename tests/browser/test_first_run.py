@@ -71,8 +71,11 @@ def lab(artifacts_dir):
     """JupyterLab as lab.sh runs it (127.0.0.1, a token, --allow-root only as root) on a copy of notebook 00."""
     overrides = _kit_overrides()
     if not overrides.is_file():
-        pytest.fail(f"{overrides} is missing: scripts/setup.sh installs the kit's JupyterLab defaults there "
-                    "(run bash scripts/setup.sh)", pytrace=False)
+        pytest.fail(
+            f"{overrides} is missing: scripts/setup.sh installs the kit's JupyterLab defaults there "
+            "(run bash scripts/setup.sh)",
+            pytrace=False,
+        )
     tmp = Path(tempfile.mkdtemp(prefix="deqkit-first-run-"))
     root = tmp / "notebooks"
     root.mkdir()
@@ -80,19 +83,42 @@ def lab(artifacts_dir):
     for sub in ("user-settings", "config", "workspaces", "runtime"):
         (tmp / sub).mkdir()
     port, token = _free_port(), secrets.token_hex(24)
-    env = dict(os.environ, DEQKIT_FAST="1", JUPYTERLAB_SETTINGS_DIR=str(tmp / "user-settings"),
-               JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"),
-               JUPYTER_RUNTIME_DIR=str(tmp / "runtime"), MPLBACKEND="module://matplotlib_inline.backend_inline")
+    env = dict(
+        os.environ,
+        DEQKIT_FAST="1",
+        JUPYTERLAB_SETTINGS_DIR=str(tmp / "user-settings"),
+        JUPYTER_CONFIG_DIR=str(tmp / "config"),
+        JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"),
+        JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
+        MPLBACKEND="module://matplotlib_inline.backend_inline",
+    )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--port={port}",
-           "--port-retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-           "--LabApp.expose_app_in_browser=True"]  # window.jupyterapp: run the cells, read the kernel state
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--port={port}",
+        "--port-retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.expose_app_in_browser=True",
+    ]  # window.jupyterapp: run the cells, read the kernel state
     if os.geteuid() == 0:
         cmd.append("--allow-root")
     log_path = artifacts_dir / "first-run-server.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + OPEN_TIMEOUT
@@ -177,12 +203,17 @@ def test_first_run_no_news_prompt_and_the_picture(lab, page, artifacts_dir):
 
     def done() -> bool:
         st = page.evaluate(KERNEL_JS)
-        return (st["kernel"] == "idle" and st["pending"] == 0 and plot.count() > 0
-                and plot.evaluate("e => e.complete && e.naturalWidth > 0"))
+        return (
+            st["kernel"] == "idle"
+            and st["pending"] == 0
+            and plot.count() > 0
+            and plot.evaluate("e => e.complete && e.naturalWidth > 0")
+        )
 
     _wait(page, f"{NOTEBOOK}: every cell run and the widget's plot drawn", done, RUN_TIMEOUT)
     assert not _news_prompt_shown(page, 5), (
-        f"JupyterLab asks about news although the kit's defaults ({_kit_overrides()}) turn the prompt off")
+        f"JupyterLab asks about news although the kit's defaults ({_kit_overrides()}) turn the prompt off"
+    )
     page.evaluate("() => jupyterapp.shell.collapseLeft()")
     plot.evaluate("e => e.closest('.jp-Cell').scrollIntoView({block: 'start'})")
     page.wait_for_timeout(500)
@@ -198,14 +229,21 @@ def test_control_the_prompt_appears_when_the_user_asks_for_it(lab, page):
     """The user's own settings win over the kit's, and the prompt is detectable: the test above can fail."""
     url = f"{lab['base']}/lab/api/settings/@jupyterlab/apputils-extension:notification"
     body = json.dumps({"raw": json.dumps({"fetchNews": "none"})}).encode()
-    req = urllib.request.Request(url, data=body, method="PUT",
-                                 headers={"Authorization": f"token {lab['token']}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=body,
+        method="PUT",
+        headers={"Authorization": f"token {lab['token']}", "Content-Type": "application/json"},
+    )
     urllib.request.urlopen(req, timeout=10).close()
     try:
         _open(page, lab)
         assert _news_prompt_shown(page, 20), f"no {NEWS_PROMPT!r} prompt with the user setting fetchNews 'none'"
     finally:
-        reset = urllib.request.Request(url, data=json.dumps({"raw": "{}"}).encode(), method="PUT",
-                                       headers={"Authorization": f"token {lab['token']}",
-                                                "Content-Type": "application/json"})
+        reset = urllib.request.Request(
+            url,
+            data=json.dumps({"raw": "{}"}).encode(),
+            method="PUT",
+            headers={"Authorization": f"token {lab['token']}", "Content-Type": "application/json"},
+        )
         urllib.request.urlopen(reset, timeout=10).close()

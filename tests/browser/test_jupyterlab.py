@@ -474,8 +474,19 @@ class NotebookRun:
         result = self.wait_settled(HEAVY_TIMEOUT if heavy else SLIDER_TIMEOUT)
         after = plot.evaluate(PLOT_HASH_JS)
         alerts = plot.evaluate(ERROR_ALERT_JS)
-        return Move(self.name, i, control["label"], control["kind"], heavy, step, value, result, after != before,
-                    alerts, control["cell"])
+        return Move(
+            self.name,
+            i,
+            control["label"],
+            control["kind"],
+            heavy,
+            step,
+            value,
+            result,
+            after != before,
+            alerts,
+            control["cell"],
+        )
 
     def act(self, el, control: dict, step: str) -> str:
         """Change the control's value one step; return "old -> new" as the page shows it."""
@@ -514,8 +525,10 @@ class NotebookRun:
             last = max(st["changes"]) if st["changes"] else None
             quiet = last is not None and st["now"] - last > QUIET * 1000
             if st["kernel"] == "idle" and quiet:
-                return {"latency": (last - st["t0"]) / 1000 if st["t0"] is not None else None,
-                        "redraws": len(st["changes"])}
+                return {
+                    "latency": (last - st["t0"]) / 1000 if st["t0"] is not None else None,
+                    "redraws": len(st["changes"]),
+                }
             if st["kernel"] in ("dead", "restarting", "autorestarting"):
                 self.fail(f"kernel {st['kernel']} after moving a control (out of memory? crashed?)")
             if time.monotonic() > deadline:
@@ -526,8 +539,10 @@ class NotebookRun:
         moves: list[Move] = []
         for control in controls:
             if control["plot"] is None:
-                self.fail(f"control {control['label']!r} (cell {control['cell']}) has no plot: no <img> in its "
-                          "widget box or output area")
+                self.fail(
+                    f"control {control['label']!r} (cell {control['cell']}) has no plot: no <img> in its "
+                    "widget box or output area"
+                )
             if control["disabled"]:
                 _log(f"{self.name}: control {control['label']!r} is disabled: not moved")
                 continue
@@ -585,22 +600,28 @@ def latency_table(moves: list[Move]) -> str:
         lat = " / ".join("—" if m.latency is None else f"{m.latency * 1000:.0f}" for m in ms)
         name = f"{ms[0].label} (cell {ms[0].cell})" + (" — heavy: trains" if ms[0].heavy else "")
         rows.append(f"| {nb} | {name} | {ms[0].kind} | {lat} | {'yes' if ms[0].changed else 'NO'} |")
-    rows += ["", "| notebook | quick moves | median (ms) | p95 (ms) | max (ms) | heavy moves | heavy max (s) |",
-             "|---|---|---|---|---|---|---|"]
+    rows += [
+        "",
+        "| notebook | quick moves | median (ms) | p95 (ms) | max (ms) | heavy moves | heavy max (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for nb in dict.fromkeys(m.notebook for m in moves):
         quick = [m.latency * 1000 for m in moves if m.notebook == nb and not m.heavy and m.latency is not None]
         heavy = [m.latency for m in moves if m.notebook == nb and m.heavy and m.latency is not None]
         q = [f"{np.median(quick):.0f}", f"{_p95(quick):.0f}", f"{max(quick):.0f}"] if quick else ["—"] * 3
-        rows.append(f"| {nb} | {len(quick)} | {' | '.join(q)} | {len(heavy)} | "
-                    f"{f'{max(heavy):.1f}' if heavy else '—'} |")
+        rows.append(
+            f"| {nb} | {len(quick)} | {' | '.join(q)} | {len(heavy)} | {f'{max(heavy):.1f}' if heavy else '—'} |"
+        )
     return "\n".join(rows) + "\n"
 
 
 def _write_latencies(artifacts: Path) -> None:
     (artifacts / "latency.json").write_text(json.dumps([asdict(m) for m in _MOVES], indent=1) + "\n")
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",) * 3
-    header = (f"<!-- measured by tests/browser/test_jupyterlab.py, DEQKIT_FAST=1, {os.cpu_count()} CPUs, "
-              f"load average {load[0]:.2f} at the end -->\n")
+    header = (
+        f"<!-- measured by tests/browser/test_jupyterlab.py, DEQKIT_FAST=1, {os.cpu_count()} CPUs, "
+        f"load average {load[0]:.2f} at the end -->\n"
+    )
     (artifacts / "latency.md").write_text(header + latency_table(_MOVES))
 
 
@@ -619,8 +640,10 @@ def _check_moves(notebook: str, moves: list[Move]) -> list[str]:
     quick = [m.latency for m in moves if not m.heavy and m.latency is not None]
     if notebook.startswith(P95_BOUND_NOTEBOOKS) and quick and _p95(quick) > P95_BOUND:
         slow = sorted((m for m in moves if not m.heavy and m.latency), key=lambda m: -m.latency)[:5]
-        problems.append(f"p95 latency {_p95(quick):.2f} s > {P95_BOUND} s over {len(quick)} quick moves; slowest: "
-                        + "; ".join(m.describe() for m in slow))
+        problems.append(
+            f"p95 latency {_p95(quick):.2f} s > {P95_BOUND} s over {len(quick)} quick moves; slowest: "
+            + "; ".join(m.describe() for m in slow)
+        )
     return list(dict.fromkeys(problems))
 
 
@@ -647,8 +670,10 @@ def test_notebook_runs_and_every_control_redraws_its_plot(notebook, request):
             if _slider_opt_out(jupyter_server.root / notebook):
                 _log(f"{notebook}: no control, and metadata deqkit.browser_slider is false: control checks skipped")
             else:
-                run.fail('no slider or dropdown found; set notebook metadata {"deqkit": {"browser_slider": false}} '
-                         "if the notebook has none on purpose")
+                run.fail(
+                    'no slider or dropdown found; set notebook metadata {"deqkit": {"browser_slider": false}} '
+                    "if the notebook has none on purpose"
+                )
         else:
             t1 = time.monotonic()
             moves = run.move_every_control()

@@ -124,8 +124,9 @@ def _open(page, url: str) -> tuple[dict, list[str]]:
     """Load ``url`` with every other host blocked; return PAGE_JS's findings and the site requests that failed."""
     origin = url.split("/", 3)[:3]
     failed: list[str] = []
-    page.route("**/*", lambda route: route.continue_() if route.request.url.split("/", 3)[:3] == origin
-               else route.abort())
+    page.route(
+        "**/*", lambda route: route.continue_() if route.request.url.split("/", 3)[:3] == origin else route.abort()
+    )
     page.on("requestfailed", lambda r: r.url.split("/", 3)[:3] == origin and failed.append(r.url))
     page.on("response", lambda r: r.status >= 400 and failed.append(f"{r.url} (HTTP {r.status})"))
     page.goto(url, wait_until="load")
@@ -162,8 +163,9 @@ def test_page(path, request):
     problems += [f"formula not typeset (raw LaTeX; is MathJax served by the site?): {t!r}" for t in math["raw"][:5]]
     notebook = path.startswith("notebooks/")
     if notebook:
-        problems += [f"a widget is shown as its text at display time, not as a picture: {t!r}"
-                     for t in found["widgetReprs"]]
+        problems += [
+            f"a widget is shown as its text at display time, not as a picture: {t!r}" for t in found["widgetReprs"]
+        ]
     assert not problems, f"{path}:\n" + "\n".join(problems)
     if not notebook:
         return
@@ -189,7 +191,9 @@ def test_api_page_lists_every_public_name(request):
     found, _ = _open(page, f"{site_url}/api.html")
     ids = set(found["ids"])
     missing = [name for name in deqkit.__all__ if f"deqkit.{name}" not in ids]
-    assert not missing, (f"api.html has no entry for {missing} of deqkit.__all__: rebuild the site (scripts/docs.sh); "
-                         "if it persists, the name lacks a docstring autodoc can find")
+    assert not missing, (
+        f"api.html has no entry for {missing} of deqkit.__all__: rebuild the site (scripts/docs.sh); "
+        "if it persists, the name lacks a docstring autodoc can find"
+    )
     summary = page.locator("table.autosummary td:first-child a").all_inner_texts()
     assert sorted(s.strip() for s in summary) == sorted(deqkit.__all__), f"summary table lists {summary}"

@@ -60,9 +60,7 @@ def synthetic(tmp_path) -> tuple[pathlib.Path, dict[str, np.ndarray]]:
 
 def md5_table(folder: pathlib.Path) -> dict[str, tuple[int, str]]:
     """The MD5 table of the files in ``folder``, to inject in place of the real one."""
-    return {
-        n: (len(data), hashlib.md5(data).hexdigest()) for n in NAMES for data in [(folder / n).read_bytes()]
-    }
+    return {n: (len(data), hashlib.md5(data).hexdigest()) for n in NAMES for data in [(folder / n).read_bytes()]}
 
 
 # ---------------------------------------------------------------------------------------------- the reader

@@ -38,8 +38,13 @@ def test_the_block_is_the_documented_formula():
 @pytest.mark.parametrize("resolutions", [1, 2])
 def test_gradients_match_finite_differences_in_float64(resolutions):
     block, x = _problem(resolutions)
-    deq = deqkit.DEQ(block, solver="anderson", z0=block.initial_state,
-                     backward=deqkit.Implicit(abstol=1e-14, reltol=0, max_steps=500), **TIGHT)
+    deq = deqkit.DEQ(
+        block,
+        solver="anderson",
+        z0=block.initial_state,
+        backward=deqkit.Implicit(abstol=1e-14, reltol=0, max_steps=500),
+        **TIGHT,
+    )
     report = deqkit.compare_gradients(deq, x, modes=("implicit", "unrolled"), directions=6, eps=1e-6)
     for mode in ("implicit", "unrolled"):
         assert report.relative_error(mode) < 1e-6, str(report)
@@ -52,17 +57,32 @@ def test_gradients_match_torchdeqs_on_the_same_block():
 
     block, x = _problem()
     gen = torch.Generator().manual_seed(2)
-    weights = [torch.randn(2, 4, 8, 8, dtype=torch.float64, generator=gen),
-               torch.randn(2, 8, 4, 4, dtype=torch.float64, generator=gen)]
+    weights = [
+        torch.randn(2, 4, 8, 8, dtype=torch.float64, generator=gen),
+        torch.randn(2, 8, 4, 4, dtype=torch.float64, generator=gen),
+    ]
 
     def loss(hi, lo):
         return (hi * weights[0]).sum() + (lo * weights[1]).sum()
 
-    deq = deqkit.DEQ(block, solver="anderson", z0=block.initial_state,
-                     backward=deqkit.Implicit(abstol=1e-14, reltol=0, max_steps=500), **TIGHT)
+    deq = deqkit.DEQ(
+        block,
+        solver="anderson",
+        z0=block.initial_state,
+        backward=deqkit.Implicit(abstol=1e-14, reltol=0, max_steps=500),
+        **TIGHT,
+    )
     ours = torch.autograd.grad(loss(*deq(x)), list(block.parameters()))
-    theirs_deq = get_deq(core="indexing", ift=True, f_solver="broyden", b_solver="broyden", f_max_iter=500,
-                         b_max_iter=500, f_tol=1e-12, b_tol=1e-12)
+    theirs_deq = get_deq(
+        core="indexing",
+        ift=True,
+        f_solver="broyden",
+        b_solver="broyden",
+        f_max_iter=500,
+        b_max_iter=500,
+        f_tol=1e-12,
+        b_tol=1e-12,
+    )
     z_out, _ = theirs_deq(lambda hi, lo: block((hi, lo), x), list(block.initial_state(x)))
     theirs = torch.autograd.grad(loss(*z_out[-1]), list(block.parameters()))
     assert max(float(g.abs().max()) for g in ours) > 1  # a gradient worth comparing
@@ -87,8 +107,22 @@ def test_the_model_is_registered_and_solves_a_tuple_state():
 def test_mdeq_trains_on_mnist_through_the_cli(tmp_path):
     root = mnist_dir()
     out = tmp_path / "mdeq"
-    cmd = [*CLI, "--model", "mdeq", "--deq", "channels=8", "--deq", "hidden=16", "--data", root, "--epochs", "1",
-           "--out", str(out), "--no-progress"]
+    cmd = [
+        *CLI,
+        "--model",
+        "mdeq",
+        "--deq",
+        "channels=8",
+        "--deq",
+        "hidden=16",
+        "--data",
+        root,
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ConvergenceWarning" not in done.stderr, done.stderr

@@ -204,8 +204,22 @@ def test_the_implicit_gradient_of_a_parametrized_weight_is_the_unrolled_one(norm
     # float64, eval mode (spectral norm then keeps its power-iteration vectors): implicit against unrolled backprop
     grads = {}
     for backward in (deqkit.Implicit(reltol=1e-12, max_nfe=None), "unrolled"):
-        model = mnist_model("mlp-ln", seed=0, weight_norm=norm, width=16, backward=backward, solver="anderson",
-                            reltol=1e-12, max_nfe=None, eval_max_nfe=None, max_steps=500).double().eval()
+        model = (
+            mnist_model(
+                "mlp-ln",
+                seed=0,
+                weight_norm=norm,
+                width=16,
+                backward=backward,
+                solver="anderson",
+                reltol=1e-12,
+                max_nfe=None,
+                eval_max_nfe=None,
+                max_steps=500,
+            )
+            .double()
+            .eval()
+        )
         with torch.no_grad():
             model.train()(_images(4).double())  # a few power iterations, then frozen in eval mode
         model.eval()
@@ -223,11 +237,14 @@ def test_a_bad_width_is_refused(width):
         mnist_model("mlp-ln", width=width)
 
 
-@pytest.mark.parametrize(("name", "options", "message"), [
-    ("seed", {"weight_norm": "spectral"}, r"the 'seed' model takes no 'weight_norm'; the models that do: \['conv'"),
-    ("wide", {"channels": 8}, r"the 'wide' model takes no 'channels'; the models that do: \['conv', 'mdeq'\]"),
-    ("mlp", {"norm": "layer"}, "the 'mlp' model fixes norm; do not pass it \\('mlp-ln' is the LayerNorm one\\)"),
-])
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("seed", {"weight_norm": "spectral"}, r"the 'seed' model takes no 'weight_norm'; the models that do: \['conv'"),
+        ("wide", {"channels": 8}, r"the 'wide' model takes no 'channels'; the models that do: \['conv', 'mdeq'\]"),
+        ("mlp", {"norm": "layer"}, "the 'mlp' model fixes norm; do not pass it \\('mlp-ln' is the LayerNorm one\\)"),
+    ],
+)
 def test_another_models_option_is_named_as_such(name, options, message):
     with pytest.raises(TypeError, match=message):
         mnist_model(name, **options)

@@ -23,9 +23,15 @@ class Counted:
 
 
 SOLVERS = [
-    deqkit.Picard(), deqkit.Anderson(), deqkit.Broyden(), deqkit.DynamicSS(), deqkit.DynamicSS(polish=None),
-    deqkit.DynamicSS(ode_method="dopri5"), deqkit.DynamicSS(ode_method="fehlberg2", polish=None),
-    deqkit.DynamicSS(ode_method="rk4", step_size=0.5), deqkit.DynamicSS(ode_method="euler", step_size=0.5),
+    deqkit.Picard(),
+    deqkit.Anderson(),
+    deqkit.Broyden(),
+    deqkit.DynamicSS(),
+    deqkit.DynamicSS(polish=None),
+    deqkit.DynamicSS(ode_method="dopri5"),
+    deqkit.DynamicSS(ode_method="fehlberg2", polish=None),
+    deqkit.DynamicSS(ode_method="rk4", step_size=0.5),
+    deqkit.DynamicSS(ode_method="euler", step_size=0.5),
 ]
 
 
@@ -36,8 +42,15 @@ def test_no_solve_exceeds_its_budget_and_the_hard_sample_is_reported(solver, bud
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", deqkit.ConvergenceWarning)
         try:
-            z, stats = deqkit.solve(f, torch.zeros(4, 6, dtype=torch.float64), solver=solver, max_nfe=budget,
-                                    max_steps=10_000, abstol=1e-8, reltol=0)
+            z, stats = deqkit.solve(
+                f,
+                torch.zeros(4, 6, dtype=torch.float64),
+                solver=solver,
+                max_nfe=budget,
+                max_steps=10_000,
+                abstol=1e-8,
+                reltol=0,
+            )
         except ValueError as err:  # a budget below the first step is refused before f runs past it
             fixed = getattr(solver, "step_size", None) is not None
             assert "raise max_nfe" in str(err) and budget <= 7
@@ -54,8 +67,15 @@ def test_no_solve_exceeds_its_budget_and_the_hard_sample_is_reported(solver, bud
         assert stats.converged[1:].all()  # the easy ones did not pay for the hard one's failure
 
 
-@pytest.mark.parametrize("solver", [deqkit.DynamicSS(polish_stall=1), deqkit.DynamicSS(polish_stall=3),
-                                    deqkit.DynamicSS(ode_method="bosh3", polish_stall=1)], ids=repr)
+@pytest.mark.parametrize(
+    "solver",
+    [
+        deqkit.DynamicSS(polish_stall=1),
+        deqkit.DynamicSS(polish_stall=3),
+        deqkit.DynamicSS(ode_method="bosh3", polish_stall=1),
+    ],
+    ids=repr,
+)
 def test_dynamic_ss_does_not_return_to_the_ode_with_the_budget_spent(solver):
     # polishing that stops (stalls) with the budget exactly spent must not evaluate f once more
     w = torch.randn(4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -70,8 +90,9 @@ def test_dynamic_ss_does_not_return_to_the_ode_with_the_budget_spent(solver):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", deqkit.ConvergenceWarning)
             try:
-                _, stats = deqkit.solve(f, torch.zeros(3, 4, dtype=torch.float64), solver=solver, abstol=1e-14,
-                                        reltol=1e-14, max_nfe=budget)
+                _, stats = deqkit.solve(
+                    f, torch.zeros(3, 4, dtype=torch.float64), solver=solver, abstol=1e-14, reltol=1e-14, max_nfe=budget
+                )
             except ValueError as err:  # less than the first evaluation and one ODE step
                 assert "raise max_nfe" in str(err) and len(calls) <= 2 and budget <= 7, budget
                 continue
@@ -106,12 +127,16 @@ def test_the_budget_is_checked():
 def test_the_pure_ode_refuses_a_budget_below_its_first_step(method, cost, first_step):
     # it used to return f(z0) with the generic "did not converge" warning, as if it had tried
     cost += first_step is None  # choosing the first step from the data costs one evaluation
-    solver = deqkit.DynamicSS(ode_method=method, polish=None,
-                              controller=deqkit.StepSizeController(first_step=first_step))
+    solver = deqkit.DynamicSS(
+        ode_method=method, polish=None, controller=deqkit.StepSizeController(first_step=first_step)
+    )
     f = Counted()
     z0 = torch.zeros(4, 6, dtype=torch.float64)
-    with pytest.raises(ValueError, match=rf"max_nfe={cost} cannot pay for one step of {method}: 1 evaluation at "
-                                         rf"the start and {cost} for the first step; raise max_nfe"):
+    with pytest.raises(
+        ValueError,
+        match=rf"max_nfe={cost} cannot pay for one step of {method}: 1 evaluation at "
+        rf"the start and {cost} for the first step; raise max_nfe",
+    ):
         deqkit.solve(f, z0, solver=solver, max_nfe=cost)
     assert f.calls == 1
     with pytest.warns(deqkit.ConvergenceWarning, match="max_nfe="):  # one step more is a (short) solve
@@ -124,4 +149,3 @@ def test_polishing_first_needs_only_one_step_of_budget():
     with pytest.warns(deqkit.ConvergenceWarning, match="max_nfe=2"):
         _, stats = deqkit.solve(Counted(), torch.zeros(4, 6, dtype=torch.float64), max_nfe=2)
     assert stats.nfe == 2
-

@@ -28,8 +28,16 @@ def _output_and_gradient(block, x, **deq):
 
 
 def _reference(block, x):
-    return _output_and_gradient(block, x, solver=deqkit.Anderson(), abstol=1e-12, reltol=0, max_steps=3000,
-                                max_nfe=None, backward=deqkit.Implicit(abstol=1e-13, reltol=0, max_steps=3000))
+    return _output_and_gradient(
+        block,
+        x,
+        solver=deqkit.Anderson(),
+        abstol=1e-12,
+        reltol=0,
+        max_steps=3000,
+        max_nfe=None,
+        backward=deqkit.Implicit(abstol=1e-13, reltol=0, max_steps=3000),
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -52,8 +60,9 @@ def test_a_tight_tolerance_costs_no_more_than_twice_anderson():
     nfe = {}
     with torch.no_grad():
         for solver in ("dynamic_ss", "anderson"):
-            _, stats = deqkit.solve(lambda z: block(z, x), torch.zeros_like(x), solver=solver, abstol=1e-10,
-                                    reltol=1e-10, max_steps=20_000)
+            _, stats = deqkit.solve(
+                lambda z: block(z, x), torch.zeros_like(x), solver=solver, abstol=1e-10, reltol=1e-10, max_steps=20_000
+            )
             assert stats.all_converged
             nfe[solver] = stats.nfe
     assert nfe["dynamic_ss"] <= 2 * nfe["anderson"], nfe
@@ -91,15 +100,15 @@ def test_each_sample_records_when_it_converged():
         assert stats.all_converged and (stats.converged_nfe >= 2).all() and (stats.converged_step >= 1).all()
         assert int(stats.converged_nfe.max()) == stats.nfe
         for i in range(6):  # alone, a sample converges at the same step with the same evaluations
-            _, one = deqkit.solve(lambda z, i=i: block(z, x[i:i + 1]), torch.zeros_like(x[i:i + 1]), abstol=1e-8,
-                                  reltol=0)
+            _, one = deqkit.solve(
+                lambda z, i=i: block(z, x[i : i + 1]), torch.zeros_like(x[i : i + 1]), abstol=1e-8, reltol=0
+            )
             assert one.converged_nfe.item() == stats.converged_nfe[i].item() == one.nfe
 
 
 def test_an_unconverged_sample_records_no_step():
     with pytest.warns(deqkit.ConvergenceWarning):
-        _, stats = deqkit.solve(lambda z: z + 1, torch.zeros(2, 3, dtype=torch.float64), solver="anderson",
-                                max_steps=5)
+        _, stats = deqkit.solve(lambda z: z + 1, torch.zeros(2, 3, dtype=torch.float64), solver="anderson", max_steps=5)
     assert (stats.converged_step == -1).all() and (stats.converged_nfe == -1).all()
 
 

@@ -32,8 +32,16 @@ def _problem():
 def _solve(solver: str, per_sample: bool):
     block, x = _problem()
     counted = Rows(block)
-    deq = deqkit.DEQ(counted, solver=solver, per_sample=per_sample, abstol=1e-10, reltol=1e-10, max_steps=2000,
-                     max_nfe=None, eval_max_nfe=None).eval()
+    deq = deqkit.DEQ(
+        counted,
+        solver=solver,
+        per_sample=per_sample,
+        abstol=1e-10,
+        reltol=1e-10,
+        max_steps=2000,
+        max_nfe=None,
+        eval_max_nfe=None,
+    ).eval()
     with torch.no_grad():
         out = deq(x)
     return out, deq.last_stats.forward, counted
@@ -79,8 +87,9 @@ def test_a_batch_norm_in_training_mode_sees_the_whole_batch_every_time():
 def test_a_captured_batch_shaped_tensor_is_named_with_the_fix():
     block, x = _problem()
     mask = torch.ones(24, 16, dtype=torch.float64)
-    deq = deqkit.DEQ(lambda z, x: block(z, x) * mask, solver="anderson", abstol=1e-8, reltol=1e-8,
-                     max_steps=2000, eval_max_nfe=None).eval()
+    deq = deqkit.DEQ(
+        lambda z, x: block(z, x) * mask, solver="anderson", abstol=1e-8, reltol=1e-8, max_steps=2000, eval_max_nfe=None
+    ).eval()
     with pytest.raises(ValueError, match=r"(?s)samples still moving.*captures.*per_sample=False"):
         deq(x)
     deq.per_sample = False

@@ -1,6 +1,5 @@
 """Forward solvers: agreement, termination rule, per-sample freezing, loud failure."""
 
-
 import pytest
 import torch
 
@@ -52,10 +51,10 @@ def test_converged_samples_stop_changing():
     # sample 0 converges fast (contraction 0.1), sample 1 slowly (0.95)
     a = torch.tensor([[0.1], [0.95]], dtype=torch.float64)
     f = lambda z: a * z + 1.0  # noqa: E731
-    for method, opts in [("picard", {}), ("anderson", {}), ("dynamic_ss", {"polish": None}),
-                         ("dynamic_ss", {})]:
-        z, stats = deqkit.solve(f, torch.zeros_like(a), solver=method, abstol=1e-9, reltol=0, record=True,
-                                max_steps=2000, **opts)
+    for method, opts in [("picard", {}), ("anderson", {}), ("dynamic_ss", {"polish": None}), ("dynamic_ss", {})]:
+        z, stats = deqkit.solve(
+            f, torch.zeros_like(a), solver=method, abstol=1e-9, reltol=0, record=True, max_steps=2000, **opts
+        )
         traj = torch.stack(stats.trajectory)[:, 0, 0]
         res0 = (a[0] * traj + 1 - traj).abs()
         first = int((res0 <= 1e-9).nonzero()[0])
@@ -69,8 +68,14 @@ def test_frozen_samples_do_not_limit_the_ode_step():
     a = torch.tensor([[-49.0], [0.9]], dtype=torch.float64)
     f = lambda z: a * z + 1.0  # noqa: E731
     _, both = deqkit.solve(f, torch.zeros_like(a), solver="dynamic_ss", polish=None, abstol=1e-8, reltol=0)
-    _, slow = deqkit.solve(lambda z: a[1:] * z + 1.0, torch.zeros(1, 1, dtype=torch.float64),
-                           solver="dynamic_ss", polish=None, abstol=1e-8, reltol=0)
+    _, slow = deqkit.solve(
+        lambda z: a[1:] * z + 1.0,
+        torch.zeros(1, 1, dtype=torch.float64),
+        solver="dynamic_ss",
+        polish=None,
+        abstol=1e-8,
+        reltol=0,
+    )
     assert both.all_converged
     # after the stiff sample stops, steps grow as if it were absent: total cost stays close to the slow one alone
     assert both.nfe <= 1.5 * slow.nfe
@@ -80,13 +85,21 @@ def test_dynamic_ss_methods_registry():
     assert {"tsit5", "dopri5", "bosh3", "dopri8"} <= set(ADAPTIVE)
     f = lambda z: 0.5 * torch.tanh(z) + 0.3  # noqa: E731
     for method in ["tsit5", "dopri5", "bosh3", "dopri8", "fehlberg2", "adaptive_heun"]:
-        z, stats = deqkit.solve(f, torch.zeros(4, 3, dtype=torch.float64), ode_method=method, abstol=1e-9,
-                                reltol=0, max_steps=5000)
+        z, stats = deqkit.solve(
+            f, torch.zeros(4, 3, dtype=torch.float64), ode_method=method, abstol=1e-9, reltol=0, max_steps=5000
+        )
         assert stats.all_converged and stats.method.startswith(f"dynamic_ss({method}")
         assert (f(z) - z).abs().max() <= 1e-9
     for method in ["euler", "midpoint", "heun3", "rk4"]:
-        z, stats = deqkit.solve(f, torch.zeros(4, 3, dtype=torch.float64), ode_method=method, step_size=0.5,
-                                abstol=1e-9, reltol=0, max_steps=5000)
+        z, stats = deqkit.solve(
+            f,
+            torch.zeros(4, 3, dtype=torch.float64),
+            ode_method=method,
+            step_size=0.5,
+            abstol=1e-9,
+            reltol=0,
+            max_steps=5000,
+        )
         assert stats.all_converged and (f(z) - z).abs().max() <= 1e-9
 
 
@@ -169,8 +182,9 @@ def test_nan_start_raises_at_step_zero():
 def test_anderson_survives_singular_gram():
     # Identical samples and a linear map whose residual history is rank-deficient.
     f = lambda z: 0.5 * z + 1.0  # noqa: E731
-    z, stats = deqkit.solve(f, torch.zeros(3, 4, dtype=torch.float64), solver="anderson", lam=0.0,
-                            abstol=1e-12, reltol=0)
+    z, stats = deqkit.solve(
+        f, torch.zeros(3, 4, dtype=torch.float64), solver="anderson", lam=0.0, abstol=1e-12, reltol=0
+    )
     assert stats.all_converged and torch.allclose(z, torch.full_like(z, 2.0))
 
 
@@ -215,8 +229,9 @@ def test_broyden_restarts_when_its_memory_is_full_instead_of_diverging():
     gen = torch.Generator().manual_seed(0)
     w = tanh_weight(128, 0.98, "symmetric", generator=gen)
     g = torch.randn(4, 128, generator=gen, dtype=torch.float64)
-    z, stats = deqkit.solve(lambda u: g + u @ w, torch.zeros_like(g), solver="broyden", abstol=1e-8, reltol=0,
-                            max_steps=400)
+    z, stats = deqkit.solve(
+        lambda u: g + u @ w, torch.zeros_like(g), solver="broyden", abstol=1e-8, reltol=0, max_steps=400
+    )
     assert stats.all_converged and stats.steps > 2 * 20  # past at least two restarts
     assert torch.allclose(z, torch.linalg.solve(torch.eye(128, dtype=torch.float64) - w.T, g.T).T, atol=1e-6)
 
@@ -234,8 +249,9 @@ def test_full_gmres_converges_where_restarted_gmres_may_not():
     gen = torch.Generator().manual_seed(1)
     w = tanh_weight(48, 1.2, "symmetric", generator=gen)  # ρ > 1: plain iteration diverges
     g = torch.randn(3, 48, generator=gen, dtype=torch.float64)
-    sol = run(deqkit.GMRES(restart=None), lambda u: g + u @ w, torch.zeros_like(g), abstol=1e-10, reltol=0,
-              max_steps=200)
+    sol = run(
+        deqkit.GMRES(restart=None), lambda u: g + u @ w, torch.zeros_like(g), abstol=1e-10, reltol=0, max_steps=200
+    )
     assert sol.stats.all_converged and sol.stats.nfe <= 48 + 3
 
 
@@ -252,8 +268,17 @@ def test_gmres_checks_lazily_with_the_answer_and_products_of_tracing(restart, re
     g = torch.randn(6, 40, generator=gen, dtype=torch.float64) * torch.logspace(-3, 3, 6, dtype=torch.float64)[:, None]
     g[2] = 0.0  # a sample whose gradient is zero: its Krylov space is empty from the start
     exact = torch.linalg.solve(torch.eye(40, dtype=torch.float64) - w.T, g.T).T
-    sols = {trace: run(deqkit.GMRES(restart=restart, trace=trace), lambda u: g + u @ w, torch.zeros_like(g),
-                       abstol=0, reltol=reltol, max_steps=400) for trace in (False, True)}
+    sols = {
+        trace: run(
+            deqkit.GMRES(restart=restart, trace=trace),
+            lambda u: g + u @ w,
+            torch.zeros_like(g),
+            abstol=0,
+            reltol=reltol,
+            max_steps=400,
+        )
+        for trace in (False, True)
+    }
     for sol in sols.values():
         assert sol.stats.all_converged
         err = (sol.z - exact).abs().amax(1)

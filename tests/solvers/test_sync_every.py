@@ -45,8 +45,9 @@ def test_each_sample_gets_the_result_of_reading_every_step(name, k):
 def test_the_read_interval_never_exceeds_the_budget(name, k, max_nfe):
     f, z0 = _problem()
     with pytest.warns(deqkit.ConvergenceWarning, match="evaluation budget ran out"):
-        z, stats = deqkit.solve(f, z0, solver=SOLVERS[name](sync_every=k), abstol=0, reltol=1e-14,
-                                max_nfe=max_nfe, max_steps=10_000)
+        z, stats = deqkit.solve(
+            f, z0, solver=SOLVERS[name](sync_every=k), abstol=0, reltol=1e-14, max_nfe=max_nfe, max_steps=10_000
+        )
     assert stats.nfe == max_nfe and stats.steps == max_nfe - 1 and stats.nfe_history[-1] == max_nfe
 
 
@@ -79,8 +80,7 @@ def test_a_solve_of_n_steps_synchronises_about_n_over_k_times(name, monkeypatch)
     k, max_steps = 8, 64
     reads = _HostReads(monkeypatch)
     with pytest.warns(deqkit.ConvergenceWarning):  # a tolerance no sample meets: all 64 steps run
-        _, stats = deqkit.solve(f, z0, solver=SOLVERS[name](sync_every=k), abstol=0, reltol=1e-30,
-                                max_steps=max_steps)
+        _, stats = deqkit.solve(f, z0, solver=SOLVERS[name](sync_every=k), abstol=0, reltol=1e-30, max_steps=max_steps)
     assert stats.steps == max_steps
     solve_reads = reads.count
     monkeypatch.undo()

@@ -23,8 +23,9 @@ def test_torchdiffeq_private_api_is_the_pinned_one():
 
 
 def test_only_the_adapter_touches_torchdiffeq_internals():
-    users = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
-                   if re.search(r"torchdiffeq\._impl", p.read_text()))
+    users = sorted(
+        str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if re.search(r"torchdiffeq\._impl", p.read_text())
+    )
     assert users == ["solvers/torchdiffeq_adapter.py"], users
 
 
@@ -62,8 +63,9 @@ def _field():
 def test_adaptive_stepper_returns_the_derivative_at_the_new_state(method):
     field, calls = _field()
     y0 = torch.ones(2, 3, dtype=torch.float64)
-    stepper = adapter.AdaptiveStepper(method, field, y0, rtol=1e-2, atol=1e-2,
-                                      norm=lambda x: x.pow(2).mean().sqrt(), first_step=0.1)
+    stepper = adapter.AdaptiveStepper(
+        method, field, y0, rtol=1e-2, atol=1e-2, norm=lambda x: x.pow(2).mean().sqrt(), first_step=0.1
+    )
     before = len(calls)
     accepted, t1, y1, f1 = stepper.step()
     assert accepted and t1 == pytest.approx(0.1) and torch.allclose(f1, -y1)
@@ -74,8 +76,15 @@ def test_adaptive_stepper_returns_the_derivative_at_the_new_state(method):
 
 def test_adaptive_stepper_names_a_failed_step():
     field, _ = _field()
-    stepper = adapter.AdaptiveStepper("tsit5", field, torch.tensor([[float("nan")]], dtype=torch.float64),
-                                      rtol=1e-6, atol=1e-9, norm=lambda x: x.abs().max(), first_step=0.1)
+    stepper = adapter.AdaptiveStepper(
+        "tsit5",
+        field,
+        torch.tensor([[float("nan")]], dtype=torch.float64),
+        rtol=1e-6,
+        atol=1e-9,
+        norm=lambda x: x.abs().max(),
+        first_step=0.1,
+    )
     with pytest.raises(adapter.StepFailure, match="non-finite"):
         stepper.step()
 

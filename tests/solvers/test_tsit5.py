@@ -55,15 +55,23 @@ def test_tableau_is_consistent():
 
 def test_fsal_six_evaluations_per_step():
     f = lambda z: 0.5 * torch.tanh(z) + 0.3  # noqa: E731
-    z, stats = deqkit.solve(f, torch.zeros(3, 2, dtype=torch.float64), solver="dynamic_ss", polish=None,
-                            controller=deqkit.StepSizeController(first_step=0.1), abstol=1e-10, reltol=0)
+    z, stats = deqkit.solve(
+        f,
+        torch.zeros(3, 2, dtype=torch.float64),
+        solver="dynamic_ss",
+        polish=None,
+        controller=deqkit.StepSizeController(first_step=0.1),
+        abstol=1e-10,
+        reltol=0,
+    )
     assert stats.all_converged and stats.steps > 5
     assert stats.nfe == 1 + 6 * stats.steps  # one evaluation at z0, then 6 per attempted step
 
 
 def test_dense_output_through_torchdiffeq_integrate():
-    solver = Tsit5Solver(func=Field(), y0=torch.ones(1, dtype=torch.float64), rtol=1e-10, atol=1e-12,
-                         norm=lambda x: x.abs().max())
+    solver = Tsit5Solver(
+        func=Field(), y0=torch.ones(1, dtype=torch.float64), rtol=1e-10, atol=1e-12, norm=lambda x: x.abs().max()
+    )
     t = torch.linspace(0, 3, 31, dtype=torch.float64)
     y = solver.integrate(t)
     assert torch.allclose(y.squeeze(1), torch.exp(torch.sin(t)), atol=1e-8)
@@ -71,10 +79,17 @@ def test_dense_output_through_torchdiffeq_integrate():
 
 def test_adaptive_steps_agree_with_dopri5_and_exact_solution():
     f = Field()
-    solver = Tsit5Solver(func=f, y0=torch.ones(1, dtype=torch.float64), rtol=1e-8, atol=1e-10,
-                         norm=lambda x: x.abs().max())
+    solver = Tsit5Solver(
+        func=f, y0=torch.ones(1, dtype=torch.float64), rtol=1e-8, atol=1e-10, norm=lambda x: x.abs().max()
+    )
     y = solver.integrate(torch.tensor([0.0, 10.0], dtype=torch.float64))[-1]
-    ref = torchdiffeq.odeint(lambda t, y: y * torch.cos(t), torch.ones(1, dtype=torch.float64),
-                             torch.tensor([0.0, 10.0], dtype=torch.float64), method="dopri5", rtol=1e-8, atol=1e-10)
+    ref = torchdiffeq.odeint(
+        lambda t, y: y * torch.cos(t),
+        torch.ones(1, dtype=torch.float64),
+        torch.tensor([0.0, 10.0], dtype=torch.float64),
+        method="dopri5",
+        rtol=1e-8,
+        atol=1e-10,
+    )
     assert abs(float(y) - math.exp(math.sin(10.0))) < 1e-6
     assert abs(float(y) - float(ref[-1])) < 1e-6

@@ -44,7 +44,7 @@ def control_values(control: widgets.ValueWidget, points: int = 5) -> list[Any]:
     lo, hi = control.min, control.max
     if isinstance(control, widgets.FloatLogSlider):
         exps = [control.min + (control.max - control.min) * i / (points - 1) for i in range(points)]
-        return [control.base ** e for e in exps]
+        return [control.base**e for e in exps]
     if isinstance(control, widgets.IntSlider):
         return sorted({round(lo + (hi - lo) * i / (points - 1)) for i in range(points)})
     return [lo + (hi - lo) * i / (points - 1) for i in range(points)]

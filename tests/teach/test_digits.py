@@ -112,10 +112,16 @@ def test_digit_effort_equals_solving_each_digit_alone(models, digits, solver):
     x = digits.tensors[0][:12]
     effort = digit_effort(model, x, solver, 1e-4)
     for i in range(12):
-        xi = model.features(x[i:i + 1])
+        xi = model.features(x[i : i + 1])
         with torch.no_grad():
-            _, stats = deqkit.solve(lambda z, xi=xi: model.deq.f(z, xi), model.deq.initial_state(xi),
-                                    solver=SOLVERS[solver], abstol=1e-4, reltol=1e-4, max_steps=300)
+            _, stats = deqkit.solve(
+                lambda z, xi=xi: model.deq.f(z, xi),
+                model.deq.initial_state(xi),
+                solver=SOLVERS[solver],
+                abstol=1e-4,
+                reltol=1e-4,
+                max_steps=300,
+            )
         assert int(effort.nfe[i]) == stats.nfe, i
     assert bool(effort.converged.all()) and int(effort.nfe.max()) == effort.total_nfe
 
@@ -192,11 +198,11 @@ def test_ranked_breaks_nfe_ties_by_the_residual_before(models, digits, solver):
 
 
 def test_nonconverged_counts(models, digits):
-    counts = nonconverged_counts(models[1], digits, (1e-2, 1e-12), ("anderson", "picard"),
-                                 max_steps=3)
+    counts = nonconverged_counts(models[1], digits, (1e-2, 1e-12), ("anderson", "picard"), max_steps=3)
     assert counts["picard"] == [
         int((~digit_effort(models[1], digits.tensors[0], "picard", t, max_steps=3).converged).sum())
-        for t in (1e-2, 1e-12)]
+        for t in (1e-2, 1e-12)
+    ]
     assert counts["picard"][1] == len(digits)  # 1e-12 in three steps: none
     titles = _titles(gallery_panel(models[1], digits, "not converged", "picard", 1e-12, max_steps=3))
     assert titles and all(t.endswith("not conv.") for t in titles[1:])
@@ -238,19 +244,32 @@ def test_widgets_sweep_every_control(models, digits, make):
     names = list(SOLVERS)
     model = models[1]
     if make == "digit":
-        app = LiveFigure(lambda **kw: digit_panel(model, digits, **kw),
-                         {"index": widgets.IntSlider(value=0, min=0, max=len(digits) - 1),
-                          "solver": widgets.Dropdown(options=names, value=names[0]),
-                          "tol": widgets.FloatLogSlider(value=1e-2, base=10, min=-6, max=-1)}, primary="index")
+        app = LiveFigure(
+            lambda **kw: digit_panel(model, digits, **kw),
+            {
+                "index": widgets.IntSlider(value=0, min=0, max=len(digits) - 1),
+                "solver": widgets.Dropdown(options=names, value=names[0]),
+                "tol": widgets.FloatLogSlider(value=1e-2, base=10, min=-6, max=-1),
+            },
+            primary="index",
+        )
     elif make == "effort":
-        app = LiveFigure(lambda **kw: effort_panel(model, digits, **kw),
-                         {"solver": widgets.Dropdown(options=names, value=names[0]),
-                          "tol": widgets.FloatLogSlider(value=1e-2, base=10, min=-6, max=-1)})
+        app = LiveFigure(
+            lambda **kw: effort_panel(model, digits, **kw),
+            {
+                "solver": widgets.Dropdown(options=names, value=names[0]),
+                "tol": widgets.FloatLogSlider(value=1e-2, base=10, min=-6, max=-1),
+            },
+        )
     else:
-        app = LiveFigure(lambda **kw: gallery_panel(model, digits, **kw),
-                         {"which": widgets.Dropdown(options=list(WHICH), value=WHICH[0]),
-                          "solver": widgets.Dropdown(options=names, value=names[0]),
-                          "count": widgets.IntSlider(value=12, min=6, max=24, step=6)})
+        app = LiveFigure(
+            lambda **kw: gallery_panel(model, digits, **kw),
+            {
+                "which": widgets.Dropdown(options=list(WHICH), value=WHICH[0]),
+                "solver": widgets.Dropdown(options=names, value=names[0]),
+                "count": widgets.IntSlider(value=12, min=6, max=24, step=6),
+            },
+        )
     seen = sweep(app)
     assert all(v > 1 for v in seen.values()) and app.last_error is None
 
@@ -269,8 +288,14 @@ def test_step_log_training_and_stall_panels(digits):
     log = StepLog()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        train(model, digits, digits, TrainConfig(model="seed", epochs=2, batch_size=10, lr=3e-3), callback=log,
-              progress=False)
+        train(
+            model,
+            digits,
+            digits,
+            TrainConfig(model="seed", epochs=2, batch_size=10, lr=3e-3),
+            callback=log,
+            progress=False,
+        )
     assert len(log.loss) == len(log.acc) == len(log.fwd_nfe) == len(log.bwd_nfe) == 8
     assert min(log.fwd_nfe) > 0 and min(log.bwd_nfe) > 0 and log.unconverged == 0
     panel = training_panel({"seed": log, "again": log})

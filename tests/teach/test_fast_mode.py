@@ -1,10 +1,5 @@
 """deqkit.teach: fast mode."""
 
-
-
-
-
-
 from deqkit.teach import fast_mode
 
 

@@ -28,7 +28,7 @@ def test_fixed_points_1d(w, x, count):
 
 def test_cobweb_verdict_uses_the_true_fixed_point_when_the_iteration_fails():
     panel = _quiet(cobweb_panel, -1.5, 0.5, "picard", 1e-6)
-    (z_star, slope), = fixed_points_1d(-1.5, 0.5)
+    ((z_star, slope),) = fixed_points_1d(-1.5, 0.5)
     assert "not converged" in panel.text and "2-cycle" in panel.text
     assert f"z* = {z_star:+.6f}, f'(z*) = {slope:+.3f}" in panel.text and "repels plain iteration" in panel.text
 
@@ -154,6 +154,6 @@ def test_race_readout_allows_for_a_slow_contraction():
     picard_row = text.split("<tr><td>picard</td>")[1].split("</tr>")[0]
     anderson_row = text.split("<tr><td>anderson</td>")[1].split("</tr>")[0]
     rho = float(anderson_row.split("<td>")[-1].split("</td>")[0])
-    assert "<b>no</b>" in picard_row and 0.9 < rho < 1                     # not within 200 steps, though ρ < 1
-    assert long.all_converged and 200 < long.steps < 2000                  # ... it gets there, slowly
+    assert "<b>no</b>" in picard_row and 0.9 < rho < 1  # not within 200 steps, though ρ < 1
+    assert long.all_converged and 200 < long.steps < 2000  # ... it gets there, slowly
     assert "200 steps may not be enough" in text

@@ -25,6 +25,7 @@ def _finite_lines(panel: Panel) -> None:
 
 # --- 1: accuracy -----------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("norm", [0.5, 0.9])
 def test_accuracy_panel_over_tolerances(norm):
     grid = measures.tolerances_grid()
@@ -45,8 +46,10 @@ def test_accuracy_panel_over_tolerances(norm):
 
 def test_one_step_bias_grows_with_the_norm():
     tol = measures.tolerances_grid()[-1]
-    assert (measures.gradient_accuracy(tol, 0.9).relative_error["one_step"]
-            > measures.gradient_accuracy(tol, 0.5).relative_error["one_step"])
+    assert (
+        measures.gradient_accuracy(tol, 0.9).relative_error["one_step"]
+        > measures.gradient_accuracy(tol, 0.5).relative_error["one_step"]
+    )
 
 
 def test_accuracy_panel_snaps_to_the_grid():
@@ -55,6 +58,7 @@ def test_accuracy_panel_snaps_to_the_grid():
 
 
 # --- 2: cost against iterations --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", ["implicit", "unrolled"])
 @pytest.mark.parametrize("iterations", [10, 200])
@@ -77,6 +81,7 @@ def test_implicit_memory_is_flat_and_unrolled_grows():
 
 
 # --- 3: backward solvers ---------------------------------------------------------------------------------------------
+
 
 def test_norms_grid_goes_past_one_with_one_midway_between_eigenvalues():
     grid = measures.norms_grid()
@@ -146,6 +151,7 @@ def test_warnings_of_a_cached_run_are_shown_each_time_it_is_drawn(monkeypatch):
 
 # --- 4: rho near one -------------------------------------------------------------------------------------------------
 
+
 def test_rho_panel_over_range():
     grid = measures.norms_grid()
     for s in (grid[0], grid[-1]):
@@ -159,8 +165,7 @@ def test_rho_panel_over_range():
     assert all(b < a for a, b in zip(cosines, cosines[1:]))  # the one-step direction degrades as ρ → 1
     assert not any(r.warnings for r in rows)
     past = [r for r in rows if r.rho > 1]
-    assert past and all(not r.backward_converged["picard"] and r.backward_converged["gmres(full)"]
-                        for r in past)
+    assert past and all(not r.backward_converged["picard"] and r.backward_converged["gmres(full)"] for r in past)
 
 
 def test_growth_exponents():
@@ -175,6 +180,7 @@ def test_growth_exponents():
 
 
 # --- widgets, the profiler's chatter and the exercise ----------------------------------------------------------------
+
 
 def test_live_figures_sweep():
     grid = measures.norms_grid()

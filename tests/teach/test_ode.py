@@ -35,8 +35,9 @@ def test_stability_function_is_one_step_of_the_solver():
     y0 = torch.ones(1, dtype=torch.float64)
     func = lambda t, y, perturb=None: mu * y  # noqa: E731
     t0 = torch.zeros((), dtype=torch.float64)
-    y1, *_ = _runge_kutta_step(func, y0, func(t0, y0), t0, torch.tensor(h, dtype=torch.float64),
-                               t0 + h, ADAPTIVE["tsit5"].tableau)
+    y1, *_ = _runge_kutta_step(
+        func, y0, func(t0, y0), t0, torch.tensor(h, dtype=torch.float64), t0 + h, ADAPTIVE["tsit5"].tableau
+    )
     assert float(y1) == pytest.approx(ode.stability_function("tsit5", h * mu).real, rel=1e-12)
 
 
@@ -88,8 +89,10 @@ def test_phase_panel_draws_the_stability_limit_and_names_why_it_stalls(monkeypat
     assert "The steps sit at the stability limit" in panel.text
     labels = [ln.get_label() for ln in panel.figure.axes[1].get_lines()]
     assert any(lab.startswith("stability limit h* = 1.5") for lab in labels)
-    assert "Step budget spent before the residual could decay" in _quiet(ode.phase_panel, "spiral", 2.5, "tsit5", 1e-5,
-                                                                         1e-5).text
+    assert (
+        "Step budget spent before the residual could decay"
+        in _quiet(ode.phase_panel, "spiral", 2.5, "tsit5", 1e-5, 1e-5).text
+    )
     assert "No stable equilibrium" in _quiet(ode.phase_panel, "spiral", 3.0, "tsit5", 1e-5, 1e-5).text
     assert "Step budget spent" not in ode.phase_panel("pitchfork", 1.2, "tsit5", 1e-5, 1e-5).text
 
@@ -105,7 +108,7 @@ def test_phase_panel_names_the_floor_when_the_time_reached_was_enough(monkeypatc
     assert reached >= needed and "The residual stalls near the stability limit" in text, text
     assert "Step budget spent" not in text
     share = float(re.search(r"(\d+)% of the stability limit", text).group(1))
-    assert 85 <= share <= 110                                                  # the steps are near h*
+    assert 85 <= share <= 110  # the steps are near h*
 
 
 def test_slowing_down_grows_like_one_over_re_mu():

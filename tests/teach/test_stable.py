@@ -13,23 +13,57 @@ from tests.teach.harness import sweep
 
 def fake_runs():
     """A small document shaped like deqkit/teach/results/jacobian_reg.json, with known numbers."""
+
     def run(name, nfe, acc, rho, cos=1.0, seconds=10.0, jac_reg=0.0):
-        epochs = [{"epoch": 0, "probe_nfe": 50, "rho_mean": 0.8, "rho_max": 1.0, "frobenius": 0.5, "grad_cos": cos,
-                   "probe_converged": 1.0}]
+        epochs = [
+            {
+                "epoch": 0,
+                "probe_nfe": 50,
+                "rho_mean": 0.8,
+                "rho_max": 1.0,
+                "frobenius": 0.5,
+                "grad_cos": cos,
+                "probe_converged": 1.0,
+            }
+        ]
         for e in (1, 2):
-            epochs.append({"epoch": e, "fwd_nfe_mean": nfe + 2 - e, "test_acc": acc - 2 + e, "rho_mean": rho,
-                           "rho_max": rho + 0.1, "probe_nfe": 20 + e, "frobenius": 0.3, "grad_cos": cos,
-                           "seconds": seconds, "fwd_unconverged": 0, "jac_penalty": None, "probe_converged": 1.0})
-        return {"name": name, "model": "mlp-ln", "jac_reg": jac_reg, "backward": "implicit", "weight_norm": None,
-                "epochs": epochs}
-    return {"settings": {"epochs": 2}, "environment": {}, "runs": [
-        run(stable.BASELINE, 30, 97.0, 0.6),
-        run("LayerNorm, γ = 0.1", 27, 97.0, 0.5, jac_reg=0.1),
-        run("LayerNorm, γ = 1", 20, 96.8, 0.3, jac_reg=1.0),
-        run("LayerNorm, γ = 3", 15, 96.0, 0.2, jac_reg=3.0),
-        run("LayerNorm, phantom(5, 0.5)", 34, 96.9, 0.6, cos=0.9, seconds=5.0),
-        run("LayerNorm, one-step", 31, 96.5, 0.6, cos=0.7, seconds=4.0),
-    ]}
+            epochs.append(
+                {
+                    "epoch": e,
+                    "fwd_nfe_mean": nfe + 2 - e,
+                    "test_acc": acc - 2 + e,
+                    "rho_mean": rho,
+                    "rho_max": rho + 0.1,
+                    "probe_nfe": 20 + e,
+                    "frobenius": 0.3,
+                    "grad_cos": cos,
+                    "seconds": seconds,
+                    "fwd_unconverged": 0,
+                    "jac_penalty": None,
+                    "probe_converged": 1.0,
+                }
+            )
+        return {
+            "name": name,
+            "model": "mlp-ln",
+            "jac_reg": jac_reg,
+            "backward": "implicit",
+            "weight_norm": None,
+            "epochs": epochs,
+        }
+
+    return {
+        "settings": {"epochs": 2},
+        "environment": {},
+        "runs": [
+            run(stable.BASELINE, 30, 97.0, 0.6),
+            run("LayerNorm, γ = 0.1", 27, 97.0, 0.5, jac_reg=0.1),
+            run("LayerNorm, γ = 1", 20, 96.8, 0.3, jac_reg=1.0),
+            run("LayerNorm, γ = 3", 15, 96.0, 0.2, jac_reg=3.0),
+            run("LayerNorm, phantom(5, 0.5)", 34, 96.9, 0.6, cos=0.9, seconds=5.0),
+            run("LayerNorm, one-step", 31, 96.5, 0.6, cos=0.7, seconds=4.0),
+        ],
+    }
 
 
 def test_summary_ratios_against_the_baseline():
@@ -88,17 +122,21 @@ def test_gradient_panel_gives_the_median_epoch_time_as_the_notebook_prints_it():
     one_step = next(r for r in runs["runs"] if r["name"] == "LayerNorm, one-step")
     one_step["epochs"].append(dict(one_step["epochs"][-1], epoch=3, seconds=40.0))  # one slow epoch: 4, 4, 40
     panel = stable.gradient_panel(runs, "LayerNorm, one-step")
-    assert "median 4.0 s per epoch" in panel.text                                    # the mean would be 16.0
+    assert "median 4.0 s per epoch" in panel.text  # the mean would be 16.0
     bars = [patch.get_height() for patch in panel.figure.axes[0].patches]
     assert bars == [10.0, 5.0, 4.0]
 
 
 def test_widgets_on_the_saved_runs_sweep_every_control():
     runs = fake_runs()
-    penalty = LiveFigure(lambda name: stable.curves_panel(runs, name),
-                         {"name": widgets.Dropdown(options=[r["name"] for r in runs["runs"][:4]])})
-    method = LiveFigure(lambda method: stable.gradient_panel(runs, method),
-                        {"method": widgets.Dropdown(options=list(stable.GRADIENT_RUNS))})
+    penalty = LiveFigure(
+        lambda name: stable.curves_panel(runs, name),
+        {"name": widgets.Dropdown(options=[r["name"] for r in runs["runs"][:4]])},
+    )
+    method = LiveFigure(
+        lambda method: stable.gradient_panel(runs, method),
+        {"method": widgets.Dropdown(options=list(stable.GRADIENT_RUNS))},
+    )
     assert sweep(penalty) == {"name": 4} and sweep(method) == {"method": 3}
     assert penalty.last_error is None and method.last_error is None
 
@@ -124,9 +162,13 @@ def test_phantom_gradients_approach_the_implicit_one(small_mlp_deq, equilibrium_
 
 def test_phantom_widget_sweeps_every_control(small_mlp_deq):
     model, images, labels = small_mlp_deq
-    app = LiveFigure(lambda steps, damping: stable.phantom_panel(model, images, labels, steps, damping, max_steps=4),
-                     {"steps": widgets.IntSlider(value=2, min=1, max=4),
-                      "damping": widgets.FloatSlider(value=0.5, min=0.25, max=1.0, step=0.25)})
+    app = LiveFigure(
+        lambda steps, damping: stable.phantom_panel(model, images, labels, steps, damping, max_steps=4),
+        {
+            "steps": widgets.IntSlider(value=2, min=1, max=4),
+            "damping": widgets.FloatSlider(value=0.5, min=0.25, max=1.0, step=0.25),
+        },
+    )
     seen = sweep(app, points=3)
     assert seen["steps"] > 1 and seen["damping"] > 1 and app.last_error is None
 
@@ -161,5 +203,3 @@ def test_the_saved_runs_hold_every_run_and_epoch():
         for row in run["epochs"][1:]:
             assert row["fwd_nfe_mean"] > 0 and 0 < row["test_acc"] <= 100 and row["rho_mean"] > 0
             assert (row["jac_penalty"] is not None) == (run["jac_reg"] > 0)
-
-

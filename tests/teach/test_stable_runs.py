@@ -16,8 +16,12 @@ def test_frobenius_is_exact(small_mlp_deq):
     with torch.no_grad():
         x = model.features(images)
         z, _ = deqkit.solve(lambda z: model.deq.f(z, x), torch.zeros_like(x), solver="anderson", max_nfe=None)
-    jac = torch.stack([torch.autograd.functional.jacobian(lambda v, i=i: model.deq.f(v[None], x[i:i + 1])[0], z[i])
-                       for i in range(len(z))])
+    jac = torch.stack(
+        [
+            torch.autograd.functional.jacobian(lambda v, i=i: model.deq.f(v[None], x[i : i + 1])[0], z[i])
+            for i in range(len(z))
+        ]
+    )
     expected = jac.pow(2).sum((1, 2)) / z.shape[1]
     torch.testing.assert_close(jacobian_reg._frobenius(model.deq.f, z, x), expected, rtol=1e-5, atol=1e-7)
 
@@ -73,10 +77,13 @@ def test_an_installed_deqkit_finds_the_saved_runs(tmp_path):
     with zipfile.ZipFile(out / wheel.stdout.strip().splitlines()[-1]) as archive:
         assert "deqkit/teach/results/jacobian_reg.json" in archive.namelist()
         archive.extractall(site)
-    read = ("import deqkit, sys; from deqkit.teach.stable_runs import BASELINE, load_runs; "
-            "assert deqkit.__file__.startswith(sys.argv[1]), deqkit.__file__; "
-            "print(len(load_runs()['runs']), load_runs()['runs'][0]['name'] == BASELINE)")
+    read = (
+        "import deqkit, sys; from deqkit.teach.stable_runs import BASELINE, load_runs; "
+        "assert deqkit.__file__.startswith(sys.argv[1]), deqkit.__file__; "
+        "print(len(load_runs()['runs']), load_runs()['runs'][0]['name'] == BASELINE)"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
-    found = subprocess.run([sys.executable, "-c", read, str(site)], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, check=True)
+    found = subprocess.run(
+        [sys.executable, "-c", read, str(site)], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
     assert found.stdout.split() == [str(len(jacobian_reg.RUNS)), "True"]

@@ -170,8 +170,10 @@ def test_live_figure_shows_divergence_error_instead_of_crashing():
 
 
 def test_sweep_detects_a_dead_control():
-    app = LiveFigure(lambda a, b: welcome_panel(a), {"a": widgets.FloatSlider(value=0.5, min=0.1, max=0.9),
-                                                     "b": widgets.IntSlider(value=1, min=0, max=3)})
+    app = LiveFigure(
+        lambda a, b: welcome_panel(a),
+        {"a": widgets.FloatSlider(value=0.5, min=0.1, max=0.9), "b": widgets.IntSlider(value=1, min=0, max=3)},
+    )
     with pytest.raises(AssertionError, match="'b'"):
         sweep(app)
 

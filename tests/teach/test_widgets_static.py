@@ -27,8 +27,10 @@ def test_live_figure_bundle_holds_the_live_view_and_the_current_plot():
 
 
 def test_live_figure_escapes_labels_and_rounds_values():
-    app = LiveFigure(lambda scale: welcome_panel(scale),
-                     {"scale": widgets.FloatSlider(value=0.123456, min=0.1, max=1.0, description="<b>s</b>")})
+    app = LiveFigure(
+        lambda scale: welcome_panel(scale),
+        {"scale": widgets.FloatSlider(value=0.123456, min=0.1, max=1.0, description="<b>s</b>")},
+    )
     html = app._repr_mimebundle_()["text/html"]
     assert "&lt;b&gt;s&lt;/b&gt; = 0.1235" in html and "<b>s</b>" not in html
 

@@ -21,15 +21,16 @@ def test_training_panel_every_mode_and_solver(backward, solver):
     assert (r.backward_nfe > 0) == (backward == "implicit")
     assert "prediction at −5" in panel.text and len(panel.figure.axes) == 3
     # the backward's cost in words: never "0.0 products" for unrolled, which goes back through every forward step
-    expected = {"implicit": "vector–Jacobian products", "unrolled": "backprop through all",
-                "one_step": "no solve"}[backward]
+    expected = {"implicit": "vector–Jacobian products", "unrolled": "backprop through all", "one_step": "no solve"}[
+        backward
+    ]
     assert expected in panel.text and expected in y2x.results_table([r])
     # a before each of the 100 steps, then after the last one
     assert len(r.a_history) == 10 * 10 + 1 and r.a_history[-1] == r.a
 
 
 def test_a_blow_up_is_plotted_not_raised():
-    lr = 10 ** -0.5  # the widget's top learning rate
+    lr = 10**-0.5  # the widget's top learning rate
     panel = y2x.training_panel(lr, 10, "implicit", "dynamic_ss")
     r = y2x.training_run(lr, 10, "implicit", "dynamic_ss")
     # an Adam step throws a = W2·W1 past 1: dz/dt = (a − 1)z + ... has no stable equilibrium left
@@ -84,14 +85,17 @@ def test_comparison_table_button_adds_rows():
     assert table.table.value.count("<tr>") == 1 + 3 and not table.button.disabled
 
 
-@pytest.mark.parametrize(("w2", "b2", "message"), [
-    ((1 / 3, 1 / 3), 0.0, None),
-    ((0.5, 1 / 6), 0.0, None),
-    ((1.0, 1.0), 0.0, "no stable equilibrium"),
-    ((1 / 3, 1 / 3), 1.0, "b = W₂b₁ + b₂ = 1"),
-    ((0.2, 0.2), 0.0, "a = W₂W₁ = 0.4"),
-    ("two", 0.0, "two numbers"),
-])
+@pytest.mark.parametrize(
+    ("w2", "b2", "message"),
+    [
+        ((1 / 3, 1 / 3), 0.0, None),
+        ((0.5, 1 / 6), 0.0, None),
+        ((1.0, 1.0), 0.0, "no stable equilibrium"),
+        ((1 / 3, 1 / 3), 1.0, "b = W₂b₁ + b₂ = 1"),
+        ((0.2, 0.2), 0.0, "a = W₂W₁ = 0.4"),
+        ("two", 0.0, "two numbers"),
+    ],
+)
 def test_exercise_check(w2, b2, message):
     problem = y2x.check_weights(w2, b2)
     if message is None:
@@ -148,17 +152,25 @@ def _same_run(a, b):
     """Two RunResults of the same training (times aside): losses, every a, prediction, costs, error, warnings."""
     assert (a.error, a.epochs, len(a.losses)) == (b.error, b.epochs, len(b.losses))
     assert np.array_equal(a.a_history, b.a_history, equal_nan=True)  # a NaN where the weights became NaN
-    assert np.allclose([*a.losses, a.prediction, a.forward_nfe, a.backward_nfe],
-                       [*b.losses, b.prediction, b.forward_nfe, b.backward_nfe], rtol=1e-8, atol=0, equal_nan=True)
+    assert np.allclose(
+        [*a.losses, a.prediction, a.forward_nfe, a.backward_nfe],
+        [*b.losses, b.prediction, b.forward_nfe, b.backward_nfe],
+        rtol=1e-8,
+        atol=0,
+        equal_nan=True,
+    )
     assert [m for _, m in a.warnings] == [m for _, m in b.warnings]
 
 
-@pytest.mark.parametrize("lr, backward, solver", [
-    (0.05, "implicit", "dynamic_ss"),     # trains to the end
-    (10 ** -0.5, "implicit", "dynamic_ss"),  # blows up in its first epoch
-    (0.3, "implicit", "anderson"),        # goes on through a > 1
-    (0.3, "unrolled", "picard"),          # blows up later
-])
+@pytest.mark.parametrize(
+    "lr, backward, solver",
+    [
+        (0.05, "implicit", "dynamic_ss"),  # trains to the end
+        (10**-0.5, "implicit", "dynamic_ss"),  # blows up in its first epoch
+        (0.3, "implicit", "anderson"),  # goes on through a > 1
+        (0.3, "unrolled", "picard"),  # blows up later
+    ],
+)
 def test_the_first_epochs_of_a_longer_run_are_the_shorter_run(lr, backward, solver):
     trace = y2x._trace(lr, backward, solver, 0, epochs=6)
     for epochs in (1, 3, 6):
@@ -166,7 +178,7 @@ def test_the_first_epochs_of_a_longer_run_are_the_shorter_run(lr, backward, solv
 
 
 def test_a_saved_grid_reads_back_as_it_was(tmp_path):
-    traces = [y2x._trace(lr, "implicit", "anderson", 0, epochs=3) for lr in (0.05, 10 ** -0.5)]
+    traces = [y2x._trace(lr, "implicit", "anderson", 0, epochs=3) for lr in (0.05, 10**-0.5)]
     y2x.save_grid(traces, tmp_path / "grid.json.gz")
     back = list(y2x._grid(tmp_path / "grid.json.gz").values())
     means = ("losses", "forward_nfe", "backward_nfe", "seconds", "error_seconds")  # float64: kept to 9 digits
@@ -190,15 +202,18 @@ def test_the_shipped_grid_is_every_setting_the_widget_offers_and_matches_fresh_t
     grid = y2x._grid()
     assert len(grid) == len(y2x.GRID_LRS) * len(y2x.BACKWARD_MODES) * len(y2x.SOLVERS)
     # the slider's values and its starting value, the blog's 0.05
-    assert {10 ** e for e in y2x.GRID_EXPONENTS} | {0.05} == set(y2x.GRID_LRS)
+    assert {10**e for e in y2x.GRID_EXPONENTS} | {0.05} == set(y2x.GRID_LRS)
     for lr in y2x.GRID_LRS:
         for backward in y2x.BACKWARD_MODES:
             for solver in y2x.SOLVERS:
                 assert y2x._in_grid(lr, backward, solver, 0) is not None, (lr, backward, solver)
     # the slider's values as a browser computes them may differ from 10 ** e in the last digit: still the grid's
-    for e, backward, solver in [(-1.25, "implicit", "dynamic_ss"), (-0.5, "unrolled", "anderson"),
-                                (-2.0, "one_step", "dynamic_ss(tsit5)")]:
-        lr = 10 ** e * (1 + 2e-16)
+    for e, backward, solver in [
+        (-1.25, "implicit", "dynamic_ss"),
+        (-0.5, "unrolled", "anderson"),
+        (-2.0, "one_step", "dynamic_ss(tsit5)"),
+    ]:
+        lr = 10**e * (1 + 2e-16)
         trace = y2x._in_grid(lr, backward, solver, 0)
         assert trace is not None and trace.covers(y2x.GRID_EPOCHS)
         # the saved runs are this code's: their first epochs equal a fresh training's
@@ -211,9 +226,9 @@ def test_the_widget_reads_the_grid_instead_of_training(monkeypatch):
 
     monkeypatch.setattr(y2x, "_trace", no_training)
     monkeypatch.setattr(y2x, "_RUNS", {})
-    r = y2x.training_run(10 ** -1.25, 60, "unrolled", "broyden")
+    r = y2x.training_run(10**-1.25, 60, "unrolled", "broyden")
     assert r.epochs == 60 and len(r.losses) == 60 and len(r.a_history) == 601
-    panel = y2x.training_panel(10 ** -1.25, 60, "unrolled", "broyden")
+    panel = y2x.training_panel(10**-1.25, 60, "unrolled", "broyden")
     assert "prediction at −5" in panel.text
 
 
@@ -234,13 +249,16 @@ def test_a_setting_outside_the_grid_trains_once_and_answers_shorter_runs(monkeyp
     assert calls == [4, 5]
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    ({"epochs": 0}, ValueError, "epochs must be an integer >= 1"),
-    ({"solver": "x"}, ValueError, "unknown solver 'x': choose one of"),
-    ({"modes": ("implicit", "phantom")}, ValueError, "unknown backward mode 'phantom'"),
-    ({"repeats": 0}, ValueError, "repeats must be an integer >= 1"),
-    ({"lr": 0.0}, ValueError, "lr"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"epochs": 0}, ValueError, "epochs must be an integer >= 1"),
+        ({"solver": "x"}, ValueError, "unknown solver 'x': choose one of"),
+        ({"modes": ("implicit", "phantom")}, ValueError, "unknown backward mode 'phantom'"),
+        ({"repeats": 0}, ValueError, "repeats must be an integer >= 1"),
+        ({"lr": 0.0}, ValueError, "lr"),
+    ],
+)
 def test_compare_backward_modes_refuses_bad_settings_by_name(kwargs, error, message):
     with pytest.raises(error, match=message):
         y2x.compare_backward_modes(**({"epochs": 1, "repeats": 1} | kwargs))

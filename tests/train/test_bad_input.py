@@ -153,7 +153,7 @@ def _flipped(b: Bench) -> pathlib.Path:
     weight = load_checkpoint(path)["model"]["encoder.1.weight"]  # the largest tensor of the seed model
     at = raw.find(weight.numpy().tobytes()[:256])
     assert at > 0, "the weight bytes were not found in the file"
-    raw[at + 64:at + 128] = bytes(x ^ 0xFF for x in raw[at + 64:at + 128])
+    raw[at + 64 : at + 128] = bytes(x ^ 0xFF for x in raw[at + 64 : at + 128])
     path.write_bytes(bytes(raw))
     return folder
 
@@ -323,96 +323,209 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present:
 CASES: list[tuple[str, Callable[[Bench], Any], type[BaseException] | int, str]] = [
     # --- checkpoints: damaged or edited files are refused before anything is loaded into the model
     ("ckpt: 64 bytes flipped in a weight tensor", lambda b: b.resume(_flipped(b)), CheckpointError, "checksum"),
-    ("ckpt: epoch=99 edited (checksum stale)", lambda b: b.resume(b.edited(_set("epoch", value=99), checksum="stale")),
-     CheckpointError, "checksum"),
-    ("ckpt: epoch=99 re-saved with a valid checksum", lambda b: b.resume(b.edited(_set("epoch", value=99))),
-     CheckpointError, "epoch 99"),
+    (
+        "ckpt: epoch=99 edited (checksum stale)",
+        lambda b: b.resume(b.edited(_set("epoch", value=99), checksum="stale")),
+        CheckpointError,
+        "checksum",
+    ),
+    (
+        "ckpt: epoch=99 re-saved with a valid checksum",
+        lambda b: b.resume(b.edited(_set("epoch", value=99))),
+        CheckpointError,
+        "epoch 99",
+    ),
     ("ckpt: epoch=-5", lambda b: b.resume(b.edited(_set("epoch", value=-5))), CheckpointError, "epoch -5"),
-    ("ckpt: step=7 of a 3-step epoch", lambda b: b.resume(b.edited(_set("step", value=7))),
-     CheckpointError, "step 7"),
-    ("ckpt: mid-epoch without its tallies", lambda b: b.resume(b.edited(_mid_epoch_without_tally)),
-     CheckpointError, "tallies"),
+    ("ckpt: step=7 of a 3-step epoch", lambda b: b.resume(b.edited(_set("step", value=7))), CheckpointError, "step 7"),
+    (
+        "ckpt: mid-epoch without its tallies",
+        lambda b: b.resume(b.edited(_mid_epoch_without_tally)),
+        CheckpointError,
+        "tallies",
+    ),
     ("ckpt: no 'rng' entry", lambda b: b.resume(b.edited(_drop("rng"))), CheckpointError, "'rng'"),
-    ("ckpt: config edited to another model", lambda b: b.resume(b.edited(_set("config", "model", value="wide")),
-                                                                  model="wide"),
-     CheckpointError, "do not fit the model 'wide'"),
+    (
+        "ckpt: config edited to another model",
+        lambda b: b.resume(b.edited(_set("config", "model", value="wide")), model="wide"),
+        CheckpointError,
+        "do not fit the model 'wide'",
+    ),
     ("ckpt: NaN in a weight", lambda b: b.resume(b.edited(_nan_weight)), CheckpointError, "encoder.1.weight"),
-    ("ckpt: NaN in a weight, read by load_model", lambda b: load_model(b.edited(_nan_weight) / "checkpoint.pt"),
-     CheckpointError, "encoder.1.weight"),
-    ("ckpt: negative Adam second moment", lambda b: b.resume(b.edited(_negative_adam)), CheckpointError,
-     "exp_avg_sq"),
+    (
+        "ckpt: NaN in a weight, read by load_model",
+        lambda b: load_model(b.edited(_nan_weight) / "checkpoint.pt"),
+        CheckpointError,
+        "encoder.1.weight",
+    ),
+    ("ckpt: negative Adam second moment", lambda b: b.resume(b.edited(_negative_adam)), CheckpointError, "exp_avg_sq"),
     ("ckpt: metrics.json disagrees with the checkpoint", _metrics_json_edited, CheckpointError, "metrics.json"),
     ("ckpt: metrics.json deleted", _metrics_files_deleted, CheckpointError, "metrics.json"),
-    ("ckpt: metrics.csv edited (test_acc 99.9)", _metrics_csv_edited, CheckpointError,
-     "column 'test_acc': '99.9' in metrics.csv"),
+    (
+        "ckpt: metrics.csv edited (test_acc 99.9)",
+        _metrics_csv_edited,
+        CheckpointError,
+        "column 'test_acc': '99.9' in metrics.csv",
+    ),
     # --- run folders: nothing of another run is replaced or deleted without overwrite
-    ("folder: fresh run over metrics files without a checkpoint", lambda b: run(b.data, _without_checkpoint(b)),
-     FileExistsError, "another run's files (metrics.csv, metrics.json)"),
-    ("folder: fresh --tensorboard run over another run's event files", _fresh_tensorboard_run, FileExistsError,
-     "tensorboard/events.out.tfevents.1.other"),
-    ("folder: checkpoint.pt is a folder (library, resume)", lambda b: run(b.data, _checkpoint_folder(b), resume=True),
-     FileExistsError, "is not a file"),
-    ("cli: fresh run over metrics files without a checkpoint",
-     lambda b: b.cli("--out", str(_without_checkpoint(b))), 1, "--overwrite"),
-    ("cli: fresh --tensorboard run over another run's event files",
-     lambda b: b.cli("--tensorboard", "--out", str(_without_checkpoint(b))), 1, "events.out.tfevents.1.other"),
-    ("cli: checkpoint.pt is a folder, --resume", lambda b: b.cli("--resume", "--out", str(_checkpoint_folder(b))), 1,
-     "is not a file (a folder?)"),
-    ("cli: checkpoint.pt is a folder, fresh", lambda b: b.cli("--out", str(_checkpoint_folder(b))), 1,
-     "is not a file (a folder?)"),
+    (
+        "folder: fresh run over metrics files without a checkpoint",
+        lambda b: run(b.data, _without_checkpoint(b)),
+        FileExistsError,
+        "another run's files (metrics.csv, metrics.json)",
+    ),
+    (
+        "folder: fresh --tensorboard run over another run's event files",
+        _fresh_tensorboard_run,
+        FileExistsError,
+        "tensorboard/events.out.tfevents.1.other",
+    ),
+    (
+        "folder: checkpoint.pt is a folder (library, resume)",
+        lambda b: run(b.data, _checkpoint_folder(b), resume=True),
+        FileExistsError,
+        "is not a file",
+    ),
+    (
+        "cli: fresh run over metrics files without a checkpoint",
+        lambda b: b.cli("--out", str(_without_checkpoint(b))),
+        1,
+        "--overwrite",
+    ),
+    (
+        "cli: fresh --tensorboard run over another run's event files",
+        lambda b: b.cli("--tensorboard", "--out", str(_without_checkpoint(b))),
+        1,
+        "events.out.tfevents.1.other",
+    ),
+    (
+        "cli: checkpoint.pt is a folder, --resume",
+        lambda b: b.cli("--resume", "--out", str(_checkpoint_folder(b))),
+        1,
+        "is not a file (a folder?)",
+    ),
+    (
+        "cli: checkpoint.pt is a folder, fresh",
+        lambda b: b.cli("--out", str(_checkpoint_folder(b))),
+        1,
+        "is not a file (a folder?)",
+    ),
     # --- writing: the atomic write holds, and the error names the disk
-    ("write: disk full in torch.save", lambda b: (b.full_disk_on_save(), save_checkpoint({"e": 1}, b.tmp / "c.pt")),
-     RunFolderError, "MB free"),
-    ("write: disk full at fsync (metrics)", lambda b: (b.full_disk_on_fsync(), run(b.data, b.tmp / "r")),
-     RunFolderError, "metrics.csv"),
-    ("write: out is read-only (library)", lambda b: run(b.data, b.read_only(b.tmp / "ro")), RunFolderError,
-     "cannot write"),
+    (
+        "write: disk full in torch.save",
+        lambda b: (b.full_disk_on_save(), save_checkpoint({"e": 1}, b.tmp / "c.pt")),
+        RunFolderError,
+        "MB free",
+    ),
+    (
+        "write: disk full at fsync (metrics)",
+        lambda b: (b.full_disk_on_fsync(), run(b.data, b.tmp / "r")),
+        RunFolderError,
+        "metrics.csv",
+    ),
+    (
+        "write: out is read-only (library)",
+        lambda b: run(b.data, b.read_only(b.tmp / "ro")),
+        RunFolderError,
+        "cannot write",
+    ),
     # --- the command line: usage errors (2) and run-folder errors (1), all before the data are loaded
-    ("cli: --out under a regular file", lambda b: b.cli("--out", str(_regular_file(b) / "run")), 1,
-     "is a file, not a folder"),
+    (
+        "cli: --out under a regular file",
+        lambda b: b.cli("--out", str(_regular_file(b) / "run")),
+        1,
+        "is a file, not a folder",
+    ),
     ("cli: --out read-only", lambda b: b.cli("--out", str(b.read_only(b.tmp / "ro"))), 1, "Permission denied"),
-    ("cli: --resume from a damaged checkpoint", lambda b: b.cli("--resume", "--out", str(_flipped(b))), 1,
-     "checksum"),
+    ("cli: --resume from a damaged checkpoint", lambda b: b.cli("--resume", "--out", str(_flipped(b))), 1, "checksum"),
     ("cli: --checkpoint-every -1", lambda b: b.cli("--checkpoint-every", "-1"), 2, "--checkpoint-every"),
-    pytest.param("cli: --device cuda without a GPU", lambda b: b.cli("--device", "cuda"), 2, "use --device cpu",
-                 marks=NO_GPU),
+    pytest.param(
+        "cli: --device cuda without a GPU", lambda b: b.cli("--device", "cuda"), 2, "use --device cpu", marks=NO_GPU
+    ),
     ("cli: --lr -1e-3", lambda b: b.cli("--lr", "-1e-3"), 2, "lr must be a positive number, got -0.001"),
     ("cli: --weight-decay -1", lambda b: b.cli("--weight-decay", "-1"), 2, "weight_decay must be a finite non-neg"),
     ("cli: --weight-decay inf", lambda b: b.cli("--weight-decay", "inf"), 2, "weight_decay must be a finite non-neg"),
     ("cli: --deq with an unknown key", lambda b: b.cli("--deq", "bogus=1"), 2, "unknown option(s) 'bogus'"),
     ("cli: --deq max_steps=0", lambda b: b.cli("--deq", "max_steps=0"), 2, "max_steps"),
     ("cli: --deq seed=3", lambda b: b.cli("--deq", "seed=3"), 2, "(--seed on the command line)"),
-    ("cli: --deq abstol=1e999 (inf)", lambda b: b.cli("--model", "mlp", "--deq", "abstol=1e999"), 2,
-     "abstol must be in [0, inf), got inf"),
+    (
+        "cli: --deq abstol=1e999 (inf)",
+        lambda b: b.cli("--model", "mlp", "--deq", "abstol=1e999"),
+        2,
+        "abstol must be in [0, inf), got inf",
+    ),
     ("cli: --deq reltol=1", lambda b: b.cli("--model", "mlp", "--deq", "reltol=1"), 2, "reltol must be in [0, 1)"),
     # issue 22: these ended in tracebacks
-    ("cli: --deq width=0 (wide)", lambda b: b.cli("--model", "wide", "--deq", "width=0"), 2,
-     "width must be an integer >= 1, got 0"),
-    ("cli: --deq width=-4 (wide)", lambda b: b.cli("--model", "wide", "--deq", "width=-4"), 2,
-     "width must be an integer >= 1, got -4"),
-    ("cli: --deq channels=0 (conv)", lambda b: b.cli("--model", "conv", "--deq", "channels=0"), 2,
-     "channels must be an integer >= 1"),
-    ("cli: --deq stem=-1 (conv)", lambda b: b.cli("--model", "conv", "--deq", "stem=-1"), 2,
-     "stem must be an integer >= 1"),
+    (
+        "cli: --deq width=0 (wide)",
+        lambda b: b.cli("--model", "wide", "--deq", "width=0"),
+        2,
+        "width must be an integer >= 1, got 0",
+    ),
+    (
+        "cli: --deq width=-4 (wide)",
+        lambda b: b.cli("--model", "wide", "--deq", "width=-4"),
+        2,
+        "width must be an integer >= 1, got -4",
+    ),
+    (
+        "cli: --deq channels=0 (conv)",
+        lambda b: b.cli("--model", "conv", "--deq", "channels=0"),
+        2,
+        "channels must be an integer >= 1",
+    ),
+    (
+        "cli: --deq stem=-1 (conv)",
+        lambda b: b.cli("--model", "conv", "--deq", "stem=-1"),
+        2,
+        "stem must be an integer >= 1",
+    ),
     ("cli: --seed 2**70", lambda b: b.cli("--seed", str(2**70)), 2, "seed must be an integer in [0, 2**63)"),
-    ("train: a label out of range (was a raw IndexError)", _label_out_of_range, ValueError,
-     "class indices in [0, 10) (the model outputs 10 logits)"),
-    ("train: TensorBoard's disk full (was a raw OSError)", _tensorboard_disk_full, RunFolderError,
-     "TensorBoard could not write its event file"),
-    ("train: TensorBoard's disk full when it creates its event file (was a raw OSError)",
-     _tensorboard_disk_full_at_start, RunFolderError, "MB free. Free some space and start the run again"),
+    (
+        "train: a label out of range (was a raw IndexError)",
+        _label_out_of_range,
+        ValueError,
+        "class indices in [0, 10) (the model outputs 10 logits)",
+    ),
+    (
+        "train: TensorBoard's disk full (was a raw OSError)",
+        _tensorboard_disk_full,
+        RunFolderError,
+        "TensorBoard could not write its event file",
+    ),
+    (
+        "train: TensorBoard's disk full when it creates its event file (was a raw OSError)",
+        _tensorboard_disk_full_at_start,
+        RunFolderError,
+        "MB free. Free some space and start the run again",
+    ),
     # --- what a run reports: every call of a DEQ is counted, not only the last
-    ("train: a DEQ called twice per step, the first call unconverged", _two_calls_per_step, ConvergenceWarning,
-     "epoch 1: 96 training samples (forward)"),
+    (
+        "train: a DEQ called twice per step, the first call unconverged",
+        _two_calls_per_step,
+        ConvergenceWarning,
+        "epoch 1: 96 training samples (forward)",
+    ),
     # --- MNIST
-    ("mnist: a folder where a file should be", lambda b: _dir_where_a_file_should_be(b, download=False),
-     MNISTError, "is a directory"),
-    ("mnist: a folder where a file should be (download)", lambda b: _dir_where_a_file_should_be(b, download=True),
-     MNISTError, "is a directory"),
+    (
+        "mnist: a folder where a file should be",
+        lambda b: _dir_where_a_file_should_be(b, download=False),
+        MNISTError,
+        "is a directory",
+    ),
+    (
+        "mnist: a folder where a file should be (download)",
+        lambda b: _dir_where_a_file_should_be(b, download=True),
+        MNISTError,
+        "is a directory",
+    ),
     ("mnist: read-only cache folder", _read_only_mnist_cache, MNISTError, "DEQKIT_MNIST_DIR"),
     ("mnist: an unreadable file (was a raw PermissionError)", _unreadable_mnist_file, MNISTError, "chmod a+r"),
-    ("mnist: subset=True (was one sample)", lambda b: mnist_datasets(b.tmp, subset=True), TypeError,
-     "subset must be a positive integer"),
+    (
+        "mnist: subset=True (was one sample)",
+        lambda b: mnist_datasets(b.tmp, subset=True),
+        TypeError,
+        "subset must be a positive integer",
+    ),
     ("mnist: subset=2.5", lambda b: mnist_datasets(b.tmp, subset=2.5), TypeError, "subset must be a positive integer"),
     ("cli: read-only MNIST cache folder", _read_only_mnist_cache_cli, 1, "DEQKIT_MNIST_DIR"),
 ]
@@ -445,6 +558,7 @@ def test_bad_input(name, act, expected, fragment, data, finished, tmp_path, monk
 
 
 # ---- the same read-only faults, made for real (chmod), where permissions apply ----
+
 
 @pytest.mark.skipif(IS_ROOT, reason="root writes into read-only folders: the simulated cases above cover this")
 def test_real_read_only_folders(data, tmp_path, monkeypatch):

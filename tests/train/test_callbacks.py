@@ -36,8 +36,9 @@ def test_tensorboard_logs_every_step_and_epoch(data, tmp_path):
     assert [v for _, v in scalars["step/loss"]] == pytest.approx([s["loss"] for s in seen], rel=1e-6)
     assert [v for _, v in scalars["step/lr"]] == pytest.approx([3e-3] * 6)
     for field in ("test_acc", "train_loss", "fwd_nfe_mean", "bwd_nfe_mean", "fwd_unconverged", "lr"):
-        assert [v for _, v in scalars[f"epoch/{field}"]] == pytest.approx([r[field] for r in result.history],
-                                                                          rel=1e-6), field
+        assert [v for _, v in scalars[f"epoch/{field}"]] == pytest.approx(
+            [r[field] for r in result.history], rel=1e-6
+        ), field
 
 
 def test_tensorboard_after_resume_shows_each_step_once(data, tmp_path):

@@ -41,14 +41,20 @@ def test_load_checkpoint_is_weights_only(tmp_path):
         load_checkpoint(path)
 
 
-
 def test_checksum_round_trip_and_format(tmp_path):
-    state = {"w": torch.arange(12.0).reshape(3, 4).T, "epoch": 3, "lr": 1e-3, "tag": "x", "none": None,
-             "nested": [{"a": (1, 2)}, torch.zeros(0)]}
+    state = {
+        "w": torch.arange(12.0).reshape(3, 4).T,
+        "epoch": 3,
+        "lr": 1e-3,
+        "tag": "x",
+        "none": None,
+        "nested": [{"a": (1, 2)}, torch.zeros(0)],
+    }
     path = save_checkpoint(state, tmp_path / "c.pt")
     raw = torch.load(path, weights_only=True)
-    assert raw["format"] == CHECKPOINT_FORMAT and raw["sha256"] == checksum({k: v for k, v in raw.items()
-                                                                                 if k != "sha256"})
+    assert raw["format"] == CHECKPOINT_FORMAT and raw["sha256"] == checksum(
+        {k: v for k, v in raw.items() if k != "sha256"}
+    )
     loaded = load_checkpoint(path)
     assert "sha256" not in loaded and torch.equal(loaded["w"], state["w"]) and loaded["nested"][0] == {"a": (1, 2)}
     save_checkpoint(loaded, path)  # re-saving a loaded state replaces its format and checksum entries

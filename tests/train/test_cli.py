@@ -36,6 +36,7 @@ def test_cli_rejects_unknown_and_bad_options(capsys):
 
 # ---- the command line on real MNIST: killed and resumed, and two processes with gloo ----
 
+
 @pytest.mark.slow  # three interpreters start torch and read MNIST: ~10 s however small the run
 def test_cli_killed_mid_run_resumes_to_the_same_result(tmp_path):
     root = mnist_dir()
@@ -56,8 +57,9 @@ def test_cli_killed_mid_run_resumes_to_the_same_result(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "resuming" in done.stderr + done.stdout
 
-    reference = train_mnist(model="seed", epochs=2, batch_size=64, subset=640, data_dir=root, eval_batch_size=500,
-                            progress=False)
+    reference = train_mnist(
+        model="seed", epochs=2, batch_size=64, subset=640, data_dir=root, eval_batch_size=500, progress=False
+    )
     resumed = load_checkpoint(out / "checkpoint.pt")
     same_numbers(resumed["metrics"], reference.history)
     ref_state = reference.model.state_dict()
@@ -91,17 +93,44 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
     options = {"solver": "anderson", "abstol": 1e-5, "reltol": 1e-5, "max_steps": 60}
     opts = [a for k, v in options.items() for a in ("--deq", f"{k}={v!r}")]
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           *CLI[1:], "--model", "wide", "--lr", "1e-3", "--data", root, "--epochs", "1", "--out", str(out),
-           "--no-progress", *opts]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *CLI[1:],
+        "--model",
+        "wide",
+        "--lr",
+        "1e-3",
+        "--data",
+        root,
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+        *opts,
+    ]
     done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ConvergenceWarning" not in done.stderr
     ddp = load_checkpoint(out / "checkpoint.pt")
     assert ddp["environment"]["world_size"] == 2
 
-    single = train_mnist(model="wide", lr=1e-3, epochs=1, batch_size=64, subset=640, data_dir=root,
-                         eval_batch_size=500, progress=False, model_options=options)
+    single = train_mnist(
+        model="wide",
+        lr=1e-3,
+        epochs=1,
+        batch_size=64,
+        subset=640,
+        data_dir=root,
+        eval_batch_size=500,
+        progress=False,
+        model_options=options,
+    )
     a, b = ddp["metrics"][0], single.final
     assert a["samples"] == b["samples"] == 640
     for key in ("train_loss", "test_loss"):
@@ -114,5 +143,3 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
     # and they did train: the weights moved away from the shared initialisation
     init = mnist_model("wide", seed=0).state_dict()
     assert not torch.allclose(ddp["model"]["encoder.1.weight"], init["encoder.1.weight"], atol=1e-4)
-
-

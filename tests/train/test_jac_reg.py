@@ -21,8 +21,9 @@ MLP = {"width": 16, "solver": "anderson", "max_nfe": None, "eval_max_nfe": None}
 
 
 def config(jac_reg, epochs=2, **kw):
-    return TrainConfig(model="mlp-ln", epochs=epochs, batch_size=32, lr=1e-3, seed=0, jac_reg=jac_reg,
-                       model_options=MLP, **kw)
+    return TrainConfig(
+        model="mlp-ln", epochs=epochs, batch_size=32, lr=1e-3, seed=0, jac_reg=jac_reg, model_options=MLP, **kw
+    )
 
 
 def run(data, cfg, out=None, **kwargs):
@@ -59,13 +60,13 @@ def test_the_penalty_is_logged_with_the_other_metrics(tmp_path):
         assert epoch["jac_penalty"] == pytest.approx(sum(steps) / 2)
     header, *rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert header.split(",") == list(METRIC_FIELDS) and "jac_penalty" in METRIC_FIELDS
-    assert float(rows[-1].split(",")[METRIC_FIELDS.index("jac_penalty")]) == pytest.approx(
-        result.final["jac_penalty"])
+    assert float(rows[-1].split(",")[METRIC_FIELDS.index("jac_penalty")]) == pytest.approx(result.final["jac_penalty"])
     assert json.loads((tmp_path / "metrics.json").read_text())["config"]["jac_reg"] == 1.0
     scalars = tensorboard_scalars(tmp_path / "tensorboard")
     assert [v for _, v in scalars["step/jac_penalty"]] == pytest.approx(log.jac_penalty, rel=1e-6)
-    assert [v for _, v in scalars["epoch/jac_penalty"]] == pytest.approx([r["jac_penalty"] for r in result.history],
-                                                                         rel=1e-6)
+    assert [v for _, v in scalars["epoch/jac_penalty"]] == pytest.approx(
+        [r["jac_penalty"] for r in result.history], rel=1e-6
+    )
 
 
 def test_without_jac_reg_nothing_is_computed_or_logged(tmp_path):
@@ -116,20 +117,21 @@ def test_cli_selects_normalized_models_and_the_penalty():
     assert isinstance(model.deq.f.norm, torch.nn.LayerNorm)
     assert parametrize.is_parametrized(model.deq.f.linear, "weight")
     assert type(model.deq.f.linear.parametrizations.weight[0]).__name__ == "_SpectralNorm"
-    cfg, model = _check_arguments(parser, parser.parse_args(["mnist", "--model", "mlp", "--deq",
-                                                             "weight_norm=weight"]))
+    cfg, model = _check_arguments(parser, parser.parse_args(["mnist", "--model", "mlp", "--deq", "weight_norm=weight"]))
     assert isinstance(model.deq.f.norm, torch.nn.Identity) and cfg.jac_reg == 0.0
     assert type(model.deq.f.linear.parametrizations.weight[0]).__name__ == "_WeightNorm"
-    _, conv = _check_arguments(parser, parser.parse_args(["mnist", "--model", "conv", "--deq",
-                                                          "weight_norm=spectral"]))
+    _, conv = _check_arguments(parser, parser.parse_args(["mnist", "--model", "conv", "--deq", "weight_norm=spectral"]))
     assert parametrize.is_parametrized(conv.deq.f.conv1, "weight")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--model", "mlp-ln", "--deq", "weight_norm=batch"], "weight_norm must be one of"),
-    (["--model", "seed", "--deq", "weight_norm=spectral"], "weight_norm"),
-    (["--model", "mlp-ln", "--deq", "norm=None"], "the 'mlp-ln' model fixes norm"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "mlp-ln", "--deq", "weight_norm=batch"], "weight_norm must be one of"),
+        (["--model", "seed", "--deq", "weight_norm=spectral"], "weight_norm"),
+        (["--model", "mlp-ln", "--deq", "norm=None"], "the 'mlp-ln' model fixes norm"),
+    ],
+)
 def test_cli_refuses_normalizations_a_model_does_not_take(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["mnist", *argv])
@@ -139,10 +141,42 @@ def test_cli_refuses_normalizations_a_model_does_not_take(argv, message, capsys)
 def test_cli_trains_the_regularized_layernorm_model_on_mnist(tmp_path, capsys):
     root = mnist_dir()
     out = tmp_path / "run"
-    code = main(["mnist", "--model", "mlp-ln", "--deq", "weight_norm=spectral", "--deq", "width=32", "--deq",
-                 "solver=anderson", "--deq", "max_nfe=None", "--deq", "max_steps=1000", "--jac-reg", "1",
-                 "--data", root, "--subset", "256", "--batch-size", "64", "--epochs", "1", "--lr", "1e-3",
-                 "--eval-batch-size", "500", "--threads", "1", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "mnist",
+            "--model",
+            "mlp-ln",
+            "--deq",
+            "weight_norm=spectral",
+            "--deq",
+            "width=32",
+            "--deq",
+            "solver=anderson",
+            "--deq",
+            "max_nfe=None",
+            "--deq",
+            "max_steps=1000",
+            "--jac-reg",
+            "1",
+            "--data",
+            root,
+            "--subset",
+            "256",
+            "--batch-size",
+            "64",
+            "--epochs",
+            "1",
+            "--lr",
+            "1e-3",
+            "--eval-batch-size",
+            "500",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["config"]["jac_reg"] == 1.0 and doc["config"]["model_options"]["weight_norm"] == "spectral"

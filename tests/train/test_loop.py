@@ -60,8 +60,11 @@ def test_deterministic_with_seed(data):
     assert c.history[0]["train_loss"] != a.history[0]["train_loss"]
 
 
-@pytest.mark.parametrize(("stop_at", "restart"), [(2, (0, 2)), (3, (1, 0)), (5, (1, 2))],
-                         ids=["mid-first-epoch", "between-epochs", "mid-second-epoch"])
+@pytest.mark.parametrize(
+    ("stop_at", "restart"),
+    [(2, (0, 2)), (3, (1, 0)), (5, (1, 2))],
+    ids=["mid-first-epoch", "between-epochs", "mid-second-epoch"],
+)
 def test_resume_after_interrupt_matches_uninterrupted(data, tmp_path, stop_at, restart):
     # 96 samples, batch 32: 3 steps per epoch, global steps 0-5. Checkpoints after every 2 steps within an epoch
     # and after each epoch; the run is interrupted during global step ``stop_at`` and restarts at
@@ -93,8 +96,7 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(data, tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint"):
         run(data, tmp_path / "empty", resume=True)
     # more epochs with a constant learning rate: allowed, continues from epoch 2
-    more = run(data, tmp_path, config=TrainConfig(model="seed", epochs=3, batch_size=32, lr=3e-3, seed=0),
-                resume=True)
+    more = run(data, tmp_path, config=TrainConfig(model="seed", epochs=3, batch_size=32, lr=3e-3, seed=0), resume=True)
     assert [r["epoch"] for r in more.history] == [1, 2, 3]
     # overwrite starts afresh
     fresh = run(data, tmp_path, overwrite=True)
@@ -116,8 +118,9 @@ def test_cosine_schedule_and_callback(data):
     assert [s["global_step"] for s in seen] == list(range(6))
     assert {"loss", "acc", "fwd_nfe", "bwd_nfe", "unconverged"} <= set(seen[0])
     # the rate used by each epoch's last step (global steps 2 and 5 of 6): 1e-2 · (1 + cos(π s / 6)) / 2
-    assert [r["lr"] for r in result.history] == pytest.approx([1e-2 * (1 + math.cos(math.pi * s / 6)) / 2
-                                                               for s in (2, 5)])
+    assert [r["lr"] for r in result.history] == pytest.approx(
+        [1e-2 * (1 + math.cos(math.pi * s / 6)) / 2 for s in (2, 5)]
+    )
 
 
 @pytest.mark.parametrize("stop_at", [1, 4], ids=["mid-first-epoch", "mid-second-epoch"])
@@ -154,8 +157,14 @@ def test_bad_settings_are_refused():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_training_on_cuda_matches_cpu(data):
-    config = TrainConfig(model="wide", epochs=1, batch_size=32, lr=1e-3, seed=0,
-                         model_options={"solver": "anderson", "abstol": 1e-6, "reltol": 1e-6, "max_steps": 60})
+    config = TrainConfig(
+        model="wide",
+        epochs=1,
+        batch_size=32,
+        lr=1e-3,
+        seed=0,
+        model_options={"solver": "anderson", "abstol": 1e-6, "reltol": 1e-6, "max_steps": 60},
+    )
     cpu = run(data, config=config, device="cpu")
     gpu = run(data, config=config, device="cuda")
     assert next(gpu.model.parameters()).device.type == "cuda"

@@ -77,5 +77,17 @@ def env():
     return os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-CLI = [sys.executable, "-m", "deqkit.train", "mnist", "--threads", "1", "--subset", "640", "--batch-size", "64",
-       "--eval-batch-size", "500"]
+CLI = [
+    sys.executable,
+    "-m",
+    "deqkit.train",
+    "mnist",
+    "--threads",
+    "1",
+    "--subset",
+    "640",
+    "--batch-size",
+    "64",
+    "--eval-batch-size",
+    "500",
+]
