@@ -630,7 +630,7 @@ class ComparisonTable(StaticFallback, widgets.VBox):
 #: −0.5 in steps of 0.25) and its starting value, the blog's 0.05; every backward mode and forward solver; seed 0,
 #: :data:`GRID_EPOCHS` epochs. Written by ``python -m deqkit.teach.y2x --grid`` so that each move of a control
 #: answers at once.
-GRID = pathlib.Path(__file__).resolve().parents[2] / "docs" / "data" / "regression_grid.json.gz"
+GRID = pathlib.Path(__file__).resolve().parent / "results" / "regression_grid.json.gz"  # package data
 GRID_EXPONENTS = tuple(-3 + 0.25 * k for k in range(11))
 GRID_LRS = (0.05, *(10**e for e in GRID_EXPONENTS))
 GRID_EPOCHS = 100
@@ -701,7 +701,7 @@ def _in_grid(lr: float, backward: str, solver: str, seed: int) -> _Trace | None:
 
 #: The comparison of notebook 03 (every backward mode, the blog's pure ODE, 100 epochs, three repeats), saved by
 #: ``python -m deqkit.teach.y2x`` so that the notebook need not spend minutes retraining it.
-COMPARISON = pathlib.Path(__file__).resolve().parents[2] / "docs" / "data" / "regression_modes.json"
+COMPARISON = pathlib.Path(__file__).resolve().parent / "results" / "regression_modes.json"  # package data
 
 
 class _ComparisonSettings(TypedDict):

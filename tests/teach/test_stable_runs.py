@@ -75,15 +75,17 @@ def test_an_installed_deqkit_finds_the_saved_runs(tmp_path):
     build = "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))"
     wheel = subprocess.run([sys.executable, "-c", build, str(out)], cwd=src, capture_output=True, text=True, check=True)
     with zipfile.ZipFile(out / wheel.stdout.strip().splitlines()[-1]) as archive:
-        assert "deqkit/teach/results/jacobian_reg.json" in archive.namelist()
+        for name in ("jacobian_reg.json", "regression_grid.json.gz", "regression_modes.json"):
+            assert f"deqkit/teach/results/{name}" in archive.namelist()
         archive.extractall(site)
     read = (
         "import deqkit, sys; from deqkit.teach.stable_runs import BASELINE, load_runs; "
         "assert deqkit.__file__.startswith(sys.argv[1]), deqkit.__file__; "
-        "print(len(load_runs()['runs']), load_runs()['runs'][0]['name'] == BASELINE)"
+        "print(len(load_runs()['runs']), load_runs()['runs'][0]['name'] == BASELINE); "
+        "from deqkit.teach import y2x; print(len(y2x._grid()), len(y2x.load_comparison()))"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
     found = subprocess.run(
         [sys.executable, "-c", read, str(site)], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
     )
-    assert found.stdout.split() == [str(len(jacobian_reg.RUNS)), "True"]
+    assert found.stdout.split() == [str(len(jacobian_reg.RUNS)), "True", "180", "3"]
