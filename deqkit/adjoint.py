@@ -170,11 +170,10 @@ class Implicit(Gradient):
     max_nfe : int, optional
         Most vector–Jacobian products of the backward solve (never exceeded). Default: the forward's budget, the
         layer's ``max_nfe`` in training (:data:`deqkit.layer.TRAIN_NFE` unless set) or ``eval_max_nfe`` in
-        ``eval()`` mode; no budget beyond ``max_steps`` where that is None: the backward may cost what the
-        forward may. Measured on the LayerNorm MLP-DEQ
-        of :func:`deqkit.models.mlp_deq` (batch 128; docs/results.md, section 10): 20 GMRES products give
-        parameter gradients with cosine similarity ≥ 0.9997 to the converged ones at initialisation and
-        ≥ 0.99999 after 10 training steps, while without a budget the first steps took up to 211 products.
+        ``eval()`` mode, so that one hard sample cannot keep the whole batch's backward solve going to
+        ``max_steps``; no budget beyond ``max_steps`` where that is None: the backward may cost what the forward
+        may. How close the budgeted gradient is to the converged one: docs/results.md ("Accuracy at the training
+        budget").
     **options
         With a solver name, options of its class (e.g. ``restart=30``); unknown ones raise ``TypeError``.
     """

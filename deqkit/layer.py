@@ -168,12 +168,6 @@ class DEQ(nn.Module):
         **options: Any,
     ):
         super().__init__()
-        stale = sorted(k for k in options if k.startswith("backward_"))
-        if stale:
-            raise TypeError(
-                f"DEQ no longer takes {', '.join(stale)}: configure the backward pass as one object, "
-                "e.g. DEQ(f, backward=deqkit.Implicit(solver='gmres', reltol=1e-6, max_steps=100))"
-            )
         _check_z0(z0)
         if not callable(f):
             raise TypeError(f"f must be an nn.Module or a callable f(z, x), got {type(f).__name__}")

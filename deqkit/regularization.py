@@ -23,7 +23,7 @@ def jacobian_penalty(model: nn.Module, *, samples: int = 1, generator: torch.Gen
     ``loss + γ · jacobian_penalty(model)`` trains ``f`` towards a smaller Jacobian. Since
     ``ρ(J) ≤ ‖J‖₂ ≤ ‖J‖_F``, a penalty below ``1 / dim(z)`` guarantees ``ρ(J) < 1`` (plain iteration converges
     near ``z*``); above that the bound says nothing, but the penalty still shrinks every singular value, and in
-    practice ρ and the solver's evaluations fall with it (measured in notebook 06 and docs/results.md).
+    practice ρ and the solver's evaluations fall with it (notebook 06; docs/results.md, "The Jacobian penalty").
 
     Parameters
     ----------

@@ -383,10 +383,10 @@ CASES = [
         "backward abstol and reltol are both 0",
     ),
     (
-        "DEQ backward_ keyword",
+        "DEQ keyword neither its own nor its solver's",
         lambda: _deq(backward_solver="gmres"),
         TypeError,
-        r"no longer takes backward_solver.*deqkit.Implicit",
+        r"unknown option.*'backward_solver'.*the DEQ's own settings are: .*backward",
     ),
     ("DEQ strict='yes'", lambda: _deq(strict="yes"), TypeError, "strict must be True or False"),
     ("DEQ unknown backward", lambda: _deq(backward="adjoint"), ValueError, "unknown backward 'adjoint'"),

@@ -155,7 +155,7 @@ def test_layer_bad_inputs(tanh_problem):
         deqkit.DEQ(block, solver="anderson", mm=3)
     with pytest.raises(TypeError, match="unknown option.*'restrt'.*'gmres'"):
         deqkit.Implicit(restrt=3)
-    with pytest.raises(TypeError, match="no longer takes backward_restart, backward_solver.*deqkit.Implicit"):
+    with pytest.raises(TypeError, match="'backward_restart', 'backward_solver'.*DEQ's own settings are: .*backward"):
         deqkit.DEQ(block, backward_solver="gmres", backward_restart=3)
     with pytest.raises(ValueError, match="unknown backward"):
         deqkit.DEQ(block, backward="adjoint")

@@ -363,7 +363,7 @@ def phase_panel(
     ax_dt.set(xlabel="t", ylabel="step size h", title=f"{ode_method}: the batch's accepted steps")
     ax_res.set(xlabel="t", ylabel="‖f(z) − z‖∞", title="residual (● = termination rule fires)")
     ax_res.legend(fontsize=7, loc="lower left")
-    for log_axis in (ax_dt.yaxis, ax_res.yaxis):  # the log axes' minor ticks were a third of each redraw
+    for log_axis in (ax_dt.yaxis, ax_res.yaxis):  # no minor ticks: laying them out is a large part of a redraw
         log_axis.set_minor_locator(NullLocator())
     return Panel(fig, _readout(stats, abstol, reltol, max_steps, traj[-1, 0], zb, sb, h_star, mu, ode_method))
 

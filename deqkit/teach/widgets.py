@@ -122,7 +122,7 @@ def subplots(fig: Figure, nrows: int = 1, ncols: int = 1, **kwargs: Any) -> Any:
 
     Matplotlib otherwise measures every tick label of an axes on each draw, to lift the title above any that sit
     on top; no panel here has labels there, so pinning the titles saves that work on every redraw and leaves the
-    image unchanged (the timings: docs/results.md, section 9).
+    image unchanged (the timings: docs/results.md, "Notebook controls in a real browser").
     """
     with matplotlib.rc_context({"axes.titley": 1.0}):
         return fig.subplots(nrows, ncols, squeeze=True, **kwargs)
@@ -136,7 +136,7 @@ def young_garbage() -> Iterator[None]:
     collector, a redraw's figure is promoted to the oldest generation while it is drawn, so it is freed only by
     full collections, which traverse every object in the kernel (torch and IPython loaded): a pause every few
     redraws. Collected while still young, one redraw's garbage is cheap to free (the timings: docs/results.md,
-    section 9). Collection is left off if it was off before.
+    "Notebook controls in a real browser"). Collection is left off if it was off before.
     """
     enabled = gc.isenabled()
     gc.disable()

@@ -95,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train an MNIST DEQ classifier (deqkit.models.MNIST_MODELS).",
     )
     d = TrainConfig()
+    _add_training_arguments(p, d)
+    _add_model_arguments(p, d)
+    _add_run_arguments(p)
+    return parser
+
+
+def _add_training_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The model, the optimisation, the seed and the data."""
     p.add_argument(
         "--model",
         choices=sorted(MNIST_MODELS),
@@ -121,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="MNIST folder (default: $DEQKIT_MNIST_DIR, else ~/.cache/deqkit/mnist, downloaded once)",
     )
+
+
+def _add_model_arguments(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The model/DEQ options, the Jacobian penalty and the evaluation batch."""
     p.add_argument(
         "--deq",
         type=_option,
@@ -140,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
         "equilibrium cheap to solve; logged as jac_penalty; default: %(default)s, none)",
     )
     p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="default: %(default)s")
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The run folder, checkpoints, device, threads and logging."""
     p.add_argument(
         "--out",
         default=None,
@@ -164,7 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="also log every step and epoch to TensorBoard in OUT/tensorboard (needs: pip install "
         '"deqkit[tensorboard]"); view with: tensorboard --logdir OUT/tensorboard',
     )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
