@@ -1,7 +1,7 @@
 """The ODE route: integrate dz/dt = f(z) − z until steady state, like Julia's ``DynamicSS(Tsit5())``.
 
 torchdiffeq's Runge–Kutta core takes the steps; deqkit drives it one step at a time so that it can stop each
-sample as soon as it meets the termination rule (see :mod:`deqkit.solvers.core`). The rule is checked at
+sample as soon as it meets the termination rule (see :mod:`deqkit.solvers.monitor`). The rule is checked at
 every accepted step on the derivative the method already computed at the new state (free for the FSAL
 methods tsit5, dopri5, bosh3 and dopri8; one extra evaluation per step for the others). A converged sample's
 derivative is set to zero from then on, so it no longer moves and no longer limits the step size: the error
@@ -30,8 +30,10 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import DivergenceError
+from ..settings import Configured, check_int, check_real
 from .anderson import Anderson, growth_rates
-from .core import Configured, Map, Monitor, Solver, batch_view, check_int, check_real, evaluate_moving, first_evaluation
+from .core import Map, Solver, evaluate_moving, first_evaluation
+from .monitor import Monitor, batch_view
 from .torchdiffeq_adapter import ADAPTIVE, FIXED, AdaptiveStepper, FixedStepper, StepFailure, step_cost
 
 #: Growth rate (largest real part of an eigenvalue of ∂f/∂z − I, as the polisher's secant history sees it) above
