@@ -108,8 +108,7 @@ class Monitor:
         self.running = ~self.converged  # kept with `converged`: its complement is needed at every check
         self.residual = torch.full((batch,), float("inf"), dtype=z0.dtype, device=z0.device)
         self.scale = torch.ones(batch, dtype=z0.dtype, device=z0.device)
-        # residual of each sample at the last check; NaN before the first, so that no sample "settles" at step 0
-        self.current = torch.full_like(self.residual, float("nan"))
+        self.current = torch.full_like(self.residual, float("nan"))  # residual of each sample at the last check
         # the drift rule's reference, per sample: max(‖z0‖∞, ‖f(z0)‖∞). Not ‖f(z0)‖∞ alone: where it is 0 or tiny
         # (z0 is nearly a root of f), any growth would look like a runaway, even onto an exact solution.
         self.start_scale: torch.Tensor | None = None
@@ -118,9 +117,9 @@ class Monitor:
         self.fell = torch.zeros_like(self.converged)  # the residual fell to half its peak, above rounding level
         self.drifting = torch.zeros_like(self.converged)
         self.all_fell = False  # every sample's residual has fallen (none can drift)
-        self.below = self.any_converged = False
-        self.ready = torch.zeros_like(self.converged)
-        self.ready_count = 0
+        self.any_converged = False
+        self.marked = torch.zeros_like(self.converged)  # see check(mark_below=...)
+        self.n_marked = 0
         self.n_converged = 0  # samples converged so far (read at each check with the other counts)
         self.converged_step = torch.full((batch,), -1, dtype=torch.long, device=z0.device)
         self.converged_nfe = torch.full_like(self.converged_step, -1)
@@ -180,22 +179,24 @@ class Monitor:
         fz: torch.Tensor,
         nfe: int,
         t: float | None = None,
-        below: torch.Tensor | None = None,
-        settling: bool = False,
+        cap: torch.Tensor | None = None,
+        mark_below: torch.Tensor | None = None,
         frozen: bool = False,
         read: bool = True,
     ) -> torch.Tensor:
         """Record the iterate ``z`` with residual ``r = f(z) − z``; return the mask of samples still running.
 
-        ``below`` (per sample) sets ``self.ready`` (the running samples whose residual is at most their entry, and
-        ``self.ready_count`` of them) and ``self.below``: every running sample is ready.
-        ``settling``: a sample converges only if its residual has not grown since the previous check (the ODE
-        route: a residual growing along the flow means an unstable equilibrium is near, however small it is).
+        ``cap`` (per sample): a sample converges at this check only if its residual is also at most its entry (a
+        solver's own further condition, e.g. :class:`~deqkit.solvers.dynamic_ss.DynamicSS`'s settling; NaN: never).
+        ``mark_below`` (per sample) sets ``self.marked``, the running samples whose residual is at most their entry,
+        and ``self.n_marked``, their count, read with the monitor's own counts (a solver's decisions that need a
+        count at every check cost no further host synchronisation); without it ``n_marked`` is 0.
         ``frozen``: the caller kept every sample that had converged before this check where it converged, so where
         every running sample improved, ``z`` is every sample's best iterate and no copy is needed.
         ``read=False``: update the per-sample state on the device only (what converged, when, and the best iterates
         stay exact) and leave the counts, the history and the NaN check to the next read; ``done``,
-        ``n_converged`` and ``any_converged`` keep their values from the last read meanwhile (``below`` needs a read).
+        ``n_converged`` and ``any_converged`` keep their values from the last read meanwhile (``mark_below`` needs a
+        read).
         Two host synchronisations per read: the numbers that decide whether to stop are read together. (The
         operations are few on purpose: on small problems a check costs as much as an evaluation of ``f``.)
         """
@@ -203,8 +204,8 @@ class Monitor:
         scale = fz.detach().flatten(1).abs().amax(1)
         running = self.running
         meets = running & self._meets(res, scale)
-        if settling:
-            meets = meets & (res <= self.current)
+        if cap is not None:
+            meets = meets & (res <= cap)
         better = running & ((res < self.residual) | meets)
         worst = torch.where(running, res, self.residual).amax()  # NaN or Inf when a running sample blew up
         self.residual = torch.where(better, res, self.residual)
@@ -215,12 +216,12 @@ class Monitor:
         if not read:
             return self._unread_check(step, z, fz, nfe, t, meets, better, worst)
         masks = [self.converged, better, self.fell]
-        if below is not None:
-            self.ready = self.running & (res <= below)
-            masks.append(self.ready)
+        if mark_below is not None:
+            self.marked = self.running & (res <= mark_below)
+            masks.append(self.marked)
         # two reads: one concatenated read of the counts and the worst residual costs more operations on CPU
         self._read_history(step, nfe, t, worst, running, res, z, fz)
-        n_converged, n_better, n_fell, *n_ready = torch.stack(masks).sum(1).tolist()
+        n_converged, n_better, n_fell, *n_marked = torch.stack(masks).sum(1).tolist()
         batch = res.shape[0]
         self.any_converged, self.all_fell = n_converged > 0, n_fell == batch
         if n_converged > self.n_converged:  # only then: two fewer operations per check in the common case
@@ -228,8 +229,7 @@ class Monitor:
             self.converged_nfe = torch.where(meets, nfe, self.converged_nfe)
         n_running = batch - self.n_converged  # before this check
         self.n_converged = n_converged
-        self.ready_count = n_ready[0] if n_ready else 0
-        self.below = bool(n_ready) and n_converged + self.ready_count == batch
+        self.n_marked = n_marked[0] if n_marked else 0
         if n_better == batch or (frozen and n_better == n_running):
             # the common cases: this iterate is every running sample's best, and the others rest at theirs
             self.best_z, self.best_fz = z, fz
