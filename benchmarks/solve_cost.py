@@ -25,7 +25,7 @@ from torch.nn import functional as F
 import deqkit
 from deqkit.data import mnist_datasets
 from deqkit.models import mnist_model
-from deqkit.solvers.core import Monitor, Tolerances
+from deqkit.solvers.monitor import Monitor, Tolerances
 
 from .forward import environment
 

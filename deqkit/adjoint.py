@@ -28,8 +28,10 @@ import torch
 
 from .alerts import ConvergenceAlerts
 from .errors import DivergenceError
+from .settings import Configured, check_int, check_real, named
 from .solvers import BACKWARD_SOLVERS, Solution, SolverSpec, as_solver, run
-from .solvers.core import Configured, Solver, Tolerances, check_int, check_real, named
+from .solvers.core import Solver
+from .solvers.monitor import Tolerances
 from .stats import SolverStats
 
 Block = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

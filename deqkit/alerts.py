@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import warnings
 
-from .errors import ConvergenceWarning
-from .solvers.core import user_stacklevel
+from .errors import ConvergenceWarning, user_stacklevel
 from .stats import SolverStats
 
 

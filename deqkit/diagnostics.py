@@ -11,7 +11,7 @@ from torch import nn
 
 from .adjoint import GRADIENTS
 from .layer import DEQ
-from .solvers.core import check_int, check_real
+from .settings import check_int, check_real
 from .state import Structure, detach
 
 

@@ -6,6 +6,9 @@ knows how to react without reading the source.
 
 from __future__ import annotations
 
+import inspect
+import os
+
 __all__ = [
     "ConvergenceWarning",
     "ConvergenceError",
@@ -56,3 +59,21 @@ class RunFolderError(CheckpointError, OSError):
 
 class MNISTError(RuntimeError):
     """An MNIST file is missing, corrupt or could not be downloaded; the message says how to fix it."""
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning, issued by the caller of this function, point at the first frame
+    outside deqkit and torch (stacklevel 1 is that caller's own frame)."""
+    level = 1
+    frame = inspect.currentframe()
+    frame = frame.f_back if frame is not None else None
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not (name.startswith(_PACKAGE_DIR) or f"{os.sep}torch{os.sep}" in name):
+            return level
+        frame = frame.f_back
+        level += 1
+    return level

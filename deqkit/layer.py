@@ -17,8 +17,10 @@ from torch.nn.utils import parametrize
 from .adjoint import Context, Gradient, GradientSpec, OneStep, Phantom, as_gradient
 from .alerts import ConvergenceAlerts
 from .errors import ConvergenceError
+from .settings import check_int
 from .solvers import Solution, Solver, SolverSpec, as_solver, run
-from .solvers.core import Map, SampleMap, Tolerances, check_int
+from .solvers.core import Map, SampleMap
+from .solvers.monitor import Tolerances
 from .state import Structure, detach, is_structured
 from .stats import SolverStats
 

@@ -22,8 +22,8 @@ from .adjoint import GradientSpec, Implicit, as_gradient
 from .errors import ConvergenceWarning
 from .layer import DEQ
 from .problems import tanh_problem
+from .settings import check_int
 from .solvers import SolverSpec
-from .solvers.core import check_int
 
 __all__ = ["StepCost", "make_cost_model", "measure_step", "peak_memory", "training_step"]
 

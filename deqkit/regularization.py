@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .layer import DEQ
-from .solvers.core import check_int
+from .settings import check_int
 
 __all__ = ["jacobian_penalty"]
 

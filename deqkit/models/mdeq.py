@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..adjoint import Implicit
-from ..solvers.core import check_int
+from ..settings import check_int
 
 if TYPE_CHECKING:  # the annotation only: mnist.py imports this module for its MNIST_MODELS
     from .mnist import MNISTDEQ

@@ -32,7 +32,7 @@ from ..adjoint import Implicit
 from ..layer import DEQ
 from ..normalization import normalize
 from ..problems import MLPFamily
-from ..solvers.core import check_int
+from ..settings import check_int
 from .mdeq import mdeq
 
 __all__ = [

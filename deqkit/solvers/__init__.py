@@ -1,7 +1,7 @@
 """Forward fixed-point solvers behind one verb, :func:`solve`, and one registry.
 
 ``solve(f, z0, solver=...)`` finds ``z = f(z)`` for a batched map ``f`` (first dimension = batch), with the
-per-sample termination rule of :mod:`deqkit.solvers.core` and statistics in a :class:`~deqkit.SolverStats`.
+per-sample termination rule of :mod:`deqkit.solvers.monitor` and statistics in a :class:`~deqkit.SolverStats`.
 A solver is a configured :class:`Solver` object (``Anderson(m=6)``) or its name as a shorthand (``"anderson"``).
 """
 
@@ -14,13 +14,15 @@ from typing import Any
 import torch
 
 from ..errors import DivergenceError, StepFailure
+from ..settings import make_options, named
 from ..state import Structure
 from ..stats import SolverStats
 from .anderson import Anderson
 from .broyden import Broyden
-from .core import IterativeSolver, Map, Monitor, SampleMap, Solver, Tolerances, make_options, named, overflow_hint
+from .core import IterativeSolver, Map, SampleMap, Solver
 from .dynamic_ss import DynamicSS, StepSizeController
 from .krylov import GMRES
+from .monitor import Monitor, Tolerances, overflow_hint
 from .picard import Picard
 
 # The registry: name -> class. A new forward method is one file with a Solver subclass plus one entry here.

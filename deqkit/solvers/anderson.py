@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .core import IterativeSolver, check_int, check_real
+from ..settings import check_int, check_real
+from .core import IterativeSolver
 
 
 @dataclass

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .core import IterativeSolver, check_int
+from ..settings import check_int
+from .core import IterativeSolver
 
 
 @dataclass

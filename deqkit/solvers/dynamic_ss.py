@@ -1,7 +1,7 @@
 """The ODE route: integrate dz/dt = f(z) − z until steady state, like Julia's ``DynamicSS(Tsit5())``.
 
 torchdiffeq's Runge–Kutta core takes the steps; deqkit drives it one step at a time so that it can stop each
-sample as soon as it meets the termination rule (see :mod:`deqkit.solvers.core`). The rule is checked at
+sample as soon as it meets the termination rule (see :mod:`deqkit.solvers.monitor`). The rule is checked at
 every accepted step on the derivative the method already computed at the new state (free for the FSAL
 methods tsit5, dopri5, bosh3 and dopri8; one extra evaluation per step for the others). A converged sample's
 derivative is set to zero from then on, so it no longer moves and no longer limits the step size: the error
@@ -30,8 +30,10 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import DivergenceError
+from ..settings import Configured, check_int, check_real
 from .anderson import Anderson, growth_rates
-from .core import Configured, Map, Monitor, Solver, batch_view, check_int, check_real, evaluate_moving, first_evaluation
+from .core import Map, Solver, evaluate_moving, first_evaluation
+from .monitor import Monitor, batch_view
 from .torchdiffeq_adapter import ADAPTIVE, FIXED, AdaptiveStepper, FixedStepper, StepFailure, step_cost
 
 #: Growth rate (largest real part of an eigenvalue of ∂f/∂z − I, as the polisher's secant history sees it) above
@@ -124,6 +126,9 @@ class _VectorField:
         self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # (z, f(z)) at the last check
         self.undefined: torch.Tensor | None = None  # samples where f returned NaN at a finite point
+        # each sample's residual at the previous check, which a settling residual does not exceed; NaN before the
+        # first check, so that no sample settles at step 0
+        self.previous = torch.full((z0.shape[0],), float("nan"), dtype=z0.dtype, device=z0.device)
 
     def __call__(self, t: torch.Tensor, z: torch.Tensor, perturb: object = None) -> torch.Tensor:
         if self.cached is not None and z is self.cached[0]:  # the value computed just before, reused once
@@ -138,6 +143,23 @@ class _VectorField:
 
     def freeze(self, running: torch.Tensor) -> None:
         self.running = running.to(self.running.dtype)
+
+    def check(
+        self,
+        monitor: Monitor,
+        step: int,
+        z: torch.Tensor,
+        r: torch.Tensor,
+        fz: torch.Tensor,
+        t: float,
+        mark_below: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``monitor.check`` where a sample converges only once its residual is settling: it meets the rule and
+        has not grown since the previous check (a residual growing along the flow means an unstable equilibrium is
+        near, however small it is). Returns the mask of samples still running."""
+        running = monitor.check(step, z, r, fz, self.nfe, t=t, cap=self.previous, mark_below=mark_below)
+        self.previous = monitor.current
+        return running
 
     def callback_step(self, t0, y0, dt) -> None: ...
     def callback_accept_step(self, t0, y0, dt) -> None: ...
@@ -183,12 +205,16 @@ class _Handover:
         return torch.where(never, -1.0, below * self.peak)
 
     def time_to_polish(self, monitor: Monitor, patience: int) -> bool:
-        """Every running sample is ready, or some are and no more became ready in ``patience`` checks."""
-        if monitor.ready_count > self.ready_count:
-            self.ready_count, self.waited = monitor.ready_count, 0
-        elif monitor.ready_count > 0:
+        """Every running sample is ready, or some are and no more became ready in ``patience`` checks.
+
+        Reads the last check's ready samples, which it marked (``mark_below=self.target(...)``).
+        """
+        if monitor.n_marked > self.ready_count:
+            self.ready_count, self.waited = monitor.n_marked, 0
+        elif monitor.n_marked > 0:
             self.waited += 1
-        return monitor.below or (monitor.ready_count > 0 and self.waited >= patience)
+        every = monitor.n_converged + monitor.n_marked == monitor.converged.numel()
+        return every or (monitor.n_marked > 0 and self.waited >= patience)
 
 
 def moved_options(options: dict[str, object]) -> str:
@@ -324,17 +350,17 @@ class DynamicSS(Solver):
             return integrate(field, z0, None, monitor, 0, None, restart=False), field.nfe
         fz = first_evaluation(f, z0)
         field.nfe = 1
-        monitor.check(0, z0, fz - z0, fz, 1, t=0.0, settling=True)
+        field.check(monitor, 0, z0, fz - z0, fz, t=0.0)
         handover = _Handover.start(monitor.current)
         z, moving, steps = z0, ~monitor.converged, 0
         while True:
-            steps, failed, left = self._polish(f, field, z, fz, monitor, steps, moving)
+            steps, failed, left, field.previous = self._polish(f, field, z, fz, monitor, steps, moving)
             if self._stop(monitor, steps, field.nfe):
                 return steps, field.nfe
             # every running sample goes on with the flow: from where this polish began (on a new leg if it failed,
             # else on the leg it was on), or pushed off the unstable equilibrium it found
             unstable = torch.zeros_like(failed) if left is None else left[0]
-            handover.restart(monitor.current, failed, unstable)
+            handover.restart(field.previous, failed, unstable)
             known: torch.Tensor | None = fz  # f(z), unless z moves off an unstable equilibrium
             if left is not None:
                 z, known = torch.where(batch_view(unstable, z), left[1], z), None
@@ -344,7 +370,7 @@ class DynamicSS(Solver):
             if self._stop(monitor, steps, field.nfe):
                 return steps, field.nfe
             assert field.last is not None, "the flow took a step (else the budget stopped the solve above)"
-            (z, fz), moving = field.last, monitor.ready
+            (z, fz), moving = field.last, monitor.marked  # the samples ready to polish, at the flow's last check
 
     def _stop(self, monitor: Monitor, steps: int, nfe: int) -> bool:
         return monitor.done or steps >= monitor.tol.max_steps or monitor.out_of_budget or not monitor.affords(nfe, 1)
@@ -358,13 +384,13 @@ class DynamicSS(Solver):
         monitor: Monitor,
         steps: int,
         moving: torch.Tensor,
-    ) -> tuple[int, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    ) -> tuple[int, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor]:
         """Polish the samples ``moving`` from ``z`` (``fz = f(z)``, checked already); hold the others there.
 
         Returns the step count, the mask of samples that failed (diverged, stalled, or converged to an unstable
-        equilibrium), and for the unstable ones (None if there are none) their mask and the points pushed off
-        their equilibrium along its unstable direction. On return ``monitor.current`` holds each sample's residual
-        where the flow goes on: at ``z``, or at the unstable equilibrium.
+        equilibrium), for the unstable ones (None if there are none) their mask and the points pushed off their
+        equilibrium along its unstable direction, and each sample's residual where the flow goes on: at ``z``, or
+        at the unstable equilibrium.
         """
         polisher, start, origin = self.polish, monitor.current.clone(), (z, fz - z)
         assert polisher is not None, "run() polishes only with a polisher"
@@ -404,8 +430,7 @@ class DynamicSS(Solver):
         if left is not None:
             failed = failed | left[0]
             start = torch.where(left[0], monitor.residual, start)
-        monitor.current = start
-        return steps, failed, left
+        return steps, failed, left, start
 
     @staticmethod
     def _unstable(
@@ -469,7 +494,7 @@ class DynamicSS(Solver):
             self.ode_method, field, z0, rtol=rtol, atol=atol, norm=per_sample_rms_max, **self.controller.options()
         )
         if not restart:
-            monitor.check(0, ode.y, ode.f, ode.f + ode.y, field.nfe, t=0.0, settling=True)
+            field.check(monitor, 0, ode.y, ode.f, ode.f + ode.y, t=0.0)
         accepted = 0
         while not monitor.done and steps < monitor.tol.max_steps and monitor.affords(field.nfe, ode.cost):
             try:
@@ -498,7 +523,7 @@ class DynamicSS(Solver):
     ) -> bool:
         """Check a state of the flow (``dz = f(z) − z``), freeze what converged; True when it is time to polish."""
         target = None if handover is None else handover.target(self.polish_below)
-        running = monitor.check(steps, z, dz, dz + z, field.nfe, t=t, below=target, settling=True)
+        running = field.check(monitor, steps, z, dz, dz + z, t, mark_below=target)
         field.last = (z, dz + z)
         field.freeze(running)
         if handover is None:

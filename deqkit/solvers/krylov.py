@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from .core import Map, Monitor, Solver, check_int, first_evaluation
+from ..settings import check_int
+from .core import Map, Solver, first_evaluation
+from .monitor import Monitor
 
 SLACK = 1.5  # the rule is checked once every sample's predicted ∞-norm residual is within this factor of its tolerance
 

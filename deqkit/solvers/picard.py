@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .core import IterativeSolver, check_int, check_real
+from ..settings import check_int, check_real
+from .core import IterativeSolver
 
 
 class Picard(IterativeSolver):

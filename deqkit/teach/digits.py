@@ -22,9 +22,9 @@ from torch.utils.data import TensorDataset
 from ..data import MNIST_MEAN, MNIST_STD, mnist_datasets
 from ..errors import ConvergenceWarning
 from ..models import MNISTDEQ
+from ..settings import check_int
 from ..solvers import SOLVERS as REGISTRY
 from ..solvers import DynamicSS, Solver, solve
-from ..solvers.core import check_int
 from ..train.callbacks import StepLog
 from . import fast_mode
 from .menus import solver_menu

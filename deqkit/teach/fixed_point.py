@@ -16,8 +16,8 @@ import torch
 
 from ..diagnostics import spectral_radius
 from ..errors import ConvergenceWarning
+from ..settings import check_int
 from ..solvers import Picard, Solver, solve
-from ..solvers.core import check_int
 from .limits import choice, within
 from .menus import solver_menu
 from .widgets import Panel, attempt, figure

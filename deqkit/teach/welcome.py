@@ -7,8 +7,8 @@ import math
 import numpy as np
 import torch
 
+from ..settings import check_int
 from ..solvers import solve
-from ..solvers.core import check_int
 from ..stats import SolverStats
 from .limits import within
 from .widgets import Panel, attempt, figure

@@ -24,9 +24,9 @@ from ..adjoint import GRADIENTS
 from ..errors import ConvergenceWarning, DivergenceError
 from ..layer import DEQ
 from ..models.regression import X_TRAIN, Y_TRAIN, SeedBlock, fit_regression, seed_regression_model
+from ..settings import check_int
 from ..solvers import SOLVERS as REGISTRY
 from ..solvers import DynamicSS, Solver
-from ..solvers.core import check_int
 from .limits import choice, within
 from .menus import solver_menu
 from .widgets import Panel, StaticFallback, figure

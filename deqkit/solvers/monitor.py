@@ -1,0 +1,426 @@
+"""The termination rule and the per-sample bookkeeping of one solve: :class:`Tolerances` and :class:`Monitor`.
+
+The termination rule is SteadyStateDiffEq's default, applied per sample with the infinity norm:
+a sample has converged when
+
+    ‖f(z) − z‖∞ ≤ abstol   or   ‖f(z) − z‖∞ ≤ reltol · ‖f(z)‖∞
+
+(for the ODE view, ``f(z) − z`` is ``dz/dt`` and ``f(z) = dz/dt + z``). A converged sample is frozen: it stops
+changing while the rest of the batch goes on. The monitor also keeps each sample's best iterate, the residual
+history and the statistics, and fails loudly: at once on a NaN or infinite iterate, with a warning (or an error)
+naming the cause and what to try for samples that did not converge.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import ConvergenceError, ConvergenceWarning, DivergenceError, user_stacklevel
+from ..settings import check_int, check_real
+from ..stats import SolverStats
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+DRIFT = 100.0  # growth of ‖f(z)‖∞ over its start, with no fall of the residual, that marks a runaway iterate
+
+
+def batch_view(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a ``(batch,)`` tensor so that it broadcasts against ``like``."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+@dataclass
+class Tolerances:
+    """The termination rule's tolerances and step limit, validated (integers and reals of any library)."""
+
+    abstol: float
+    reltol: float
+    max_steps: int
+    max_nfe: int | None = None  # evaluations of the map, the first one included
+    budget_note: str = ""  # where max_nfe came from, when the user did not set it there (shown in messages)
+
+    def __post_init__(self) -> None:
+        self.abstol = self.check("abstol", self.abstol)
+        self.reltol = self.check("reltol", self.reltol)
+        if self.abstol == 0 and self.reltol == 0:
+            raise ValueError("abstol and reltol are both 0: no iterate could ever converge; set one > 0")
+        self.max_steps = check_int("max_steps", self.max_steps, 1)
+        if self.max_nfe is not None:
+            self.max_nfe = check_int("max_nfe", self.max_nfe, 2)
+
+    @staticmethod
+    def check(name: str, value: Any) -> float:
+        """Return a tolerance as a ``float``: an ``abstol`` finite and ≥ 0, a ``reltol`` in ``[0, 1)``.
+
+        Bounded above as well as below: an infinite ``abstol`` or a ``reltol ≥ 1`` accepts every iterate
+        (``‖f(z) − z‖∞ ≤ ‖f(z)‖∞`` holds at ``z = 0``), so every start would be reported converged at once.
+        ``name`` ends in ``abstol`` or ``reltol`` (e.g. ``"backward reltol"``).
+        """
+        relative = name.endswith("reltol")
+        try:
+            return check_real(name, value, 0.0, 1.0 if relative else math.inf, high_open=True)
+        except ValueError as err:
+            if not (float(value) >= (1.0 if relative else math.inf)):  # NaN or negative: the interval says it all
+                raise
+            why = (
+                "a relative tolerance of 1 or more accepts any iterate (‖f(z) − z‖∞ ≤ ‖f(z)‖∞ at z = 0)"
+                if relative
+                else "an infinite tolerance accepts any iterate"
+            )
+            raise ValueError(
+                f"{err}: {why}, so every start would be reported converged at once. Use a small "
+                f"value such as {name.split()[-1]}=1e-5."
+            ) from None
+
+    def limits(self) -> str:
+        """``max_steps=…`` (and ``max_nfe=…``), for messages."""
+        return (
+            f"max_steps={self.max_steps}"
+            + ("" if self.max_nfe is None else f" / max_nfe={self.max_nfe}")
+            + (f" ({self.budget_note})" if self.budget_note and self.max_nfe is not None else "")
+        )
+
+
+class Monitor:
+    """Per-sample termination, best iterate, residual history and NaN/Inf checks for one solve."""
+
+    def __init__(
+        self,
+        method: str,
+        z0: torch.Tensor,
+        tol: Tolerances,
+        *,
+        strict: bool,
+        record: bool,
+        warn: Callable[[str, SolverStats], None] | None = None,
+        units: float = 1.0,
+    ):
+        batch = z0.shape[0]
+        self.method, self.tol, self.strict, self.record, self.warn = method, tol, strict, record, warn
+        self.units = units  # the caller solved for z / units: residuals are reported times this
+        self.converged = torch.zeros(batch, dtype=torch.bool, device=z0.device)
+        self.running = ~self.converged  # kept with `converged`: its complement is needed at every check
+        self.residual = torch.full((batch,), float("inf"), dtype=z0.dtype, device=z0.device)
+        self.scale = torch.ones(batch, dtype=z0.dtype, device=z0.device)
+        self.current = torch.full_like(self.residual, float("nan"))  # residual of each sample at the last check
+        # the drift rule's reference, per sample: max(‖z0‖∞, ‖f(z0)‖∞). Not ‖f(z0)‖∞ alone: where it is 0 or tiny
+        # (z0 is nearly a root of f), any growth would look like a runaway, even onto an exact solution.
+        self.start_scale: torch.Tensor | None = None
+        self.start_size = z0.detach().flatten(1).abs().amax(1)
+        self.peak = torch.zeros_like(self.residual)  # largest residual so far
+        self.fell = torch.zeros_like(self.converged)  # the residual fell to half its peak, above rounding level
+        self.drifting = torch.zeros_like(self.converged)
+        self.all_fell = False  # every sample's residual has fallen (none can drift)
+        self.any_converged = False
+        self.marked = torch.zeros_like(self.converged)  # see check(mark_below=...)
+        self.n_marked = 0
+        self.n_converged = 0  # samples converged so far (read at each check with the other counts)
+        self.converged_step = torch.full((batch,), -1, dtype=torch.long, device=z0.device)
+        self.converged_nfe = torch.full_like(self.converged_step, -1)
+        self.best_z = z0
+        self.best_fz = z0
+        self.done = False
+        self.out_of_budget = False  # a solver stopped because its next step would exceed max_nfe
+        self.stats = SolverStats(method, 0, 0, self.converged, self.residual, self.residual)
+        self._unread: list[tuple[int, int, float | None, torch.Tensor]] = []  # checks not yet read by the host
+        self._start = time.perf_counter()
+
+    def fits(self, nfe: int, cost: int) -> bool:
+        """True when ``cost`` more evaluations stay within ``max_nfe``."""
+        return self.tol.max_nfe is None or nfe + cost <= self.tol.max_nfe
+
+    def affords(self, nfe: int, cost: int) -> bool:
+        """:meth:`fits`, noting a solver stopped by the budget when not (the budget is never exceeded)."""
+        if self.fits(nfe, cost):
+            return True
+        self.out_of_budget = True
+        return False
+
+    def _threshold(self, scale: torch.Tensor) -> torch.Tensor | float:
+        """``max(abstol, reltol · scale)`` per sample (one operation where a tolerance is 0)."""
+        if self.tol.reltol == 0:
+            return self.tol.abstol
+        if self.tol.abstol == 0:
+            return self.tol.reltol * scale
+        return (self.tol.reltol * scale).clamp_min(self.tol.abstol)
+
+    def _meets(self, res: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The termination rule, per sample, refusing an iterate that runs away.
+
+        A sample whose ``‖f(z)‖∞`` has grown over :data:`DRIFT` times its start while its residual never fell to
+        half its largest value (above the rounding level of ``f(z)``) is drifting, not converging: ``f(z) = z + 1``
+        has no fixed point, yet its residual 1 is eventually small next to ``‖f(z)‖``, and in floating point
+        ``z + 1`` even rounds to ``z`` once ``z`` is large enough. Once every sample's residual has fallen, none
+        can drift any more, and the bookkeeping stops (it is most of a check's cost on small problems).
+        """
+        if self.start_scale is None:
+            self.start_scale = torch.maximum(scale, self.start_size)
+        self.last_scale = scale
+        meets = res <= self._threshold(scale)
+        if self.all_fell:
+            return meets
+        self.peak = torch.maximum(self.peak, res)
+        rounding = 8 * torch.finfo(scale.dtype).eps * scale
+        self.fell = self.fell | ((res < 0.5 * self.peak) & (res > rounding))
+        self.drifting = (scale > DRIFT * self.start_scale) & ~self.fell
+        return meets & ~self.drifting
+
+    def check(
+        self,
+        step: int,
+        z: torch.Tensor,
+        r: torch.Tensor,
+        fz: torch.Tensor,
+        nfe: int,
+        t: float | None = None,
+        cap: torch.Tensor | None = None,
+        mark_below: torch.Tensor | None = None,
+        frozen: bool = False,
+        read: bool = True,
+    ) -> torch.Tensor:
+        """Record the iterate ``z`` with residual ``r = f(z) − z``; return the mask of samples still running.
+
+        ``cap`` (per sample): a sample converges at this check only if its residual is also at most its entry (a
+        solver's own further condition, e.g. :class:`~deqkit.solvers.dynamic_ss.DynamicSS`'s settling; NaN: never).
+        ``mark_below`` (per sample) sets ``self.marked``, the running samples whose residual is at most their entry,
+        and ``self.n_marked``, their count, read with the monitor's own counts (a solver's decisions that need a
+        count at every check cost no further host synchronisation); without it ``n_marked`` is 0.
+        ``frozen``: the caller kept every sample that had converged before this check where it converged, so where
+        every running sample improved, ``z`` is every sample's best iterate and no copy is needed.
+        ``read=False``: update the per-sample state on the device only (what converged, when, and the best iterates
+        stay exact) and leave the counts, the history and the NaN check to the next read; ``done``,
+        ``n_converged`` and ``any_converged`` keep their values from the last read meanwhile (``mark_below`` needs a
+        read).
+        Two host synchronisations per read: the numbers that decide whether to stop are read together. (The
+        operations are few on purpose: on small problems a check costs as much as an evaluation of ``f``.)
+        """
+        res = r.detach().flatten(1).abs().amax(1)
+        scale = fz.detach().flatten(1).abs().amax(1)
+        running = self.running
+        meets = running & self._meets(res, scale)
+        if cap is not None:
+            meets = meets & (res <= cap)
+        better = running & ((res < self.residual) | meets)
+        worst = torch.where(running, res, self.residual).amax()  # NaN or Inf when a running sample blew up
+        self.residual = torch.where(better, res, self.residual)
+        self.scale = torch.where(better, scale, self.scale)
+        self.converged = self.converged | meets
+        self.running = ~self.converged
+        self.current = res
+        if not read:
+            return self._unread_check(step, z, fz, nfe, t, meets, better, worst)
+        masks = [self.converged, better, self.fell]
+        if mark_below is not None:
+            self.marked = self.running & (res <= mark_below)
+            masks.append(self.marked)
+        # two reads: one concatenated read of the counts and the worst residual costs more operations on CPU
+        self._read_history(step, nfe, t, worst, running, res, z, fz)
+        n_converged, n_better, n_fell, *n_marked = torch.stack(masks).sum(1).tolist()
+        batch = res.shape[0]
+        self.any_converged, self.all_fell = n_converged > 0, n_fell == batch
+        if n_converged > self.n_converged:  # only then: two fewer operations per check in the common case
+            self.converged_step = torch.where(meets, step, self.converged_step)
+            self.converged_nfe = torch.where(meets, nfe, self.converged_nfe)
+        n_running = batch - self.n_converged  # before this check
+        self.n_converged = n_converged
+        self.n_marked = n_marked[0] if n_marked else 0
+        if n_better == batch or (frozen and n_better == n_running):
+            # the common cases: this iterate is every running sample's best, and the others rest at theirs
+            self.best_z, self.best_fz = z, fz
+        else:
+            self.best_z = torch.where(batch_view(better, z), z, self.best_z)
+            self.best_fz = torch.where(batch_view(better, fz), fz, self.best_fz)
+        if self.record:
+            self.stats.trajectory.append(z.detach().clone())
+        self.done = n_converged == batch
+        return self.running
+
+    def _unread_check(
+        self,
+        step: int,
+        z: torch.Tensor,
+        fz: torch.Tensor,
+        nfe: int,
+        t: float | None,
+        meets: torch.Tensor,
+        better: torch.Tensor,
+        worst: torch.Tensor,
+    ) -> torch.Tensor:
+        """The rest of a check without a host read: the per-sample records unconditionally (which samples changed
+        is not known here), the history kept for the next read."""
+        self.converged_step = torch.where(meets, step, self.converged_step)
+        self.converged_nfe = torch.where(meets, nfe, self.converged_nfe)
+        self.best_z = torch.where(batch_view(better, z), z, self.best_z)
+        self.best_fz = torch.where(batch_view(better, fz), fz, self.best_fz)
+        self._unread.append((step, nfe, t, worst))
+        if self.record:
+            self.stats.trajectory.append(z.detach().clone())
+        return self.running
+
+    def _read_history(
+        self,
+        step: int,
+        nfe: int,
+        t: float | None,
+        worst: torch.Tensor,
+        running: torch.Tensor,
+        res: torch.Tensor,
+        z: torch.Tensor,
+        fz: torch.Tensor,
+    ) -> None:
+        """Read the worst residuals of this check and of the unread ones before it (one host synchronisation) into
+        the history; raise at the first that is NaN or infinite."""
+        checks = [*self._unread, (step, nfe, t, worst)]
+        self._unread = []
+        worsts = torch.stack([w for *_, w in checks]).tolist() if len(checks) > 1 else [worst.item()]
+        for (at, _, _, _), value in zip(checks, worsts):
+            if not math.isfinite(value):
+                bad = running & ~torch.isfinite(res)
+                raise DivergenceError(
+                    f"{self.method}: f(z) − z became NaN or infinite at step {at} for {int(bad.sum())} of "
+                    f"{bad.numel()} samples{'' if at == step else f' (read at step {step}: sync_every)'}. "
+                    + (_undefined_hint(z, fz, bad) or _blow_up_hint(at, z.dtype, self.start_scale))
+                )
+        for (_, evaluations, time_, _), value in zip(checks, worsts):
+            self.stats.history.append(value)
+            self.stats.nfe_history.append(evaluations)
+            if time_ is not None:
+                self.stats.times.append(time_)
+
+    def reject(self, mask: torch.Tensor) -> None:
+        """Un-mark samples judged converged (e.g. at an unstable equilibrium): they are running again."""
+        self.converged = self.converged & ~mask
+        self.running = ~self.converged
+        self.converged_step = torch.where(mask, -1, self.converged_step)
+        self.converged_nfe = torch.where(mask, -1, self.converged_nfe)
+        self.n_converged = int(self.converged.sum())
+        self.any_converged = self.n_converged > 0
+        self.done = self.n_converged == self.converged.numel()
+
+    def verify(self, z: torch.Tensor, r: torch.Tensor, fz: torch.Tensor) -> None:
+        """Re-judge every sample on a freshly evaluated residual ``r = f(z) − z`` at ``z`` (one per sample).
+
+        For solvers whose running residual is a recurrence rather than an evaluation (GMRES): a sample the
+        recurrence called converged but the true residual does not is running again.
+        """
+        res = r.detach().flatten(1).abs().amax(1)
+        scale = fz.detach().flatten(1).abs().amax(1)
+        meets = self._meets(res, scale)
+        self.best_z, self.best_fz, self.residual, self.scale, self.current = z, fz, res, scale, res
+        self.converged = self.converged & meets
+        self.running = ~self.converged
+        self.done = bool(self.converged.all())
+
+    def finish(self, steps: int, nfe: int) -> SolverStats:
+        """Fill in the statistics; warn (or raise, if strict) about samples that did not converge."""
+        s = self.stats
+        s.steps, s.nfe = steps, nfe
+        s.converged, s.residual = self.converged, self.residual * self.units
+        s.converged_step, s.converged_nfe = self.converged_step, self.converged_nfe
+        s.relative_residual = self.residual / self.scale.clamp_min(torch.finfo(self.scale.dtype).tiny)
+        s.wall_time = time.perf_counter() - self._start
+        if self.units != 1.0:
+            s.history = [h * self.units for h in s.history]
+        if not self.done:
+            failed = ~self.converged
+            n_failed, best, worst = int(failed.sum()), float(s.residual[failed].min()), float(s.residual[failed].max())
+            message = (
+                f"{self.method}: {n_failed} of {failed.numel()} samples did not converge within "
+                f"{self.tol.limits()}{' (the evaluation budget ran out)' if self.out_of_budget else ''} "
+                f"(abstol={self.tol.abstol * self.units:g}, reltol={self.tol.reltol:g}); "
+                f"their best residual ‖f(z) − z‖∞ is {best:.3g} (worst {worst:.3g}); "
+                "their best iterates are returned. "
+                + _diagnosis(failed & self.drifting, self.last_scale, self.start_scale, self.residual, self.tol)
+            )
+            if self.strict:
+                raise ConvergenceError(message)
+            if self.warn is not None:  # the caller counts and summarises (a layer called in a training loop)
+                self.warn(message, s)
+            else:
+                warnings.warn(message, ConvergenceWarning, stacklevel=user_stacklevel())
+        return s
+
+
+def _undefined_hint(z: torch.Tensor, fz: torch.Tensor, bad: torch.Tensor) -> str:
+    """For a NaN that f returned at a finite, moderate iterate: f is undefined there, which is not a blow-up."""
+    zb, fb = z.detach()[bad].flatten(1), fz.detach()[bad].flatten(1)
+    if zb.numel() == 0 or not bool(torch.isfinite(zb).all()) or not bool(torch.isnan(fb).any()):
+        return ""
+    size = float(zb.abs().max())
+    if size > math.sqrt(torch.finfo(z.dtype).max):
+        return ""
+    return (
+        f"f returned NaN at a finite iterate (largest |z| there {size:.3g}): f is undefined at that point "
+        "(e.g. log or sqrt of a negative number, 0/0, inf − inf), which is no sign of an expansive map. Find "
+        "where with torch.autograd.detect_anomaly(), or guard f (e.g. clamp its argument)."
+    )
+
+
+def overflow_hint(dtype: torch.dtype, start: torch.Tensor | None) -> str:
+    """Why a solve overflowed, when the problem's own scale (``start``: max(‖z0‖∞, ‖f(z0)‖∞) per sample) is the
+    cause rather than its dynamics; "" otherwise."""
+    size = 0.0 if start is None else float(torch.nan_to_num(start, nan=0.0, posinf=0.0).max())
+    if size <= math.sqrt(torch.finfo(dtype).max):
+        return ""
+    return (
+        f"f's values are already {size:.3g} at the start, so their squares and products (norms, inner "
+        f"products, step sizes) overflow {str(dtype).removeprefix('torch.')} (largest "
+        f"{torch.finfo(dtype).max:.3g}); this says nothing about f's stability. Rescale the problem so "
+        "that z is of order 1 (e.g. divide the input or bias by its size), or compute in float64."
+    )
+
+
+def _blow_up_hint(step: int, dtype: torch.dtype, start: torch.Tensor | None = None) -> str:
+    """What to try, for the error about a NaN/Inf iterate (``start``: max(‖z0‖∞, ‖f(z0)‖∞) per sample)."""
+    if step == 0:
+        return "The input or z0 is already non-finite, or f returns NaN at z0: check them."
+    overflow = overflow_hint(dtype, start)
+    if overflow:
+        return overflow
+    if dtype in LOW_PRECISION:
+        return (
+            f"In {str(dtype).removeprefix('torch.')} (eps {torch.finfo(dtype).eps:.2g}, largest value "
+            f"{torch.finfo(dtype).max:.3g}) the residual cannot fall below the precision, and a solver's steps "
+            "can then amplify rounding noise until they overflow: solve in float32 (z0.float() and a float32 "
+            "f), or use tolerances well above eps with solver='picard' or 'anderson'."
+        )
+    return (
+        "The iteration is blowing up: the map is probably expansive there (spectral radius of ∂f/∂z ≥ 1). Try "
+        "damping, solver='dynamic_ss', or constraining f (e.g. spectral normalisation)."
+    )
+
+
+def _diagnosis(
+    drifting: torch.Tensor,
+    scale: torch.Tensor,
+    start_scale: torch.Tensor | None,
+    residual: torch.Tensor,
+    tol: Tolerances,
+) -> str:
+    """What to try, for the warning about samples that did not converge."""
+    if start_scale is not None and bool(drifting.any()):  # drifting is measured from start_scale
+        i = int(drifting.nonzero()[0])
+        return (
+            f"{int(drifting.sum())} of them drift away: ‖f(z)‖∞ grew from {float(start_scale[i]):.3g} to "
+            f"{float(scale[i]):.3g} while the residual never fell, so f probably has no fixed point there (check "
+            "f, e.g. a missing contraction or bias term)."
+        )
+    eps = torch.finfo(residual.dtype).eps
+    hint = (
+        "Try: more steps (max_steps, max_nfe), another method ('anderson', 'broyden', or 'dynamic_ss', which also "
+        "converges where plain iteration diverges), damping, or a smaller spectral norm of f's weights (check "
+        "deqkit.spectral_radius)."
+    )
+    if float(residual.min()) <= 10 * eps * max(float(scale.max()), 1.0):  # at the rounding level of f(z)
+        hint = (
+            f"The residual is at the precision of {str(residual.dtype).removeprefix('torch.')} (eps "
+            f"{eps:.2g}): tolerances below about eps·‖f(z)‖ cannot be met. Loosen abstol/reltol or compute in "
+            "a wider dtype (float32 or float64). " + hint
+        )
+    return hint
