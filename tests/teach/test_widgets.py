@@ -192,7 +192,8 @@ def test_control_values_needs_both_ends():
 
 def test_a_redraw_frees_its_figure_at_once_and_leaves_the_collector_as_it_was(monkeypatch):
     # A figure lives in reference cycles: left to the automatic collector it reached the oldest generation and was
-    # freed by a full collection, a 0.3-0.5 s pause every ninth or so redraw in the browser (docs/results.md §9).
+    # freed by a full collection, a 0.3-0.5 s pause every ninth or so redraw in the browser (docs/results.md,
+    # "Notebook controls in a real browser").
     figures = []
 
     def panel(slope):
