@@ -107,6 +107,8 @@ def evaluate_moving(f: Map, z: torch.Tensor, fz: torch.Tensor | None, moving: to
         failure = f"failed ({err})"
     if part is not None and part.shape != (count, *fz.shape[1:]):
         failure = f"returned shape {tuple(part.shape)}, not {(count, *fz.shape[1:])}"
+    elif part is not None and (part.dtype, part.device) != (fz.dtype, fz.device):
+        failure = f"returned {part.dtype} on {part.device}, not {fz.dtype} on {fz.device} as for the whole batch"
     if failure or part is None:  # part is None only when f failed
         raise ValueError(
             f"f evaluated on the {count} samples still moving (of {moving.numel()}) {failure}. The solvers evaluate "
@@ -132,7 +134,8 @@ def _same_as_whole(f: SampleMap, z: torch.Tensor, index: torch.Tensor, part: tor
     if not bool(gap <= slack * scale):
         raise ValueError(
             f"f on the {index.numel()} samples still moving (of {z.shape[0]}) differs from f on the whole batch "
-            f"(by up to {float(gap):.3g}): f mixes samples (z.mean(0), x.sort(0), softmax over the batch, ...) or "
+            f"(by up to {float(gap):.3g}; NaN: NaN on one side only): f mixes samples (z.mean(0), x.sort(0), "
+            "softmax over the batch, ...) or "
             "is random (dropout in training mode), so the solvers' per-sample evaluation would change results "
             "silently. Keep each sample's f(z, x) to its own z and x, or evaluate the whole batch every time with "
             "DEQ(..., per_sample=False)."

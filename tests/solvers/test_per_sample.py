@@ -136,3 +136,18 @@ def test_a_map_that_mixes_samples_is_named_not_solved_differently(mix):
     with torch.no_grad():
         deq(x)
     assert deq.last_stats.forward.all_converged
+
+
+def test_a_map_of_another_dtype_on_a_subset_is_named_with_the_fix():
+    """Before: torch's raw ``index_copy_(): self and source expected to have the same dtype``."""
+    block, x = _problem()
+
+    def f(z, x):  # float32 once fewer than the whole batch is evaluated
+        return block(z, x) if z.shape[0] == 24 else block(z, x).float()
+
+    deq = deqkit.DEQ(f, solver="anderson", abstol=1e-10, reltol=1e-10, max_steps=2000, eval_max_nfe=None).eval()
+    with (
+        torch.no_grad(),
+        pytest.raises(ValueError, match=r"(?s)returned torch.float32 on cpu, not torch.float64.*per_sample=False"),
+    ):
+        deq(x)
