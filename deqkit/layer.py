@@ -482,9 +482,9 @@ class DEQ(nn.Module):
             return lambda z: block(z, part)
 
         def check(passed: bool) -> bool:  # subset evaluations are compared with the whole batch's until one holds
-            if passed:
-                self._sample_checked = True
-            return not getattr(self, "_sample_checked", False)
+            if passed:  # for this f: a reassigned deq.f is checked again
+                self._sample_checked = id(self.f)
+            return getattr(self, "_sample_checked", None) != id(self.f)
 
         # dropout in training mode is random per call (yet per sample): no subset could match the whole batch's
         dropout = nn.modules.dropout._DropoutNd

@@ -136,6 +136,12 @@ def test_a_map_that_mixes_samples_is_named_not_solved_differently(mix):
     with torch.no_grad():
         deq(x)
     assert deq.last_stats.forward.all_converged
+    deq.per_sample, mixing, deq.f = True, deq.f, block  # a per-sample f passes the check ...
+    with torch.no_grad():
+        deq(x)
+    deq.f = mixing  # ... and a mixing f assigned after it is checked again
+    with torch.no_grad(), pytest.raises(ValueError, match="mixes samples"):
+        deq(x)
 
 
 def test_a_map_of_another_dtype_on_a_subset_is_named_with_the_fix():
