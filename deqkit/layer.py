@@ -123,7 +123,9 @@ class DEQ(nn.Module):
         the solvers may evaluate ``f`` on the samples still moving alone, once at most 3/4 of the batch moves
         (converged samples hold still): the same results, for less work. False evaluates the whole batch every
         time, e.g. for an ``f`` that captures a tensor shaped like the batch; a batch-norm layer in training mode
-        in ``f`` (statistics over the batch) turns it off by itself.
+        in ``f`` (statistics over the batch) turns it off by itself. The layer's first subset evaluation is
+        compared with the whole batch's (one evaluation more), and an ``f`` that mixes samples (``z.mean(0)``,
+        an op over the batch of ``x``) raises ``ValueError`` naming this setting.
     **options
         With a solver name, options of the forward solver's class (e.g. ``m=5`` for Anderson,
         ``ode_method="dopri5"``). Unknown ones raise ``TypeError``. Every setting is checked here, not at the first
@@ -479,7 +481,15 @@ class DEQ(nn.Module):
             part = x.index_select(0, index)
             return lambda z: block(z, part)
 
-        return SampleMap(whole, on)
+        def check(passed: bool) -> bool:  # subset evaluations are compared with the whole batch's until one holds
+            if passed:  # for this f: a reassigned deq.f is checked again
+                self._sample_checked = id(self.f)
+            return getattr(self, "_sample_checked", None) != id(self.f)
+
+        # dropout in training mode is random per call (yet per sample): no subset could match the whole batch's
+        dropout = nn.modules.dropout._DropoutNd
+        random = isinstance(self.f, nn.Module) and any(isinstance(m, dropout) and m.training for m in self.f.modules())
+        return SampleMap(whole, on, None if random else check)
 
     @torch.compiler.disable(reason=EAGER)
     def _check_input(self, x: torch.Tensor) -> None:

@@ -38,7 +38,10 @@ def check_real(
     """Return ``value`` as a ``float`` if it is a real number (Python, NumPy, ...) in the given interval."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond float range (10**400): outside any interval a setting has
+        value = math.inf if value > 0 else -math.inf
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if math.isnan(value) or too_low or too_high:

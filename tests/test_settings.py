@@ -72,3 +72,13 @@ def test_a_deq_with_strict_reassigned_to_a_non_bool_is_refused_at_the_call():
         deq(torch.zeros(2, 3))
     deq.strict, deq.solver = True, deqkit.Anderson(m=3)  # the layer's own settings stay assignable
     assert deq(torch.zeros(2, 3)).shape == (2, 3) and deq.solver.m == 3
+
+
+def test_an_integer_beyond_float_range_is_refused_with_the_interval():
+    """Before: a raw ``OverflowError: int too large to convert to float`` (e.g. ``Implicit(abstol=10**400)``)."""
+    from deqkit.settings import check_real
+
+    with pytest.raises(ValueError, match=r"abstol must be in \[0, 1\], got inf"):
+        check_real("abstol", 10**400, 0, 1)
+    with pytest.raises(ValueError, match=r"got -inf"):
+        check_real("abstol", -(10**400), 0, 1)

@@ -169,7 +169,9 @@ def growth_rates(dz: torch.Tensor, dg: torch.Tensor, above: float = 0.0) -> tupl
         Shape ``(n, dim)``, in at least float32: the Ritz vector of that rate, scaled to unit ∞-norm.
     """
     wide = torch.promote_types(dz.dtype, torch.float32)  # a sign test: float32 is plenty, float16 is not
-    cutoff = 1e3 * torch.finfo(dz.dtype).eps  # eigenvalues of ΔZᵀΔZ below this share of the largest: rounding noise
+    # eigenvalues of ΔZᵀΔZ below this share of the largest: rounding noise (at most 1e-2: for bfloat16, 1e3·eps
+    # exceeds 1 and would drop every direction, reporting no rate at all)
+    cutoff = min(1e3 * torch.finfo(dz.dtype).eps, 1e-2)
     dz, dg = dz.to(wide), dg.to(wide)
     n, k, dim = dz.shape
     rates, directions = dz.new_full((n,), -torch.inf), dz.new_zeros(n, dim)
@@ -185,7 +187,9 @@ def growth_rates(dz: torch.Tensor, dg: torch.Tensor, above: float = 0.0) -> tupl
     bound = _gershgorin(quick)
     done = (info == 0) & torch.isfinite(quick).flatten(1).all(1) & (bound <= above) & ~zero.all(1)
     rates = torch.where(done, bound, rates)
-    rows = (~done & ~zero.all(1)).nonzero().squeeze(1)
+    # a non-finite pair (an overflowed or NaN difference) says nothing: those samples keep -inf, as eigh would fail
+    finite = torch.isfinite(gram).flatten(1).all(1) & torch.isfinite(rhs).flatten(1).all(1)
+    rows = (~done & ~zero.all(1) & finite).nonzero().squeeze(1)
     if rows.numel() == 0:
         return rates, directions
     # Stage two, for the rest: A from the directions ΔZ determines (nearly dependent pairs dropped)
@@ -221,6 +225,9 @@ def _unit_products(dz: torch.Tensor, dg: torch.Tensor) -> tuple[torch.Tensor, to
     gram, rhs, scale = _scaled(dz @ dz.transpose(1, 2), dz @ dg.transpose(1, 2))
     risky = ~(torch.isfinite(gram).flatten(1).all(1) & torch.isfinite(rhs).flatten(1).all(1))
     risky |= (scale < torch.finfo(dz.dtype).tiny ** 0.25).any(1)  # squares near underflow lost their digits
+    vanished = (gram.diagonal(dim1=1, dim2=2) == 0).any(1)  # a pair whose squares underflowed to 0 (or padding)
+    if bool(vanished.any()):
+        risky[vanished] |= (dz[vanished].abs().amax(2) > 0).any(1)
     if not bool(risky.any()):
         return gram, rhs, scale
     rows = risky.nonzero().squeeze(1)

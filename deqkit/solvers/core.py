@@ -63,10 +63,13 @@ class SampleMap:
     ``f(z)`` evaluates the whole batch; ``f.on(index)`` is the map on the samples ``index`` (a 1-D index tensor)
     alone. The solvers use it to skip samples that hold still (converged, or waiting for the flow), whose ``f(z)``
     they already know: see :func:`evaluate_moving`. The DEQ layer hands its block to the solvers this way.
+    ``check``, where given, is asked ``check(False)`` after a subset evaluation: True means compare it with the
+    whole batch's (one evaluation more, uncounted), which catches an ``f`` that mixes samples (``z.mean(0)``);
+    ``check(True)`` records that the comparison held.
     """
 
-    def __init__(self, f: Map, on: Callable[[torch.Tensor], Map]) -> None:
-        self._f, self._on = f, on
+    def __init__(self, f: Map, on: Callable[[torch.Tensor], Map], check: Callable[[bool], bool] | None = None) -> None:
+        self._f, self._on, self.check = f, on, check
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return self._f(z)
@@ -104,6 +107,8 @@ def evaluate_moving(f: Map, z: torch.Tensor, fz: torch.Tensor | None, moving: to
         failure = f"failed ({err})"
     if part is not None and part.shape != (count, *fz.shape[1:]):
         failure = f"returned shape {tuple(part.shape)}, not {(count, *fz.shape[1:])}"
+    elif part is not None and (part.dtype, part.device) != (fz.dtype, fz.device):
+        failure = f"returned {part.dtype} on {part.device}, not {fz.dtype} on {fz.device} as for the whole batch"
     if failure or part is None:  # part is None only when f failed
         raise ValueError(
             f"f evaluated on the {count} samples still moving (of {moving.numel()}) {failure}. The solvers evaluate "
@@ -112,7 +117,29 @@ def evaluate_moving(f: Map, z: torch.Tensor, fz: torch.Tensor | None, moving: to
             "batch statistics mix samples. Pass such tensors inside x or the state, or evaluate the whole batch "
             "every time with DEQ(..., per_sample=False)."
         )
+    if f.check is not None and f.check(False):
+        _same_as_whole(f, z, index, part)
+        f.check(True)
     return fz.index_copy(0, index, part)
+
+
+def _same_as_whole(f: SampleMap, z: torch.Tensor, index: torch.Tensor, part: torch.Tensor) -> None:
+    """Raise where ``f`` on the samples ``index`` alone differs from the whole batch's ``f`` on them (beyond
+    rounding): ``f`` mixes samples, and the per-sample results would silently depend on which samples moved."""
+    with torch.no_grad():
+        whole = f(z).index_select(0, index)
+        slack = torch.finfo(part.dtype).eps ** 0.5 if part.is_floating_point() else 0.0
+        gap = (part.detach() - whole).abs().max()
+        scale = whole.abs().max().clamp_min(1)
+    if not bool(gap <= slack * scale):
+        raise ValueError(
+            f"f on the {index.numel()} samples still moving (of {z.shape[0]}) differs from f on the whole batch "
+            f"(by up to {float(gap):.3g}; NaN: NaN on one side only): f mixes samples (z.mean(0), x.sort(0), "
+            "softmax over the batch, ...) or "
+            "is random (dropout in training mode), so the solvers' per-sample evaluation would change results "
+            "silently. Keep each sample's f(z, x) to its own z and x, or evaluate the whole batch every time with "
+            "DEQ(..., per_sample=False)."
+        )
 
 
 class Solver(Configured, abc.ABC):

@@ -178,6 +178,8 @@ def training_run(
         If ``epochs`` is not an integer.
     """
     choice("solver", solver, SOLVERS)
+    choice("backward mode", backward, BACKWARD_MODES)
+    check_int("seed", seed, 0)  # before, seed=0.7 or "0" silently read the grid's seed-0 run
     within(
         "lr",
         lr,
@@ -670,14 +672,14 @@ def _grid(path: str | pathlib.Path | None = None) -> dict[tuple, _Trace]:
     path = pathlib.Path(GRID if path is None else path)
     grid: dict[tuple, _Trace] = {}
     if path.is_file():
-        with gzip.open(path, "rt") as src:
-            for row in json.load(src)["runs"]:
-                row["warnings"] = [tuple(w) for w in row["warnings"]]
-                # a and the weights are float32 values: 9 digits identify each exactly
-                row["a_history"] = np.float32(row["a_history"]).tolist()
-                row["weights"] = np.float32(row["weights"]).tolist()
-                trace = _Trace(**row)
-                grid[(trace.lr, trace.backward, trace.solver, trace.seed)] = trace
+        try:
+            grid = _read_grid(path)
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as err:  # gzip, JSON or a row's fields
+            raise ValueError(
+                f"{path} is not a readable saved grid ({type(err).__name__}: {err}): it is corrupted or from "
+                "another version. Write it again with `python -m deqkit.teach.y2x --grid` (about 15 minutes), "
+                "or delete it to train each setting when chosen"
+            ) from err
     else:
         warnings.warn(
             f"{path} is missing, so every setting of notebook 03's training widget trains when chosen "
@@ -687,6 +689,20 @@ def _grid(path: str | pathlib.Path | None = None) -> dict[tuple, _Trace]:
         )
     if path == GRID:
         _GRID = grid
+    return grid
+
+
+def _read_grid(path: pathlib.Path) -> dict[tuple, _Trace]:
+    """The runs of the saved grid at ``path``, by ``(lr, backward, solver, seed)``."""
+    grid: dict[tuple, _Trace] = {}
+    with gzip.open(path, "rt") as src:
+        for row in json.load(src)["runs"]:
+            row["warnings"] = [tuple(w) for w in row["warnings"]]
+            # a and the weights are float32 values: 9 digits identify each exactly
+            row["a_history"] = np.float32(row["a_history"]).tolist()
+            row["weights"] = np.float32(row["weights"]).tolist()
+            trace = _Trace(**row)
+            grid[(trace.lr, trace.backward, trace.solver, trace.seed)] = trace
     return grid
 
 

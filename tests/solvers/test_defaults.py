@@ -175,3 +175,27 @@ def test_more_secant_pairs_than_dimensions_add_no_spurious_growth_rate():
         warnings.simplefilter("error", deqkit.ConvergenceWarning)
         (layer(xg).sum() * 1.4).backward()
     assert layer.last_stats.backward.all_converged and layer.last_stats.backward.nfe <= 10
+
+
+@pytest.mark.parametrize(
+    ("case", "dtype", "scale"),
+    [
+        ("bfloat16", torch.bfloat16, 1.0),  # before: 1e3·eps > 1 dropped every direction, rate -inf ("no pairs")
+        ("squares underflow", torch.float32, 1e-30),  # before: pairs of 1e-30 read as zero padding, rate -inf
+        ("non-finite pair", torch.float32, 1.0),  # before: eigh raised "failed to converge" on the NaN sample
+    ],
+)
+def test_growth_rates_see_an_unstable_flow_at_any_scale_and_precision(case, dtype, scale):
+    from deqkit.solvers.anderson import growth_rates
+
+    gen = torch.Generator().manual_seed(0)
+    j = 0.3 * torch.randn(6, 6, generator=gen) + 1.5 * torch.eye(6)  # J − I has a positive eigenvalue
+    dz = torch.randn(3, 4, 6, generator=gen)
+    dg = dz @ (j - torch.eye(6)).T
+    if case == "non-finite pair":
+        dz[0, 1] = float("nan")
+    rates, _ = growth_rates((dz * scale).to(dtype), (dg * scale).to(dtype))
+    reference, _ = growth_rates(dz[1:].double(), dg[1:].double())
+    assert (reference > 0.5).all()
+    assert torch.allclose(rates[-2:].double(), reference, atol=0.05), (rates, reference)
+    assert rates[0] > 0.5 if case != "non-finite pair" else rates[0] == -torch.inf  # a NaN pair says nothing

@@ -56,7 +56,7 @@ def test_each_sample_gets_the_same_result_for_less_work(solver):
     assert torch.equal(stats.converged_nfe, ref_stats.converged_nfe)
     assert torch.equal(stats.converged_step, ref_stats.converged_step)
     assert (stats.nfe, stats.steps) == (ref_stats.nfe, ref_stats.steps)
-    assert counted.calls == whole.calls  # every evaluation is still one call
+    assert counted.calls == whole.calls + 1  # every evaluation is still one call, + the one mixing check
     assert whole.rows == 24 * whole.calls
     assert counted.rows < 0.9 * whole.rows, (counted.rows, whole.rows)  # converged samples were skipped
 
@@ -106,3 +106,59 @@ def test_per_sample_must_be_a_bool():
     with pytest.raises(TypeError, match="per_sample must be True or False"):
         deq(torch.zeros(2, 16, dtype=torch.float64))
     assert "per_sample=False" in repr(deqkit.DEQ(block, per_sample=False))
+
+
+@pytest.mark.parametrize(
+    "mix",
+    [
+        lambda z, x: 0.3 * z.mean(0),  # batch statistics over the state
+        lambda z, x: x.sort(0).values,  # an op over the batch of x
+        lambda z, x: 0.1 * torch.softmax(z, 0),  # normalised over the batch
+    ],
+    ids=["z.mean(0)", "x.sort(0)", "softmax(dim=0)"],
+)
+def test_a_map_that_mixes_samples_is_named_not_solved_differently(mix):
+    """Before: each gave a per-sample result other than per_sample=False's (by up to 0.4), without a word."""
+    block, x = _problem()
+
+    class Mixed(nn.Module):
+        def forward(self, z, x):
+            return block(z, x) + mix(z, x)
+
+    deq = deqkit.DEQ(
+        Mixed(),
+        solver="anderson",
+        abstol=1e-8,
+        reltol=1e-8,
+        max_steps=2000,
+        eval_max_nfe=None,
+    ).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match=r"(?s)differs from f on the whole batch.*mixes samples"):
+        deq(x)
+    with torch.no_grad(), pytest.raises(ValueError, match="mixes samples"):  # refused again, not only once
+        deq(x)
+    deq.per_sample = False
+    with torch.no_grad():
+        deq(x)
+    assert deq.last_stats.forward.all_converged
+    deq.per_sample, mixing, deq.f = True, deq.f, block  # a per-sample f passes the check ...
+    with torch.no_grad():
+        deq(x)
+    deq.f = mixing  # ... and a mixing f assigned after it is checked again
+    with torch.no_grad(), pytest.raises(ValueError, match="mixes samples"):
+        deq(x)
+
+
+def test_a_map_of_another_dtype_on_a_subset_is_named_with_the_fix():
+    """Before: torch's raw ``index_copy_(): self and source expected to have the same dtype``."""
+    block, x = _problem()
+
+    def f(z, x):  # float32 once fewer than the whole batch is evaluated
+        return block(z, x) if z.shape[0] == 24 else block(z, x).float()
+
+    deq = deqkit.DEQ(f, solver="anderson", abstol=1e-10, reltol=1e-10, max_steps=2000, eval_max_nfe=None).eval()
+    with (
+        torch.no_grad(),
+        pytest.raises(ValueError, match=r"(?s)returned torch.float32 on cpu, not torch.float64.*per_sample=False"),
+    ):
+        deq(x)

@@ -120,6 +120,18 @@ CASES = [
         "unknown solver 'x'",
     ),
     (
+        "y2x.training_run(seed=0.7): silently read the grid's seed-0 run",
+        lambda: y2x.training_run(seed=0.7),
+        TypeError,
+        r"seed must be an integer >= 0, got 0.7",
+    ),
+    (
+        "y2x.training_run(backward='x'): was checked only once training began",
+        lambda: y2x.training_run(backward="x"),
+        ValueError,
+        "unknown backward mode 'x'",
+    ),
+    (
         "y2x training_panel(epochs=0): was an IndexError",
         lambda: y2x.training_panel(epochs=0),
         ValueError,

@@ -2,6 +2,7 @@
 timings with their spread, and the exercise's check (right answers pass, wrong ones say why)."""
 
 import dataclasses
+import gzip
 import warnings
 
 import ipywidgets as widgets
@@ -190,6 +191,19 @@ def test_a_saved_grid_reads_back_as_it_was(tmp_path):
         assert np.allclose(values(got), values(saved), rtol=1e-8, atol=0, equal_nan=True)
     with pytest.warns(UserWarning, match="python -m deqkit.teach.y2x --grid"):
         assert y2x._grid(tmp_path / "missing.json.gz") == {}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"not gzip", gzip.compress(b'{"runs": ['), gzip.compress(b"{}"), gzip.compress(b'{"runs": [{"lr": 1}]}'), b""],
+    ids=["not gzip", "truncated", "no runs", "row without fields", "empty"],
+)
+def test_a_corrupted_saved_grid_names_the_file_and_the_fix(tmp_path, content):
+    """Before: a raw BadGzipFile, JSONDecodeError or KeyError('runs') from inside the reader."""
+    path = tmp_path / "grid.json.gz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"(?s)grid.json.gz is not a readable saved grid.*deqkit.teach.y2x --grid"):
+        y2x._grid(path)
 
 
 def test_the_shipped_grid_is_every_setting_the_widget_offers_and_matches_fresh_training():
