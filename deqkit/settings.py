@@ -68,7 +68,7 @@ def make_options(cls: type, method: str, options: dict[str, Any]) -> Any:
     if unknown:
         valid = ", ".join(p for p in inspect.signature(cls).parameters if p in params) or "none"
         moved = getattr(cls, "MOVED", {})
-        hint = "".join(f"; {k} moved: use {moved[k]}" for k in unknown if k in moved)
+        hint = "".join(f"; for {k}, use {moved[k]}" for k in unknown if k in moved)
         raise TypeError(
             f"unknown option(s) {', '.join(map(repr, unknown))} for solver {method!r}; its options are: {valid}{hint}"
         )

@@ -172,17 +172,16 @@ CASES = [
         "settings are: f, solver, backward",
     ),
     (
-        "a moved DynamicSS option",
+        "torchdiffeq's step-size options given to DynamicSS",
         lambda: deqkit.DynamicSS(first_step=0.1, polish_m=3),
         TypeError,
-        r"first_step: use controller=deqkit.StepSizeController\(first_step=...\); polish_m: use "
-        r"polish=deqkit.Anderson\(m=...\)",
+        r"first_step: use controller=deqkit.StepSizeController\(first_step=...\); polish_m: not an option",
     ),
     (
-        "a moved option by name",
-        lambda: deqkit.solve(torch.cos, Z, ode_rtol=1e-3),
+        "a torchdiffeq option by name",
+        lambda: deqkit.solve(torch.cos, Z, safety=0.5),
         TypeError,
-        r"'ode_rtol'.*ode_rtol moved: use controller=deqkit.StepSizeController\(rtol=...\)",
+        r"'safety'.*for safety, use controller=deqkit.StepSizeController\(safety=...\)",
     ),
     (
         "controller of the wrong type",

@@ -218,7 +218,7 @@ class _Handover:
 
 
 def moved_options(options: dict[str, object]) -> str:
-    """The error for options of earlier versions of :class:`DynamicSS`, saying where each one lives now."""
+    """The error for options :class:`DynamicSS` does not take, saying where torchdiffeq's step-size options live."""
     hints = [f"{k}: use {DynamicSS.MOVED[k]}" if k in DynamicSS.MOVED else f"{k}: not an option" for k in options]
     return "DynamicSS got option(s) it does not take; " + "; ".join(hints)
 
@@ -275,15 +275,10 @@ class DynamicSS(Solver):
 
     name = "dynamic_ss"
     default_max_steps = 500
-    #: Options of earlier versions, and where each setting lives now.
+    #: torchdiffeq's names of step-size options (``odeint(..., options={...})``), and where DynamicSS takes them.
     MOVED = {
         name: f"controller=deqkit.StepSizeController({name}=...)"
         for name in ("first_step", "max_step", "safety", "ifactor", "dfactor")
-    } | {
-        "ode_rtol": "controller=deqkit.StepSizeController(rtol=...)",
-        "ode_atol": "controller=deqkit.StepSizeController(atol=...)",
-        "polish_m": "polish=deqkit.Anderson(m=...)",
-        "polish_steps": "polish_stall=... (polishing now stops when it stalls, not after a fixed count)",
     }
 
     def __init__(
