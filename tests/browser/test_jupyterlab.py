@@ -22,8 +22,9 @@ path, inline matplotlib), drives Debian's Chromium through playwright and:
 6. fails when a move does not change the plot's image content (SHA-256 of the image bytes before and after
    the first move), when a deqkit error alert (``.deqkit-error``) shows after a move, on any kernel error
    (also those no output area shows: an exception in a widget callback comes only as an IOPub message,
-   which is watched), and — in the notebooks of ``P95_BOUND_NOTEBOOKS`` (00, 01, 02, 05) — when the 95th
-   percentile of the latencies of the quick controls exceeds ``DEQKIT_BROWSER_P95`` seconds (0.5).
+   which is watched), and — in the notebooks of ``P95_BOUND_NOTEBOOKS`` (00, 01, 02, 03, 03b, 05) — when the 95th
+   percentile of the latencies of the quick controls exceeds ``DEQKIT_BROWSER_P95`` seconds (0.5), and in those of
+   ``MAX_BOUND`` (03) when any move takes longer than its bound (1 s).
 
 Every control's latencies are printed, and the whole table is written to ``latency.md`` (Markdown, the
 format of the table in ``docs/results.md``) and ``latency.json`` in the artifacts folder.
@@ -70,7 +71,10 @@ import pytest
 
 HEAVY_CLASS = "deqkit-heavy"
 CONTROL_SELECTOR = ".widget-slider, .widget-dropdown"
-P95_BOUND_NOTEBOOKS = ("00_", "01_", "02_", "05_")  # name prefixes of the notebooks whose quick controls are bounded
+P95_BOUND_NOTEBOOKS = ("00_", "01_", "02_", "03_", "03b_", "05_")  # notebooks whose quick controls are bounded
+#: Notebooks whose every control (quick or heavy) must answer within this many seconds: 03's training widget reads a
+#: saved grid of runs instead of training.
+MAX_BOUND = {"03_": 1.0}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -644,6 +648,9 @@ def _check_moves(notebook: str, moves: list[Move]) -> list[str]:
             f"p95 latency {_p95(quick):.2f} s > {P95_BOUND} s over {len(quick)} quick moves; slowest: "
             + "; ".join(m.describe() for m in slow)
         )
+    bound = next((b for prefix, b in MAX_BOUND.items() if notebook.startswith(prefix)), None)
+    late = [m for m in moves if bound is not None and m.latency is not None and m.latency > bound]
+    problems += [f"{m.describe()}: over {bound} s" for m in late]
     return list(dict.fromkeys(problems))
 
 
