@@ -52,8 +52,7 @@ from torch.nn import functional as F
 
 import deqkit
 from deqkit.data import mnist_datasets
-from deqkit.models import mnist_model
-from deqkit.models.mnist import MNISTDEQ
+from deqkit.models import MNISTDEQ, mnist_model
 from deqkit.problems import MDEQFamily
 
 from .forward import environment, fmt_ratio, load, save, torchdeq_available

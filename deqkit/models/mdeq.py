@@ -17,7 +17,7 @@ tuple ``(z_hi, z_lo)`` (14×14 and 7×7 maps for MNIST), which :class:`~deqkit.D
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,9 +25,7 @@ from torch.nn import functional as F
 
 from ..adjoint import Implicit
 from ..settings import check_int
-
-if TYPE_CHECKING:  # the annotation only: mnist.py imports this module for its MNIST_MODELS
-    from .mnist import MNISTDEQ
+from .base import MNISTDEQ, _deq, normalize_weight
 
 __all__ = ["MDEQBranch", "MDEQHead", "MultiscaleBlock", "mdeq"]
 
@@ -168,7 +166,6 @@ def mdeq(
     MNISTDEQ
         Named ``"mdeq"``; ``model.deq(x)`` returns the tuple ``(z_hi, z_lo)`` with two resolutions.
     """
-    from .mnist import MNISTDEQ, _deq, normalize_weight  # mnist.py lists this model among its MNIST_MODELS
 
     if seed is not None:
         torch.manual_seed(seed)
