@@ -471,25 +471,22 @@ class DEQ(nn.Module):
 
         if not isinstance(self.per_sample, bool):  # checked here too: it may be reassigned after construction
             raise TypeError(f"per_sample must be True or False, got {self.per_sample!r}")
-        batch_norm = nn.modules.batchnorm._BatchNorm
-        if not self.per_sample or (
-            isinstance(self.f, nn.Module) and any(isinstance(m, batch_norm) and m.training for m in self.f.modules())
-        ):
+        training = {type(m) for m in self.f.modules() if m.training} if isinstance(self.f, nn.Module) else set()
+        if not self.per_sample or any(issubclass(t, nn.modules.batchnorm._BatchNorm) for t in training):
             return whole
 
         def on(index: torch.Tensor) -> Map:
             part = x.index_select(0, index)
             return lambda z: block(z, part)
 
-        def check(passed: bool) -> bool:  # subset evaluations are compared with the whole batch's until one holds
-            if passed:  # for this f: a reassigned deq.f is checked again
-                self._sample_checked = id(self.f)
-            return getattr(self, "_sample_checked", None) != id(self.f)
+        def verified() -> None:  # for this f: a reassigned deq.f is compared again
+            self._sample_checked = id(self.f)
 
-        # dropout in training mode is random per call (yet per sample): no subset could match the whole batch's
-        dropout = nn.modules.dropout._DropoutNd
-        random = isinstance(self.f, nn.Module) and any(isinstance(m, dropout) and m.training for m in self.f.modules())
-        return SampleMap(whole, on, None if random else check)
+        # Subset evaluations are compared with the whole batch's until one comparison holds; not with dropout in
+        # training mode, random per call (yet per sample), where no subset could match the whole batch's
+        random = any(issubclass(t, nn.modules.dropout._DropoutNd) for t in training)
+        done = random or getattr(self, "_sample_checked", None) == id(self.f)
+        return SampleMap(whole, on, None if done else verified)
 
     @torch.compiler.disable(reason=EAGER)
     def _check_input(self, x: torch.Tensor) -> None:

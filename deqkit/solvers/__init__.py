@@ -367,7 +367,7 @@ def _out_of_place(f: Map) -> Map:
 
         return checked_part
 
-    return SampleMap(checked, on, f.check)
+    return SampleMap(checked, on, f.verified)
 
 
 def solve(

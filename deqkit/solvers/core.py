@@ -63,13 +63,12 @@ class SampleMap:
     ``f(z)`` evaluates the whole batch; ``f.on(index)`` is the map on the samples ``index`` (a 1-D index tensor)
     alone. The solvers use it to skip samples that hold still (converged, or waiting for the flow), whose ``f(z)``
     they already know: see :func:`evaluate_moving`. The DEQ layer hands its block to the solvers this way.
-    ``check``, where given, is asked ``check(False)`` after a subset evaluation: True means compare it with the
-    whole batch's (one evaluation more, uncounted), which catches an ``f`` that mixes samples (``z.mean(0)``);
-    ``check(True)`` records that the comparison held.
+    With ``verified`` given, the first subset evaluation is compared with the whole batch's (one evaluation more,
+    uncounted), which catches an ``f`` that mixes samples (``z.mean(0)``); ``verified()`` is called once it holds.
     """
 
-    def __init__(self, f: Map, on: Callable[[torch.Tensor], Map], check: Callable[[bool], bool] | None = None) -> None:
-        self._f, self._on, self.check = f, on, check
+    def __init__(self, f: Map, on: Callable[[torch.Tensor], Map], verified: Callable[[], None] | None = None) -> None:
+        self._f, self._on, self.verified = f, on, verified
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return self._f(z)
@@ -117,9 +116,10 @@ def evaluate_moving(f: Map, z: torch.Tensor, fz: torch.Tensor | None, moving: to
             "batch statistics mix samples. Pass such tensors inside x or the state, or evaluate the whole batch "
             "every time with DEQ(..., per_sample=False)."
         )
-    if f.check is not None and f.check(False):
+    if f.verified is not None:
         _same_as_whole(f, z, index, part)
-        f.check(True)
+        f.verified()
+        f.verified = None  # once per map: the later subset evaluations of this solve are trusted
     return fz.index_copy(0, index, part)
 
 
