@@ -123,9 +123,9 @@ class DEQ(nn.Module):
         the solvers may evaluate ``f`` on the samples still moving alone, once at most 3/4 of the batch moves
         (converged samples hold still): the same results, for less work. False evaluates the whole batch every
         time, e.g. for an ``f`` that captures a tensor shaped like the batch; a batch-norm layer in training mode
-        in ``f`` (statistics over the batch) turns it off by itself. The layer's first subset evaluation is
-        compared with the whole batch's (one evaluation more), and an ``f`` that mixes samples (``z.mean(0)``,
-        an op over the batch of ``x``) raises ``ValueError`` naming this setting.
+        in ``f`` (statistics over the batch) turns it off by itself. The layer's first subset evaluation also
+        takes one sample held still and compares it with the whole batch's value, and an ``f`` that mixes samples
+        (``z.mean(0)``, an op over the batch of ``x``) raises ``ValueError`` naming this setting.
     **options
         With a solver name, options of the forward solver's class (e.g. ``m=5`` for Anderson,
         ``ode_method="dopri5"``). Unknown ones raise ``TypeError``. Every setting is checked here, not at the first

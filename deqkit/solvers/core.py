@@ -63,8 +63,9 @@ class SampleMap:
     ``f(z)`` evaluates the whole batch; ``f.on(index)`` is the map on the samples ``index`` (a 1-D index tensor)
     alone. The solvers use it to skip samples that hold still (converged, or waiting for the flow), whose ``f(z)``
     they already know: see :func:`evaluate_moving`. The DEQ layer hands its block to the solvers this way.
-    With ``verified`` given, the first subset evaluation is compared with the whole batch's (one evaluation more,
-    uncounted), which catches an ``f`` that mixes samples (``z.mean(0)``); ``verified()`` is called once it holds.
+    With ``verified`` given, the first subset evaluation also takes one sample that holds still, whose value from
+    the whole batch is known, and compares the two: this catches an ``f`` that mixes samples (``z.mean(0)``) at
+    the cost of one sample, not one evaluation; ``verified()`` is called once it holds.
     """
 
     def __init__(self, f: Map, on: Callable[[torch.Tensor], Map], verified: Callable[[], None] | None = None) -> None:
@@ -97,43 +98,47 @@ def evaluate_moving(f: Map, z: torch.Tensor, fz: torch.Tensor | None, moving: to
     if count == 0 or count > COMPACT_SHARE * moving.numel():
         return f(z)
     index = moving.nonzero().squeeze(1)
+    # to compare with the whole batch's value: one sample holding still, evaluated with the moving ones
+    witness = (~moving).nonzero()[:1].squeeze(1) if f.verified is not None else index[:0]
     part, failure = None, ""
     try:
-        part = f.on(index)(z.index_select(0, index))
+        rows = torch.cat([index, witness])
+        part = f.on(rows)(z.index_select(0, rows))
     except RuntimeError as err:
         if not any(word in str(err) for word in ("shape", "size", "dimension")):
             raise
         failure = f"failed ({err})"
-    if part is not None and part.shape != (count, *fz.shape[1:]):
-        failure = f"returned shape {tuple(part.shape)}, not {(count, *fz.shape[1:])}"
+    if part is not None and part.shape != (rows.numel(), *fz.shape[1:]):
+        failure = f"returned shape {tuple(part.shape)}, not {(rows.numel(), *fz.shape[1:])}"
     elif part is not None and (part.dtype, part.device) != (fz.dtype, fz.device):
         failure = f"returned {part.dtype} on {part.device}, not {fz.dtype} on {fz.device} as for the whole batch"
     if failure or part is None:  # part is None only when f failed
         raise ValueError(
-            f"f evaluated on the {count} samples still moving (of {moving.numel()}) {failure}. The solvers evaluate "
+            f"f evaluated on the {count} samples still moving (of {moving.numel()}"
+            f"{', with one held still to compare' if witness.numel() else ''}) {failure}. The solvers evaluate "
             "f on those samples alone, which needs each sample's f(z, x) to depend on its own z and x only: a tensor "
             "shaped like the batch that f captures (a mask, a per-sample bias) does not shrink with them, and "
             "batch statistics mix samples. Pass such tensors inside x or the state, or evaluate the whole batch "
             "every time with DEQ(..., per_sample=False)."
         )
     if f.verified is not None:
-        _same_as_whole(f, z, index, part)
+        _same_as_whole(part[count:], fz.index_select(0, witness), count, moving.numel())
         f.verified()
         f.verified = None  # once per map: the later subset evaluations of this solve are trusted
-    return fz.index_copy(0, index, part)
+    return fz.index_copy(0, index, part[:count])
 
 
-def _same_as_whole(f: SampleMap, z: torch.Tensor, index: torch.Tensor, part: torch.Tensor) -> None:
-    """Raise where ``f`` on the samples ``index`` alone differs from the whole batch's ``f`` on them (beyond
-    rounding): ``f`` mixes samples, and the per-sample results would silently depend on which samples moved."""
+def _same_as_whole(part: torch.Tensor, whole: torch.Tensor, count: int, batch: int) -> None:
+    """Raise where ``f`` on a subset gave a sample another value (``part``) than the whole batch's ``f`` did
+    (``whole``), beyond rounding: ``f`` mixes samples, and the per-sample results would silently depend on which
+    samples moved."""
     with torch.no_grad():
-        whole = f(z).index_select(0, index)
         slack = torch.finfo(part.dtype).eps ** 0.5 if part.is_floating_point() else 0.0
-        gap = (part.detach() - whole).abs().max()
-        scale = whole.abs().max().clamp_min(1)
+        gap = (part.detach() - whole.detach()).abs().max()
+        scale = whole.detach().abs().max().clamp_min(1)
     if not bool(gap <= slack * scale):
         raise ValueError(
-            f"f on the {index.numel()} samples still moving (of {z.shape[0]}) differs from f on the whole batch "
+            f"f on the {count} samples still moving (of {batch}) and one other differs from f on the whole batch "
             f"(by up to {float(gap):.3g}; NaN: NaN on one side only): f mixes samples (z.mean(0), x.sort(0), "
             "softmax over the batch, ...) or "
             "is random (dropout in training mode), so the solvers' per-sample evaluation would change results "
