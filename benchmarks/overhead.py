@@ -24,7 +24,7 @@ import torch
 
 import deqkit
 from deqkit.problems import tanh_problem
-from deqkit.solvers import GMRES, run
+from deqkit.solvers import GMRES, Tolerances, run
 
 from .forward import load, torchdeq_available
 
@@ -116,7 +116,7 @@ def backward_rows(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, re
     for name, solver in (("GMRES", GMRES()), ("anderson", deqkit.Anderson())):
 
         def go(solver: deqkit.Solver = solver) -> int:
-            return run(solver, vjp, g, abstol=0.0, reltol=1e-4, max_steps=500).stats.nfe
+            return run(solver, vjp, g, Tolerances(0.0, 1e-4, 500)).stats.nfe
 
         nfe = go()
         wall = median_time(go, repeats)

@@ -41,15 +41,13 @@ __all__ = ["GRADIENTS", "Gradient", "GradientSpec", "Implicit", "OneStep", "Phan
 
 @dataclass
 class Context:
-    """What the layer hands a gradient method: the block, the forward tolerances, where to report."""
+    """What the layer hands a gradient method: the block, the forward tolerances and budget, where to report."""
 
     f: Block
-    abstol: float
-    reltol: float
+    tol: Tolerances  # the forward solve's, in the layer's current mode: the backward's defaults
     strict: bool
     report: Callable[[SolverStats], None]
     equilibrium: tuple[torch.Tensor, torch.Tensor]  # (z*, f(z*, x)) of the layer's re-attached evaluation
-    max_nfe: int | None = None  # the forward solve's budget: the backward's default budget
     alerts: ConvergenceAlerts | None = None  # counts and summarises the backward's unconverged solves
 
 
@@ -217,19 +215,17 @@ class Implicit(Gradient):
         ]
         return f"Implicit({', '.join(shown)})"
 
-    def tolerances(
-        self, forward_abstol: float, forward_reltol: float, forward_max_nfe: int | None = None
-    ) -> Tolerances:
-        """The backward solve's tolerances and budget, given the forward ones (see the class docstring)."""
+    def tolerances(self, forward: Tolerances) -> Tolerances:
+        """The backward solve's tolerances and budget, given the forward solve's (see the class docstring)."""
         abstol = 0.0 if self.abstol is None else self.abstol
-        reltol = max(forward_abstol, forward_reltol) if self.reltol is None else self.reltol
+        reltol = max(forward.abstol, forward.reltol) if self.reltol is None else self.reltol
         if self.reltol is None and reltol >= 1:
             raise ValueError(
                 f"the backward reltol defaults to the larger forward tolerance, {reltol:g}, which is >= 1 "
                 "and would accept the first guess (the one-step gradient): set the backward's own, "
                 "e.g. backward=deqkit.Implicit(reltol=1e-5)"
             )
-        inherited = self.max_nfe is None and forward_max_nfe is not None
+        inherited = self.max_nfe is None and forward.max_nfe is not None
         note = (
             (
                 "inherited from the DEQ's forward budget, max_nfe in training or eval_max_nfe in eval() mode; give "
@@ -242,7 +238,7 @@ class Implicit(Gradient):
             abstol,
             reltol,
             self.solver.default_max_steps if self.max_steps is None else self.max_steps,
-            forward_max_nfe if self.max_nfe is None else self.max_nfe,
+            forward.max_nfe if self.max_nfe is None else self.max_nfe,
             note,
         )
 
@@ -278,18 +274,16 @@ class _ImplicitFunction(torch.autograd.Function):
             (uj,) = torch.autograd.grad(fz, z, u, retain_graph=True, allow_unused=True)
             return g + (torch.zeros_like(u) if uj is None else uj)
 
-        tol = method.tolerances(layer.abstol, layer.reltol, layer.max_nfe)
+        tol = method.tolerances(layer.tol)
+        if scale != 1.0:
+            tol = tol.replace(abstol=min(tol.abstol / scale, torch.finfo(torch.float64).max))
         alerts = layer.alerts
         sol = run(
             method.solver,
             vjp_map,
             g,
-            abstol=min(tol.abstol / scale, torch.finfo(torch.float64).max),
-            reltol=tol.reltol,
-            max_steps=tol.max_steps,
-            max_nfe=tol.max_nfe,
+            tol,
             strict=layer.strict,
-            budget_note=tol.budget_note,
             warn=None if alerts is None else alerts.warn,
             units=scale,
         )

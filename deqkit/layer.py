@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -178,16 +177,14 @@ class DEQ(nn.Module):
         for name, flag in (("strict", strict), ("per_sample", per_sample)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
-        # checked now, not at the first call
-        tol = Tolerances(abstol, reltol, 1 if max_steps is None else max_steps, max_nfe)
-        try:
-            self.eval_max_nfe = Tolerances(abstol, reltol, 1, eval_max_nfe).max_nfe
-        except (TypeError, ValueError) as err:  # its message names max_nfe: say which budget
-            raise type(err)(str(err).replace("max_nfe", "eval_max_nfe", 1)) from err
+        # checked now, not at the first call: the budget of each mode, one object each from here to the solver
+        # and the backward
+        self._budgets = {
+            True: Tolerances(abstol, reltol, max_steps, max_nfe),
+            False: Tolerances(abstol, reltol, max_steps, eval_max_nfe, budget_name="eval_max_nfe"),
+        }
         self.f = f
         self.z0, self.strict, self.per_sample = z0, strict, per_sample
-        self.abstol, self.reltol, self.max_steps = tol.abstol, tol.reltol, None if max_steps is None else tol.max_steps
-        self.max_nfe = tol.max_nfe
         try:
             self.solver = as_solver(solver, options)
         except TypeError as err:  # an option of a gradient method, given to the DEQ: say where it belongs
@@ -211,6 +208,43 @@ class DEQ(nn.Module):
         self.correction = correction
         self.last_stats: DEQStats | None = None
         self.last_equilibrium: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def tolerances(self) -> Tolerances:
+        """The termination rule and budget of a call in the current mode (``max_nfe`` in training,
+        ``eval_max_nfe`` in ``eval()`` mode): what the forward solve runs with and the backward starts from.
+        Change it through the settings below, each checked when set."""
+        return self._budgets[self.training]
+
+    def _set_budget(self, mode: bool | None = None, **changes: Any) -> None:
+        """Apply ``changes`` (checked) to the budget of one mode (True: training) or, with None, of both."""
+        self._budgets = {m: tol.replace(**changes) if mode in (None, m) else tol for m, tol in self._budgets.items()}
+
+    abstol = property(
+        lambda self: self.tolerances.abstol,
+        lambda self, value: self._set_budget(abstol=value),
+        doc="The forward absolute tolerance (both modes); checked when set.",
+    )
+    reltol = property(
+        lambda self: self.tolerances.reltol,
+        lambda self, value: self._set_budget(reltol=value),
+        doc="The forward relative tolerance (both modes); checked when set.",
+    )
+    max_steps = property(
+        lambda self: self.tolerances.max_steps,
+        lambda self, value: self._set_budget(max_steps=value),
+        doc="The most forward solver steps (both modes; None: the solver's default); checked when set.",
+    )
+    max_nfe = property(
+        lambda self: self._budgets[True].max_nfe,
+        lambda self, value: self._set_budget(True, max_nfe=value),
+        doc="The forward solve's evaluation budget in training mode; checked when set.",
+    )
+    eval_max_nfe = property(
+        lambda self: self._budgets[False].max_nfe,
+        lambda self, value: self._set_budget(False, max_nfe=value),
+        doc="The forward solve's evaluation budget in eval() mode; checked when set.",
+    )
 
     @property
     def solver(self) -> Solver:
@@ -411,15 +445,12 @@ class DEQ(nn.Module):
         z = sol.z if self.backward.records_graph else sol.z.detach().requires_grad_()
         out = block(z, x)
         self.last_equilibrium = (z, out)
-        budget = self.max_nfe if self.training else self.eval_max_nfe  # the forward's: the backward's default
         ctx = Context(
             block,
-            self.abstol,
-            self.reltol,
+            self.tolerances,  # the forward's, in this mode: the backward's defaults
             self.strict,
             lambda s: setattr(stats, "backward", s),
             (z, out),
-            budget,
             self.alerts["backward"],
         )
         result = unflatten(self.backward.attach(out, sol, x, ctx))
@@ -438,25 +469,15 @@ class DEQ(nn.Module):
         which a compiled graph cannot express (the code around the DEQ still compiles, with a graph break here)."""
         alerts = self.alerts["forward"]
         with torch.set_grad_enabled(record_graph):
-            try:
-                sol = run(
-                    self.solver,
-                    self._per_sample(block, x),
-                    start,
-                    abstol=self.abstol,
-                    reltol=self.reltol,
-                    max_steps=self.max_steps,
-                    max_nfe=self.max_nfe if self.training else self.eval_max_nfe,
-                    strict=self.strict,
-                    record=record,
-                    warn=alerts.warn,
-                )
-            except (TypeError, ValueError) as err:  # in eval() mode the budget is eval_max_nfe: name that one
-                if self.training or "max_nfe" not in str(err):
-                    raise
-                raise type(err)(
-                    re.sub(r"(?<!eval_)max_nfe", "eval_max_nfe", str(err)) + " (the budget in eval() mode)"
-                ) from err
+            sol = run(
+                self.solver,
+                self._per_sample(block, x),
+                start,
+                self.tolerances,
+                strict=self.strict,
+                record=record,
+                warn=alerts.warn,
+            )
         if sol.stats.all_converged:
             alerts.observe(sol.stats)
         return sol

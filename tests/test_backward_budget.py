@@ -8,6 +8,7 @@ import torch
 
 import deqkit
 from deqkit.problems import tanh_problem
+from deqkit.solvers import Tolerances
 
 
 def backward_products(deq, x):
@@ -43,6 +44,7 @@ def test_an_explicit_backward_budget_wins_and_none_means_no_budget(hard):
     free = deqkit.DEQ(block, solver="anderson", abstol=1e-12, reltol=0, max_nfe=None)
     stats, warned = backward_products(free, x)
     assert stats.nfe > 12 and stats.all_converged and not warned
-    assert deqkit.Implicit().tolerances(1e-5, 1e-5, 40).max_nfe == 40
-    assert deqkit.Implicit(max_nfe=9).tolerances(1e-5, 1e-5, 40).max_nfe == 9
-    assert deqkit.Implicit().tolerances(1e-5, 1e-5).max_nfe is None
+    forward = Tolerances(1e-5, 1e-5, max_nfe=40)
+    assert deqkit.Implicit().tolerances(forward).max_nfe == 40
+    assert deqkit.Implicit(max_nfe=9).tolerances(forward).max_nfe == 9
+    assert deqkit.Implicit().tolerances(forward.replace(max_nfe=None)).max_nfe is None

@@ -393,7 +393,7 @@ CASES = [
         "eval_max_nfe reassigned to 1 (was named max_nfe)",
         lambda: _reassigned_eval_budget()(_x()),
         ValueError,
-        r"eval_max_nfe must be an integer >= 2, got 1 \(the budget in eval\(\) mode\)",
+        r"eval_max_nfe must be an integer >= 2, got 1",
     ),
     (
         "backward budget inherited from the DEQ (was unexplained)",

@@ -49,6 +49,7 @@ __all__ = [
     "DynamicSS",
     "GMRES",
     "StepSizeController",
+    "Tolerances",
 ]
 
 
@@ -166,14 +167,10 @@ def run(
     solver: Solver,
     f: Map,
     z0: Any,
+    tol: Tolerances,
     *,
-    abstol: float,
-    reltol: float,
-    max_steps: int | None,
-    max_nfe: int | None = None,
     strict: bool = False,
     record: bool = False,
-    budget_note: str = "",
     warn: Callable[[str, SolverStats], None] | None = None,
     units: float = 1.0,
 ) -> Solution:
@@ -189,19 +186,14 @@ def run(
         of different shapes, sharing batch size, dtype and device (``f`` then maps such a structure to the same
         structure; the solver sees them concatenated into one ``(batch, N)`` tensor, the returned ``z``,
         ``fz`` and recorded trajectory have ``z0``'s structure). Never modified or returned.
-    abstol, reltol : float
-        The termination rule of :func:`solve`; both ≥ 0, not both 0.
-    max_steps : int or None
-        Most solver steps (≥ 1); None: the solver's ``default_max_steps``.
-    max_nfe : int or None
-        Most evaluations of ``f`` (≥ 2, the first included), never exceeded: a solver stops before a step that
-        would cost more. None: no budget beyond ``max_steps``.
+    tol : Tolerances
+        The termination rule of :func:`solve` and the budget: ``max_steps`` (None: the solver's
+        ``default_max_steps``) and ``max_nfe``, evaluations of ``f`` (the first included), never exceeded: a
+        solver stops before a step that would cost more (None: no budget beyond ``max_steps``).
     strict : bool
         Raise instead of warning when a sample does not converge.
     record : bool
         Keep every iterate in ``stats.trajectory``.
-    budget_note : str
-        Where ``max_nfe`` came from, shown with it in messages (e.g. a budget the backward inherited).
     warn : callable, optional
         ``warn(message, stats)`` receives the warning about unconverged samples instead of :func:`warnings.warn`
         (the DEQ layer counts and summarises them).
@@ -237,13 +229,9 @@ def run(
             solver,
             structure.map(f),
             structure.flatten(z0, "z0"),
-            abstol=abstol,
-            reltol=reltol,
-            max_steps=max_steps,
-            max_nfe=max_nfe,
+            tol,
             strict=strict,
             record=record,
-            budget_note=budget_note,
             warn=warn,
             units=units,
         )
@@ -252,7 +240,10 @@ def run(
     check_start(z0)
     if not isinstance(strict, bool):  # checked here too: DEQ.strict may be reassigned after construction
         raise TypeError(f"strict must be True or False, got {strict!r}")
-    tol = Tolerances(abstol, reltol, solver.default_max_steps if max_steps is None else max_steps, max_nfe, budget_note)
+    if not isinstance(tol, Tolerances):
+        raise TypeError(f"tol must be a deqkit.solvers.Tolerances, got {type(tol).__name__}")
+    if tol.max_steps is None:
+        tol = tol.replace(max_steps=solver.default_max_steps)
     z0 = z0.detach().clone()  # the solver's own copy: the caller's z0 is never touched or handed back
     monitor = Monitor(solver.label, z0, tol, strict=strict, record=record, warn=warn, units=units)
     steps, nfe = _run_solver(solver, _out_of_place(f), z0, monitor)
@@ -436,20 +427,11 @@ def solve(
     deqkit.ConvergenceWarning
         When a sample does not converge within ``max_steps`` (how many, their best residual, what to try).
     """
-    if "method" in options:
+    if "method" in options:  # torchdiffeq's and scipy's name for it
         raise TypeError(
-            "solve() takes solver=..., not method=... (renamed to match DEQ(solver=...)): "
-            f"solve(f, z0, solver={options['method']!r})"
+            "solve() takes solver=..., not method=... (the fixed-point method, as in DEQ(solver=...); the ODE "
+            f"method of dynamic_ss is ode_method=...): solve(f, z0, solver={options['method']!r})"
         )
-    sol = run(
-        as_solver(solver, options),
-        f,
-        z0,
-        abstol=abstol,
-        reltol=reltol,
-        max_steps=max_steps,
-        max_nfe=max_nfe,
-        strict=strict,
-        record=record,
-    )
+    chosen = as_solver(solver, options)
+    sol = run(chosen, f, z0, Tolerances(abstol, reltol, max_steps, max_nfe), strict=strict, record=record)
     return sol.z, sol.stats

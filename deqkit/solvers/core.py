@@ -178,7 +178,7 @@ class Solver(Configured, abc.ABC):
     def run(self, f: Map, z0: torch.Tensor, monitor: Monitor) -> tuple[int, int]:
         """Solve ``z = f(z)`` from ``z0``, checking each iterate with ``monitor``; return ``(steps, evaluations)``.
 
-        Stop when ``monitor.done`` or after ``monitor.tol.max_steps`` steps. ``f`` is evaluated on tensors
+        Stop when ``monitor.done`` or after ``monitor.max_steps`` steps. ``f`` is evaluated on tensors
         shaped like ``z0``; ``z0`` must not be modified.
         """
 
@@ -214,7 +214,7 @@ class IterativeSolver(Solver):
         monitor.check(0, z0, fz - z0, fz, 1)
         state = self.init_state(z0.flatten(1), fz.flatten(1))
         z, moving, step, nfe, last_read = z0, monitor.running, 0, 1, 0
-        limit, deferred = monitor.tol.max_steps, self.sync_every > 1
+        limit, deferred = monitor.max_steps, self.sync_every > 1
         while not monitor.done and step < limit and monitor.affords(nfe, 1):
             z_next, state = self.update(z.flatten(1), fz.flatten(1), state)
             if not deferred and not monitor.any_converged:  # every sample moves: skip the masked copy

@@ -368,7 +368,7 @@ class DynamicSS(Solver):
             (z, fz), moving = field.last, monitor.marked  # the samples ready to polish, at the flow's last check
 
     def _stop(self, monitor: Monitor, steps: int, nfe: int) -> bool:
-        return monitor.done or steps >= monitor.tol.max_steps or monitor.out_of_budget or not monitor.affords(nfe, 1)
+        return monitor.done or steps >= monitor.max_steps or monitor.out_of_budget or not monitor.affords(nfe, 1)
 
     def _polish(
         self,
@@ -396,7 +396,7 @@ class DynamicSS(Solver):
         whole = bool(moving.all())  # every sample moves: no masked copy needed (until one converges)
         secants = []  # (rows, ΔZ, ΔG) of the samples that converged, taken when they did
         for k in itertools.count(1):
-            if monitor.done or steps >= monitor.tol.max_steps or not monitor.affords(field.nfe, 1):
+            if monitor.done or steps >= monitor.max_steps or not monitor.affords(field.nfe, 1):
                 break
             z_next, state = polisher.update(z.flatten(1), fz.flatten(1), state)
             z = z_next.view_as(z) if whole else torch.where(batch_view(moving, z), z_next.view_as(z), z)
@@ -481,8 +481,8 @@ class DynamicSS(Solver):
         field.cached = (z0, r0)  # torchdiffeq's own first evaluation at z0 reuses it
         if not restart and not monitor.affords(field.nfe, cost):
             raise ValueError(
-                f"max_nfe={monitor.tol.max_nfe} cannot pay for one step of {self.ode_method}: "
-                f"{field.nfe} evaluation at the start and {cost} for the first step; raise max_nfe"
+                f"{monitor.tol.budget_name}={monitor.tol.max_nfe} cannot pay for one step of {self.ode_method}: "
+                f"{field.nfe} evaluation at the start and {cost} for the first step; raise {monitor.tol.budget_name}"
             )
         rtol, atol = self.controller.tolerances(z0, r0, monitor.tol.abstol, monitor.tol.reltol, handover is not None)
         ode = AdaptiveStepper(
@@ -491,7 +491,7 @@ class DynamicSS(Solver):
         if not restart:
             field.check(monitor, 0, ode.y, ode.f, ode.f + ode.y, t=0.0)
         accepted = 0
-        while not monitor.done and steps < monitor.tol.max_steps and monitor.affords(field.nfe, ode.cost):
+        while not monitor.done and steps < monitor.max_steps and monitor.affords(field.nfe, ode.cost):
             try:
                 ok, t1, y1, f1 = ode.step()
             except StepFailure as err:
@@ -567,8 +567,8 @@ class DynamicSS(Solver):
             if restart:
                 return steps
             raise ValueError(
-                f"max_nfe={monitor.tol.max_nfe} is less than one step of {self.ode_method} "
-                f"({ode.cost} evaluations): raise max_nfe"
+                f"{monitor.tol.budget_name}={monitor.tol.max_nfe} is less than one step of {self.ode_method} "
+                f"({ode.cost} evaluations): raise {monitor.tol.budget_name}"
             )
         if fz0 is not None:
             field.cached = (z0, (fz0 - z0) * batch_view(field.running, z0))
@@ -577,6 +577,6 @@ class DynamicSS(Solver):
             # The step function evaluates f at z first: that derivative is what the rule checks.
             dz, r = ode.step(t, z)
             polish = self._checked(field, monitor, steps, z, r, float(t), handover)
-            if monitor.done or steps >= monitor.tol.max_steps or polish or not monitor.affords(field.nfe, ode.cost):
+            if monitor.done or steps >= monitor.max_steps or polish or not monitor.affords(field.nfe, ode.cost):
                 return steps
             z, t, steps = z + dz * batch_view(field.running, dz), t + ode.dt, steps + 1

@@ -65,14 +65,14 @@ class GMRES(Solver):
         monitor.check(0, u0, r.view(shape), tu, nfe)
         restart = u.shape[1] if self.restart is None else self.restart
         ratio = _norm_ratio(r)
-        while not monitor.done and step < monitor.tol.max_steps and monitor.affords(nfe, 2):
+        while not monitor.done and step < monitor.max_steps and monitor.affords(nfe, 2):
             cycle = _Cycle(u, r, restart)
             for j in range(restart):
                 v = u + cycle.basis[:, j]
                 cycle.extend(r - (T(v.view(shape)).flatten(1) - v))
                 nfe, step = nfe + 1, step + 1
                 # (room is kept for the true residual evaluated below)
-                last = j == restart - 1 or step >= monitor.tol.max_steps or not monitor.affords(nfe, 2)
+                last = j == restart - 1 or step >= monitor.max_steps or not monitor.affords(nfe, 2)
                 if last or self.trace or cycle.may_meet(monitor, ratio):
                     uk, rk = cycle.iterate()
                     monitor.check(step, uk.view(shape), rk.view(shape), (uk + rk).view(shape), nfe)

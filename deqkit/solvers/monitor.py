@@ -13,6 +13,8 @@ naming the cause and what to try for samples that did not converge.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import time
 import warnings
@@ -35,24 +37,39 @@ def batch_view(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Tolerances:
-    """The termination rule's tolerances and step limit, validated (integers and reals of any library)."""
+    """The termination rule and the evaluation budget of a solve, validated (integers and reals of any library):
+    one object on the budget's road, from the :class:`~deqkit.DEQ` layer (or :func:`~deqkit.solve`) to the
+    solver's monitor, and from it (with :meth:`replace`) to the backward solve.
+
+    ``max_steps`` None: the solver's ``default_max_steps`` (:func:`~deqkit.solvers.run` fills it in).
+    ``max_nfe``: evaluations of the map, the first one included. ``budget_note``: where ``max_nfe`` came from,
+    when the user did not set it there (shown in messages). ``budget_name``: the setting that holds ``max_nfe``,
+    as messages name it (``"eval_max_nfe"`` for a layer in ``eval()`` mode).
+    """
 
     abstol: float
     reltol: float
-    max_steps: int
-    max_nfe: int | None = None  # evaluations of the map, the first one included
-    budget_note: str = ""  # where max_nfe came from, when the user did not set it there (shown in messages)
+    max_steps: int | None = None
+    max_nfe: int | None = None
+    budget_note: str = ""
+    budget_name: str = "max_nfe"
 
     def __post_init__(self) -> None:
-        self.abstol = self.check("abstol", self.abstol)
-        self.reltol = self.check("reltol", self.reltol)
+        put = functools.partial(object.__setattr__, self)  # frozen: the checked values replace the given ones once
+        put("abstol", self.check("abstol", self.abstol))
+        put("reltol", self.check("reltol", self.reltol))
         if self.abstol == 0 and self.reltol == 0:
             raise ValueError("abstol and reltol are both 0: no iterate could ever converge; set one > 0")
-        self.max_steps = check_int("max_steps", self.max_steps, 1)
+        if self.max_steps is not None:
+            put("max_steps", check_int("max_steps", self.max_steps, 1))
         if self.max_nfe is not None:
-            self.max_nfe = check_int("max_nfe", self.max_nfe, 2)
+            put("max_nfe", check_int(self.budget_name, self.max_nfe, 2))
+
+    def replace(self, **changes: Any) -> Tolerances:
+        """A copy with ``changes`` (checked like the original)."""
+        return dataclasses.replace(self, **changes)
 
     @staticmethod
     def check(name: str, value: Any) -> float:
@@ -82,7 +99,7 @@ class Tolerances:
         """``max_steps=…`` (and ``max_nfe=…``), for messages."""
         return (
             f"max_steps={self.max_steps}"
-            + ("" if self.max_nfe is None else f" / max_nfe={self.max_nfe}")
+            + ("" if self.max_nfe is None else f" / {self.budget_name}={self.max_nfe}")
             + (f" ({self.budget_note})" if self.budget_note and self.max_nfe is not None else "")
         )
 
@@ -102,7 +119,10 @@ class Monitor:
         units: float = 1.0,
     ):
         batch = z0.shape[0]
+        if tol.max_steps is None:
+            raise ValueError("the monitor needs a step limit: Tolerances.max_steps is None (run() fills it in)")
         self.method, self.tol, self.strict, self.record, self.warn = method, tol, strict, record, warn
+        self.max_steps: int = tol.max_steps
         self.units = units  # the caller solved for z / units: residuals are reported times this
         self.converged = torch.zeros(batch, dtype=torch.bool, device=z0.device)
         self.running = ~self.converged  # kept with `converged`: its complement is needed at every check
@@ -413,9 +433,9 @@ def _diagnosis(
         )
     eps = torch.finfo(residual.dtype).eps
     hint = (
-        "Try: more steps (max_steps, max_nfe), another method ('anderson', 'broyden', or 'dynamic_ss', which also "
-        "converges where plain iteration diverges), damping, or a smaller spectral norm of f's weights (check "
-        "deqkit.spectral_radius)."
+        f"Try: more steps (max_steps, {tol.budget_name}), another method ('anderson', 'broyden', or 'dynamic_ss', "
+        "which also converges where plain iteration diverges), damping, or a smaller spectral norm of f's weights "
+        "(check deqkit.spectral_radius)."
     )
     if float(residual.min()) <= 10 * eps * max(float(scale.max()), 1.0):  # at the rounding level of f(z)
         hint = (

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import deqkit
-from deqkit.solvers import GMRES, run
+from deqkit.solvers import GMRES, Tolerances, run
 
 
 class Counted:
@@ -111,7 +111,7 @@ def test_gmres_keeps_its_budget(budget):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", deqkit.ConvergenceWarning)
-        sol = run(GMRES(restart=4), T, torch.zeros_like(g), abstol=1e-14, reltol=0, max_steps=1000, max_nfe=budget)
+        sol = run(GMRES(restart=4), T, torch.zeros_like(g), Tolerances(1e-14, 0, 1000, budget))
     assert len(calls) <= budget and sol.stats.nfe == len(calls)
     # a budget too small to converge is said, never hidden
     assert sol.stats.all_converged or any("max_nfe=" in str(w.message) for w in caught)

@@ -244,14 +244,12 @@ def test_labels_name_the_options_that_differ_from_the_defaults():
 
 def test_full_gmres_converges_where_restarted_gmres_may_not():
     from deqkit.problems import tanh_weight
-    from deqkit.solvers import run
+    from deqkit.solvers import Tolerances, run
 
     gen = torch.Generator().manual_seed(1)
     w = tanh_weight(48, 1.2, "symmetric", generator=gen)  # ρ > 1: plain iteration diverges
     g = torch.randn(3, 48, generator=gen, dtype=torch.float64)
-    sol = run(
-        deqkit.GMRES(restart=None), lambda u: g + u @ w, torch.zeros_like(g), abstol=1e-10, reltol=0, max_steps=200
-    )
+    sol = run(deqkit.GMRES(restart=None), lambda u: g + u @ w, torch.zeros_like(g), Tolerances(1e-10, 0, 200))
     assert sol.stats.all_converged and sol.stats.nfe <= 48 + 3
 
 
@@ -261,7 +259,7 @@ def test_gmres_checks_lazily_with_the_answer_and_products_of_tracing(restart, re
     # the default checks the ∞-norm rule only when the 2-norm residual of the Givens QR predicts success;
     # trace=True checks after every product: same answers, the same products give or take one, a full history
     from deqkit.problems import tanh_weight
-    from deqkit.solvers import run
+    from deqkit.solvers import Tolerances, run
 
     gen = torch.Generator().manual_seed(2)
     w = tanh_weight(40, 0.9, "symmetric", generator=gen)
@@ -273,9 +271,7 @@ def test_gmres_checks_lazily_with_the_answer_and_products_of_tracing(restart, re
             deqkit.GMRES(restart=restart, trace=trace),
             lambda u: g + u @ w,
             torch.zeros_like(g),
-            abstol=0,
-            reltol=reltol,
-            max_steps=400,
+            Tolerances(0, reltol, 400),
         )
         for trace in (False, True)
     }
@@ -290,7 +286,7 @@ def test_gmres_checks_lazily_with_the_answer_and_products_of_tracing(restart, re
 
 
 def test_gmres_reports_a_product_that_blows_up_without_waiting_for_the_restart():
-    from deqkit.solvers import run
+    from deqkit.solvers import Tolerances, run
 
     g = torch.ones(2, 8, dtype=torch.float64)
     a = 0.3 * torch.randn(8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -301,7 +297,7 @@ def test_gmres_reports_a_product_that_blows_up_without_waiting_for_the_restart()
         return g + u @ a if len(calls) < 4 else u * float("nan")
 
     with pytest.raises(deqkit.DivergenceError, match="NaN or infinite"):
-        run(deqkit.GMRES(restart=20), T, torch.zeros_like(g), abstol=1e-12, reltol=0, max_steps=100)
+        run(deqkit.GMRES(restart=20), T, torch.zeros_like(g), Tolerances(1e-12, 0, 100))
     assert len(calls) == 4  # the NaN product is checked at once, not after 20 products
 
 
