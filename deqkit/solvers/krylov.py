@@ -1,8 +1,8 @@
 """Restarted GMRES for the fixed point of an *affine* map, batched per sample.
 
 The implicit backward pass solves ``u = g + Jᵀu`` — the fixed point of an affine map ``T`` — which is the
-linear system ``(I − Jᵀ) u = g``. GMRES needs only ``T``: with ``r(u) = T(u) − u = g − (I − Jᵀ)u``, the
-product with the system matrix is ``A v = r(u₀) − r(u₀ + v)``. It converges for any non-singular system,
+linear system ``(I − Jᵀ) u = g``. GMRES needs only ``T``: the product with its linear part is
+``Jᵀ v = T(u₀ + v) − T(u₀)``, and with the system matrix ``A v = v − Jᵀ v``. It converges for any non-singular system,
 also where plain iteration on ``T`` diverges (spectral radius of ``J`` above 1, as at the stable equilibria
 that ``dynamic_ss`` finds for non-contractive maps).
 
@@ -23,6 +23,7 @@ from ..settings import check_int
 from .core import Map, Solver, first_evaluation
 from .monitor import Monitor
 
+REORTHOGONALIZE = 0.5**0.5  # a second Gram–Schmidt pass where a projection keeps less than this share of ‖w‖
 SLACK = 1.5  # the rule is checked once every sample's predicted ∞-norm residual is within this factor of its tolerance
 
 
@@ -67,9 +68,10 @@ class GMRES(Solver):
         ratio = _norm_ratio(r)
         while not monitor.done and step < monitor.max_steps and monitor.affords(nfe, 2):
             cycle = _Cycle(u, r, restart)
+            tu = u + r
             for j in range(restart):
                 v = u + cycle.basis[:, j]
-                cycle.extend(r - (T(v.view(shape)).flatten(1) - v))
+                cycle.extend(T(v.view(shape)).flatten(1) - tu)  # Jᵀ v_j: T is affine, T(u + v) − T(u) = Jᵀ v
                 nfe, step = nfe + 1, step + 1
                 # (room is kept for the true residual evaluated below)
                 last = j == restart - 1 or step >= monitor.max_steps or not monitor.affords(nfe, 2)
@@ -113,19 +115,30 @@ class _Cycle:
         self.residual = self.beta  # 2-norm of the least-squares residual, per sample
 
     def extend(self, w: torch.Tensor) -> None:
-        """Add ``w = A v_j`` to the basis and the next column of ``R``."""
+        """Add ``A v_j = v_j − w`` to the basis and the next column of ``R``, given ``w = Jᵀ v_j`` (the linear part
+        of ``T``).
+
+        Arnoldi runs on ``Jᵀ``, whose Krylov spaces are those of ``A = I − Jᵀ``: ``A v_j`` has a large component
+        along ``v_j`` itself, which classical Gram–Schmidt cancels and which would call for a second pass at
+        every product, while ``Jᵀ v_j`` loses little to the projection. Where any sample loses more than 1 − 1/√2
+        of its norm (Daniel, Gragg, Kaufman & Stewart's test, "twice is enough") the batch gets the second pass;
+        always on a GPU (any device but the CPU), where reading that test would cost a host synchronisation per
+        product.
+        """
         j = self.j
-        # classical Gram–Schmidt, twice (CGS2: as stable as modified G–S), as batched products written
-        # (1, dim) @ (dim, j+1), the fast orientation on CPU. (A second pass only where the first cancelled much
-        # of w saves nothing on a batch: measured on the MNIST DEQ, some sample needed it at every product.)
         v = self.basis[:, : j + 1]
-        h = torch.bmm(w.unsqueeze(1), v.transpose(1, 2))  # (batch, 1, j+1)
-        w = w - torch.bmm(h, v).squeeze(1)
-        h2 = torch.bmm(w.unsqueeze(1), v.transpose(1, 2))
-        w = w - torch.bmm(h2, v).squeeze(1)
+        h = torch.bmm(w.unsqueeze(1), v.transpose(1, 2))  # (batch, 1, j+1), products written in the fast orientation
+        before, w = w.norm(dim=1), w - torch.bmm(h, v).squeeze(1)
         norm = w.norm(dim=1)
-        self.basis[:, j + 1] = w / norm.clamp_min(self.tiny)[:, None]
-        col = torch.bmm(h + h2, self.omega[:, : j + 1, : j + 1].transpose(1, 2)).squeeze(1)  # Ω h, as a row
+        if w.device.type != "cpu" or bool((norm < REORTHOGONALIZE * before).any()):
+            h2 = torch.bmm(w.unsqueeze(1), v.transpose(1, 2))
+            h, w = h + h2, w - torch.bmm(h2, v).squeeze(1)
+            norm = w.norm(dim=1)
+        # A v_j = v_j − Jᵀ v_j = V (e_j − h) − w: the new basis vector is −w / ‖w‖, the column e_j − h over ‖w‖
+        self.basis[:, j + 1] = w / -norm.clamp_min(self.tiny)[:, None]
+        h = -h
+        h[:, 0, j] += 1
+        col = torch.bmm(h, self.omega[:, : j + 1, : j + 1].transpose(1, 2)).squeeze(1)  # Ω h, as a row
         rho = torch.hypot(col[:, j], norm)
         # a zero pivot means that sample's Krylov space is exhausted (it has converged): keep y finite
         live = rho > 0

@@ -305,3 +305,21 @@ def test_gmres_trace_must_be_a_bool():
     with pytest.raises(TypeError, match="trace must be True or False"):
         deqkit.GMRES(trace="yes")
     assert deqkit.GMRES(trace=True).label == "gmres(20)"
+
+
+def test_gmres_reorthogonalizes_a_product_that_nearly_lies_in_the_basis():
+    # Arnoldi on Jᵀ usually keeps most of each product after one Gram–Schmidt pass; a product that nearly lies in
+    # the span loses almost all of it, and only the second pass keeps the basis orthonormal (one pass: ~1e-2 here)
+    from deqkit.solvers.krylov import _Cycle
+
+    gen = torch.Generator().manual_seed(0)
+    r = torch.randn(4, 64, generator=gen)
+    cycle = _Cycle(torch.zeros_like(r), r, 6)
+    for j in range(5):
+        w = torch.randn(4, 64, generator=gen)
+        if j == 3:  # almost a combination of the basis so far
+            w = torch.bmm(torch.randn(4, 1, j + 1, generator=gen), cycle.basis[:, : j + 1]).squeeze(1) + 1e-6 * w
+        cycle.extend(w)
+    v = cycle.basis[:, :6]
+    gram = torch.bmm(v, v.transpose(1, 2))
+    assert (gram - torch.eye(6)).abs().max() < 1e-5
