@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from deqkit.data import mnist_datasets
-from deqkit.train import TrainConfig, train_mnist
+from deqkit.train import RunOptions, TrainConfig, train_mnist
 
 
 @dataclass
@@ -124,16 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         folder = out / run.name
         resume = args.resume and (folder / "checkpoint.pt").exists()
         start = time.perf_counter()
-        result = train_mnist(
-            run.config,
-            train_set=train_set,
-            test_set=test_set,
-            out=folder,
-            resume=resume,
-            overwrite=not resume,
-            device="cpu",
-            progress=not args.no_progress,
+        options = RunOptions(
+            folder, start="resume" if resume else "overwrite", device="cpu", progress=not args.no_progress
         )
+        result = train_mnist(run.config, options=options, train_set=train_set, test_set=test_set)
         print(
             f"[{run.name}] {time.perf_counter() - start:.0f} s wall, test accuracy {result.final['test_acc']:.2f}%",
             file=sys.stderr,

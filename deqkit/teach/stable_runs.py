@@ -34,7 +34,7 @@ from ..diagnostics import spectral_radius
 from ..errors import ConvergenceWarning
 from ..models import MNISTDEQ, mnist_model
 from ..solvers import solve
-from ..train import TrainConfig, train
+from ..train import RunOptions, TrainConfig, train
 from ..train.metrics import MetricRow
 
 try:
@@ -234,7 +234,7 @@ def train_run(
     config = TrainConfig(model=spec.model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, jac_reg=spec.jac_reg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # counted in the metrics (fwd_unconverged, ...)
-        result = train(model, train_set, test_set, config, progress=progress, callback=callback)
+        result = train(model, train_set, test_set, config, RunOptions(progress=progress), callback=callback)
     rows: list[MetricRow] = [{"epoch": 0, **initial}]
     rows += [{**row, **found} for row, found in zip(result.history, callback.results)]
     return {

@@ -40,7 +40,7 @@ from ..errors import CheckpointError, MNISTError
 from ..models.mnist import MNIST_MODELS, mnist_model
 from .callbacks import check_tensorboard
 from .checkpoint import check_writable, load_checkpoint
-from .config import SCHEDULES, TrainConfig
+from .config import DEVICES, SCHEDULES, RunOptions, TrainConfig
 from .distributed import resolve_device
 from .loop import check_run_folder, train
 
@@ -171,7 +171,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="STEPS",
         help="also checkpoint every STEPS steps within an epoch (default: only after each epoch)",
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="default: %(default)s")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument(
@@ -211,22 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config, model = _check_arguments(parser, args)
     out = pathlib.Path(args.out or f"runs/mnist-{args.model}-seed{args.seed}")
+    options = _run_options(parser, args, out)
     try:
-        _check_run_folder(args, out)
+        _check_run_folder(options, out)
         train_set, test_set = mnist_datasets(config.data_dir, subset=config.subset, seed=0)
-        result = train(
-            model,
-            train_set,
-            test_set,
-            config,
-            out=out,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            device=args.device,
-            checkpoint_every=args.checkpoint_every,
-            progress=not args.no_progress,
-            tensorboard=args.tensorboard,
-        )
+        result = train(model, train_set, test_set, config, options)
     except (MNISTError, CheckpointError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -245,8 +234,6 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    if args.resume and args.overwrite:
-        parser.error("--resume and --overwrite contradict each other: choose one")
     try:
         resolve_device(args.device)
     except RuntimeError:
@@ -281,24 +268,42 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     return config, model
 
 
-def _check_run_folder(args: argparse.Namespace, out: pathlib.Path) -> None:
+def _run_options(parser: argparse.ArgumentParser, args: argparse.Namespace, out: pathlib.Path) -> RunOptions:
+    """The run options of the flags, the run folder ``out`` (--out or its default) included."""
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite contradict each other: choose one")
+    try:
+        return RunOptions(
+            out=out,
+            start="resume" if args.resume else "overwrite" if args.overwrite else "new",
+            device=args.device,
+            checkpoint_every=args.checkpoint_every,
+            progress=not args.no_progress,
+            tensorboard=args.tensorboard,
+        )
+    except (ValueError, TypeError) as err:  # the flags' own checks come first; this names anything they missed
+        parser.error(str(err))
+
+
+def _check_run_folder(options: RunOptions, out: pathlib.Path) -> None:
     """The run folder: an intact checkpoint to resume, none to overwrite by accident, and writable (rank 0)."""
+    resume = options.start == "resume"
     ckpt = out / "checkpoint.pt"
     if ckpt.exists() and not ckpt.is_file():
         raise FileExistsError(
             f"{ckpt} exists but is not a file (a folder?): neither --resume nor --overwrite can "
             "use it; move or delete it, or choose another --out"
         )
-    if args.resume and not ckpt.is_file():
+    if resume and not ckpt.is_file():
         raise CheckpointError(f"--resume: no checkpoint at {ckpt}; run without --resume to start this run")
-    if args.resume:
+    if resume:
         load_checkpoint(ckpt)  # a damaged file fails its checksum now; the run's checks follow in train()
-    if ckpt.exists() and not (args.resume or args.overwrite):
+    if ckpt.exists() and options.start == "new":
         raise FileExistsError(
             f"{ckpt} exists: add --resume to continue that run, --overwrite to start afresh, or choose another --out"
         )
     # metrics files or TensorBoard logs of another run, without its checkpoint: not to be replaced silently
-    check_run_folder(out, resume=args.resume, overwrite=args.overwrite, tensorboard=args.tensorboard)
+    check_run_folder(out, start=options.start, tensorboard=options.tensorboard)
     if os.environ.get("RANK", "0") == "0":
         check_writable(out)
 

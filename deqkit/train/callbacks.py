@@ -66,7 +66,7 @@ def check_tensorboard() -> type:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
         raise ImportError(
-            f"TensorBoard logging (--tensorboard, tensorboard=True) needs the tensorboard package, "
+            f"TensorBoard logging (--tensorboard, RunOptions(tensorboard=True)) needs the tensorboard package, "
             f'which is not installed here ({exc}): pip install "deqkit[tensorboard]"'
         ) from exc
     return SummaryWriter
@@ -76,7 +76,8 @@ class TensorBoardLog:
     """Writes a run's numbers as TensorBoard scalars: every optimiser step's, and every epoch's row.
 
     A ``callback`` for :func:`deqkit.train.train` (which also calls :meth:`epoch`); ``train(...,
-    tensorboard=True)`` and ``python -m deqkit.train mnist --tensorboard`` make one in ``<out>/tensorboard``.
+    RunOptions(out, tensorboard=True))`` and ``python -m deqkit.train mnist --tensorboard`` make one in
+    ``<out>/tensorboard``.
     The x axis of every scalar is the number of optimiser steps done: ``step/<key>`` after each step (this
     process's batch, as the callback receives it), ``epoch/<field>`` at the end of each epoch, one per
     column of :data:`~deqkit.train.METRIC_FIELDS`.
@@ -114,7 +115,8 @@ class TensorBoardLog:
             if earlier and not overwrite:
                 raise FileExistsError(
                     f"{folder} holds {len(earlier)} event file(s) of an earlier run: pass "
-                    "overwrite=True (--overwrite) to replace them, or log to another folder"
+                    "overwrite=True (RunOptions(start='overwrite') in train(), --overwrite) to replace them, or log "
+                    "to another folder"
                 )
             for old in earlier:
                 old.unlink()

@@ -1,15 +1,22 @@
-"""The settings of a training run: everything that determines its numbers."""
+"""The settings of a training run: :class:`TrainConfig`, everything that determines its numbers, and
+:class:`RunOptions`, how it is run (run folder, start, device, checkpoints, progress, TensorBoard)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import pathlib
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SCHEDULES", "TrainConfig"]
+__all__ = ["DEVICES", "SCHEDULES", "STARTS", "RunOptions", "TrainConfig"]
 
 SCHEDULES = ("constant", "cosine")
+#: How a run starts (:attr:`RunOptions.start`).
+STARTS = ("new", "resume", "overwrite")
+#: Where a run computes (:attr:`RunOptions.device`).
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -105,3 +112,123 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a training run is carried out: where it writes, how it starts, where it computes, what it shows.
+
+    :class:`TrainConfig` holds what determines the run's numbers (and a resumed run must repeat it); these
+    options are the rest. Every value is checked here, when the options are made; what needs the file system or
+    an import (the run folder, the ``tensorboard`` package, a CUDA device) is checked when
+    :func:`~deqkit.train.train` starts. Frozen: make a new one to change a field
+    (``dataclasses.replace(options, start="resume")``).
+
+    Parameters
+    ----------
+    out : str or os.PathLike, optional
+        Run folder: ``checkpoint.pt`` (after every epoch, and every ``checkpoint_every`` steps), ``metrics.csv``
+        and ``metrics.json``. Without it nothing is written. Kept as a :class:`pathlib.Path`.
+    start : {"new", "resume", "overwrite"}
+        ``"new"`` (default): a fresh run; ``out`` must not hold another run's files (a checkpoint, metrics
+        files, or with ``tensorboard`` TensorBoard event files). ``"resume"``: continue from
+        ``out/checkpoint.pt`` exactly where it stopped (weights, optimiser, epoch and step, partial epoch
+        tallies, RNG state); the result equals that of an uninterrupted run. ``"overwrite"``: a fresh run that
+        replaces the files of a run already in ``out``. ``"resume"`` and ``"overwrite"`` need ``out``.
+    device : {"auto", "cpu", "cuda"}
+        ``"auto"``: CUDA when available, else the CPU.
+    checkpoint_every : int
+        Also checkpoint every this many steps within an epoch (0, the default: only after each epoch; more
+        than 0 needs ``out``).
+    progress : bool
+        Show the progress bars and a one-line summary per epoch.
+    tensorboard : bool
+        Also log every step and every epoch to TensorBoard, in ``out/tensorboard`` (needs ``out`` and the
+        ``tensorboard`` package: ``pip install "deqkit[tensorboard]"``); see
+        :class:`~deqkit.train.callbacks.TensorBoardLog`.
+
+    Raises
+    ------
+    ValueError
+        For a value outside its choices or range, or a choice that needs ``out`` without it; the message names
+        the setting and the fix.
+    TypeError
+        For a value of the wrong type (``progress="yes"``, ``out=3``).
+
+    Examples
+    --------
+    Continue the run in ``runs/wide``, checkpointing every 100 steps, without progress bars::
+
+        train(model, train_set, test_set, config, RunOptions("runs/wide", start="resume", checkpoint_every=100,
+              progress=False))
+    """
+
+    out: str | os.PathLike[str] | None = None
+    start: str = "new"
+    device: str = "auto"
+    checkpoint_every: int = 0
+    progress: bool = True
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        self._check_out()
+        if not isinstance(self.start, str) or self.start not in STARTS:
+            raise ValueError(
+                f"RunOptions.start must be one of {', '.join(map(repr, STARTS))} (a fresh run; continue "
+                f"out/checkpoint.pt; a fresh run replacing out's files), got {self.start!r}"
+            )
+        if not isinstance(self.device, str) or self.device not in DEVICES:
+            raise ValueError(
+                f"RunOptions.device must be one of {', '.join(map(repr, DEVICES))} (auto: CUDA when available), "
+                f"got {self.device!r}"
+            )
+        every = self.checkpoint_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ValueError(
+                "RunOptions.checkpoint_every must be an integer >= 0 (steps between checkpoints within an epoch; "
+                f"0: only after each epoch), got {every!r}"
+            )
+        for name in ("progress", "tensorboard"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(f"RunOptions.{name} must be True or False, got {value!r}")
+        self._check_needs_out()
+
+    def _check_out(self) -> None:
+        """``out`` is a path (kept as a ``pathlib.Path``) or None."""
+        out = self.out
+        if out is None:
+            return
+        if not isinstance(out, str | os.PathLike):
+            raise TypeError(
+                f"RunOptions.out must be a run folder's path (a str or pathlib.Path) or None (nothing written), "
+                f"got {out!r}"
+            )
+        if out == "":
+            raise ValueError("RunOptions.out is '': give the run folder's path, or None to write nothing")
+        object.__setattr__(self, "out", pathlib.Path(out))  # frozen: set once, here
+
+    def _check_needs_out(self) -> None:
+        """The choices that read or write the run folder need one."""
+        if self.out is not None:
+            return
+        needs = [
+            (self.start == "resume", "start='resume'", "the run folder that holds checkpoint.pt", ""),
+            (self.start == "overwrite", "start='overwrite'", "the run folder whose files it replaces", "start='new'"),
+            (
+                self.checkpoint_every > 0,
+                f"checkpoint_every={self.checkpoint_every}",
+                "the run folder the checkpoints go to",
+                "checkpoint_every=0",
+            ),
+            (
+                self.tensorboard,
+                "tensorboard=True",
+                "the run folder (the logs go to out/tensorboard)",
+                "tensorboard=False",
+            ),
+        ]
+        for given, setting, folder, default in needs:
+            if given:
+                fix = "give out=FOLDER" + (f", or set {default} (the default)" if default else "")
+                raise ValueError(f"RunOptions({setting}) needs out=, {folder}: {fix}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import math
 import os
@@ -12,7 +13,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -25,14 +26,69 @@ from ..errors import CheckpointError, ConvergenceWarning
 from ..regularization import jacobian_penalty
 from .callbacks import TensorBoardLog, check_tensorboard
 from .checkpoint import check_writable, load_checkpoint, save_checkpoint
-from .config import SCHEDULES, TrainConfig
+from .config import SCHEDULES, RunOptions, TrainConfig
 from .distributed import DistContext, setup
 from .metrics import METRIC_FIELDS, MetricRow, SolverCalls, Tally, epoch_row, report_epoch, write_metrics
 from .resume import check_resumable, load_states, load_weights
 
-__all__ = ["METRIC_FIELDS", "SCHEDULES", "TrainConfig", "TrainResult", "evaluate", "load_model", "train", "train_mnist"]
+__all__ = [
+    "METRIC_FIELDS",
+    "SCHEDULES",
+    "RunOptions",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "load_model",
+    "train",
+    "train_mnist",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
+
+#: train()'s default options (RunOptions is frozen: one instance serves every call).
+_DEFAULT_OPTIONS = RunOptions()
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+#: Keywords that belong in RunOptions: its fields, and the flags that became its ``start`` (train() and
+#: train_mnist() took them all as keywords before RunOptions existed).
+_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunOptions))
+_RUN_KEYWORDS = (*_RUN_FIELDS, "resume", "overwrite")
+
+
+def _shown(value: Any) -> str:
+    """``value`` as it would be written in a call (a path as its string), or ``...`` when it is not short."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return repr(value) if isinstance(value, str | int | float | type(None)) and len(repr(value)) <= 60 else "..."
+
+
+def _old_keywords_message(name: str, given: dict[str, Any]) -> str:
+    """The TypeError's message for ``name()`` called with run options as keywords: the RunOptions to write."""
+    fields = {key: _shown(value) for key, value in given.items() if key in _RUN_FIELDS}
+    flags = [key for key in ("resume", "overwrite") if key in given]
+    if flags:
+        fields["start"] = repr("resume" if given.get("resume") else "overwrite" if given.get("overwrite") else "new")
+    written = ", ".join(f"{key}={fields[key]}" for key in _RUN_FIELDS if key in fields)
+    keywords = ", ".join(f"{key}=" for key in given)
+    gone = " (resume=True is start='resume' there, overwrite=True is start='overwrite')" if flags else ""
+    return (
+        f"{name}() takes its run options as options=RunOptions({written}, ...), not as keywords ({keywords}); "
+        f"see deqkit.train.RunOptions{gone}"
+    )
+
+
+def _refuse_old_keywords(func: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Answer a call with a run option as a keyword (``resume=True``) with the RunOptions to write instead of
+    Python's bare "unexpected keyword argument"."""
+
+    @functools.wraps(func)
+    def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        old = {key: value for key, value in kwargs.items() if key in _RUN_KEYWORDS}
+        if old:
+            raise TypeError(_old_keywords_message(func.__name__, old))
+        return func(*args, **kwargs)
+
+    return checked
 
 
 @dataclass
@@ -146,20 +202,15 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise
 
 
+@_refuse_old_keywords
 def train(
     model: nn.Module,
     train_set: TensorDataset,
     test_set: TensorDataset,
     config: TrainConfig,
+    options: RunOptions = _DEFAULT_OPTIONS,
     *,
-    out: str | os.PathLike | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    device: str = "auto",
-    checkpoint_every: int = 0,
-    progress: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
-    tensorboard: bool = False,
 ) -> TrainResult:
     """Train ``model`` with Adam and cross-entropy (plus ``config.jac_reg`` times the Jacobian penalty of its DEQs,
     :func:`deqkit.jacobian_penalty`, when that is not 0); evaluate, record and checkpoint after every epoch.
@@ -183,29 +234,16 @@ def train(
     train_set, test_set : TensorDataset
         ``(images, labels)``, e.g. from :func:`deqkit.data.mnist_datasets`.
     config : TrainConfig
-    out : str or os.PathLike, optional
-        Run folder: ``checkpoint.pt`` (after every epoch, and every ``checkpoint_every`` steps), ``metrics.csv``
-        and ``metrics.json``. Without it nothing is written. Checked to be writable before training starts.
-    resume : bool
-        Continue from ``out/checkpoint.pt`` exactly where it stopped (weights, optimiser, epoch and step,
-        partial epoch tallies, RNG state); the result equals that of an uninterrupted run. The checkpoint must
-        pass its checksum and agree with itself, with ``config`` and with the folder's metrics files.
-    overwrite : bool
-        Start afresh even if ``out`` already holds a run's files (a checkpoint, metrics files, or with
-        ``tensorboard`` its event files), replacing them; otherwise that is an error.
-    device : {"auto", "cpu", "cuda"}
-    checkpoint_every : int
-        Also checkpoint every this many steps within an epoch (0: only at the end of each epoch).
-    progress : bool
-        Show the progress bars and a one-line summary per epoch.
+        What determines the run's numbers.
+    options : RunOptions
+        How it is run: the run folder ``out`` (checked to be writable before training starts), ``start``
+        (``"new"``, ``"resume"``: the checkpoint must pass its checksum and agree with itself, with ``config``
+        and with the folder's metrics files; ``"overwrite"``), ``device``, ``checkpoint_every``, ``progress``,
+        ``tensorboard``. Default: a fresh run that writes nothing, on CUDA when available, with progress bars.
     callback : callable, optional
         Called after every optimiser step with a dict: ``epoch``, ``step`` (within the epoch, from 0),
         ``global_step``, the learning rate ``lr`` of the step, and this process's batch ``loss``, ``acc`` (%),
         ``fwd_nfe``, ``bwd_nfe``, ``unconverged``.
-    tensorboard : bool
-        Also log every step and every epoch to TensorBoard, in ``out/tensorboard`` (needs ``out`` and the
-        ``tensorboard`` package: ``pip install "deqkit[tensorboard]"``); see
-        :class:`~deqkit.train.callbacks.TensorBoardLog`.
 
     Returns
     -------
@@ -213,38 +251,38 @@ def train(
 
     Raises
     ------
+    TypeError
+        If ``options`` is not a :class:`RunOptions`, or a run option is given as a keyword (``resume=True``):
+        the message gives the ``RunOptions(...)`` to write.
     FileExistsError
         If ``out`` holds a checkpoint, ``metrics.csv``/``metrics.json`` or (with ``tensorboard``) TensorBoard
-        event files and neither ``resume`` nor ``overwrite`` is given; or if its ``checkpoint.pt`` is not a file.
+        event files and ``start`` is ``"new"``; or if its ``checkpoint.pt`` is not a file.
     CheckpointError
-        With ``resume``: the checkpoint is missing, unreadable, damaged (checksum), inconsistent, or belongs to
-        a run with other settings; the message names the cause.
+        With ``start="resume"``: the checkpoint is missing, unreadable, damaged (checksum), inconsistent, or
+        belongs to a run with other settings; the message names the cause.
     ImportError
         With ``tensorboard=True``, if the ``tensorboard`` package is missing.
+    RuntimeError
+        With ``device="cuda"``, if CUDA is not available.
     RunFolderError
         If ``out`` cannot be written (checked before training), or a write fails later (e.g. a full disk:
         the message names the disk and its free space; the previous files stay intact).
     """
-    if resume and out is None:
-        raise ValueError("resume=True needs out=, the run folder that holds checkpoint.pt")
-    if resume and overwrite:
-        raise ValueError("resume=True and overwrite=True contradict each other: choose one")
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
-        raise ValueError(f"checkpoint_every must be an integer >= 0, got {checkpoint_every!r}")
-    if tensorboard:
-        if out is None:
-            raise ValueError("tensorboard=True needs out=, the run folder (the logs go to out/tensorboard)")
+    if not isinstance(options, RunOptions):
+        raise TypeError(
+            "options must be a deqkit.train.RunOptions (e.g. RunOptions(out='runs/mine', start='resume')), "
+            f"got {type(options).__name__} {_shown(options)}"
+        )
+    # what touches the file system or needs an import is checked now (the values were checked by RunOptions)
+    if options.tensorboard:
         check_tensorboard()  # a missing package fails now, not after loading and preparing
-    out_dir = pathlib.Path(out) if out is not None else None
-    ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
-    if out_dir is not None:
-        check_run_folder(out_dir, resume=resume, overwrite=overwrite, tensorboard=tensorboard)
+    if options.out is not None:
+        check_run_folder(pathlib.Path(options.out), start=options.start, tensorboard=options.tensorboard)
 
-    ctx = setup(device)
+    ctx = setup(options.device)
     finished = False
     try:
-        opts = _Options(out_dir, ckpt_path, resume, checkpoint_every, progress, callback, tensorboard, overwrite)
-        result = _train(model, train_set, test_set, config, ctx, opts)
+        result = _train(model, train_set, test_set, config, ctx, options, callback)
         finished = True
         return result
     finally:
@@ -254,13 +292,22 @@ def train(
         ctx.close(wait=finished)
 
 
-def check_run_folder(out: pathlib.Path, *, resume: bool, overwrite: bool, tensorboard: bool) -> None:
-    """Refuse to start a fresh run (neither ``resume`` nor ``overwrite``) where it would replace or delete files.
+def check_run_folder(out: pathlib.Path, *, start: str, tensorboard: bool) -> None:
+    """Refuse to start a fresh run (``start="new"``) where it would replace or delete files.
 
     A fresh run writes ``checkpoint.pt``, ``metrics.csv`` and ``metrics.json``, and with ``tensorboard`` removes
     the event files in ``out/tensorboard``: any of them already there belongs to another run (its checkpoint may
     be gone while its metrics remain). Also refuses a ``checkpoint.pt`` that is not a regular file, whatever the
-    flags, since neither resuming nor overwriting can use it.
+    start, since neither resuming nor overwriting can use it.
+
+    Parameters
+    ----------
+    out : pathlib.Path
+        The run folder.
+    start : {"new", "resume", "overwrite"}
+        As :attr:`RunOptions.start`.
+    tensorboard : bool
+        Whether the run logs to ``out/tensorboard``.
 
     Raises
     ------
@@ -273,12 +320,12 @@ def check_run_folder(out: pathlib.Path, *, resume: bool, overwrite: bool, tensor
             f"{ckpt} exists but is not a file (a folder?): neither resuming nor overwriting can "
             "use it; move or delete it, or choose another out folder"
         )
-    if resume or overwrite:
+    if start != "new":
         return
     if ckpt.exists():
         raise FileExistsError(
-            f"{ckpt} exists: pass resume=True (--resume) to continue that run, "
-            "overwrite=True (--overwrite) to start afresh, or choose another out folder"
+            f"{ckpt} exists: pass RunOptions(start='resume') (--resume) to continue that run, "
+            "start='overwrite' (--overwrite) to start afresh, or choose another out folder"
         )
     found = [out / name for name in ("metrics.csv", "metrics.json") if (out / name).exists()]
     if tensorboard:
@@ -287,7 +334,7 @@ def check_run_folder(out: pathlib.Path, *, resume: bool, overwrite: bool, tensor
         names = ", ".join(str(p.relative_to(out)) for p in found[:4]) + (" ..." if len(found) > 4 else "")
         raise FileExistsError(
             f"{out} holds another run's files ({names}) and no checkpoint to resume from: a fresh "
-            "run would replace them. Pass overwrite=True (--overwrite) to replace them, or choose "
+            "run would replace them. Pass RunOptions(start='overwrite') (--overwrite) to replace them, or choose "
             "another out folder"
         )
 
@@ -296,20 +343,6 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The sample order of one epoch: a function of (seed, epoch) only, so a resumed run sees the same order."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=gen)
-
-
-@dataclass
-class _Options:
-    """How :func:`train` was asked to run, as :func:`_train` needs it."""
-
-    out_dir: pathlib.Path | None
-    ckpt_path: pathlib.Path | None
-    resume: bool
-    checkpoint_every: int
-    progress: bool
-    callback: Callable[[dict[str, Any]], None] | None
-    tensorboard: bool
-    overwrite: bool = False
 
 
 @dataclass
@@ -324,11 +357,15 @@ class _Run:
     images: torch.Tensor
     labels: torch.Tensor
     steps_per_epoch: int
-    ckpt_path: pathlib.Path | None
+    out: pathlib.Path | None  # the run folder
     net: nn.Module  # the model, or its DistributedDataParallel wrapper
     history: list[MetricRow] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
     board: TensorBoardLog | None = None
+
+    @property
+    def ckpt_path(self) -> pathlib.Path | None:
+        return None if self.out is None else self.out / CHECKPOINT_NAME
 
 
 def _steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
@@ -341,7 +378,7 @@ def _steps_per_epoch(n: int, batch_size: int, world_size: int) -> int:
 
 
 def _prepare(
-    model: nn.Module, train_set: TensorDataset, config: TrainConfig, ctx: DistContext, ckpt_path: pathlib.Path | None
+    model: nn.Module, train_set: TensorDataset, config: TrainConfig, ctx: DistContext, out: pathlib.Path | None
 ) -> _Run:
     """Move the model and data to the device; build the optimiser and the learning-rate schedule."""
     dev = ctx.device
@@ -359,7 +396,7 @@ def _prepare(
         if config.schedule == "cosine"
         else None
     )
-    return _Run(model, optimizer, scheduler, config, ctx, images, labels, steps, ckpt_path, net=model)
+    return _Run(model, optimizer, scheduler, config, ctx, images, labels, steps, out, net=model)
 
 
 def _resume(run: _Run, progress: bool) -> tuple[int, int, dict[str, float] | None]:
@@ -502,14 +539,15 @@ def _evaluate_epoch(run: _Run, epoch: int, tally: Tally, test_set: TensorDataset
     return epoch_row(epoch, tally.reduced(run.ctx), test, eval_seconds, lr, jac_reg=run.config.jac_reg)
 
 
-def _start(run: _Run, opts: _Options) -> tuple[int, int, dict[str, float] | None]:
+def _start(run: _Run, options: RunOptions) -> tuple[int, int, dict[str, float] | None]:
     """Resume from the checkpoint or seed a fresh run; wrap the model for DDP; open the TensorBoard log.
 
     Returns where to start, as :func:`_resume` does.
     """
     ctx, spe = run.ctx, run.steps_per_epoch
-    if opts.resume:
-        start_epoch, start_step, saved_tally = _resume(run, opts.progress)
+    resume = options.start == "resume"
+    if resume:
+        start_epoch, start_step, saved_tally = _resume(run, options.progress)
     else:
         torch.manual_seed(run.config.seed)
         start_epoch, start_step, saved_tally = 0, 0, None
@@ -525,26 +563,27 @@ def _start(run: _Run, opts: _Options) -> tuple[int, int, dict[str, float] | None
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
     }
-    if opts.tensorboard and ctx.main:
-        assert opts.out_dir is not None
+    if options.tensorboard and ctx.main:
+        assert run.out is not None  # RunOptions(tensorboard=True) needs out
         run.board = TensorBoardLog(
-            opts.out_dir / "tensorboard",
-            continue_after=start_epoch * spe + start_step if opts.resume else None,
-            overwrite=opts.overwrite,
+            run.out / "tensorboard",
+            continue_after=start_epoch * spe + start_step if resume else None,
+            overwrite=options.start == "overwrite",
         )
     return start_epoch, start_step, saved_tally
 
 
-def _record_epoch(run: _Run, opts: _Options, epoch: int, row: MetricRow) -> None:
+def _record_epoch(run: _Run, progress: bool, epoch: int, row: MetricRow) -> None:
     """Metrics files, TensorBoard, then the checkpoint (a kill in between only repeats this epoch); report."""
     run.history.append(row)
-    if run.ctx.main and opts.out_dir is not None:
-        write_metrics(opts.out_dir, run.history, run.config, run.environment)
+    if run.ctx.main and run.out is not None:
+        write_metrics(run.out, run.history, run.config, run.environment)
     if run.board is not None:
         run.board.epoch(row, (epoch + 1) * run.steps_per_epoch)
     _checkpoint(run, epoch + 1, 0, None)
     if run.ctx.main:
-        report_epoch(row, opts.progress, stacklevel=4)  # the warning points at train()'s caller
+        # the warning points at train()'s caller: past _record_epoch, _train, train and its keyword check
+        report_epoch(row, progress, stacklevel=5)
 
 
 def _train(
@@ -553,41 +592,38 @@ def _train(
     test_set: TensorDataset,
     config: TrainConfig,
     ctx: DistContext,
-    opts: _Options,
+    options: RunOptions,
+    callback: Callable[[dict[str, Any]], None] | None,
 ) -> TrainResult:
     """The run, step by step: prepare, start (resume or seed), then per epoch: train, evaluate, record."""
-    if ctx.main and opts.out_dir is not None:
-        check_writable(opts.out_dir)  # now, not after the first epoch
-    run = _prepare(model, train_set, config, ctx, opts.ckpt_path)
-    show = opts.progress and ctx.main
+    out = None if options.out is None else pathlib.Path(options.out)
+    if ctx.main and out is not None:
+        check_writable(out)  # now, not after the first epoch
+    run = _prepare(model, train_set, config, ctx, out)
+    show = options.progress and ctx.main
     try:
-        start_epoch, start_step, saved_tally = _start(run, opts)
-        callbacks = [c for c in (opts.callback, run.board) if c is not None]
+        start_epoch, start_step, saved_tally = _start(run, options)
+        callbacks = [c for c in (callback, run.board) if c is not None]
         for epoch in range(start_epoch, config.epochs):
             resumed = epoch == start_epoch
             tally = Tally(saved_tally if resumed else None)
-            lr = _run_epoch(run, epoch, start_step if resumed else 0, tally, opts.checkpoint_every, show, callbacks)
-            _record_epoch(run, opts, epoch, _evaluate_epoch(run, epoch, tally, test_set, lr))
+            lr = _run_epoch(run, epoch, start_step if resumed else 0, tally, options.checkpoint_every, show, callbacks)
+            _record_epoch(run, options.progress, epoch, _evaluate_epoch(run, epoch, tally, test_set, lr))
             ctx.barrier()
     finally:
         if run.board is not None:
             run.board.close()
-    return TrainResult(run.model, run.history, config, opts.out_dir)
+    return TrainResult(run.model, run.history, config, out)
 
 
+@_refuse_old_keywords
 def train_mnist(
     config: TrainConfig | None = None,
     *,
+    options: RunOptions | None = None,
     train_set: TensorDataset | None = None,
     test_set: TensorDataset | None = None,
-    out: str | os.PathLike | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    device: str = "auto",
-    checkpoint_every: int = 0,
-    progress: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
-    tensorboard: bool = False,
     **settings: Any,
 ) -> TrainResult:
     """Build the MNIST model ``config.model`` (seeded with ``config.seed``), load the data, and :func:`train` it.
@@ -596,10 +632,12 @@ def train_mnist(
     ----------
     config : TrainConfig, optional
         Or give its fields as keywords: ``train_mnist(model="seed", epochs=1, subset=2000)``.
+    options : RunOptions, optional
+        As for :func:`train` (default ``RunOptions()``: a fresh run that writes nothing).
     train_set, test_set : TensorDataset, optional
         Data already loaded (e.g. in a notebook); default :func:`deqkit.data.mnist_datasets` with
         ``config.data_dir`` and ``config.subset``.
-    out, resume, overwrite, device, checkpoint_every, progress, callback, tensorboard
+    callback : callable, optional
         As for :func:`train`.
     **settings
         Fields of :class:`TrainConfig` (only when ``config`` is not given); any other keyword is an error.
@@ -628,18 +666,7 @@ def train_mnist(
         train_set, test_set = mnist_datasets(config.data_dir, subset=config.subset, seed=0)
     assert test_set is not None
     return train(
-        model,
-        train_set,
-        test_set,
-        config,
-        out=out,
-        resume=resume,
-        overwrite=overwrite,
-        device=device,
-        checkpoint_every=checkpoint_every,
-        progress=progress,
-        callback=callback,
-        tensorboard=tensorboard,
+        model, train_set, test_set, config, _DEFAULT_OPTIONS if options is None else options, callback=callback
     )
 
 

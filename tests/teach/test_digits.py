@@ -33,7 +33,7 @@ from deqkit.teach.digits import (
     training_panel,
 )
 from deqkit.teach.widgets import LiveFigure, Panel, static
-from deqkit.train import TrainConfig, train
+from deqkit.train import RunOptions, TrainConfig, train
 from tests.teach.harness import sweep
 
 
@@ -293,8 +293,8 @@ def test_step_log_training_and_stall_panels(digits):
             digits,
             digits,
             TrainConfig(model="seed", epochs=2, batch_size=10, lr=3e-3),
+            RunOptions(progress=False),
             callback=log,
-            progress=False,
         )
     assert len(log.loss) == len(log.acc) == len(log.fwd_nfe) == len(log.bwd_nfe) == 8
     assert min(log.fwd_nfe) > 0 and min(log.bwd_nfe) > 0 and log.unconverged == 0

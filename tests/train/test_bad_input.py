@@ -31,7 +31,7 @@ from deqkit import DEQ, ConvergenceWarning
 from deqkit.data import MNISTError, load_mnist, mnist_datasets
 from deqkit.data import mnist as mnist_module
 from deqkit.errors import CheckpointError, RunFolderError
-from deqkit.train import TrainConfig, load_checkpoint, load_model, save_checkpoint, train
+from deqkit.train import RunOptions, TrainConfig, load_checkpoint, load_model, save_checkpoint, train
 from deqkit.train import __main__ as cli
 
 from .tiny import run
@@ -78,7 +78,7 @@ class Bench:
 
     def resume(self, folder: pathlib.Path, **config: Any) -> Any:
         settings = dict(model="seed", epochs=2, batch_size=32, lr=3e-3, seed=0) | config
-        return run(self.data, folder, config=TrainConfig(**settings), checkpoint_every=2, resume=True)
+        return run(self.data, folder, config=TrainConfig(**settings), checkpoint_every=2, start="resume")
 
     def cli(self, *args: str) -> int:
         """Run the command line with a loader that fails the test if the data are loaded."""
@@ -314,7 +314,7 @@ class _TwoCalls(torch.nn.Module):
 def _two_calls_per_step(b: Bench) -> Any:
     """Issue 22, cause 1: only the last call's statistics were counted, so 0 unconverged and no warning."""
     config = TrainConfig(model="seed", epochs=1, batch_size=32, lr=3e-3, seed=0)
-    return train(_TwoCalls(), *b.data, config, progress=False)
+    return train(_TwoCalls(), *b.data, config, RunOptions(progress=False))
 
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: --device cuda is valid here")
@@ -381,7 +381,7 @@ CASES: list[tuple[str, Callable[[Bench], Any], type[BaseException] | int, str]] 
     ),
     (
         "folder: checkpoint.pt is a folder (library, resume)",
-        lambda b: run(b.data, _checkpoint_folder(b), resume=True),
+        lambda b: run(b.data, _checkpoint_folder(b), start="resume"),
         FileExistsError,
         "is not a file",
     ),

@@ -48,14 +48,14 @@ def test_tensorboard_after_resume_shows_each_step_once(data, tmp_path):
     # TensorBoard orders event files by name, whose first key is the start time in whole seconds: a real
     # resume starts seconds later; here, wait for the next second so that the files sort in run order
     time.sleep(1.05 - time.time() % 1)
-    run(data, tmp_path, config=config, tensorboard=True, resume=True)
+    run(data, tmp_path, config=config, tensorboard=True, start="resume")
     scalars = tensorboard_scalars(tmp_path / "tensorboard")
     assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 2
     for tag in STEP_TAGS:  # step 4 was logged by both runs: the resumed run's purge hides the first
         assert [s for s, _ in scalars[tag]] == [1, 2, 3, 4, 5, 6], tag
     assert [s for s, _ in scalars["epoch/test_acc"]] == [3, 6]
     # a fresh run (--overwrite) replaces the old event files
-    run(data, tmp_path, config=config, tensorboard=True, overwrite=True)
+    run(data, tmp_path, config=config, tensorboard=True, start="overwrite")
     assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
@@ -76,5 +76,5 @@ def test_tensorboard_missing_says_what_to_install(data, tmp_path, monkeypatch, c
 
 
 def test_tensorboard_needs_a_run_folder(data):
-    with pytest.raises(ValueError, match="tensorboard=True needs out="):
+    with pytest.raises(ValueError, match=r"RunOptions\(tensorboard=True\) needs out="):
         run(data, None, tensorboard=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from deqkit.models import mnist_model
-from deqkit.train import load_checkpoint, save_checkpoint, train_mnist
+from deqkit.train import RunOptions, load_checkpoint, save_checkpoint, train_mnist
 from deqkit.train.__main__ import main
 
 from .tiny import CLI, env, mnist_dir, same_numbers, tensorboard_scalars
@@ -58,7 +58,13 @@ def test_cli_killed_mid_run_resumes_to_the_same_result(tmp_path):
     assert "resuming" in done.stderr + done.stdout
 
     reference = train_mnist(
-        model="seed", epochs=2, batch_size=64, subset=640, data_dir=root, eval_batch_size=500, progress=False
+        model="seed",
+        epochs=2,
+        batch_size=64,
+        subset=640,
+        data_dir=root,
+        eval_batch_size=500,
+        options=RunOptions(progress=False),
     )
     resumed = load_checkpoint(out / "checkpoint.pt")
     same_numbers(resumed["metrics"], reference.history)
@@ -128,7 +134,7 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
         subset=640,
         data_dir=root,
         eval_batch_size=500,
-        progress=False,
+        options=RunOptions(progress=False),
         model_options=options,
     )
     a, b = ddp["metrics"][0], single.final

@@ -10,7 +10,7 @@ from torch.nn.utils import parametrize
 
 import deqkit
 from deqkit.models import mnist_model
-from deqkit.train import METRIC_FIELDS, StepLog, TrainConfig, train
+from deqkit.train import METRIC_FIELDS, RunOptions, StepLog, TrainConfig, train
 from deqkit.train.__main__ import _check_arguments, build_parser, main
 from deqkit.train.loop import _epoch_order
 
@@ -26,9 +26,9 @@ def config(jac_reg, epochs=2, **kw):
     )
 
 
-def run(data, cfg, out=None, **kwargs):
+def run(data, cfg, out=None, *, callback=None, **options):
     model = mnist_model(cfg.model, seed=cfg.seed, **cfg.model_options)
-    return train(model, *data, cfg, out=out, progress=False, **kwargs)
+    return train(model, *data, cfg, RunOptions(out, progress=False, **options), callback=callback)
 
 
 def test_the_penalty_is_added_to_the_loss_exactly():
@@ -86,14 +86,14 @@ def test_resume_refuses_another_jac_reg_and_accepts_checkpoints_older_than_the_s
     data = synthetic(64, 1), synthetic(20, 2)
     run(data, config(0.5, epochs=1), tmp_path)
     with pytest.raises(CheckpointError, match="jac_reg: checkpoint 0.5 vs now 2.0"):
-        run(data, config(2.0, epochs=2), tmp_path, resume=True)
+        run(data, config(2.0, epochs=2), tmp_path, start="resume")
     # a checkpoint written before jac_reg existed had no penalty: it resumes as jac_reg = 0
     plain = tmp_path / "plain"
     run(data, config(0.0, epochs=1), plain)
     state = load_checkpoint(plain / "checkpoint.pt")
     del state["config"]["jac_reg"]
     save_checkpoint(state, plain / "checkpoint.pt")
-    assert len(run(data, config(0.0, epochs=2), plain, resume=True).history) == 2
+    assert len(run(data, config(0.0, epochs=2), plain, start="resume").history) == 2
 
 
 @pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf"), True, "1"])

@@ -79,7 +79,7 @@ def test_resume_after_interrupt_matches_uninterrupted(data, tmp_path, stop_at, r
         run(data, tmp_path / "run", checkpoint_every=2, callback=stop)
     saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert (saved["epoch"], saved["step"]) == restart
-    resumed = run(data, tmp_path / "run", checkpoint_every=2, resume=True)
+    resumed = run(data, tmp_path / "run", checkpoint_every=2, start="resume")
     same_numbers(resumed.history, reference.history)
     same_weights(resumed.model, reference.model)
     # the epoch's tallies survived the interruption: the resumed epoch counts all its samples
@@ -88,18 +88,20 @@ def test_resume_after_interrupt_matches_uninterrupted(data, tmp_path, stop_at, r
 
 def test_resume_refuses_other_settings_and_missing_checkpoints(data, tmp_path):
     run(data, tmp_path)
-    with pytest.raises(FileExistsError, match="resume=True"):
+    with pytest.raises(FileExistsError, match="start='resume'"):
         run(data, tmp_path)
     other = TrainConfig(model="seed", epochs=2, batch_size=16, lr=3e-3, seed=0)
     with pytest.raises(CheckpointError, match="batch_size: checkpoint 32 vs now 16"):
-        run(data, tmp_path, config=other, resume=True)
+        run(data, tmp_path, config=other, start="resume")
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        run(data, tmp_path / "empty", resume=True)
+        run(data, tmp_path / "empty", start="resume")
     # more epochs with a constant learning rate: allowed, continues from epoch 2
-    more = run(data, tmp_path, config=TrainConfig(model="seed", epochs=3, batch_size=32, lr=3e-3, seed=0), resume=True)
+    more = run(
+        data, tmp_path, config=TrainConfig(model="seed", epochs=3, batch_size=32, lr=3e-3, seed=0), start="resume"
+    )
     assert [r["epoch"] for r in more.history] == [1, 2, 3]
     # overwrite starts afresh
-    fresh = run(data, tmp_path, overwrite=True)
+    fresh = run(data, tmp_path, start="overwrite")
     assert len(fresh.history) == 2
 
 
@@ -134,7 +136,7 @@ def test_cosine_schedule_resumes_exactly(data, tmp_path, stop_at):
 
     with pytest.raises(Interrupt):
         run(data, tmp_path / "run", config=config, checkpoint_every=1, callback=stop)
-    resumed = run(data, tmp_path / "run", config=config, checkpoint_every=1, resume=True)
+    resumed = run(data, tmp_path / "run", config=config, checkpoint_every=1, start="resume")
     same_numbers(resumed.history, reference.history)
     same_weights(resumed.model, reference.model)
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from deqkit.models import mnist_model
-from deqkit.train import TrainConfig, train
+from deqkit.train import RunOptions, TrainConfig, train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # Timing-dependent columns: everything else must match bit for bit between runs.
@@ -25,11 +25,12 @@ def synthetic(n, seed):
     return TensorDataset(x, y)
 
 
-def run(data, out=None, *, config=None, **kwargs):
-    """Train the seed model 2 epochs of 3 steps (96 samples, batch 32) unless ``config`` says otherwise."""
+def run(data, out=None, *, config=None, callback=None, **options):
+    """Train the seed model 2 epochs of 3 steps (96 samples, batch 32) unless ``config`` says otherwise;
+    ``options`` are fields of :class:`RunOptions` (``start="resume"``, ...), without progress bars."""
     config = config or TrainConfig(model="seed", epochs=2, batch_size=32, lr=3e-3, seed=0)
     model = mnist_model(config.model, seed=config.seed, **config.model_options)
-    return train(model, *data, config, out=out, progress=False, **kwargs)
+    return train(model, *data, config, RunOptions(out, **{"progress": False} | options), callback=callback)
 
 
 def same_numbers(a, b):

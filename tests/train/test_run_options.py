@@ -1,0 +1,108 @@
+"""RunOptions: how a run is carried out, checked when made; train() and train_mnist() take it whole and answer
+a run option given as a keyword (the calls before RunOptions existed) with the RunOptions to write."""
+
+import dataclasses
+import pathlib
+
+import pytest
+
+import deqkit
+from deqkit.models import mnist_model
+from deqkit.train import RunOptions, TrainConfig, train, train_mnist
+from deqkit.train import __main__ as cli
+
+#: (keywords, exception, fragment of its message): every value RunOptions refuses.
+REFUSED = [
+    ({"start": "continue"}, ValueError, "RunOptions.start must be one of 'new', 'resume', 'overwrite'"),
+    ({"start": True}, ValueError, "RunOptions.start must be one of 'new', 'resume', 'overwrite'"),
+    ({"device": "tpu"}, ValueError, "RunOptions.device must be one of 'auto', 'cpu', 'cuda'"),
+    ({"device": None}, ValueError, "RunOptions.device must be one of"),
+    ({"checkpoint_every": -1}, ValueError, "RunOptions.checkpoint_every must be an integer >= 0"),
+    ({"checkpoint_every": 2.0}, ValueError, "RunOptions.checkpoint_every must be an integer >= 0"),
+    ({"checkpoint_every": True}, ValueError, "got True"),
+    ({"progress": "yes"}, TypeError, "RunOptions.progress must be True or False, got 'yes'"),
+    ({"progress": 1}, TypeError, "RunOptions.progress must be True or False, got 1"),
+    ({"tensorboard": None}, TypeError, "RunOptions.tensorboard must be True or False, got None"),
+    ({"out": 3}, TypeError, "RunOptions.out must be a run folder's path (a str or pathlib.Path) or None"),
+    ({"out": b"runs"}, TypeError, "RunOptions.out must be a run folder's path"),
+    ({"out": ""}, ValueError, "RunOptions.out is '': give the run folder's path, or None"),
+    # the choices that read or write the run folder need one
+    ({"start": "resume"}, ValueError, "RunOptions(start='resume') needs out=, the run folder that holds checkpoint.pt"),
+    ({"start": "overwrite"}, ValueError, "needs out=, the run folder whose files it replaces: give out=FOLDER, or set"),
+    ({"checkpoint_every": 5}, ValueError, "RunOptions(checkpoint_every=5) needs out="),
+    ({"tensorboard": True}, ValueError, "RunOptions(tensorboard=True) needs out=, the run folder (the logs go to"),
+]
+
+
+@pytest.mark.parametrize(("settings", "error", "fragment"), REFUSED, ids=[repr(r[0]) for r in REFUSED])
+def test_refused_values_name_the_setting_and_the_fix(settings, error, fragment):
+    with pytest.raises(error) as info:
+        RunOptions(**settings)
+    assert fragment in str(info.value)
+
+
+def test_accepted_values_and_what_is_kept(tmp_path):
+    options = RunOptions(str(tmp_path), start="resume", device="cpu", checkpoint_every=3, progress=False)
+    assert options.out == tmp_path and isinstance(options.out, pathlib.Path)  # a str is kept as a Path
+    assert (options.start, options.device, options.checkpoint_every, options.progress) == ("resume", "cpu", 3, False)
+    assert RunOptions() == RunOptions(None, "new", "auto", 0, True, False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.start = "new"  # type: ignore[misc]
+    # a changed copy is checked like a new one
+    assert dataclasses.replace(options, start="overwrite").start == "overwrite"
+    with pytest.raises(ValueError, match=r"RunOptions\(start='resume'\) needs out="):
+        dataclasses.replace(options, out=None)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "expected"),
+    [
+        ({"resume": True}, "train() takes its run options as options=RunOptions(start='resume', ...)"),
+        ({"overwrite": True}, "options=RunOptions(start='overwrite', ...)"),
+        ({"out": "runs/x", "resume": True}, "options=RunOptions(out='runs/x', start='resume', ...)"),
+        ({"out": pathlib.Path("runs/x")}, "options=RunOptions(out='runs/x', ...)"),
+        ({"progress": False, "tensorboard": True}, "options=RunOptions(progress=False, tensorboard=True, ...)"),
+        ({"device": "cpu", "checkpoint_every": 2}, "options=RunOptions(device='cpu', checkpoint_every=2, ...)"),
+        ({"start": "resume"}, "options=RunOptions(start='resume', ...), not as keywords (start=)"),
+    ],
+)
+def test_old_keywords_say_which_run_options_to_write(keywords, expected):
+    # refused before anything else is looked at: the model and data here are not even made
+    with pytest.raises(TypeError) as info:
+        train(None, None, None, None, **keywords)
+    assert expected in str(info.value) and "deqkit.train.RunOptions" in str(info.value)
+    with pytest.raises(TypeError) as info:
+        train_mnist(epochs=1, **keywords)
+    assert expected.replace("train()", "train_mnist()") in str(info.value)
+
+
+def test_the_old_flags_are_named_with_their_start():
+    with pytest.raises(TypeError, match=r"not as keywords \(resume=\); .*resume=True is start='resume' there"):
+        train(None, None, None, None, resume=True)
+    with pytest.raises(TypeError, match=r"RunOptions\(start='new', \.\.\.\)"):
+        train(None, None, None, None, resume=False)
+
+
+def test_options_must_be_run_options(data):
+    config = TrainConfig(model="seed", epochs=1, batch_size=32)
+    with pytest.raises(TypeError, match="options must be a deqkit.train.RunOptions .* got str 'runs/x'"):
+        train(mnist_model("seed"), *data, config, "runs/x")
+    with pytest.raises(TypeError, match="options must be a deqkit.train.RunOptions .* got dict"):
+        train_mnist(config, options={"progress": False}, train_set=data[0], test_set=data[1])
+
+
+def test_the_epoch_warning_points_at_the_caller_of_train(data):
+    """report_epoch's stacklevel counts train()'s keyword check: the warning names this file, not loop.py."""
+    config = TrainConfig(model="seed", epochs=1, batch_size=32, seed=0, model_options={"max_steps": 2})
+    with pytest.warns(deqkit.ConvergenceWarning, match="did not reach the solver tolerance") as caught:
+        train(mnist_model("seed", seed=0, max_steps=2), *data, config, RunOptions(progress=False))
+    assert [w.filename for w in caught if issubclass(w.category, deqkit.ConvergenceWarning)] == [__file__]
+
+
+def test_the_command_line_builds_its_run_options(tmp_path):
+    parser = cli.build_parser()
+    args = parser.parse_args(["mnist", "--resume", "--checkpoint-every", "4", "--no-progress", "--device", "cpu"])
+    options = cli._run_options(parser, args, tmp_path)
+    assert options == RunOptions(tmp_path, start="resume", device="cpu", checkpoint_every=4, progress=False)
+    args = parser.parse_args(["mnist", "--overwrite", "--tensorboard"])
+    assert cli._run_options(parser, args, tmp_path) == RunOptions(tmp_path, start="overwrite", tensorboard=True)
