@@ -199,3 +199,29 @@ def test_growth_rates_see_an_unstable_flow_at_any_scale_and_precision(case, dtyp
     assert (reference > 0.5).all()
     assert torch.allclose(rates[-2:].double(), reference, atol=0.05), (rates, reference)
     assert rates[0] > 0.5 if case != "non-finite pair" else rates[0] == -torch.inf  # a NaN pair says nothing
+
+
+def test_growth_rates_bound_is_never_below_the_exact_rate():
+    # Stage one answers "at most `above`" from the numerical abscissa of the projected matrix. On non-normal maps
+    # (where the abscissa exceeds the largest real part) the answer must still agree with the exact Ritz values,
+    # also with zero padding pairs, and the rates it reports must never lie below the exact ones.
+    from deqkit.solvers.anderson import growth_rates
+
+    gen = torch.Generator().manual_seed(1)
+    n, k, dim = 64, 5, 12
+    j = 0.6 * torch.randn(n, dim, dim, generator=gen, dtype=torch.float64) / dim**0.5
+    j = j + torch.triu(torch.randn(n, dim, dim, generator=gen, dtype=torch.float64), 1) * 0.4  # non-normal
+    dz = torch.randn(n, k, dim, generator=gen, dtype=torch.float64)
+    dz[::4, -1] = 0  # padding
+    dg = dz @ (j - torch.eye(dim, dtype=torch.float64)).transpose(1, 2)
+    for above in (-0.5, 0.0, 0.05, 0.3):
+        rates, _ = growth_rates(dz, dg, above=above)
+        galerkin = []
+        for i in range(n):
+            kept = dz[i].abs().amax(1) > 0
+            qi, _ = torch.linalg.qr(dz[i, kept].T)
+            galerkin.append(torch.linalg.eigvals(qi.T @ (j[i] - torch.eye(dim, dtype=torch.float64)) @ qi).real.max())
+        exact = torch.stack(galerkin)
+        assert torch.equal(rates > above, exact > above), above
+        assert (rates >= torch.minimum(exact, torch.tensor(above, dtype=torch.float64)) - 1e-9).all()
+        assert torch.allclose(rates[exact > above], exact[exact > above], atol=1e-8)
