@@ -164,3 +164,16 @@ def test_a_map_of_another_dtype_on_a_subset_is_named_with_the_fix():
         pytest.raises(ValueError, match=r"(?s)returned torch.float32 on cpu, not torch.float64.*per_sample=False"),
     ):
         deq(x)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_a_training_step_keeps_its_budget_with_the_mixing_check(solver):
+    # The first subset evaluation is compared with the whole batch's on a held-still sample, inside that same call:
+    # a training step calls f at most max_nfe times in the solve plus once re-attached (before: one call more)
+    block, x = _problem()
+    counted = Rows(block)
+    deq = deqkit.DEQ(counted, solver=solver, max_nfe=20, reltol=1e-4, abstol=1e-4)
+    with pytest.warns(deqkit.ConvergenceWarning):  # 20 evaluations do not converge every sample
+        deq(x.requires_grad_()).sum().backward()
+    assert counted.rows < 24 * counted.calls  # some evaluations ran on the moving samples alone
+    assert counted.calls <= 20 + 1  # the backward's products do not call f: they use the re-attached graph
