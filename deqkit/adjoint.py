@@ -227,19 +227,17 @@ class Implicit(Gradient):
             )
         inherited = self.max_nfe is None and forward.max_nfe is not None
         note = (
-            (
-                "inherited from the DEQ's forward budget, max_nfe in training or eval_max_nfe in eval() mode; give "
-                "the backward its own with backward=deqkit.Implicit(max_nfe=...)"
-            )
-            if inherited
-            else ""
+            "inherited from the DEQ's forward budget; give the backward its own with "
+            "backward=deqkit.Implicit(max_nfe=...)"
         )
         return Tolerances(
             abstol,
             reltol,
             self.solver.default_max_steps if self.max_steps is None else self.max_steps,
             forward.max_nfe if self.max_nfe is None else self.max_nfe,
-            note,
+            note if inherited else "",
+            # messages name the setting that holds the number: the DEQ's eval_max_nfe in eval() mode
+            forward.budget_name if inherited else "max_nfe",
         )
 
     def attach(self, out: torch.Tensor, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:

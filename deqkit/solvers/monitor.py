@@ -83,7 +83,11 @@ class Tolerances:
         try:
             return check_real(name, value, 0.0, 1.0 if relative else math.inf, high_open=True)
         except ValueError as err:
-            if not (float(value) >= (1.0 if relative else math.inf)):  # NaN or negative: the interval says it all
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond float range (10**400), as check_real reads it
+                number = math.inf if value > 0 else -math.inf
+            if not (number >= (1.0 if relative else math.inf)):  # NaN or negative: the interval says it all
                 raise
             why = (
                 "a relative tolerance of 1 or more accepts any iterate (‖f(z) − z‖∞ ≤ ‖f(z)‖∞ at z = 0)"
