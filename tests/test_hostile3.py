@@ -69,3 +69,18 @@ def test_gmres_runs_in_half_precision(dtype):
     assert sol.stats.all_converged and sol.z.dtype == dtype, sol.stats
     error = (sol.z.double() - exact).abs().amax(1) / exact.abs().amax(1)
     assert float(error.max()) < 0.1
+
+
+def test_the_precision_hint_looks_at_the_samples_that_failed_only():
+    # was: "The residual is at the precision of float64 ... Loosen abstol/reltol" for a sample whose residual is
+    # 2, because another sample of the batch had converged to rounding level
+    rotate = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+
+    def f(z):  # sample 0 contracts onto 0 (exactly, in a few steps), sample 1 rotates about 0 forever
+        return torch.stack([0.0 * z[0], z[1] @ rotate.T])
+
+    z0 = torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    with pytest.warns(deqkit.ConvergenceWarning) as caught:
+        deqkit.solve(f, z0, solver="picard", max_steps=20)
+    message = str(caught[0].message)
+    assert "1 of 2 samples did not converge" in message and "at the precision of" not in message, message

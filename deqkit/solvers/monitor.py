@@ -360,7 +360,14 @@ class Monitor:
                 f"(abstol={self.tol.abstol * self.units:g}, reltol={self.tol.reltol:g}); "
                 f"their best residual ‖f(z) − z‖∞ is {best:.3g} (worst {worst:.3g}); "
                 "their best iterates are returned. "
-                + _diagnosis(failed & self.drifting, self.last_scale, self.start_scale, self.residual, self.tol)
+                + _diagnosis(
+                    failed & self.drifting,
+                    self.last_scale,
+                    self.start_scale,
+                    self.residual.masked_fill(~failed, math.inf),  # the samples that failed, not the converged
+                    self.tol,
+                    self.last_scale.masked_fill(~failed, 0),
+                )
             )
             if self.strict:
                 raise ConvergenceError(message)
@@ -426,8 +433,10 @@ def _diagnosis(
     start_scale: torch.Tensor | None,
     residual: torch.Tensor,
     tol: Tolerances,
+    failed_scale: torch.Tensor,
 ) -> str:
-    """What to try, for the warning about samples that did not converge."""
+    """What to try, for the warning about samples that did not converge (``residual`` and ``failed_scale``: theirs,
+    inf and 0 at the others)."""
     if start_scale is not None and bool(drifting.any()):  # drifting is measured from start_scale
         i = int(drifting.nonzero()[0])
         return (
@@ -441,7 +450,7 @@ def _diagnosis(
         "which also converges where plain iteration diverges), damping, or a smaller spectral norm of f's weights "
         "(check deqkit.spectral_radius)."
     )
-    if float(residual.min()) <= 10 * eps * max(float(scale.max()), 1.0):  # at the rounding level of f(z)
+    if float(residual.min()) <= 10 * eps * max(float(failed_scale.max()), 1.0):  # at the rounding level of f(z)
         hint = (
             f"The residual is at the precision of {str(residual.dtype).removeprefix('torch.')} (eps "
             f"{eps:.2g}): tolerances below about eps·‖f(z)‖ cannot be met. Loosen abstol/reltol or compute in "
