@@ -84,3 +84,12 @@ def test_the_precision_hint_looks_at_the_samples_that_failed_only():
         deqkit.solve(f, z0, solver="picard", max_steps=20)
     message = str(caught[0].message)
     assert "1 of 2 samples did not converge" in message and "at the precision of" not in message, message
+
+
+def test_growth_rates_refuses_a_nan_threshold():
+    # was: every rate NaN, returned quietly (a caller's `rate > above` then reads every sample as stable)
+    from deqkit.solvers.anderson import growth_rates
+
+    dz = torch.randn(2, 3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="above must be a number"):
+        growth_rates(dz, dz, above=float("nan"))
