@@ -268,11 +268,7 @@ def train(
         If ``out`` cannot be written (checked before training), or a write fails later (e.g. a full disk:
         the message names the disk and its free space; the previous files stay intact).
     """
-    if not isinstance(options, RunOptions):
-        raise TypeError(
-            "options must be a deqkit.train.RunOptions (e.g. RunOptions(out='runs/mine', start='resume')), "
-            f"got {type(options).__name__} {_shown(options)}"
-        )
+    _check_options(options)
     # what touches the file system or needs an import is checked now (the values were checked by RunOptions)
     if options.tensorboard:
         check_tensorboard()  # a missing package fails now, not after loading and preparing
@@ -290,6 +286,15 @@ def train(
             gc.collect()  # free the DDP wrapper (it holds reference cycles) before its process group goes
         # after an error the other processes may be stuck in a collective: do not wait for them
         ctx.close(wait=finished)
+
+
+def _check_options(options: Any) -> None:
+    """Refuse options that are not a :class:`RunOptions` (a dict, a path), naming the type to give."""
+    if not isinstance(options, RunOptions):
+        raise TypeError(
+            "options must be a deqkit.train.RunOptions (e.g. RunOptions(out='runs/mine', start='resume')), "
+            f"got {type(options).__name__} {_shown(options)}"
+        )
 
 
 def check_run_folder(out: pathlib.Path, *, start: str, tensorboard: bool) -> None:
@@ -659,6 +664,8 @@ def train_mnist(
         config = TrainConfig(**settings)
     elif settings:
         raise TypeError(f"give either config or settings ({', '.join(settings)}), not both")
+    if options is not None:
+        _check_options(options)  # before the model is built and the data loaded
     if (train_set is None) != (test_set is None):
         raise ValueError("give both train_set and test_set, or neither (then MNIST is loaded)")
     model = mnist_model(config.model, seed=config.seed, **config.model_options)  # bad options fail before loading

@@ -106,3 +106,26 @@ def test_the_command_line_builds_its_run_options(tmp_path):
     assert options == RunOptions(tmp_path, start="resume", device="cpu", checkpoint_every=4, progress=False)
     args = parser.parse_args(["mnist", "--overwrite", "--tensorboard"])
     assert cli._run_options(parser, args, tmp_path) == RunOptions(tmp_path, start="overwrite", tensorboard=True)
+
+
+def test_a_home_folder_and_numpy_integers_are_read_as_written(monkeypatch, tmp_path):
+    # was: out="~/runs/a" wrote to a folder named "~" in the working directory (the CLI's --out=~/runs/a too),
+    # and checkpoint_every=np.int64(5) was refused as "must be an integer"
+    import numpy as np
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert RunOptions("~/runs/a").out == tmp_path / "runs" / "a"
+    options = RunOptions(tmp_path, checkpoint_every=np.int64(5))
+    assert options.checkpoint_every == 5 and type(options.checkpoint_every) is int
+
+
+def test_train_mnist_checks_its_options_before_loading_the_data(monkeypatch):
+    # was: options={"out": ...} loaded (or tried to download) MNIST first and failed there, or in train()
+    import deqkit.data
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("MNIST was loaded before the options were checked")
+
+    monkeypatch.setattr(deqkit.data, "mnist_datasets", no_loading)
+    with pytest.raises(TypeError, match="options must be a deqkit.train.RunOptions"):
+        train_mnist(TrainConfig(subset=10), options={"out": "runs/x"})
