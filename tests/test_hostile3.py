@@ -93,3 +93,18 @@ def test_growth_rates_refuses_a_nan_threshold():
     dz = torch.randn(2, 3, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match="above must be a number"):
         growth_rates(dz, dz, above=float("nan"))
+
+
+def test_a_setting_given_a_module_or_parameter_goes_to_its_check_not_to_nn_module():
+    # was: deq.max_nfe = nn.Linear(1, 1) was registered as a child module named max_nfe (no error; every later
+    # deq.max_nfe = 50 then raised "cannot assign 'int' as child module"), and deq.abstol = nn.Parameter(...)
+    # raised KeyError "attribute 'abstol' already exists"
+    deq = deqkit.DEQ(tanh_problem(4, 0.5, batch=2)[0])
+    with pytest.raises(TypeError, match="max_nfe must be an integer >= 2, got Linear"):
+        deq.max_nfe = torch.nn.Linear(1, 1)
+    with pytest.raises(TypeError, match="abstol must be a real number, got Parameter"):
+        deq.abstol = torch.nn.Parameter(torch.tensor(1e-3))
+    assert "max_nfe" not in dict(deq.named_children())
+    deq.max_nfe = 50
+    deq.solver = "anderson"  # the other checked settings still go through their setters
+    assert (deq.max_nfe, deq.solver.name) == (50, "anderson")
