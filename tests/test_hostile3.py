@@ -108,3 +108,25 @@ def test_a_setting_given_a_module_or_parameter_goes_to_its_check_not_to_nn_modul
     deq.max_nfe = 50
     deq.solver = "anderson"  # the other checked settings still go through their setters
     assert (deq.max_nfe, deq.solver.name) == (50, "anderson")
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "fragment"),
+    [
+        ({"solver": "anderson"}, TypeError, r"run\(\) takes a configured solver .*as_solver\('anderson'\)"),
+        ({"solver": deqkit.Anderson}, TypeError, r"run\(\) takes a configured solver"),
+        ({"units": 0.0}, ValueError, r"units must be in \(0, inf\)"),
+        ({"units": -1.0}, ValueError, r"units must be in \(0, inf\)"),
+        ({"units": float("nan")}, ValueError, r"units must be in \(0, inf\)"),
+        ({"units": "a"}, TypeError, "units must be a real number"),
+        ({"warn": 3}, TypeError, r"warn must be a callable warn\(message, stats\) or None"),
+        ({"record": "yes"}, TypeError, "record must be True or False"),
+    ],
+)
+def test_run_refuses_arguments_that_would_fail_late_or_report_nonsense(change, error, fragment):
+    # was: AttributeError 'str' object has no attribute 'default_max_steps'; units=0 or -1 or NaN reported
+    # residuals of 0, -0.039 or NaN; warn=3 failed after the whole solve ("'int' object is not callable")
+    arguments = {"solver": deqkit.Anderson(), "units": 1.0, "warn": None, "record": False} | change
+    solver = arguments.pop("solver")
+    with pytest.raises(error, match=fragment):
+        deqkit.solvers.run(solver, lambda z: 0.5 * z + 1, torch.zeros(2, 3), Tolerances(1e-5, 1e-5), **arguments)
