@@ -130,3 +130,11 @@ def test_run_refuses_arguments_that_would_fail_late_or_report_nonsense(change, e
     solver = arguments.pop("solver")
     with pytest.raises(error, match=fragment):
         deqkit.solvers.run(solver, lambda z: 0.5 * z + 1, torch.zeros(2, 3), Tolerances(1e-5, 1e-5), **arguments)
+
+
+@pytest.mark.parametrize("change", [{"budget_note": None}, {"budget_note": 5}, {"budget_name": 3}, {"budget_name": ""}])
+def test_tolerances_refuse_message_labels_that_are_not_text(change):
+    # was: accepted, and the messages read "max_nfe=30 (5)" or "/ =30"; Tolerances(1e-5, 1e-5, None, 30, 5) is a
+    # plausible slip for a positional argument
+    with pytest.raises(TypeError, match=next(iter(change))):
+        Tolerances(1e-5, 1e-5, None, 30, **change)

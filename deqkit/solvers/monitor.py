@@ -58,6 +58,11 @@ class Tolerances:
 
     def __post_init__(self) -> None:
         put = functools.partial(object.__setattr__, self)  # frozen: the checked values replace the given ones once
+        if not isinstance(self.budget_note, str) or not (isinstance(self.budget_name, str) and self.budget_name):
+            raise TypeError(
+                "budget_note must be a str ('' for none) and budget_name a setting's name such as 'max_nfe' (they "
+                f"label the messages), got budget_note={self.budget_note!r}, budget_name={self.budget_name!r}"
+            )
         put("abstol", self.check("abstol", self.abstol))
         put("reltol", self.check("reltol", self.reltol))
         if self.abstol == 0 and self.reltol == 0:
