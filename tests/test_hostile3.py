@@ -138,3 +138,17 @@ def test_tolerances_refuse_message_labels_that_are_not_text(change):
     # plausible slip for a positional argument
     with pytest.raises(TypeError, match=next(iter(change))):
         Tolerances(1e-5, 1e-5, None, 30, **change)
+
+
+def test_gmres_out_of_memory_names_restart_not_andersons_m(monkeypatch):
+    # was: "the solver's stored history (e.g. Anderson's or Broyden's m) ...; lower m or the batch size" for
+    # GMRES(restart=None), whose Krylov basis holds as many vectors as the state has entries
+    import deqkit.solvers.krylov as krylov
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 360001200000 bytes")
+
+    monkeypatch.setattr(krylov._Cycle, "__init__", no_memory)
+    with pytest.raises(RuntimeError, match=r"ran out of memory with GMRES\(restart=None\).*lower restart") as info:
+        deqkit.solvers.run(deqkit.GMRES(restart=None), lambda u: 0.5 * u + 1, torch.zeros(1, 8), Tolerances(0, 1e-6))
+    assert "Anderson" not in str(info.value)

@@ -283,10 +283,16 @@ def _run_solver(solver: Solver, f: Map, z0: torch.Tensor, monitor: Monitor) -> t
     except RuntimeError as err:  # an allocator's message names bytes, not the setting that asked for them
         if not any(word in str(err) for word in ("can't allocate", "out of memory")):
             raise
+        stored = (
+            "GMRES's Krylov basis (restart + 1 vectors per sample; restart=None: as many as the state has entries) "
+            "or the batch is too large for this device; lower restart or the batch size"
+            if isinstance(solver, GMRES)
+            else "the solver's stored history (e.g. Anderson's or Broyden's m) or the batch is too large for this "
+            "device; lower m or the batch size"
+        )
         raise type(err)(
             f"the solve ran out of memory with {solver!r} on a batch of shape {tuple(z0.shape)} "
-            f"({' '.join(str(err).split())[:300]}): the solver's stored history (e.g. Anderson's or "
-            "Broyden's m) or the batch is too large for this device; lower m or the batch size"
+            f"({' '.join(str(err).split())[:300]}): {stored}"
         ) from err
 
 
