@@ -252,8 +252,8 @@ def train(
     Raises
     ------
     TypeError
-        If ``options`` is not a :class:`RunOptions`, or a run option is given as a keyword (``resume=True``):
-        the message gives the ``RunOptions(...)`` to write.
+        If ``options`` is not a :class:`RunOptions`, ``callback`` is not callable, or a run option is given as a
+        keyword (``resume=True``): the message gives the ``RunOptions(...)`` to write.
     FileExistsError
         If ``out`` holds a checkpoint, ``metrics.csv``/``metrics.json`` or (with ``tensorboard``) TensorBoard
         event files and ``start`` is ``"new"``; or if its ``checkpoint.pt`` is not a file.
@@ -269,6 +269,8 @@ def train(
         the message names the disk and its free space; the previous files stay intact).
     """
     _check_options(options)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a callable callback(info) or None, got {_shown(callback)}")
     # what touches the file system or needs an import is checked now (the values were checked by RunOptions)
     if options.tensorboard:
         check_tensorboard()  # a missing package fails now, not after loading and preparing

@@ -129,3 +129,11 @@ def test_train_mnist_checks_its_options_before_loading_the_data(monkeypatch):
     monkeypatch.setattr(deqkit.data, "mnist_datasets", no_loading)
     with pytest.raises(TypeError, match="options must be a deqkit.train.RunOptions"):
         train_mnist(TrainConfig(subset=10), options={"out": "runs/x"})
+
+
+@pytest.mark.parametrize("callback", [3, "print"])
+def test_a_callback_that_cannot_be_called_is_refused_before_training(callback):
+    # was: TypeError "'int' object is not callable" from inside the first step, naming no setting
+    model = mnist_model("seed", seed=0)
+    with pytest.raises(TypeError, match=r"callback must be a callable callback\(info\) or None"):
+        train(model, None, None, TrainConfig(), RunOptions(progress=False), callback=callback)
