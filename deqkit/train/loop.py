@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
+import inspect
 import math
 import os
 import pathlib
@@ -81,11 +82,17 @@ def _refuse_old_keywords(func: Callable[_P, _R]) -> Callable[_P, _R]:
     """Answer a call with a run option as a keyword (``resume=True``) with the RunOptions to write instead of
     Python's bare "unexpected keyword argument"."""
 
+    positional = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in inspect.signature(func).parameters.values())
+
     @functools.wraps(func)
     def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         old = {key: value for key, value in kwargs.items() if key in _RUN_KEYWORDS}
         if old:
             raise TypeError(_old_keywords_message(func.__name__, old))
+        if any(isinstance(arg, RunOptions) for arg in args[positional:]):  # train_mnist's options: keyword-only
+            raise TypeError(
+                f"{func.__name__}() takes its RunOptions as a keyword: {func.__name__}(config, options=RunOptions(...))"
+            )
         return func(*args, **kwargs)
 
     return checked

@@ -137,3 +137,10 @@ def test_a_callback_that_cannot_be_called_is_refused_before_training(callback):
     model = mnist_model("seed", seed=0)
     with pytest.raises(TypeError, match=r"callback must be a callable callback\(info\) or None"):
         train(model, None, None, TrainConfig(), RunOptions(progress=False), callback=callback)
+
+
+def test_train_mnist_given_its_options_positionally_says_options_is_a_keyword():
+    # was: Python's bare "train_mnist() takes from 0 to 1 positional arguments but 2 were given" (train() takes
+    # them positionally, so the slip is natural)
+    with pytest.raises(TypeError, match=r"train_mnist\(\) takes its RunOptions as a keyword: .*options=RunOptions"):
+        train_mnist(TrainConfig(subset=10), RunOptions(progress=False))
