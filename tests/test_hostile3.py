@@ -152,3 +152,18 @@ def test_gmres_out_of_memory_names_restart_not_andersons_m(monkeypatch):
     with pytest.raises(RuntimeError, match=r"ran out of memory with GMRES\(restart=None\).*lower restart") as info:
         deqkit.solvers.run(deqkit.GMRES(restart=None), lambda u: 0.5 * u + 1, torch.zeros(1, 8), Tolerances(0, 1e-6))
     assert "Anderson" not in str(info.value)
+
+
+@pytest.mark.parametrize("solver", ["gmres", "anderson"])
+def test_a_jacobian_that_is_not_finite_at_the_equilibrium_is_named_by_the_backward(solver):
+    # was: "f returned NaN at a finite iterate: f is undefined at that point (e.g. log or sqrt of a negative
+    # number ...)" from the backward solve, where f is defined at z* and its derivative is not (sqrt at 0)
+    def f(z, x):
+        return 0.5 * torch.sqrt(z.abs()) * x[:, :1] + x[:, 1:2] * x  # sample 1: z* = 0, where sqrt' is infinite
+
+    x = torch.rand(3, 4, dtype=torch.float64) + 0.5
+    x[1, 1] = 0
+    deq = deqkit.DEQ(f, solver="anderson", backward=deqkit.Implicit(solver=solver))
+    out = deq(x.requires_grad_())
+    with pytest.raises(deqkit.DivergenceError, match=r"backward: .*at step 0 for 1 of 3 samples: .*not differentiable"):
+        out.sum().backward()
