@@ -167,3 +167,13 @@ def test_a_jacobian_that_is_not_finite_at_the_equilibrium_is_named_by_the_backwa
     out = deq(x.requires_grad_())
     with pytest.raises(deqkit.DivergenceError, match=r"backward: .*at step 0 for 1 of 3 samples: .*not differentiable"):
         out.sum().backward()
+
+
+def test_the_mixing_message_mentions_nan_only_where_the_gap_is_nan():
+    # was: "differs from f on the whole batch (by up to 0.173; NaN: NaN on one side only)" for every gap
+    x = torch.randn(8, 4, dtype=torch.float64)
+    x[:, 0] = torch.linspace(0.05, 0.95, 8)  # each sample's own contraction: they converge one after another
+    deq = deqkit.DEQ(lambda z, x: x[:, :1] * torch.tanh(z) + x - x.mean(0), solver="anderson")
+    with pytest.raises(ValueError, match="f mixes samples") as info:
+        deq(x)
+    assert "by up to 0." in str(info.value) and "NaN" not in str(info.value), str(info.value)
