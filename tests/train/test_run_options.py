@@ -144,3 +144,16 @@ def test_train_mnist_given_its_options_positionally_says_options_is_a_keyword():
     # them positionally, so the slip is natural)
     with pytest.raises(TypeError, match=r"train_mnist\(\) takes its RunOptions as a keyword: .*options=RunOptions"):
         train_mnist(TrainConfig(subset=10), RunOptions(progress=False))
+
+
+def test_the_command_line_reads_its_run_folder_as_run_options_does(monkeypatch, tmp_path, capsys):
+    # was: --out=~/run checked and created ./~/run (the CLI's own unexpanded path) while train() wrote to the home
+    # folder, so --resume looked for ./~/run/checkpoint.pt; --out "" silently meant the default folder
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["mnist", "--resume", "--out", "~/run", "--subset", "10"]) == 1
+    assert f"no checkpoint at {tmp_path / 'home' / 'run' / 'checkpoint.pt'}" in capsys.readouterr().err
+    assert not (tmp_path / "~").exists()
+    with pytest.raises(SystemExit):
+        cli.main(["mnist", "--out", "", "--subset", "10"])
+    assert "RunOptions.out is ''" in capsys.readouterr().err
