@@ -217,6 +217,11 @@ class Implicit(Gradient):
 
     def tolerances(self, forward: Tolerances) -> Tolerances:
         """The backward solve's tolerances and budget, given the forward solve's (see the class docstring)."""
+        if not isinstance(forward, Tolerances):
+            raise TypeError(
+                "Implicit.tolerances() takes the forward solve's deqkit.solvers.Tolerances (e.g. deq.tolerances), "
+                f"got {type(forward).__name__}"
+            )
         abstol = 0.0 if self.abstol is None else self.abstol
         reltol = max(forward.abstol, forward.reltol) if self.reltol is None else self.reltol
         if self.reltol is None and reltol >= 1:

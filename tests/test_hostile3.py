@@ -177,3 +177,10 @@ def test_the_mixing_message_mentions_nan_only_where_the_gap_is_nan():
     with pytest.raises(ValueError, match="f mixes samples") as info:
         deq(x)
     assert "by up to 0." in str(info.value) and "NaN" not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("forward", [{"abstol": 1e-5}, None, 1e-5])
+def test_implicit_tolerances_names_what_it_takes(forward):
+    # was: AttributeError "'dict' object has no attribute 'abstol'"
+    with pytest.raises(TypeError, match=r"takes the forward solve's deqkit.solvers.Tolerances \(e.g. deq.tolerances\)"):
+        deqkit.Implicit().tolerances(forward)
