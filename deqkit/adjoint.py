@@ -217,6 +217,11 @@ class Implicit(Gradient):
 
     def tolerances(self, forward: Tolerances) -> Tolerances:
         """The backward solve's tolerances and budget, given the forward solve's (see the class docstring)."""
+        if not isinstance(forward, Tolerances):
+            raise TypeError(
+                "Implicit.tolerances() takes the forward solve's deqkit.solvers.Tolerances (e.g. deq.tolerances), "
+                f"got {type(forward).__name__}"
+            )
         abstol = 0.0 if self.abstol is None else self.abstol
         reltol = max(forward.abstol, forward.reltol) if self.reltol is None else self.reltol
         if self.reltol is None and reltol >= 1:
@@ -227,19 +232,17 @@ class Implicit(Gradient):
             )
         inherited = self.max_nfe is None and forward.max_nfe is not None
         note = (
-            (
-                "inherited from the DEQ's forward budget, max_nfe in training or eval_max_nfe in eval() mode; give "
-                "the backward its own with backward=deqkit.Implicit(max_nfe=...)"
-            )
-            if inherited
-            else ""
+            "inherited from the DEQ's forward budget; give the backward its own with "
+            "backward=deqkit.Implicit(max_nfe=...)"
         )
         return Tolerances(
             abstol,
             reltol,
             self.solver.default_max_steps if self.max_steps is None else self.max_steps,
             forward.max_nfe if self.max_nfe is None else self.max_nfe,
-            note,
+            note if inherited else "",
+            # messages name the setting that holds the number: the DEQ's eval_max_nfe in eval() mode
+            forward.budget_name if inherited else "max_nfe",
         )
 
     def attach(self, out: torch.Tensor, sol: Solution, x: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -270,8 +273,14 @@ class _ImplicitFunction(torch.autograd.Function):
         scale = _gradient_scale(grad)
         g = grad if scale == 1.0 else grad / scale
 
+        calls = 0
+
         def vjp_map(u: torch.Tensor) -> torch.Tensor:
+            nonlocal calls
             (uj,) = torch.autograd.grad(fz, z, u, retain_graph=True, allow_unused=True)
+            calls += 1
+            if calls == 1 and uj is not None:  # at the finite start g: a NaN here is f's derivative, not a blow-up
+                _check_jacobian(uj)
             return g + (torch.zeros_like(u) if uj is None else uj)
 
         tol = method.tolerances(layer.tol)
@@ -291,6 +300,20 @@ class _ImplicitFunction(torch.autograd.Function):
             alerts.observe(sol.stats)
         layer.report(sol.stats)
         return sol.z if scale == 1.0 else sol.z * scale, None
+
+
+def _check_jacobian(uj: torch.Tensor) -> None:
+    """Raise where the first vector–Jacobian product (at the finite incoming gradient) is not finite: ``f`` is not
+    differentiable at ``z*``, which the solver would report as ``f`` being undefined there."""
+    bad = ~torch.isfinite(uj.flatten(1)).all(1)
+    if bool(bad.any()):
+        raise DivergenceError(
+            "implicit backward: the first vector–Jacobian product (with the incoming gradient, which is finite) "
+            f"became NaN or infinite at step 0 for {int(bad.sum())} of {bad.numel()} samples: the gradient of f at "
+            "the equilibrium z* is not finite, so f is not differentiable at their z* (e.g. sqrt or abs at 0, log "
+            "near 0, a norm of a zero vector) and no implicit gradient exists there. Make f smooth there (e.g. "
+            "sqrt(z² + 1e-12)), or check those samples' z* (deq.last_equilibrium)."
+        )
 
 
 def _gradient_scale(grad: torch.Tensor) -> float:

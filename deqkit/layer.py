@@ -295,6 +295,14 @@ class DEQ(nn.Module):
             + ("" if self.per_sample else ", per_sample=False")
         )
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A checked setting (a property: ``max_nfe``, ``solver``, ...) goes to its setter, whatever the value:
+        ``nn.Module`` would register a module or parameter under that name instead, past the check."""
+        if isinstance(getattr(type(self), name, None), property):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def __getstate__(self) -> dict[str, Any]:
         """What ``copy.deepcopy`` and ``pickle`` (``torch.save(deq)``) copy: everything but ``last_equilibrium``.
 

@@ -7,6 +7,7 @@ A solver is a configured :class:`Solver` object (``Anderson(m=6)``) or its name 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import DivergenceError, StepFailure
-from ..settings import make_options, named
+from ..settings import check_real, make_options, named
 from ..state import Structure
 from ..stats import SolverStats
 from .anderson import Anderson
@@ -238,10 +239,7 @@ def run(
         sol.stats.trajectory = [structure.unflatten(z) for z in sol.stats.trajectory]
         return Solution(structure.unflatten(sol.z), structure.unflatten(sol.fz), sol.stats)
     check_start(z0)
-    if not isinstance(strict, bool):  # checked here too: DEQ.strict may be reassigned after construction
-        raise TypeError(f"strict must be True or False, got {strict!r}")
-    if not isinstance(tol, Tolerances):
-        raise TypeError(f"tol must be a deqkit.solvers.Tolerances, got {type(tol).__name__}")
+    _check_run(solver, tol, strict, record, warn, units)
     if tol.max_steps is None:
         tol = tol.replace(max_steps=solver.default_max_steps)
     z0 = z0.detach().clone()  # the solver's own copy: the caller's z0 is never touched or handed back
@@ -249,6 +247,23 @@ def run(
     steps, nfe = _run_solver(solver, _out_of_place(f), z0, monitor)
     stats = monitor.finish(steps, nfe)
     return Solution(monitor.best_z, monitor.best_fz, stats)
+
+
+def _check_run(solver: Any, tol: Any, strict: Any, record: Any, warn: Any, units: Any) -> None:
+    """Refuse the arguments of :func:`run` that would fail late (after the solve) or report nonsense."""
+    if not isinstance(solver, Solver):
+        raise TypeError(
+            f"run() takes a configured solver object, got {solver!r}: build one, e.g. deqkit.Anderson() or "
+            "deqkit.solvers.as_solver('anderson'), or call deqkit.solve(f, z0, solver=...)"
+        )
+    for name, flag in (("strict", strict), ("record", record)):  # strict: DEQ.strict may be reassigned
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    if not isinstance(tol, Tolerances):
+        raise TypeError(f"tol must be a deqkit.solvers.Tolerances, got {type(tol).__name__}")
+    if warn is not None and not callable(warn):
+        raise TypeError(f"warn must be a callable warn(message, stats) or None, got {warn!r}")
+    check_real("units", units, 0.0, math.inf, low_open=True, high_open=True)  # residuals are reported times it
 
 
 def _run_solver(solver: Solver, f: Map, z0: torch.Tensor, monitor: Monitor) -> tuple[int, int]:
@@ -268,10 +283,16 @@ def _run_solver(solver: Solver, f: Map, z0: torch.Tensor, monitor: Monitor) -> t
     except RuntimeError as err:  # an allocator's message names bytes, not the setting that asked for them
         if not any(word in str(err) for word in ("can't allocate", "out of memory")):
             raise
+        stored = (
+            "GMRES's Krylov basis (restart + 1 vectors per sample; restart=None: as many as the state has entries) "
+            "or the batch is too large for this device; lower restart or the batch size"
+            if isinstance(solver, GMRES)
+            else "the solver's stored history (e.g. Anderson's or Broyden's m) or the batch is too large for this "
+            "device; lower m or the batch size"
+        )
         raise type(err)(
             f"the solve ran out of memory with {solver!r} on a batch of shape {tuple(z0.shape)} "
-            f"({' '.join(str(err).split())[:300]}): the solver's stored history (e.g. Anderson's or "
-            "Broyden's m) or the batch is too large for this device; lower m or the batch size"
+            f"({' '.join(str(err).split())[:300]}): {stored}"
         ) from err
 
 

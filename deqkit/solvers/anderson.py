@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -169,6 +170,8 @@ def growth_rates(dz: torch.Tensor, dg: torch.Tensor, above: float = 0.0) -> tupl
     directions : torch.Tensor
         Shape ``(n, dim)``, in at least float32: the Ritz vector of that rate, scaled to unit ∞-norm.
     """
+    if math.isnan(above):  # every comparison with it is False: each rate would come back NaN
+        raise ValueError("above must be a number (the rate threshold, e.g. 0.0) or ±inf, got nan")
     wide = torch.promote_types(dz.dtype, torch.float32)  # a sign test: float32 is plenty, float16 is not
     # eigenvalues of ΔZᵀΔZ below this share of the largest: rounding noise (at most 1e-2: for bfloat16, 1e3·eps
     # exceeds 1 and would drop every direction, reporting no rate at all)

@@ -9,6 +9,7 @@ the per-sample bookkeeping and the statistics (:mod:`deqkit.solvers.monitor`).
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -137,10 +138,10 @@ def _same_as_whole(part: torch.Tensor, whole: torch.Tensor, count: int, batch: i
         gap = (part.detach() - whole.detach()).abs().max()
         scale = whole.detach().abs().max().clamp_min(1)
     if not bool(gap <= slack * scale):
+        by = "NaN on one side only" if math.isnan(float(gap)) else f"by up to {float(gap):.3g}"
         raise ValueError(
             f"f on the {count} samples still moving (of {batch}) and one other differs from f on the whole batch "
-            f"(by up to {float(gap):.3g}; NaN: NaN on one side only): f mixes samples (z.mean(0), x.sort(0), "
-            "softmax over the batch, ...) or "
+            f"({by}): f mixes samples (z.mean(0), x.sort(0), softmax over the batch, ...) or "
             "is random (dropout in training mode), so the solvers' per-sample evaluation would change results "
             "silently. Keep each sample's f(z, x) to its own z and x, or evaluate the whole batch every time with "
             "DEQ(..., per_sample=False)."

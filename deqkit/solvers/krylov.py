@@ -69,9 +69,13 @@ class GMRES(Solver):
         while not monitor.done and step < monitor.max_steps and monitor.affords(nfe, 2):
             cycle = _Cycle(u, r, restart)
             tu = u + r
+            # probe with v_j times the problem's size: with a unit v_j, T(u + v) − T(u) would be rounding where
+            # T(u) is large (a loss scaled by 2^16 in float32) and lose v_j where it is tiny
+            size = torch.maximum(u.abs().amax(1), tu.abs().amax(1))
+            size = torch.where(size > 0, size, 1.0)[:, None]
             for j in range(restart):
-                v = u + cycle.basis[:, j]
-                cycle.extend(T(v.view(shape)).flatten(1) - tu)  # Jᵀ v_j: T is affine, T(u + v) − T(u) = Jᵀ v
+                v = u + size * cycle.basis[:, j]
+                cycle.extend((T(v.view(shape)).flatten(1) - tu) / size)  # Jᵀ v_j: T is affine
                 nfe, step = nfe + 1, step + 1
                 # (room is kept for the true residual evaluated below)
                 last = j == restart - 1 or step >= monitor.max_steps or not monitor.affords(nfe, 2)
@@ -92,7 +96,13 @@ class GMRES(Solver):
 
 def _norm_ratio(r: torch.Tensor) -> torch.Tensor:
     """``‖r‖₂ / ‖r‖∞`` per sample (between 1 and √dim): turns the 2-norm residual into a predicted ∞-norm."""
-    return r.norm(dim=1) / r.abs().amax(1).clamp_min(torch.finfo(r.dtype).tiny)
+    return (r / r.abs().amax(1, keepdim=True).clamp_min(torch.finfo(r.dtype).tiny)).norm(dim=1)
+
+
+def _norm(r: torch.Tensor) -> torch.Tensor:
+    """``‖r‖₂`` per sample, as ``‖r‖∞ · ‖r / ‖r‖∞‖₂``: its squares neither underflow (1e-30 in float32) nor
+    overflow."""
+    return r.abs().amax(1) * _norm_ratio(r)
 
 
 class _Cycle:
@@ -106,7 +116,7 @@ class _Cycle:
     def __init__(self, u: torch.Tensor, r: torch.Tensor, restart: int):
         batch, dim = r.shape
         self.u, self.j, self.tiny = u, 0, torch.finfo(r.dtype).tiny
-        self.beta = r.norm(dim=1)
+        self.beta = _norm(r)
         # the Krylov basis as rows of one preallocated tensor (the backward solve records no graph)
         self.basis = r.new_zeros(batch, restart + 1, dim)
         self.basis[:, 0] = r / self.beta.clamp_min(self.tiny)[:, None]
@@ -164,7 +174,10 @@ class _Cycle:
         """The current iterate ``u + V y`` and its residual ``V (β e₁ − H y)``."""
         j = self.j
         g = self.beta[:, None] * self.omega[:, : j + 1, 0]  # Ω β e₁
-        y = torch.linalg.solve_triangular(self.rfac[:, :j, :j], g[:, :j, None], upper=True).squeeze(-1)
+        # float16 and bfloat16 have no triangular solve (on the CPU): solve the small system in float32
+        wide = torch.promote_types(g.dtype, torch.float32)
+        y = torch.linalg.solve_triangular(self.rfac[:, :j, :j].to(wide), g[:, :j, None].to(wide), upper=True)
+        y = y.squeeze(-1).to(g.dtype)
         coef = torch.stack([torch.cat([y, torch.zeros_like(g[:, :1])], 1), g[:, j:] * self.omega[:, j, : j + 1]], 1)
         step, rk = torch.bmm(coef, self.basis[:, : j + 1]).unbind(1)
         return self.u + step, rk

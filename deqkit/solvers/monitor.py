@@ -58,6 +58,11 @@ class Tolerances:
 
     def __post_init__(self) -> None:
         put = functools.partial(object.__setattr__, self)  # frozen: the checked values replace the given ones once
+        if not isinstance(self.budget_note, str) or not (isinstance(self.budget_name, str) and self.budget_name):
+            raise TypeError(
+                "budget_note must be a str ('' for none) and budget_name a setting's name such as 'max_nfe' (they "
+                f"label the messages), got budget_note={self.budget_note!r}, budget_name={self.budget_name!r}"
+            )
         put("abstol", self.check("abstol", self.abstol))
         put("reltol", self.check("reltol", self.reltol))
         if self.abstol == 0 and self.reltol == 0:
@@ -83,7 +88,11 @@ class Tolerances:
         try:
             return check_real(name, value, 0.0, 1.0 if relative else math.inf, high_open=True)
         except ValueError as err:
-            if not (float(value) >= (1.0 if relative else math.inf)):  # NaN or negative: the interval says it all
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond float range (10**400), as check_real reads it
+                number = math.inf if value > 0 else -math.inf
+            if not (number >= (1.0 if relative else math.inf)):  # NaN or negative: the interval says it all
                 raise
             why = (
                 "a relative tolerance of 1 or more accepts any iterate (‖f(z) − z‖∞ ≤ ‖f(z)‖∞ at z = 0)"
@@ -356,7 +365,14 @@ class Monitor:
                 f"(abstol={self.tol.abstol * self.units:g}, reltol={self.tol.reltol:g}); "
                 f"their best residual ‖f(z) − z‖∞ is {best:.3g} (worst {worst:.3g}); "
                 "their best iterates are returned. "
-                + _diagnosis(failed & self.drifting, self.last_scale, self.start_scale, self.residual, self.tol)
+                + _diagnosis(
+                    failed & self.drifting,
+                    self.last_scale,
+                    self.start_scale,
+                    self.residual.masked_fill(~failed, math.inf),  # the samples that failed, not the converged
+                    self.tol,
+                    self.last_scale.masked_fill(~failed, 0),
+                )
             )
             if self.strict:
                 raise ConvergenceError(message)
@@ -422,8 +438,10 @@ def _diagnosis(
     start_scale: torch.Tensor | None,
     residual: torch.Tensor,
     tol: Tolerances,
+    failed_scale: torch.Tensor,
 ) -> str:
-    """What to try, for the warning about samples that did not converge."""
+    """What to try, for the warning about samples that did not converge (``residual`` and ``failed_scale``: theirs,
+    inf and 0 at the others)."""
     if start_scale is not None and bool(drifting.any()):  # drifting is measured from start_scale
         i = int(drifting.nonzero()[0])
         return (
@@ -437,7 +455,7 @@ def _diagnosis(
         "which also converges where plain iteration diverges), damping, or a smaller spectral norm of f's weights "
         "(check deqkit.spectral_radius)."
     )
-    if float(residual.min()) <= 10 * eps * max(float(scale.max()), 1.0):  # at the rounding level of f(z)
+    if float(residual.min()) <= 10 * eps * max(float(failed_scale.max()), 1.0):  # at the rounding level of f(z)
         hint = (
             f"The residual is at the precision of {str(residual.dtype).removeprefix('torch.')} (eps "
             f"{eps:.2g}): tolerances below about eps·‖f(z)‖ cannot be met. Loosen abstol/reltol or compute in "

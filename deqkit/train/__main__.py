@@ -210,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config, model = _check_arguments(parser, args)
-    out = pathlib.Path(args.out or f"runs/mnist-{args.model}-seed{args.seed}")
-    options = _run_options(parser, args, out)
+    # the run folder as RunOptions reads it ("~" expanded, "" refused), for the checks below and the summary
+    options = _run_options(parser, args, f"runs/mnist-{args.model}-seed{args.seed}" if args.out is None else args.out)
+    assert options.out is not None  # a folder was given
+    out = pathlib.Path(options.out)
     try:
         _check_run_folder(options, out)
         train_set, test_set = mnist_datasets(config.data_dir, subset=config.subset, seed=0)
@@ -268,7 +270,7 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     return config, model
 
 
-def _run_options(parser: argparse.ArgumentParser, args: argparse.Namespace, out: pathlib.Path) -> RunOptions:
+def _run_options(parser: argparse.ArgumentParser, args: argparse.Namespace, out: str | pathlib.Path) -> RunOptions:
     """The run options of the flags, the run folder ``out`` (--out or its default) included."""
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite contradict each other: choose one")

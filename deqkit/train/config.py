@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import pathlib
 from dataclasses import dataclass, field
@@ -128,7 +129,7 @@ class RunOptions:
     ----------
     out : str or os.PathLike, optional
         Run folder: ``checkpoint.pt`` (after every epoch, and every ``checkpoint_every`` steps), ``metrics.csv``
-        and ``metrics.json``. Without it nothing is written. Kept as a :class:`pathlib.Path`.
+        and ``metrics.json``. Without it nothing is written. Kept as a :class:`pathlib.Path` (``~`` expanded).
     start : {"new", "resume", "overwrite"}
         ``"new"`` (default): a fresh run; ``out`` must not hold another run's files (a checkpoint, metrics
         files, or with ``tensorboard`` TensorBoard event files). ``"resume"``: continue from
@@ -183,11 +184,12 @@ class RunOptions:
                 f"got {self.device!r}"
             )
         every = self.checkpoint_every
-        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 0:
             raise ValueError(
                 "RunOptions.checkpoint_every must be an integer >= 0 (steps between checkpoints within an epoch; "
                 f"0: only after each epoch), got {every!r}"
             )
+        object.__setattr__(self, "checkpoint_every", int(every))  # a NumPy integer is kept as an int
         for name in ("progress", "tensorboard"):
             value = getattr(self, name)
             if not isinstance(value, bool):
@@ -206,7 +208,7 @@ class RunOptions:
             )
         if out == "":
             raise ValueError("RunOptions.out is '': give the run folder's path, or None to write nothing")
-        object.__setattr__(self, "out", pathlib.Path(out))  # frozen: set once, here
+        object.__setattr__(self, "out", pathlib.Path(out).expanduser())  # frozen: set once, here; "~": the home
 
     def _check_needs_out(self) -> None:
         """The choices that read or write the run folder need one."""

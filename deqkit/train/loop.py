@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
+import inspect
 import math
 import os
 import pathlib
@@ -81,11 +82,17 @@ def _refuse_old_keywords(func: Callable[_P, _R]) -> Callable[_P, _R]:
     """Answer a call with a run option as a keyword (``resume=True``) with the RunOptions to write instead of
     Python's bare "unexpected keyword argument"."""
 
+    positional = sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in inspect.signature(func).parameters.values())
+
     @functools.wraps(func)
     def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         old = {key: value for key, value in kwargs.items() if key in _RUN_KEYWORDS}
         if old:
             raise TypeError(_old_keywords_message(func.__name__, old))
+        if any(isinstance(arg, RunOptions) for arg in args[positional:]):  # train_mnist's options: keyword-only
+            raise TypeError(
+                f"{func.__name__}() takes its RunOptions as a keyword: {func.__name__}(config, options=RunOptions(...))"
+            )
         return func(*args, **kwargs)
 
     return checked
@@ -252,8 +259,8 @@ def train(
     Raises
     ------
     TypeError
-        If ``options`` is not a :class:`RunOptions`, or a run option is given as a keyword (``resume=True``):
-        the message gives the ``RunOptions(...)`` to write.
+        If ``options`` is not a :class:`RunOptions`, ``callback`` is not callable, or a run option is given as a
+        keyword (``resume=True``): the message gives the ``RunOptions(...)`` to write.
     FileExistsError
         If ``out`` holds a checkpoint, ``metrics.csv``/``metrics.json`` or (with ``tensorboard``) TensorBoard
         event files and ``start`` is ``"new"``; or if its ``checkpoint.pt`` is not a file.
@@ -268,11 +275,9 @@ def train(
         If ``out`` cannot be written (checked before training), or a write fails later (e.g. a full disk:
         the message names the disk and its free space; the previous files stay intact).
     """
-    if not isinstance(options, RunOptions):
-        raise TypeError(
-            "options must be a deqkit.train.RunOptions (e.g. RunOptions(out='runs/mine', start='resume')), "
-            f"got {type(options).__name__} {_shown(options)}"
-        )
+    _check_options(options)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a callable callback(info) or None, got {_shown(callback)}")
     # what touches the file system or needs an import is checked now (the values were checked by RunOptions)
     if options.tensorboard:
         check_tensorboard()  # a missing package fails now, not after loading and preparing
@@ -290,6 +295,15 @@ def train(
             gc.collect()  # free the DDP wrapper (it holds reference cycles) before its process group goes
         # after an error the other processes may be stuck in a collective: do not wait for them
         ctx.close(wait=finished)
+
+
+def _check_options(options: Any) -> None:
+    """Refuse options that are not a :class:`RunOptions` (a dict, a path), naming the type to give."""
+    if not isinstance(options, RunOptions):
+        raise TypeError(
+            "options must be a deqkit.train.RunOptions (e.g. RunOptions(out='runs/mine', start='resume')), "
+            f"got {type(options).__name__} {_shown(options)}"
+        )
 
 
 def check_run_folder(out: pathlib.Path, *, start: str, tensorboard: bool) -> None:
@@ -659,6 +673,8 @@ def train_mnist(
         config = TrainConfig(**settings)
     elif settings:
         raise TypeError(f"give either config or settings ({', '.join(settings)}), not both")
+    if options is not None:
+        _check_options(options)  # before the model is built and the data loaded
     if (train_set is None) != (test_set is None):
         raise ValueError("give both train_set and test_set, or neither (then MNIST is loaded)")
     model = mnist_model(config.model, seed=config.seed, **config.model_options)  # bad options fail before loading

@@ -106,3 +106,54 @@ def test_the_command_line_builds_its_run_options(tmp_path):
     assert options == RunOptions(tmp_path, start="resume", device="cpu", checkpoint_every=4, progress=False)
     args = parser.parse_args(["mnist", "--overwrite", "--tensorboard"])
     assert cli._run_options(parser, args, tmp_path) == RunOptions(tmp_path, start="overwrite", tensorboard=True)
+
+
+def test_a_home_folder_and_numpy_integers_are_read_as_written(monkeypatch, tmp_path):
+    # was: out="~/runs/a" wrote to a folder named "~" in the working directory (the CLI's --out=~/runs/a too),
+    # and checkpoint_every=np.int64(5) was refused as "must be an integer"
+    import numpy as np
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert RunOptions("~/runs/a").out == tmp_path / "runs" / "a"
+    options = RunOptions(tmp_path, checkpoint_every=np.int64(5))
+    assert options.checkpoint_every == 5 and type(options.checkpoint_every) is int
+
+
+def test_train_mnist_checks_its_options_before_loading_the_data(monkeypatch):
+    # was: options={"out": ...} loaded (or tried to download) MNIST first and failed there, or in train()
+    import deqkit.data
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("MNIST was loaded before the options were checked")
+
+    monkeypatch.setattr(deqkit.data, "mnist_datasets", no_loading)
+    with pytest.raises(TypeError, match="options must be a deqkit.train.RunOptions"):
+        train_mnist(TrainConfig(subset=10), options={"out": "runs/x"})
+
+
+@pytest.mark.parametrize("callback", [3, "print"])
+def test_a_callback_that_cannot_be_called_is_refused_before_training(callback):
+    # was: TypeError "'int' object is not callable" from inside the first step, naming no setting
+    model = mnist_model("seed", seed=0)
+    with pytest.raises(TypeError, match=r"callback must be a callable callback\(info\) or None"):
+        train(model, None, None, TrainConfig(), RunOptions(progress=False), callback=callback)
+
+
+def test_train_mnist_given_its_options_positionally_says_options_is_a_keyword():
+    # was: Python's bare "train_mnist() takes from 0 to 1 positional arguments but 2 were given" (train() takes
+    # them positionally, so the slip is natural)
+    with pytest.raises(TypeError, match=r"train_mnist\(\) takes its RunOptions as a keyword: .*options=RunOptions"):
+        train_mnist(TrainConfig(subset=10), RunOptions(progress=False))
+
+
+def test_the_command_line_reads_its_run_folder_as_run_options_does(monkeypatch, tmp_path, capsys):
+    # was: --out=~/run checked and created ./~/run (the CLI's own unexpanded path) while train() wrote to the home
+    # folder, so --resume looked for ./~/run/checkpoint.pt; --out "" silently meant the default folder
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["mnist", "--resume", "--out", "~/run", "--subset", "10"]) == 1
+    assert f"no checkpoint at {tmp_path / 'home' / 'run' / 'checkpoint.pt'}" in capsys.readouterr().err
+    assert not (tmp_path / "~").exists()
+    with pytest.raises(SystemExit):
+        cli.main(["mnist", "--out", "", "--subset", "10"])
+    assert "RunOptions.out is ''" in capsys.readouterr().err
