@@ -122,9 +122,9 @@ class DEQ(nn.Module):
         the solvers may evaluate ``f`` on the samples still moving alone, once at most 3/4 of the batch moves
         (converged samples hold still): the same results, for less work. False evaluates the whole batch every
         time, e.g. for an ``f`` that captures a tensor shaped like the batch; a batch-norm layer in training mode
-        in ``f`` (statistics over the batch) turns it off by itself. The layer's first subset evaluation also
-        takes one sample held still and compares it with the whole batch's value, and an ``f`` that mixes samples
-        (``z.mean(0)``, an op over the batch of ``x``) raises ``ValueError`` naming this setting.
+        in ``f`` (statistics over the batch) turns it off by itself. Every subset evaluation also takes one
+        sample held still and compares it with its known value, so an ``f`` that mixes samples (``z.mean(0)``, an
+        op over the batch of ``x``) raises ``ValueError`` naming this setting once the mixing changes a value.
     **options
         With a solver name, options of the forward solver's class (e.g. ``m=5`` for Anderson,
         ``ode_method="dopri5"``). Unknown ones raise ``TypeError``. Every setting is checked here, not at the first
@@ -508,14 +508,10 @@ class DEQ(nn.Module):
             part = x.index_select(0, index)
             return lambda z: block(z, part)
 
-        def verified() -> None:  # for this f: a reassigned deq.f is compared again
-            self._sample_checked = id(self.f)
-
-        # Subset evaluations are compared with the whole batch's until one comparison holds; not with dropout in
-        # training mode, random per call (yet per sample), where no subset could match the whole batch's
+        # Each subset evaluation is compared with a held-still sample's known value; not with dropout in training
+        # mode, random per call (yet per sample), where no second evaluation could match
         random = any(issubclass(t, nn.modules.dropout._DropoutNd) for t in training)
-        done = random or getattr(self, "_sample_checked", None) == id(self.f)
-        return SampleMap(whole, on, None if done else verified)
+        return SampleMap(whole, on, compare=not random)
 
     @torch.compiler.disable(reason=EAGER)
     def _check_input(self, x: torch.Tensor) -> None:

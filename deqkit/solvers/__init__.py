@@ -379,7 +379,7 @@ def _out_of_place(f: Map) -> Map:
 
         return checked_part
 
-    return SampleMap(checked, on, f.verified)
+    return SampleMap(checked, on, f.compare)
 
 
 def solve(

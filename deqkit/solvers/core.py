@@ -64,13 +64,14 @@ class SampleMap:
     ``f(z)`` evaluates the whole batch; ``f.on(index)`` is the map on the samples ``index`` (a 1-D index tensor)
     alone. The solvers use it to skip samples that hold still (converged, or waiting for the flow), whose ``f(z)``
     they already know: see :func:`evaluate_moving`. The DEQ layer hands its block to the solvers this way.
-    With ``verified`` given, the first subset evaluation also takes one sample that holds still, whose value from
-    the whole batch is known, and compares the two: this catches an ``f`` that mixes samples (``z.mean(0)``) at
-    the cost of one sample, not one evaluation; ``verified()`` is called once it holds.
+    With ``compare`` (the default), every subset evaluation also takes one sample that holds still, whose value
+    is known, and compares the two: this catches an ``f`` that mixes samples (``z.mean(0)``, ``x.amax(0)``) at
+    the evaluation where mixing would change a result, at the cost of one sample and one host read. False for an
+    ``f`` that is random per call (dropout in training mode), which no second evaluation could match.
     """
 
-    def __init__(self, f: Map, on: Callable[[torch.Tensor], Map], verified: Callable[[], None] | None = None) -> None:
-        self._f, self._on, self.verified = f, on, verified
+    def __init__(self, f: Map, on: Callable[[torch.Tensor], Map], compare: bool = True) -> None:
+        self._f, self._on, self.compare = f, on, compare
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         return self._f(z)
@@ -99,8 +100,8 @@ def evaluate_moving(f: Map, z: torch.Tensor, fz: torch.Tensor | None, moving: to
     if count == 0 or count > COMPACT_SHARE * moving.numel():
         return f(z)
     index = moving.nonzero().squeeze(1)
-    # to compare with the whole batch's value: one sample holding still, evaluated with the moving ones
-    witness = (~moving).nonzero()[:1].squeeze(1) if f.verified is not None else index[:0]
+    # to compare with its known value: one sample holding still, evaluated with the moving ones
+    witness = (~moving).nonzero()[:1].squeeze(1) if f.compare else index[:0]
     part, failure = None, ""
     try:
         rows = torch.cat([index, witness])
@@ -122,17 +123,15 @@ def evaluate_moving(f: Map, z: torch.Tensor, fz: torch.Tensor | None, moving: to
             "batch statistics mix samples. Pass such tensors inside x or the state, or evaluate the whole batch "
             "every time with DEQ(..., per_sample=False)."
         )
-    if f.verified is not None:
+    if f.compare:
         _same_as_whole(part[count:], fz.index_select(0, witness), count, moving.numel())
-        f.verified()
-        f.verified = None  # once per map: the later subset evaluations of this solve are trusted
     return fz.index_copy(0, index, part[:count])
 
 
 def _same_as_whole(part: torch.Tensor, whole: torch.Tensor, count: int, batch: int) -> None:
-    """Raise where ``f`` on a subset gave a sample another value (``part``) than the whole batch's ``f`` did
-    (``whole``), beyond rounding: ``f`` mixes samples, and the per-sample results would silently depend on which
-    samples moved."""
+    """Raise where ``f`` on a subset gave a held-still sample another value (``part``) than it had (``whole``,
+    from the whole batch or an earlier subset), beyond rounding: ``f`` mixes samples, and the per-sample results
+    would silently depend on which samples moved."""
     with torch.no_grad():
         slack = torch.finfo(part.dtype).eps ** 0.5 if part.is_floating_point() else 0.0
         gap = (part.detach() - whole.detach()).abs().max()
@@ -140,11 +139,11 @@ def _same_as_whole(part: torch.Tensor, whole: torch.Tensor, count: int, batch: i
     if not bool(gap <= slack * scale):
         by = "NaN on one side only" if math.isnan(float(gap)) else f"by up to {float(gap):.3g}"
         raise ValueError(
-            f"f on the {count} samples still moving (of {batch}) and one other differs from f on the whole batch "
-            f"({by}): f mixes samples (z.mean(0), x.sort(0), softmax over the batch, ...) or "
-            "is random (dropout in training mode), so the solvers' per-sample evaluation would change results "
-            "silently. Keep each sample's f(z, x) to its own z and x, or evaluate the whole batch every time with "
-            "DEQ(..., per_sample=False)."
+            f"f on the {count} samples still moving (of {batch}) and one held still gives that one another value "
+            f"than it had with other samples ({by}): f mixes samples (z.mean(0), x.amax(0), x.sort(0), softmax over "
+            "the batch, ...) or is random (dropout in training mode), so the solvers' per-sample evaluation would "
+            "change results silently. Keep each sample's f(z, x) to its own z and x, or evaluate the whole batch "
+            "every time with DEQ(..., per_sample=False)."
         )
 
 
