@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         parser.error("--threads must be >= 1")
     torch.set_num_threads(args.threads)
-    out = pathlib.Path(args.out)
+    out = pathlib.Path(args.out).expanduser()
     train_set, test_set = mnist_datasets()
     rows = []
     for run in todo:

@@ -417,8 +417,9 @@ def solve(
     max_nfe : int, optional
         Most evaluations of ``f`` (≥ 2, the first included); never exceeded. Samples still running when it is
         spent stop with their best iterate and are warned about. No budget beyond ``max_steps`` when omitted.
-        ``"dynamic_ss"`` needs at least its start and one ODE step (7 with the default Tsit5 and polish; one more
-        without a ``first_step``, which the solver then chooses with an evaluation), else ``ValueError``.
+        The default ``"dynamic_ss"`` starts with its polisher and can stop after any evaluation; without a
+        polisher (``DynamicSS(polish=None)``) it needs its start and one ODE step (8 with Tsit5 and no
+        ``first_step``, which the solver then chooses with an evaluation), else ``ValueError``.
     strict : bool
         Raise :class:`~deqkit.ConvergenceError` instead of warning when a sample does not converge.
     record : bool
