@@ -366,6 +366,11 @@ class DynamicSS(Solver):
                 return steps, field.nfe
             assert field.last is not None, "the flow took a step (else the budget stopped the solve above)"
             (z, fz), moving = field.last, monitor.marked  # the samples ready to polish, at the flow's last check
+            # the flow held converged samples frozen where this leg began, with f(z) read as z: give them their
+            # answer and its f(z), so that every sample's pair is consistent for the polish (which keeps the pairs
+            # of the samples it holds still, and compares one with a fresh evaluation)
+            done = batch_view(monitor.converged, z)
+            z, fz = torch.where(done, monitor.best_z, z), torch.where(done, monitor.best_fz, fz)
 
     def _stop(self, monitor: Monitor, steps: int, nfe: int) -> bool:
         return monitor.done or steps >= monitor.max_steps or monitor.out_of_budget or not monitor.affords(nfe, 1)

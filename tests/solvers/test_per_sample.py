@@ -1,6 +1,8 @@
 """The solvers evaluate f on the samples still moving alone (``DEQ(per_sample=True)``, the default): the same
 per-sample results as evaluating the whole batch, for fewer rows of work; never where f cannot be per sample."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -194,3 +196,38 @@ def test_mixing_that_appears_only_after_the_first_subset_evaluation_is_caught():
     deq = deqkit.DEQ(Mixed(), solver="anderson", abstol=1e-10, reltol=1e-10, max_nfe=None, eval_max_nfe=None).eval()
     with torch.no_grad(), pytest.raises(ValueError, match="mixes samples"):
         deq(x)
+
+
+def test_a_second_polish_after_the_flow_holds_consistent_pairs():
+    # Six easy samples converge in the first polish, six stiff ones go to the flow and come back to a second polish.
+    # The flow held the converged ones frozen where the leg began, with f(z) read as z; the second polish kept that
+    # pair for them, and comparing a held-still sample with a fresh evaluation raised "f mixes samples" for this
+    # per-sample f (found in peer_training's test evaluation). Now they carry their answer and its f(z).
+    d = 16
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    psd = a @ a.T / d
+
+    class Stiff(nn.Module):
+        def forward(self, z, x):
+            return torch.tanh(-x[:, :1] * (z @ psd) + x[:, 1:])  # x[:, 0]: the sample's own stiffness
+
+    x = torch.randn(12, d + 1, generator=gen, dtype=torch.float64)
+    x[:, 0] = torch.tensor([0.1] * 6 + [20.0] * 6, dtype=torch.float64)
+    results = []
+    for per_sample in (True, False):
+        deq = deqkit.DEQ(
+            Stiff(),
+            z0=lambda x: torch.zeros(x.shape[0], d, dtype=x.dtype),
+            abstol=1e-8,
+            reltol=1e-8,
+            max_nfe=None,
+            eval_max_nfe=None,
+            per_sample=per_sample,
+        ).eval()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", deqkit.ConvergenceWarning)  # one stiff sample stays out of reach
+            results.append((deq(x), deq.last_stats.forward))
+    (out, stats), (ref, ref_stats) = results
+    assert torch.equal(out, ref) and torch.equal(stats.converged, ref_stats.converged)
+    assert torch.equal(stats.converged_nfe, ref_stats.converged_nfe) and int(stats.converged.sum()) >= 6
