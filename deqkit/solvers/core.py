@@ -124,18 +124,18 @@ def evaluate_moving(f: Map, z: torch.Tensor, fz: torch.Tensor | None, moving: to
             "every time with DEQ(..., per_sample=False)."
         )
     if f.compare:
-        _same_as_whole(part[count:], fz.index_select(0, witness), count, moving.numel())
+        _same_as_known(part[count:], fz.index_select(0, witness), count, moving.numel())
     return fz.index_copy(0, index, part[:count])
 
 
-def _same_as_whole(part: torch.Tensor, whole: torch.Tensor, count: int, batch: int) -> None:
-    """Raise where ``f`` on a subset gave a held-still sample another value (``part``) than it had (``whole``,
+def _same_as_known(part: torch.Tensor, known: torch.Tensor, count: int, batch: int) -> None:
+    """Raise where ``f`` on a subset gave a held-still sample another value (``part``) than it had (``known``,
     from the whole batch or an earlier subset), beyond rounding: ``f`` mixes samples, and the per-sample results
     would silently depend on which samples moved."""
     with torch.no_grad():
         slack = torch.finfo(part.dtype).eps ** 0.5 if part.is_floating_point() else 0.0
-        gap = (part.detach() - whole.detach()).abs().max()
-        scale = whole.detach().abs().max().clamp_min(1)
+        gap = (part.detach() - known.detach()).abs().max()
+        scale = known.detach().abs().max().clamp_min(1)
     if not bool(gap <= slack * scale):
         by = "NaN on one side only" if math.isnan(float(gap)) else f"by up to {float(gap):.3g}"
         raise ValueError(
