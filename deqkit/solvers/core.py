@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..settings import Configured
-from .monitor import Monitor, batch_view
+from .monitor import Monitor, where_rows
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 
@@ -220,7 +220,7 @@ class IterativeSolver(Solver):
             if not deferred and not monitor.any_converged:  # every sample moves: skip the masked copy
                 z = z_next.view_as(z)
             else:
-                z = torch.where(batch_view(moving, z), z_next.view_as(z), z)
+                z = where_rows(moving, z_next.view_as(z), z)
             fz = f(z) if deferred else evaluate_moving(f, z, fz, moving)
             nfe, step = nfe + 1, step + 1
             # read at the interval, and at the last step the limits allow (so the solve ends on a read)

@@ -33,7 +33,7 @@ from ..errors import DivergenceError
 from ..settings import Configured, check_int, check_real
 from .anderson import Anderson, growth_rates
 from .core import Map, Solver, evaluate_moving, first_evaluation
-from .monitor import Monitor, batch_view
+from .monitor import Monitor, batch_view, where_rows
 from .torchdiffeq_adapter import ADAPTIVE, FIXED, AdaptiveStepper, FixedStepper, StepFailure, step_cost
 
 #: Growth rate (largest real part of an eigenvalue of ∂f/∂z − I, as the polisher's secant history sees it) above
@@ -358,7 +358,7 @@ class DynamicSS(Solver):
             handover.restart(field.previous, failed, unstable)
             known: torch.Tensor | None = fz  # f(z), unless z moves off an unstable equilibrium
             if left is not None:
-                z, known = torch.where(batch_view(unstable, z), left[1], z), None
+                z, known = where_rows(unstable, left[1], z), None
             field.freeze(~monitor.converged)
             handing = handover if handover.pending(~monitor.converged) else None
             steps = integrate(field, z, known, monitor, steps, handing, restart=True)
@@ -369,8 +369,8 @@ class DynamicSS(Solver):
             # the flow held converged samples frozen where this leg began, with f(z) read as z: give them their
             # answer and its f(z), so that every sample's pair is consistent for the polish (which keeps the pairs
             # of the samples it holds still, and compares one with a fresh evaluation)
-            done = batch_view(monitor.converged, z)
-            z, fz = torch.where(done, monitor.best_z, z), torch.where(done, monitor.best_fz, fz)
+            done = monitor.converged
+            z, fz = where_rows(done, monitor.best_z, z), where_rows(done, monitor.best_fz, fz)
 
     def _stop(self, monitor: Monitor, steps: int, nfe: int) -> bool:
         return monitor.done or steps >= monitor.max_steps or monitor.out_of_budget or not monitor.affords(nfe, 1)
@@ -404,7 +404,7 @@ class DynamicSS(Solver):
             if monitor.done or steps >= monitor.max_steps or not monitor.affords(field.nfe, 1):
                 break
             z_next, state = polisher.update(z.flatten(1), fz.flatten(1), state)
-            z = z_next.view_as(z) if whole else torch.where(batch_view(moving, z), z_next.view_as(z), z)
+            z = z_next.view_as(z) if whole else where_rows(moving, z_next.view_as(z), z)
             fz, field.nfe, steps = evaluate_moving(f, z, fz, moving), field.nfe + 1, steps + 1
             before, r = monitor.n_converged, fz - z
             monitor.check(steps, z, r, fz, field.nfe, t=float("nan"))

@@ -323,3 +323,40 @@ def test_gmres_reorthogonalizes_a_product_that_nearly_lies_in_the_basis():
     v = cycle.basis[:, :6]
     gram = torch.bmm(v, v.transpose(1, 2))
     assert (gram - torch.eye(6)).abs().max() < 1e-5
+
+
+def test_gmres_reads_only_the_basis_rows_it_wrote(monkeypatch):
+    # the basis is left uninitialised and handed from one restart cycle to the next: memory full of NaN there must
+    # change nothing (restart 5 on a problem that needs several cycles)
+    from deqkit.problems import tanh_weight
+    from deqkit.solvers import Tolerances, run
+
+    gen = torch.Generator().manual_seed(3)
+    w = tanh_weight(32, 0.95, "symmetric", generator=gen)
+    g = torch.randn(4, 32, generator=gen, dtype=torch.float64)
+    clean = run(deqkit.GMRES(restart=5), lambda u: g + u @ w, torch.zeros_like(g), Tolerances(0, 1e-10, 400))
+    new_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda t, *a, **k: new_empty(t, *a, **k).fill_(float("nan")))
+    dirty = run(deqkit.GMRES(restart=5), lambda u: g + u @ w, torch.zeros_like(g), Tolerances(0, 1e-10, 400))
+    assert clean.stats.all_converged and clean.stats.nfe > 12  # more than two cycles
+    assert torch.equal(clean.z, dirty.z) and clean.stats.nfe == dirty.stats.nfe
+
+
+@pytest.mark.parametrize("share", [0.0, 0.1, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("shape", [(16, 5), (16, 3, 4, 4), (1, 7)])
+def test_where_rows_gives_the_bits_of_torch_where(share, shape):
+    from deqkit.solvers.monitor import batch_view, where_rows
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    a[0, 0], b[-1, -1] = float("nan"), -0.0
+    mask = torch.rand(shape[0], generator=gen) < share
+    out = where_rows(mask, a, b)
+    want = torch.where(batch_view(mask, a), a, b)
+    assert torch.equal(out.view(torch.int32), want.view(torch.int32))  # NaN and the sign of zero included
+    assert out.data_ptr() not in (a.data_ptr(), b.data_ptr())  # a new tensor, as torch.where gives
+    # non-contiguous inputs and autograd
+    at, bt = a.transpose(0, -1).contiguous().transpose(0, -1).requires_grad_(), b.clone().requires_grad_()
+    where_rows(mask, at, bt).backward(torch.ones(shape))
+    assert torch.equal(at.grad, batch_view(mask, a).expand_as(a).to(a.dtype))
+    assert torch.equal(bt.grad, (~batch_view(mask, b)).expand_as(b).to(b.dtype))
