@@ -30,7 +30,7 @@ from .alerts import ConvergenceAlerts
 from .errors import DivergenceError
 from .settings import Configured, check_int, check_real, named
 from .solvers import BACKWARD_SOLVERS, Solution, SolverSpec, as_solver, run
-from .solvers.core import Solver
+from .solvers.core import AffineMap, Solver
 from .solvers.monitor import Tolerances
 from .stats import SolverStats
 
@@ -275,13 +275,13 @@ class _ImplicitFunction(torch.autograd.Function):
 
         calls = 0
 
-        def vjp_map(u: torch.Tensor) -> torch.Tensor:
+        def vjp(u: torch.Tensor) -> torch.Tensor:
             nonlocal calls
             (uj,) = torch.autograd.grad(fz, z, u, retain_graph=True, allow_unused=True)
             calls += 1
             if calls == 1 and uj is not None:  # at the finite start g: a NaN here is f's derivative, not a blow-up
                 _check_jacobian(uj)
-            return g + (torch.zeros_like(u) if uj is None else uj)
+            return torch.zeros_like(u) if uj is None else uj
 
         tol = method.tolerances(layer.tol)
         if scale != 1.0:
@@ -289,7 +289,7 @@ class _ImplicitFunction(torch.autograd.Function):
         alerts = layer.alerts
         sol = run(
             method.solver,
-            vjp_map,
+            AffineMap(g, vjp),  # u ↦ g + uJ
             g,
             tol,
             strict=layer.strict,

@@ -20,7 +20,7 @@ from ..state import Structure
 from ..stats import SolverStats
 from .anderson import Anderson
 from .broyden import Broyden
-from .core import IterativeSolver, Map, SampleMap, Solver
+from .core import AffineMap, IterativeSolver, Map, SampleMap, Solver
 from .dynamic_ss import DynamicSS, StepSizeController
 from .krylov import GMRES
 from .monitor import Monitor, Tolerances, overflow_hint
@@ -49,6 +49,7 @@ __all__ = [
     "Broyden",
     "DynamicSS",
     "GMRES",
+    "AffineMap",
     "StepSizeController",
     "Tolerances",
 ]
@@ -331,12 +332,15 @@ def _ode_settings_hint(solver: Solver, dtype: torch.dtype, refused: bool) -> str
 
 
 def _out_of_place(f: Map) -> Map:
-    """``f``, refusing every call that writes into its argument or returns it, not only the first one.
+    """``f``, refusing every call that writes into its argument or returns it, not only the first one (of an
+    :class:`AffineMap`, its linear part).
 
     The solvers keep past iterates (the best one, Anderson's history, the ODE stages), often as views of one
     another: a map that changes its input from its second call on would corrupt them and make a residual look
     like zero. Reading the argument's version counter costs no host synchronisation and no tensor operation.
     """
+    if isinstance(f, AffineMap):
+        return AffineMap(f.offset, _out_of_place(f.linear))
     calls = 0
 
     def checked(z: torch.Tensor) -> torch.Tensor:

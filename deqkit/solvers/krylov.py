@@ -2,7 +2,8 @@
 
 The implicit backward pass solves ``u = g + Jᵀu`` — the fixed point of an affine map ``T`` — which is the
 linear system ``(I − Jᵀ) u = g``. GMRES needs only ``T``: the product with its linear part is
-``Jᵀ v = T(u₀ + v) − T(u₀)``, and with the system matrix ``A v = v − Jᵀ v``. It converges for any non-singular system,
+``Jᵀ v = T(u₀ + v) − T(u₀)`` (or ``T.linear(v)`` for an :class:`~deqkit.solvers.core.AffineMap`, as the implicit
+backward passes it), and with the system matrix ``A v = v − Jᵀ v``. It converges for any non-singular system,
 also where plain iteration on ``T`` diverges (spectral radius of ``J`` above 1, as at the stable equilibria
 that ``dynamic_ss`` finds for non-contractive maps).
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from ..settings import check_int
-from .core import Map, Solver, first_evaluation
+from .core import AffineMap, Map, Solver, first_evaluation
 from .monitor import Monitor
 
 REORTHOGONALIZE = 0.5**0.5  # a second Gram–Schmidt pass where a projection keeps less than this share of ‖w‖
@@ -68,15 +69,9 @@ class GMRES(Solver):
         ratio, basis = _norm_ratio(r), None
         while not monitor.done and step < monitor.max_steps and monitor.affords(nfe, 2):
             cycle = _Cycle(u, r, restart, basis)
-            basis = cycle.basis
-            tu = u + r
-            # probe with v_j times the problem's size: with a unit v_j, T(u + v) − T(u) would be rounding where
-            # T(u) is large (a loss scaled by 2^16 in float32) and lose v_j where it is tiny
-            size = torch.maximum(u.abs().amax(1), tu.abs().amax(1))
-            size = torch.where(size > 0, size, 1.0)[:, None]
+            basis, product = cycle.basis, _linear_part(T, u, r, shape)
             for j in range(restart):
-                v = u + size * cycle.basis[:, j]
-                cycle.extend((T(v.view(shape)).flatten(1) - tu) / size)  # Jᵀ v_j: T is affine
+                cycle.extend(product(cycle.basis[:, j]))
                 nfe, step = nfe + 1, step + 1
                 # (room is kept for the true residual evaluated below)
                 last = j == restart - 1 or step >= monitor.max_steps or not monitor.affords(nfe, 2)
@@ -93,6 +88,20 @@ class GMRES(Solver):
             monitor.verify(u.view(shape), r.view(shape), tu)
             ratio = _norm_ratio(r)
         return step, nfe
+
+
+def _linear_part(T: Map, u: torch.Tensor, r: torch.Tensor, shape: torch.Size) -> Map:
+    """``v ↦ Jᵀ v``, the linear part of the affine ``T`` (``r = T(u) − u``; flat vectors): given, for an
+    :class:`~deqkit.solvers.core.AffineMap`, else probed as ``T(u + v) − T(u)``."""
+    if isinstance(T, AffineMap):
+        linear = T.linear
+        return lambda v: linear(v.view(shape)).flatten(1)
+    tu = u + r
+    # probe with v times the problem's size: with a unit v, T(u + v) − T(u) would be rounding where T(u) is large
+    # (a loss scaled by 2^16 in float32) and lose v where it is tiny
+    size = torch.maximum(u.abs().amax(1), tu.abs().amax(1))
+    size = torch.where(size > 0, size, 1.0)[:, None]
+    return lambda v: (T((u + size * v).view(shape)).flatten(1) - tu) / size
 
 
 def _norm_ratio(r: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """Forward solvers: agreement, termination rule, per-sample freezing, loud failure."""
 
+import math
+
 import pytest
 import torch
 
@@ -360,3 +362,35 @@ def test_where_rows_gives_the_bits_of_torch_where(share, shape):
     where_rows(mask, at, bt).backward(torch.ones(shape))
     assert torch.equal(at.grad, batch_view(mask, a).expand_as(a).to(a.dtype))
     assert torch.equal(bt.grad, (~batch_view(mask, b)).expand_as(b).to(b.dtype))
+
+
+def test_gmres_applies_an_affine_maps_linear_part_directly():
+    # u ↦ g + uJ given as AffineMap: GMRES's products apply the linear part to its unit basis vectors, and the whole
+    # map is evaluated only at the start and once per cycle; the answer is the probed one (T(u + v) − T(u)) up to
+    # rounding, with the same number of evaluations
+    from deqkit.problems import tanh_weight
+    from deqkit.solvers import AffineMap, Tolerances, run
+
+    gen = torch.Generator().manual_seed(4)
+    w = tanh_weight(24, 0.9, "symmetric", generator=gen)
+    g = torch.randn(3, 24, generator=gen, dtype=torch.float64) * 1e3
+    norms = []
+
+    def linear(u):
+        norms.append(u.norm(dim=1))
+        return u @ w
+
+    affine = run(deqkit.GMRES(restart=6), AffineMap(g, linear), torch.zeros_like(g), Tolerances(0, 1e-10, 400))
+    probed = run(deqkit.GMRES(restart=6), lambda u: g + u @ w, torch.zeros_like(g), Tolerances(0, 1e-10, 400))
+    assert affine.stats.all_converged and affine.stats.nfe == probed.stats.nfe == len(norms)
+    assert torch.allclose(affine.z, probed.z, rtol=1e-9, atol=0)
+    unit = sum(bool(torch.allclose(n, torch.ones_like(n))) for n in norms)
+    cycles = math.ceil((affine.stats.nfe - 1) / 7)  # each: up to 6 products, then the map at the answer
+    assert unit == affine.stats.nfe - 1 - cycles and cycles >= 2
+
+    def writes(u):
+        u.mul_(2.0)  # in place: refused for the linear part as for any map
+        return u @ w
+
+    with pytest.raises(ValueError, match="changed its input in place"):
+        run(deqkit.GMRES(), AffineMap(g, writes), torch.zeros_like(g), Tolerances(0, 1e-10, 400))
