@@ -24,7 +24,7 @@ import torch
 
 import deqkit
 from deqkit.problems import tanh_problem
-from deqkit.solvers import GMRES, Tolerances, run
+from deqkit.solvers import GMRES, AffineMap, Tolerances, run
 
 from .forward import load, torchdeq_available
 
@@ -108,9 +108,10 @@ def backward_rows(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, re
     fz = f(z)
     g = torch.randn_like(x, generator=torch.Generator().manual_seed(0))
 
-    def vjp(u: torch.Tensor) -> torch.Tensor:
-        return g + torch.autograd.grad(fz, z, u, retain_graph=True)[0]
+    def linear(u: torch.Tensor) -> torch.Tensor:
+        return torch.autograd.grad(fz, z, u, retain_graph=True)[0]
 
+    vjp = AffineMap(g, linear)  # u ↦ g + uJ, as the implicit backward hands it to the solvers
     t_p = median_time(lambda: vjp(g), 200)
     rows = []
     for name, solver in (("GMRES", GMRES()), ("anderson", deqkit.Anderson())):
