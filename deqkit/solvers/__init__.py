@@ -331,6 +331,28 @@ def _ode_settings_hint(solver: Solver, dtype: torch.dtype, refused: bool) -> str
     return ""
 
 
+def _shaped_like_input(linear: Map) -> Map:
+    """An :class:`AffineMap`'s linear part, refusing a result that is not a tensor of its argument's shape, dtype and
+    device (``offset + linear(u)`` would promote or broadcast it, and GMRES, which calls it alone, would fail deep
+    inside)."""
+
+    def checked(u: torch.Tensor) -> torch.Tensor:
+        out = linear(u)
+        if not isinstance(out, torch.Tensor) or (out.shape, out.dtype, out.device) != (u.shape, u.dtype, u.device):
+            got = (
+                f"{tuple(out.shape)} {out.dtype} on {out.device}"
+                if isinstance(out, torch.Tensor)
+                else type(out).__name__
+            )
+            raise ValueError(
+                f"AffineMap.linear returned {got} for an argument of {tuple(u.shape)} {u.dtype} on {u.device}: it "
+                "must return a tensor of its argument's shape, dtype and device"
+            )
+        return out
+
+    return checked
+
+
 def _out_of_place(f: Map) -> Map:
     """``f``, refusing every call that writes into its argument or returns it, not only the first one (of an
     :class:`AffineMap`, its linear part).
@@ -340,7 +362,7 @@ def _out_of_place(f: Map) -> Map:
     like zero. Reading the argument's version counter costs no host synchronisation and no tensor operation.
     """
     if isinstance(f, AffineMap):
-        return AffineMap(f.offset, _out_of_place(f.linear))
+        return AffineMap(f.offset, _shaped_like_input(_out_of_place(f.linear)))
     calls = 0
 
     def checked(z: torch.Tensor) -> torch.Tensor:

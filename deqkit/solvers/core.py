@@ -88,9 +88,24 @@ class AffineMap:
     where for any other map it probes the linear part as ``T(u + v) − T(u)``: two vector operations fewer per
     product and no probe to scale. The other solvers call the map as it is. The implicit backward hands its
     ``u ↦ g + uJ`` to the solvers this way.
+
+    Parameters
+    ----------
+    offset : torch.Tensor
+        The map's value at 0, shaped like the state (one tensor: structured states are not supported).
+    linear : callable
+        ``u ↦ linear(u)``, linear in ``u`` (GMRES relies on it: an affine ``linear`` makes it fail to converge),
+        returning a tensor of ``u``'s shape, dtype and device (checked at every call).
     """
 
     def __init__(self, offset: torch.Tensor, linear: Map) -> None:
+        if not isinstance(offset, torch.Tensor):
+            raise TypeError(
+                f"AffineMap(offset, linear): offset must be one tensor shaped like the state, got "
+                f"{type(offset).__name__}; for a structured (tuple) state pass the map itself, u ↦ offset + linear(u)"
+            )
+        if not callable(linear):
+            raise TypeError(f"AffineMap(offset, linear): linear must be callable, got {type(linear).__name__}")
         self.offset, self.linear = offset, linear
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:

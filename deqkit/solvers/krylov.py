@@ -95,7 +95,8 @@ def _linear_part(T: Map, u: torch.Tensor, r: torch.Tensor, shape: torch.Size) ->
     :class:`~deqkit.solvers.core.AffineMap`, else probed as ``T(u + v) − T(u)``."""
     if isinstance(T, AffineMap):
         linear = T.linear
-        return lambda v: linear(v.view(shape)).flatten(1)
+        # a contiguous copy of the basis row: a custom autograd Function may .view() the gradient it is handed
+        return lambda v: linear(v.contiguous().view(shape)).flatten(1)
     tu = u + r
     # probe with v times the problem's size: with a unit v, T(u + v) − T(u) would be rounding where T(u) is large
     # (a loss scaled by 2^16 in float32) and lose v where it is tiny

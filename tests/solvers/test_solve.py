@@ -395,3 +395,53 @@ def test_gmres_applies_an_affine_maps_linear_part_directly():
 
     with pytest.raises(ValueError, match="changed its input in place"):
         run(deqkit.GMRES(), AffineMap(g, writes), torch.zeros_like(g), Tolerances(0, 1e-10, 400))
+
+
+def test_the_implicit_backward_hands_gmres_contiguous_vectors():
+    # GMRES's basis rows are strided views; a custom autograd Function may .view() the gradient it is handed
+    class ViewGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, z):
+            return z.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g.view(-1).view(g.shape)
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 16)
+    x = torch.randn(4, 16, requires_grad=True)
+    grads = []
+    for solver in ("gmres", "anderson"):
+        deq = deqkit.DEQ(lambda z, x: ViewGrad.apply(torch.tanh(lin(z) + x)), solver="anderson")
+        deq.backward = deqkit.Implicit(solver)
+        x.grad = None
+        deq(x).square().sum().backward()
+        grads.append(x.grad.clone())
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("linear", "match"),
+    [
+        (lambda u: u.half(), "returned .* torch.float16 .* for an argument of .* torch.float32"),
+        (lambda u: u[:1], r"returned \(1, 6\)"),
+        (lambda u: u.numpy(), "returned ndarray"),
+    ],
+)
+def test_an_affine_maps_linear_part_must_keep_its_arguments_shape_and_type(linear, match):
+    from deqkit.solvers import AffineMap, Tolerances, run
+
+    g = torch.randn(3, 6)
+    for solver in (deqkit.GMRES(), deqkit.Anderson()):
+        with pytest.raises(ValueError, match=f"AffineMap.linear {match}"):
+            run(solver, AffineMap(g, linear), g.clone(), Tolerances(1e-6, 1e-6, 50))
+
+
+def test_an_affine_map_takes_one_tensor_offset():
+    from deqkit.solvers import AffineMap
+
+    with pytest.raises(TypeError, match="offset must be one tensor shaped like the state"):
+        AffineMap((torch.ones(2, 3), torch.ones(2, 4)), lambda u: u)
+    with pytest.raises(TypeError, match="linear must be callable"):
+        AffineMap(torch.ones(2, 3), "u @ w")
