@@ -85,7 +85,7 @@ class AffineMap:
     """An affine map ``u ↦ offset + linear(u)`` whose linear part is known.
 
     :class:`~deqkit.solvers.krylov.GMRES` applies ``linear`` to its basis vectors directly (one evaluation each),
-    where for any other map it probes the linear part as ``T(u + v) − T(u)``: two vector operations fewer per
+    where for any other map it probes the linear part as ``T(u + v) − T(u)``: four vector operations fewer per
     product and no probe to scale. The other solvers call the map as it is. The implicit backward hands its
     ``u ↦ g + uJ`` to the solvers this way.
 

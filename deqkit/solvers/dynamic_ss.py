@@ -369,8 +369,7 @@ class DynamicSS(Solver):
             # the flow held converged samples frozen where this leg began, with f(z) read as z: give them their
             # answer and its f(z), so that every sample's pair is consistent for the polish (which keeps the pairs
             # of the samples it holds still, and compares one with a fresh evaluation)
-            done = monitor.converged
-            z, fz = where_rows(done, monitor.best_z, z), where_rows(done, monitor.best_fz, fz)
+            z, fz = where_rows(monitor.converged, monitor.best_z, z), where_rows(monitor.converged, monitor.best_fz, fz)
 
     def _stop(self, monitor: Monitor, steps: int, nfe: int) -> bool:
         return monitor.done or steps >= monitor.max_steps or monitor.out_of_budget or not monitor.affords(nfe, 1)
