@@ -32,11 +32,21 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 DRIFT = 100.0  # growth of ‖f(z)‖∞ over its start, with no fall of the residual, that marks a runaway iterate
 
 
+def _norms(x: torch.Tensor) -> torch.Tensor:
+    """``‖x_i‖∞`` per sample, without autograd (``abs().amax()``: torch's ``vector_norm(ord=inf)`` is 10 times
+    slower on CPU)."""
+    return (x.detach() if x.requires_grad else x).flatten(1).abs().amax(1)
+
+
 def batch_view(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape a ``(batch,)`` tensor so that it broadcasts against ``like``."""
     return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
+# Monitor.check takes its shorter way while no sample has converged (tests switch it off to compare the two ways)
+ALL_RUNNING_SHORTCUT = True
+# Best iterates noted but not yet merged (Monitor._merge_best): at most this many past iterates (and their f) held
+PENDING_MERGES = 3
 # Merge batches by copying rows on the CPU (see where_rows); tests that count host reads switch it off to count
 # what a GPU, which always takes torch.where, would read.
 COPY_ROWS_ON_CPU = True
@@ -183,8 +193,8 @@ class Monitor:
         self.n_converged = 0  # samples converged so far (read at each check with the other counts)
         self.converged_step = torch.full((batch,), -1, dtype=torch.long, device=z0.device)
         self.converged_nfe = torch.full_like(self.converged_step, -1)
-        self.best_z = z0
-        self.best_fz = z0
+        self._best = (z0, z0)  # each sample's best iterate and its f, where no merge is pending (see _merge_best)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.done = False
         self.out_of_budget = False  # a solver stopped because its next step would exceed max_nfe
         self.stats = SolverStats(method, 0, 0, self.converged, self.residual, self.residual)
@@ -260,8 +270,10 @@ class Monitor:
         Two host synchronisations per read: the numbers that decide whether to stop are read together. (The
         operations are few on purpose: on small problems a check costs as much as an evaluation of ``f``.)
         """
-        res = r.detach().flatten(1).abs().amax(1)
-        scale = fz.detach().flatten(1).abs().amax(1)
+        res = _norms(r)
+        scale = _norms(fz)
+        if read and not self.any_converged and not self._unread and ALL_RUNNING_SHORTCUT:
+            return self._check_all_running(step, z, fz, res, scale, nfe, t, cap, mark_below)
         running = self.running
         meets = running & self._meets(res, scale)
         if cap is not None:
@@ -292,14 +304,89 @@ class Monitor:
         self.n_marked = n_marked[0] if n_marked else 0
         if n_better == batch or (frozen and n_better == n_running):
             # the common cases: this iterate is every running sample's best, and the others rest at theirs
-            self.best_z, self.best_fz = z, fz
+            self._set_best(z, fz)
         else:
-            self.best_z = where_rows(better, z, self.best_z)
-            self.best_fz = where_rows(better, fz, self.best_fz)
+            self._merge_best(better, z, fz)
         if self.record:
             self.stats.trajectory.append(z.detach().clone())
         self.done = n_converged == batch
         return self.running
+
+    def _check_all_running(
+        self,
+        step: int,
+        z: torch.Tensor,
+        fz: torch.Tensor,
+        res: torch.Tensor,
+        scale: torch.Tensor,
+        nfe: int,
+        t: float | None,
+        cap: torch.Tensor | None,
+        mark_below: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """:meth:`check` (read) while no sample has converged, as at most checks of a solve: the same results, with
+        the operations that mask out converged samples left out, and the per-sample records replaced whole where
+        every sample improved (on small problems each operation costs about as much as its arithmetic)."""
+        meets = self._meets(res, scale)
+        if cap is not None:
+            meets = meets & (res <= cap)
+        better = (res < self.residual) | meets
+        masks = [meets, better, self.fell]
+        if mark_below is not None:
+            self.marked = (res <= mark_below) & ~meets  # the running samples, after this check
+            masks.append(self.marked)
+        self.current = res
+        self._read_history(step, nfe, t, res.amax(), self.running, res, z, fz)
+        n_converged, n_better, n_fell, *n_marked = torch.stack(masks).sum(1).tolist()
+        batch = res.shape[0]
+        self.any_converged, self.all_fell = n_converged > 0, n_fell == batch
+        self.n_converged, self.n_marked = n_converged, (n_marked[0] if n_marked else 0)
+        if n_converged:
+            self.converged, self.running = meets, ~meets
+            self.converged_step = torch.where(meets, step, self.converged_step)
+            self.converged_nfe = torch.where(meets, nfe, self.converged_nfe)
+        if n_better == batch:
+            self.residual, self.scale = res, scale
+            self._set_best(z, fz)
+        else:
+            self.residual = torch.where(better, res, self.residual)
+            self.scale = torch.where(better, scale, self.scale)
+            self._merge_best(better, z, fz)
+        if self.record:
+            self.stats.trajectory.append(z.detach().clone())
+        self.done = n_converged == batch
+        return self.running
+
+    @property
+    def best_z(self) -> torch.Tensor:
+        """Each sample's best iterate so far (at convergence, where it converged)."""
+        return self._merged_best()[0]
+
+    @property
+    def best_fz(self) -> torch.Tensor:
+        """``f`` at :attr:`best_z`."""
+        return self._merged_best()[1]
+
+    def _set_best(self, z: torch.Tensor, fz: torch.Tensor) -> None:
+        """Every sample's best iterate is ``z`` (merges still pending are moot)."""
+        self._best, self._pending = (z, fz), []
+
+    def _merge_best(self, better: torch.Tensor, z: torch.Tensor, fz: torch.Tensor) -> None:
+        """Take the samples ``better`` of ``z`` into the best iterates: noted, and merged only when read or when
+        :data:`PENDING_MERGES` are pending. A later check where every sample improves makes them moot, as it often
+        does (a sample's ∞-norm residual rises for a step now and then, by rounding or the norm): this saves two
+        batch-sized selections per such step (their torch.where costs more than a solver step's arithmetic on
+        small problems), at the cost of holding on to a few past iterates (the solvers never write into them)."""
+        self._pending.append((better, z, fz))
+        if len(self._pending) >= PENDING_MERGES:
+            self._merged_best()
+
+    def _merged_best(self) -> tuple[torch.Tensor, torch.Tensor]:
+        best_z, best_fz = self._best
+        for better, z, fz in self._pending:  # in order: a later sample's best replaces an earlier one
+            best_z, best_fz = where_rows(better, z, best_z), where_rows(better, fz, best_fz)
+        self._best, self._pending = (best_z, best_fz), []
+        return self._best
 
     def _unread_check(
         self,
@@ -316,8 +403,7 @@ class Monitor:
         is not known here), the history kept for the next read."""
         self.converged_step = torch.where(meets, step, self.converged_step)
         self.converged_nfe = torch.where(meets, nfe, self.converged_nfe)
-        self.best_z = where_rows(better, z, self.best_z)
-        self.best_fz = where_rows(better, fz, self.best_fz)
+        self._merge_best(better, z, fz)
         self._unread.append((step, nfe, t, worst))
         if self.record:
             self.stats.trajectory.append(z.detach().clone())
@@ -372,7 +458,8 @@ class Monitor:
         res = r.detach().flatten(1).abs().amax(1)
         scale = fz.detach().flatten(1).abs().amax(1)
         meets = self._meets(res, scale)
-        self.best_z, self.best_fz, self.residual, self.scale, self.current = z, fz, res, scale, res
+        self._set_best(z, fz)
+        self.residual, self.scale, self.current = res, scale, res
         self.converged = self.converged & meets
         self.running = ~self.converged
         self.done = bool(self.converged.all())

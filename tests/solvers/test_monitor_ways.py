@@ -1,0 +1,102 @@
+"""The monitor's shortcuts change no result: the shorter check while no sample has converged, and best iterates
+merged only when read (``Monitor._merge_best``), against the plain way, bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deqkit.solvers import monitor as monitor_module
+from deqkit.solvers.monitor import Monitor, Tolerances
+
+
+def _sequence(seed: int, steps: int, batch: int, dim: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Iterates and their f with residuals that rise and fall per sample, reaching the tolerance at scattered
+    steps (some samples never)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    size = torch.rand(batch, generator=gen) * 2 + 0.5
+    for k in range(steps):
+        z = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
+        wobble = torch.rand(batch, 1, generator=gen, dtype=torch.float64) * 3  # non-monotone residuals
+        shrink = (0.5 ** (k * size)).to(torch.float64)[:, None]
+        r = torch.randn(batch, dim, generator=gen, dtype=torch.float64) * shrink * wobble
+        r[: batch // 4] += 1.0  # never converge: their best iterate is what the solve returns
+        out.append((z, z + r))
+    return out
+
+
+def _run(seq: list, *, shortcut: bool, pending: int, mark: bool, cap: bool, monkeypatch) -> dict:
+    monkeypatch.setattr(monitor_module, "ALL_RUNNING_SHORTCUT", shortcut)
+    monkeypatch.setattr(monitor_module, "PENDING_MERGES", pending)
+    z0 = seq[0][0]
+    mon = Monitor("test", z0, Tolerances(0.0, 1e-3, max_steps=len(seq)), strict=False, record=True)
+    marked = []
+    for k, (z, fz) in enumerate(seq):
+        mark_below = torch.full((z.shape[0],), 0.05, dtype=z.dtype) if mark else None
+        capped = torch.full((z.shape[0],), 10.0, dtype=z.dtype) if cap else None
+        running = mon.check(k, z, fz - z, fz, k + 1, cap=capped, mark_below=mark_below, frozen=False)
+        marked.append((mon.n_marked, mon.marked.clone(), running.clone(), mon.n_converged, mon.done))
+        if k == len(seq) // 2:  # a read in the middle: the merges pending so far are done then
+            marked.append((mon.best_z.clone(), mon.best_fz.clone()))
+    return {
+        "converged": mon.converged,
+        "step": mon.converged_step,
+        "nfe": mon.converged_nfe,
+        "residual": mon.residual,
+        "scale": mon.scale,
+        "best_z": mon.best_z,
+        "best_fz": mon.best_fz,
+        "history": torch.tensor(mon.stats.history),
+        "marked": marked,
+        "trajectory": mon.stats.trajectory,
+    }
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("mark", [False, True])
+@pytest.mark.parametrize("cap", [False, True])
+def test_shortcuts_change_nothing(seed: int, mark: bool, cap: bool, monkeypatch) -> None:
+    seq = _sequence(seed, steps=14, batch=24, dim=6)
+    plain = _run(seq, shortcut=False, pending=1, mark=mark, cap=cap, monkeypatch=monkeypatch)
+    for shortcut, pending in ((True, 1), (False, 3), (True, 3), (True, 100)):
+        fast = _run(seq, shortcut=shortcut, pending=pending, mark=mark, cap=cap, monkeypatch=monkeypatch)
+        assert _same(plain, fast), (shortcut, pending)
+
+
+def test_the_sequence_exercises_both_ways(monkeypatch) -> None:
+    """The comparison above means something: some samples converge at different steps, some never, and some
+    residuals rise (a best iterate that is not the last)."""
+    seq = _sequence(0, steps=14, batch=24, dim=6)
+    out = _run(seq, shortcut=True, pending=3, mark=True, cap=False, monkeypatch=monkeypatch)
+    steps = out["step"][out["converged"]]
+    assert 1 < steps.unique().numel() and 0 < int(out["converged"].sum()) < 24
+    last_z = seq[-1][0]
+    never = ~out["converged"]
+    assert not torch.equal(out["best_z"][never], last_z[never])  # some best iterate is an earlier one
+
+
+def test_pending_merges_are_bounded(monkeypatch) -> None:
+    """At most PENDING_MERGES past iterates are held: the monitor merges when that many are pending."""
+    monkeypatch.setattr(monitor_module, "PENDING_MERGES", 3)
+    z0 = torch.zeros(4, 2)
+    mon = Monitor("test", z0, Tolerances(0.0, 1e-6, max_steps=50), strict=False, record=False)
+    mon.check(0, z0, torch.ones(4, 2), torch.ones(4, 2), 1)
+    held = []
+    for k in range(1, 10):  # one sample improves, the others do not: a merge at each check
+        z = torch.full((4, 2), float(k))
+        r = torch.tensor([1.0, 1.0, 1.0, 0.9**k])[:, None].expand(4, 2)
+        mon.check(k, z, r, z + r, k + 1)
+        held.append(len(mon._pending))
+    assert max(held) == 2 and min(held) == 0  # merged when the third was pending
+    assert torch.equal(mon.best_z, torch.tensor([[0.0] * 2] * 3 + [[9.0] * 2]))
