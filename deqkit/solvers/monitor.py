@@ -43,8 +43,8 @@ def batch_view(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
-# Monitor.check takes its shorter way while no sample has converged (tests switch it off to compare the two ways)
-ALL_RUNNING_SHORTCUT = True
+# Monitor.check takes its shorter way where it reads (tests switch it off to compare the two ways)
+READ_SHORTCUT = True
 # Best iterates noted but not yet merged (Monitor._merge_best): at most this many past iterates (and their f) held
 PENDING_MERGES = 3
 # Merge batches by copying rows on the CPU (see where_rows); tests that count host reads switch it off to count
@@ -272,8 +272,8 @@ class Monitor:
         """
         res = _norms(r)
         scale = _norms(fz)
-        if read and not self.any_converged and not self._unread and ALL_RUNNING_SHORTCUT:
-            return self._check_all_running(step, z, fz, res, scale, nfe, t, cap, mark_below)
+        if read and not self._unread and READ_SHORTCUT:
+            return self._check_read(step, z, fz, res, scale, nfe, t, cap, mark_below, frozen)
         running = self.running
         meets = running & self._meets(res, scale)
         if cap is not None:
@@ -312,7 +312,7 @@ class Monitor:
         self.done = n_converged == batch
         return self.running
 
-    def _check_all_running(
+    def _check_read(
         self,
         step: int,
         z: torch.Tensor,
@@ -323,38 +323,55 @@ class Monitor:
         t: float | None,
         cap: torch.Tensor | None,
         mark_below: torch.Tensor | None,
+        frozen: bool,
     ) -> torch.Tensor:
-        """:meth:`check` (read) while no sample has converged, as at most checks of a solve: the same results, with
-        the operations that mask out converged samples left out, and the per-sample records replaced whole where
-        every sample improved (on small problems each operation costs about as much as its arithmetic)."""
+        """:meth:`check` with a read and no unread check before it: the same results in fewer operations (on small
+        problems each costs about as much as its arithmetic). The counts are of this check's news (``n_converged``
+        is exact after every read), so the masks of converged samples are only updated where some converged; while
+        none has, masking by the running ones is left out; where every sample improved, its records are replaced
+        whole."""
+        some = self.any_converged  # else every sample is running
+        running = self.running
         meets = self._meets(res, scale)
+        if some:
+            meets = meets & running
         if cap is not None:
             meets = meets & (res <= cap)
         better = (res < self.residual) | meets
+        if some:
+            better = better & running
         masks = [meets, better, self.fell]
         if mark_below is not None:
             self.marked = (res <= mark_below) & ~meets  # the running samples, after this check
+            if some:
+                self.marked = self.marked & running
             masks.append(self.marked)
         self.current = res
-        self._read_history(step, nfe, t, res.amax(), self.running, res, z, fz)
-        n_converged, n_better, n_fell, *n_marked = torch.stack(masks).sum(1).tolist()
-        batch = res.shape[0]
-        self.any_converged, self.all_fell = n_converged > 0, n_fell == batch
-        self.n_converged, self.n_marked = n_converged, (n_marked[0] if n_marked else 0)
-        if n_converged:
-            self.converged, self.running = meets, ~meets
+        worst = torch.where(running, res, self.residual) if some else res  # a converged sample may rest elsewhere
+        self._read_history(step, nfe, t, worst.amax(), running, res, z, fz)
+        n_new, n_better, n_fell, *n_marked = torch.stack(masks).sum(1).tolist()
+        batch, n_running = res.shape[0], res.shape[0] - self.n_converged
+        self.n_converged += n_new
+        self.any_converged, self.all_fell = self.n_converged > 0, n_fell == batch
+        self.n_marked = n_marked[0] if n_marked else 0
+        if n_new:
+            self.converged = self.converged | meets if some else meets
+            self.running = ~self.converged
             self.converged_step = torch.where(meets, step, self.converged_step)
             self.converged_nfe = torch.where(meets, nfe, self.converged_nfe)
         if n_better == batch:
             self.residual, self.scale = res, scale
-            self._set_best(z, fz)
         else:
             self.residual = torch.where(better, res, self.residual)
             self.scale = torch.where(better, scale, self.scale)
+        if n_better == batch or (frozen and n_better == n_running):
+            # this iterate is every running sample's best, and the others rest at theirs
+            self._set_best(z, fz)
+        else:
             self._merge_best(better, z, fz)
         if self.record:
             self.stats.trajectory.append(z.detach().clone())
-        self.done = n_converged == batch
+        self.done = self.n_converged == batch
         return self.running
 
     @property
@@ -453,16 +470,14 @@ class Monitor:
         """Re-judge every sample on a freshly evaluated residual ``r = f(z) − z`` at ``z`` (one per sample).
 
         For solvers whose running residual is a recurrence rather than an evaluation (GMRES): a sample the
-        recurrence called converged but the true residual does not is running again.
+        recurrence called converged but the true residual does not is running again (its step and evaluation of
+        convergence are cleared, as by :meth:`reject`).
         """
-        res = r.detach().flatten(1).abs().amax(1)
-        scale = fz.detach().flatten(1).abs().amax(1)
+        res, scale = _norms(r), _norms(fz)
         meets = self._meets(res, scale)
         self._set_best(z, fz)
         self.residual, self.scale, self.current = res, scale, res
-        self.converged = self.converged & meets
-        self.running = ~self.converged
-        self.done = bool(self.converged.all())
+        self.reject(self.converged & ~meets)
 
     def finish(self, steps: int, nfe: int) -> SolverStats:
         """Fill in the statistics; warn (or raise, if strict) about samples that did not converge."""

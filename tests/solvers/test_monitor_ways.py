@@ -22,12 +22,16 @@ def _sequence(seed: int, steps: int, batch: int, dim: int) -> list[tuple[torch.T
         shrink = (0.5 ** (k * size)).to(torch.float64)[:, None]
         r = torch.randn(batch, dim, generator=gen, dtype=torch.float64) * shrink * wobble
         r[: batch // 4] += 1.0  # never converge: their best iterate is what the solve returns
+        if k >= steps // 2:  # two converged early, then wander off (not held still): not in the history's worst
+            r[-2:] += 50.0
+        elif k >= 2:
+            r[-2:] *= 1e-9
         out.append((z, z + r))
     return out
 
 
 def _run(seq: list, *, shortcut: bool, pending: int, mark: bool, cap: bool, monkeypatch) -> dict:
-    monkeypatch.setattr(monitor_module, "ALL_RUNNING_SHORTCUT", shortcut)
+    monkeypatch.setattr(monitor_module, "READ_SHORTCUT", shortcut)
     monkeypatch.setattr(monitor_module, "PENDING_MERGES", pending)
     z0 = seq[0][0]
     mon = Monitor("test", z0, Tolerances(0.0, 1e-3, max_steps=len(seq)), strict=False, record=True)
@@ -84,6 +88,23 @@ def test_the_sequence_exercises_both_ways(monkeypatch) -> None:
     last_z = seq[-1][0]
     never = ~out["converged"]
     assert not torch.equal(out["best_z"][never], last_z[never])  # some best iterate is an earlier one
+    assert out["step"][-2:].tolist() == [2, 2] and max(out["history"]) < 50  # converged ones are not the worst
+
+
+def test_verify_clears_and_counts(monkeypatch) -> None:
+    """A sample that verify finds unconverged runs again, without its old convergence step, and converging later
+    counts (the shorter check counts this check's news on top of verify's count)."""
+    z0 = torch.zeros(4, 2)
+    mon = Monitor("test", z0, Tolerances(1e-3, 0.0, max_steps=50), strict=False, record=False)
+    mon.check(0, z0, torch.ones(4, 2), z0 + 1, 1)
+    tiny = torch.full((4, 2), 1e-6)
+    mon.check(1, z0, tiny, z0 + tiny, 2)
+    assert mon.done and mon.converged_step.tolist() == [1] * 4
+    mon.verify(z0, torch.tensor([[1.0, 0], [1.0, 0], [0, 0], [0, 0]]), z0)
+    assert not mon.done and mon.n_converged == 2 and mon.converged_step.tolist() == [-1, -1, 1, 1]
+    mon.check(5, z0, tiny, z0 + tiny, 7)
+    assert mon.done and mon.n_converged == 4
+    assert mon.converged_step.tolist() == [5, 5, 1, 1] and mon.converged_nfe.tolist() == [7, 7, 2, 2]
 
 
 def test_pending_merges_are_bounded(monkeypatch) -> None:
