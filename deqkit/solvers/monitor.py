@@ -439,9 +439,12 @@ class Monitor:
     ) -> None:
         """Read the worst residuals of this check and of the unread ones before it (one host synchronisation) into
         the history; raise at the first that is NaN or infinite."""
-        checks = [*self._unread, (step, nfe, t, worst)]
-        self._unread = []
-        worsts = torch.stack([w for *_, w in checks]).tolist() if len(checks) > 1 else [worst.item()]
+        if self._unread:
+            checks = [*self._unread, (step, nfe, t, worst)]
+            self._unread = []
+            worsts = torch.stack([w for *_, w in checks]).tolist()
+        else:
+            checks, worsts = [(step, nfe, t, worst)], [worst.item()]
         for (at, _, _, _), value in zip(checks, worsts):
             if not math.isfinite(value):
                 bad = running & ~torch.isfinite(res)
