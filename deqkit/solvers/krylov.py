@@ -66,7 +66,7 @@ class GMRES(Solver):
         u, r = u0.flatten(1), (tu - u0).flatten(1)
         monitor.check(0, u0, r.view(shape), tu, nfe)
         restart = u.shape[1] if self.restart is None else self.restart
-        ratio, basis = _norm_ratio(r), None
+        limit, basis = _limit(monitor, _norm_ratio(r)), None
         while not monitor.done and step < monitor.max_steps and monitor.affords(nfe, 2):
             cycle = _Cycle(u, r, restart, basis)
             basis, product = cycle.basis, _linear_part(T, u, r, shape)
@@ -75,10 +75,10 @@ class GMRES(Solver):
                 nfe, step = nfe + 1, step + 1
                 # (room is kept for the true residual evaluated below)
                 last = j == restart - 1 or step >= monitor.max_steps or not monitor.affords(nfe, 2)
-                if last or self.trace or cycle.may_meet(monitor, ratio):
+                if last or self.trace or cycle.may_meet(monitor, limit):
                     uk, rk = cycle.iterate()
                     monitor.check(step, uk.view(shape), rk.view(shape), (uk + rk).view(shape), nfe)
-                    ratio = _norm_ratio(rk)
+                    limit = _limit(monitor, _norm_ratio(rk))
                 if monitor.done or last:
                     break
             # restart (or stop) from the true residual at each sample's best answer, not the recurrence
@@ -86,7 +86,7 @@ class GMRES(Solver):
             tu = T(u.view(shape))
             r, nfe = tu.flatten(1) - u, nfe + 1
             monitor.verify(u.view(shape), r.view(shape), tu)
-            ratio = _norm_ratio(r)
+            limit = _limit(monitor, _norm_ratio(r))
         return step, nfe
 
 
@@ -103,6 +103,13 @@ def _linear_part(T: Map, u: torch.Tensor, r: torch.Tensor, shape: torch.Size) ->
     size = torch.maximum(u.abs().amax(1), tu.abs().amax(1))
     size = torch.where(size > 0, size, 1.0)[:, None]
     return lambda v: (T((u + size * v).view(shape)).flatten(1) - tu) / size
+
+
+def _limit(monitor: Monitor, ratio: torch.Tensor) -> torch.Tensor:
+    """The 2-norm residual below which a sample's ∞-norm residual may meet its tolerance, per sample, from the
+    monitor's tolerance and scale at its last check (they change only there) and ``ratio`` (:func:`_norm_ratio`
+    of the residual then): formed once per check, not at every product."""
+    return SLACK * ratio * (monitor.tol.reltol * monitor.scale).clamp_min(monitor.tol.abstol)
 
 
 def _norm_ratio(r: torch.Tensor) -> torch.Tensor:
@@ -177,11 +184,10 @@ class _Cycle:
         self.j = j + 1
         self.residual = self.beta * self.omega[:, j + 1, 0].abs()
 
-    def may_meet(self, monitor: Monitor, ratio: torch.Tensor) -> bool:
-        """True when every running sample's predicted ∞-norm residual may meet its tolerance (or is not finite)."""
-        tol = (monitor.tol.reltol * monitor.scale).clamp_min(monitor.tol.abstol)
-        far = ~monitor.converged & (self.residual > SLACK * ratio * tol)
-        return not bool(far.any())
+    def may_meet(self, monitor: Monitor, limit: torch.Tensor) -> bool:
+        """True when every running sample's predicted ∞-norm residual may meet its tolerance (or is not finite);
+        ``limit``: :func:`_limit` at the last check."""
+        return not bool((monitor.running & (self.residual > limit)).any())
 
     def iterate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The current iterate ``u + V y`` and its residual ``V (β e₁ − H y)``."""
