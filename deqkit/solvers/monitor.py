@@ -32,6 +32,13 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 DRIFT = 100.0  # growth of ‖f(z)‖∞ over its start, with no fall of the residual, that marks a runaway iterate
 
 
+def max_pending(device: torch.device) -> int:
+    """How many merges of best iterates :class:`Monitor` may leave pending on ``device``: :data:`PENDING_MERGES` on
+    the CPU, where a merge costs several operations' dispatch and memory is plentiful; 1 (merge at once) elsewhere,
+    where a merge is one kernel and holding past iterates would take scarce device memory."""
+    return PENDING_MERGES if device.type == "cpu" else 1
+
+
 def _norms(x: torch.Tensor) -> torch.Tensor:
     """``‖x_i‖∞`` per sample, without autograd (``abs().amax()``: torch's ``vector_norm(ord=inf)`` is 10 times
     slower on CPU)."""
@@ -393,9 +400,10 @@ class Monitor:
         :data:`PENDING_MERGES` are pending. A later check where every sample improves makes them moot, as it often
         does (a sample's ∞-norm residual rises for a step now and then, by rounding or the norm): this saves two
         batch-sized selections per such step (their torch.where costs more than a solver step's arithmetic on
-        small problems), at the cost of holding on to a few past iterates (the solvers never write into them)."""
+        small problems), at the cost of holding on to a few past iterates (the solvers never write into them): on the
+        CPU only (see :func:`max_pending`)."""
         self._pending.append((better, z, fz))
-        if len(self._pending) >= PENDING_MERGES:
+        if len(self._pending) >= max_pending(z.device):
             self._merged_best()
 
     def _merged_best(self) -> tuple[torch.Tensor, torch.Tensor]:

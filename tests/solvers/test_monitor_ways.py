@@ -121,3 +121,10 @@ def test_pending_merges_are_bounded(monkeypatch) -> None:
         held.append(len(mon._pending))
     assert max(held) == 2 and min(held) == 0  # merged when the third was pending
     assert torch.equal(mon.best_z, torch.tensor([[0.0] * 2] * 3 + [[9.0] * 2]))
+
+
+def test_pending_merges_on_the_cpu_only() -> None:
+    """Elsewhere (a GPU) a merge is one kernel and memory is scarce: merged at once."""
+    assert monitor_module.max_pending(torch.device("cpu")) == monitor_module.PENDING_MERGES > 1
+    assert monitor_module.max_pending(torch.device("cuda", 0)) == 1
+    assert monitor_module.max_pending(torch.device("meta")) == 1
