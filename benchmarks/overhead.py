@@ -10,6 +10,7 @@ vector–Jacobian product.
 
     python -m benchmarks overhead [--cases 128x128 512x32 32x8] [--repeats 15] [--layernorm]
     python -m benchmarks overhead --compile   # a Picard step and its bookkeeping, eager against torch.compile
+    python -m benchmarks overhead --ops       # tensor operations per step beyond f, and their time per operation
 """
 
 from __future__ import annotations
@@ -134,6 +135,43 @@ def backward_rows(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, re
     return rows
 
 
+def top_level_ops(fn: Callable[[], object]) -> int:
+    """The tensor operations ``fn`` dispatches (aten operators called from Python, not those they call in turn),
+    counted with torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and e.cpu_parent is None)
+
+
+def ops_rows(d: int, batch: int, repeats: int) -> list[dict]:
+    """Per forward solver: the tensor operations per step beyond those of ``f``, and the wall time per step beyond
+    ``f`` divided by them (what one operation costs in that solver, dispatch included)."""
+    f, x = case(d, batch, False)
+    z0 = torch.zeros_like(x)
+    f_ops, t_f = top_level_ops(lambda: f(z0)), median_time(lambda: f(z0), 200)
+    rows = []
+    for name in SOLVERS:
+
+        def go(name: str = name) -> deqkit.SolverStats:
+            return deqkit.solve(f, z0, solver=name, abstol=0.0, reltol=1e-4, max_steps=500)[1]
+
+        stats = go()
+        ops = top_level_ops(go) - f_ops * stats.nfe
+        wall = median_time(go, repeats)
+        rows.append(
+            {
+                "case": f"d={d}, batch={batch}",
+                "solver": f"deqkit {name}",
+                "nfe": stats.nfe,
+                "ops_per_eval": ops / stats.nfe,
+                "us_per_op": (wall - stats.nfe * t_f) / ops * 1e6,
+            }
+        )
+    return rows
+
+
 def compile_rows(d: int, batch: int, repeats: int) -> dict:
     """One Picard step with the monitor's per-sample arithmetic (residual, norms, rule, best residual, counts, frozen
     copy; no host read), eager and under ``torch.compile``: does fusing the bookkeeping with ``f`` pay on CPU?"""
@@ -174,6 +212,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         action="store_true",
         help="instead: one Picard step with its bookkeeping, eager against torch.compile",
     )
+    parser.add_argument(
+        "--ops",
+        action="store_true",
+        help="instead: tensor operations per evaluation beyond f's own, and the time per operation",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be >= 1")
@@ -182,6 +225,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     except ValueError:
         parser.error(f"--cases takes d x batch, e.g. 128x128; got {args.cases}")
     torch.set_num_threads(args.threads)
+    if args.ops:
+        print(f"overhead --ops: torch {torch.__version__}, {args.threads} thread(s); load average {load()}\n")
+        print("| case | solver | evaluations | operations per evaluation beyond f | µs per operation |")
+        print("|---|---|---:|---:|---:|")
+        rows = [r for d, batch in sizes for r in ops_rows(d, batch, args.repeats)]
+        for r in rows:
+            print(f"| {r['case']} | {r['solver']} | {r['nfe']} | {r['ops_per_eval']:.0f} | {r['us_per_op']:.2f} |")
+        return rows
     if args.compile:
         print(f"overhead --compile: torch {torch.__version__}, {args.threads} thread(s); load average {load()}\n")
         print(

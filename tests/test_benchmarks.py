@@ -244,6 +244,20 @@ def test_overhead_tiny(capsys):
         overhead.main(["--cases", "big"])
 
 
+def test_overhead_ops_counts_operations_not_their_callees(capsys):
+    from benchmarks import overhead
+
+    x = torch.ones(3, 2)
+    assert overhead.top_level_ops(lambda: torch.tanh(x + 1).sum()) == 3  # add, tanh, sum: not their kernels
+    assert overhead.top_level_ops(lambda: x @ x.T) == 2  # the transpose and matmul (mm inside it not counted)
+    rows = overhead.main(["--ops", "--cases", "16x4", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "| d=16, batch=4 | deqkit picard |" in out and "µs per operation" in out
+    assert {r["solver"] for r in rows} == {f"deqkit {s}" for s in overhead.SOLVERS}
+    # a step costs at least the residual, its two norms, the rule and the counts read to the host
+    assert all(r["ops_per_eval"] >= 8 for r in rows)
+
+
 @pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile on CPU needs a C++ compiler"
 )
