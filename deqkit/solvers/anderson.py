@@ -110,13 +110,13 @@ class Anderson(IterativeSolver):
         eye = torch.eye(k, dtype=wide, device=gram.device)
         # at least the input's precision: below it, ΔG is rounding noise and an unregularised γ amplifies it
         lam = max(self.lam, torch.finfo(dgs.dtype).eps) if dgs.dtype != wide else self.lam
-        reg = gram.diagonal(dim1=1, dim2=2).amax(-1) * lam + torch.finfo(wide).tiny
+        reg = gram.diagonal(dim1=1, dim2=2).amax(-1, keepdim=True) * lam + torch.finfo(wide).tiny  # (batch, 1)
         # γᵀ (ΔGᵀΔG + λI) = (ΔGᵀ g)ᵀ: the system is symmetric, so solving from the right gives γᵀ in the shape the
         # step needs
-        gamma_t, info = torch.linalg.solve_ex(torch.addcmul(gram, reg[:, None, None], eye), rhs, left=False)
+        gamma_t, info = torch.linalg.solve_ex(torch.addcmul(gram, reg.unsqueeze(2), eye), rhs, left=False)
         # a singular system or a non-finite γ: γ = 0 for that sample, which is the plain damped step
-        ok = (info == 0) & gamma_t.sum(2).squeeze(1).isfinite()
-        gamma_t = torch.where(ok[:, None, None], gamma_t, 0).to(dgs.dtype)  # (batch, 1, k)
+        ok = gamma_t.sum(2, keepdim=True).isfinite() & (info == 0).view(-1, 1, 1)
+        gamma_t = torch.where(ok, gamma_t, 0.0).to(dgs.dtype)  # (batch, 1, k)
         return torch.baddbmm(plain.unsqueeze(1), gamma_t, dms, alpha=-1).squeeze(1)  # plain − (ΔZ + βΔG) γ
 
     def secants(

@@ -445,3 +445,23 @@ def test_an_affine_map_takes_one_tensor_offset():
         AffineMap((torch.ones(2, 3), torch.ones(2, 4)), lambda u: u)
     with pytest.raises(TypeError, match="linear must be callable"):
         AffineMap(torch.ones(2, 3), "u @ w")
+
+
+def test_anderson_mix_falls_back_per_sample_to_the_plain_step():
+    """A sample whose small system is singular (an exactly zero pivot) or not finite gets γ = 0, the plain step;
+    the others in the batch get their least-squares γ, untouched."""
+    a = deqkit.Anderson(lam=0.0)
+    gen = torch.Generator().manual_seed(0)
+    dgs = torch.randn(3, 2, 4, generator=gen, dtype=torch.float64)
+    dms = torch.randn(3, 2, 4, generator=gen, dtype=torch.float64)
+    g = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    plain = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    gram = dgs @ dgs.transpose(1, 2)
+    gram[1, 0, 0] = float("nan")  # not finite
+    gram[2] = torch.tensor([[1e30, 1e30], [1e30, 1e30]], dtype=torch.float64)  # singular: the tiny shift is lost
+    info = torch.linalg.lu_factor_ex(gram[2:] + torch.finfo(torch.float64).tiny * torch.eye(2)).info
+    assert int(info[0]) > 0  # the case meant: LU meets an exactly zero pivot
+    out = a._mix(plain, g, dgs, dms, gram)
+    assert torch.equal(out[1:], plain[1:])
+    gamma = torch.linalg.solve(gram[0], dgs[0] @ g[0])
+    assert torch.allclose(out[0], plain[0] - gamma @ dms[0])
