@@ -8,6 +8,7 @@ A solver is a configured :class:`Solver` object (``Anderson(m=6)``) or its name 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -270,7 +271,9 @@ def _check_run(solver: Any, tol: Any, strict: Any, record: Any, warn: Any, units
 def _run_solver(solver: Solver, f: Map, z0: torch.Tensor, monitor: Monitor) -> tuple[int, int]:
     """``solver.run``, with the real cause named where the solver's own error names a symptom."""
     try:
-        return solver.run(f, z0, monitor)
+        counts = solver.run(f, z0, monitor)
+        monitor.settle()  # the best-iterate merges still pending allocate too: inside this handler
+        return counts
     except DivergenceError as err:
         # An ODE step that torchdiffeq refused is reported as a flow that blows up; where the problem's own scale
         # overflows the dtype, that is the cause to name
@@ -353,20 +356,43 @@ def _shaped_like_input(linear: Map) -> Map:
     return checked
 
 
+def _written_output(previous: tuple[weakref.ref, int] | None) -> torch.Tensor | None:
+    """The tensor ``f`` returned at its previous evaluation, where something wrote into it since (else None)."""
+    prior = None if previous is None else previous[0]()
+    return prior if prior is not None and previous is not None and prior._version != previous[1] else None
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors share storage (their storages start at the same address)."""
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _reused_output_error(calls: int) -> ValueError:
+    """Where ``f`` wrote into the tensor it returned at its previous evaluation (an output buffer it reuses, e.g.
+    ``torch.tanh(..., out=buf)``): the solvers keep past values of ``f`` (the best iterate's, Anderson's history),
+    which this overwrites without a trace."""
+    return ValueError(
+        f"f wrote into the tensor it returned at its previous evaluation (evaluation {calls} reuses an output "
+        "buffer, e.g. torch.tanh(..., out=buf) or buf.copy_(...)): the solver keeps past values of f, which this "
+        "overwrites. Return a new tensor at each call (drop out=, or return buf.clone())."
+    )
+
+
 def _out_of_place(f: Map) -> Map:
     """``f``, refusing every call that writes into its argument or returns it, not only the first one (of an
     :class:`AffineMap`, its linear part).
 
     The solvers keep past iterates (the best one, Anderson's history, the ODE stages), often as views of one
     another: a map that changes its input from its second call on would corrupt them and make a residual look
-    like zero. Reading the argument's version counter costs no host synchronisation and no tensor operation.
+    like zero; so would one that writes into the tensor it returned the time before (a reused output buffer).
+    Reading version counters costs no host synchronisation and no tensor operation.
     """
     if isinstance(f, AffineMap):
         return AffineMap(f.offset, _shaped_like_input(_out_of_place(f.linear)))
-    calls = 0
+    calls, previous = 0, None  # previous: the last output (weakly) and its version when returned
 
     def checked(z: torch.Tensor) -> torch.Tensor:
-        nonlocal calls
+        nonlocal calls, previous
         calls += 1
         version = None if z.is_inference() else z._version  # inference tensors keep no version counter
         try:
@@ -379,6 +405,9 @@ def _out_of_place(f: Map) -> Map:
                     "x, so a state of another size needs z0=lambda x: x.new_zeros(batch, ...))."
                 ) from err
             raise
+        written = _written_output(previous)
+        if written is not None and isinstance(fz, torch.Tensor) and _shares_memory(written, fz):
+            raise _reused_output_error(calls)  # (even where that output came back as the input: z = f(z) steps)
         if fz is z or (version is not None and z._version != version):
             raise ValueError(
                 f"f changed its input in place at its evaluation {calls} (it "
@@ -386,6 +415,10 @@ def _out_of_place(f: Map) -> Map:
                 "solver keeps past iterates, which this corrupts, and would report a false residual. Write f out "
                 "of place (z * 0.5 instead of z.mul_(0.5)), or clone first: lambda z: g(z.clone())."
             )
+        if written is not None:  # f keeps and overwrites its past outputs, returning new ones
+            raise _reused_output_error(calls)
+        if isinstance(fz, torch.Tensor) and not fz.is_inference():  # else: refused later, or no version counter
+            previous = (weakref.ref(fz), fz._version)
         return fz
 
     if not isinstance(f, SampleMap):

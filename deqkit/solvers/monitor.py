@@ -406,6 +406,11 @@ class Monitor:
         if len(self._pending) >= max_pending(z.device):
             self._merged_best()
 
+    def settle(self) -> None:
+        """Do the best-iterate merges still pending now (they allocate: a solver's caller may want them where it
+        handles running out of memory)."""
+        self._merged_best()
+
     def _merged_best(self) -> tuple[torch.Tensor, torch.Tensor]:
         best_z, best_fz = self._best
         for better, z, fz in self._pending:  # in order: a later sample's best replaces an earlier one

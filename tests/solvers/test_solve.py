@@ -465,3 +465,54 @@ def test_anderson_mix_falls_back_per_sample_to_the_plain_step():
     assert torch.equal(out[1:], plain[1:])
     gamma = torch.linalg.solve(gram[0], dgs[0] @ g[0])
     assert torch.allclose(out[0], plain[0] - gamma @ dms[0])
+
+
+@pytest.mark.parametrize("solver", ["picard", "anderson", "broyden", "dynamic_ss"])
+def test_a_reused_output_buffer_is_refused(solver):
+    """f that writes each result into one persistent tensor would overwrite the past values of f the solvers keep
+    (the best iterate's, Anderson's history): refused at the evaluation that does it, naming the fix."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 6, generator=gen) * 0.1
+    buf = torch.empty(3, 6)
+
+    def f(z):
+        return torch.tanh(z @ w.T + 1.0, out=buf)
+
+    options = {"damping": 0.5} if solver == "picard" else {}  # plain Picard hands buf back to f as its input
+    with pytest.raises(ValueError, match="wrote into the tensor it returned at its previous evaluation"):
+        deqkit.solve(f, torch.zeros(3, 6), solver=solver, **options)
+
+
+def test_a_map_returning_one_unchanged_tensor_is_fine():
+    """Returning the same tensor at every call is harmless while nothing writes into it (a constant map)."""
+    c = torch.full((2, 3), 0.5)
+    z, stats = deqkit.solve(lambda z: c, torch.zeros(2, 3), solver="anderson")
+    assert stats.all_converged and torch.equal(z, c)
+
+
+def test_overwriting_a_past_output_is_refused():
+    """f that returns new tensors but writes into the one it returned before is caught the same way."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 6, generator=gen) * 0.1
+    outs = []
+
+    def f(z):
+        if outs:
+            outs[-1].zero_()
+        outs.append(torch.tanh(z @ w.T + 1.0))
+        return outs[-1]
+
+    with pytest.raises(ValueError, match="evaluation 2 reuses an output buffer"):
+        deqkit.solve(f, torch.zeros(3, 6), solver="picard", damping=0.5)
+
+
+def test_the_last_best_iterate_merges_run_inside_the_memory_message(monkeypatch):
+    """The merges a CPU solve leaves pending allocate when its answer is assembled: an allocator error there gets
+    the same message naming the setting to lower as one inside the solver."""
+
+    def fail(self):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10 bytes")
+
+    monkeypatch.setattr(deqkit.solvers.Monitor, "settle", fail)
+    with pytest.raises(RuntimeError, match=r"ran out of memory with Anderson\(\).*lower m or the batch size"):
+        deqkit.solve(torch.tanh, torch.zeros(2, 3), solver="anderson")
