@@ -189,7 +189,7 @@ class Monitor:
         # the drift rule's reference, per sample: max(‖z0‖∞, ‖f(z0)‖∞). Not ‖f(z0)‖∞ alone: where it is 0 or tiny
         # (z0 is nearly a root of f), any growth would look like a runaway, even onto an exact solution.
         self.start_scale: torch.Tensor | None = None
-        self.start_size = z0.detach().flatten(1).abs().amax(1)
+        self.start_size = _norms(z0)
         self.peak = torch.zeros_like(self.residual)  # largest residual so far
         self.fell = torch.zeros_like(self.converged)  # the residual fell to half its peak, above rounding level
         self.drifting = torch.zeros_like(self.converged)
@@ -309,15 +309,7 @@ class Monitor:
         n_running = batch - self.n_converged  # before this check
         self.n_converged = n_converged
         self.n_marked = n_marked[0] if n_marked else 0
-        if n_better == batch or (frozen and n_better == n_running):
-            # the common cases: this iterate is every running sample's best, and the others rest at theirs
-            self._set_best(z, fz)
-        else:
-            self._merge_best(better, z, fz)
-        if self.record:
-            self.stats.trajectory.append(z.detach().clone())
-        self.done = n_converged == batch
-        return self.running
+        return self._close_read(z, fz, better, n_better, n_running, frozen)
 
     def _check_read(
         self,
@@ -371,8 +363,16 @@ class Monitor:
         else:
             self.residual = torch.where(better, res, self.residual)
             self.scale = torch.where(better, scale, self.scale)
+        return self._close_read(z, fz, better, n_better, n_running, frozen)
+
+    def _close_read(
+        self, z: torch.Tensor, fz: torch.Tensor, better: torch.Tensor, n_better: int, n_running: int, frozen: bool
+    ) -> torch.Tensor:
+        """The end of a read check (the counts updated): the best iterates, the trajectory, ``done``; the mask of
+        samples still running. ``n_running``: running before this check."""
+        batch = better.shape[0]
         if n_better == batch or (frozen and n_better == n_running):
-            # this iterate is every running sample's best, and the others rest at theirs
+            # the common cases: this iterate is every running sample's best, and the others rest at theirs
             self._set_best(z, fz)
         else:
             self._merge_best(better, z, fz)
