@@ -75,7 +75,7 @@ class GMRES(Solver):
                 nfe, step = nfe + 1, step + 1
                 # (room is kept for the true residual evaluated below)
                 last = j == restart - 1 or step >= monitor.max_steps or not monitor.affords(nfe, 2)
-                if last or self.trace or cycle.may_meet(monitor, limit):
+                if last or self.trace or cycle.may_meet(limit):
                     uk, rk = cycle.iterate()
                     monitor.check(step, uk.view(shape), rk.view(shape), (uk + rk).view(shape), nfe)
                     limit = _limit(monitor, _norm_ratio(rk))
@@ -108,8 +108,9 @@ def _linear_part(T: Map, u: torch.Tensor, r: torch.Tensor, shape: torch.Size) ->
 def _limit(monitor: Monitor, ratio: torch.Tensor) -> torch.Tensor:
     """The 2-norm residual below which a sample's ∞-norm residual may meet its tolerance, per sample, from the
     monitor's tolerance and scale at its last check (they change only there) and ``ratio`` (:func:`_norm_ratio`
-    of the residual then): formed once per check, not at every product."""
-    return SLACK * ratio * (monitor.tol.reltol * monitor.scale).clamp_min(monitor.tol.abstol)
+    of the residual then), infinite for the samples converged then: formed once per check, not at every product."""
+    limit = SLACK * ratio * (monitor.tol.reltol * monitor.scale).clamp_min(monitor.tol.abstol)
+    return limit.masked_fill(monitor.converged, float("inf"))  # a converged sample never holds the check back
 
 
 def _norm_ratio(r: torch.Tensor) -> torch.Tensor:
@@ -141,7 +142,8 @@ class _Cycle:
         self.basis = r.new_empty(batch, restart + 1, dim) if basis is None else basis
         self.basis[:, 0] = r / self.beta.clamp_min(self.tiny)[:, None]
         self.rfac = r.new_zeros(batch, restart, restart)
-        self.omega = torch.eye(restart + 1, dtype=r.dtype, device=r.device).repeat(batch, 1, 1)
+        self.eye = torch.eye(restart + 1, dtype=r.dtype, device=r.device)
+        self.omega = self.eye.repeat(batch, 1, 1)
         self.residual = self.beta  # 2-norm of the least-squares residual, per sample
 
     def extend(self, w: torch.Tensor) -> None:
@@ -164,30 +166,29 @@ class _Cycle:
             h2 = torch.bmm(w.unsqueeze(1), v.transpose(1, 2))
             h, w = h + h2, w - torch.bmm(h2, v).squeeze(1)
             norm = w.norm(dim=1)
-        # A v_j = v_j − Jᵀ v_j = V (e_j − h) − w: the new basis vector is −w / ‖w‖, the column e_j − h over ‖w‖
-        self.basis[:, j + 1] = w / -norm.clamp_min(self.tiny)[:, None]
-        h = -h
-        h[:, 0, j] += 1
-        col = torch.bmm(h, self.omega[:, : j + 1, : j + 1].transpose(1, 2)).squeeze(1)  # Ω h, as a row
-        rho = torch.hypot(col[:, j], norm)
+        # A v_j = v_j − Jᵀ v_j = V (e_j − h) − w: the new basis vector is −w / ‖w‖, the column e_j − h over ‖w‖.
+        # (Written with few operations: on small problems each costs about as much as its arithmetic.)
+        torch.div(w, norm.clamp_min(self.tiny).neg_().unsqueeze(1), out=self.basis[:, j + 1])
+        col = torch.bmm(self.eye[j, : j + 1] - h, self.omega[:, : j + 1, : j + 1].transpose(1, 2)).squeeze(1)  # Ω h
+        top = col[:, j]
+        rho = torch.hypot(top, norm)
         # a zero pivot means that sample's Krylov space is exhausted (it has converged): keep y finite
         live = rho > 0
-        c = torch.where(live, col[:, j] / rho.clamp_min(self.tiny), 1.0)
-        s = torch.where(live, norm / rho.clamp_min(self.tiny), 0.0)
-        col[:, j] = torch.where(live, rho, 1.0)
+        pivot = torch.where(live, rho, 1.0)
+        c = torch.where(live, top / pivot, 1.0)
+        s = torch.where(live, norm / pivot, 0.0)
+        top.copy_(pivot)
         self.rfac[:, : j + 1, j] = col
-        row = self.omega[:, j, : j + 1].clone()  # rotate rows j and j+1 of Ω (row j+1 is still e_{j+1})
-        self.omega[:, j, : j + 1] = c[:, None] * row
-        self.omega[:, j, j + 1] = s
-        self.omega[:, j + 1, : j + 1] = -s[:, None] * row
-        self.omega[:, j + 1, j + 1] = c
+        # rotate rows j and j+1 of Ω (row j+1 is still e_{j+1}) by one batched 2 × 2 product
+        rows = self.omega[:, j : j + 2, : j + 2]
+        rows.copy_(torch.bmm(torch.stack([c, s, -s, c], 1).view(-1, 2, 2), rows))
         self.j = j + 1
-        self.residual = self.beta * self.omega[:, j + 1, 0].abs()
+        self.residual = self.beta * rows[:, 1, 0].abs()
 
-    def may_meet(self, monitor: Monitor, limit: torch.Tensor) -> bool:
+    def may_meet(self, limit: torch.Tensor) -> bool:
         """True when every running sample's predicted ∞-norm residual may meet its tolerance (or is not finite);
-        ``limit``: :func:`_limit` at the last check."""
-        return not bool((monitor.running & (self.residual > limit)).any())
+        ``limit``: :func:`_limit` at the last check (infinite for the converged samples)."""
+        return not bool((self.residual > limit).any())
 
     def iterate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The current iterate ``u + V y`` and its residual ``V (β e₁ − H y)``."""
