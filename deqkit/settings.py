@@ -16,13 +16,21 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
+#: The largest integer setting: torch's indices, sizes and counters are 64-bit
+INT_MAX = 2**63 - 1
+
 
 def check_int(name: str, value: Any, minimum: int) -> int:
-    """Return ``value`` as an ``int`` if it is an integer (Python, NumPy, ...) ``>= minimum``; else raise."""
+    """Return ``value`` as an ``int`` if it is an integer (Python, NumPy, ...) from ``minimum`` to :data:`INT_MAX`;
+    else raise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value > INT_MAX:  # else an overflow deep inside torch, far from the setting that caused it
+        raise ValueError(
+            f"{name} must be an integer from {minimum} to 2**63 - 1 (torch's integers are 64-bit), got {value!r}"
+        )
     return int(value)
 
 

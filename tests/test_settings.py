@@ -82,3 +82,21 @@ def test_an_integer_beyond_float_range_is_refused_with_the_interval():
         check_real("abstol", 10**400, 0, 1)
     with pytest.raises(ValueError, match=r"got -inf"):
         check_real("abstol", -(10**400), 0, 1)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: deqkit.Anderson(m=n),
+        lambda n: deqkit.GMRES(restart=n),
+        lambda n: deqkit.Picard(sync_every=n),
+        lambda n: deqkit.DynamicSS(polish_stall=n),
+        lambda n: deqkit.solve(torch.cos, torch.zeros(2, 3), max_steps=n),
+    ],
+)
+def test_an_integer_beyond_64_bits_is_refused_naming_the_setting(make):
+    """Before: ``Anderson(m=10**30)`` failed in torch (``new_empty(): ... Overflow when unpacking long long``),
+    ``DynamicSS(polish_stall=10**30)`` with ``OverflowError: int too big to convert`` mid-solve."""
+    with pytest.raises(ValueError, match=r"must be an integer from \d to 2\*\*63 - 1 .*got 10{30}"):
+        make(10**30)
+    make(2**63 - 1)  # the largest accepted: built (or, for max_steps, solved) without error

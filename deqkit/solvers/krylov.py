@@ -65,7 +65,8 @@ class GMRES(Solver):
         nfe, step = 1, 0
         u, r = u0.flatten(1), (tu - u0).flatten(1)
         monitor.check(0, u0, r.view(shape), tu, nfe)
-        restart = u.shape[1] if self.restart is None else self.restart
+        # a cycle never takes more products than the step limit: no room for more (a huge restart is harmless)
+        restart = min(u.shape[1] if self.restart is None else self.restart, monitor.max_steps)
         limit, basis = _limit(monitor, _norm_ratio(r)), None
         while not monitor.done and step < monitor.max_steps and monitor.affords(nfe, 2):
             cycle = _Cycle(u, r, restart, basis)
