@@ -125,6 +125,24 @@ class _Trace:
         return epochs <= len(self.losses) or bool(self.error)
 
 
+#: The longest run :func:`training_run` and :func:`compare_backward_modes` train (every epoch's weights are kept for the
+#: plots, and it trains in the notebook's process): 100 times notebook 03's grid
+MAX_EPOCHS = 10_000
+
+
+def _check_epochs(epochs: Any) -> int:
+    """``epochs`` as an int from 1 to :data:`MAX_EPOCHS`, else a clear error (before, ``epochs=10**9`` started a
+    run of months)."""
+    check_int("epochs", epochs, 1)
+    if epochs > MAX_EPOCHS:
+        raise ValueError(
+            f"epochs={epochs} is more than this teaching function trains ({MAX_EPOCHS}: it keeps every epoch's "
+            "weights for the plots, in the notebook's process); for a longer run call "
+            "deqkit.models.regression.fit_regression on a seed_regression_model yourself"
+        )
+    return int(epochs)
+
+
 _TRACES: dict[tuple, _Trace] = {}  # (lr, backward, solver, seed) -> the longest run trained or read so far
 _RUNS: dict[tuple, RunResult] = {}  # training_run()'s results, one object per setting
 
@@ -173,7 +191,7 @@ def training_run(
     ------
     ValueError
         If ``solver`` is not a label of :data:`SOLVERS`, ``backward`` is not a backward mode, ``lr`` is outside
-        ``(0, 1]`` or ``epochs`` < 1.
+        ``(0, 1]`` or ``epochs`` is outside 1 to :data:`MAX_EPOCHS`.
     TypeError
         If ``epochs`` is not an integer.
     """
@@ -187,7 +205,7 @@ def training_run(
         1.0,
         "Adam's learning rate is a positive step size; above 1 this model's a is thrown far past 1 at the first step",
     )
-    check_int("epochs", epochs, 1)
+    _check_epochs(epochs)
     key = (float(lr), int(epochs), backward, solver, int(seed))
     if key not in _RUNS:
         setting = (float(lr), backward, solver, int(seed))
@@ -559,7 +577,7 @@ def compare_backward_modes(
     for mode in modes:
         choice("backward mode", mode, BACKWARD_MODES)
     within("lr", lr, 1e-9, 1.0, "Adam's learning rate is a positive step size")
-    check_int("epochs", epochs, 1)
+    _check_epochs(epochs)
     check_int("repeats", repeats, 1)
     jobs = [mode for _ in range(repeats) for mode in modes]
     runs: dict[str, list[RunResult]] = {m: [] for m in modes}

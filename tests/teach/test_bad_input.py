@@ -137,6 +137,12 @@ CASES = [
         ValueError,
         "epochs must be an integer >= 1",
     ),
+    (
+        "y2x.training_run(epochs=10**9): was a run of months, every epoch's weights kept in memory",
+        lambda: y2x.training_run(epochs=10**9),
+        ValueError,
+        r"epochs=1000000000 is more than this teaching function trains \(10000.*fit_regression",
+    ),
     ("y2x training_panel(lr=-1)", lambda: y2x.training_panel(lr=-1.0), ValueError, r"lr=-1.0 is outside"),
     # ---- notebook 03b
     ("ift_panel(x=nan): was z* = 1", lambda: build.ift_panel(x=NAN), ValueError, "x must be finite"),
