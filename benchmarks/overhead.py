@@ -8,7 +8,7 @@ each forward solver the median wall time of ``--repeats`` solves (runs interleav
 at a converged ``z*``, GMRES and Anderson, relative tolerance 1e-4) against its floor: products × the time of one
 vector–Jacobian product.
 
-    python -m benchmarks overhead [--cases 128x128 512x32 32x8] [--repeats 15] [--layernorm]
+    python -m benchmarks overhead [--cases 128x128 512x32 32x8] [--repeats 15] [--layernorm]   # → docs/img/overhead.png
     python -m benchmarks overhead --compile   # a Picard step and its bookkeeping, eager against torch.compile
     python -m benchmarks overhead --ops       # tensor operations per step beyond f, and their time per operation
 """
@@ -27,9 +27,19 @@ import deqkit
 from deqkit.problems import tanh_problem
 from deqkit.solvers import GMRES, AffineMap, Tolerances, run
 
-from .forward import load, torchdeq_available
+from .forward import load, save, torchdeq_available
 
 SOLVERS = ("picard", "anderson", "broyden", "dynamic_ss")
+#: The issue's targets for wall / floor, by (d, batch) and row (drawn on the plot)
+TARGETS = {
+    (128, 128): {
+        "deqkit picard": 1.5,
+        "deqkit anderson": 2.5,
+        "deqkit dynamic_ss": 3.0,
+        "implicit backward, GMRES": 2.5,
+    },
+    (512, 32): {"deqkit picard": 1.3, "deqkit anderson": 1.8, "deqkit dynamic_ss": 2.0},
+}
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -201,12 +211,50 @@ def compile_rows(d: int, batch: int, repeats: int) -> dict:
     return {"case": f"d={d}, batch={batch}", "t_f": t_f, "eager": eager, "compiled": fused, "compile_s": compile_s}
 
 
+def plot(rows: list[dict], path: str | None) -> str | None:
+    """Wall / floor per row, one panel per case (a row of panels per size), with the targets where the issue sets
+    them (short black bars)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    if not path:
+        return None
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    ncols = min(2, len(cases))
+    nrows = -(-len(cases) // ncols)
+    fig = Figure(figsize=(5.5 * ncols, 3.6 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, label in zip(axes, cases):
+        mine = [r for r in rows if r["case"] == label]
+        names = [r["solver"].replace("implicit backward, ", "backward ") for r in mine]
+        colors = ["tab:orange" if r["solver"].startswith("TorchDEQ") else "tab:blue" for r in mine]
+        ax.bar(range(len(mine)), [r["ratio"] for r in mine], color=colors)
+        targets = TARGETS.get(tuple(mine[0]["size"]), {}) if "LayerNorm" not in label else {}
+        for i, r in enumerate(mine):
+            if r["solver"] in targets:
+                ax.hlines(targets[r["solver"]], i - 0.4, i + 0.4, color="k", lw=2)
+        ax.axhline(1.0, color="k", lw=0.8, ls=":")
+        ax.set_xticks(range(len(mine)), names, rotation=35, ha="right", fontsize=8)
+        ax.set(title=label, ylabel="wall / floor", yscale="log")
+        top = max(r["ratio"] for r in mine)
+        ticks = [t for t in (1, 1.5, 2, 3, 5, 10, 20, 40, 100) if t <= 1.2 * top]
+        ax.set_yticks(ticks, [f"{t:g}×" for t in ticks], fontsize=8)
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    for ax in axes[len(cases) :]:
+        ax.set_visible(False)
+    fig.suptitle(
+        "Wall time of a solve / (evaluations × time of one f); blue: deqkit, orange: TorchDEQ, black bars: targets"
+    )
+    return save(fig, path)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks overhead", description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", default=["128x128", "512x32", "32x8"], help="d x batch")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--layernorm", action="store_true", help="also f = LayerNorm(tanh(W z + x + b))")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--plot", default="docs/img/overhead.png", help="PNG path of the table's plot ('' for none)")
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -260,7 +308,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f, x = case(d, batch, norm)
                 label = f"d={d}, batch={batch}" + (", LayerNorm" if norm else "")
                 for r in forward_rows(f, x, args.repeats) + backward_rows(f, x, args.repeats):
-                    r["case"] = label
+                    r["case"], r["size"] = label, (d, batch)
                     rows.append(r)
                     print(
                         f"| {label} | {r['solver']} | {r['nfe']} | {r['t_f'] * 1e6:.0f} | {r['wall'] * 1e3:.2f} | "
@@ -268,6 +316,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         f"{ {True: 'yes', False: '**no**', None: '—'}[r.get('converged')] } |",
                         flush=True,
                     )
+    saved = plot(rows, args.plot)
+    if saved:
+        print(f"\nplot: {saved}")
     print(f"\nload average at the end: {load()}")
     return rows
 

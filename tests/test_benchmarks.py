@@ -233,13 +233,14 @@ def test_solve_cost_fast(capsys):
     assert all(result[k] > 0 for k in ("forward ms", "backward ms", "check us"))
 
 
-def test_overhead_tiny(capsys):
+def test_overhead_tiny(capsys, tmp_path):
     from benchmarks import overhead
 
-    rows = overhead.main(["--cases", "16x4", "--repeats", "1"])
+    rows = overhead.main(["--cases", "16x4", "--repeats", "1", "--plot", str(tmp_path / "o.png")])
     out = capsys.readouterr().out
     assert "| d=16, batch=4 | deqkit dynamic_ss |" in out and "implicit backward, GMRES" in out
     assert all(r["nfe"] >= 2 and r["ratio"] > 0 for r in rows)
+    assert (tmp_path / "o.png").stat().st_size > 10_000 and f"plot: {tmp_path / 'o.png'}" in out
     with pytest.raises(SystemExit):
         overhead.main(["--cases", "big"])
 
