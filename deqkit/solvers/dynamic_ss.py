@@ -406,7 +406,7 @@ class DynamicSS(Solver):
             z = z_next.view_as(z) if whole else where_rows(moving, z_next.view_as(z), z)
             fz, field.nfe, steps = evaluate_moving(f, z, fz, moving), field.nfe + 1, steps + 1
             before, r = monitor.n_converged, fz - z
-            monitor.check(steps, z, r, fz, field.nfe, t=float("nan"), frozen=True)
+            monitor.check(steps, z, r, fz, field.nfe, t=float("nan"))
             if monitor.n_converged > before:  # read now: a converged sample's history is overwritten as it rests
                 rows = (monitor.converged & moving).nonzero().squeeze(1)
                 secants.append((rows, *polisher.secants(state, rows, z, r)))
