@@ -117,6 +117,13 @@ class AffineMap:
 COMPACT_SHARE = 0.75
 
 
+def evaluates_subset(f: Map, count: int, batch: int) -> bool:
+    """Whether :func:`evaluate_moving` evaluates ``f`` on its ``count`` moving samples (of ``batch``) alone, so that
+    the others keep their known values of ``f`` exactly. Where it evaluates the whole batch, a map that mixes samples
+    may give the samples held still new values."""
+    return isinstance(f, SampleMap) and 0 < count <= COMPACT_SHARE * batch
+
+
 def evaluate_moving(f: Map, z: torch.Tensor, fz: torch.Tensor | None, moving: torch.Tensor) -> torch.Tensor:
     """``f(z)``, where only the samples ``moving`` changed since ``fz`` was evaluated (the others are where ``fz``
     was taken, so ``fz`` is their value).
@@ -128,7 +135,7 @@ def evaluate_moving(f: Map, z: torch.Tensor, fz: torch.Tensor | None, moving: to
     if fz is None or not isinstance(f, SampleMap):
         return f(z)
     count = int(moving.sum())
-    if count == 0 or count > COMPACT_SHARE * moving.numel():
+    if not evaluates_subset(f, count, moving.numel()):
         return f(z)
     index = moving.nonzero().squeeze(1)
     # to compare with its known value: one sample holding still, evaluated with the moving ones
@@ -252,10 +259,13 @@ class IterativeSolver(Solver):
                 z = z_next.view_as(z)
             else:
                 z = where_rows(moving, z_next.view_as(z), z)
+            # the samples held still keep their f(z) exactly only where f ran on the moving ones alone: else a map
+            # that mixes samples may have changed it, and their answer stays the (z, f(z)) they converged with
+            held = not deferred and evaluates_subset(f, z.shape[0] - monitor.n_converged, z.shape[0])
             fz = f(z) if deferred else evaluate_moving(f, z, fz, moving)
             nfe, step = nfe + 1, step + 1
             # read at the interval, and at the last step the limits allow (so the solve ends on a read)
             read = step - last_read >= self.sync_every or step >= limit or not monitor.fits(nfe, 1)
-            moving = moving & monitor.check(step, z, fz - z, fz, nfe, frozen=True, read=read)
+            moving = moving & monitor.check(step, z, fz - z, fz, nfe, frozen=held, read=read)
             last_read = step if read else last_read
         return step, nfe
