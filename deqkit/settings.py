@@ -16,21 +16,20 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
-#: The largest integer setting: torch's indices, sizes and counters are 64-bit
+#: The largest value of an integer setting that sizes or counts tensors (torch's integers are 64-bit)
 INT_MAX = 2**63 - 1
 
 
-def check_int(name: str, value: Any, minimum: int) -> int:
-    """Return ``value`` as an ``int`` if it is an integer (Python, NumPy, ...) from ``minimum`` to :data:`INT_MAX`;
-    else raise."""
+def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    """Return ``value`` as an ``int`` if it is an integer (Python, NumPy, ...) ``>= minimum`` (and ``<= maximum``,
+    e.g. :data:`INT_MAX` for a setting that sizes or counts tensors); else raise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value > INT_MAX:  # else an overflow deep inside torch, far from the setting that caused it
-        raise ValueError(
-            f"{name} must be an integer from {minimum} to 2**63 - 1 (torch's integers are 64-bit), got {value!r}"
-        )
+    if maximum is not None and value > maximum:  # else an overflow deep inside torch, far from its cause
+        why = " (it sizes or counts tensors, whose integers are 64-bit)" if maximum == INT_MAX else ""
+        raise ValueError(f"{name} must be an integer from {minimum} to {maximum}{why}, got {value!r}")
     return int(value)
 
 

@@ -355,7 +355,12 @@ CASES = [
         r"first evaluation, at the starting point of shape \(2, 5\).*check z0",
     ),
     (
-        # (Anderson(m=10**9) was this case: its history now grows with the columns written, so it runs)
+        "Anderson(m=10**9) on a large batch (was an allocator error naming no option)",
+        lambda: deqkit.solve(torch.cos, torch.zeros(2000, 300), solver=deqkit.Anderson(m=10**9)),
+        RuntimeError,
+        r"ran out of memory with Anderson\(m=1000000000\).*lower m or the batch size",
+    ),
+    (
         "GMRES(restart=10**9) with a step limit as large, on a large batch (was an allocator error naming no option)",
         lambda: deqkit.solvers.run(
             deqkit.GMRES(restart=10**9),

@@ -285,7 +285,7 @@ def _run_solver(solver: Solver, f: Map, z0: torch.Tensor, monitor: Monitor) -> t
             raise
         raise DivergenceError(f"{solver.label}: {cause} (The solver's own report: {err})") from err
     except RuntimeError as err:  # an allocator's message names bytes, not the setting that asked for them
-        if not any(word in str(err) for word in ("can't allocate", "out of memory", "size calculation overflowed")):
+        if not any(word in str(err) for word in ("can't allocate", "out of memory")):
             raise
         stored = (
             "GMRES's Krylov basis (restart + 1 vectors per sample; restart=None: as many as the state has entries) "

@@ -8,11 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..settings import check_int, check_real
+from ..settings import INT_MAX, check_int, check_real
 from .core import IterativeSolver
-
-#: Columns the ring buffers first have room for (at most ``m``); they double as needed, up to ``m``
-RING_START = 8
 
 
 @dataclass
@@ -24,8 +21,7 @@ class _History:
     dm: list[torch.Tensor] = field(default_factory=list)  # ΔZ + β ΔG: what the step mixes (ΔF when β = 1)
     # Without autograd the columns live in two preallocated (batch, m, dim) ring buffers instead (stacking the lists
     # allocates two batch × m × dim tensors per step), and ΔGᵀΔG in a (batch, m, m) one, updated by the new
-    # column's inner products alone: k products per step instead of k². (Their room grows with the columns written,
-    # up to m: see _grown.)
+    # column's inner products alone: k products per step instead of k².
     ring: tuple[torch.Tensor, torch.Tensor] | None = None
     gram: torch.Tensor | None = None
     count: int = 0  # columns written so far (the ring holds the last min(count, m))
@@ -56,7 +52,7 @@ class Anderson(IterativeSolver):
     default_max_steps = 100
 
     def __init__(self, m: int = 5, beta: float = 1.0, lam: float = 1e-8, sync_every: int = 1):
-        self.m = check_int("m", m, 1)
+        self.m = check_int("m", m, 1, INT_MAX)
         self.beta = check_real("beta", beta, 0.0, 1.0, low_open=True)
         self.lam = check_real("lam", lam, 0.0)
         self.sync_every = check_int("sync_every", sync_every, 1)
@@ -86,9 +82,18 @@ class Anderson(IterativeSolver):
         tensors and their ``(batch, k, k)`` Gram matrix ΔGᵀΔG (the order of the columns does not matter: the
         least-squares step is the same for any order)."""
         if h.ring is None or h.gram is None:  # set together, on the first step
-            h.ring, h.gram = _grown(None, None, dg, dm, min(self.m, RING_START))
-        elif h.count == h.ring[0].shape[1] < self.m:  # full, and m allows more columns: double it
-            h.ring, h.gram = _grown(h.ring, h.gram, dg, dm, min(2 * h.count, self.m))
+            batch, dim = dg.shape
+            try:
+                h.ring = (dg.new_empty(batch, self.m, dim), dm.new_empty(batch, self.m, dim))
+                h.gram = dg.new_empty(batch, self.m, self.m)
+            except RuntimeError as err:  # (an allocator's refusal is named by the solve, with the setting to lower)
+                if "overflow" not in str(err):
+                    raise
+                raise ValueError(
+                    f"Anderson(m={self.m}): a history of m columns of {dim} entries for each of {batch} samples "
+                    f"is more than torch can index ({str(err).splitlines()[0]}). A solve uses at most one column "
+                    "per step: an m above its step limit changes nothing but the memory; lower m."
+                ) from err
         slot, h.count = h.count % self.m, h.count + 1
         k = min(h.count, self.m)
         h.ring[0][:, slot] = dg
@@ -143,23 +148,6 @@ class Anderson(IterativeSolver):
         else:
             return dz, dg
         return torch.cat([old_m - self.beta * old_g, dz], 1), torch.cat([old_g, dg], 1)
-
-
-def _grown(
-    ring: tuple[torch.Tensor, torch.Tensor] | None,
-    gram: torch.Tensor | None,
-    dg: torch.Tensor,
-    dm: torch.Tensor,
-    size: int,
-) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Anderson's ring buffers and Gram matrix with room for ``size`` columns, holding the columns so far (the
-    memory follows the columns written, not ``m``: a large ``m`` costs nothing on a short solve)."""
-    batch, dim = dg.shape
-    new = (dg.new_empty(batch, size, dim), dm.new_empty(batch, size, dim)), dg.new_empty(batch, size, size)
-    if ring is not None and gram is not None:
-        k = ring[0].shape[1]
-        new[0][0][:, :k], new[0][1][:, :k], new[1][:, :k, :k] = ring[0], ring[1], gram
-    return new
 
 
 def growth_rates(dz: torch.Tensor, dg: torch.Tensor, above: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:

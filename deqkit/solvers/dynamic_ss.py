@@ -30,7 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import DivergenceError
-from ..settings import Configured, check_int, check_real
+from ..settings import INT_MAX, Configured, check_int, check_real
 from .anderson import Anderson, growth_rates
 from .core import Map, Solver, evaluate_moving, first_evaluation
 from .monitor import Monitor, batch_view, where_rows
@@ -321,7 +321,7 @@ class DynamicSS(Solver):
         self.step_size = None if step_size is None else check_real("step_size", step_size, 0.0, low_open=True)
         self.polish_below = check_real("polish_below", polish_below, 0.0, 1.0, low_open=True, high_open=True)
         self.polish_guard = check_real("polish_guard", polish_guard, 1.0, low_open=True)
-        self.polish_stall = check_int("polish_stall", polish_stall, 1)
+        self.polish_stall = check_int("polish_stall", polish_stall, 1, INT_MAX)  # compared with a count tensor
         self.polish_patience = check_int("polish_patience", polish_patience, 1)
 
     def _changed_options(self) -> list[str]:

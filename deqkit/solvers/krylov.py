@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..settings import check_int
+from ..settings import INT_MAX, check_int
 from .core import AffineMap, Map, Solver, first_evaluation
 from .monitor import Monitor
 
@@ -50,7 +50,7 @@ class GMRES(Solver):
     default_max_steps = 200
 
     def __init__(self, restart: int | None = 20, trace: bool = False):
-        self.restart = None if restart is None else check_int("restart", restart, 1)
+        self.restart = None if restart is None else check_int("restart", restart, 1, INT_MAX)
         if not isinstance(trace, bool):
             raise TypeError(f"trace must be True or False, got {trace!r}")
         self.trace = trace
@@ -69,7 +69,17 @@ class GMRES(Solver):
         restart = min(u.shape[1] if self.restart is None else self.restart, monitor.max_steps)
         limit, basis = _limit(monitor, _norm_ratio(r)), None
         while not monitor.done and step < monitor.max_steps and monitor.affords(nfe, 2):
-            cycle = _Cycle(u, r, restart, basis)
+            try:
+                cycle = _Cycle(u, r, restart, basis)
+            except (RuntimeError, TypeError) as err:  # (an allocator's refusal is named by the solve)
+                if "verflow" not in str(err):
+                    raise
+                raise ValueError(
+                    f"GMRES(restart={self.restart}) with max_steps={monitor.max_steps}: a Krylov basis of "
+                    f"{restart} + 1 vectors of {u.shape[1]} entries per sample is more than torch can index "
+                    f"({str(err).splitlines()[0]}); "
+                    "lower restart or the step limit"
+                ) from err
             basis, product = cycle.basis, _linear_part(T, u, r, shape)
             for j in range(restart):
                 cycle.extend(product(cycle.basis[:, j]))
