@@ -254,7 +254,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--layernorm", action="store_true", help="also f = LayerNorm(tanh(W z + x + b))")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--plot", default="docs/img/overhead.png", help="PNG path of the table's plot ('' for none)")
+    parser.add_argument(
+        "--plot", default=None, help="PNG path of the table's plot (default docs/img/overhead.png; '' for none)"
+    )
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -266,6 +268,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="instead: tensor operations per evaluation beyond f's own, and the time per operation",
     )
     args = parser.parse_args(argv)
+    if args.plot is not None and (args.ops or args.compile):
+        parser.error("--plot draws the table; --ops and --compile print tables of their own, without a plot")
     if args.repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be >= 1")
     try:
@@ -316,7 +320,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         f"{ {True: 'yes', False: '**no**', None: '—'}[r.get('converged')] } |",
                         flush=True,
                     )
-    saved = plot(rows, args.plot)
+    saved = plot(rows, "docs/img/overhead.png" if args.plot is None else args.plot)
     if saved:
         print(f"\nplot: {saved}")
     print(f"\nload average at the end: {load()}")

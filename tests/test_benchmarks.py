@@ -243,6 +243,9 @@ def test_overhead_tiny(capsys, tmp_path):
     assert (tmp_path / "o.png").stat().st_size > 10_000 and f"plot: {tmp_path / 'o.png'}" in out
     with pytest.raises(SystemExit):
         overhead.main(["--cases", "big"])
+    with pytest.raises(SystemExit):  # not silently ignored
+        overhead.main(["--ops", "--plot", str(tmp_path / "p.png")])
+    assert "--plot draws the table" in capsys.readouterr().err
 
 
 def test_overhead_ops_counts_operations_not_their_callees(capsys):

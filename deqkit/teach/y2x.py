@@ -125,20 +125,21 @@ class _Trace:
         return epochs <= len(self.losses) or bool(self.error)
 
 
-#: The longest run :func:`training_run` and :func:`compare_backward_modes` train (every epoch's weights are kept for the
-#: plots, and it trains in the notebook's process): 100 times notebook 03's grid
+#: The most epochs :func:`training_run` trains, and :func:`compare_backward_modes` over all its repeats: they train
+#: in the notebook's process (and training_run keeps every epoch's weights for the plots); 100 times notebook 03's grid
 MAX_EPOCHS = 10_000
 
 
-def _check_epochs(epochs: Any) -> int:
-    """``epochs`` as an int from 1 to :data:`MAX_EPOCHS`, else a clear error (before, ``epochs=10**9`` started a
-    run of months)."""
+def _check_epochs(epochs: Any, runs: int = 1) -> int:
+    """``epochs`` as an int from 1 to :data:`MAX_EPOCHS` (over ``runs`` runs), else a clear error (before,
+    ``epochs=10**9`` started a run of months)."""
     check_int("epochs", epochs, 1)
-    if epochs > MAX_EPOCHS:
+    if epochs * runs > MAX_EPOCHS:
+        over = f" over {runs} runs (modes × repeats)" if runs > 1 else ""
         raise ValueError(
-            f"epochs={epochs} is more than this teaching function trains ({MAX_EPOCHS}: it keeps every epoch's "
-            "weights for the plots, in the notebook's process); for a longer run call "
-            "deqkit.models.regression.fit_regression on a seed_regression_model yourself"
+            f"epochs={epochs}{over} is more than this teaching function trains ({MAX_EPOCHS} epochs, in the "
+            "notebook's process); for a longer run call deqkit.models.regression.fit_regression on a "
+            "seed_regression_model yourself"
         )
     return int(epochs)
 
@@ -577,8 +578,8 @@ def compare_backward_modes(
     for mode in modes:
         choice("backward mode", mode, BACKWARD_MODES)
     within("lr", lr, 1e-9, 1.0, "Adam's learning rate is a positive step size")
-    _check_epochs(epochs)
     check_int("repeats", repeats, 1)
+    _check_epochs(epochs, repeats * len(modes))
     jobs = [mode for _ in range(repeats) for mode in modes]
     runs: dict[str, list[RunResult]] = {m: [] for m in modes}
     for mode in (progress or iter)(jobs):

@@ -544,3 +544,17 @@ def test_a_huge_gmres_restart_costs_only_the_steps_a_solve_may_take():
 def test_an_anderson_memory_beyond_what_torch_can_index_is_named():
     with pytest.raises(ValueError, match=r"Anderson\(m=4611686018427387904\).*more than torch can index.*lower m"):
         deqkit.solve(lambda z: torch.tanh(0.5 * z + 1), torch.zeros(4, 8), solver=deqkit.Anderson(m=2**62))
+
+
+def test_gmres_rotates_by_a_true_rotation_where_the_pivot_is_subnormal():
+    """Before, the Givens rotation divided by ``max(rho, tiny)``: with a subnormal pivot (float16, a product that
+    leaves 3e-5 of its norm) it was no rotation (c² + s² ≈ 0.24) and the least-squares residual came out 0.49 where
+    it is 1 (H = [0; 3e-5] cannot reduce ‖β e₁‖ = 1 at all)."""
+    from deqkit.solvers.krylov import _Cycle
+
+    r = torch.tensor([[1.0, 0.0]], dtype=torch.float16)
+    cycle = _Cycle(torch.zeros_like(r), r, 2)
+    cycle.extend(torch.tensor([[1.0, 3e-5]], dtype=torch.float16))  # Jᵀ v₀ for Jᵀ = [[1, 3e-5], [0, 1]]
+    assert float(cycle.residual[0]) == 1.0
+    omega = cycle.omega[0].float()
+    assert torch.allclose(omega @ omega.T, torch.eye(3), atol=1e-3)

@@ -267,7 +267,8 @@ def test_a_setting_outside_the_grid_trains_once_and_answers_shorter_runs(monkeyp
     "kwargs, error, message",
     [
         ({"epochs": 0}, ValueError, "epochs must be an integer >= 1"),
-        ({"epochs": 10**9}, ValueError, r"epochs=1000000000 is more than this teaching function trains \(10000"),
+        ({"epochs": 10**9}, ValueError, r"epochs=1000000000 .*is more than this teaching function trains \(10000"),
+        ({"epochs": 2000, "repeats": 6, "modes": ("implicit",)}, ValueError, r"epochs=2000 over 6 runs .*is more than"),
         ({"solver": "x"}, ValueError, "unknown solver 'x': choose one of"),
         ({"modes": ("implicit", "phantom")}, ValueError, "unknown backward mode 'phantom'"),
         ({"repeats": 0}, ValueError, "repeats must be an integer >= 1"),
