@@ -27,7 +27,7 @@ def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -
         raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:  # else an overflow deep inside torch, far from its cause
+    if maximum is not None and int(value) > maximum:  # else an overflow deep inside torch, far from its cause
         why = " (it sizes or counts tensors, whose integers are 64-bit)" if maximum == INT_MAX else ""
         raise ValueError(f"{name} must be an integer from {minimum} to {maximum}{why}, got {value!r}")
     return int(value)
