@@ -34,9 +34,10 @@ class GMRES(Solver):
     Parameters
     ----------
     restart : int or None
-        Krylov vectors kept before a restart (memory: ``restart`` copies of the state). None: no restart (full
-        GMRES, as many vectors as the state has entries), which converges in at most that many products for any
-        invertible system; restarted GMRES can stall when the eigenvalues of ``I − Jᵀ`` surround the origin.
+        Krylov vectors kept before a restart (memory: ``restart`` copies of the state, at most the step limit:
+        a cycle never takes more products). None: no restart (full GMRES, as many vectors as the state has
+        entries), which converges in at most that many products for any invertible system; restarted GMRES can
+        stall when the eigenvalues of ``I − Jᵀ`` surround the origin.
     trace : bool
         Form the iterate and check the termination rule after every product, so that the statistics' residual
         history has one entry per product (for plots). Off by default: the rule (an ∞-norm, per sample) is checked
