@@ -260,12 +260,12 @@ class IterativeSolver(Solver):
             else:
                 z = where_rows(moving, z_next.view_as(z), z)
             # the samples held still keep their f(z) exactly only where f ran on the moving ones alone: else a map
-            # that mixes samples may have changed it, and their answer stays the (z, f(z)) they converged with
-            held = not deferred and evaluates_subset(f, z.shape[0] - monitor.n_converged, z.shape[0])
+            # that mixes samples may have changed it, and their answer stays the f(z) they converged with
+            held_fz = not deferred and evaluates_subset(f, z.shape[0] - monitor.n_converged, z.shape[0])
             fz = f(z) if deferred else evaluate_moving(f, z, fz, moving)
             nfe, step = nfe + 1, step + 1
             # read at the interval, and at the last step the limits allow (so the solve ends on a read)
             read = step - last_read >= self.sync_every or step >= limit or not monitor.fits(nfe, 1)
-            moving = moving & monitor.check(step, z, fz - z, fz, nfe, frozen=held, read=read)
+            moving = moving & monitor.check(step, z, fz - z, fz, nfe, frozen=True, read=read, held_fz=held_fz)
             last_read = step if read else last_read
         return step, nfe

@@ -201,7 +201,8 @@ class Monitor:
         self.converged_step = torch.full((batch,), -1, dtype=torch.long, device=z0.device)
         self.converged_nfe = torch.full_like(self.converged_step, -1)
         self._best = (z0, z0)  # each sample's best iterate and its f, where no merge is pending (see _merge_best)
-        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        # merges noted: (better, z, fz, whole_z), whole_z the running count where z is every sample's best, else None
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int | None]] = []
         self.done = False
         self.out_of_budget = False  # a solver stopped because its next step would exceed max_nfe
         self.stats = SolverStats(method, 0, 0, self.converged, self.residual, self.residual)
@@ -260,6 +261,7 @@ class Monitor:
         mark_below: torch.Tensor | None = None,
         frozen: bool = False,
         read: bool = True,
+        held_fz: bool = True,
     ) -> torch.Tensor:
         """Record the iterate ``z`` with residual ``r = f(z) − z``; return the mask of samples still running.
 
@@ -270,6 +272,9 @@ class Monitor:
         count at every check cost no further host synchronisation); without it ``n_marked`` is 0.
         ``frozen``: the caller kept every sample that had converged before this check where it converged, so where
         every running sample improved, ``z`` is every sample's best iterate and no copy is needed.
+        ``held_fz`` (with ``frozen``): ``fz`` holds those samples' f(z) from when they converged. False where they
+        were evaluated again (a whole batch, with a map that may mix samples or be random): their answer keeps the
+        f(z) their residual was judged on, at the cost of one selection per check at which some sample converged.
         ``read=False``: update the per-sample state on the device only (what converged, when, and the best iterates
         stay exact) and leave the counts, the history and the NaN check to the next read; ``done``,
         ``n_converged`` and ``any_converged`` keep their values from the last read meanwhile (``mark_below`` needs a
@@ -280,7 +285,7 @@ class Monitor:
         res = _norms(r)
         scale = _norms(fz)
         if read and not self._unread and READ_SHORTCUT:
-            return self._check_read(step, z, fz, res, scale, nfe, t, cap, mark_below, frozen)
+            return self._check_read(step, z, fz, res, scale, nfe, t, cap, mark_below, frozen, held_fz)
         running = self.running
         meets = running & self._meets(res, scale)
         if cap is not None:
@@ -309,7 +314,7 @@ class Monitor:
         n_running = batch - self.n_converged  # before this check
         self.n_converged = n_converged
         self.n_marked = n_marked[0] if n_marked else 0
-        return self._close_read(z, fz, better, n_better, n_running, frozen)
+        return self._close_read(z, fz, better, n_better, n_running, frozen, held_fz)
 
     def _check_read(
         self,
@@ -323,6 +328,7 @@ class Monitor:
         cap: torch.Tensor | None,
         mark_below: torch.Tensor | None,
         frozen: bool,
+        held_fz: bool,
     ) -> torch.Tensor:
         """:meth:`check` with a read and no unread check before it: the same results in fewer operations (on small
         problems each costs about as much as its arithmetic). The counts are of this check's news (``n_converged``
@@ -363,17 +369,26 @@ class Monitor:
         else:
             self.residual = torch.where(better, res, self.residual)
             self.scale = torch.where(better, scale, self.scale)
-        return self._close_read(z, fz, better, n_better, n_running, frozen)
+        return self._close_read(z, fz, better, n_better, n_running, frozen, held_fz)
 
     def _close_read(
-        self, z: torch.Tensor, fz: torch.Tensor, better: torch.Tensor, n_better: int, n_running: int, frozen: bool
+        self,
+        z: torch.Tensor,
+        fz: torch.Tensor,
+        better: torch.Tensor,
+        n_better: int,
+        n_running: int,
+        frozen: bool,
+        held_fz: bool,
     ) -> torch.Tensor:
         """The end of a read check (the counts updated): the best iterates, the trajectory, ``done``; the mask of
         samples still running. ``n_running``: running before this check."""
         batch = better.shape[0]
-        if n_better == batch or (frozen and n_better == n_running):
+        if n_better == batch or (frozen and held_fz and n_better == n_running):
             # the common cases: this iterate is every running sample's best, and the others rest at theirs
             self._set_best(z, fz)
+        elif frozen and n_better == n_running:  # z is every sample's best; f(z) only the running samples'
+            self._merge_best(better, z, fz, whole_z=n_running)
         else:
             self._merge_best(better, z, fz)
         if self.record:
@@ -395,14 +410,24 @@ class Monitor:
         """Every sample's best iterate is ``z`` (merges still pending are moot)."""
         self._best, self._pending = (z, fz), []
 
-    def _merge_best(self, better: torch.Tensor, z: torch.Tensor, fz: torch.Tensor) -> None:
+    def _merge_best(
+        self, better: torch.Tensor, z: torch.Tensor, fz: torch.Tensor, whole_z: int | None = None
+    ) -> None:
         """Take the samples ``better`` of ``z`` into the best iterates: noted, and merged only when read or when
         :data:`PENDING_MERGES` are pending. A later check where every sample improves makes them moot, as it often
         does (a sample's ∞-norm residual rises for a step now and then, by rounding or the norm): this saves two
         batch-sized selections per such step (their torch.where costs more than a solver step's arithmetic on
         small problems), at the cost of holding on to a few past iterates (the solvers never write into them): on the
-        CPU only (see :func:`max_pending`)."""
-        self._pending.append((better, z, fz))
+        CPU only (see :func:`max_pending`).
+
+        ``whole_z``: ``z`` is every sample's best and ``better`` the ``whole_z`` samples running before this check
+        (see ``held_fz`` of :meth:`check`). Such a note replaces the one before it where that one has the same running
+        samples (none converged in between): the later f(z) replaces the earlier on exactly those samples."""
+        last = self._pending[-1] if self._pending else None
+        if whole_z is not None and last is not None and last[3] == whole_z:
+            self._pending[-1] = (better, z, fz, whole_z)
+            return
+        self._pending.append((better, z, fz, whole_z))
         if len(self._pending) >= max_pending(z.device):
             self._merged_best()
 
@@ -413,8 +438,9 @@ class Monitor:
 
     def _merged_best(self) -> tuple[torch.Tensor, torch.Tensor]:
         best_z, best_fz = self._best
-        for better, z, fz in self._pending:  # in order: a later sample's best replaces an earlier one
-            best_z, best_fz = where_rows(better, z, best_z), where_rows(better, fz, best_fz)
+        for better, z, fz, whole_z in self._pending:  # in order: a later sample's best replaces an earlier one
+            best_z = z if whole_z is not None else where_rows(better, z, best_z)
+            best_fz = where_rows(better, fz, best_fz)
         self._best, self._pending = (best_z, best_fz), []
         return self._best
 
@@ -474,6 +500,7 @@ class Monitor:
 
     def reject(self, mask: torch.Tensor) -> None:
         """Un-mark samples judged converged (e.g. at an unstable equilibrium): they are running again."""
+        self._merged_best()  # (a later note with as many running samples would not have the same ones)
         self.converged = self.converged & ~mask
         self.running = ~self.converged
         self.converged_step = torch.where(mask, -1, self.converged_step)
