@@ -410,9 +410,7 @@ class Monitor:
         """Every sample's best iterate is ``z`` (merges still pending are moot)."""
         self._best, self._pending = (z, fz), []
 
-    def _merge_best(
-        self, better: torch.Tensor, z: torch.Tensor, fz: torch.Tensor, whole_z: int | None = None
-    ) -> None:
+    def _merge_best(self, better: torch.Tensor, z: torch.Tensor, fz: torch.Tensor, whole_z: int | None = None) -> None:
         """Take the samples ``better`` of ``z`` into the best iterates: noted, and merged only when read or when
         :data:`PENDING_MERGES` are pending. A later check where every sample improves makes them moot, as it often
         does (a sample's ∞-norm residual rises for a step now and then, by rounding or the norm): this saves two
