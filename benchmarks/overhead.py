@@ -229,10 +229,9 @@ def plot(rows: list[dict], path: str | None) -> str | None:
         names = [r["solver"].replace("implicit backward, ", "backward ") for r in mine]
         colors = ["tab:orange" if r["solver"].startswith("TorchDEQ") else "tab:blue" for r in mine]
         ax.bar(range(len(mine)), [r["ratio"] for r in mine], color=colors)
-        targets = TARGETS.get(tuple(mine[0]["size"]), {}) if "LayerNorm" not in label else {}
         for i, r in enumerate(mine):
-            if r["solver"] in targets:
-                ax.hlines(targets[r["solver"]], i - 0.4, i + 0.4, color="k", lw=2)
+            if r.get("target") is not None:
+                ax.hlines(r["target"], i - 0.4, i + 0.4, color="k", lw=2)
         ax.axhline(1.0, color="k", lw=0.8, ls=":")
         ax.set_xticks(range(len(mine)), names, rotation=35, ha="right", fontsize=8)
         ax.set(title=label, ylabel="wall / floor", yscale="log")
@@ -312,7 +311,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f, x = case(d, batch, norm)
                 label = f"d={d}, batch={batch}" + (", LayerNorm" if norm else "")
                 for r in forward_rows(f, x, args.repeats) + backward_rows(f, x, args.repeats):
-                    r["case"], r["size"] = label, (d, batch)
+                    r["case"] = label
+                    r["target"] = None if norm else TARGETS.get((d, batch), {}).get(r["solver"])
                     rows.append(r)
                     print(
                         f"| {label} | {r['solver']} | {r['nfe']} | {r['t_f'] * 1e6:.0f} | {r['wall'] * 1e3:.2f} | "

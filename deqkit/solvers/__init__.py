@@ -358,8 +358,10 @@ def _shaped_like_input(linear: Map) -> Map:
 
 def _written_output(previous: tuple[weakref.ref, int] | None) -> torch.Tensor | None:
     """The tensor ``f`` returned at its previous evaluation, where something wrote into it since (else None)."""
-    prior = None if previous is None else previous[0]()
-    return prior if prior is not None and previous is not None and prior._version != previous[1] else None
+    if previous is None:
+        return None
+    prior = previous[0]()
+    return prior if prior is not None and prior._version != previous[1] else None
 
 
 def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -78,8 +78,7 @@ class GMRES(Solver):
                 raise ValueError(
                     f"GMRES(restart={self.restart}) with max_steps={monitor.max_steps}: a Krylov basis of "
                     f"{restart} + 1 vectors of {u.shape[1]} entries per sample is more than torch can index "
-                    f"({str(err).splitlines()[0]}); "
-                    "lower restart or the step limit"
+                    f"({str(err).splitlines()[0]}); lower restart or the step limit"
                 ) from err
             basis, product = cycle.basis, _linear_part(T, u, r, shape)
             for j in range(restart):

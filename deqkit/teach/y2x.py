@@ -130,8 +130,8 @@ class _Trace:
 MAX_EPOCHS = 10_000
 
 
-def _check_epochs(epochs: Any, runs: int = 1) -> int:
-    """``epochs`` as an int from 1 to :data:`MAX_EPOCHS` (over ``runs`` runs), else a clear error (before,
+def _check_epochs(epochs: Any, runs: int = 1) -> None:
+    """Refuse ``epochs`` unless an int from 1 to :data:`MAX_EPOCHS` (over ``runs`` runs), with a clear error (before,
     ``epochs=10**9`` started a run of months)."""
     check_int("epochs", epochs, 1)
     if epochs * runs > MAX_EPOCHS:
@@ -141,7 +141,6 @@ def _check_epochs(epochs: Any, runs: int = 1) -> int:
             "notebook's process); for a longer run call deqkit.models.regression.fit_regression on a "
             "seed_regression_model yourself"
         )
-    return int(epochs)
 
 
 _TRACES: dict[tuple, _Trace] = {}  # (lr, backward, solver, seed) -> the longest run trained or read so far
