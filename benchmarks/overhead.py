@@ -184,7 +184,9 @@ def ops_rows(d: int, batch: int, repeats: int) -> list[dict]:
 
 def compile_rows(d: int, batch: int, repeats: int) -> dict:
     """One Picard step with the monitor's per-sample arithmetic (residual, norms, rule, best residual, counts, frozen
-    copy; no host read), eager and under ``torch.compile``: does fusing the bookkeeping with ``f`` pay on CPU?"""
+    copy; no host read), eager and under ``torch.compile``: does fusing the bookkeeping with ``f`` pay on CPU? And a
+    whole solve of such compiled steps (a host read of the counts after each, nothing else: a lower bound for a
+    compiled solver) against deqkit's eager Picard, each over its own evaluations."""
     f, x = case(d, batch, False)
 
     def step(z: torch.Tensor, residual: torch.Tensor, converged: torch.Tensor, reltol: float) -> tuple:
@@ -208,7 +210,28 @@ def compile_rows(d: int, batch: int, repeats: int) -> dict:
     compiled(z, residual, converged, 1e-4)
     compile_s = time.perf_counter() - start
     fused = median_time(lambda: compiled(z, residual, converged, 1e-4), 200)
-    return {"case": f"d={d}, batch={batch}", "t_f": t_f, "eager": eager, "compiled": fused, "compile_s": compile_s}
+
+    def loop() -> int:  # a whole Picard solve of compiled steps, with a host read of the counts after each
+        state = (torch.zeros_like(x), torch.full((batch,), float("inf")), torch.zeros(batch, dtype=torch.bool))
+        for nfe in range(1, 501):
+            *state, _, counts = compiled(*state, 1e-4)
+            if int(counts[0]) == batch:
+                return nfe
+        return 500
+
+    deqkit_nfe = deqkit.solve(f, z, solver="picard", abstol=0.0, reltol=1e-4, max_steps=500)[1].nfe
+    solve_eager = median_time(lambda: deqkit.solve(f, z, solver="picard", abstol=0.0, reltol=1e-4, max_steps=500), 30)
+    loop_nfe, solve_loop = loop(), median_time(loop, 30)
+    return {
+        "case": f"d={d}, batch={batch}",
+        "t_f": t_f,
+        "eager": eager,
+        "compiled": fused,
+        "compile_s": compile_s,
+        "solve_ratio": solve_eager / (deqkit_nfe * t_f),
+        "loop_ratio": solve_loop / (loop_nfe * t_f),
+        "nfe": (deqkit_nfe, loop_nfe),
+    }
 
 
 def plot(rows: list[dict], path: str | None) -> str | None:
@@ -287,14 +310,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.compile:
         print(f"overhead --compile: torch {torch.__version__}, {args.threads} thread(s); load average {load()}\n")
         print(
-            "| case | time of f (µs) | eager step (µs) | compiled step (µs) | eager / f | compiled / f | compile (s) |"
+            "| case | time of f (µs) | eager step (µs) | compiled step (µs) | eager / f | compiled / f | compile (s) "
+            "| evaluations: deqkit picard / compiled loop | solve / floor: deqkit picard | compiled loop |"
         )
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         rows = [compile_rows(d, batch, args.repeats) for d, batch in sizes]
         for r in rows:
             print(
                 f"| {r['case']} | {r['t_f'] * 1e6:.0f} | {r['eager'] * 1e6:.0f} | {r['compiled'] * 1e6:.0f} | "
-                f"{r['eager'] / r['t_f']:.2f}× | {r['compiled'] / r['t_f']:.2f}× | {r['compile_s']:.1f} |"
+                f"{r['eager'] / r['t_f']:.2f}× | {r['compiled'] / r['t_f']:.2f}× | {r['compile_s']:.1f} | "
+                f"{r['nfe'][0]} / {r['nfe'][1]} | {r['solve_ratio']:.2f}× | {r['loop_ratio']:.2f}× |"
             )
         return rows
     print(

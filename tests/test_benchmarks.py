@@ -270,8 +270,10 @@ def test_overhead_compile_study_tiny(capsys):
 
     rows = overhead.main(["--compile", "--cases", "8x2"])
     out = capsys.readouterr().out
-    assert "| d=8, batch=2 |" in out and "compiled step" in out
+    assert "| d=8, batch=2 |" in out and "compiled step" in out and "compiled loop" in out
     assert all(r["eager"] > 0 and r["compiled"] > 0 and r["compile_s"] > 0 for r in rows)
+    # the whole-solve loop applies the same rule: the same evaluations, give or take the fused f's rounding
+    assert all(abs(r["nfe"][0] - r["nfe"][1]) <= 1 and r["solve_ratio"] > 0 and r["loop_ratio"] > 0 for r in rows)
 
 
 def test_gradient_quality_scores_every_configuration_against_the_reference(capsys):
