@@ -157,9 +157,11 @@ class Implicit(Gradient):
     Parameters
     ----------
     solver : str or Solver
-        The backward solver: ``"gmres"`` (default; restarted GMRES(20), converges for any invertible ``I − J``
-        given enough restarts), ``"anderson"``, ``"broyden"``, ``"picard"``, ``"dynamic_ss"`` (the adjoint ODE run
-        to steady state), or a configured object such as ``deqkit.GMRES(restart=30)``.
+        The backward solver: ``"gmres"`` (default; restarted GMRES(20), which also converges where plain iteration
+        diverges, though restarts slow it near ρ(J) = 1 and can stall it where the eigenvalues of ``I − J``
+        surround the origin; ``deqkit.GMRES(restart=None)`` never stalls), ``"anderson"``, ``"broyden"``,
+        ``"picard"``, ``"dynamic_ss"`` (the adjoint ODE run to steady state), or a configured object such as
+        ``deqkit.GMRES(restart=30)``.
     abstol, reltol : float, optional
         Termination of the backward solve. Default: relative only, ``abstol = 0`` and ``reltol`` the larger of the
         layer's forward tolerances: the scale of the incoming gradient is the loss's business (a batch mean divides

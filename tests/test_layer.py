@@ -210,11 +210,13 @@ def test_gmres_never_reports_a_false_success_on_a_coupled_map():
     a = 0.3 * torch.randn(6, 6, generator=gen, dtype=torch.float64)
     g = torch.randn(4, 6, generator=gen, dtype=torch.float64)
     T = lambda u: g + u @ a.T + 0.4 * u.mean(0, keepdim=True)  # noqa: E731
-    sol = run(GMRES(restart=3), T, torch.zeros_like(g), Tolerances(1e-10, 0, 300))
+    sol = run(GMRES(restart=3), T, torch.zeros_like(g), Tolerances(1e-10, 0, 1000))
     true = (T(sol.z) - sol.z).abs().amax(1)
     assert torch.allclose(true, sol.stats.residual)
     assert (true[sol.stats.converged] <= 1e-10).all()
-    assert sol.stats.all_converged  # restarts from the true residual still get there
+    # restarts from the true residual still get there, erratically (the per-sample recurrence is wrong here): 775
+    # steps on this seed; 295 when every cycle restarted from the best iterate, which could freeze a per-sample solve
+    assert sol.stats.all_converged
 
 
 def test_backward_tolerance_is_relative_so_a_mean_loss_is_not_one_step(tanh_problem):

@@ -22,7 +22,7 @@ import torch
 
 from ..settings import INT_MAX, check_int
 from .core import AffineMap, Map, Solver, first_evaluation
-from .monitor import Monitor
+from .monitor import Monitor, where_rows
 
 REORTHOGONALIZE = 0.5**0.5  # a second Gram–Schmidt pass where a projection keeps less than this share of ‖w‖
 SLACK = 1.5  # the rule is checked once every sample's predicted ∞-norm residual is within this factor of its tolerance
@@ -80,7 +80,8 @@ class GMRES(Solver):
                     f"{restart} + 1 vectors of {u.shape[1]} entries per sample is more than torch can index "
                     f"({str(err).splitlines()[0]}); lower restart or the step limit"
                 ) from err
-            basis, product = cycle.basis, _linear_part(T, u, r, shape)
+            basis, product, uk = cycle.basis, _linear_part(T, u, r, shape), None
+            start = monitor.residual  # (replaced, not written into, by the checks)
             for j in range(restart):
                 cycle.extend(product(cycle.basis[:, j]))
                 nfe, step = nfe + 1, step + 1
@@ -92,11 +93,19 @@ class GMRES(Solver):
                     limit = _limit(monitor, _norm_ratio(rk))
                 if monitor.done or last:
                     break
-            # restart (or stop) from the true residual at each sample's best answer, not the recurrence
-            u = monitor.best_z.flatten(1)
+            # Restart (or stop) from the true residual, not the recurrence, at each sample's best answer; but a
+            # running sample whose best did not improve in this cycle restarts from its last iterate: from its best
+            # again, the cycle would only repeat itself, forever.
+            stop = monitor.done or step >= monitor.max_steps or not monitor.fits(nfe + 1, 2) or uk is None
+            best, last = monitor.best_z.flatten(1), None
+            if not stop:
+                last = ~monitor.converged & (monitor.residual >= start)
+                u = where_rows(last, uk, best)
+            else:
+                u = best
             tu = T(u.view(shape))
             r, nfe = tu.flatten(1) - u, nfe + 1
-            monitor.verify(u.view(shape), r.view(shape), tu)
+            monitor.verify(u.view(shape), r.view(shape), tu, elsewhere=last)
             limit = _limit(monitor, _norm_ratio(r))
         return step, nfe
 

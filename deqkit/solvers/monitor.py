@@ -507,17 +507,28 @@ class Monitor:
         self.any_converged = self.n_converged > 0
         self.done = self.n_converged == self.converged.numel()
 
-    def verify(self, z: torch.Tensor, r: torch.Tensor, fz: torch.Tensor) -> None:
+    def verify(
+        self, z: torch.Tensor, r: torch.Tensor, fz: torch.Tensor, elsewhere: torch.Tensor | None = None
+    ) -> None:
         """Re-judge every sample on a freshly evaluated residual ``r = f(z) − z`` at ``z`` (one per sample).
 
         For solvers whose running residual is a recurrence rather than an evaluation (GMRES): a sample the
         recurrence called converged but the true residual does not is running again (its step and evaluation of
-        convergence are cleared, as by :meth:`reject`).
+        convergence are cleared, as by :meth:`reject`). ``z`` is every sample's best iterate, except the running
+        samples ``elsewhere`` (a mask; a GMRES restart from another iterate), whose best it becomes only where its
+        residual is lower.
         """
         res, scale = _norms(r), _norms(fz)
         meets = self._meets(res, scale)
-        self._set_best(z, fz)
-        self.residual, self.scale, self.current = res, scale, res
+        if elsewhere is not None:
+            better = ~elsewhere | (res < self.residual)
+            self._merge_best(better, z, fz)
+            self.residual = torch.where(better, res, self.residual)
+            self.scale = torch.where(better, scale, self.scale)
+        else:
+            self._set_best(z, fz)
+            self.residual, self.scale = res, scale
+        self.current = res
         self.reject(self.converged & ~meets)
 
     def finish(self, steps: int, nfe: int) -> SolverStats:
