@@ -80,7 +80,8 @@ class GMRES(Solver):
                     f"{restart} + 1 vectors of {u.shape[1]} entries per sample is more than torch can index "
                     f"({str(err).splitlines()[0]}); lower restart or the step limit"
                 ) from err
-            basis, product, uk = cycle.basis, _linear_part(T, u, r, shape), None
+            basis, product = cycle.basis, _linear_part(T, u, r, shape)
+            uk: torch.Tensor | None = None
             start = monitor.residual  # (replaced, not written into, by the checks)
             for j in range(restart):
                 cycle.extend(product(cycle.basis[:, j]))
@@ -97,15 +98,13 @@ class GMRES(Solver):
             # running sample whose best did not improve in this cycle restarts from its last iterate: from its best
             # again, the cycle would only repeat itself, forever.
             stop = monitor.done or step >= monitor.max_steps or not monitor.fits(nfe + 1, 2) or uk is None
-            best, last = monitor.best_z.flatten(1), None
-            if not stop:
-                last = ~monitor.converged & (monitor.residual >= start)
-                u = where_rows(last, uk, best)
-            else:
-                u = best
+            u, from_last = monitor.best_z.flatten(1), None
+            if not stop and uk is not None:
+                from_last = ~monitor.converged & (monitor.residual >= start)
+                u = where_rows(from_last, uk, u)
             tu = T(u.view(shape))
             r, nfe = tu.flatten(1) - u, nfe + 1
-            monitor.verify(u.view(shape), r.view(shape), tu, elsewhere=last)
+            monitor.verify(u.view(shape), r.view(shape), tu, elsewhere=from_last)
             limit = _limit(monitor, _norm_ratio(r))
         return step, nfe
 

@@ -507,9 +507,7 @@ class Monitor:
         self.any_converged = self.n_converged > 0
         self.done = self.n_converged == self.converged.numel()
 
-    def verify(
-        self, z: torch.Tensor, r: torch.Tensor, fz: torch.Tensor, elsewhere: torch.Tensor | None = None
-    ) -> None:
+    def verify(self, z: torch.Tensor, r: torch.Tensor, fz: torch.Tensor, elsewhere: torch.Tensor | None = None) -> None:
         """Re-judge every sample on a freshly evaluated residual ``r = f(z) − z`` at ``z`` (one per sample).
 
         For solvers whose running residual is a recurrence rather than an evaluation (GMRES): a sample the
