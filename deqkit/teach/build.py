@@ -143,8 +143,23 @@ def _shape_problem(name: str, value: Any, like: torch.Tensor) -> str | None:
     return None
 
 
+class _CallCounter:
+    """Wraps a block ``f(z, x)``; counts its calls (how many steps the learner's loop took)."""
+
+    def __init__(self, inner: Callable):
+        self.inner, self.calls = inner, 0
+
+    def __call__(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(z, x)
+
+
 def check_fixed_point(fixed_point: Callable) -> str | None:
     """Exercise 1: ``fixed_point(f, x, tol, max_iter)`` must return ``z`` with ``‖f(z, x) − z‖∞ ≤ tol``.
+
+    Called three times on the contraction :class:`Block` (‖W‖₂ = 0.6): with ``tol=1e-10`` (the answer must be
+    within tol), with ``tol=1e-3`` (it must stop after fewer calls of ``f``: a loop that ignores ``tol`` runs as
+    long either way) and with ``max_iter=5``, too few for ``tol=1e-10``: then it must raise an error.
 
     Returns
     -------
@@ -152,8 +167,9 @@ def check_fixed_point(fixed_point: Callable) -> str | None:
         None when right; else what is wrong and what to look at.
     """
     f, x = Block(), inputs()
+    counted = _CallCounter(f)
     with torch.no_grad():
-        z = fixed_point(f, x, tol=1e-10, max_iter=1000)
+        z = fixed_point(counted, x, tol=1e-10, max_iter=1000)
         if problem := _shape_problem("fixed_point", z, f(torch.zeros(len(x), D, dtype=x.dtype), x)):
             return problem
         if _close(z, f(torch.zeros_like(z), x), 1e-12):
@@ -167,16 +183,76 @@ def check_fixed_point(fixed_point: Callable) -> str | None:
             f"‖f(z, x) − z‖∞ = {residual:.1e} > tol = 1e-10: the loop stopped too early. Stop on the residual "
             "‖f(z, x) − z‖∞ ≤ tol (all samples), not after a fixed number of steps."
         )
-    return None
+    tight, counted.calls = counted.calls, 0
+    with torch.no_grad():
+        z = fixed_point(counted, x, tol=1e-3, max_iter=1000)
+        if problem := _shape_problem("fixed_point", z, f(torch.zeros(len(x), D, dtype=x.dtype), x)):
+            return problem
+        residual = float((f(z, x) - z).abs().max())
+    if residual > 1e-3:
+        return (
+            f"with tol=1e-3 the answer has ‖f(z, x) − z‖∞ = {residual:.1e} > tol: stop only once "
+            "‖f(z, x) − z‖∞ ≤ tol (all samples)."
+        )
+    if counted.calls >= tight:
+        return (
+            f"with tol=1e-3 your fixed_point called f {counted.calls} times, as many as with tol=1e-10 "
+            f"({tight}): it ignores tol. Stop as soon as ‖f(z, x) − z‖∞ ≤ tol, not after a fixed number of steps."
+        )
+    counted.calls = 0
+    try:
+        with torch.no_grad():
+            z = fixed_point(counted, x, tol=1e-10, max_iter=5)
+    except Exception:  # any error will do: the loop said that it did not get there
+        return None
+    if counted.calls > 2 * 5 + 2:  # an iteration may call f twice (the step, then the residual)
+        return (
+            f"with max_iter=5 your fixed_point called f {counted.calls} times and raised no error: it ignores "
+            "max_iter. Run at most max_iter iterations, and raise an error (e.g. RuntimeError) if "
+            "‖f(z, x) − z‖∞ ≤ tol has not been reached by then."
+        )
+    returned = "returned"
+    if isinstance(z, torch.Tensor) and z.shape == (len(x), D):
+        with torch.no_grad():
+            returned += f" z with ‖f(z, x) − z‖∞ = {float((f(z, x) - z).abs().max()):.1e}"
+    return (
+        f"with max_iter=5, too few to reach tol=1e-10 on this block (with max_iter=1000 your loop called f {tight} "
+        f"times to reach it), your fixed_point {returned} without raising an error. When max_iter iterations do "
+        "not reach tol, raise one (e.g. RuntimeError): a silent non-answer is the worst kind."
+    )
+
+
+def _flow(f: Callable, x: torch.Tensor, t_end: float, steps: int = 1000) -> torch.Tensor:
+    """``z(t_end)`` of ``dz/dt = f(z, x) − z`` from ``z(0) = 0``: classical Runge–Kutta 4 with ``steps`` equal steps.
+
+    The check's reference for a finite ``t_end``: with ``t_end = 2`` and 1000 steps on :class:`Block` it agrees with
+    torchdiffeq's dopri5 at ``rtol = atol = 1e-12`` to 1e-12 (``tests/teach/test_build.py``), far under the 1e-6
+    that the check allows.
+    """
+    h = t_end / steps
+    rhs = lambda z: f(z, x) - z  # noqa: E731
+    with torch.no_grad():
+        z = torch.zeros(x.shape[0], D, dtype=x.dtype)
+        for _ in range(steps):
+            k1 = rhs(z)
+            k2 = rhs(z + h / 2 * k1)
+            k3 = rhs(z + h / 2 * k2)
+            k4 = rhs(z + h * k3)
+            z = z + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return z
 
 
 def check_ode_fixed_point(ode_fixed_point: Callable) -> str | None:
     """Exercise 2: ``ode_fixed_point(f, x, t_end)``: ``dz/dt = f(z, x) − z`` integrated from 0, ``z(t_end)`` returned.
 
+    Called with ``t_end=30`` (the answer must be within 1e-6 of z*) and with ``t_end=2``, where the flow is still
+    0.13 away from z*: the answer must be within 1e-6 of ``z(2)`` from a fine Runge–Kutta 4 integration, which an
+    answer that ignores ``t_end`` is not.
+
     Returns
     -------
     str or None
-        None when right (within 1e-6 of z*); else what is wrong and what to look at.
+        None when right; else what is wrong and what to look at.
     """
     f, x = Block(), inputs()
     z_star = kit_fixed_point(f, x)
@@ -201,16 +277,96 @@ def check_ode_fixed_point(ode_fixed_point: Callable) -> str | None:
             f"z(t_end) is {error:.1e} away from z*: start from z = 0, integrate dz/dt = f(z, x) − z over "
             "t ∈ [0, t_end] and return the state at t_end (odeint's default dopri5 with rtol=atol=1e-8 suffices)."
         )
-    return None
+    z_2 = _flow(f, x, 2.0)
+    with torch.no_grad():
+        z = ode_fixed_point(f, x, t_end=2.0)
+    if problem := _shape_problem("ode_fixed_point", z, z_star):
+        return problem
+    error = float((z.detach() - z_2).abs().max())
+    if error <= 1e-6:
+        return None
+    if _close(z, z_star, 1e-6):
+        return (
+            f"with t_end=2 your ode_fixed_point returned z*, but the flow from z(0) = 0 is still "
+            f"{float((z_2 - z_star).abs().max()):.1e} away from z* at t = 2: it ignores t_end. Integrate over "
+            "t = torch.tensor([0.0, t_end]) and return the state at t_end."
+        )
+    return (
+        f"with t_end=2 your z(t_end) is {error:.1e} away from the flow's z(2): start from z = 0, integrate "
+        "dz/dt = f(z, x) − z over t ∈ [0, t_end] and return the state at t_end."
+    )
+
+
+def _under_vmap(t: torch.Tensor) -> bool:
+    """Whether ``t`` is one of several tensors processed at once by ``vmap``: reading its value is then refused."""
+    try:
+        bool((t != t).any())
+    except Exception:  # a BatchedTensor: "Batching rule not implemented for aten::item"
+        return True
+    return False
+
+
+def _unit_rows(u: torch.Tensor) -> bool:
+    """Whether each row of the cotangent ``u`` is 0 or a unit vector eᵢ, and one is not 0: rows of J asked for."""
+    rows = u.detach().reshape(-1, u.shape[-1]) if u.dim() else u.detach().reshape(1, 1)
+    nonzero = rows != 0
+    return bool(nonzero.any() and (nonzero.sum(-1) <= 1).all() and (rows[nonzero] == 1).all())
+
+
+class _Tap(torch.autograd.Function):
+    """Identity on ``f``'s output that tells a :class:`_Products` of every product taken through it."""
+
+    generate_vmap_rule = True  # so that vmap (jacrev, vectorized jacobian) runs it, and it sees a batched u
+
+    @staticmethod
+    def forward(out: torch.Tensor, products: _Products) -> torch.Tensor:
+        return out.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        ctx.products = inputs[1]
+
+    @staticmethod
+    def backward(ctx: Any, u: torch.Tensor) -> tuple:
+        ctx.products.vjps += 1
+        ctx.products.whole |= _under_vmap(u) or _unit_rows(u)
+        return u, None
+
+    @staticmethod
+    def jvp(ctx: Any, tangent: torch.Tensor, _: None) -> torch.Tensor:
+        ctx.products.whole = True  # forward mode: J v, a column of J; the adjoint needs u J
+        return tangent
+
+
+class _Products(nn.Module):
+    """Wraps a block; counts the vector–Jacobian products taken through its output, and notes the Jacobian formed.
+
+    ``vjps`` counts the backward passes through ``f``'s output; ``whole`` is set when one of them asks for a row of
+    ``J`` (a cotangent of unit vectors: ``torch.autograd.functional.jacobian``, or a loop over ``eᵢ``), when several
+    cotangents go through at once (``vmap``: ``jacobian(..., vectorize=True)``, ``is_grads_batched``,
+    ``torch.func.jacrev``) or when a product goes forward (``J v``: ``torch.func.jvp``, ``torch.func.jacfwd``). The
+    iteration ``u ← g + uJ`` from a dense ``g`` does none of these.
+    """
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.vjps, self.whole = inner, 0, False
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return _Tap.apply(self.inner(z, x), self)
 
 
 def check_solve_adjoint(solve_adjoint: Callable) -> str | None:
     """Exercise 3: ``solve_adjoint(f, z_star, x, g)`` must return ``u`` with ``u = g + u ∂f/∂z`` (row vectors).
 
+    Besides the value (to 1e-8), the check watches the products taken through ``f`` (see :class:`_Products`): an
+    answer that forms the Jacobian ``J`` whole, or that takes as many products with ``tol=1e-4`` as with the
+    default ``tol=1e-12`` (it ignores ``tol``), is named as such.
+
     Returns
     -------
     str or None
-        None when right (to 1e-8); else what is wrong and what to look at.
+        None when right; else what is wrong and what to look at.
     """
     f, x = Block(), inputs()
     z_star = kit_fixed_point(f, x, tol=1e-13)
@@ -218,11 +374,12 @@ def check_solve_adjoint(solve_adjoint: Callable) -> str | None:
     jac = _jacobians(f, z_star, x)
     eye = torch.eye(D, dtype=jac.dtype)
     right = torch.linalg.solve((eye - jac).transpose(1, 2), g.unsqueeze(-1)).squeeze(-1)
-    u = solve_adjoint(f, z_star, x, g)
+    watched = _Products(f)
+    u = solve_adjoint(watched, z_star, x, g)
     if problem := _shape_problem("solve_adjoint", u, g):
         return problem
     if _close(u, right, 1e-8):
-        return None
+        return _products_problem(solve_adjoint, watched, z_star, x, g)
     if _close(u, torch.linalg.solve(eye - jac, g.unsqueeze(-1)).squeeze(-1), 1e-8):
         return (
             "you solved (I − J) u = g: the transpose is missing. The backward needs the row vector u with "
@@ -238,6 +395,32 @@ def check_solve_adjoint(solve_adjoint: Callable) -> str | None:
         "J = ∂f/∂z at z*; evaluate fz = f(z, x) once at z = z*.requires_grad_() and iterate "
         "u ← g + torch.autograd.grad(fz, z, u, retain_graph=True)[0]."
     )
+
+
+def _products_problem(
+    solve_adjoint: Callable, watched: _Products, z_star: torch.Tensor, x: torch.Tensor, g: torch.Tensor
+) -> str | None:
+    """For a right ``u``: what is wrong with the way it was computed (the Jacobian formed, ``tol`` ignored), or None."""
+    if watched.whole:
+        return (
+            "u is right, but you formed the Jacobian J = ∂f/∂z: autograd was asked for it one unit vector at a "
+            "time, or for all of it at once (vmap, jacrev, jacfwd, forward mode). That costs one product per "
+            "coordinate of z and a d × d matrix per sample, which is what the implicit backward avoids for a layer "
+            "with thousands of coordinates. Iterate u ← g + u J with one vector–Jacobian product per step: "
+            "evaluate fz = f(z, x) once at z = z*.requires_grad_(), then u J = "
+            "torch.autograd.grad(fz, z, u, retain_graph=True)[0]."
+        )
+    tight, watched.vjps = watched.vjps, 0
+    u = solve_adjoint(watched, z_star, x, g, tol=1e-4)
+    if problem := _shape_problem("solve_adjoint", u, g):
+        return problem
+    if tight and watched.vjps >= tight:
+        return (
+            f"with tol=1e-4 your solve_adjoint took {watched.vjps} vector–Jacobian products, as many as with "
+            f"tol=1e-12 ({tight}): it ignores tol. Stop as soon as ‖u_new − u‖∞ ≤ tol, not after a fixed "
+            "number of steps."
+        )
+    return None
 
 
 class _SavedOutputInGraph(Exception):
