@@ -289,15 +289,26 @@ class _ImplicitFunction(torch.autograd.Function):
         if scale != 1.0:
             tol = tol.replace(abstol=min(tol.abstol / scale, torch.finfo(torch.float64).max))
         alerts = layer.alerts
-        sol = run(
-            method.solver,
-            AffineMap(g, vjp),  # u ↦ g + uJ
-            g,
-            tol,
-            strict=layer.strict,
-            warn=None if alerts is None else alerts.warn,
-            units=scale,
-        )
+        try:
+            sol = run(
+                method.solver,
+                AffineMap(g, vjp),  # u ↦ g + uJ
+                g,
+                tol,
+                strict=layer.strict,
+                warn=None if alerts is None else alerts.warn,
+                units=scale,
+            )
+        except DivergenceError as err:
+            if calls <= 1:  # f's derivative at z* (see _check_jacobian), or the start: said as it is
+                raise
+            raise DivergenceError(
+                f"implicit backward: the linear solve u = g + u·∂f/∂z at the equilibrium (solver "
+                f"{method.solver.label}) blew up; the forward solve had finished. Here f(z) − z in the solver's "
+                "report below means g + uJ − u. Plain iteration on it diverges where the spectral radius of ∂f/∂z "
+                "at z* is 1 or more (check deqkit.spectral_radius): use backward=deqkit.Implicit(solver='gmres'), "
+                f"which converges there too, or constrain f. (The solver's report: {err})"
+            ) from err
         if alerts is not None and sol.stats.all_converged:
             alerts.observe(sol.stats)
         layer.report(sol.stats)

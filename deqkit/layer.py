@@ -17,7 +17,7 @@ from .adjoint import Context, Gradient, GradientSpec, OneStep, Phantom, as_gradi
 from .alerts import ConvergenceAlerts
 from .errors import ConvergenceError
 from .settings import check_int
-from .solvers import Solution, Solver, SolverSpec, as_solver, run
+from .solvers import Solution, Solver, SolverSpec, as_solver, functorch_wrapped, run
 from .solvers.core import Map, SampleMap
 from .solvers.monitor import Tolerances
 from .state import Structure, detach, is_structured
@@ -518,7 +518,7 @@ class DEQ(nn.Module):
         """Refuse an input the solve cannot use, naming the cause and the fix (before any evaluation of f)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"DEQ expects a tensor input x, got {type(x).__name__}")
-        if _functorch_wrapped(x):
+        if functorch_wrapped(x):
             raise RuntimeError(
                 "deqkit: the DEQ cannot run under torch.func transforms (vmap, grad, jacrev, ...): its solver stops "
                 "each sample on data-dependent conditions. Batch the inputs yourself (the DEQ solves each sample "
@@ -580,6 +580,13 @@ def _explained_start(mode: Any, x: torch.Tensor, first: _FirstCall | None = None
             err, (ConvergenceError, torch.cuda.OutOfMemoryError)
         ):
             raise
+        if x.dim() == 1:  # zeros_like(x) then has no feature dimension: refused before f ever ran
+            raise ValueError(
+                f"x has shape {tuple(x.shape)}: one dimension, which the DEQ reads as a batch of {x.shape[0]} samples "
+                f"with no features, so z0={mode!r} (zeros_like(x)) is no (batch, ...) state. For a batch of scalars "
+                "pass x[:, None]; for one sample of a vector, x[None]; or give the state's shape with z0, e.g. "
+                "DEQ(f, z0=lambda x: x.new_zeros(len(x), n))."
+            ) from err
         start = "starts from" if mode == "zeros" else "evaluates f(z, x) at"
         state = f"x.shape[0], {', '.join(map(str, first.shape[1:]))}" if first.shape is not None else "x.shape[0], ..."
         raise ValueError(
@@ -666,9 +673,3 @@ def _gradient_hint(options: dict[str, Any]) -> str:
                 f"({settings})"
             )
     return ""
-
-
-def _functorch_wrapped(x: torch.Tensor) -> bool:
-    """True inside ``torch.func.vmap`` / ``grad`` (x is then a functorch wrapper tensor)."""
-    probe = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
-    return bool(probe is not None and probe(x))

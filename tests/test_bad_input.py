@@ -30,6 +30,20 @@ def _x(dtype=torch.float32):
     return _block(dtype)[1]
 
 
+def _backward_picard_past_one():
+    """A DEQ whose forward converges at an equilibrium with ρ(∂f/∂z) = 1.31, differentiated with Picard."""
+    torch.manual_seed(0)
+    d = 6
+    w = 1.5 * torch.linalg.qr(torch.randn(d, d))[0]
+    deq = deqkit.DEQ(
+        lambda z, x: torch.tanh(z @ w.T + x), solver="anderson", backward=deqkit.Implicit(solver="picard"), max_nfe=None
+    )
+    x = torch.randn(5, d, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", deqkit.ConvergenceWarning)
+        deq(x).sum().backward()
+
+
 def _reassigned_eval_budget():
     deq = _deq()
     deq.eval_max_nfe = 1
@@ -599,6 +613,53 @@ CASES = [
         AttributeError,
         "cannot be changed after construction",
     ),
+    # round five (a hostile review of 2026-12-08): settings accepted and then ignored, raw errors
+    (
+        "a step-size controller for a fixed-step ODE method (was ignored)",
+        lambda: deqkit.DynamicSS(
+            ode_method="euler", step_size=0.5, controller=deqkit.StepSizeController(max_step=1e-3)
+        ),
+        ValueError,
+        "controller sets the adaptive methods' step sizes; 'euler' takes fixed steps",
+    ),
+    (
+        "polish_* settings with polish=None (were ignored)",
+        lambda: deqkit.DynamicSS(polish=None, polish_below=0.01, polish_stall=1),
+        ValueError,
+        "polish_below, polish_stall set the polisher's hand-overs, and polish=None turns the polisher off",
+    ),
+    (
+        "a state with no entries per sample (was a raw IndexError from amax)",
+        lambda: deqkit.solve(lambda z: 0.5 * z, torch.zeros(3, 0)),
+        ValueError,
+        r"z0 has no entries per sample \(shape \(3, 0\)\)",
+    ),
+    (
+        "a DEQ on a state with no entries per sample",
+        lambda: deqkit.DEQ(lambda z, x: 0.5 * z + x)(torch.zeros(3, 0)),
+        ValueError,
+        "no entries per sample",
+    ),
+    (
+        "solve under torch.func.vmap (was torch's raw .item() error)",
+        lambda: torch.func.vmap(lambda xi: deqkit.solve(lambda z: 0.5 * z + xi, torch.zeros_like(xi))[0])(
+            torch.randn(3, 1, 4)
+        ),
+        RuntimeError,
+        "a solve cannot run under torch.func transforms",
+    ),
+    (
+        "a 1-D x with the default z0 (was blamed on f's first evaluation)",
+        lambda: deqkit.DEQ(lambda z, x: 0.5 * z + x)(torch.randn(5)),
+        ValueError,
+        r"x has shape \(5,\): one dimension.*x\[:, None\]",
+    ),
+    (
+        "the implicit backward's Picard diverging past rho = 1 (read as a forward failure)",
+        _backward_picard_past_one,
+        deqkit.DivergenceError,
+        r"implicit backward: the linear solve u = g \+ u·∂f/∂z .*Implicit\(solver='gmres'\)",
+    ),
 ]
 
 
@@ -660,6 +721,45 @@ RIGHT = [
         lambda out: out[0].last_equilibrium is None and torch.equal(out[0](out[2]), out[1](out[2])),
     ),
 ]
+
+
+# Anderson's least squares (and GMRES's Krylov basis) ran their batched products under the caller's autocast, in
+# bfloat16: "linalg.solve: Expected A and B to have the same dtype"; f itself still runs under autocast
+RIGHT += [
+    (
+        f"{solver} inside torch.autocast(bfloat16)",
+        lambda solver=solver: _autocast(lambda: deqkit.solve(lambda z: 0.5 * torch.tanh(z) + Z, Z, solver=solver)),
+        lambda out: out[1].all_converged,
+    )
+    for solver in deqkit.SOLVERS
+] + [
+    (
+        "a DEQ with a Linear block inside torch.autocast(bfloat16), implicit backward by Anderson",
+        lambda: _autocast(_autocast_deq_gradient),
+        lambda out: out[0].dtype == torch.float32 and bool(torch.isfinite(out[1]).all()),
+    )
+]
+
+
+def _autocast(call):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return call()
+
+
+def _autocast_deq_gradient():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 3)
+    deq = deqkit.DEQ(
+        lambda z, x: torch.tanh(0.5 * lin(z) + x),
+        solver="anderson",
+        backward=deqkit.Implicit(solver="anderson"),
+        abstol=1e-2,
+        reltol=1e-2,
+    )
+    x = torch.randn(4, 3, requires_grad=True)
+    out = deq(x)
+    out.float().sum().backward()
+    return out, x.grad
 
 
 @pytest.mark.parametrize("call, check", [c[1:] for c in RIGHT], ids=[c[0] for c in RIGHT])
@@ -766,3 +866,23 @@ def test_a_rescaled_backward_reports_its_residuals_in_the_gradients_units():
     best = float(stats.residual[~stats.converged].min())
     assert best > 1e10 and f"best residual ‖f(z) − z‖∞ is {best:.3g}" in str(caught[-1].message)
     assert stats.history[0] > 1e18  # the history too: the first residual is the gradient's own size
+
+
+def test_a_slow_contraction_is_not_called_a_residual_that_never_fell():
+    # f = 0.999 z + 1 has the fixed point 1000; Picard's residual falls from 1 to 0.61 in 500 steps while ‖f(z)‖ grows
+    # 394-fold: the drift rule holds it, and the warning said "the residual never fell", which was false
+    with pytest.warns(deqkit.ConvergenceWarning) as caught:
+        deqkit.solve(lambda z: 0.999 * z + 1.0, torch.zeros(2, 3), solver="picard")
+    message = str(caught[0].message)
+    assert "never fell below half its largest value (for the first: 0.606, largest 1)" in message
+    assert "try more steps (max_steps) or solver='anderson'" in message
+
+
+def test_autocast_precision_is_named_when_it_is_the_limit():
+    # f's Linear runs in bfloat16 (eps 7.8e-3): this anderson solve to 1e-5 leaves 9 of 16 samples at 7e-4
+    torch.manual_seed(3)
+    lin = torch.nn.Linear(4, 4)
+    deq = deqkit.DEQ(lambda z, x: torch.tanh(0.5 * lin(z) + x), solver="anderson")
+    with pytest.warns(deqkit.ConvergenceWarning, match=r"precision of bfloat16 \(f runs under torch.autocast\)"):
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            deq(torch.randn(16, 4))

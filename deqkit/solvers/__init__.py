@@ -146,14 +146,31 @@ class Solution:
     stats: SolverStats
 
 
+def functorch_wrapped(x: torch.Tensor) -> bool:
+    """True inside ``torch.func.vmap`` / ``grad`` (x is then a functorch wrapper tensor)."""
+    probe = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return bool(probe is not None and probe(x))
+
+
 def check_start(z0: Any, what: str = "z0") -> None:
     """Refuse a starting point that is not a floating-point ``(batch, ...)`` tensor, naming the fix."""
     if not isinstance(z0, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor of shape (batch, ...), got {type(z0).__name__}")
+    if functorch_wrapped(z0):
+        raise RuntimeError(
+            f"deqkit: a solve cannot run under torch.func transforms (vmap, grad, jacrev, ...): its solver stops each "
+            f"sample on data-dependent conditions. Batch the inputs yourself ({what}'s first dimension: the solvers "
+            "solve each sample independently) and differentiate with a DEQ's implicit gradient or torch.autograd."
+        )
     if z0.dim() < 2 or z0.shape[0] == 0:
         raise ValueError(
             f"{what} must have shape (batch, ...) with a non-empty batch and at least one feature dimension, got "
             f"shape {tuple(z0.shape)}. For a single sample of a vector map, add the batch dimension: {what}[None]."
+        )
+    if z0.numel() == 0:
+        raise ValueError(
+            f"{what} has no entries per sample (shape {tuple(z0.shape)}): a state needs at least one; check the "
+            "size of its feature dimensions"
         )
     if not z0.is_floating_point():
         raise ValueError(
@@ -245,10 +262,39 @@ def run(
     if tol.max_steps is None:
         tol = tol.replace(max_steps=solver.default_max_steps)
     z0 = z0.detach().clone()  # the solver's own copy: the caller's z0 is never touched or handed back
-    monitor = Monitor(solver.label, z0, tol, strict=strict, record=record, warn=warn, units=units)
-    steps, nfe = _run_solver(solver, _out_of_place(f), z0, monitor)
+    autocast = _autocast_dtype(z0.device.type)
+    monitor = Monitor(solver.label, z0, tol, strict=strict, record=record, warn=warn, units=units, within=autocast)
+    if autocast is None:
+        steps, nfe = _run_solver(solver, _out_of_place(f), z0, monitor)
+    else:  # the solver's own arithmetic (least squares, Krylov bases) in z0's precision; f as the caller asked
+        with torch.autocast(z0.device.type, enabled=False):
+            steps, nfe = _run_solver(solver, _out_of_place(_under_autocast(f, z0.device.type, autocast)), z0, monitor)
     stats = monitor.finish(steps, nfe)
     return Solution(monitor.best_z, monitor.best_fz, stats)
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype of the ``torch.autocast`` region the solve runs in, on this device type (None: not in one)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except (RuntimeError, TypeError, ValueError):  # a device type without autocast
+        return None
+    return torch.get_autocast_dtype(device_type) if enabled else None
+
+
+def _under_autocast(f: Map, device_type: str, dtype: torch.dtype) -> Map:
+    """``f`` evaluated under ``torch.autocast(device_type, dtype)`` (the solve itself runs without it), keeping what
+    the solvers read off ``f``'s kind."""
+    if isinstance(f, AffineMap):
+        return AffineMap(f.offset, _under_autocast(f.linear, device_type, dtype))
+
+    def cast(z: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=dtype):
+            return f(z)
+
+    if isinstance(f, SampleMap):
+        return SampleMap(cast, lambda index: _under_autocast(f.on(index), device_type, dtype), f.compare)
+    return cast
 
 
 def _check_run(solver: Any, tol: Any, strict: Any, record: Any, warn: Any, units: Any) -> None:

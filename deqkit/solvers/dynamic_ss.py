@@ -22,6 +22,7 @@ torchdiffeq is reached only through :mod:`deqkit.solvers.torchdiffeq_adapter`.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from dataclasses import dataclass
@@ -306,10 +307,24 @@ class DynamicSS(Solver):
             )
         if controller is not None and not isinstance(controller, StepSizeController):
             raise TypeError(f"controller must be a deqkit.StepSizeController, got {controller!r}")
+        if controller is not None and ode_method in FIXED:
+            raise ValueError(
+                f"controller sets the adaptive methods' step sizes; {ode_method!r} takes fixed steps of step_size, so "
+                "it would be ignored: drop controller, or choose an adaptive method such as 'tsit5'"
+            )
         if polish == "anderson":
             polish = Anderson()
         if polish is not None and not isinstance(polish, Anderson):
             raise ValueError(f"polish must be 'anderson', a deqkit.Anderson(...) or None, got {polish!r}")
+        given = {"polish_below": polish_below, "polish_guard": polish_guard, "polish_stall": polish_stall}
+        given["polish_patience"] = polish_patience
+        defaults = inspect.signature(DynamicSS.__init__).parameters
+        unused = [name for name, value in given.items() if value != defaults[name].default]
+        if polish is None and unused:
+            raise ValueError(
+                f"{', '.join(unused)} set the polisher's hand-overs, and polish=None turns the polisher off, so they "
+                "would be ignored: drop them, or keep the polisher (polish='anderson')"
+            )
         if polish is not None and polish.sync_every != 1:
             raise ValueError(
                 f"polish={polish!r}: DynamicSS reads every polishing step (its hand-overs to the flow "

@@ -174,8 +174,10 @@ class Monitor:
         record: bool,
         warn: Callable[[str, SolverStats], None] | None = None,
         units: float = 1.0,
+        within: torch.dtype | None = None,
     ):
         batch = z0.shape[0]
+        self.within = within  # the dtype of the torch.autocast region f runs in, if any (named in the warnings)
         if tol.max_steps is None:
             raise ValueError("the monitor needs a step limit: Tolerances.max_steps is None (run() fills it in)")
         self.method, self.tol, self.strict, self.record, self.warn = method, tol, strict, record, warn
@@ -555,6 +557,8 @@ class Monitor:
                     self.residual.masked_fill(~failed, math.inf),  # the samples that failed, not the converged
                     self.tol,
                     self.last_scale.masked_fill(~failed, 0),
+                    self.peak,
+                    self.within,
                 )
             )
             if self.strict:
@@ -622,17 +626,24 @@ def _diagnosis(
     residual: torch.Tensor,
     tol: Tolerances,
     failed_scale: torch.Tensor,
+    peak: torch.Tensor,
+    within: torch.dtype | None = None,
 ) -> str:
     """What to try, for the warning about samples that did not converge (``residual`` and ``failed_scale``: theirs,
-    inf and 0 at the others)."""
+    inf and 0 at the others; ``peak``: each sample's largest residual; ``within``: the autocast dtype f ran in)."""
     if start_scale is not None and bool(drifting.any()):  # drifting is measured from start_scale
         i = int(drifting.nonzero()[0])
         return (
             f"{int(drifting.sum())} of them drift away: ‖f(z)‖∞ grew from {float(start_scale[i]):.3g} to "
-            f"{float(scale[i]):.3g} while the residual never fell, so f probably has no fixed point there (check "
-            "f, e.g. a missing contraction or bias term)."
+            f"{float(scale[i]):.3g} while the residual never fell below half its largest value (for the first: "
+            f"{float(residual[i]):.3g}, largest {float(peak[i]):.3g}), so f probably has no fixed point there (check "
+            "f, e.g. a missing contraction or bias term); or, if the residual is falling, slowly, the iteration "
+            "contracts by a factor near 1: try more steps (max_steps) or solver='anderson'."
         )
-    eps = torch.finfo(residual.dtype).eps
+    dtype = residual.dtype
+    if within is not None and torch.finfo(within).eps > torch.finfo(dtype).eps:
+        dtype = within  # f's products rounded to the autocast dtype: its precision limits the residual
+    eps = torch.finfo(dtype).eps
     hint = (
         f"Try: more steps (max_steps, {tol.budget_name}), another method ('anderson', 'broyden', or 'dynamic_ss', "
         "which also converges where plain iteration diverges), damping, or a smaller spectral norm of f's weights "
@@ -640,8 +651,10 @@ def _diagnosis(
     )
     if float(residual.min()) <= 10 * eps * max(float(failed_scale.max()), 1.0):  # at the rounding level of f(z)
         hint = (
-            f"The residual is at the precision of {str(residual.dtype).removeprefix('torch.')} (eps "
+            f"The residual is at the precision of {str(dtype).removeprefix('torch.')}"
+            f"{' (f runs under torch.autocast)' if dtype != residual.dtype else ''} (eps "
             f"{eps:.2g}): tolerances below about eps·‖f(z)‖ cannot be met. Loosen abstol/reltol or compute in "
-            "a wider dtype (float32 or float64). " + hint
+            "a wider dtype (float32 or float64"
+            f"{': solve outside the autocast region' if dtype != residual.dtype else ''}). " + hint
         )
     return hint
