@@ -176,8 +176,9 @@ def system_matrix(system: str, a: float) -> torch.Tensor:
     Parameters
     ----------
     system : {"pitchfork", "spiral"}
-        ``"pitchfork"``: ``M = [[1, 0.5], [0.5, 1]]`` (at ``a > 2/3`` the origin becomes a saddle between two
-        stable equilibria); ``"spiral"``: ``M`` the rotation by 1.2 rad (a Hopf bifurcation as ``a`` grows).
+        ``"pitchfork"``: ``M = [[1, 0.5], [0.5, 1]]`` (for ``2/3 < a < 2`` the origin is a saddle between two
+        stable equilibria; past ``a = 2`` a source, with two saddles on the anti-diagonal); ``"spiral"``: ``M``
+        the rotation by 1.2 rad (a Hopf bifurcation as ``a`` grows).
     a : float
         Gain, the bifurcation parameter.
 

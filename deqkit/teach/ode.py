@@ -1,8 +1,9 @@
 """Notebook 02: the fixed point as the steady state of dz/dt = f(z) − z, in two dimensions.
 
 ``f(z) = tanh(a·M z)`` with one of two matrices M: ``"pitchfork"`` (symmetric coupling: one stable equilibrium
-for small a, then a saddle at the origin between two stable ones) and ``"spiral"`` (a rotation: a stable spiral,
-then — past a Hopf bifurcation — a limit cycle and no stable equilibrium at all).
+for a < 2/3, then a saddle at the origin between two stable ones; past a = 2 the origin is a source, with two
+saddles on the anti-diagonal) and ``"spiral"`` (a rotation: a stable spiral, then — past a Hopf bifurcation — a
+limit cycle and no stable equilibrium at all).
 
 Near an equilibrium z* with Jacobian J = ∂f/∂z, an error e evolves linearly, and each eigenvalue λ of J decides:
 plain iteration (e ← J e) converges where |λ| < 1; the ODE (de/dt = (J − I) e) where Re λ < 1; Euler's method with
@@ -51,7 +52,10 @@ def equilibria(system: str, a: float) -> list[tuple[np.ndarray, bool]]:
     """Every equilibrium Broyden finds from a grid of starts, with its stability (all Re λ(J − I) < 0).
 
     Broyden runs from a 9×9 grid over ``[−2, 2]²`` to ``‖f(z) − z‖∞ ≤ 1e-10``; starts that fail are ignored, as
-    are answers outside ``[−3, 3]²`` and duplicates (within 1e-4).
+    are answers outside ``[−3, 3]²``. Answers within :data:`SAME_EQUILIBRIUM` of each other are one equilibrium
+    (:func:`distinct`): next to a non-hyperbolic equilibrium (an eigenvalue of ``J`` exactly 1, as at the
+    pitchfork's origin at ``a = 2/3`` and ``a = 2``) the residual grows only like the cube of the distance, and
+    Broyden stops up to 7e-4 away from it, at points that are not equilibria.
 
     Parameters
     ----------
@@ -62,7 +66,8 @@ def equilibria(system: str, a: float) -> list[tuple[np.ndarray, bool]]:
     Returns
     -------
     list of (numpy.ndarray, bool)
-        Each equilibrium, shape ``(2,)``, and whether it is stable for ``dz/dt = f(z) − z``.
+        Each equilibrium, shape ``(2,)``, and whether it is stable for ``dz/dt = f(z) − z``; sorted by the first
+        coordinate, then the second.
     """
     f = vector_field(system, a)
     g = torch.linspace(-2, 2, 9, dtype=torch.float64)
@@ -70,12 +75,36 @@ def equilibria(system: str, a: float) -> list[tuple[np.ndarray, bool]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # starts that fail are simply not equilibria
         z, stats = solve(f, grid, solver="broyden", abstol=1e-10, reltol=0, max_steps=60)
-    found: list[tuple[np.ndarray, bool]] = []
-    for zi in z[stats.converged]:
-        if zi.abs().max() > 3 or any(np.abs(zi.numpy() - p).max() < 1e-4 for p, _ in found):
-            continue
-        found.append((zi.numpy(), bool((jacobian_eigenvalues(system, a, zi).real < 1).all())))
-    return found
+    z = z[stats.converged & (z.abs().amax(1) <= 3)]
+    points = distinct(z.numpy(), (f(z) - z).abs().amax(1).numpy())
+    return [(p, bool((jacobian_eigenvalues(system, a, p).real < 1).all())) for p in points]
+
+
+SAME_EQUILIBRIUM = 1e-2  # ∞-norm distance below which two of Broyden's answers are one equilibrium
+
+
+def distinct(points: np.ndarray, residuals: np.ndarray, tol: float = SAME_EQUILIBRIUM) -> list[np.ndarray]:
+    """One point per cluster of ``points`` closer than ``tol`` (∞-norm): the one with the smallest residual.
+
+    Parameters
+    ----------
+    points : numpy.ndarray
+        Shape ``(n, d)``.
+    residuals : numpy.ndarray
+        Shape ``(n,)``, e.g. ``‖f(z) − z‖∞`` at each point.
+    tol : float
+        A point is dropped when it lies within ``tol`` of a kept point with a smaller residual.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        The kept points, sorted by their first coordinate, then the next (each rounded to 1e-9 for the order).
+    """
+    kept: list[np.ndarray] = []
+    for i in np.argsort(residuals, kind="stable"):
+        if all(np.abs(points[i] - k).max() >= tol for k in kept):
+            kept.append(points[i])
+    return sorted(kept, key=lambda p: [round(float(v), 9) for v in p])
 
 
 def jacobian_eigenvalues(system: str, a: float, z: torch.Tensor | np.ndarray) -> np.ndarray:

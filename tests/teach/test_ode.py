@@ -162,6 +162,44 @@ def test_bistable_pitchfork_broyden_saddle_vs_ode_stable():
     assert "settles at (+0.933, +0.933)" in panel.text and "lands on (+0.000, " in panel.text
 
 
+def test_distinct_keeps_the_smallest_residual_of_each_cluster():
+    points = np.array([[1e-3, -1e-3], [0.0, 0.0], [-6e-4, 6e-4], [0.5, -0.5], [0.505, -0.5], [-0.5, 0.5]])
+    residuals = np.array([3e-11, 0.0, 7e-11, 2e-12, 1e-12, 5e-11])
+    kept = ode.distinct(points, residuals, tol=1e-2)
+    assert [p.tolist() for p in kept] == [[-0.5, 0.5], [0.0, 0.0], [0.505, -0.5]]  # sorted; the best of each cluster
+    assert len(ode.distinct(points, residuals, tol=1e-4)) == 6  # nothing closer than 1e-4
+    assert ode.distinct(np.zeros((0, 2)), np.zeros(0)) == []
+
+
+@pytest.mark.parametrize("a", [2 / 3, 2.0])
+def test_equilibria_merges_broyden_s_near_copies_of_a_non_hyperbolic_origin(a):
+    """At a = 2/3 and a = 2 the pitchfork's origin has an eigenvalue of J exactly 1: Broyden stops at points up to
+    7e-4 from it (residual ~ distance³ ≤ 1e-10), which are not equilibria; they once showed as extra ○ and rows."""
+    eq = ode.equilibria("pitchfork", a)
+    assert len(eq) == (1 if a < 1 else 3)
+    origin = [(p, s) for p, s in eq if np.abs(p).max() < 0.1]
+    assert len(origin) == 1 and np.abs(origin[0][0]).max() < 1e-12 and not origin[0][1]
+    assert np.allclose(sorted(ode.jacobian_eigenvalues("pitchfork", a, origin[0][0]).real), [0.5 * a, 1.5 * a])
+    assert all(s and np.abs(p).min() > 0.9 for p, s in eq if p is not origin[0][0])  # a = 2: ±(0.995, 0.995)
+
+
+@pytest.mark.parametrize(
+    "a,stable",
+    [(0.6, [True]), (1.2, [True, False, True]), (2.0, [True, False, True]), (2.5, [True, False, False, False, True])],
+)
+def test_pitchfork_equilibria_sorted_with_their_stability(a, stable):
+    eq = ode.equilibria("pitchfork", a)
+    assert [s for _, s in eq] == stable
+    assert [p[0] for p, _ in eq] == sorted(p[0] for p, _ in eq)
+    if a == 2.5:  # past a = 2: the origin is a source, two saddles on the anti-diagonal
+        (_, _), (q, _), (o, _), (r, _), (_, _) = eq
+        assert np.allclose(q, [-0.7104, 0.7104], atol=1e-4) and np.allclose(r, -q) and np.abs(o).max() < 1e-12
+        assert (ode.jacobian_eigenvalues("pitchfork", a, o).real > 1).all()
+        for p in (q, r):
+            lam = np.sort(ode.jacobian_eigenvalues("pitchfork", a, p).real)
+            assert lam[0] < 1 < lam[1]
+
+
 def test_ode_unknown_system():
     with pytest.raises(ValueError, match="unknown system"):
         ode.system_matrix("saddle", 1.0)
