@@ -728,7 +728,7 @@ RIGHT = [
 RIGHT += [
     (
         f"{solver} inside torch.autocast(bfloat16)",
-        lambda solver=solver: _autocast(lambda: deqkit.solve(lambda z: 0.5 * torch.tanh(z) + Z, Z, solver=solver)),
+        lambda solver=solver: _autocast(lambda: deqkit.solve(lambda z: 0.5 * torch.tanh(z) + 1.0, Z, solver=solver)),
         lambda out: out[1].all_converged,
     )
     for solver in deqkit.SOLVERS
