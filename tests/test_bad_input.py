@@ -886,3 +886,16 @@ def test_autocast_precision_is_named_when_it_is_the_limit():
     with pytest.warns(deqkit.ConvergenceWarning, match=r"precision of bfloat16 \(f runs under torch.autocast\)"):
         with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
             deq(torch.randn(16, 4))
+
+
+def test_an_unconverged_backward_gets_advice_for_a_linear_problem():
+    # the implicit backward's u = g + uJ is linear: "damping" or "dynamic_ss, which converges where plain iteration
+    # diverges" were the forward's advice; the backward's budget lives in deqkit.Implicit, and full GMRES always works
+    from deqkit.teach.implicit_measures import near_one_deq
+
+    model, x = near_one_deq(1.058, backward=deqkit.Implicit("gmres", abstol=1e-6, reltol=0.0, max_steps=40))
+    with pytest.warns(deqkit.ConvergenceWarning) as caught:
+        model(x.clone().requires_grad_()).sum().backward()
+    message = str(caught[0].message)
+    assert "This is a linear problem" in message and "deqkit.Implicit(max_steps=..., max_nfe=...)" in message
+    assert "deqkit.GMRES(restart=None)" in message and "damping" not in message

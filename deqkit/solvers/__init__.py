@@ -263,7 +263,17 @@ def run(
         tol = tol.replace(max_steps=solver.default_max_steps)
     z0 = z0.detach().clone()  # the solver's own copy: the caller's z0 is never touched or handed back
     autocast = _autocast_dtype(z0.device.type)
-    monitor = Monitor(solver.label, z0, tol, strict=strict, record=record, warn=warn, units=units, within=autocast)
+    monitor = Monitor(
+        solver.label,
+        z0,
+        tol,
+        strict=strict,
+        record=record,
+        warn=warn,
+        units=units,
+        within=autocast,
+        linear=isinstance(f, AffineMap),
+    )
     if autocast is None:
         steps, nfe = _run_solver(solver, _out_of_place(f), z0, monitor)
     else:  # the solver's own arithmetic (least squares, Krylov bases) in z0's precision; f as the caller asked

@@ -175,9 +175,11 @@ class Monitor:
         warn: Callable[[str, SolverStats], None] | None = None,
         units: float = 1.0,
         within: torch.dtype | None = None,
+        linear: bool = False,
     ):
         batch = z0.shape[0]
         self.within = within  # the dtype of the torch.autocast region f runs in, if any (named in the warnings)
+        self.linear = linear  # an affine map (the implicit backward's u = g + uJ): its own advice in the warnings
         if tol.max_steps is None:
             raise ValueError("the monitor needs a step limit: Tolerances.max_steps is None (run() fills it in)")
         self.method, self.tol, self.strict, self.record, self.warn = method, tol, strict, record, warn
@@ -559,6 +561,7 @@ class Monitor:
                     self.last_scale.masked_fill(~failed, 0),
                     self.peak,
                     self.within,
+                    self.linear,
                 )
             )
             if self.strict:
@@ -628,9 +631,11 @@ def _diagnosis(
     failed_scale: torch.Tensor,
     peak: torch.Tensor,
     within: torch.dtype | None = None,
+    linear: bool = False,
 ) -> str:
     """What to try, for the warning about samples that did not converge (``residual`` and ``failed_scale``: theirs,
-    inf and 0 at the others; ``peak``: each sample's largest residual; ``within``: the autocast dtype f ran in)."""
+    inf and 0 at the others; ``peak``: each sample's largest residual; ``within``: the autocast dtype f ran in;
+    ``linear``: the map is affine, as the implicit backward's)."""
     if start_scale is not None and bool(drifting.any()):  # drifting is measured from start_scale
         i = int(drifting.nonzero()[0])
         return (
@@ -649,6 +654,14 @@ def _diagnosis(
         "which also converges where plain iteration diverges), damping, or a smaller spectral norm of f's weights "
         "(check deqkit.spectral_radius)."
     )
+    if linear:  # u = g + uJ: a linear system, whose difficulty is the spectrum of J at z*
+        hint = (
+            f"This is a linear problem (for a DEQ, the implicit backward's u = g + u·∂f/∂z at z*). Try: more steps "
+            f"(max_steps, {tol.budget_name}; for a DEQ, deqkit.Implicit(max_steps=..., max_nfe=...)), or GMRES "
+            "(solver='gmres'; deqkit.GMRES(restart=None), full GMRES, solves any invertible system within as many "
+            "products as the state has entries). It is hard where ∂f/∂z at z* has eigenvalues near 1 (check "
+            "deqkit.spectral_radius): a smaller spectral norm of f's weights helps."
+        )
     if float(residual.min()) <= 10 * eps * max(float(failed_scale.max()), 1.0):  # at the rounding level of f(z)
         hint = (
             f"The residual is at the precision of {str(dtype).removeprefix('torch.')}"
