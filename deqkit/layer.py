@@ -133,7 +133,8 @@ class DEQ(nn.Module):
     Attributes
     ----------
     last_stats : DEQStats or None
-        Statistics of the last forward solve and of its backward solve.
+        Statistics of the last forward solve and of its backward solve; None before the first call and after a call
+        that raised (a ``ConvergenceError`` with ``strict=True`` says in its message what the solve did).
     last_equilibrium : tuple of torch.Tensor, or None
         ``(z*, f(z*, x))`` of the last call in grad mode, with the graph of ``f`` at ``z*`` (what
         :func:`deqkit.jacobian_penalty` differentiates); None after a call under ``torch.no_grad()``. For a
@@ -420,6 +421,8 @@ class DEQ(nn.Module):
                         getattr(module, name)
 
     def _forward(self, x: torch.Tensor, z0: InitialState | None, states: int | None) -> Any:
+        # a call that raises leaves no statistics of an earlier call behind (they would read as this call's)
+        self.last_stats, self.last_equilibrium = None, None
         mode = self.z0 if z0 is None else z0
         with _explained_start(mode, x) as first:
             start = self.initial_state(x, z0)

@@ -899,3 +899,19 @@ def test_an_unconverged_backward_gets_advice_for_a_linear_problem():
     message = str(caught[0].message)
     assert "This is a linear problem" in message and "deqkit.Implicit(max_steps=..., max_nfe=...)" in message
     assert "deqkit.GMRES(restart=None)" in message and "damping" not in message
+
+
+def test_a_call_that_raises_leaves_no_earlier_statistics_behind():
+    block, x = tanh_problem(4, 0.5, batch=2)
+    deq = deqkit.DEQ(block, solver="picard", strict=True, max_steps=2, max_nfe=None)
+    with pytest.raises(deqkit.ConvergenceError):
+        deq(x)
+    assert deq.last_stats is None and deq.last_equilibrium is None
+    deq.strict = False
+    with pytest.warns(deqkit.ConvergenceWarning):
+        deq(x)
+    assert deq.last_stats is not None and deq.last_stats.forward.steps == 2
+    deq.strict = True
+    with pytest.raises(deqkit.ConvergenceError):  # the statistics of the call before are not this call's
+        deq(x)
+    assert deq.last_stats is None
