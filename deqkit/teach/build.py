@@ -345,14 +345,16 @@ class _Products(nn.Module):
     ``J`` (a cotangent of unit vectors: ``torch.autograd.functional.jacobian``, or a loop over ``eᵢ``), when several
     cotangents go through at once (``vmap``: ``jacobian(..., vectorize=True)``, ``is_grads_batched``,
     ``torch.func.jacrev``) or when a product goes forward (``J v``: ``torch.func.jvp``, ``torch.func.jacfwd``). The
-    iteration ``u ← g + uJ`` from a dense ``g`` does none of these.
+    iteration ``u ← g + uJ`` from a dense ``g`` does none of these. ``calls`` counts the evaluations of ``f``: a
+    Jacobian by finite differences takes one per coordinate of ``z`` and no product at all.
     """
 
     def __init__(self, inner: nn.Module):
         super().__init__()
-        self.inner, self.vjps, self.whole = inner, 0, False
+        self.inner, self.vjps, self.whole, self.calls = inner, 0, False, 0
 
     def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
         return _Tap.apply(self.inner(z, x), self)
 
 
@@ -409,6 +411,13 @@ def _products_problem(
             "with thousands of coordinates. Iterate u ← g + u J with one vector–Jacobian product per step: "
             "evaluate fz = f(z, x) once at z = z*.requires_grad_(), then u J = "
             "torch.autograd.grad(fz, z, u, retain_graph=True)[0]."
+        )
+    if watched.calls >= D and watched.calls > watched.vjps + 1:  # f evaluated per coordinate, products not taken
+        return (
+            f"u is right, but you evaluated f {watched.calls} times and took {watched.vjps} vector–Jacobian products "
+            "through it: a Jacobian by finite differences (one evaluation per coordinate of z) is approximate and "
+            "costs a d × d matrix per sample. Evaluate fz = f(z, x) once at z = z*.requires_grad_(), and iterate "
+            "u ← g + u J with u J = torch.autograd.grad(fz, z, u, retain_graph=True)[0]."
         )
     tight, watched.vjps = watched.vjps, 0
     u = solve_adjoint(watched, z_star, x, g, tol=1e-4)

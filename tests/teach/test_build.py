@@ -162,6 +162,21 @@ def test_adjoint_that_forms_the_jacobian(solve_adjoint):
     assert "you formed the Jacobian" in build.check_solve_adjoint(solve_adjoint)
 
 
+def test_adjoint_from_a_finite_difference_jacobian():
+    def finite_differences(f, z_star, x, g, tol=1e-12, max_iter=1000, h=1e-5):
+        with torch.no_grad():
+            n, d = z_star.shape
+            J = torch.zeros(n, d, d, dtype=z_star.dtype)
+            for i in range(d):
+                e = torch.zeros_like(z_star)
+                e[:, i] = h
+                J[:, :, i] = (f(z_star + e, x) - f(z_star - e, x)) / (2 * h)
+            eye = torch.eye(d, dtype=z_star.dtype)
+            return torch.linalg.solve((eye - J).transpose(1, 2), g.unsqueeze(-1)).squeeze(-1)
+
+    assert "a Jacobian by finite differences" in build.check_solve_adjoint(finite_differences)
+
+
 def test_adjoint_with_vjps_passes_however_taken_and_one_that_ignores_tol_does_not():
     def iterate(vjp_of):  # u ← g + u J until ‖u_new − u‖∞ ≤ tol, the VJPs taken by vjp_of(f, z_star, x)
         def solve_adjoint(f, z_star, x, g, tol=1e-12, max_iter=1000):
