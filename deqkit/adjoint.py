@@ -307,7 +307,7 @@ class _ImplicitFunction(torch.autograd.Function):
                 f"{method.solver.label}) blew up; the forward solve had finished. Here f(z) − z in the solver's "
                 "report below means g + uJ − u. Plain iteration on it diverges where the spectral radius of ∂f/∂z "
                 "at z* is 1 or more (check deqkit.spectral_radius): use backward=deqkit.Implicit(solver='gmres'), "
-                f"which converges there too, or constrain f. (The solver's report: {err})"
+                f"which converges there too, or constrain f. (The solver's report: {str(err).split('. ')[0]}.)"
             ) from err
         if alerts is not None and sol.stats.all_converged:
             alerts.observe(sol.stats)

@@ -44,6 +44,11 @@ def _backward_picard_past_one():
         deq(x).sum().backward()
 
 
+def _linear_last_deq():
+    lin = torch.nn.Linear(3, 3)
+    return deqkit.DEQ(lambda z, x: lin(z + x))
+
+
 def _reassigned_eval_budget():
     deq = _deq()
     deq.eval_max_nfe = 1
@@ -646,7 +651,27 @@ CASES = [
             torch.randn(3, 1, 4)
         ),
         RuntimeError,
-        "a solve cannot run under torch.func transforms",
+        "a solve cannot run under torch.func.vmap",
+    ),
+    (
+        "solve under torch.func.vmap, with f capturing the batched tensor and z0 made inside",
+        lambda: torch.func.vmap(lambda a: deqkit.solve(lambda z: a * z + 1, torch.zeros(1, 2), solver="picard")[0])(
+            torch.tensor([0.1, 0.5])
+        ),
+        RuntimeError,
+        "a solve cannot run under torch.func.vmap",
+    ),
+    (
+        "a DEQ whose block ends in a Linear, inside torch.autocast (was blamed on f changing dtype, or on shapes)",
+        lambda: _autocast(lambda: _linear_last_deq()(torch.randn(2, 3))),
+        ValueError,
+        r"f\(z\) comes back as bfloat16 under torch.autocast\(bfloat16\) while the state z is float32.*out.to",
+    ),
+    (
+        "DynamicSS(polish=None) with a polish_* setting that is not even a number",
+        lambda: deqkit.DynamicSS(polish=None, polish_below=float("nan")),
+        ValueError,
+        r"polish_below must be in \(0, 1\), got nan",
     ),
     (
         "a 1-D x with the default z0 (was blamed on f's first evaluation)",
@@ -883,7 +908,7 @@ def test_autocast_precision_is_named_when_it_is_the_limit():
     torch.manual_seed(3)
     lin = torch.nn.Linear(4, 4)
     deq = deqkit.DEQ(lambda z, x: torch.tanh(0.5 * lin(z) + x), solver="anderson")
-    with pytest.warns(deqkit.ConvergenceWarning, match=r"precision of bfloat16 \(f runs under torch.autocast\)"):
+    with pytest.warns(deqkit.ConvergenceWarning, match=r"f runs under torch.autocast\(bfloat16\): where it casts"):
         with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
             deq(torch.randn(16, 4))
 
@@ -915,3 +940,20 @@ def test_a_call_that_raises_leaves_no_earlier_statistics_behind():
     with pytest.raises(deqkit.ConvergenceError):  # the statistics of the call before are not this call's
         deq(x)
     assert deq.last_stats is None
+
+
+def test_settings_equal_to_the_defaults_are_not_refused_as_ignored():
+    # an explicit default changes nothing, whatever its number type
+    from fractions import Fraction
+
+    assert deqkit.DynamicSS(polish=None, polish_below=Fraction(7, 10), polish_stall=np.int64(10)).polish is None
+    assert deqkit.DynamicSS(ode_method="euler", step_size=0.5, controller=deqkit.StepSizeController()).step_size == 0.5
+
+
+def test_torch_func_grad_through_a_solve_still_works():
+    # the solve's steps are differentiable: torch.func.grad differentiates through them (z* = 1 / (1 − a))
+    def total(a):
+        z, _ = deqkit.solve(lambda z: a * z + 1, torch.zeros(1, 2), solver="picard", abstol=1e-10, reltol=0)
+        return z.sum()
+
+    assert abs(float(torch.func.grad(total)(torch.tensor(0.5))) - 8.0) < 1e-4

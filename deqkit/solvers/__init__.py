@@ -156,12 +156,6 @@ def check_start(z0: Any, what: str = "z0") -> None:
     """Refuse a starting point that is not a floating-point ``(batch, ...)`` tensor, naming the fix."""
     if not isinstance(z0, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor of shape (batch, ...), got {type(z0).__name__}")
-    if functorch_wrapped(z0):
-        raise RuntimeError(
-            f"deqkit: a solve cannot run under torch.func transforms (vmap, grad, jacrev, ...): its solver stops each "
-            f"sample on data-dependent conditions. Batch the inputs yourself ({what}'s first dimension: the solvers "
-            "solve each sample independently) and differentiate with a DEQ's implicit gradient or torch.autograd."
-        )
     if z0.dim() < 2 or z0.shape[0] == 0:
         raise ValueError(
             f"{what} must have shape (batch, ...) with a non-empty batch and at least one feature dimension, got "
@@ -300,7 +294,16 @@ def _under_autocast(f: Map, device_type: str, dtype: torch.dtype) -> Map:
 
     def cast(z: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type, dtype=dtype):
-            return f(z)
+            out = f(z)
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and out.dtype != z.dtype:
+            name = str(dtype).removeprefix("torch.")
+            raise ValueError(
+                f"f(z) comes back as {str(out.dtype).removeprefix('torch.')} under torch.autocast({name}) while the "
+                f"state z is {str(z.dtype).removeprefix('torch.')}: autocast ran f's last matrix product or "
+                f"convolution in {name}. End f with a cast to the state's dtype (return out.to(z.dtype), or "
+                "out.float()), or keep the solve out of the autocast region."
+            )
+        return out
 
     if isinstance(f, SampleMap):
         return SampleMap(cast, lambda index: _under_autocast(f.on(index), device_type, dtype), f.compare)
@@ -341,6 +344,12 @@ def _run_solver(solver: Solver, f: Map, z0: torch.Tensor, monitor: Monitor) -> t
             raise
         raise DivergenceError(f"{solver.label}: {cause} (The solver's own report: {err})") from err
     except RuntimeError as err:  # an allocator's message names bytes, not the setting that asked for them
+        if "vmap" in str(err) and ".item()" in str(err):  # (torch.func.grad and jacrev through a solve work)
+            raise RuntimeError(
+                "deqkit: a solve cannot run under torch.func.vmap: its solver stops each sample on data-dependent "
+                "conditions, which vmap cannot batch. Batch the problems yourself: the solvers solve each sample "
+                "(the first dimension of z0) independently."
+            ) from err
         if not any(word in str(err) for word in ("can't allocate", "out of memory")):
             raise
         stored = (

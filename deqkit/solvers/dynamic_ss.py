@@ -307,7 +307,7 @@ class DynamicSS(Solver):
             )
         if controller is not None and not isinstance(controller, StepSizeController):
             raise TypeError(f"controller must be a deqkit.StepSizeController, got {controller!r}")
-        if controller is not None and ode_method in FIXED:
+        if controller is not None and ode_method in FIXED and controller != StepSizeController():
             raise ValueError(
                 f"controller sets the adaptive methods' step sizes; {ode_method!r} takes fixed steps of step_size, so "
                 "it would be ignored: drop controller, or choose an adaptive method such as 'tsit5'"
@@ -316,15 +316,6 @@ class DynamicSS(Solver):
             polish = Anderson()
         if polish is not None and not isinstance(polish, Anderson):
             raise ValueError(f"polish must be 'anderson', a deqkit.Anderson(...) or None, got {polish!r}")
-        given = {"polish_below": polish_below, "polish_guard": polish_guard, "polish_stall": polish_stall}
-        given["polish_patience"] = polish_patience
-        defaults = inspect.signature(DynamicSS.__init__).parameters
-        unused = [name for name, value in given.items() if value != defaults[name].default]
-        if polish is None and unused:
-            raise ValueError(
-                f"{', '.join(unused)} set the polisher's hand-overs, and polish=None turns the polisher off, so they "
-                "would be ignored: drop them, or keep the polisher (polish='anderson')"
-            )
         if polish is not None and polish.sync_every != 1:
             raise ValueError(
                 f"polish={polish!r}: DynamicSS reads every polishing step (its hand-overs to the flow "
@@ -338,6 +329,15 @@ class DynamicSS(Solver):
         self.polish_guard = check_real("polish_guard", polish_guard, 1.0, low_open=True)
         self.polish_stall = check_int("polish_stall", polish_stall, 1, INT_MAX)  # compared with a count tensor
         self.polish_patience = check_int("polish_patience", polish_patience, 1)
+        # compared once checked (any number type, no NaN): settings that would do nothing without a polisher
+        defaults = inspect.signature(DynamicSS.__init__).parameters
+        polishing = ("polish_below", "polish_guard", "polish_stall", "polish_patience")
+        unused = [k for k in polishing if getattr(self, k) != defaults[k].default]
+        if polish is None and unused:
+            raise ValueError(
+                f"{', '.join(unused)} set the polisher's hand-overs, and polish=None turns the polisher off, so they "
+                "would be ignored: drop them, or keep the polisher (polish='anderson')"
+            )
 
     def _changed_options(self) -> list[str]:
         shown = super()._changed_options()

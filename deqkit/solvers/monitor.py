@@ -646,8 +646,6 @@ def _diagnosis(
             "contracts by a factor near 1: try more steps (max_steps) or solver='anderson'."
         )
     dtype = residual.dtype
-    if within is not None and torch.finfo(within).eps > torch.finfo(dtype).eps:
-        dtype = within  # f's products rounded to the autocast dtype: its precision limits the residual
     eps = torch.finfo(dtype).eps
     hint = (
         f"Try: more steps (max_steps, {tol.budget_name}), another method ('anderson', 'broyden', or 'dynamic_ss', "
@@ -662,12 +660,21 @@ def _diagnosis(
             "products as the state has entries). It is hard where ∂f/∂z at z* has eigenvalues near 1 (check "
             "deqkit.spectral_radius): a smaller spectral norm of f's weights helps."
         )
-    if float(residual.min()) <= 10 * eps * max(float(failed_scale.max()), 1.0):  # at the rounding level of f(z)
+    size = max(float(failed_scale.max()), 1.0)
+    if float(residual.min()) <= 10 * eps * size:  # at the rounding level of f(z)
         hint = (
-            f"The residual is at the precision of {str(dtype).removeprefix('torch.')}"
-            f"{' (f runs under torch.autocast)' if dtype != residual.dtype else ''} (eps "
-            f"{eps:.2g}): tolerances below about eps·‖f(z)‖ cannot be met. Loosen abstol/reltol or compute in "
-            "a wider dtype (float32 or float64"
-            f"{': solve outside the autocast region' if dtype != residual.dtype else ''}). " + hint
+            f"The residual is at the precision of {str(dtype).removeprefix('torch.')} (eps {eps:.2g}): tolerances "
+            "below about eps·‖f(z)‖ cannot be met. Loosen abstol/reltol or compute in a wider dtype (float32 or "
+            "float64). " + hint
         )
+    elif within is not None and dtype in (torch.float32, torch.float16) and torch.finfo(within).eps > eps:
+        # whether f's results carry the autocast dtype's precision depends on what f does: said as a condition
+        low = torch.finfo(within).eps
+        if float(residual.min()) <= 10 * low * size:
+            name = str(within).removeprefix("torch.")
+            hint = (
+                f"f runs under torch.autocast({name}): where it casts (matrix products and convolutions do), its "
+                f"results carry {name}'s precision (eps {low:.2g}), and residuals below about eps·‖f(z)‖ are out of "
+                "reach; if so, loosen abstol/reltol or solve outside the autocast region. " + hint
+            )
     return hint
