@@ -17,7 +17,7 @@ from .adjoint import Context, Gradient, GradientSpec, OneStep, Phantom, as_gradi
 from .alerts import ConvergenceAlerts
 from .errors import ConvergenceError
 from .settings import check_int
-from .solvers import Solution, Solver, SolverSpec, as_solver, functorch_wrapped, run
+from .solvers import Solution, Solver, SolverSpec, as_solver, run
 from .solvers.core import Map, SampleMap
 from .solvers.monitor import Tolerances
 from .state import Structure, detach, is_structured
@@ -521,7 +521,7 @@ class DEQ(nn.Module):
         """Refuse an input the solve cannot use, naming the cause and the fix (before any evaluation of f)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"DEQ expects a tensor input x, got {type(x).__name__}")
-        if functorch_wrapped(x):
+        if _functorch_wrapped(x):
             raise RuntimeError(
                 "deqkit: the DEQ cannot run under torch.func transforms (vmap, grad, jacrev, ...): its solver stops "
                 "each sample on data-dependent conditions. Batch the inputs yourself (the DEQ solves each sample "
@@ -676,3 +676,9 @@ def _gradient_hint(options: dict[str, Any]) -> str:
                 f"({settings})"
             )
     return ""
+
+
+def _functorch_wrapped(x: torch.Tensor) -> bool:
+    """True inside ``torch.func.vmap`` / ``grad`` (x is then a functorch wrapper tensor)."""
+    probe = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    return bool(probe is not None and probe(x))

@@ -7,6 +7,7 @@ A solver is a configured :class:`Solver` object (``Anderson(m=6)``) or its name 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from collections.abc import Callable
@@ -146,12 +147,6 @@ class Solution:
     stats: SolverStats
 
 
-def functorch_wrapped(x: torch.Tensor) -> bool:
-    """True inside ``torch.func.vmap`` / ``grad`` (x is then a functorch wrapper tensor)."""
-    probe = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
-    return bool(probe is not None and probe(x))
-
-
 def check_start(z0: Any, what: str = "z0") -> None:
     """Refuse a starting point that is not a floating-point ``(batch, ...)`` tensor, naming the fix."""
     if not isinstance(z0, torch.Tensor):
@@ -268,11 +263,10 @@ def run(
         within=autocast,
         linear=isinstance(f, AffineMap),
     )
-    if autocast is None:
+    if autocast is not None:  # the solver's own arithmetic (least squares, Krylov bases) in z0's precision
+        f = _under_autocast(f, z0.device.type, autocast)  # and f as the caller asked
+    with contextlib.nullcontext() if autocast is None else torch.autocast(z0.device.type, enabled=False):
         steps, nfe = _run_solver(solver, _out_of_place(f), z0, monitor)
-    else:  # the solver's own arithmetic (least squares, Krylov bases) in z0's precision; f as the caller asked
-        with torch.autocast(z0.device.type, enabled=False):
-            steps, nfe = _run_solver(solver, _out_of_place(_under_autocast(f, z0.device.type, autocast)), z0, monitor)
     stats = monitor.finish(steps, nfe)
     return Solution(monitor.best_z, monitor.best_fz, stats)
 

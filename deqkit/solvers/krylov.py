@@ -97,7 +97,7 @@ class GMRES(Solver):
             # Restart (or stop) from the true residual, not the recurrence, at each sample's best answer; but a
             # running sample whose best did not improve in this cycle restarts from its last iterate: from its best
             # again, the cycle would only repeat itself, forever.
-            stop = monitor.done or step >= monitor.max_steps or not monitor.fits(nfe + 1, 2) or uk is None
+            stop = monitor.done or step >= monitor.max_steps or not monitor.fits(nfe + 1, 2)
             u, from_last = monitor.best_z.flatten(1), None
             if not stop and uk is not None:
                 from_last = ~monitor.converged & (monitor.residual >= start)

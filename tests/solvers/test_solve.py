@@ -560,26 +560,17 @@ def test_gmres_rotates_by_a_true_rotation_where_the_pivot_is_subnormal():
     assert torch.allclose(omega @ omega.T, torch.eye(3), atol=1e-3)
 
 
-def test_restarted_gmres_does_not_freeze_at_its_best_iterate():
+def test_restarted_gmres_does_not_freeze_at_its_best_iterate(monkeypatch):
     """Restarted from each sample's best iterate by the ∞-norm, a cycle that found no better one was repeated
     forever: on notebook 05's backward problem past ρ = 1 (‖W‖₂ = 1.058, d = 128) the residual froze at 1.6e-2
     whatever the budget (3,000 products here). Restarted from the last iterate, as GMRES(m) is, it converges in
     about 1,600; the answer is still each sample's best."""
-    from deqkit.teach.implicit_measures import tanh_deq
+    from deqkit.teach import implicit_measures
 
-    model, x = tanh_deq(
-        128,
-        1.058,
-        batch=4,
-        kind="symmetric",
-        x_scale=0.0,
-        bias_scale=0.0,
-        dtype=torch.float64,
-        solver="anderson",
-        abstol=1e-12,
-        reltol=1e-10,
-        max_steps=500,
-        backward=deqkit.Implicit("gmres", abstol=1e-6, reltol=0.0, max_steps=3000),
+    # the notebook's full-mode problem (fast mode's d = 32 does not freeze), with a batch of 4
+    monkeypatch.setattr(implicit_measures, "_backward_sizes", lambda: {"d": 128, "batch": 4})
+    model, x = implicit_measures.near_one_deq(
+        1.058, backward=deqkit.Implicit("gmres", abstol=1e-6, reltol=0.0, max_steps=3000)
     )
     model(x.clone().requires_grad_()).sum().backward()
     stats = model.last_stats.backward
