@@ -230,6 +230,7 @@ def _flow(f: Callable, x: torch.Tensor, t_end: float, steps: int = 1000) -> torc
     torchdiffeq's dopri5 at ``rtol = atol = 1e-12`` to 1e-12 (``tests/teach/test_build.py``), far under the 1e-6
     that the check allows.
     """
+
     def field(t: torch.Tensor, z: torch.Tensor, perturb: object = None) -> torch.Tensor:
         return f(z, x) - z
 
