@@ -14,7 +14,7 @@ import inspect
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 #: The largest value of an integer setting that sizes or counts tensors (torch's integers are 64-bit)
 INT_MAX = 2**63 - 1
@@ -100,8 +100,7 @@ class Configured:
     @classmethod
     def settings(cls) -> list[inspect.Parameter]:
         """The constructor's parameters: the settings fixed once an object is built."""
-        variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        return [p for p in inspect.signature(cls).parameters.values() if p.kind not in variadic]
+        return list(_settings_of(cast(type, cls)))  # (the class object: mypy takes Configured.__hash__ for its own)
 
     def _changed_options(self) -> list[str]:
         """``name=value`` for each setting that differs from its default."""
@@ -140,6 +139,14 @@ class Configured:
                 f"settings you want, e.g. {kind}({', '.join(p.name + '=...' for p in self.settings()[:2])})"
             )
         super().__setattr__(name, value)
+
+
+@functools.cache
+def _settings_of(cls: type) -> tuple[inspect.Parameter, ...]:
+    """:meth:`Configured.settings`, read from the signature once per class (``inspect.signature`` takes tens of µs,
+    and a solve by name builds its solver and labels its statistics with them)."""
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return tuple(p for p in inspect.signature(cls).parameters.values() if p.kind not in variadic)
 
 
 def _settling(init: Callable[..., None]) -> Callable[..., None]:

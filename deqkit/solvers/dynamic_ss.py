@@ -22,7 +22,6 @@ torchdiffeq is reached only through :mod:`deqkit.solvers.torchdiffeq_adapter`.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
 from dataclasses import dataclass
@@ -330,9 +329,9 @@ class DynamicSS(Solver):
         self.polish_stall = check_int("polish_stall", polish_stall, 1, INT_MAX)  # compared with a count tensor
         self.polish_patience = check_int("polish_patience", polish_patience, 1)
         # compared once checked (any number type, no NaN): settings that would do nothing without a polisher
-        defaults = inspect.signature(DynamicSS.__init__).parameters
+        defaults = {p.name: p.default for p in DynamicSS.settings()}
         polishing = ("polish_below", "polish_guard", "polish_stall", "polish_patience")
-        unused = [k for k in polishing if getattr(self, k) != defaults[k].default]
+        unused = [k for k in polishing if getattr(self, k) != defaults[k]]
         if polish is None and unused:
             raise ValueError(
                 f"{', '.join(unused)} set the polisher's hand-overs, and polish=None turns the polisher off, so they "
@@ -557,10 +556,11 @@ class DynamicSS(Solver):
                 "expansive map. Find where with torch.autograd.detect_anomaly(), or guard f's domain."
             )
         drift = ""
-        if bool(monitor.drifting.any()):
+        scale = monitor.last_scale  # (set by the first check, before any sample can drift)
+        if scale is not None and bool(monitor.drifting.any()):
             drift = (
                 f" {int(monitor.drifting.sum())} samples drift away (‖f(z)‖∞ grew to "
-                f"{float(monitor.last_scale.max()):.3g} while the residual never fell): f probably has no fixed "
+                f"{float(scale.max()):.3g} while the residual never fell): f probably has no fixed "
                 "point there."
             )
         return DivergenceError(
