@@ -128,7 +128,7 @@ def _limit(monitor: Monitor, ratio: torch.Tensor) -> torch.Tensor:
     """The 2-norm residual below which a sample's ∞-norm residual may meet its tolerance, per sample, from the
     monitor's tolerance and scale at its last check (they change only there) and ``ratio`` (:func:`_norm_ratio`
     of the residual then), infinite for the samples converged then: formed once per check, not at every product."""
-    limit = SLACK * ratio * (monitor.tol.reltol * monitor.scale).clamp_min(monitor.tol.abstol)
+    limit = SLACK * ratio * monitor.bound()
     return limit.masked_fill(monitor.converged, float("inf"))  # a converged sample never holds the check back
 
 

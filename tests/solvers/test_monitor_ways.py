@@ -3,6 +3,9 @@ merged only when read (``Monitor._merge_best``), against the plain way, bit for 
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import pytest
 import torch
 
@@ -172,3 +175,62 @@ def test_held_iterates_with_fresh_f_keep_the_f_each_sample_was_judged_on(seed: i
     # and the check means something: taking the held samples' f(z) as theirs (held_fz=True) differs
     wrong = _run_held(seed, frozen=True, held_fz=True, shortcut=True, pending=3, monkeypatch=monkeypatch)
     assert not torch.equal(wrong["best_fz"], plain["best_fz"])
+
+
+def _at_the_threshold(seed: int, steps: int, batch: int, dim: int, dtype: torch.dtype, tol: Tolerances) -> list:
+    """Iterates whose residuals sit on the termination rule's threshold max(abstol, reltol·‖f(z)‖∞), one unit in the
+    last place below or above it, or on it: where a rounding of the threshold, or < for ≤, changes which samples
+    converge when."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for k in range(steps):
+        z = torch.randn(batch, dim, generator=gen, dtype=torch.float64).to(dtype)
+        # ‖f(z)‖∞ from about 0.1 to 100: where both tolerances are set, either can be the larger
+        fz = z * (10 ** (3 * torch.rand(batch, 1, generator=gen, dtype=torch.float64) - 1)).to(dtype)
+        abstol = tol.abstol if tol.abstol <= torch.finfo(dtype).max else math.inf  # (the dtype holds it so)
+        limit = (tol.reltol * fz.abs().amax(1)).clamp_min(abstol)  # as the monitor forms it, in dtype
+        limit = limit.nan_to_num(posinf=1.0)  # (an abstol beyond the dtype: every residual meets it)
+        nudge = torch.randint(-1, 2, (batch,), generator=gen)
+        size = torch.where(nudge < 0, limit.nextafter(torch.zeros_like(limit)), limit)
+        size = torch.where(nudge > 0, limit.nextafter(torch.full_like(limit, torch.inf)), size)
+        # most well above it at each step (and all at the start): some samples never converge
+        above = (torch.rand(batch, generator=gen) < 0.85) | (k == 0)
+        size = size * torch.where(above, 3.0, 1.0).to(dtype)
+        r = torch.rand(batch, dim, generator=gen, dtype=torch.float64).to(dtype) * size[:, None]
+        r[:, 0] = size  # the ∞-norm is exactly size
+        out.append((z, fz, r))  # (the monitor takes r as given: only its ∞-norm against ‖fz‖∞ matters here)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("tolerances", [(0.0, 1e-3), (1e-2, 1e-3), (1e-2, 0.0), (1e300, 0.0), (1e300, 1e-3)])
+def test_numpy_records_are_the_tensors_bit_for_bit(dtype, seed, tolerances, monkeypatch) -> None:
+    """The records kept as numpy arrays on the CPU (``HOST_ARRAYS``) give what tensors give, at the threshold
+    itself, with masks and caps, shortcut or not, in float32 and float64 (an abstol float32 cannot hold included)."""
+    tol = Tolerances(*tolerances, max_steps=12)
+    seq = _at_the_threshold(seed, 12, 40, 5, dtype, tol)
+
+    def run(host: bool, shortcut: bool) -> list:
+        warnings.simplefilter("error", RuntimeWarning)  # (numpy's, of overflows torch passes silently)
+        monkeypatch.setattr(monitor_module, "HOST_ARRAYS", host)
+        monkeypatch.setattr(monitor_module, "READ_SHORTCUT", shortcut)
+        mon = Monitor("test", seq[0][0], tol, strict=False, record=False)
+        assert mon._host == (host and dtype in (torch.float32, torch.float64))
+        seen = []
+        for k, (z, fz, r) in enumerate(seq):
+            mark_below = r.abs().amax(1) * 1.5 if k % 2 else None
+            running = mon.check(k, z, r, fz, k + 1, mark_below=mark_below, read=k % 3 != 1 or k == len(seq) - 1)
+            seen.append((running.clone(), mon.n_converged, mon.n_marked, mon.marked.clone(), mon.converged.clone()))
+        return [seen, mon.converged_step, mon.converged_nfe, mon.residual, mon.scale, mon.best_z, mon.best_fz]
+
+    with warnings.catch_warnings():
+        runs = {(host, shortcut): run(host, shortcut) for host in (False, True) for shortcut in (False, True)}
+    for shortcut in (False, True):
+        tensors, arrays = runs[False, shortcut], runs[True, shortcut]
+        assert _same(tensors, arrays), shortcut
+    steps = arrays[1]
+    if tolerances[0] > torch.finfo(dtype).max:  # the dtype holds abstol as inf: every residual meets it at once
+        assert steps.tolist() == [0] * 40
+    else:  # samples converge at many steps, and some never
+        assert steps.unique().numel() > 4 and int((steps < 0).sum()) > 0

@@ -65,8 +65,10 @@ class _HostReads:
 
     def __init__(self, monkeypatch):
         self.count = 0
-        # the path a GPU takes: batches merged with torch.where (the CPU copies rows, finding them with nonzero)
+        # the path a GPU takes: batches merged with torch.where (the CPU copies rows, finding them with nonzero),
+        # the per-sample records as tensors (the CPU keeps them as numpy arrays, whose reads no hook here sees)
         monkeypatch.setattr("deqkit.solvers.monitor.COPY_ROWS_ON_CPU", False)
+        monkeypatch.setattr("deqkit.solvers.monitor.HOST_ARRAYS", False)
         for name in HOST_READS:
             original = getattr(torch.Tensor, name)
 
