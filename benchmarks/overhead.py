@@ -25,7 +25,7 @@ import torch
 
 import deqkit
 from deqkit.problems import tanh_problem
-from deqkit.solvers import GMRES, AffineMap, Tolerances, run
+from deqkit.solvers import GMRES, AffineMap, Tolerances, monitor, run
 
 from .forward import load, save, torchdeq_available
 
@@ -157,7 +157,18 @@ def top_level_ops(fn: Callable[[], object]) -> int:
 
 def ops_rows(d: int, batch: int, repeats: int) -> list[dict]:
     """Per forward solver: the tensor operations per step beyond those of ``f``, and the wall time per step beyond
-    ``f`` divided by them (what one operation costs in that solver, dispatch included)."""
+    ``f`` divided by them (what one operation costs in that solver, dispatch included).
+
+    The monitor keeps its per-sample records as tensors here, as on a GPU (each operation a kernel launch): on the
+    CPU it keeps them as numpy arrays, whose operations torch.profiler does not see."""
+    saved, monitor.HOST_ARRAYS = monitor.HOST_ARRAYS, False
+    try:
+        return _ops_rows(d, batch, repeats)
+    finally:
+        monitor.HOST_ARRAYS = saved
+
+
+def _ops_rows(d: int, batch: int, repeats: int) -> list[dict]:
     f, x = case(d, batch, False)
     z0 = torch.zeros_like(x)
     f_ops, t_f = top_level_ops(lambda: f(z0)), median_time(lambda: f(z0), 200)
@@ -287,7 +298,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--ops",
         action="store_true",
-        help="instead: tensor operations per evaluation beyond f's own, and the time per operation",
+        help="instead: tensor operations per evaluation beyond f's own, and the time per operation (the monitor's "
+        "per-sample records as tensors, as on a GPU)",
     )
     args = parser.parse_args(argv)
     if args.plot is not None and (args.ops or args.compile):
@@ -300,7 +312,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--cases takes d x batch, e.g. 128x128; got {args.cases}")
     torch.set_num_threads(args.threads)
     if args.ops:
-        print(f"overhead --ops: torch {torch.__version__}, {args.threads} thread(s); load average {load()}\n")
+        print(
+            f"overhead --ops: torch {torch.__version__}, {args.threads} thread(s); the monitor's records as tensors "
+            f"(a GPU's way); load average {load()}\n"
+        )
         print("| case | solver | evaluations | operations per evaluation beyond f | µs per operation |")
         print("|---|---|---:|---:|---:|")
         rows = [r for d, batch in sizes for r in ops_rows(d, batch, args.repeats)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
 import math
 from collections.abc import Callable, Iterator
@@ -172,20 +173,14 @@ class DEQ(nn.Module):
         **options: Any,
     ):
         super().__init__()
-        _check_z0(z0)
-        if not callable(f):
-            raise TypeError(f"f must be an nn.Module or a callable f(z, x), got {type(f).__name__}")
-        for name, flag in (("strict", strict), ("per_sample", per_sample)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        self.f = f  # (f, z0, strict and per_sample are checked by __setattr__, here and when set later)
+        self.z0, self.strict, self.per_sample = z0, strict, per_sample
         # checked now, not at the first call: the budget of each mode, one object each from here to the solver
         # and the backward
         self._budgets = {
             True: Tolerances(abstol, reltol, max_steps, max_nfe),
             False: Tolerances(abstol, reltol, max_steps, eval_max_nfe, budget_name="eval_max_nfe"),
         }
-        self.f = f
-        self.z0, self.strict, self.per_sample = z0, strict, per_sample
         try:
             self.solver = as_solver(solver, options)
         except TypeError as err:  # an option of a gradient method, given to the DEQ: say where it belongs
@@ -298,11 +293,26 @@ class DEQ(nn.Module):
 
     def __setattr__(self, name: str, value: Any) -> None:
         """A checked setting (a property: ``max_nfe``, ``solver``, ...) goes to its setter, whatever the value:
-        ``nn.Module`` would register a module or parameter under that name instead, past the check."""
+        ``nn.Module`` would register a module or parameter under that name instead, past the check. ``f`` must stay
+        callable, and a new attribute whose name is a near miss of a setting's (``max_stpes``) is refused: it
+        would be ignored silently."""
         if isinstance(getattr(type(self), name, None), property):
             object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
+            return
+        if name == "f" and not callable(value):
+            raise TypeError(f"f must be an nn.Module or a callable f(z, x), got {type(value).__name__}")
+        if name == "z0":
+            _check_z0(value)
+        if name in ("strict", "per_sample") and not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+        if name not in _SETTINGS and not name.startswith("_") and name not in self.__dict__ and not hasattr(self, name):
+            near = difflib.get_close_matches(name, _SETTINGS, n=1, cutoff=0.8)
+            if near:
+                raise AttributeError(
+                    f"DEQ has no setting {name!r}; did you mean {near[0]!r}? (A new attribute of that name would be "
+                    f"ignored by the layer; its settings: {', '.join(_SETTINGS)}.)"
+                )
+        super().__setattr__(name, value)
 
     def __getstate__(self) -> dict[str, Any]:
         """What ``copy.deepcopy`` and ``pickle`` (``torch.save(deq)``) copy: everything but ``last_equilibrium``.
@@ -550,6 +560,10 @@ class DEQ(nn.Module):
                 f"the input x contains NaN or Inf ({int((~torch.isfinite(x)).sum())} entries): a "
                 "fixed point of f(z, x) is undefined there; clean the data or check the layer below"
             )
+
+
+#: The names of the DEQ's settings (its constructor's parameters): near misses of them are refused as attributes
+_SETTINGS = tuple(p.name for p in inspect.signature(DEQ).parameters.values() if p.kind is not p.VAR_KEYWORD)
 
 
 class _FirstCall:

@@ -618,6 +618,37 @@ CASES = [
         AttributeError,
         "cannot be changed after construction",
     ),
+    # round six (2026-12-08, ninth session): a DEQ's attributes set after construction
+    (
+        "a near miss of a DEQ setting set as an attribute (was accepted and ignored)",
+        lambda: setattr(_deq(), "max_stpes", 3),
+        AttributeError,
+        r"DEQ has no setting 'max_stpes'; did you mean 'max_steps'\?",
+    ),
+    (
+        "deq.backwards = 'phantom' (was accepted and ignored)",
+        lambda: setattr(_deq(), "backwards", "phantom"),
+        AttributeError,
+        "did you mean 'backward'",
+    ),
+    (
+        "deq.f = None (was Python's \"'NoneType' object is not callable\" at the next call)",
+        lambda: setattr(_deq(), "f", None),
+        TypeError,
+        "f must be an nn.Module or a callable f",
+    ),
+    (
+        "deq.z0 set to an unknown name (was accepted; checked only by the constructor)",
+        lambda: setattr(_deq(), "z0", "ones"),
+        ValueError,
+        "z0 must be 'zeros', 'f0', a callable or a tensor, got 'ones'",
+    ),
+    (
+        "deq.strict = 1 (was accepted; checked only by the constructor)",
+        lambda: setattr(_deq(), "strict", 1),
+        TypeError,
+        "strict must be True or False",
+    ),
     # round five (a hostile review of 2026-12-08): settings accepted and then ignored, raw errors
     (
         "a step-size controller for a fixed-step ODE method (was ignored)",

@@ -318,3 +318,16 @@ def test_settings_are_checked_at_construction():
 def test_a_gradient_option_given_to_the_deq_says_where_it_belongs():
     with pytest.raises(TypeError, match=r"'steps': an option of the gradient, pass backward=deqkit.Phantom\(steps="):
         deqkit.DEQ(lambda z, x: z, backward="phantom", steps=3)
+
+
+def test_a_deq_takes_attributes_of_its_own_and_checked_settings():
+    """Only near misses of the settings' names are refused (tests/test_bad_input.py): other attributes, the
+    settings themselves and nn.Module's own machinery are set as before."""
+    deq = deqkit.DEQ(torch.nn.Linear(3, 3))
+    deq.note, deq.solver, deq.reltol, deq.z0, deq.strict = "mine", "picard", 1e-6, "f0", True
+    deq.f = torch.nn.Linear(3, 3)  # a new block is registered as the submodule f
+    assert deq.note == "mine" and deq.solver == deqkit.Picard() and deq.reltol == 1e-6 and deq.z0 == "f0"
+    assert "f.weight" in deq.state_dict() and deq.f is dict(deq.named_children())["f"]
+    deq.register_buffer("scale_buffer", torch.ones(1))
+    deq.train(False)
+    assert not deq.training
