@@ -65,11 +65,10 @@ def test_other_attributes_stay_assignable_and_copies_keep_the_rule():
             other.m = 4
 
 
-def test_a_deq_with_strict_reassigned_to_a_non_bool_is_refused_at_the_call():
+def test_a_deq_with_strict_reassigned_to_a_non_bool_is_refused():
     deq = deqkit.DEQ(lambda z, x: torch.tanh(0.5 * z + x), solver="anderson")
-    deq.strict = "yes"
-    with pytest.raises(TypeError, match="strict must be True or False, got 'yes'"):
-        deq(torch.zeros(2, 3))
+    with pytest.raises(TypeError, match="strict must be True or False, got 'yes'"):  # when set (was: at the call)
+        deq.strict = "yes"
     deq.strict, deq.solver = True, deqkit.Anderson(m=3)  # the layer's own settings stay assignable
     assert deq(torch.zeros(2, 3)).shape == (2, 3) and deq.solver.m == 3
 

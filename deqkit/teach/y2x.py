@@ -412,7 +412,7 @@ def training_panel(
     """
     r = training_run(lr, epochs, backward, solver, progress=progress)
     r.warn()
-    fig, (ax, ax_a, ax2) = figure(3, width=3.6)
+    fig, (ax, ax_a, ax2) = figure(3, width=3.6, layout="fixed")  # (a widget panel: redrawn at every move)
     if r.losses:
         ax.semilogy(np.arange(1, len(r.losses) + 1), r.losses)
     else:

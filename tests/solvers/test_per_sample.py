@@ -106,9 +106,8 @@ def test_per_sample_must_be_a_bool():
     with pytest.raises(TypeError, match="per_sample must be True or False"):
         deqkit.DEQ(block, per_sample="yes")
     deq = deqkit.DEQ(block)
-    deq.per_sample = 1
-    with pytest.raises(TypeError, match="per_sample must be True or False"):
-        deq(torch.zeros(2, 16, dtype=torch.float64))
+    with pytest.raises(TypeError, match="per_sample must be True or False"):  # refused when set (was: at the call)
+        deq.per_sample = 1
     assert "per_sample=False" in repr(deqkit.DEQ(block, per_sample=False))
 
 
