@@ -328,15 +328,15 @@ class DynamicSS(Solver):
         self.polish_guard = check_real("polish_guard", polish_guard, 1.0, low_open=True)
         self.polish_stall = check_int("polish_stall", polish_stall, 1, INT_MAX)  # compared with a count tensor
         self.polish_patience = check_int("polish_patience", polish_patience, 1)
-        # compared once checked (any number type, no NaN): settings that would do nothing without a polisher
-        defaults = {p.name: p.default for p in DynamicSS.settings()}
-        polishing = ("polish_below", "polish_guard", "polish_stall", "polish_patience")
-        unused = [k for k in polishing if getattr(self, k) != defaults[k]]
-        if polish is None and unused:
-            raise ValueError(
-                f"{', '.join(unused)} set the polisher's hand-overs, and polish=None turns the polisher off, so they "
-                "would be ignored: drop them, or keep the polisher (polish='anderson')"
-            )
+        if polish is None:  # compared once checked (any number type, no NaN): settings that would do nothing
+            defaults = {p.name: p.default for p in DynamicSS.settings()}
+            polishing = ("polish_below", "polish_guard", "polish_stall", "polish_patience")
+            unused = [k for k in polishing if getattr(self, k) != defaults[k]]
+            if unused:
+                raise ValueError(
+                    f"{', '.join(unused)} set the polisher's hand-overs, and polish=None turns the polisher off, so "
+                    "they would be ignored: drop them, or keep the polisher (polish='anderson')"
+                )
 
     def _changed_options(self) -> list[str]:
         shown = super()._changed_options()

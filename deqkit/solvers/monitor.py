@@ -179,6 +179,20 @@ class Tolerances:
         )
 
 
+class _Record:
+    """A per-sample record of :class:`Monitor`, kept as ``_<name>`` (a numpy array or a tensor, see
+    :func:`host_arrays`) and handed out as a tensor."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = "_" + name
+
+    def __get__(self, monitor: Monitor, owner: type | None = None) -> torch.Tensor:
+        return monitor._tensor(getattr(monitor, self.attr))
+
+
 class Monitor:
     """Per-sample termination, best iterate, residual history and NaN/Inf checks for one solve."""
 
@@ -238,10 +252,8 @@ class Monitor:
         self._converged_step = xp.full((batch,), -1, dtype=np.int64 if self._host else torch.long, **new)
         self._converged_nfe = xp.full((batch,), -1, dtype=np.int64 if self._host else torch.long, **new)
         # abstol as the records' dtype holds it: infinite where it is beyond the dtype's range (torch compares a
-        # tensor with such a number as with inf, but refuses to clamp to it), converted once for numpy
-        beyond = tol.abstol > torch.finfo(z0.dtype).max
-        self._abstol_value = math.inf if beyond else tol.abstol
-        self._abstol = dtype.type(self._abstol_value) if self._host else self._abstol_value
+        # tensor with such a number as with inf, but refuses to clamp to it; numpy warns as it casts it)
+        self._abstol = math.inf if tol.abstol > torch.finfo(z0.dtype).max else tol.abstol
         self._rounding = 8 * torch.finfo(z0.dtype).eps
         self._best = (z0, z0)  # each sample's best iterate and its f, where no merge is pending (see _merge_best)
         # merges noted: (better, z, fz, whole_z), whole_z the running count where z is every sample's best, else None
@@ -278,7 +290,7 @@ class Monitor:
 
     def _to_tensors(self) -> None:
         """Keep the records as tensors from now on (what torch's errors then say about the solve holds)."""
-        self._host, self._xp, self._abstol = False, torch, self._abstol_value
+        self._host, self._xp = False, torch
         for name, value in vars(self).items():
             if isinstance(value, np.ndarray):
                 setattr(self, name, torch.from_numpy(value))
@@ -292,50 +304,15 @@ class Monitor:
         into)."""
         return torch.from_numpy(values) if self._host else values
 
-    @property
-    def converged(self) -> torch.Tensor:
-        """Which samples have converged (``(batch,)`` bool)."""
-        return self._tensor(self._converged)
-
-    @property
-    def running(self) -> torch.Tensor:
-        """Which samples are still running: ``~converged``."""
-        return self._tensor(self._running)
-
-    @property
-    def residual(self) -> torch.Tensor:
-        """Each sample's best residual ‖f(z) − z‖∞ so far (at convergence, where it converged)."""
-        return self._tensor(self._residual)
-
-    @property
-    def scale(self) -> torch.Tensor:
-        """‖f(z)‖∞ at each sample's best iterate."""
-        return self._tensor(self._scale)
-
-    @property
-    def current(self) -> torch.Tensor:
-        """Each sample's residual at the last check."""
-        return self._tensor(self._current)
-
-    @property
-    def marked(self) -> torch.Tensor:
-        """The running samples below ``mark_below`` at the last check (see :meth:`check`)."""
-        return self._tensor(self._marked)
-
-    @property
-    def drifting(self) -> torch.Tensor:
-        """The samples the drift rule holds back (see :meth:`_meets`)."""
-        return self._tensor(self._drifting)
-
-    @property
-    def converged_step(self) -> torch.Tensor:
-        """The step at which each sample converged (−1: not converged)."""
-        return self._tensor(self._converged_step)
-
-    @property
-    def converged_nfe(self) -> torch.Tensor:
-        """The evaluations each sample had taken when it converged (−1: not converged)."""
-        return self._tensor(self._converged_nfe)
+    converged = _Record("Which samples have converged (``(batch,)`` bool).")
+    running = _Record("Which samples are still running: ``~converged``.")
+    residual = _Record("Each sample's best residual ‖f(z) − z‖∞ so far (at convergence, where it converged).")
+    scale = _Record("‖f(z)‖∞ at each sample's best iterate.")
+    current = _Record("Each sample's residual at the last check.")
+    marked = _Record("The running samples below ``mark_below`` at the last check (see :meth:`check`).")
+    drifting = _Record("The samples the drift rule holds back (see :meth:`_meets`).")
+    converged_step = _Record("The step at which each sample converged (−1: not converged).")
+    converged_nfe = _Record("The evaluations each sample had taken when it converged (−1: not converged).")
 
     @property
     def start_scale(self) -> torch.Tensor | None:
@@ -366,7 +343,7 @@ class Monitor:
     def bound(self) -> torch.Tensor:
         """The termination rule's bound ``max(abstol, reltol · ‖f(z)‖∞)`` per sample, at each sample's best
         iterate."""
-        return (self.tol.reltol * self.scale).clamp_min(self._abstol_value)
+        return (self.tol.reltol * self.scale).clamp_min(self._abstol)
 
     def _meets(self, res: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """The termination rule, per sample, refusing an iterate that runs away.
